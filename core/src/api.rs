@@ -1,0 +1,357 @@
+//! What goes into and comes out of the [`crate::Server`] machine: inputs,
+//! outputs, operator commands, their replies and errors, persistence requests,
+//! events, and the role gate.
+
+use crate::msg::*;
+use crate::types::*;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Identifies an operator request so its reply can be matched; chosen by the I/O layer.
+pub type RequestId = u64;
+/// Identifies an edge request so its reply can be routed; chosen by the I/O layer.
+pub type ReplyTo = u64;
+/// Sequence number of a [`Output::Persist`] request.
+pub type PersistSeq = u64;
+
+/// Timers of a server. The I/O layer arms them on [`Output::SetTimer`] and
+/// feeds [`Input::Timeout`] when one expires; arming an armed timer re-arms it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Timer {
+    /// Peer heartbeat, retransmission and failure counting.
+    PeerTick,
+    /// `standby_grace` ran out: apply the `on_standby_loss` policy.
+    StandbyGrace,
+}
+
+/// Inputs of a server.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Input {
+    /// An operator command (admin API).
+    Command { req: RequestId, cmd: Command },
+    /// A message from the peer link.
+    Peer(PeerEnvelope),
+    /// A message from an edge or gateway whose identity `client` the transport verified.
+    Edge {
+        reply_to: ReplyTo,
+        client: ClientId,
+        msg: EdgeMsg,
+    },
+    /// A timer expired.
+    Timeout(Timer),
+    /// Every [`Output::Persist`] with `seq <= up_to` is durable.
+    Persisted { up_to: PersistSeq },
+}
+
+/// Outputs of a server, drained with [`crate::Server::poll_output`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[must_use]
+pub enum Output {
+    /// Send to the peer server reachable at `to` (its peer address).
+    SendPeer { to: String, msg: PeerEnvelope },
+    /// Reply to an edge request.
+    ReplyEdge { reply_to: ReplyTo, msg: ServerMsg },
+    /// Make `ops` durable, in order, then give back `Input::Persisted { up_to: seq }`.
+    /// The I/O layer may commit several of these in one transaction (group commit).
+    Persist {
+        seq: PersistSeq,
+        ops: Vec<PersistOp>,
+    },
+    /// Arm `timer` to fire after `after_ms`.
+    SetTimer { timer: Timer, after_ms: Millis },
+    /// Disarm `timer`.
+    CancelTimer(Timer),
+    /// The answer to an operator command.
+    Reply {
+        req: RequestId,
+        result: Result<Reply, CommandError>,
+    },
+    /// Something an operator should see in the logs.
+    Event(Event),
+}
+
+/// What the I/O layer must make durable.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PersistOp {
+    /// Replace the durable DR metadata.
+    Meta(DurableMeta),
+    /// Append one transition to the state history.
+    History(Transition),
+    /// Append entries; an entry whose index is already stored replaces it and everything after.
+    Append(Vec<Entry>),
+    /// Drop every entry after `index` (never a committed one).
+    TruncateAfter(Index),
+    /// Entries up to `index` are committed: apply them to the stored configuration and samples.
+    Commit(Index),
+    /// Replace the log and the applied state with this snapshot.
+    InstallSnapshot(Snapshot),
+    /// Move every entry after `after` into the divergence archive.
+    Archive { after: Index, reason: String },
+    /// Entries below `below` are committed and replicated; storage may drop them.
+    Compact { below: Index },
+}
+
+/// The DR state that survives a restart (SPEC §2).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DurableMeta {
+    pub role: Role,
+    pub dr_state: DrState,
+    pub epoch: Epoch,
+    pub pair_id: Option<PairId>,
+    /// The other server of the pair.
+    pub peer: Option<ServerInfo>,
+    /// One-time pairing token while prepared (candidate) or offering a blob.
+    pub pairing_token: Option<u128>,
+    /// Replication policy agreed at pairing.
+    pub policy: OnStandbyLoss,
+    /// The standby has completed its initial copy at least once.
+    pub synced: bool,
+    /// Fenced by this higher epoch (zombie).
+    pub fenced_by: Option<Epoch>,
+    /// Edge address to redirect to (zombie).
+    pub redirect_edge: Option<String>,
+    /// Writes acknowledged while degraded.
+    pub unprotected_writes: u64,
+    pub last_dr_protected_ms: Option<Millis>,
+    pub role_timestamp_ms: Millis,
+    pub state_timestamp_ms: Millis,
+    /// Promoted server: the old active still to be told of the new epoch.
+    pub zombie_to_notify: bool,
+}
+
+/// Operator commands (SPEC §3 and §7); status is read with [`crate::Server::status`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Command {
+    PrepareForStandby,
+    ConfigureActive {
+        standby_address: String,
+        standby_uuid: ServerId,
+        pairing_token: u128,
+    },
+    /// On the would-be active: a blob the standby passes to `TransitionToStandby`.
+    GetReplicationBlob,
+    /// On the would-be standby: join the active named in the blob.
+    TransitionToStandby {
+        active_address: String,
+        active_uuid: ServerId,
+        pairing_token: u128,
+    },
+    Promote {
+        force: bool,
+    },
+    DemoteActive {
+        force: bool,
+    },
+    RemoveStandby,
+    Rejoin,
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+    Get {
+        key: String,
+    },
+    List,
+}
+
+impl Command {
+    /// The API method name (SPEC §7).
+    pub fn method(&self) -> &'static str {
+        match self {
+            Command::PrepareForStandby => "disasterRecovery/prepareForStandby",
+            Command::ConfigureActive { .. } => "disasterRecovery/configureActiveForReplication",
+            Command::GetReplicationBlob => "disasterRecovery/getReplicationBlob",
+            Command::TransitionToStandby { .. } => "disasterRecovery/transitionToStandby",
+            Command::Promote { .. } => "disasterRecovery/promoteStandbyToActive",
+            Command::DemoteActive { .. } => "disasterRecovery/demoteActive",
+            Command::RemoveStandby => "disasterRecovery/removeStandby",
+            Command::Rejoin => "disasterRecovery/rejoinAsStandby",
+            Command::Put { .. } => "configuration/put",
+            Command::Delete { .. } => "configuration/delete",
+            Command::Get { .. } => "configuration/get",
+            Command::List => "configuration/list",
+        }
+    }
+
+    /// What the role gate sees of this command.
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            Command::Put { .. } | Command::Delete { .. } => RequestKind::ConfigWrite,
+            Command::Get { .. } | Command::List => RequestKind::ConfigRead,
+            _ => RequestKind::DrOperation,
+        }
+    }
+}
+
+/// Successful command results.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Reply {
+    Prepared {
+        vco_uuid: ServerId,
+        pairing_token: u128,
+    },
+    Configured {
+        pair_id: PairId,
+    },
+    Blob {
+        active: ServerInfo,
+        pairing_token: u128,
+    },
+    Promoted {
+        epoch: Epoch,
+        /// Acknowledged writes that may be missing here: `Some(0)` when proven none,
+        /// `None` when the old active may have acknowledged unprotected writes (degrade).
+        data_loss_bound: Option<u64>,
+    },
+    /// The operation was accepted; follow `drState` for its progress.
+    Accepted,
+    Written {
+        key: String,
+        version: Index,
+    },
+    Deleted {
+        key: String,
+        version: Index,
+    },
+    Doc {
+        key: String,
+        value: Vec<u8>,
+        version: Index,
+    },
+    List(Vec<(String, Index)>),
+}
+
+/// Why a command was refused. Each message names the reason and what to do.
+#[derive(Clone, Debug, Error, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CommandError {
+    #[error("{method} is refused: this server is a STANDBY ({state}); send it to the active server{}", at(.active_admin))]
+    StandbyRefuses {
+        method: String,
+        state: DrState,
+        active_admin: Option<String>,
+    },
+    #[error("{method} is refused: this server is a ZOMBIE, fenced by epoch {fenced_by}; use the promoted server{}", at(.promoted_admin))]
+    ZombieRefuses {
+        method: String,
+        fenced_by: Epoch,
+        promoted_admin: Option<String>,
+    },
+    #[error("{method} is not allowed in role {role} / drState {state}: {why}")]
+    WrongState {
+        method: String,
+        role: Role,
+        state: DrState,
+        why: String,
+    },
+    #[error("pairing refused: {0}")]
+    PairingRefused(String),
+    #[error("no configuration document with key `{0}`")]
+    NotFound(String),
+    #[error("writes are blocked: {0}")]
+    WritesBlocked(String),
+    #[error("{waiting} writes are already waiting for durability (limit {limit}); retry shortly")]
+    Overloaded { waiting: usize, limit: usize },
+    #[error("write at index {index} was not acknowledged: {reason}")]
+    NotAcknowledged { index: Index, reason: String },
+    #[error("invalid parameter `{param}`: {why}")]
+    InvalidParam { param: String, why: String },
+    #[error("switchover abandoned: {0}")]
+    SwitchoverAbandoned(String),
+}
+
+fn at(addr: &Option<String>) -> String {
+    match addr {
+        Some(a) => format!(" at {a}"),
+        None => String::new(),
+    }
+}
+
+/// What kind of call the role gate decides about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    /// `getReplicationStatus` and the DR page.
+    DrStatus,
+    /// Edge and gateway DR heartbeats.
+    DrHeartbeat,
+    /// The DR operations of SPEC §3.
+    DrOperation,
+    Login,
+    ConfigRead,
+    ConfigWrite,
+    MonitoringRead,
+    /// Monitoring samples from edges.
+    MonitoringWrite,
+    /// Configuration pulls from edges.
+    EdgeConfigPull,
+}
+
+/// Where a refused caller should go instead.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Redirects {
+    /// Admin address of the server that takes writes.
+    pub admin: Option<String>,
+    /// Edge address of the server that takes writes.
+    pub edge: Option<String>,
+}
+
+/// The one role gate (SPEC §3, §9.5): may a server in `role`/`state` serve `kind`?
+///
+/// A standby serves DR calls only; a zombie accepts no configuration change
+/// and sends edges and callers to the promoted server.
+pub fn gate(
+    role: Role,
+    state: DrState,
+    fenced_by: Epoch,
+    kind: RequestKind,
+    method: &str,
+    to: &Redirects,
+    mutant: crate::config::Mutant,
+) -> Result<(), CommandError> {
+    use RequestKind::*;
+    let dr = matches!(kind, DrStatus | DrHeartbeat | DrOperation | Login);
+    match role {
+        Role::Standalone | Role::Active => Ok(()),
+        Role::Standby if dr => Ok(()),
+        Role::Standby
+            if mutant == crate::config::Mutant::StandbyServesConfig
+                && matches!(kind, ConfigRead | ConfigWrite) =>
+        {
+            Ok(())
+        }
+        Role::Standby => Err(CommandError::StandbyRefuses {
+            method: method.to_string(),
+            state,
+            active_admin: to.admin.clone(),
+        }),
+        Role::Zombie if dr || kind == MonitoringRead => Ok(()),
+        Role::Zombie => Err(CommandError::ZombieRefuses {
+            method: method.to_string(),
+            fenced_by,
+            promoted_admin: to.admin.clone(),
+        }),
+    }
+}
+
+/// Things an operator should see: one log line each.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// A role or drState change, also written to the state history.
+    Transition(Transition),
+    /// The server learned of a higher epoch and fenced itself.
+    Fenced { epoch: Epoch, learned_from: String },
+    /// Writes are being acknowledged without the standby (degrade policy).
+    Degraded { since_index: Index },
+    /// RPO is 0 again: the standby has every acknowledged write.
+    Protected { at_index: Index },
+    /// A snapshot is being sent to the standby.
+    SnapshotSent { index: Index, chunks: u32 },
+    /// Entries were moved to the divergence archive at rejoin.
+    DivergenceArchived { after: Index, entries_upto: Index },
+    /// A peer message was ignored, with the reason.
+    PeerIgnored { kind: &'static str, reason: String },
+    /// An edge request was refused, with the reason.
+    ClientRefused { client: ClientId, reason: String },
+}

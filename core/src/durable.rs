@@ -1,0 +1,192 @@
+//! The reference meaning of [`PersistOp`]s: an in-memory durable store.
+//!
+//! [`MemStore`] is what "durable" means for vcodr. The model checker keeps one
+//! per server as the part of its state that survives a crash, the core's test
+//! harness does the same, and the server's on-disk storage is tested against
+//! it (same ops in, same [`Restored`] out).
+
+use crate::api::{DurableMeta, PersistOp};
+use crate::msg::Snapshot;
+use crate::types::*;
+use std::collections::{BTreeMap, VecDeque};
+
+/// What a server restarts from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Restored {
+    /// `None`: the server never ran; it starts STANDALONE / UNCONFIGURED.
+    pub meta: Option<DurableMeta>,
+    /// Applied state: configuration and sample sequences at `applied.index`.
+    pub applied: Snapshot,
+    /// Highest committed index (entries above `applied.index` up to here are replayed).
+    pub commit: Index,
+    /// Stored log entries, in order (may begin at or before `applied.index`).
+    pub log: Vec<Entry>,
+    /// Most recent state-history transitions, oldest first.
+    pub history: Vec<Transition>,
+}
+
+/// An entry moved to the divergence archive at rejoin.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Archived {
+    pub entry: Entry,
+    pub reason: String,
+}
+
+/// Applies one committed entry to an applied state. Shared by the core and stores.
+pub fn apply_entry(state: &mut Snapshot, entry: &Entry) {
+    debug_assert_eq!(entry.index, state.index + 1, "entries are applied in order");
+    match &entry.op {
+        Op::Put { key, value } => {
+            state.docs.insert(
+                key.clone(),
+                Doc {
+                    value: value.clone(),
+                    version: entry.index,
+                },
+            );
+        }
+        Op::Delete { key } => {
+            state.docs.remove(key);
+        }
+        Op::Samples { client, samples } => {
+            if let Some(last) = samples.last() {
+                let seq = state.sample_seq.entry(client.clone()).or_insert(0);
+                *seq = (*seq).max(last.seq);
+            }
+        }
+        Op::EpochStart => state.epoch_starts.push((entry.epoch, entry.index)),
+    }
+    state.index = entry.index;
+    state.epoch = entry.epoch;
+}
+
+/// The reference durable store.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct MemStore {
+    pub meta: Option<DurableMeta>,
+    pub history: VecDeque<Transition>,
+    /// History transitions kept (0 keeps none: the model checker's choice).
+    pub history_cap: usize,
+    pub log: Vec<Entry>,
+    pub applied: Snapshot,
+    pub commit: Index,
+    pub archive: Vec<Archived>,
+    /// Stored monitoring samples by `(client, seq)`.
+    pub samples: BTreeMap<(ClientId, u64), Vec<u8>>,
+    /// Samples applied whose `(client, seq)` was already stored: must stay 0.
+    pub duplicate_samples: u64,
+}
+
+impl MemStore {
+    /// An empty store keeping at most `history_cap` transitions.
+    pub fn new(history_cap: usize) -> Self {
+        MemStore {
+            history_cap,
+            ..MemStore::default()
+        }
+    }
+
+    /// Applies `ops` in order, as one atomic commit.
+    pub fn apply(&mut self, ops: &[PersistOp]) {
+        for op in ops {
+            self.apply_one(op);
+        }
+    }
+
+    fn apply_one(&mut self, op: &PersistOp) {
+        match op {
+            PersistOp::Meta(m) => self.meta = Some(m.clone()),
+            PersistOp::History(t) => {
+                if self.history_cap > 0 {
+                    if self.history.len() == self.history_cap {
+                        self.history.pop_front();
+                    }
+                    self.history.push_back(t.clone());
+                }
+            }
+            PersistOp::Append(entries) => {
+                for e in entries {
+                    self.log.retain(|x| x.index < e.index);
+                    self.log.push(e.clone());
+                }
+            }
+            PersistOp::TruncateAfter(index) => {
+                assert!(*index >= self.commit, "truncating committed entries");
+                self.log.retain(|x| x.index <= *index);
+            }
+            PersistOp::Commit(index) => {
+                self.commit = self.commit.max(*index);
+                let from = self.applied.index;
+                let to_apply: Vec<Entry> = self
+                    .log
+                    .iter()
+                    .filter(|e| e.index > from && e.index <= self.commit)
+                    .cloned()
+                    .collect();
+                for e in &to_apply {
+                    if let Op::Samples { client, samples } = &e.op {
+                        for s in samples {
+                            let key = (client.clone(), s.seq);
+                            if self.samples.insert(key, s.payload.clone()).is_some() {
+                                self.duplicate_samples += 1;
+                            }
+                        }
+                    }
+                    apply_entry(&mut self.applied, e);
+                }
+            }
+            PersistOp::InstallSnapshot(s) => {
+                self.applied = s.clone();
+                self.commit = s.index;
+                self.log.clear();
+                // Samples are not part of a snapshot: those the old state had
+                // beyond the new state's sequences belong to the divergence
+                // archive (already moved by `Archive`) or were never committed.
+                let seqs = &s.sample_seq;
+                self.samples
+                    .retain(|(c, q), _| seqs.get(c).is_some_and(|m| q <= m));
+            }
+            PersistOp::Archive { after, reason } => {
+                let (keep, moved): (Vec<_>, Vec<_>) =
+                    self.log.drain(..).partition(|e| e.index <= *after);
+                self.log = keep;
+                self.archive.extend(moved.into_iter().map(|entry| Archived {
+                    entry,
+                    reason: reason.clone(),
+                }));
+            }
+            PersistOp::Compact { below } => {
+                let keep_from = (*below).min(self.commit + 1).min(self.applied.index + 1);
+                self.log.retain(|e| e.index >= keep_from);
+            }
+        }
+    }
+
+    /// What a server restarting from this store gets.
+    pub fn restored(&self) -> Restored {
+        Restored {
+            meta: self.meta.clone(),
+            applied: self.applied.clone(),
+            commit: self.commit,
+            log: self.log.clone(),
+            history: self.history.iter().cloned().collect(),
+        }
+    }
+
+    /// Whether a `Put` of `key` with `value` is in the log or the applied state
+    /// (the model checker writes every key once, so this finds an acknowledged write).
+    pub fn contains_put(&self, key: &str, value: &[u8]) -> bool {
+        self.applied.docs.get(key).is_some_and(|d| d.value == value)
+            || self
+                .log
+                .iter()
+                .any(|e| matches!(&e.op, Op::Put { key: k, value: v } if k == key && v == value))
+    }
+
+    /// Whether the divergence archive holds a `Put` of `key` with `value`.
+    pub fn archived_put(&self, key: &str, value: &[u8]) -> bool {
+        self.archive
+            .iter()
+            .any(|a| matches!(&a.entry.op, Op::Put { key: k, value: v } if k == key && v == value))
+    }
+}

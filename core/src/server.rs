@@ -1,0 +1,2798 @@
+//! The DR state machine of one server.
+
+use crate::api::*;
+use crate::config::{Mutant, ServerConfig};
+use crate::durable::{apply_entry, Restored};
+use crate::log::Log;
+use crate::msg::*;
+use crate::rng::Rng;
+use crate::types::*;
+use std::collections::{BTreeMap, VecDeque};
+
+/// The time of an input: a monotonic clock for timeouts and lag, and wall-clock
+/// time for timestamps shown to operators. Neither has to agree with the peer's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Now {
+    pub mono_ms: Millis,
+    pub wall_ms: Millis,
+}
+
+impl Now {
+    /// Both clocks at `ms` (tests and simulations).
+    pub fn at(ms: Millis) -> Self {
+        Now {
+            mono_ms: ms,
+            wall_ms: ms,
+        }
+    }
+}
+
+/// An operator write waiting to be acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PendingWrite {
+    req: RequestId,
+    index: Index,
+    key: String,
+    delete: bool,
+}
+
+/// A monitoring batch waiting for its entry to commit.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PendingSampleAck {
+    reply_to: ReplyTo,
+    index: Index,
+    up_to_seq: u64,
+}
+
+/// Something to do once a persist request is durable.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum AfterDurable {
+    Reply(RequestId, Reply),
+    SendPair,
+    SendPairAccepted,
+    SendJoin,
+    AckSnapshot { index: Index, chunk: u32 },
+    GrantDemotion,
+    FinishPromotion,
+}
+
+/// A persist request not yet confirmed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PersistMark {
+    seq: PersistSeq,
+    /// Log last index once this request is durable.
+    last_index: Index,
+    after: Vec<AfterDurable>,
+}
+
+/// A snapshot being sent, one chunk at a time.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct SnapshotTx {
+    index: Index,
+    epoch: Epoch,
+    chunks: Vec<PeerMsg>,
+    /// Next chunk to be acknowledged.
+    next: u32,
+}
+
+/// A snapshot being received.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct SnapshotRx {
+    snapshot: Snapshot,
+    next: u32,
+}
+
+/// The active's view of its standby.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Replica {
+    /// Highest index durable on the standby.
+    match_index: Index,
+    /// Next index to send.
+    next_index: Index,
+    /// The standby needs a snapshot before any entry.
+    need_snapshot: bool,
+    snapshot: Option<SnapshotTx>,
+    /// Heard from the standby since the last tick.
+    heard: bool,
+    missed_ticks: u32,
+    /// Missed `peer_failure_threshold` ticks in a row.
+    lost: bool,
+    /// Lost for longer than `standby_grace` with `on_standby_loss = degrade`:
+    /// writes are acknowledged without the standby until it has them all.
+    degraded: bool,
+    /// Lost for longer than `standby_grace` with `on_standby_loss = block`.
+    blocked: bool,
+    /// Match index at the previous tick, to detect a stalled stream.
+    match_at_tick: Index,
+    /// Monotonic time since which the standby lags, for `lagMs`.
+    lag_since_ms: Option<Millis>,
+}
+
+impl Replica {
+    fn new(need_snapshot: bool, last_index: Index) -> Self {
+        Replica {
+            match_index: 0,
+            next_index: last_index + 1,
+            need_snapshot,
+            snapshot: None,
+            heard: false,
+            missed_ticks: 0,
+            lost: false,
+            degraded: false,
+            blocked: false,
+            match_at_tick: 0,
+            lag_since_ms: None,
+        }
+    }
+}
+
+/// A planned switchover on the active's side.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Demotion {
+    new_epoch: Epoch,
+    ticks: u32,
+    /// drState to go back to if the switchover is abandoned.
+    resume: DrState,
+}
+
+/// A promotion on the standby's side.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Promotion {
+    req: RequestId,
+    planned: bool,
+    ticks: u32,
+    /// Planned: the old active granted demotion and has nothing after this.
+    granted_last: Option<(Index, Epoch)>,
+    data_loss_bound: Option<u64>,
+    /// drState to go back to if the switchover is abandoned.
+    resume: DrState,
+}
+
+/// One row of the contact table (SPEC §5 `clientContact`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientContact {
+    pub client_id: ClientId,
+    pub client_type: ClientType,
+    pub view: [ViewEntry; 2],
+    pub following: Option<String>,
+    pub config_epoch: Epoch,
+    pub config_version: Index,
+    pub cached_samples: u64,
+    pub dropped_samples: u64,
+    /// Wall-clock time of the last heartbeat (`modified`).
+    pub modified_ms: Millis,
+    pub heartbeats: u64,
+}
+
+/// `clientCount` (SPEC §5).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ClientCount {
+    pub edge_count: u64,
+    pub gateway_count: u64,
+    /// Edges following this server.
+    pub current_active_edge_count: u64,
+    /// Gateways following this server.
+    pub current_active_gateway_count: u64,
+    /// Edges following the other server of the pair.
+    pub current_standby_edge_count: u64,
+    pub current_standby_gateway_count: u64,
+    /// Clients following nobody.
+    pub following_none_count: u64,
+}
+
+/// `getReplicationStatus` (SPEC §7), without the optional tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub role: Role,
+    pub dr_state: DrState,
+    pub failure_description: Option<String>,
+    pub role_timestamp_ms: Millis,
+    pub state_timestamp_ms: Millis,
+    pub last_dr_protected_ms: Option<Millis>,
+    pub epoch: Epoch,
+    pub highest_epoch_seen: Epoch,
+    pub pair_id: Option<PairId>,
+    pub me: ServerInfo,
+    pub peer: Option<ServerInfo>,
+    /// Admin address of the server that takes writes, as far as this one knows.
+    pub active_admin_address: Option<String>,
+    /// Edge address of the server that takes writes, as far as this one knows.
+    pub active_edge_address: Option<String>,
+    pub policy: OnStandbyLoss,
+    pub last_index: Index,
+    pub commit_index: Index,
+    pub durable_index: Index,
+    pub standby_acked_index: Option<Index>,
+    pub lag_entries: u64,
+    pub lag_ms: u64,
+    pub unprotected_writes: u64,
+    pub degraded: bool,
+    pub writes_blocked: bool,
+    pub fenced_by: Option<Epoch>,
+    pub pending_writes: usize,
+    pub documents: usize,
+    pub samples_stored: u64,
+    pub sample_duplicates_discarded: u64,
+    pub client_count: ClientCount,
+}
+
+/// The DR state machine of one server (SPEC §2–§5).
+///
+/// # Calling contract
+/// - Build with [`Server::new`] (first start) or [`Server::restore`] (from what
+///   the storage holds), then drain [`Server::poll_output`].
+/// - Feed every event with [`Server::handle_input`]; after each call drain
+///   `poll_output()` until it returns `None` and carry out each output in order.
+/// - `now` never goes backwards between calls.
+/// - [`Output::Persist`] requests must become durable in `seq` order; report
+///   them with [`Input::Persisted`]. Several may share one commit.
+/// - Timers: [`Output::SetTimer`] arms or re-arms, [`Output::CancelTimer`]
+///   disarms; an expired timer comes back as [`Input::Timeout`].
+/// - The machine never reads a clock, a socket or a file, and never blocks.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Server {
+    cfg: ServerConfig,
+    me: ServerInfo,
+    now: Now,
+    rng: Rng,
+
+    role: Role,
+    dr_state: DrState,
+    epoch: Epoch,
+    highest_epoch_seen: Epoch,
+    pair_id: Option<PairId>,
+    peer: Option<ServerInfo>,
+    pairing_token: Option<u128>,
+    policy: OnStandbyLoss,
+    synced: bool,
+    fenced_by: Option<Epoch>,
+    redirect_edge: Option<String>,
+    unprotected_writes: u64,
+    last_dr_protected_ms: Option<Millis>,
+    role_timestamp_ms: Millis,
+    state_timestamp_ms: Millis,
+    zombie_to_notify: bool,
+    failure: Option<String>,
+    history: VecDeque<Transition>,
+    persisted_meta: Option<DurableMeta>,
+
+    log: Log,
+    applied: Snapshot,
+    durable_index: Index,
+    storage_compacted_below: Index,
+
+    next_seq: PersistSeq,
+    staged: Vec<PersistOp>,
+    staged_after: Vec<AfterDurable>,
+    marks: VecDeque<PersistMark>,
+
+    replica: Option<Replica>,
+    active_heard: bool,
+    active_missed_ticks: u32,
+    snapshot_rx: Option<SnapshotRx>,
+    join_target: bool,
+    rejoin_requested: bool,
+    demotion: Option<Demotion>,
+    promotion: Option<Promotion>,
+
+    writes: VecDeque<PendingWrite>,
+    sample_acks: VecDeque<PendingSampleAck>,
+    pending_sample_seq: BTreeMap<ClientId, u64>,
+    samples_stored: u64,
+    sample_duplicates: u64,
+    contacts: BTreeMap<ClientId, ClientContact>,
+
+    outputs: VecDeque<Output>,
+}
+
+const FIRST_EPOCH: Epoch = 1;
+
+impl Server {
+    /// A server that has never run: STANDALONE / UNCONFIGURED at epoch 1.
+    pub fn new(cfg: ServerConfig, me: ServerInfo, now: Now) -> Self {
+        Self::restore(cfg, me, Restored::default(), now)
+    }
+
+    /// A server restarting from what its storage holds: it comes back in the
+    /// role and epoch it had (SPEC §2).
+    pub fn restore(cfg: ServerConfig, me: ServerInfo, r: Restored, now: Now) -> Self {
+        debug_assert!(cfg.validate().is_ok(), "validate the configuration first");
+        let rng = Rng::new(cfg.seed ^ (me.uuid as u64) ^ ((me.uuid >> 64) as u64));
+        let mut applied = r.applied;
+        let mut log = Log::starting_after(applied.index, applied.epoch);
+        // Replay committed entries beyond the applied state, then keep the rest.
+        let applied_index = applied.index;
+        let mut entries = r
+            .log
+            .into_iter()
+            .skip_while(|e| e.index <= applied_index)
+            .peekable();
+        while let Some(e) = entries.next_if(|e| e.index <= r.commit) {
+            apply_entry(&mut applied, &e);
+            log.push(e);
+        }
+        for e in entries {
+            if e.index == log.last_index() + 1 {
+                log.push(e);
+            }
+        }
+        let commit = applied.index;
+        log.trim_front(cfg.log_window_entries, commit);
+        let history: VecDeque<Transition> = r.history.into_iter().collect();
+        let mut s = Server {
+            me,
+            now,
+            rng,
+            role: Role::Standalone,
+            dr_state: DrState::Unconfigured,
+            epoch: FIRST_EPOCH,
+            highest_epoch_seen: FIRST_EPOCH,
+            pair_id: None,
+            peer: None,
+            pairing_token: None,
+            policy: cfg.on_standby_loss,
+            synced: false,
+            fenced_by: None,
+            redirect_edge: None,
+            unprotected_writes: 0,
+            last_dr_protected_ms: None,
+            role_timestamp_ms: now.wall_ms,
+            state_timestamp_ms: now.wall_ms,
+            zombie_to_notify: false,
+            failure: None,
+            history,
+            persisted_meta: r.meta.clone(),
+            durable_index: log.last_index(),
+            storage_compacted_below: 0,
+            log,
+            pending_sample_seq: applied.sample_seq.clone(),
+            applied,
+            next_seq: 1,
+            staged: Vec::new(),
+            staged_after: Vec::new(),
+            marks: VecDeque::new(),
+            replica: None,
+            active_heard: false,
+            active_missed_ticks: 0,
+            snapshot_rx: None,
+            join_target: false,
+            rejoin_requested: false,
+            demotion: None,
+            promotion: None,
+            writes: VecDeque::new(),
+            sample_acks: VecDeque::new(),
+            samples_stored: 0,
+            sample_duplicates: 0,
+            contacts: BTreeMap::new(),
+            outputs: VecDeque::new(),
+            cfg,
+        };
+        for e in s.log.iter_after(s.applied.index) {
+            if let Op::Samples { client, samples } = &e.op {
+                if let Some(last) = samples.last() {
+                    let seq = s.pending_sample_seq.entry(client.clone()).or_insert(0);
+                    *seq = (*seq).max(last.seq);
+                }
+            }
+        }
+        if let Some(m) = r.meta {
+            s.role = m.role;
+            s.epoch = m.epoch;
+            s.highest_epoch_seen = m.fenced_by.unwrap_or(m.epoch).max(m.epoch);
+            s.pair_id = m.pair_id;
+            s.peer = m.peer.clone();
+            s.pairing_token = m.pairing_token;
+            s.policy = m.policy;
+            s.synced = m.synced;
+            s.fenced_by = m.fenced_by;
+            s.redirect_edge = m.redirect_edge;
+            s.unprotected_writes = m.unprotected_writes;
+            s.last_dr_protected_ms = m.last_dr_protected_ms;
+            s.role_timestamp_ms = m.role_timestamp_ms;
+            s.state_timestamp_ms = m.state_timestamp_ms;
+            s.zombie_to_notify = m.zombie_to_notify;
+            s.dr_state = m.dr_state;
+            let promoted_durably = m.role == Role::Standby
+                && m.dr_state == DrState::PendingStandbyPromotion
+                && s.log
+                    .get(s.log.last_index())
+                    .is_some_and(|e| e.op == Op::EpochStart && e.epoch == m.epoch);
+            if promoted_durably {
+                // The first entry of the new epoch was durable: the promotion happened.
+                s.zombie_to_notify = true;
+                let last = s.log.last_index();
+                s.apply_upto(last);
+                s.transition(
+                    Role::Standalone,
+                    DrState::StandbyPromoted,
+                    format!("restarted: promotion to epoch {} was durable", m.epoch),
+                );
+            }
+            let resumed = s.state_after_restart(s.dr_state);
+            match s.role {
+                Role::Active => {
+                    let mut rep =
+                        Replica::new(m.dr_state == DrState::ActiveWaitStandby, s.log.last_index());
+                    rep.lag_since_ms = Some(now.mono_ms);
+                    s.replica = Some(rep);
+                }
+                Role::Standby if m.dr_state == DrState::StandbyCandidate && m.peer.is_some() => {
+                    s.join_target = true;
+                }
+                _ => {}
+            }
+            if resumed != s.dr_state {
+                s.transition(
+                    s.role,
+                    resumed,
+                    "restarted: state re-established with the peer".into(),
+                );
+            }
+        }
+        s.set_timer(Timer::PeerTick, s.cfg.peer_heartbeat_interval_ms);
+        if s.role == Role::Active && s.dr_state == DrState::FailureGetStandbyStatus {
+            if let Some(r) = s.replica.as_mut() {
+                r.lost = true;
+            }
+            s.set_timer(Timer::StandbyGrace, s.cfg.standby_grace_ms);
+        }
+        s.flush();
+        s
+    }
+
+    fn state_after_restart(&self, st: DrState) -> DrState {
+        use DrState::*;
+        match (self.role, st) {
+            (Role::Active, ActiveConfiguring | ActiveWaitStandby | FailureGetStandbyStatus) => st,
+            (Role::Active, _) => StandbySync,
+            (Role::Standby, StandbyCandidate | StandbyConfiguring) => st,
+            (Role::Standby, _) if self.synced => StandbySync,
+            (Role::Standby, _) => StandbyConfiguring,
+            _ => st,
+        }
+    }
+
+    // ----------------------------------------------------------------- accessors
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn dr_state(&self) -> DrState {
+        self.dr_state
+    }
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+    /// Highest epoch of this pair this server has heard of.
+    pub fn highest_epoch_seen(&self) -> Epoch {
+        self.highest_epoch_seen
+    }
+    pub fn pair_id(&self) -> Option<PairId> {
+        self.pair_id
+    }
+    pub fn info(&self) -> &ServerInfo {
+        &self.me
+    }
+    pub fn peer(&self) -> Option<&ServerInfo> {
+        self.peer.as_ref()
+    }
+    pub fn config(&self) -> &ServerConfig {
+        &self.cfg
+    }
+    /// Applied (committed) configuration and sample sequences.
+    pub fn applied(&self) -> &Snapshot {
+        &self.applied
+    }
+    pub fn commit_index(&self) -> Index {
+        self.applied.index
+    }
+    pub fn last_index(&self) -> Index {
+        self.log.last_index()
+    }
+    /// The log window held in memory.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+    /// State history held in memory, oldest first.
+    pub fn history(&self) -> impl Iterator<Item = &Transition> {
+        self.history.iter()
+    }
+    pub fn contacts(&self) -> impl Iterator<Item = &ClientContact> {
+        self.contacts.values()
+    }
+    /// Whether this server currently acknowledges configuration writes.
+    pub fn takes_writes(&self) -> bool {
+        self.role.is_writer()
+            && self.demotion.is_none()
+            && !self.replica.as_ref().is_some_and(|r| r.blocked)
+    }
+    /// Whether acknowledged writes are all on the standby too (RPO 0).
+    pub fn protected(&self) -> bool {
+        self.role == Role::Active && !self.replica.as_ref().is_some_and(|r| r.degraded)
+    }
+
+    /// `clientCount`.
+    pub fn client_count(&self) -> ClientCount {
+        let mut c = ClientCount::default();
+        let mine = &self.me.edge_address;
+        for ct in self.contacts.values() {
+            let edge = ct.client_type == ClientType::Edge;
+            if edge {
+                c.edge_count += 1;
+            } else {
+                c.gateway_count += 1;
+            }
+            match &ct.following {
+                Some(f) if f == mine => {
+                    if edge {
+                        c.current_active_edge_count += 1
+                    } else {
+                        c.current_active_gateway_count += 1
+                    }
+                }
+                Some(_) => {
+                    if edge {
+                        c.current_standby_edge_count += 1
+                    } else {
+                        c.current_standby_gateway_count += 1
+                    }
+                }
+                None => c.following_none_count += 1,
+            }
+        }
+        c
+    }
+
+    /// `getReplicationStatus`.
+    pub fn status(&self) -> Status {
+        let rep = self.replica.as_ref();
+        let standby_acked = rep.map(|r| r.match_index);
+        let lag_entries = rep.map_or(0, |r| self.durable_index.saturating_sub(r.match_index));
+        let lag_ms = rep
+            .and_then(|r| r.lag_since_ms)
+            .filter(|_| lag_entries > 0)
+            .map_or(0, |t| self.now.mono_ms.saturating_sub(t));
+        let redirects = self.redirects();
+        Status {
+            role: self.role,
+            dr_state: self.dr_state,
+            failure_description: self.failure.clone(),
+            role_timestamp_ms: self.role_timestamp_ms,
+            state_timestamp_ms: self.state_timestamp_ms,
+            last_dr_protected_ms: self.last_dr_protected_ms,
+            epoch: self.epoch,
+            highest_epoch_seen: self.highest_epoch_seen,
+            pair_id: self.pair_id,
+            me: self.me.clone(),
+            peer: self.peer.clone(),
+            active_admin_address: redirects.admin,
+            active_edge_address: redirects.edge,
+            policy: self.policy,
+            last_index: self.log.last_index(),
+            commit_index: self.applied.index,
+            durable_index: self.durable_index,
+            standby_acked_index: standby_acked,
+            lag_entries,
+            lag_ms,
+            unprotected_writes: self.unprotected_writes,
+            degraded: rep.is_some_and(|r| r.degraded),
+            writes_blocked: rep.is_some_and(|r| r.blocked),
+            fenced_by: self.fenced_by,
+            pending_writes: self.writes.len(),
+            documents: self.applied.docs.len(),
+            samples_stored: self.samples_stored,
+            sample_duplicates_discarded: self.sample_duplicates,
+            client_count: self.client_count(),
+        }
+    }
+
+    /// Where callers refused by this server should go.
+    pub fn redirects(&self) -> Redirects {
+        match self.role {
+            Role::Standalone | Role::Active => Redirects {
+                admin: Some(self.me.admin_address.clone()),
+                edge: Some(self.me.edge_address.clone()),
+            },
+            Role::Standby => Redirects {
+                admin: self
+                    .peer
+                    .as_ref()
+                    .map(|p| p.admin_address.clone())
+                    .filter(|a| !a.is_empty()),
+                edge: self
+                    .peer
+                    .as_ref()
+                    .map(|p| p.edge_address.clone())
+                    .filter(|a| !a.is_empty()),
+            },
+            Role::Zombie => {
+                let peer_edge = self.peer.as_ref().map(|p| p.edge_address.clone());
+                let promoted_is_peer =
+                    self.redirect_edge.is_none() || self.redirect_edge == peer_edge;
+                Redirects {
+                    admin: self
+                        .peer
+                        .as_ref()
+                        .filter(|_| promoted_is_peer)
+                        .map(|p| p.admin_address.clone())
+                        .filter(|a| !a.is_empty()),
+                    edge: self
+                        .redirect_edge
+                        .clone()
+                        .or(peer_edge)
+                        .filter(|a| !a.is_empty()),
+                }
+            }
+        }
+    }
+
+    /// The role gate for an API call of `kind` (SPEC §3, §9.5).
+    pub fn gate(&self, kind: RequestKind, method: &str) -> Result<(), CommandError> {
+        gate(
+            self.role,
+            self.dr_state,
+            self.fenced_by.unwrap_or(self.highest_epoch_seen),
+            kind,
+            method,
+            &self.redirects(),
+            self.cfg.mutant,
+        )
+    }
+
+    // ---------------------------------------------------------------- the contract
+
+    /// Next output, if any. Drain after every [`Server::handle_input`].
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Feeds one input at time `now`.
+    pub fn handle_input(&mut self, now: Now, input: Input) {
+        self.now = Now {
+            mono_ms: now.mono_ms.max(self.now.mono_ms),
+            wall_ms: now.wall_ms,
+        };
+        match input {
+            Input::Command { req, cmd } => self.on_command(req, cmd),
+            Input::Peer(env) => self.on_peer(env),
+            Input::Edge {
+                reply_to,
+                client,
+                msg,
+            } => self.on_edge(reply_to, client, msg),
+            Input::Timeout(Timer::PeerTick) => self.on_tick(),
+            Input::Timeout(Timer::StandbyGrace) => self.on_grace_expired(),
+            Input::Persisted { up_to } => self.on_persisted(up_to),
+        }
+        self.after_input();
+    }
+
+    fn after_input(&mut self) {
+        if self.protected() {
+            self.last_dr_protected_ms = Some(self.now.wall_ms);
+        }
+        self.flush();
+    }
+
+    /// Stages the metadata if it changed and emits one `Persist` for everything staged.
+    fn flush(&mut self) {
+        let meta = self.durable_meta();
+        let meta_changed = self
+            .persisted_meta
+            .as_ref()
+            .is_none_or(|m| !same_meta(m, &meta));
+        if meta_changed {
+            self.staged.insert(0, PersistOp::Meta(meta.clone()));
+            self.persisted_meta = Some(meta);
+        }
+        if self.staged.is_empty() && self.staged_after.is_empty() {
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let ops = std::mem::take(&mut self.staged);
+        self.marks.push_back(PersistMark {
+            seq,
+            last_index: self.log.last_index(),
+            after: std::mem::take(&mut self.staged_after),
+        });
+        self.outputs.push_back(Output::Persist { seq, ops });
+    }
+
+    fn durable_meta(&self) -> DurableMeta {
+        DurableMeta {
+            role: self.role,
+            dr_state: self.dr_state,
+            epoch: self.epoch,
+            pair_id: self.pair_id,
+            peer: self.peer.clone(),
+            pairing_token: self.pairing_token,
+            policy: self.policy,
+            synced: self.synced,
+            fenced_by: self.fenced_by,
+            redirect_edge: self.redirect_edge.clone(),
+            unprotected_writes: self.unprotected_writes,
+            last_dr_protected_ms: self.last_dr_protected_ms,
+            role_timestamp_ms: self.role_timestamp_ms,
+            state_timestamp_ms: self.state_timestamp_ms,
+            zombie_to_notify: self.zombie_to_notify,
+        }
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    fn out(&mut self, o: Output) {
+        self.outputs.push_back(o);
+    }
+
+    fn set_timer(&mut self, timer: Timer, after_ms: Millis) {
+        self.out(Output::SetTimer { timer, after_ms });
+    }
+
+    fn reply(&mut self, req: RequestId, result: Result<Reply, CommandError>) {
+        self.out(Output::Reply { req, result });
+    }
+
+    fn event(&mut self, e: Event) {
+        self.out(Output::Event(e));
+    }
+
+    fn envelope(&self, body: PeerMsg) -> PeerEnvelope {
+        PeerEnvelope {
+            from: self.me.uuid,
+            pair_id: self.pair_id,
+            epoch: self.epoch,
+            body,
+        }
+    }
+
+    fn send_peer(&mut self, body: PeerMsg) {
+        if let Some(to) = self.peer.as_ref().map(|p| p.peer_address.clone()) {
+            let msg = self.envelope(body);
+            self.out(Output::SendPeer { to, msg });
+        }
+    }
+
+    fn wrong_state(&self, method: &str, why: impl Into<String>) -> CommandError {
+        CommandError::WrongState {
+            method: method.to_string(),
+            role: self.role,
+            state: self.dr_state,
+            why: why.into(),
+        }
+    }
+
+    /// Records a role/drState change: event, in-memory and durable history.
+    fn transition(&mut self, role: Role, to: DrState, reason: String) {
+        debug_assert!(
+            DrState::allowed_for(role).contains(&to),
+            "{role} cannot be in {to}"
+        );
+        if role == self.role && to == self.dr_state {
+            return;
+        }
+        let t = Transition {
+            from_role: self.role,
+            from: self.dr_state,
+            to_role: role,
+            to,
+            epoch: self.epoch,
+            timestamp_ms: self.now.wall_ms,
+            reason,
+        };
+        if role != self.role {
+            self.role_timestamp_ms = self.now.wall_ms;
+        }
+        self.state_timestamp_ms = self.now.wall_ms;
+        self.role = role;
+        self.dr_state = to;
+        if !matches!(
+            to,
+            DrState::FailureGetActiveStatus | DrState::FailureGetStandbyStatus
+        ) {
+            self.failure = None;
+        }
+        if self.history.len() >= self.cfg.history_entries {
+            self.history.pop_front();
+        }
+        self.history.push_back(t.clone());
+        self.staged.push(PersistOp::History(t.clone()));
+        self.event(Event::Transition(t));
+    }
+
+    fn stage_append(&mut self, entry: Entry) {
+        match self.staged.last_mut() {
+            Some(PersistOp::Append(v)) => v.push(entry.clone()),
+            _ => self.staged.push(PersistOp::Append(vec![entry.clone()])),
+        }
+        self.log.push(entry);
+    }
+
+    fn append_op(&mut self, op: Op) -> Index {
+        let index = self.log.last_index() + 1;
+        self.stage_append(Entry {
+            epoch: self.epoch,
+            index,
+            op,
+        });
+        index
+    }
+
+    // ---------------------------------------------------------------- persistence
+
+    fn on_persisted(&mut self, up_to: PersistSeq) {
+        let before = self.durable_index;
+        let mut actions = Vec::new();
+        while self.marks.front().is_some_and(|m| m.seq <= up_to) {
+            // `front()` was just checked to be `Some`.
+            let m = self.marks.pop_front().expect("checked");
+            self.durable_index = m.last_index.min(self.log.last_index());
+            actions.extend(m.after);
+        }
+        for a in actions {
+            self.run_after(a);
+        }
+        if self.durable_index != before {
+            match self.role {
+                Role::Standby if self.snapshot_rx.is_none() && self.synced => {
+                    let durable_index = self.durable_index;
+                    self.send_peer(PeerMsg::AppendAck {
+                        durable_index,
+                        ok: true,
+                    });
+                }
+                Role::Active | Role::Standalone => {
+                    self.advance_commit();
+                    self.replicate();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn run_after(&mut self, a: AfterDurable) {
+        match a {
+            AfterDurable::Reply(req, r) => self.reply(req, Ok(r)),
+            AfterDurable::SendPair => self.send_pair(),
+            AfterDurable::SendPairAccepted => {
+                let standby = self.me.clone();
+                self.send_peer(PeerMsg::PairAccepted { standby });
+            }
+            AfterDurable::SendJoin => self.send_join(),
+            AfterDurable::AckSnapshot { index, chunk } => {
+                self.send_peer(PeerMsg::SnapshotAck { index, chunk });
+                let durable_index = self.durable_index;
+                self.send_peer(PeerMsg::AppendAck {
+                    durable_index,
+                    ok: true,
+                });
+            }
+            AfterDurable::GrantDemotion => self.send_demote_granted(),
+            AfterDurable::FinishPromotion => self.finish_promotion(),
+        }
+    }
+
+    // ---------------------------------------------------------------- commit and acks
+
+    /// The highest index that may be acknowledged to clients.
+    fn ack_point(&self) -> Index {
+        match (&self.replica, self.role) {
+            (_, Role::Standalone) => self.durable_index,
+            (Some(r), Role::Active) => {
+                if r.degraded || self.cfg.mutant == Mutant::AckBeforeStandby {
+                    self.durable_index
+                } else {
+                    self.durable_index.min(r.match_index)
+                }
+            }
+            _ => self.applied.index,
+        }
+    }
+
+    /// Moves the commit point forward (writer roles) and acknowledges what it covers.
+    fn advance_commit(&mut self) {
+        if !self.role.is_writer() {
+            return;
+        }
+        let target = self.ack_point().min(self.log.last_index());
+        if target <= self.applied.index {
+            return;
+        }
+        if let Some(r) = &self.replica {
+            if r.degraded {
+                let from = self.applied.index.max(r.match_index);
+                let n = self
+                    .log
+                    .iter_after(from)
+                    .take_while(|e| e.index <= target)
+                    .filter(|e| e.op != Op::EpochStart)
+                    .count();
+                self.unprotected_writes += n as u64;
+            }
+        }
+        self.apply_upto(target);
+        self.answer_committed();
+    }
+
+    fn apply_upto(&mut self, target: Index) {
+        let from = self.applied.index;
+        if target <= from {
+            return;
+        }
+        let entries: Vec<Entry> = self
+            .log
+            .iter_after(from)
+            .take_while(|e| e.index <= target)
+            .cloned()
+            .collect();
+        for e in &entries {
+            if let Op::Samples { samples, .. } = &e.op {
+                self.samples_stored += samples.len() as u64;
+            }
+            apply_entry(&mut self.applied, e);
+        }
+        self.staged.push(PersistOp::Commit(self.applied.index));
+        self.trim_window();
+    }
+
+    fn trim_window(&mut self) {
+        let before = self.log.base_index();
+        let base = self
+            .log
+            .trim_front(self.cfg.log_window_entries, self.applied.index);
+        if base == before {
+            return;
+        }
+        // Storage keeps what the standby may still need from the log.
+        let safe = match &self.replica {
+            Some(r) => r.match_index.min(base),
+            None => base,
+        };
+        if safe >= self.storage_compacted_below + (self.cfg.log_window_entries as u64 / 4).max(1) {
+            self.storage_compacted_below = safe;
+            self.staged.push(PersistOp::Compact { below: safe + 1 });
+        }
+    }
+
+    fn answer_committed(&mut self) {
+        let c = self.applied.index;
+        while self.writes.front().is_some_and(|w| w.index <= c) {
+            let w = self.writes.pop_front().expect("checked");
+            let r = if w.delete {
+                Reply::Deleted {
+                    key: w.key,
+                    version: w.index,
+                }
+            } else {
+                Reply::Written {
+                    key: w.key,
+                    version: w.index,
+                }
+            };
+            self.reply(w.req, Ok(r));
+        }
+        while self.sample_acks.front().is_some_and(|a| a.index <= c) {
+            let a = self.sample_acks.pop_front().expect("checked");
+            let msg = ServerMsg::MonitoringAck {
+                epoch: self.epoch,
+                up_to_seq: a.up_to_seq,
+            };
+            self.out(Output::ReplyEdge {
+                reply_to: a.reply_to,
+                msg,
+            });
+        }
+    }
+
+    /// Refuses every waiting write and sample batch (fenced, demoted, unpaired).
+    fn fail_pending(&mut self, reason: &str) {
+        for w in std::mem::take(&mut self.writes) {
+            let e = CommandError::NotAcknowledged {
+                index: w.index,
+                reason: reason.to_string(),
+            };
+            self.reply(w.req, Err(e));
+        }
+        for a in std::mem::take(&mut self.sample_acks) {
+            let msg = self.refused_msg(reason.to_string());
+            self.out(Output::ReplyEdge {
+                reply_to: a.reply_to,
+                msg,
+            });
+        }
+    }
+
+    fn refused_msg(&self, reason: String) -> ServerMsg {
+        ServerMsg::Refused {
+            role: self.role,
+            epoch: self.epoch,
+            redirect: self.redirects().edge.filter(|e| *e != self.me.edge_address),
+            reason,
+        }
+    }
+
+    // ---------------------------------------------------------------- replication (active)
+
+    /// Sends the standby what it lacks: snapshot chunks or locally durable entries.
+    fn replicate(&mut self) {
+        if self.role != Role::Active || self.dr_state == DrState::ActiveConfiguring {
+            return;
+        }
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        if r.snapshot.is_some() {
+            return;
+        }
+        if r.need_snapshot || r.next_index <= self.log.base_index() {
+            self.start_snapshot();
+            return;
+        }
+        let mut sends = Vec::new();
+        let commit = self.applied.index;
+        while r.next_index <= self.durable_index
+            && r.next_index - r.match_index - 1 < self.cfg.max_inflight_entries
+        {
+            let room = self.cfg.max_inflight_entries - (r.next_index - r.match_index - 1);
+            let max = (self.cfg.max_batch_entries as u64).min(room) as usize;
+            let entries = self.log.batch(
+                r.next_index,
+                self.durable_index,
+                max,
+                self.cfg.max_batch_bytes,
+            );
+            if entries.is_empty() {
+                break;
+            }
+            let prev_index = r.next_index - 1;
+            // `prev_index >= base_index` because `next_index > base_index` was checked.
+            let prev_epoch = self.log.epoch_at(prev_index).unwrap_or(0);
+            r.next_index += entries.len() as u64;
+            sends.push(PeerMsg::Append {
+                prev_index,
+                prev_epoch,
+                entries,
+                commit_index: commit,
+                active_durable: self.durable_index,
+            });
+        }
+        for m in sends {
+            self.send_peer(m);
+        }
+    }
+
+    /// An empty append: heartbeat and probe of where the standby is.
+    fn send_heartbeat_append(&mut self) {
+        let Some(r) = self.replica.as_ref() else {
+            return;
+        };
+        if r.snapshot.is_some() || r.need_snapshot {
+            return;
+        }
+        let prev_index = r.next_index - 1;
+        let Some(prev_epoch) = self.log.epoch_at(prev_index) else {
+            return;
+        };
+        let m = PeerMsg::Append {
+            prev_index,
+            prev_epoch,
+            entries: Vec::new(),
+            commit_index: self.applied.index,
+            active_durable: self.durable_index,
+        };
+        self.send_peer(m);
+    }
+
+    fn start_snapshot(&mut self) {
+        let snap = self.applied.clone();
+        let mut chunks = Vec::new();
+        let mut docs = Vec::new();
+        let mut bytes = 0usize;
+        let max = self.cfg.max_batch_bytes;
+        for (k, d) in &snap.docs {
+            let size = k.len() + d.value.len() + 16;
+            if bytes + size > max && !docs.is_empty() {
+                chunks.push(std::mem::take(&mut docs));
+                bytes = 0;
+            }
+            bytes += size;
+            docs.push((k.clone(), d.clone()));
+        }
+        chunks.push(docs);
+        let n = chunks.len() as u32;
+        let chunks: Vec<PeerMsg> = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, docs)| {
+                let last = i as u32 + 1 == n;
+                PeerMsg::SnapshotChunk {
+                    index: snap.index,
+                    snapshot_epoch: snap.epoch,
+                    chunk: i as u32,
+                    last,
+                    docs,
+                    sample_seq: if last {
+                        snap.sample_seq.clone().into_iter().collect()
+                    } else {
+                        Vec::new()
+                    },
+                    epoch_starts: if last {
+                        snap.epoch_starts.clone()
+                    } else {
+                        Vec::new()
+                    },
+                }
+            })
+            .collect();
+        let first = chunks[0].clone();
+        if let Some(r) = self.replica.as_mut() {
+            r.need_snapshot = false;
+            r.snapshot = Some(SnapshotTx {
+                index: snap.index,
+                epoch: snap.epoch,
+                chunks,
+                next: 0,
+            });
+        }
+        self.event(Event::SnapshotSent {
+            index: snap.index,
+            chunks: n,
+        });
+        if self.dr_state == DrState::StandbyRunning {
+            self.transition(
+                Role::Active,
+                DrState::StandbySync,
+                "standby needs a snapshot: the log it lacks was compacted".into(),
+            );
+        }
+        self.send_peer(first);
+    }
+
+    fn resend_snapshot_chunk(&mut self) {
+        let chunk = self
+            .replica
+            .as_ref()
+            .and_then(|r| r.snapshot.as_ref())
+            .and_then(|s| s.chunks.get(s.next as usize).cloned());
+        if let Some(c) = chunk {
+            self.send_peer(c);
+        }
+    }
+
+    fn on_snapshot_ack(&mut self, index: Index, chunk: u32) {
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        let Some(tx) = r.snapshot.as_mut() else {
+            return;
+        };
+        if tx.index != index || tx.next != chunk {
+            return;
+        }
+        tx.next += 1;
+        if (tx.next as usize) < tx.chunks.len() {
+            let c = tx.chunks[tx.next as usize].clone();
+            self.send_peer(c);
+            return;
+        }
+        let (idx, _epoch) = (tx.index, tx.epoch);
+        r.snapshot = None;
+        r.match_index = r.match_index.max(idx);
+        r.next_index = idx + 1;
+        if self.dr_state == DrState::ActiveWaitStandby {
+            self.transition(
+                Role::Active,
+                DrState::StandbySync,
+                format!("standby installed the snapshot at index {idx}"),
+            );
+        }
+        self.after_standby_progress();
+        self.replicate();
+    }
+
+    fn on_append_ack(&mut self, durable_index: Index, ok: bool) {
+        let durable = self.durable_index;
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        if r.snapshot.is_some() {
+            return;
+        }
+        if ok {
+            r.match_index = r.match_index.max(durable_index.min(durable));
+            r.next_index = r.next_index.max(r.match_index + 1);
+        } else {
+            // The standby lacks what we sent after; resend from its hint.
+            r.next_index = (durable_index + 1).max(r.match_index + 1).min(r.next_index);
+        }
+        self.after_standby_progress();
+        self.replicate();
+    }
+
+    /// After the standby acknowledged something: lag, states, protection, commit.
+    fn after_standby_progress(&mut self) {
+        let durable = self.durable_index;
+        let now = self.now.mono_ms;
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        let caught_up = r.match_index >= durable;
+        r.lag_since_ms = if caught_up {
+            None
+        } else {
+            r.lag_since_ms.or(Some(now))
+        };
+        let ended_degrade = r.degraded && r.match_index >= self.applied.index;
+        if ended_degrade {
+            r.degraded = false;
+        }
+        let m = r.match_index;
+        if ended_degrade {
+            self.event(Event::Protected { at_index: m });
+        }
+        if caught_up && self.dr_state == DrState::StandbySync {
+            self.transition(
+                Role::Active,
+                DrState::StandbyRunning,
+                format!("standby caught up at index {m}"),
+            );
+        }
+        self.advance_commit();
+        self.check_demotion_ready();
+    }
+
+    fn on_standby_heard(&mut self) {
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        r.heard = true;
+        r.missed_ticks = 0;
+        if r.lost {
+            r.lost = false;
+            r.blocked = false;
+            self.out(Output::CancelTimer(Timer::StandbyGrace));
+            let to = if self
+                .replica
+                .as_ref()
+                .is_some_and(|r| r.match_index >= self.durable_index && r.snapshot.is_none())
+            {
+                DrState::StandbyRunning
+            } else {
+                DrState::StandbySync
+            };
+            if self.dr_state == DrState::FailureGetStandbyStatus {
+                self.transition(Role::Active, to, "standby reachable again".into());
+            }
+        }
+    }
+
+    fn on_grace_expired(&mut self) {
+        if self.role != Role::Active {
+            return;
+        }
+        let policy = self.policy;
+        let commit = self.applied.index;
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        if !r.lost {
+            return;
+        }
+        match policy {
+            OnStandbyLoss::Degrade => {
+                if !r.degraded {
+                    r.degraded = true;
+                    self.failure = Some(format!(
+                        "standby unreachable for longer than standby_grace ({} ms); writes are acknowledged \
+                         WITHOUT the standby (on_standby_loss = degrade) and counted as unprotected",
+                        self.cfg.standby_grace_ms
+                    ));
+                    self.event(Event::Degraded {
+                        since_index: commit + 1,
+                    });
+                    self.advance_commit();
+                }
+            }
+            OnStandbyLoss::Block => {
+                r.blocked = true;
+                self.failure = Some(format!(
+                    "standby unreachable for longer than standby_grace ({} ms); writes are refused \
+                     (on_standby_loss = block) so that RPO stays 0",
+                    self.cfg.standby_grace_ms
+                ));
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- the peer tick
+
+    fn on_tick(&mut self) {
+        self.set_timer(Timer::PeerTick, self.cfg.peer_heartbeat_interval_ms);
+        match self.role {
+            Role::Active => self.tick_active(),
+            Role::Standby => self.tick_standby(),
+            Role::Standalone if self.zombie_to_notify => {
+                let active = self.me.clone();
+                self.send_peer(PeerMsg::NewEpoch { active });
+            }
+            Role::Zombie if self.rejoin_requested => self.send_rejoin(),
+            _ => {}
+        }
+    }
+
+    fn tick_active(&mut self) {
+        let threshold = self.cfg.peer_failure_threshold;
+        let durable = self.durable_index;
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        if !r.heard {
+            r.missed_ticks = r.missed_ticks.saturating_add(1);
+        }
+        r.heard = false;
+        let newly_lost = !r.lost && r.missed_ticks >= threshold;
+        if newly_lost {
+            r.lost = true;
+        }
+        // Stalled stream: rewind and resend from what the standby has.
+        let stalled = r.match_index == r.match_at_tick && r.next_index > r.match_index + 1;
+        if stalled {
+            r.next_index = r.match_index + 1;
+        }
+        r.match_at_tick = r.match_index;
+        let lag = durable.saturating_sub(r.match_index);
+        if newly_lost {
+            self.failure = Some(format!(
+                "standby {} unreachable: no answer to {threshold} peer heartbeats; writes wait up to \
+                 standby_grace ({} ms), then on_standby_loss = {} applies",
+                self.peer.as_ref().map_or("?", |p| p.peer_address.as_str()),
+                self.cfg.standby_grace_ms,
+                self.policy.as_str()
+            ));
+            if matches!(
+                self.dr_state,
+                DrState::StandbySync | DrState::StandbyRunning | DrState::ActiveWaitStandby
+            ) {
+                self.transition(
+                    Role::Active,
+                    DrState::FailureGetStandbyStatus,
+                    format!("standby unreachable for {threshold} heartbeats (lag {lag} entries)"),
+                );
+            }
+            self.set_timer(Timer::StandbyGrace, self.cfg.standby_grace_ms);
+        }
+        if let Some(d) = self.demotion.as_mut() {
+            d.ticks += 1;
+            if d.ticks > self.cfg.switchover_max_ticks {
+                let resume = d.resume;
+                self.demotion = None;
+                self.transition(
+                    Role::Active,
+                    resume,
+                    "planned switchover abandoned: the standby did not catch up in time; writes resume".into(),
+                );
+            }
+        }
+        match self.dr_state {
+            DrState::ActiveConfiguring => self.send_pair(),
+            _ if self.replica.as_ref().is_some_and(|r| r.snapshot.is_some()) => {
+                self.resend_snapshot_chunk()
+            }
+            _ => {
+                self.replicate();
+                self.send_heartbeat_append();
+            }
+        }
+    }
+
+    fn tick_standby(&mut self) {
+        let threshold = self.cfg.peer_failure_threshold;
+        if self.join_target && self.dr_state == DrState::StandbyCandidate {
+            self.send_join();
+        }
+        if !self.active_heard {
+            self.active_missed_ticks = self.active_missed_ticks.saturating_add(1);
+        }
+        self.active_heard = false;
+        if let Some(p) = self.promotion.as_mut() {
+            if p.planned && p.granted_last.is_none() {
+                p.ticks += 1;
+                if p.ticks > self.cfg.switchover_max_ticks {
+                    let (req, resume) = (p.req, p.resume);
+                    self.promotion = None;
+                    let why = format!(
+                        "the active did not confirm its demotion within {} peer heartbeats; nothing changed, \
+                         the active keeps serving",
+                        self.cfg.switchover_max_ticks
+                    );
+                    self.transition(
+                        Role::Standby,
+                        resume,
+                        format!("planned switchover abandoned: {why}"),
+                    );
+                    self.reply(req, Err(CommandError::SwitchoverAbandoned(why)));
+                } else {
+                    let new_epoch = self.epoch + 1;
+                    self.send_peer(PeerMsg::DemoteRequest { new_epoch });
+                }
+            }
+        }
+        let watching = matches!(
+            self.dr_state,
+            DrState::StandbyConfiguring | DrState::StandbySync | DrState::StandbyRunning
+        );
+        if watching && self.active_missed_ticks >= threshold {
+            let missed = self.active_missed_ticks;
+            self.failure = Some(format!(
+                "active {} unreachable: nothing heard for {missed} peer heartbeats; promoteStandbyToActive \
+                 is possible",
+                self.peer.as_ref().map_or("?", |p| p.peer_address.as_str())
+            ));
+            self.transition(
+                Role::Standby,
+                DrState::FailureGetActiveStatus,
+                format!("active unreachable for {missed} heartbeats"),
+            );
+        }
+    }
+
+    fn on_active_heard(&mut self) {
+        self.active_heard = true;
+        self.active_missed_ticks = 0;
+        if self.dr_state == DrState::FailureGetActiveStatus {
+            let to = if self.synced {
+                DrState::StandbySync
+            } else {
+                DrState::StandbyConfiguring
+            };
+            self.transition(Role::Standby, to, "active reachable again".into());
+        }
+    }
+
+    // ---------------------------------------------------------------- peer messages
+
+    fn on_peer(&mut self, env: PeerEnvelope) {
+        let kind = env.body.kind();
+        let from_peer = self.peer.as_ref().is_some_and(|p| p.uuid == env.from);
+        let same_pair = env.pair_id.is_some() && env.pair_id == self.pair_id;
+        // Fencing: a higher epoch of our pair, from our peer, ends our writes for good.
+        if same_pair && from_peer && env.epoch > self.epoch {
+            let redirect = match &env.body {
+                PeerMsg::NewEpoch { active } => Some(active.edge_address.clone()),
+                _ => self.peer.as_ref().map(|p| p.edge_address.clone()),
+            };
+            if let PeerMsg::NewEpoch { active } = &env.body {
+                self.peer = Some(active.clone());
+            }
+            let accepting_rejoin =
+                self.role == Role::Zombie && matches!(env.body, PeerMsg::RejoinAccepted { .. });
+            if !accepting_rejoin {
+                self.learn_epoch(
+                    env.epoch,
+                    redirect,
+                    format!("peer {} ({kind})", self.peer_name()),
+                );
+            }
+        }
+        match env.body {
+            PeerMsg::Pair {
+                token,
+                standby_uuid,
+                active,
+                policy,
+            } => self.on_pair(env.pair_id, env.epoch, token, standby_uuid, active, policy),
+            PeerMsg::Join { token, standby } => self.on_join(token, standby),
+            PeerMsg::Rejoin {
+                last_index,
+                last_epoch,
+                standby,
+            } if env.pair_id == self.pair_id => {
+                self.on_rejoin(env.epoch, last_index, last_epoch, standby)
+            }
+            _ if !(same_pair && from_peer) => {
+                let reason = format!(
+                    "from {:032x}, which is not this server's peer in pair {:?}",
+                    env.from, self.pair_id
+                );
+                self.event(Event::PeerIgnored { kind, reason });
+            }
+            PeerMsg::NewEpoch { .. } => {
+                if self.role == Role::Zombie {
+                    self.send_peer(PeerMsg::ZombieAck);
+                }
+            }
+            PeerMsg::ZombieAck => self.zombie_to_notify = false,
+            _ if env.epoch < self.epoch
+                && self.role.is_writer()
+                && !matches!(env.body, PeerMsg::Refused { .. }) =>
+            {
+                // A stale server of our pair: tell it who holds the newer epoch.
+                let active = self.me.clone();
+                self.send_peer(PeerMsg::NewEpoch { active });
+                self.zombie_to_notify = self.role == Role::Standalone;
+            }
+            PeerMsg::PairAccepted { standby } => self.on_pair_accepted(standby),
+            PeerMsg::Refused { reason } => self.on_refused(reason),
+            PeerMsg::SnapshotChunk {
+                index,
+                snapshot_epoch,
+                chunk,
+                last,
+                docs,
+                sample_seq,
+                epoch_starts,
+            } => self.on_snapshot_chunk(
+                env.epoch,
+                index,
+                snapshot_epoch,
+                chunk,
+                last,
+                docs,
+                sample_seq,
+                epoch_starts,
+            ),
+            PeerMsg::SnapshotAck { index, chunk } if self.role == Role::Active => {
+                self.on_standby_heard();
+                self.on_snapshot_ack(index, chunk);
+            }
+            PeerMsg::Append {
+                prev_index,
+                prev_epoch,
+                entries,
+                commit_index,
+                active_durable,
+            } => self.on_append(
+                env.epoch,
+                prev_index,
+                prev_epoch,
+                entries,
+                commit_index,
+                active_durable,
+            ),
+            PeerMsg::AppendAck { durable_index, ok } if self.role == Role::Active => {
+                self.on_standby_heard();
+                self.on_append_ack(durable_index, ok);
+            }
+            PeerMsg::DemoteRequest { new_epoch } => self.on_demote_request(new_epoch),
+            PeerMsg::DemoteGranted {
+                new_epoch,
+                last_index,
+                last_epoch,
+            } => self.on_demote_granted(new_epoch, last_index, last_epoch),
+            PeerMsg::RejoinAccepted { keep_index, active } => {
+                self.on_rejoin_accepted(env.epoch, keep_index, active)
+            }
+            PeerMsg::Unpair => self.unpair("the peer removed DR (removeStandby)"),
+            other => {
+                let reason = format!("not expected in role {} / {}", self.role, self.dr_state);
+                self.event(Event::PeerIgnored {
+                    kind: other.kind(),
+                    reason,
+                });
+            }
+        }
+    }
+
+    fn peer_name(&self) -> String {
+        self.peer.as_ref().map_or_else(
+            || "?".into(),
+            |p| format!("{} ({})", p.name, p.peer_address),
+        )
+    }
+
+    /// A higher epoch of our pair exists: unless we hold it, we are a zombie from now on.
+    fn learn_epoch(&mut self, epoch: Epoch, redirect_edge: Option<String>, source: String) {
+        self.highest_epoch_seen = self.highest_epoch_seen.max(epoch);
+        if epoch <= self.epoch {
+            return;
+        }
+        if self.role == Role::Zombie {
+            if self.fenced_by.is_none_or(|f| f < epoch) {
+                self.fenced_by = Some(epoch);
+                if redirect_edge.is_some() {
+                    self.redirect_edge = redirect_edge;
+                }
+            }
+            return;
+        }
+        if self.cfg.mutant == Mutant::NoEpochFencing {
+            return;
+        }
+        self.fenced_by = Some(epoch);
+        if redirect_edge.is_some() {
+            self.redirect_edge = redirect_edge;
+        }
+        self.replica = None;
+        self.demotion = None;
+        self.snapshot_rx = None;
+        if let Some(p) = self.promotion.take() {
+            let why = format!("epoch {epoch} already exists ({source}); this server is fenced");
+            self.reply(
+                p.req,
+                Err(self.wrong_state("disasterRecovery/promoteStandbyToActive", why)),
+            );
+        }
+        self.out(Output::CancelTimer(Timer::StandbyGrace));
+        self.event(Event::Fenced {
+            epoch,
+            learned_from: source.clone(),
+        });
+        self.transition(
+            Role::Zombie,
+            DrState::Zombie,
+            format!("fenced: epoch {epoch} learned from {source}"),
+        );
+        self.fail_pending(&format!("this server was fenced by epoch {epoch}"));
+    }
+
+    fn send_pair(&mut self) {
+        let (Some(token), Some(peer)) = (self.pairing_token, self.peer.clone()) else {
+            return;
+        };
+        let m = PeerMsg::Pair {
+            token,
+            standby_uuid: peer.uuid,
+            active: self.me.clone(),
+            policy: self.policy,
+        };
+        self.send_peer(m);
+    }
+
+    fn send_join(&mut self) {
+        let Some(token) = self.pairing_token else {
+            return;
+        };
+        let m = PeerMsg::Join {
+            token,
+            standby: self.me.clone(),
+        };
+        self.send_peer(m);
+    }
+
+    fn on_pair(
+        &mut self,
+        pair_id: Option<PairId>,
+        epoch: Epoch,
+        token: u128,
+        standby_uuid: ServerId,
+        active: ServerInfo,
+        policy: OnStandbyLoss,
+    ) {
+        // A repeat of the pairing we already accepted.
+        if self.role == Role::Standby && pair_id.is_some() && pair_id == self.pair_id {
+            if self.dr_state == DrState::StandbyConfiguring && self.marks.is_empty() {
+                let standby = self.me.clone();
+                self.send_peer(PeerMsg::PairAccepted { standby });
+            }
+            return;
+        }
+        let refuse = if self.role != Role::Standby || self.dr_state != DrState::StandbyCandidate {
+            Some(format!(
+                "{} is {} / {}, not a prepared standby (run prepareForStandby on it first)",
+                self.me.name, self.role, self.dr_state
+            ))
+        } else if standby_uuid != self.me.uuid {
+            Some(format!(
+                "standbyUuid {standby_uuid:032x} does not match this server's vcoUuid {:032x}",
+                self.me.uuid
+            ))
+        } else if self.pairing_token != Some(token) {
+            Some("pairingToken does not match the one prepareForStandby issued".to_string())
+        } else if pair_id.is_none() {
+            Some("pairing without a pairId".to_string())
+        } else {
+            None
+        };
+        if let Some(reason) = refuse {
+            let msg = PeerEnvelope {
+                from: self.me.uuid,
+                pair_id,
+                epoch: self.epoch,
+                body: PeerMsg::Refused {
+                    reason: reason.clone(),
+                },
+            };
+            self.out(Output::SendPeer {
+                to: active.peer_address.clone(),
+                msg,
+            });
+            self.event(Event::PeerIgnored {
+                kind: "Pair",
+                reason,
+            });
+            return;
+        }
+        self.pair_id = pair_id;
+        self.epoch = epoch;
+        self.highest_epoch_seen = self.highest_epoch_seen.max(epoch);
+        self.peer = Some(active);
+        self.policy = policy;
+        self.pairing_token = None;
+        self.join_target = false;
+        self.synced = false;
+        self.active_heard = true;
+        self.active_missed_ticks = 0;
+        self.transition(
+            Role::Standby,
+            DrState::StandbyConfiguring,
+            format!("paired with active {}", self.peer_name()),
+        );
+        self.staged_after.push(AfterDurable::SendPairAccepted);
+    }
+
+    fn on_join(&mut self, token: u128, standby: ServerInfo) {
+        if self.role != Role::Standalone || self.pairing_token != Some(token) {
+            let reason = format!(
+                "{} has no matching replication blob outstanding (run getReplicationBlob on it)",
+                self.me.name
+            );
+            let msg = PeerEnvelope {
+                from: self.me.uuid,
+                pair_id: None,
+                epoch: self.epoch,
+                body: PeerMsg::Refused { reason },
+            };
+            self.out(Output::SendPeer {
+                to: standby.peer_address,
+                msg,
+            });
+            return;
+        }
+        self.begin_configure(standby, token);
+        self.staged_after.push(AfterDurable::SendPair);
+    }
+
+    fn begin_configure(&mut self, standby: ServerInfo, token: u128) {
+        self.pair_id = Some(self.rng.next_u128().max(1));
+        self.peer = Some(standby);
+        self.pairing_token = Some(token);
+        self.policy = self.cfg.on_standby_loss;
+        self.replica = Some(Replica::new(true, self.log.last_index()));
+        self.transition(
+            Role::Active,
+            DrState::ActiveConfiguring,
+            format!("configuring replication to {}", self.peer_name()),
+        );
+    }
+
+    fn on_pair_accepted(&mut self, standby: ServerInfo) {
+        if self.role != Role::Active || self.dr_state != DrState::ActiveConfiguring {
+            return;
+        }
+        self.peer = Some(standby);
+        self.pairing_token = None;
+        self.on_standby_heard();
+        self.transition(
+            Role::Active,
+            DrState::ActiveWaitStandby,
+            format!("standby {} accepted the pairing", self.peer_name()),
+        );
+        self.replicate();
+    }
+
+    fn on_refused(&mut self, reason: String) {
+        self.event(Event::PeerIgnored {
+            kind: "Refused",
+            reason: reason.clone(),
+        });
+        if self.role == Role::Active && self.dr_state == DrState::ActiveConfiguring {
+            self.unpair_local(&format!("pairing refused by the standby: {reason}"));
+        } else if self.role == Role::Standby
+            && self.dr_state == DrState::StandbyCandidate
+            && self.join_target
+        {
+            self.join_target = false;
+            self.failure = Some(format!(
+                "transitionToStandby refused by the active: {reason}"
+            ));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_snapshot_chunk(
+        &mut self,
+        epoch: Epoch,
+        index: Index,
+        snapshot_epoch: Epoch,
+        chunk: u32,
+        last: bool,
+        docs: Vec<(String, Doc)>,
+        sample_seq: Vec<(ClientId, u64)>,
+        epoch_starts: Vec<(Epoch, Index)>,
+    ) {
+        if self.role != Role::Standby
+            || epoch != self.epoch
+            || self.dr_state == DrState::StandbyCandidate
+        {
+            return;
+        }
+        self.on_active_heard();
+        if chunk == 0
+            && self
+                .snapshot_rx
+                .as_ref()
+                .is_none_or(|rx| rx.snapshot.index != index || rx.next > 1)
+        {
+            let snapshot = Snapshot {
+                index,
+                epoch: snapshot_epoch,
+                ..Snapshot::default()
+            };
+            self.snapshot_rx = Some(SnapshotRx { snapshot, next: 0 });
+        }
+        let Some(rx) = self.snapshot_rx.as_mut() else {
+            return;
+        };
+        if rx.snapshot.index != index {
+            return;
+        }
+        if chunk < rx.next {
+            // A repeat of a chunk we already have: acknowledge it again.
+            if !last {
+                self.send_peer(PeerMsg::SnapshotAck { index, chunk });
+            }
+            return;
+        }
+        if chunk > rx.next {
+            return;
+        }
+        rx.snapshot.docs.extend(docs);
+        rx.next += 1;
+        if !last {
+            self.send_peer(PeerMsg::SnapshotAck { index, chunk });
+            return;
+        }
+        // `snapshot_rx` was just checked to be `Some`.
+        let mut rx = self.snapshot_rx.take().expect("checked");
+        rx.snapshot.sample_seq = sample_seq.into_iter().collect();
+        rx.snapshot.epoch_starts = epoch_starts;
+        let snap = rx.snapshot;
+        self.fail_pending("replaced by a snapshot");
+        self.log = Log::starting_after(snap.index, snap.epoch);
+        self.durable_index = snap.index;
+        self.pending_sample_seq = snap.sample_seq.clone();
+        self.applied = snap.clone();
+        self.storage_compacted_below = snap.index;
+        self.staged.push(PersistOp::InstallSnapshot(snap));
+        self.synced = true;
+        if self.dr_state != DrState::StandbySync {
+            self.transition(
+                Role::Standby,
+                DrState::StandbySync,
+                format!("snapshot at index {index} installed"),
+            );
+        }
+        self.staged_after
+            .push(AfterDurable::AckSnapshot { index, chunk });
+    }
+
+    fn on_append(
+        &mut self,
+        epoch: Epoch,
+        prev_index: Index,
+        prev_epoch: Epoch,
+        entries: Vec<Entry>,
+        commit_index: Index,
+        active_durable: Index,
+    ) {
+        if self.role != Role::Standby
+            || epoch != self.epoch
+            || self.dr_state == DrState::StandbyCandidate
+        {
+            return;
+        }
+        self.on_active_heard();
+        if self.snapshot_rx.is_some() || !self.synced {
+            return;
+        }
+        let last = self.log.last_index();
+        if prev_index > last {
+            let durable_index = self.durable_index.min(last);
+            self.send_peer(PeerMsg::AppendAck {
+                durable_index,
+                ok: false,
+            });
+            return;
+        }
+        let base = self.log.base_index();
+        let mut entries = entries;
+        let mut prev = (prev_index, prev_epoch);
+        if prev_index < base {
+            // Entries at or below our window's base are committed and identical.
+            entries.retain(|e| e.index > base);
+            prev = (base, self.log.epoch_at(base).unwrap_or(0));
+        }
+        if entries.first().is_some_and(|e| e.index != prev.0 + 1) {
+            return;
+        }
+        if self.log.epoch_at(prev.0) != Some(prev.1) {
+            let durable_index = self.applied.index;
+            self.send_peer(PeerMsg::AppendAck {
+                durable_index,
+                ok: false,
+            });
+            return;
+        }
+        for e in entries {
+            match self.log.epoch_at(e.index) {
+                Some(ep) if ep == e.epoch => continue,
+                Some(_) => {
+                    let at = e.index - 1;
+                    if at < self.applied.index {
+                        self.event(Event::PeerIgnored {
+                            kind: "Append",
+                            reason: format!("conflicts with committed entry {}", e.index),
+                        });
+                        return;
+                    }
+                    self.log.truncate_after(at);
+                    self.durable_index = self.durable_index.min(at);
+                    self.staged.push(PersistOp::TruncateAfter(at));
+                    self.stage_append(e);
+                }
+                None => self.stage_append(e),
+            }
+        }
+        for e in self.log.iter_after(self.applied.index) {
+            if let Op::Samples { client, samples } = &e.op {
+                if let Some(last) = samples.last() {
+                    let seq = self.pending_sample_seq.entry(client.clone()).or_insert(0);
+                    *seq = (*seq).max(last.seq);
+                }
+            }
+        }
+        let new_commit = commit_index.min(self.log.last_index());
+        self.apply_upto(new_commit);
+        let last = self.log.last_index();
+        if last >= active_durable && self.dr_state == DrState::StandbySync {
+            self.transition(
+                Role::Standby,
+                DrState::StandbyRunning,
+                format!("caught up with the active at index {last}"),
+            );
+        }
+        if self.durable_index >= last
+            && !self
+                .staged
+                .iter()
+                .any(|o| matches!(o, PersistOp::Append(_)))
+        {
+            let durable_index = self.durable_index;
+            self.send_peer(PeerMsg::AppendAck {
+                durable_index,
+                ok: true,
+            });
+        }
+    }
+
+    // ---------------------------------------------------------------- promotion
+
+    fn on_demote_request(&mut self, new_epoch: Epoch) {
+        if self.role == Role::Zombie && self.fenced_by == Some(new_epoch) {
+            self.send_demote_granted();
+            return;
+        }
+        if self.role != Role::Active || new_epoch != self.epoch + 1 {
+            let reason = format!(
+                "cannot demote for epoch {new_epoch}: this server is {} / {} at epoch {}",
+                self.role, self.dr_state, self.epoch
+            );
+            self.send_peer(PeerMsg::Refused { reason });
+            return;
+        }
+        if self.demotion.is_none() {
+            let resume = self.dr_state;
+            self.demotion = Some(Demotion {
+                new_epoch,
+                ticks: 0,
+                resume,
+            });
+            self.transition(
+                Role::Active,
+                DrState::PendingActiveDemotion,
+                "planned switchover requested by the standby".into(),
+            );
+        }
+        self.check_demotion_ready();
+    }
+
+    /// Demote once every entry is durable here and on the standby.
+    fn check_demotion_ready(&mut self) {
+        let Some(d) = &self.demotion else { return };
+        let last = self.log.last_index();
+        let standby_has_all = self.replica.as_ref().is_some_and(|r| r.match_index >= last);
+        let skip = self.cfg.mutant == Mutant::PromoteWithoutCatchup;
+        if !(self.durable_index >= last && (standby_has_all || skip)) {
+            return;
+        }
+        let new_epoch = d.new_epoch;
+        self.demotion = None;
+        self.fenced_by = Some(new_epoch);
+        self.highest_epoch_seen = self.highest_epoch_seen.max(new_epoch);
+        self.redirect_edge = self.peer.as_ref().map(|p| p.edge_address.clone());
+        self.replica = None;
+        self.out(Output::CancelTimer(Timer::StandbyGrace));
+        self.transition(
+            Role::Zombie,
+            DrState::Zombie,
+            format!("planned switchover: handed over at index {last} to epoch {new_epoch}"),
+        );
+        self.fail_pending("planned switchover: this server is now a zombie");
+        self.staged_after.push(AfterDurable::GrantDemotion);
+    }
+
+    fn send_demote_granted(&mut self) {
+        let Some(new_epoch) = self.fenced_by else {
+            return;
+        };
+        let (last_index, last_epoch) = (self.log.last_index(), self.log.last_epoch());
+        self.send_peer(PeerMsg::DemoteGranted {
+            new_epoch,
+            last_index,
+            last_epoch,
+        });
+    }
+
+    fn on_demote_granted(&mut self, new_epoch: Epoch, last_index: Index, last_epoch: Epoch) {
+        let Some(p) = self.promotion.as_mut() else {
+            return;
+        };
+        if !p.planned || p.granted_last.is_some() || new_epoch != self.epoch + 1 {
+            return;
+        }
+        let has_all = self.durable_index >= last_index
+            && self
+                .log
+                .epoch_at(last_index)
+                .is_none_or(|e| e == last_epoch);
+        if !has_all && self.cfg.mutant != Mutant::PromoteWithoutCatchup {
+            // Cannot happen when the active waited for our durable ack; refuse loudly.
+            let (req, resume) = (p.req, p.resume);
+            self.promotion = None;
+            let why = format!(
+                "the old active handed over index {last_index}, but only {} is durable here; promote again \
+                 (disaster promotion) once you have checked the old active",
+                self.durable_index
+            );
+            self.transition(
+                Role::Standby,
+                resume,
+                format!("planned switchover abandoned: {why}"),
+            );
+            self.reply(req, Err(CommandError::SwitchoverAbandoned(why)));
+            return;
+        }
+        p.granted_last = Some((last_index, last_epoch));
+        self.begin_new_epoch();
+    }
+
+    /// Writes the first entry of `epoch + 1`; promotion finishes once it is durable.
+    fn begin_new_epoch(&mut self) {
+        self.epoch += 1;
+        self.highest_epoch_seen = self.highest_epoch_seen.max(self.epoch);
+        // Everything this standby holds becomes committed in the new epoch.
+        let last = self.log.last_index();
+        self.apply_upto(last);
+        self.append_op(Op::EpochStart);
+        self.staged_after.push(AfterDurable::FinishPromotion);
+    }
+
+    fn finish_promotion(&mut self) {
+        let Some(p) = self.promotion.take() else {
+            return;
+        };
+        let epoch = self.epoch;
+        let how = if p.planned {
+            "planned switchover"
+        } else {
+            "disaster failover"
+        };
+        self.zombie_to_notify = true;
+        self.snapshot_rx = None;
+        self.transition(
+            Role::Standalone,
+            DrState::StandbyPromoted,
+            format!("promoted by {how} to epoch {epoch}"),
+        );
+        let active = self.me.clone();
+        self.send_peer(PeerMsg::NewEpoch { active });
+        self.advance_commit();
+        self.reply(
+            p.req,
+            Ok(Reply::Promoted {
+                epoch,
+                data_loss_bound: p.data_loss_bound,
+            }),
+        );
+    }
+
+    fn on_rejoin(
+        &mut self,
+        epoch: Epoch,
+        last_index: Index,
+        last_epoch: Epoch,
+        standby: ServerInfo,
+    ) {
+        let known = self.peer.as_ref().is_some_and(|p| p.uuid == standby.uuid);
+        if !known || epoch >= self.epoch || !self.role.is_writer() {
+            let reason = format!(
+                "{} cannot take {} back: it is {} / {} at epoch {} and its peer is {}",
+                self.me.name,
+                standby.name,
+                self.role,
+                self.dr_state,
+                self.epoch,
+                self.peer_name()
+            );
+            let msg = PeerEnvelope {
+                from: self.me.uuid,
+                pair_id: self.pair_id,
+                epoch: self.epoch,
+                body: PeerMsg::Refused { reason },
+            };
+            self.out(Output::SendPeer {
+                to: standby.peer_address,
+                msg,
+            });
+            return;
+        }
+        // Our log agrees with the zombie's up to the last index of the zombie's
+        // last epoch that we also hold; after that the zombie diverged.
+        let starts_after_its_epoch = self
+            .applied
+            .epoch_starts
+            .iter()
+            .copied()
+            .chain(
+                self.log
+                    .iter_after(self.applied.index)
+                    .filter(|e| e.op == Op::EpochStart)
+                    .map(|e| (e.epoch, e.index)),
+            )
+            .filter(|(e, _)| *e > last_epoch)
+            .map(|(_, start)| start - 1)
+            .min();
+        let ours = starts_after_its_epoch.unwrap_or(self.log.last_index());
+        let keep_index = last_index.min(ours);
+        self.peer = Some(standby);
+        self.zombie_to_notify = false;
+        if self.role == Role::Standalone {
+            self.replica = Some(Replica::new(true, self.log.last_index()));
+            self.transition(
+                Role::Active,
+                DrState::ActiveWaitStandby,
+                format!("old active {} rejoins as standby", self.peer_name()),
+            );
+        } else if let Some(r) = self.replica.as_mut() {
+            // A repeated request: start the copy again.
+            r.need_snapshot = true;
+            r.snapshot = None;
+        }
+        let active = self.me.clone();
+        self.send_peer(PeerMsg::RejoinAccepted { keep_index, active });
+        self.on_standby_heard();
+        self.replicate();
+    }
+
+    fn on_rejoin_accepted(&mut self, epoch: Epoch, keep_index: Index, active: ServerInfo) {
+        if self.role != Role::Zombie || !self.rejoin_requested {
+            return;
+        }
+        let last = self.log.last_index();
+        if keep_index < last {
+            let reason = format!(
+                "diverged from {} at rejoin: not present on the promoted server (epoch {epoch})",
+                active.name
+            );
+            self.staged.push(PersistOp::Archive {
+                after: keep_index,
+                reason,
+            });
+            self.event(Event::DivergenceArchived {
+                after: keep_index,
+                entries_upto: last,
+            });
+        }
+        self.rejoin_requested = false;
+        self.epoch = epoch;
+        self.highest_epoch_seen = self.highest_epoch_seen.max(epoch);
+        self.fenced_by = None;
+        self.redirect_edge = None;
+        self.peer = Some(active);
+        self.synced = false;
+        self.active_heard = true;
+        self.active_missed_ticks = 0;
+        self.transition(
+            Role::Standby,
+            DrState::StandbyConfiguring,
+            format!("rejoined {} as standby at epoch {epoch}", self.peer_name()),
+        );
+    }
+
+    // ---------------------------------------------------------------- operator commands
+
+    fn on_command(&mut self, req: RequestId, cmd: Command) {
+        let method = cmd.method();
+        if let Err(e) = self.gate(cmd.kind(), method) {
+            self.reply(req, Err(e));
+            return;
+        }
+        let result = match cmd {
+            Command::PrepareForStandby => self.cmd_prepare(req),
+            Command::ConfigureActive {
+                standby_address,
+                standby_uuid,
+                pairing_token,
+            } => self.cmd_configure(req, standby_address, standby_uuid, pairing_token),
+            Command::GetReplicationBlob => self.cmd_blob(req),
+            Command::TransitionToStandby {
+                active_address,
+                active_uuid,
+                pairing_token,
+            } => self.cmd_transition_to_standby(req, active_address, active_uuid, pairing_token),
+            Command::Promote { force } => self.cmd_promote(req, force),
+            Command::DemoteActive { force } => self.cmd_demote(req, force),
+            Command::RemoveStandby => self.cmd_remove_standby(req),
+            Command::Rejoin => self.cmd_rejoin(req),
+            Command::Put { key, value } => self.cmd_write(req, key, Some(value)),
+            Command::Delete { key } => self.cmd_write(req, key, None),
+            Command::Get { key } => match self.applied.docs.get(&key) {
+                Some(d) => Ok(Some(Reply::Doc {
+                    key,
+                    value: d.value.clone(),
+                    version: d.version,
+                })),
+                None => Err(CommandError::NotFound(key)),
+            },
+            Command::List => Ok(Some(Reply::List(
+                self.applied
+                    .docs
+                    .iter()
+                    .map(|(k, d)| (k.clone(), d.version))
+                    .collect(),
+            ))),
+        };
+        match result {
+            Ok(Some(r)) => self.reply(req, Ok(r)),
+            Ok(None) => {}
+            Err(e) => self.reply(req, Err(e)),
+        }
+    }
+
+    fn cmd_prepare(&mut self, req: RequestId) -> Result<Option<Reply>, CommandError> {
+        const M: &str = "disasterRecovery/prepareForStandby";
+        if self.role == Role::Standby && self.dr_state == DrState::StandbyCandidate {
+            if let Some(t) = self.pairing_token.filter(|_| !self.join_target) {
+                return Ok(Some(Reply::Prepared {
+                    vco_uuid: self.me.uuid,
+                    pairing_token: t,
+                }));
+            }
+        }
+        if self.role != Role::Standalone {
+            return Err(
+                self.wrong_state(M, "only a STANDALONE server can be prepared as a standby")
+            );
+        }
+        let token = self.rng.next_u128().max(1);
+        self.pairing_token = Some(token);
+        self.pair_id = None;
+        self.peer = None;
+        self.join_target = false;
+        self.transition(
+            Role::Standby,
+            DrState::StandbyCandidate,
+            "prepared for standby".into(),
+        );
+        self.staged_after.push(AfterDurable::Reply(
+            req,
+            Reply::Prepared {
+                vco_uuid: self.me.uuid,
+                pairing_token: token,
+            },
+        ));
+        Ok(None)
+    }
+
+    fn cmd_configure(
+        &mut self,
+        req: RequestId,
+        address: String,
+        uuid: ServerId,
+        token: u128,
+    ) -> Result<Option<Reply>, CommandError> {
+        const M: &str = "disasterRecovery/configureActiveForReplication";
+        if self.role != Role::Standalone {
+            return Err(self.wrong_state(
+                M,
+                "only a STANDALONE server can be configured as active; removeStandby first",
+            ));
+        }
+        if address.trim().is_empty() {
+            return Err(CommandError::InvalidParam {
+                param: "standbyList[0].standbyAddress".into(),
+                why: "empty".into(),
+            });
+        }
+        if address == self.me.peer_address || uuid == self.me.uuid {
+            return Err(CommandError::InvalidParam {
+                param: "standbyList[0]".into(),
+                why: "names this server itself; give the standby's peer_listen address and vcoUuid"
+                    .into(),
+            });
+        }
+        let standby = ServerInfo {
+            uuid,
+            name: String::new(),
+            peer_address: address,
+            edge_address: String::new(),
+            admin_address: String::new(),
+        };
+        self.begin_configure(standby, token);
+        self.staged_after.push(AfterDurable::SendPair);
+        // `begin_configure` set the pair id.
+        let pair_id = self.pair_id.expect("set by begin_configure");
+        self.staged_after
+            .push(AfterDurable::Reply(req, Reply::Configured { pair_id }));
+        Ok(None)
+    }
+
+    fn cmd_blob(&mut self, req: RequestId) -> Result<Option<Reply>, CommandError> {
+        if self.role != Role::Standalone {
+            return Err(self.wrong_state(
+                "disasterRecovery/getReplicationBlob",
+                "only a STANDALONE server hands out a replication blob",
+            ));
+        }
+        let token = self.rng.next_u128().max(1);
+        self.pairing_token = Some(token);
+        self.staged_after.push(AfterDurable::Reply(
+            req,
+            Reply::Blob {
+                active: self.me.clone(),
+                pairing_token: token,
+            },
+        ));
+        Ok(None)
+    }
+
+    fn cmd_transition_to_standby(
+        &mut self,
+        req: RequestId,
+        address: String,
+        uuid: ServerId,
+        token: u128,
+    ) -> Result<Option<Reply>, CommandError> {
+        if self.role != Role::Standalone {
+            return Err(self.wrong_state(
+                "disasterRecovery/transitionToStandby",
+                "only a STANDALONE server can become a standby",
+            ));
+        }
+        self.pairing_token = Some(token);
+        self.pair_id = None;
+        self.peer = Some(ServerInfo {
+            uuid,
+            name: String::new(),
+            peer_address: address,
+            edge_address: String::new(),
+            admin_address: String::new(),
+        });
+        self.join_target = true;
+        self.transition(
+            Role::Standby,
+            DrState::StandbyCandidate,
+            format!("joining active {}", self.peer_name()),
+        );
+        self.staged_after.push(AfterDurable::SendJoin);
+        self.staged_after
+            .push(AfterDurable::Reply(req, Reply::Accepted));
+        Ok(None)
+    }
+
+    fn cmd_promote(&mut self, req: RequestId, force: bool) -> Result<Option<Reply>, CommandError> {
+        const M: &str = "disasterRecovery/promoteStandbyToActive";
+        if self.role != Role::Standby {
+            return Err(self.wrong_state(M, "only a STANDBY can be promoted"));
+        }
+        if self.promotion.is_some() {
+            return Err(self.wrong_state(M, "a promotion is already in progress"));
+        }
+        if !self.synced {
+            return Err(self.wrong_state(
+                M,
+                "this standby never completed its initial copy; promoting it would lose data",
+            ));
+        }
+        let resume = self.dr_state;
+        match self.dr_state {
+            DrState::FailureGetActiveStatus => {
+                let bound = match self.policy {
+                    OnStandbyLoss::Block => Some(0),
+                    OnStandbyLoss::Degrade => None,
+                };
+                self.promotion = Some(Promotion {
+                    req,
+                    planned: false,
+                    ticks: 0,
+                    granted_last: None,
+                    data_loss_bound: bound,
+                    resume,
+                });
+                self.transition(
+                    Role::Standby,
+                    DrState::PendingStandbyPromotion,
+                    "disaster failover requested by the operator".into(),
+                );
+                self.begin_new_epoch();
+            }
+            DrState::StandbyRunning | DrState::StandbySync if force => {
+                self.promotion = Some(Promotion {
+                    req,
+                    planned: true,
+                    ticks: 0,
+                    granted_last: None,
+                    data_loss_bound: Some(0),
+                    resume,
+                });
+                self.transition(
+                    Role::Standby,
+                    DrState::PendingStandbyPromotion,
+                    "planned switchover requested by the operator".into(),
+                );
+                let new_epoch = self.epoch + 1;
+                self.send_peer(PeerMsg::DemoteRequest { new_epoch });
+            }
+            DrState::StandbyRunning | DrState::StandbySync => {
+                return Err(self.wrong_state(
+                    M,
+                    "the active is reachable; use force:true for a planned switchover (zero loss) \
+                     or wait until the active is lost",
+                ));
+            }
+            _ => return Err(self.wrong_state(M, "this standby is not ready to be promoted")),
+        }
+        Ok(None)
+    }
+
+    fn cmd_demote(&mut self, req: RequestId, force: bool) -> Result<Option<Reply>, CommandError> {
+        const M: &str = "disasterRecovery/demoteActive";
+        if self.role != Role::Active {
+            return Err(self.wrong_state(M, "only an ACTIVE server can be demoted"));
+        }
+        let lag = self.replica.as_ref().map_or(u64::MAX, |r| {
+            self.log.last_index().saturating_sub(r.match_index)
+        });
+        if !force && lag > 0 {
+            return Err(self.wrong_state(
+                M,
+                format!("the standby lacks {lag} entries; demoting now would leave them only here. Use force:true to demote anyway"),
+            ));
+        }
+        self.replica = None;
+        self.demotion = None;
+        self.redirect_edge = self.peer.as_ref().map(|p| p.edge_address.clone());
+        self.out(Output::CancelTimer(Timer::StandbyGrace));
+        self.transition(
+            Role::Zombie,
+            DrState::Zombie,
+            format!("demoted by the operator (force = {force})"),
+        );
+        self.fail_pending("this server was demoted by the operator");
+        self.staged_after
+            .push(AfterDurable::Reply(req, Reply::Accepted));
+        Ok(None)
+    }
+
+    fn cmd_remove_standby(&mut self, req: RequestId) -> Result<Option<Reply>, CommandError> {
+        if !matches!(self.role, Role::Active | Role::Standby) {
+            return Err(self.wrong_state(
+                "disasterRecovery/removeStandby",
+                "DR is not configured here (a zombie rejoins with rejoinAsStandby)",
+            ));
+        }
+        self.send_peer(PeerMsg::Unpair);
+        self.unpair_local("DR removed by the operator (removeStandby)");
+        self.staged_after
+            .push(AfterDurable::Reply(req, Reply::Accepted));
+        Ok(None)
+    }
+
+    fn unpair(&mut self, why: &str) {
+        if matches!(self.role, Role::Active | Role::Standby) {
+            self.unpair_local(why);
+        }
+    }
+
+    fn unpair_local(&mut self, why: &str) {
+        if let Some(p) = self.promotion.take() {
+            self.reply(
+                p.req,
+                Err(self.wrong_state("disasterRecovery/promoteStandbyToActive", why)),
+            );
+        }
+        self.pair_id = None;
+        self.peer = None;
+        self.pairing_token = None;
+        self.replica = None;
+        self.demotion = None;
+        self.snapshot_rx = None;
+        self.join_target = false;
+        self.synced = false;
+        self.out(Output::CancelTimer(Timer::StandbyGrace));
+        self.transition(Role::Standalone, DrState::Unconfigured, why.to_string());
+        self.advance_commit();
+    }
+
+    fn cmd_rejoin(&mut self, req: RequestId) -> Result<Option<Reply>, CommandError> {
+        if self.role != Role::Zombie || self.peer.is_none() {
+            return Err(self.wrong_state(
+                "disasterRecovery/rejoinAsStandby",
+                "only a ZOMBIE that knows its promoted peer can rejoin",
+            ));
+        }
+        self.rejoin_requested = true;
+        self.send_rejoin();
+        self.reply(req, Ok(Reply::Accepted));
+        Ok(None)
+    }
+
+    fn send_rejoin(&mut self) {
+        let m = PeerMsg::Rejoin {
+            last_index: self.log.last_index(),
+            last_epoch: self.log.last_epoch(),
+            standby: self.me.clone(),
+        };
+        self.send_peer(m);
+    }
+
+    fn cmd_write(
+        &mut self,
+        req: RequestId,
+        key: String,
+        value: Option<Vec<u8>>,
+    ) -> Result<Option<Reply>, CommandError> {
+        if key.is_empty() || key.len() > 1024 {
+            return Err(CommandError::InvalidParam {
+                param: "key".into(),
+                why: format!("{} bytes; give 1 to 1024", key.len()),
+            });
+        }
+        if let Some(v) = &value {
+            if v.len() > self.cfg.max_batch_bytes / 2 {
+                return Err(CommandError::InvalidParam {
+                    param: "value".into(),
+                    why: format!(
+                        "{} bytes is above the {} byte limit",
+                        v.len(),
+                        self.cfg.max_batch_bytes / 2
+                    ),
+                });
+            }
+        }
+        if self.demotion.is_some() {
+            return Err(CommandError::WritesBlocked(
+                "a planned switchover is in progress; retry on the new active".into(),
+            ));
+        }
+        if let Some(r) = &self.replica {
+            if r.blocked {
+                return Err(CommandError::WritesBlocked(
+                    self.failure
+                        .clone()
+                        .unwrap_or_else(|| "standby lost".into()),
+                ));
+            }
+        }
+        if self.writes.len() >= self.cfg.max_pending_writes {
+            return Err(CommandError::Overloaded {
+                waiting: self.writes.len(),
+                limit: self.cfg.max_pending_writes,
+            });
+        }
+        let delete = value.is_none();
+        if delete && !self.applied.docs.contains_key(&key) {
+            return Err(CommandError::NotFound(key));
+        }
+        let op = match value {
+            Some(value) => Op::Put {
+                key: key.clone(),
+                value,
+            },
+            None => Op::Delete { key: key.clone() },
+        };
+        let index = self.append_op(op);
+        self.writes.push_back(PendingWrite {
+            req,
+            index,
+            key,
+            delete,
+        });
+        Ok(None)
+    }
+
+    // ---------------------------------------------------------------- edges
+
+    fn on_edge(&mut self, reply_to: ReplyTo, client: ClientId, msg: EdgeMsg) {
+        match msg {
+            EdgeMsg::Heartbeat(hb) => self.on_heartbeat(reply_to, client, hb),
+            EdgeMsg::ConfigPull { .. } => {
+                if let Err(e) = self.gate(RequestKind::EdgeConfigPull, "configPull") {
+                    let m = self.refused_msg(e.to_string());
+                    self.out(Output::ReplyEdge { reply_to, msg: m });
+                    return;
+                }
+                let msg = ServerMsg::Config {
+                    epoch: self.epoch,
+                    version: self.applied.index,
+                    docs: self
+                        .applied
+                        .docs
+                        .iter()
+                        .map(|(k, d)| (k.clone(), d.clone()))
+                        .collect(),
+                };
+                self.out(Output::ReplyEdge { reply_to, msg });
+            }
+            EdgeMsg::Monitoring { samples } => self.on_samples(reply_to, client, samples),
+        }
+    }
+
+    fn on_heartbeat(&mut self, reply_to: ReplyTo, client: ClientId, hb: Heartbeat) {
+        if hb.client_id != client {
+            let reason = format!(
+                "heartbeat names client {:?} but the certificate says {client:?}",
+                hb.client_id
+            );
+            self.event(Event::ClientRefused {
+                client: client.clone(),
+                reason: reason.clone(),
+            });
+            let m = self.refused_msg(reason);
+            self.out(Output::ReplyEdge { reply_to, msg: m });
+            return;
+        }
+        // Fencing through edges: their view may carry a higher epoch of our pair.
+        if self.pair_id.is_some() {
+            let higher = hb
+                .view
+                .iter()
+                .filter(|v| {
+                    v.pair_id == self.pair_id
+                        && v.epoch > self.epoch
+                        && v.role.is_some_and(Role::is_writer)
+                })
+                .max_by_key(|v| v.epoch)
+                .map(|v| (v.epoch, v.address.clone()));
+            if let Some((epoch, address)) = higher {
+                self.learn_epoch(
+                    epoch,
+                    Some(address.clone()),
+                    format!("edge {client}'s view of {address}"),
+                );
+            }
+        }
+        let known = self.contacts.contains_key(&client);
+        if known || self.contacts.len() < self.cfg.max_clients {
+            let c = self
+                .contacts
+                .entry(client.clone())
+                .or_insert_with(|| ClientContact {
+                    client_id: client.clone(),
+                    client_type: hb.client_type,
+                    view: hb.view.clone(),
+                    following: None,
+                    config_epoch: 0,
+                    config_version: 0,
+                    cached_samples: 0,
+                    dropped_samples: 0,
+                    modified_ms: 0,
+                    heartbeats: 0,
+                });
+            c.client_type = hb.client_type;
+            c.view = hb.view;
+            c.following = hb.following;
+            c.config_epoch = hb.config_epoch;
+            c.config_version = hb.config_version;
+            c.cached_samples = hb.cached_samples;
+            c.dropped_samples = hb.dropped_samples;
+            c.modified_ms = self.now.wall_ms;
+            c.heartbeats += 1;
+        } else {
+            let reason = format!(
+                "contact table full ({} clients); heartbeat answered but not recorded",
+                self.cfg.max_clients
+            );
+            self.event(Event::ClientRefused { client, reason });
+        }
+        let r = self.redirects();
+        let redirect = if self.role == Role::Zombie {
+            r.edge.clone()
+        } else {
+            None
+        };
+        let msg = ServerMsg::HeartbeatReply(HeartbeatReply {
+            seq: hb.seq,
+            role: self.role,
+            dr_state: self.dr_state,
+            epoch: self.epoch,
+            pair_id: self.pair_id,
+            active_address: r.edge,
+            redirect,
+            config_version: self.applied.index,
+        });
+        self.out(Output::ReplyEdge { reply_to, msg });
+    }
+
+    fn on_samples(&mut self, reply_to: ReplyTo, client: ClientId, samples: Vec<Sample>) {
+        let refuse = match self.gate(RequestKind::MonitoringWrite, "monitoring") {
+            Err(e) => Some(e.to_string()),
+            Ok(()) if !self.takes_writes() => Some(
+                "this server is not taking writes right now; keep the samples and retry".into(),
+            ),
+            Ok(()) if self.writes.len() + self.sample_acks.len() >= self.cfg.max_pending_writes => {
+                Some("too many writes waiting; retry shortly".into())
+            }
+            Ok(()) if samples.windows(2).any(|w| w[1].seq <= w[0].seq) => {
+                Some("samples are not in increasing seq order".into())
+            }
+            Ok(()) => None,
+        };
+        if let Some(reason) = refuse {
+            let m = self.refused_msg(reason);
+            self.out(Output::ReplyEdge { reply_to, msg: m });
+            return;
+        }
+        let Some(max_seq) = samples.last().map(|s| s.seq) else {
+            let msg = ServerMsg::MonitoringAck {
+                epoch: self.epoch,
+                up_to_seq: 0,
+            };
+            self.out(Output::ReplyEdge { reply_to, msg });
+            return;
+        };
+        let seen = self.pending_sample_seq.get(&client).copied().unwrap_or(0);
+        let (fresh, dups): (Vec<Sample>, Vec<Sample>) =
+            samples.into_iter().partition(|s| s.seq > seen);
+        let total_dups = dups.len() as u64;
+        self.sample_duplicates += total_dups;
+        if fresh.is_empty() {
+            // All re-sent: acknowledge once what covers them is committed.
+            let committed = self.applied.sample_seq.get(&client).copied().unwrap_or(0);
+            if committed >= max_seq {
+                let msg = ServerMsg::MonitoringAck {
+                    epoch: self.epoch,
+                    up_to_seq: max_seq,
+                };
+                self.out(Output::ReplyEdge { reply_to, msg });
+            } else {
+                let index = self.log.last_index();
+                self.sample_acks.push_back(PendingSampleAck {
+                    reply_to,
+                    index,
+                    up_to_seq: max_seq,
+                });
+            }
+            return;
+        }
+        self.pending_sample_seq.insert(client.clone(), max_seq);
+        let index = self.append_op(Op::Samples {
+            client,
+            samples: fresh,
+        });
+        self.sample_acks.push_back(PendingSampleAck {
+            reply_to,
+            index,
+            up_to_seq: max_seq,
+        });
+    }
+}
+
+/// Metadata equality ignoring the wall-clock "last protected" stamp, which
+/// changes on every input while protected and is persisted with other changes.
+fn same_meta(a: &DurableMeta, b: &DurableMeta) -> bool {
+    let mut b = b.clone();
+    b.last_dr_protected_ms = a.last_dr_protected_ms;
+    *a == b
+}
