@@ -429,6 +429,8 @@ impl Server {
                 );
             }
         }
+        // Entries durable in the log but not yet recorded as committed.
+        s.advance_commit();
         s.set_timer(Timer::PeerTick, s.cfg.peer_heartbeat_interval_ms);
         if s.role == Role::Active && s.dr_state == DrState::FailureGetStandbyStatus {
             if let Some(r) = s.replica.as_mut() {
