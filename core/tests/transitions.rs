@@ -1,0 +1,688 @@
+//! Exact outputs of single transitions and refusals of the server machine.
+
+mod sim;
+
+use sim::*;
+use vcodr_core::*;
+
+fn drain(s: &mut Server) -> Vec<Output> {
+    std::iter::from_fn(|| s.poll_output()).collect()
+}
+
+fn fresh() -> Server {
+    let mut s = Server::new(
+        sim_server_config(OnStandbyLoss::Block, 1),
+        info(0),
+        Now::at(1_000),
+    );
+    drain(&mut s);
+    s
+}
+
+fn cmd(s: &mut Server, req: RequestId, c: Command) -> Vec<Output> {
+    s.handle_input(Now::at(2_000), Input::Command { req, cmd: c });
+    drain(s)
+}
+
+fn persisted(s: &mut Server, up_to: PersistSeq) -> Vec<Output> {
+    s.handle_input(Now::at(3_000), Input::Persisted { up_to });
+    drain(s)
+}
+
+fn meta_of(out: &[Output]) -> Option<DurableMeta> {
+    out.iter().find_map(|o| match o {
+        Output::Persist { ops, .. } => ops.iter().find_map(|op| match op {
+            PersistOp::Meta(m) => Some(m.clone()),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+#[test]
+fn first_start_persists_standalone_metadata_and_arms_the_peer_tick() {
+    let mut s = Server::new(
+        sim_server_config(OnStandbyLoss::Block, 1),
+        info(0),
+        Now::at(1_000),
+    );
+    let out = drain(&mut s);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(
+        out[0],
+        Output::SetTimer {
+            timer: Timer::PeerTick,
+            after_ms: 100
+        }
+    );
+    let m = meta_of(&out).expect("metadata persisted");
+    assert_eq!(
+        (m.role, m.dr_state, m.epoch, m.pair_id),
+        (Role::Standalone, DrState::Unconfigured, 1, None)
+    );
+}
+
+#[test]
+fn standalone_write_is_acknowledged_once_durable_and_then_committed() {
+    let mut s = fresh();
+    let out = cmd(
+        &mut s,
+        7,
+        Command::Put {
+            key: "k".into(),
+            value: b"{}".to_vec(),
+        },
+    );
+    let entry = Entry {
+        epoch: 1,
+        index: 1,
+        op: Op::Put {
+            key: "k".into(),
+            value: b"{}".to_vec(),
+        },
+    };
+    assert_eq!(
+        out,
+        vec![Output::Persist {
+            seq: 2,
+            ops: vec![PersistOp::Append(vec![entry])]
+        }]
+    );
+    let out = persisted(&mut s, 2);
+    assert_eq!(
+        out,
+        vec![
+            Output::Reply {
+                req: 7,
+                result: Ok(Reply::Written {
+                    key: "k".into(),
+                    version: 1
+                })
+            },
+            Output::Persist {
+                seq: 3,
+                ops: vec![PersistOp::Commit(1)]
+            },
+        ]
+    );
+    assert_eq!(
+        cmd(&mut s, 8, Command::Get { key: "k".into() }),
+        vec![Output::Reply {
+            req: 8,
+            result: Ok(Reply::Doc {
+                key: "k".into(),
+                value: b"{}".to_vec(),
+                version: 1
+            })
+        }]
+    );
+}
+
+#[test]
+fn group_commit_one_persist_acknowledges_many_writes() {
+    let mut s = fresh();
+    for i in 0..5 {
+        let out = cmd(
+            &mut s,
+            i,
+            Command::Put {
+                key: format!("k{i}"),
+                value: b"1".to_vec(),
+            },
+        );
+        assert!(matches!(&out[..], [Output::Persist { .. }]));
+    }
+    let out = persisted(&mut s, 6);
+    let acks: Vec<RequestId> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Reply {
+                req,
+                result: Ok(Reply::Written { .. }),
+            } => Some(*req),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn prepare_for_standby_answers_after_the_token_is_durable() {
+    let mut s = fresh();
+    let out = cmd(&mut s, 1, Command::PrepareForStandby);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Reply { .. })),
+        "no answer before durability: {out:?}"
+    );
+    let m = meta_of(&out).expect("metadata");
+    assert_eq!(
+        (m.role, m.dr_state),
+        (Role::Standby, DrState::StandbyCandidate)
+    );
+    let token = m.pairing_token.expect("token persisted");
+    assert!(out.iter().any(|o| matches!(o, Output::Event(Event::Transition(t)) if t.to == DrState::StandbyCandidate && t.reason == "prepared for standby")));
+    let out = persisted(&mut s, 2);
+    assert_eq!(
+        out,
+        vec![Output::Reply {
+            req: 1,
+            result: Ok(Reply::Prepared {
+                vco_uuid: info(0).uuid,
+                pairing_token: token
+            })
+        }]
+    );
+}
+
+#[test]
+fn every_refusal_names_its_reason() {
+    let mut s = fresh();
+    let refusal = |s: &mut Server, c: Command| -> CommandError {
+        match &cmd(s, 99, c)[..] {
+            [Output::Reply {
+                req: 99,
+                result: Err(e),
+            }] => e.clone(),
+            other => panic!("expected one refusal, got {other:?}"),
+        }
+    };
+    let wrong = |method: &str, why: &str| CommandError::WrongState {
+        method: method.into(),
+        role: Role::Standalone,
+        state: DrState::Unconfigured,
+        why: why.into(),
+    };
+    assert_eq!(
+        refusal(&mut s, Command::Promote { force: false }),
+        wrong(
+            "disasterRecovery/promoteStandbyToActive",
+            "only a STANDBY can be promoted"
+        )
+    );
+    assert_eq!(
+        refusal(&mut s, Command::DemoteActive { force: true }),
+        wrong(
+            "disasterRecovery/demoteActive",
+            "only an ACTIVE server can be demoted"
+        )
+    );
+    assert_eq!(
+        refusal(&mut s, Command::RemoveStandby),
+        wrong(
+            "disasterRecovery/removeStandby",
+            "DR is not configured here (a zombie rejoins with rejoinAsStandby)"
+        )
+    );
+    assert_eq!(
+        refusal(&mut s, Command::Rejoin),
+        wrong(
+            "disasterRecovery/rejoinAsStandby",
+            "only a ZOMBIE that knows its promoted peer can rejoin"
+        )
+    );
+    assert_eq!(
+        refusal(&mut s, Command::Get { key: "nope".into() }),
+        CommandError::NotFound("nope".into())
+    );
+    assert_eq!(
+        refusal(&mut s, Command::Delete { key: "nope".into() }),
+        CommandError::NotFound("nope".into())
+    );
+    assert_eq!(
+        refusal(
+            &mut s,
+            Command::Put {
+                key: String::new(),
+                value: vec![]
+            }
+        ),
+        CommandError::InvalidParam {
+            param: "key".into(),
+            why: "0 bytes; give 1 to 1024".into()
+        }
+    );
+    let me = info(0);
+    assert_eq!(
+        refusal(
+            &mut s,
+            Command::ConfigureActive {
+                standby_address: me.peer_address,
+                standby_uuid: 5,
+                pairing_token: 1
+            }
+        ),
+        CommandError::InvalidParam {
+            param: "standbyList[0]".into(),
+            why: "names this server itself; give the standby's peer_listen address and vcoUuid"
+                .into()
+        }
+    );
+    assert_eq!(
+        refusal(
+            &mut s,
+            Command::ConfigureActive {
+                standby_address: " ".into(),
+                standby_uuid: 5,
+                pairing_token: 1
+            }
+        ),
+        CommandError::InvalidParam {
+            param: "standbyList[0].standbyAddress".into(),
+            why: "empty".into()
+        }
+    );
+}
+
+#[test]
+fn the_role_gate_decides_for_every_kind_of_call() {
+    use RequestKind::*;
+    let to = Redirects {
+        admin: Some("b:8443".into()),
+        edge: Some("b:7444".into()),
+    };
+    let all = [
+        DrStatus,
+        DrHeartbeat,
+        DrOperation,
+        Login,
+        ConfigRead,
+        ConfigWrite,
+        MonitoringRead,
+        MonitoringWrite,
+        EdgeConfigPull,
+    ];
+    for kind in all {
+        for role in [Role::Standalone, Role::Active] {
+            assert_eq!(
+                gate(
+                    role,
+                    DrState::StandbyRunning,
+                    1,
+                    kind,
+                    "m",
+                    &to,
+                    Mutant::None
+                ),
+                Ok(())
+            );
+        }
+        let standby = gate(
+            Role::Standby,
+            DrState::StandbyRunning,
+            1,
+            kind,
+            "m",
+            &to,
+            Mutant::None,
+        );
+        let dr = matches!(kind, DrStatus | DrHeartbeat | DrOperation | Login);
+        assert_eq!(standby.is_ok(), dr, "standby / {kind:?}");
+        if let Err(e) = standby {
+            assert_eq!(e.to_string(), "m is refused: this server is a STANDBY (STANDBY_RUNNING); send it to the active server at b:8443");
+        }
+        let zombie = gate(
+            Role::Zombie,
+            DrState::Zombie,
+            2,
+            kind,
+            "m",
+            &to,
+            Mutant::None,
+        );
+        assert_eq!(
+            zombie.is_ok(),
+            dr || kind == MonitoringRead,
+            "zombie / {kind:?}"
+        );
+        if let Err(e) = zombie {
+            assert_eq!(e.to_string(), "m is refused: this server is a ZOMBIE, fenced by epoch 2; use the promoted server at b:8443");
+        }
+    }
+    // The mutant that the model checker must catch.
+    assert_eq!(
+        gate(
+            Role::Standby,
+            DrState::StandbyRunning,
+            1,
+            ConfigWrite,
+            "m",
+            &to,
+            Mutant::StandbyServesConfig
+        ),
+        Ok(())
+    );
+}
+
+fn running_pair() -> Sim {
+    let mut sim = Sim::new(11, OnStandbyLoss::Block, 0);
+    sim.pair(0, 1);
+    sim.run_for(50);
+    sim
+}
+
+#[test]
+fn an_edge_view_with_a_higher_epoch_fences_the_active_at_once() {
+    let mut sim = running_pair();
+    let mut s = sim.servers[0].server.take().expect("running");
+    drain(&mut s);
+    let pair_id = s.pair_id();
+    // A write is waiting for the standby when the news arrives.
+    let out = cmd(
+        &mut s,
+        5,
+        Command::Put {
+            key: "late".into(),
+            value: b"1".to_vec(),
+        },
+    );
+    assert!(matches!(&out[..], [Output::Persist { .. }]), "{out:?}");
+    let view = |address: &str, role, epoch| ViewEntry {
+        address: address.into(),
+        role: Some(role),
+        epoch,
+        pair_id,
+        last_response_ms: Some(1),
+    };
+    let hb = Heartbeat {
+        client_id: "edge-9".into(),
+        client_type: ClientType::Edge,
+        seq: 42,
+        view: [
+            view("a:7444", Role::Active, 1),
+            view("b:7444", Role::Standalone, 2),
+        ],
+        following: Some("b:7444".into()),
+        config_epoch: 2,
+        config_version: 3,
+        cached_samples: 0,
+        dropped_samples: 0,
+    };
+    s.handle_input(
+        Now::at(9_000),
+        Input::Edge {
+            reply_to: 77,
+            client: "edge-9".into(),
+            msg: EdgeMsg::Heartbeat(hb),
+        },
+    );
+    let out = drain(&mut s);
+    assert_eq!(s.role(), Role::Zombie);
+    assert_eq!(
+        out.iter()
+            .find(|o| matches!(o, Output::Event(Event::Fenced { .. }))),
+        Some(&Output::Event(Event::Fenced {
+            epoch: 2,
+            learned_from: "edge edge-9's view of b:7444".into()
+        }))
+    );
+    assert!(out.contains(&Output::Reply {
+        req: 5,
+        result: Err(CommandError::NotAcknowledged {
+            index: 1,
+            reason: "this server was fenced by epoch 2".into()
+        })
+    }));
+    let reply = out.iter().find_map(|o| match o {
+        Output::ReplyEdge {
+            reply_to: 77,
+            msg: ServerMsg::HeartbeatReply(r),
+        } => Some(r.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        reply,
+        Some(HeartbeatReply {
+            seq: 42,
+            role: Role::Zombie,
+            dr_state: DrState::Zombie,
+            epoch: 1,
+            pair_id,
+            active_address: Some("b:7444".into()),
+            redirect: Some("b:7444".into()),
+            config_version: 0,
+        })
+    );
+    let m = meta_of(&out).expect("fencing is persisted at once");
+    assert_eq!(
+        (m.role, m.fenced_by, m.redirect_edge.as_deref()),
+        (Role::Zombie, Some(2), Some("b:7444"))
+    );
+    // And it never acknowledges a write again.
+    let out = cmd(
+        &mut s,
+        6,
+        Command::Put {
+            key: "x".into(),
+            value: b"1".to_vec(),
+        },
+    );
+    assert!(matches!(
+        &out[..],
+        [Output::Reply {
+            req: 6,
+            result: Err(CommandError::ZombieRefuses { fenced_by: 2, .. })
+        }]
+    ));
+    let out = persisted(&mut s, 1_000);
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::Reply { result: Ok(_), .. })),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_view_of_another_pair_or_a_lower_epoch_changes_nothing() {
+    let mut sim = running_pair();
+    let mut s = sim.servers[0].server.take().expect("running");
+    drain(&mut s);
+    let other_pair = ViewEntry {
+        address: "x:7444".into(),
+        role: Some(Role::Standalone),
+        epoch: 9,
+        pair_id: Some(12345),
+        last_response_ms: None,
+    };
+    let hb = Heartbeat {
+        client_id: "edge-1".into(),
+        client_type: ClientType::Gateway,
+        seq: 1,
+        view: [other_pair.clone(), other_pair],
+        following: None,
+        config_epoch: 0,
+        config_version: 0,
+        cached_samples: 4,
+        dropped_samples: 1,
+    };
+    s.handle_input(
+        Now::at(9_000),
+        Input::Edge {
+            reply_to: 1,
+            client: "edge-1".into(),
+            msg: EdgeMsg::Heartbeat(hb.clone()),
+        },
+    );
+    let out = drain(&mut s);
+    assert_eq!(s.role(), Role::Active);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let c = s.contacts().next().expect("recorded");
+    assert_eq!(
+        (
+            c.client_type,
+            c.cached_samples,
+            c.dropped_samples,
+            c.modified_ms
+        ),
+        (ClientType::Gateway, 4, 1, 9_000)
+    );
+    assert_eq!(
+        s.client_count(),
+        ClientCount {
+            gateway_count: 1,
+            following_none_count: 1,
+            ..ClientCount::default()
+        }
+    );
+    // A heartbeat whose body names another client than its certificate is refused.
+    s.handle_input(
+        Now::at(9_001),
+        Input::Edge {
+            reply_to: 2,
+            client: "edge-2".into(),
+            msg: EdgeMsg::Heartbeat(hb),
+        },
+    );
+    let out = drain(&mut s);
+    assert!(
+        matches!(
+            &out[..],
+            [
+                Output::Event(Event::ClientRefused { .. }),
+                Output::ReplyEdge {
+                    reply_to: 2,
+                    msg: ServerMsg::Refused { .. }
+                }
+            ]
+        ),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_standby_refuses_edge_configuration_and_samples_with_a_redirect() {
+    let mut sim = running_pair();
+    let mut s = sim.servers[1].server.take().expect("running");
+    drain(&mut s);
+    s.handle_input(
+        Now::at(1),
+        Input::Edge {
+            reply_to: 3,
+            client: "e".into(),
+            msg: EdgeMsg::ConfigPull {
+                have_epoch: 0,
+                have_version: 0,
+            },
+        },
+    );
+    let out = drain(&mut s);
+    let [Output::ReplyEdge {
+        reply_to: 3,
+        msg:
+            ServerMsg::Refused {
+                role: Role::Standby,
+                redirect,
+                reason,
+                ..
+            },
+    }] = &out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(redirect.as_deref(), Some("a:7444"));
+    assert!(reason.contains("STANDBY"), "{reason}");
+    let samples = vec![Sample {
+        seq: 1,
+        payload: b"x".to_vec(),
+    }];
+    s.handle_input(
+        Now::at(2),
+        Input::Edge {
+            reply_to: 4,
+            client: "e".into(),
+            msg: EdgeMsg::Monitoring { samples },
+        },
+    );
+    assert!(matches!(
+        &drain(&mut s)[..],
+        [Output::ReplyEdge {
+            reply_to: 4,
+            msg: ServerMsg::Refused { .. }
+        }]
+    ));
+}
+
+#[test]
+fn samples_are_stored_once_however_often_they_are_sent() {
+    let mut s = fresh();
+    let batch = |from: u64, to: u64| EdgeMsg::Monitoring {
+        samples: (from..=to)
+            .map(|q| Sample {
+                seq: q,
+                payload: vec![q as u8],
+            })
+            .collect(),
+    };
+    s.handle_input(
+        Now::at(1),
+        Input::Edge {
+            reply_to: 1,
+            client: "e".into(),
+            msg: batch(1, 3),
+        },
+    );
+    let out = drain(&mut s);
+    assert!(
+        matches!(&out[..], [Output::Persist { seq: 2, .. }]),
+        "{out:?}"
+    );
+    // Re-sent before the first one is durable, plus one new sample.
+    s.handle_input(
+        Now::at(2),
+        Input::Edge {
+            reply_to: 1,
+            client: "e".into(),
+            msg: batch(1, 4),
+        },
+    );
+    let out = drain(&mut s);
+    let Output::Persist { ops, .. } = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        ops,
+        &vec![PersistOp::Append(vec![Entry {
+            epoch: 1,
+            index: 2,
+            op: Op::Samples {
+                client: "e".into(),
+                samples: vec![Sample {
+                    seq: 4,
+                    payload: vec![4]
+                }]
+            }
+        }])]
+    );
+    let out = persisted(&mut s, 3);
+    let acks: Vec<u64> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::ReplyEdge {
+                msg: ServerMsg::MonitoringAck { up_to_seq, .. },
+                ..
+            } => Some(*up_to_seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![3, 4]);
+    let st = s.status();
+    assert_eq!((st.samples_stored, st.sample_duplicates_discarded), (4, 3));
+    // Re-sent after commit: acknowledged at once, nothing appended.
+    s.handle_input(
+        Now::at(4),
+        Input::Edge {
+            reply_to: 1,
+            client: "e".into(),
+            msg: batch(2, 4),
+        },
+    );
+    assert_eq!(
+        drain(&mut s),
+        vec![Output::ReplyEdge {
+            reply_to: 1,
+            msg: ServerMsg::MonitoringAck {
+                epoch: 1,
+                up_to_seq: 4
+            }
+        }]
+    );
+}
