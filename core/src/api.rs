@@ -352,6 +352,8 @@ pub enum Event {
     DivergenceArchived { after: Index, entries_upto: Index },
     /// A peer message was ignored, with the reason.
     PeerIgnored { kind: &'static str, reason: String },
+    /// Re-sent monitoring samples that were already stored were discarded.
+    SamplesDeduplicated { client: ClientId, count: u64 },
     /// An edge request was refused, with the reason.
     ClientRefused { client: ClientId, reason: String },
 }

@@ -161,7 +161,6 @@ pub struct ClientContact {
     pub dropped_samples: u64,
     /// Wall-clock time of the last heartbeat (`modified`).
     pub modified_ms: Millis,
-    pub heartbeats: u64,
 }
 
 /// `clientCount` (SPEC §5).
@@ -212,7 +211,6 @@ pub struct Status {
     pub pending_writes: usize,
     pub documents: usize,
     pub samples_stored: u64,
-    pub sample_duplicates_discarded: u64,
     pub client_count: ClientCount,
 }
 
@@ -279,7 +277,6 @@ pub struct Server {
     sample_acks: VecDeque<PendingSampleAck>,
     pending_sample_seq: BTreeMap<ClientId, u64>,
     samples_stored: u64,
-    sample_duplicates: u64,
     contacts: BTreeMap<ClientId, ClientContact>,
 
     outputs: VecDeque<Output>,
@@ -362,7 +359,6 @@ impl Server {
             writes: VecDeque::new(),
             sample_acks: VecDeque::new(),
             samples_stored: 0,
-            sample_duplicates: 0,
             contacts: BTreeMap::new(),
             outputs: VecDeque::new(),
             cfg,
@@ -583,7 +579,6 @@ impl Server {
             pending_writes: self.writes.len(),
             documents: self.applied.docs.len(),
             samples_stored: self.samples_stored,
-            sample_duplicates_discarded: self.sample_duplicates,
             client_count: self.client_count(),
         }
     }
@@ -1330,7 +1325,7 @@ impl Server {
             return;
         };
         if !r.heard {
-            r.missed_ticks = r.missed_ticks.saturating_add(1);
+            r.missed_ticks = (r.missed_ticks + 1).min(threshold);
         }
         r.heard = false;
         let newly_lost = !r.lost && r.missed_ticks >= threshold;
@@ -1394,7 +1389,7 @@ impl Server {
             self.send_join();
         }
         if !self.active_heard {
-            self.active_missed_ticks = self.active_missed_ticks.saturating_add(1);
+            self.active_missed_ticks = (self.active_missed_ticks + 1).min(threshold);
         }
         self.active_heard = false;
         if let Some(p) = self.promotion.as_mut() {
@@ -1512,7 +1507,6 @@ impl Server {
                 // A stale server of our pair: tell it who holds the newer epoch.
                 let active = self.me.clone();
                 self.send_peer(PeerMsg::NewEpoch { active });
-                self.zombie_to_notify = self.role == Role::Standalone;
             }
             PeerMsg::PairAccepted { standby } => self.on_pair_accepted(standby),
             PeerMsg::Refused { reason } => self.on_refused(reason),
@@ -2690,7 +2684,6 @@ impl Server {
                     cached_samples: 0,
                     dropped_samples: 0,
                     modified_ms: 0,
-                    heartbeats: 0,
                 });
             c.client_type = hb.client_type;
             c.view = hb.view;
@@ -2700,7 +2693,6 @@ impl Server {
             c.cached_samples = hb.cached_samples;
             c.dropped_samples = hb.dropped_samples;
             c.modified_ms = self.now.wall_ms;
-            c.heartbeats += 1;
         } else {
             let reason = format!(
                 "contact table full ({} clients); heartbeat answered but not recorded",
@@ -2758,7 +2750,14 @@ impl Server {
         let (fresh, dups): (Vec<Sample>, Vec<Sample>) =
             samples.into_iter().partition(|s| s.seq > seen);
         let total_dups = dups.len() as u64;
-        self.sample_duplicates += total_dups;
+        if total_dups > 0 {
+            // Counted by the I/O layer (metrics, monitoring/getSummary): a counter
+            // here would make every re-delivery a new state of the machine.
+            self.event(Event::SamplesDeduplicated {
+                client: client.clone(),
+                count: total_dups,
+            });
+        }
         if fresh.is_empty() {
             // All re-sent: acknowledge once what covers them is committed.
             let committed = self.applied.sample_seq.get(&client).copied().unwrap_or(0);
