@@ -683,12 +683,18 @@ fn samples_are_stored_once_however_often_they_are_sent() {
     );
     assert_eq!(
         drain(&mut s),
-        vec![Output::ReplyEdge {
-            reply_to: 1,
-            msg: ServerMsg::MonitoringAck {
-                epoch: 1,
-                up_to_seq: 4
-            }
-        }]
+        vec![
+            Output::Event(Event::SamplesDeduplicated {
+                client: "e".into(),
+                count: 3
+            }),
+            Output::ReplyEdge {
+                reply_to: 1,
+                msg: ServerMsg::MonitoringAck {
+                    epoch: 1,
+                    up_to_seq: 4
+                }
+            },
+        ]
     );
 }
