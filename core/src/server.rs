@@ -498,6 +498,16 @@ impl Server {
     pub fn contacts(&self) -> impl Iterator<Item = &ClientContact> {
         self.contacts.values()
     }
+    /// Seeds the contact table from storage after a restart (at most `max_clients`).
+    pub fn restore_contacts(&mut self, contacts: impl IntoIterator<Item = ClientContact>) {
+        for c in contacts {
+            if self.contacts.len() >= self.cfg.max_clients {
+                break;
+            }
+            self.contacts.insert(c.client_id.clone(), c);
+        }
+    }
+
     /// Whether this server currently acknowledges configuration writes.
     pub fn takes_writes(&self) -> bool {
         self.role.is_writer()
