@@ -1497,6 +1497,7 @@ impl Server {
             } if env.pair_id == self.pair_id => {
                 self.on_rejoin(env.epoch, last_index, last_epoch, standby)
             }
+            PeerMsg::Refused { reason } if from_peer => self.on_refused(reason),
             _ if !(same_pair && from_peer) => {
                 let reason = format!(
                     "from {:032x}, which is not this server's peer in pair {:?}",
@@ -1519,7 +1520,6 @@ impl Server {
                 self.send_peer(PeerMsg::NewEpoch { active });
             }
             PeerMsg::PairAccepted { standby } => self.on_pair_accepted(standby),
-            PeerMsg::Refused { reason } => self.on_refused(reason),
             PeerMsg::SnapshotChunk {
                 index,
                 snapshot_epoch,

@@ -665,3 +665,113 @@ fn crash_restart_keeps_role_and_epoch() {
         Ok(Reply::Written { .. })
     ));
 }
+
+#[test]
+fn pairing_from_the_standby_side_with_a_replication_blob() {
+    let mut sim = Sim::new(9, OnStandbyLoss::Block, 0);
+    let w = sim.call(A, put("before", "1"), 1_000);
+    assert!(matches!(w, Ok(Reply::Written { .. })));
+    // getReplicationBlob on the would-be active, transitionToStandby on the other.
+    let Ok(Reply::Blob {
+        active,
+        pairing_token,
+    }) = sim.call(A, Command::GetReplicationBlob, 1_000)
+    else {
+        panic!()
+    };
+    assert_eq!(active, info(A));
+    let join = Command::TransitionToStandby {
+        active_address: active.peer_address,
+        active_uuid: active.uuid,
+        pairing_token,
+    };
+    assert_eq!(sim.call(B, join, 1_000), Ok(Reply::Accepted));
+    assert!(
+        sim.run_until(10_000, |s| s.is(A, Role::Active, DrState::StandbyRunning)
+            && s.is(B, Role::Standby, DrState::StandbyRunning))
+    );
+    assert!(
+        sim.servers[B].store.contains_put("before", b"1"),
+        "the standby got the snapshot"
+    );
+    // A second transitionToStandby with the used token is refused by the active.
+    let mut other = Sim::new(10, OnStandbyLoss::Block, 0);
+    let join = Command::TransitionToStandby {
+        active_address: info(A).peer_address,
+        active_uuid: info(A).uuid,
+        pairing_token: 12345,
+    };
+    assert_eq!(other.call(B, join, 1_000), Ok(Reply::Accepted));
+    other.run_for(2_000);
+    assert!(
+        other.is(A, Role::Standalone, DrState::Unconfigured),
+        "no blob outstanding: refused"
+    );
+    let st = other.servers[B].s().status();
+    assert!(
+        st.failure_description
+            .as_deref()
+            .unwrap_or("")
+            .contains("refused by the active"),
+        "{st:?}"
+    );
+}
+
+#[test]
+fn remove_standby_returns_both_servers_to_standalone() {
+    let mut sim = standby_running_pair(12, OnStandbyLoss::Block, 0);
+    assert_eq!(
+        sim.call(A, Command::RemoveStandby, 1_000),
+        Ok(Reply::Accepted)
+    );
+    assert!(
+        sim.run_until(2_000, |s| s.is(A, Role::Standalone, DrState::Unconfigured)
+            && s.is(B, Role::Standalone, DrState::Unconfigured))
+    );
+    assert!(
+        matches!(
+            sim.call(A, put("solo", "1"), 1_000),
+            Ok(Reply::Written { .. })
+        ),
+        "no standby to wait for"
+    );
+    assert_eq!(sim.servers[A].s().pair_id(), None);
+}
+
+#[test]
+fn manual_demotion_then_disaster_promotion_of_the_standby() {
+    let mut sim = standby_running_pair(13, OnStandbyLoss::Block, 1);
+    let w = sim.call(A, put("k", "1"), 1_000);
+    assert!(matches!(w, Ok(Reply::Written { .. })));
+    sim.run_for(300); // the commit point reaches the standby
+    assert_eq!(
+        sim.call(A, Command::DemoteActive { force: false }, 1_000),
+        Ok(Reply::Accepted)
+    );
+    assert!(sim.is(A, Role::Zombie, DrState::Zombie));
+    assert!(sim.run_until(5_000, |s| s.is(
+        B,
+        Role::Standby,
+        DrState::FailureGetActiveStatus
+    )));
+    assert!(matches!(
+        sim.call(B, Command::Promote { force: false }, 1_000),
+        Ok(Reply::Promoted { epoch: 2, .. })
+    ));
+    assert!(sim.run_until(5_000, |s| s.following()[0].as_deref() == Some("b:7444")));
+    assert_eq!(
+        sim.call(B, Command::Get { key: "k".into() }, 100),
+        Ok(Reply::Doc {
+            key: "k".into(),
+            value: b"1".to_vec(),
+            version: 1
+        })
+    );
+    // The demoted server rejoins the promoted one.
+    assert_eq!(sim.call(A, Command::Rejoin, 100), Ok(Reply::Accepted));
+    assert!(
+        sim.run_until(10_000, |s| s.is(A, Role::Standby, DrState::StandbyRunning)),
+        "{}",
+        sim.describe()
+    );
+}
