@@ -48,8 +48,12 @@ pub enum EncodeError {
 
 /// Encodes `msg` as one frame, refusing payloads above `max_frame_bytes`.
 pub fn encode_frame<T: Serialize>(msg: &T, max_frame_bytes: usize) -> Result<Vec<u8>, EncodeError> {
-    let mut out = postcard::to_extend(msg, vec![FRAME_VERSION, 0, 0, 0, 0])
-        .map_err(|e| EncodeError::Serialize(e.to_string()))?;
+    let mut out = postcard::to_extend(msg, {
+        let mut v = Vec::with_capacity(256);
+        v.extend_from_slice(&[FRAME_VERSION, 0, 0, 0, 0]);
+        v
+    })
+    .map_err(|e| EncodeError::Serialize(e.to_string()))?;
     let len = out.len() - FRAME_HEADER_LEN;
     if len > max_frame_bytes {
         return Err(EncodeError::TooLarge {

@@ -105,9 +105,11 @@ impl MemStore {
                 }
             }
             PersistOp::Append(entries) => {
-                for e in entries {
-                    self.log.retain(|x| x.index < e.index);
-                    self.log.push(e.clone());
+                if let Some(first) = entries.first() {
+                    // An append rewrites everything from its first index on.
+                    let keep = self.log.partition_point(|x| x.index < first.index);
+                    self.log.truncate(keep);
+                    self.log.extend(entries.iter().cloned());
                 }
             }
             PersistOp::TruncateAfter(index) => {
@@ -117,12 +119,9 @@ impl MemStore {
             PersistOp::Commit(index) => {
                 self.commit = self.commit.max(*index);
                 let from = self.applied.index;
-                let to_apply: Vec<Entry> = self
-                    .log
-                    .iter()
-                    .filter(|e| e.index > from && e.index <= self.commit)
-                    .cloned()
-                    .collect();
+                let start = self.log.partition_point(|e| e.index <= from);
+                let end = self.log.partition_point(|e| e.index <= self.commit);
+                let to_apply: Vec<Entry> = self.log[start..end.max(start)].to_vec();
                 for e in &to_apply {
                     if let Op::Samples { client, samples } = &e.op {
                         for s in samples {

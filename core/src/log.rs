@@ -113,7 +113,8 @@ impl Log {
 
     /// Entries after `index`, in order.
     pub fn iter_after(&self, index: Index) -> impl Iterator<Item = &Entry> {
-        self.entries.iter().filter(move |e| e.index > index)
+        let skip = (index.saturating_sub(self.base_index) as usize).min(self.entries.len());
+        self.entries.range(skip..)
     }
 }
 

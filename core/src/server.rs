@@ -633,6 +633,20 @@ impl Server {
         }
     }
 
+    /// Edge address of the server that takes writes (what `redirects().edge` says, cheaper).
+    fn active_edge_address(&self) -> Option<String> {
+        match self.role {
+            Role::Standalone | Role::Active => Some(self.me.edge_address.clone()),
+            Role::Standby => self
+                .peer
+                .as_ref()
+                .map(|p| &p.edge_address)
+                .filter(|a| !a.is_empty())
+                .cloned(),
+            Role::Zombie => self.redirects().edge,
+        }
+    }
+
     /// The role gate for an API call of `kind` (SPEC §3, §9.5).
     pub fn gate(&self, kind: RequestKind, method: &str) -> Result<(), CommandError> {
         gate(
@@ -684,12 +698,12 @@ impl Server {
 
     /// Stages the metadata if it changed and emits one `Persist` for everything staged.
     fn flush(&mut self) {
-        let meta = self.durable_meta();
         let meta_changed = self
             .persisted_meta
             .as_ref()
-            .is_none_or(|m| !same_meta(m, &meta));
+            .is_none_or(|m| self.meta_differs(m));
         if meta_changed {
+            let meta = self.durable_meta();
             self.staged.insert(0, PersistOp::Meta(meta.clone()));
             self.persisted_meta = Some(meta);
         }
@@ -705,6 +719,26 @@ impl Server {
             after: std::mem::take(&mut self.staged_after),
         });
         self.outputs.push_back(Output::Persist { seq, ops });
+    }
+
+    /// Whether the durable metadata changed since `m` was persisted. The
+    /// wall-clock "last protected" stamp changes on every input while
+    /// protected; it is persisted along with the next real change.
+    fn meta_differs(&self, m: &DurableMeta) -> bool {
+        m.role != self.role
+            || m.dr_state != self.dr_state
+            || m.epoch != self.epoch
+            || m.pair_id != self.pair_id
+            || m.peer != self.peer
+            || m.pairing_token != self.pairing_token
+            || m.policy != self.policy
+            || m.synced != self.synced
+            || m.fenced_by != self.fenced_by
+            || m.redirect_edge != self.redirect_edge
+            || m.unprotected_writes != self.unprotected_writes
+            || m.role_timestamp_ms != self.role_timestamp_ms
+            || m.state_timestamp_ms != self.state_timestamp_ms
+            || m.zombie_to_notify != self.zombie_to_notify
     }
 
     fn durable_meta(&self) -> DurableMeta {
@@ -1196,6 +1230,8 @@ impl Server {
         }
         self.after_standby_progress();
         self.replicate();
+        // Tell the standby at once where the log ends, so it sees it caught up.
+        self.send_heartbeat_append();
     }
 
     fn on_append_ack(&mut self, durable_index: Index, ok: bool) {
@@ -2679,30 +2715,34 @@ impl Server {
                 );
             }
         }
-        let known = self.contacts.contains_key(&client);
-        if known || self.contacts.len() < self.cfg.max_clients {
-            let c = self
-                .contacts
-                .entry(client.clone())
-                .or_insert_with(|| ClientContact {
-                    client_id: client.clone(),
-                    client_type: hb.client_type,
-                    view: hb.view.clone(),
-                    following: None,
-                    config_epoch: 0,
-                    config_version: 0,
-                    cached_samples: 0,
-                    dropped_samples: 0,
-                    modified_ms: 0,
-                });
+        let now_ms = self.now.wall_ms;
+        let seq = hb.seq;
+        if let Some(c) = self.contacts.get_mut(&client) {
             c.client_type = hb.client_type;
-            c.view = hb.view;
-            c.following = hb.following;
+            if c.view != hb.view {
+                c.view = hb.view;
+            }
+            if c.following != hb.following {
+                c.following = hb.following;
+            }
             c.config_epoch = hb.config_epoch;
             c.config_version = hb.config_version;
             c.cached_samples = hb.cached_samples;
             c.dropped_samples = hb.dropped_samples;
-            c.modified_ms = self.now.wall_ms;
+            c.modified_ms = now_ms;
+        } else if self.contacts.len() < self.cfg.max_clients {
+            let c = ClientContact {
+                client_id: client.clone(),
+                client_type: hb.client_type,
+                view: hb.view,
+                following: hb.following,
+                config_epoch: hb.config_epoch,
+                config_version: hb.config_version,
+                cached_samples: hb.cached_samples,
+                dropped_samples: hb.dropped_samples,
+                modified_ms: now_ms,
+            };
+            self.contacts.insert(client, c);
         } else {
             let reason = format!(
                 "contact table full ({} clients); heartbeat answered but not recorded",
@@ -2710,19 +2750,19 @@ impl Server {
             );
             self.event(Event::ClientRefused { client, reason });
         }
-        let r = self.redirects();
+        let active_address = self.active_edge_address();
         let redirect = if self.role == Role::Zombie {
-            r.edge.clone()
+            active_address.clone()
         } else {
             None
         };
         let msg = ServerMsg::HeartbeatReply(HeartbeatReply {
-            seq: hb.seq,
+            seq,
             role: self.role,
             dr_state: self.dr_state,
             epoch: self.epoch,
             pair_id: self.pair_id,
-            active_address: r.edge,
+            active_address,
             redirect,
             config_version: self.applied.index,
         });
@@ -2798,12 +2838,4 @@ impl Server {
             up_to_seq: max_seq,
         });
     }
-}
-
-/// Metadata equality ignoring the wall-clock "last protected" stamp, which
-/// changes on every input while protected and is persisted with other changes.
-fn same_meta(a: &DurableMeta, b: &DurableMeta) -> bool {
-    let mut b = b.clone();
-    b.last_dr_protected_ms = a.last_dr_protected_ms;
-    *a == b
 }
