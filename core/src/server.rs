@@ -94,6 +94,10 @@ struct Replica {
     snapshot: Option<SnapshotTx>,
     /// Heard from the standby since the last tick.
     heard: bool,
+    /// Heard from the standby at all since this process started: until then
+    /// the standby may have been promoted while we were down, so degrading
+    /// would risk two writers (the peers' classic "old primary restarts alone").
+    heard_since_start: bool,
     missed_ticks: u32,
     /// Missed `peer_failure_threshold` ticks in a row.
     lost: bool,
@@ -116,6 +120,7 @@ impl Replica {
             need_snapshot,
             snapshot: None,
             heard: false,
+            heard_since_start: false,
             missed_ticks: 0,
             lost: false,
             degraded: false,
@@ -1242,15 +1247,37 @@ impl Server {
         if r.snapshot.is_some() {
             return;
         }
+        let mut resend = true;
+        let mut regressed = None;
         if ok {
             r.match_index = r.match_index.max(durable_index.min(durable));
             r.next_index = r.next_index.max(r.match_index + 1);
         } else {
-            // The standby lacks what we sent after; resend from its hint.
-            r.next_index = (durable_index + 1).max(r.match_index + 1).min(r.next_index);
+            if durable_index < r.match_index {
+                // The standby says it holds less than it acknowledged: believe it
+                // (its disk is the truth) and say so loudly.
+                regressed = Some(r.match_index);
+                r.match_index = durable_index;
+            }
+            // The standby lacks what we sent after its hint: resend from there,
+            // once — a repeated refusal waits for the next tick.
+            let next = (durable_index + 1).max(r.match_index + 1).min(r.next_index);
+            resend = next != r.next_index;
+            r.next_index = next;
+        }
+        if let Some(acked) = regressed {
+            let reason = format!(
+                "standby reports durable index {durable_index} below the {acked} it acknowledged"
+            );
+            self.event(Event::PeerIgnored {
+                kind: "AppendAck",
+                reason,
+            });
         }
         self.after_standby_progress();
-        self.replicate();
+        if resend {
+            self.replicate();
+        }
     }
 
     /// After the standby acknowledged something: lag, states, protection, commit.
@@ -1290,6 +1317,7 @@ impl Server {
             return;
         };
         r.heard = true;
+        r.heard_since_start = true;
         r.missed_ticks = 0;
         if r.lost {
             r.lost = false;
@@ -1323,6 +1351,15 @@ impl Server {
             return;
         }
         match policy {
+            OnStandbyLoss::Degrade if !r.heard_since_start => {
+                r.blocked = true;
+                self.failure = Some(format!(
+                    "restarted without reaching the standby for standby_grace ({} ms): it may have been \
+                     promoted meanwhile, so writes are refused rather than degraded. Once the standby \
+                     answers they resume; to run alone for good, removeStandby",
+                    self.cfg.standby_grace_ms
+                ));
+            }
             OnStandbyLoss::Degrade => {
                 if !r.degraded {
                     r.degraded = true;
@@ -1850,6 +1887,22 @@ impl Server {
             return;
         }
         self.on_active_heard();
+        // A snapshot of a point this standby already holds (a restarted active
+        // probing from scratch): acknowledge it without going back in time.
+        let covered = self.synced
+            && self.snapshot_rx.is_none()
+            && (index <= self.applied.index || self.log.epoch_at(index) == Some(snapshot_epoch));
+        if covered && index <= self.durable_index {
+            self.send_peer(PeerMsg::SnapshotAck { index, chunk });
+            if last {
+                let durable_index = self.durable_index;
+                self.send_peer(PeerMsg::AppendAck {
+                    durable_index,
+                    ok: true,
+                });
+            }
+            return;
+        }
         if chunk == 0
             && self
                 .snapshot_rx
@@ -2235,6 +2288,10 @@ impl Server {
                 after: keep_index,
                 entries_upto: last,
             });
+        }
+        if keep_index >= self.log.base_index() && keep_index < last {
+            self.log.truncate_after(keep_index);
+            self.durable_index = self.durable_index.min(keep_index);
         }
         self.rejoin_requested = false;
         self.epoch = epoch;

@@ -775,3 +775,43 @@ fn manual_demotion_then_disaster_promotion_of_the_standby() {
         sim.describe()
     );
 }
+
+#[test]
+fn an_old_active_restarting_alone_refuses_writes_instead_of_degrading() {
+    let mut sim = standby_running_pair(14, OnStandbyLoss::Degrade, 0);
+    sim.crash(A);
+    assert!(sim.run_until(5_000, |s| s.is(
+        B,
+        Role::Standby,
+        DrState::FailureGetActiveStatus
+    )));
+    assert!(matches!(
+        sim.call(B, Command::Promote { force: false }, 1_000),
+        Ok(Reply::Promoted { epoch: 2, .. })
+    ));
+    // a comes back without any way to hear of epoch 2 (no edges, peer link cut).
+    sim.cut(Node::Server(A), Node::Server(B));
+    sim.restart(A);
+    let held = sim.command(A, put("split-brain", "1"));
+    assert!(
+        sim.run_until(10_000, |s| s.servers[A].s().status().writes_blocked),
+        "{}",
+        sim.describe()
+    );
+    assert_eq!(sim.reply(A, held), None, "held, never acknowledged");
+    let err = sim.call(A, put("refused", "1"), 100).unwrap_err();
+    assert!(err.to_string().contains("may have been promoted"), "{err}");
+    let st = sim.servers[A].s().status();
+    assert_eq!((st.degraded, st.unprotected_writes), (false, 0));
+    // The link heals: the promoted server fences it.
+    sim.heal_all();
+    assert!(
+        sim.run_until(5_000, |s| s.is(A, Role::Zombie, DrState::Zombie)),
+        "{}",
+        sim.describe()
+    );
+    assert!(matches!(
+        sim.reply(A, held),
+        Some(Err(CommandError::NotAcknowledged { .. }))
+    ));
+}

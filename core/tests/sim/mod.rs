@@ -368,6 +368,47 @@ impl Sim {
         if self.cut.contains(&(from, to)) {
             return;
         }
+        // A message storm is a bug: name what is flooding.
+        if self.net.len() > 100_000 {
+            let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+            for m in &self.net {
+                let k = match &m.payload {
+                    Payload::Peer(f) => decode_frame::<PeerEnvelope>(f, DEFAULT_MAX_FRAME_BYTES)
+                        .map(|(e, _)| format!("{:?}->{:?} {}", m.from, m.to, e.body.kind()))
+                        .unwrap_or_default(),
+                    Payload::ToServer { .. } => "edge->server".into(),
+                    Payload::ToEdge { .. } => "server->edge".into(),
+                };
+                *kinds.entry(k).or_default() += 1;
+            }
+            let hist: Vec<String> = self
+                .servers
+                .iter()
+                .map(|n| {
+                    n.store
+                        .history
+                        .iter()
+                        .rev()
+                        .take(12)
+                        .rev()
+                        .map(|t| {
+                            format!(
+                                "{}@{} {}->{} e{} {}",
+                                n.info.name, t.timestamp_ms, t.from, t.to, t.epoch, t.reason
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .collect();
+            panic!(
+                "seed {}: message storm at {}: {kinds:?} | {}\n{}",
+                self.seed,
+                self.now_ms,
+                self.describe(),
+                hist.join("\n---\n")
+            );
+        }
         if self.rng.range(0, 99) < self.faults.drop_pct {
             return;
         }
