@@ -1,0 +1,172 @@
+//! vcodr-transport: carries `vcodr-core` messages between servers (the peer
+//! link, active ↔ standby) and between edges and servers, over QUIC with
+//! mutual TLS ([`quic`]) or over an in-process, fault-injecting network for
+//! simulations ([`mem`]). Both give the same types, so a driver written
+//! against [`Transport`] runs unchanged on either.
+//!
+//! # Model
+//! - A [`Protocol`] names a link kind (its ALPN) and its three message types:
+//!   requests, their responses, and one-way messages. The crate is generic
+//!   over them; it knows nothing of vcodr's messages.
+//! - [`Transport::listen`] yields a [`Listener`]; each [`Listener::accept`]
+//!   is a **link-up** event: a [`Connection`] whose peer proved its identity
+//!   with a certificate from the deployment CA and completed the protocol
+//!   hello. The identity ([`PeerId`]: a server name or an edge's client id)
+//!   comes from the verified certificate, never from a message.
+//! - [`Transport::connect`] dials an address and expects a server name; it
+//!   returns only after TLS *and* the hello succeeded (a QUIC client without
+//!   a certificate gets `Ok` from quinn's `connect` and is refused a moment
+//!   later: here it gets [`ConnectError::HandshakeRefused`]).
+//! - On a connection: [`Connection::request`] sends a request and awaits its
+//!   response (heartbeat → reply, config pull, monitoring batch → ack);
+//!   [`Connection::send`] appends to the ordered one-way stream (the
+//!   replication log); [`Connection::recv`] yields [`Incoming`] requests
+//!   (with a [`Responder`]) and messages; [`Connection::closed`] is the
+//!   **link-down** event with its [`CloseReason`].
+//! - Protocol versions: each side's [`Settings::hello`] is exchanged when a
+//!   link opens and [`vcodr_core::codec::negotiate`]d; the agreed version is
+//!   in [`LinkInfo::version`]; peers without a common version are refused
+//!   with both versions named ([`ConnectError::VersionMismatch`]).
+//!
+//! # Calling contract
+//! - Everything runs inside a tokio runtime; transports spawn their tasks.
+//! - Every queue is bounded by a [`Settings`] field: `send` waits while
+//!   `max_pending_sends` messages are queued, the transport stops reading
+//!   while `max_pending_incoming` are unread (so the peer slows down), and
+//!   `request` waits while `max_concurrent_requests` are in flight. A
+//!   driver that must not wait wraps calls in its own timeout; `send`,
+//!   `recv` and `accept` are cancel-safe.
+//! - Ordered messages arrive in order, without loss or duplicates, while a
+//!   link lives (on QUIC; [`mem`] can inject harsher faults). A link that
+//!   closes may lose what was in flight: protocols acknowledge and resend
+//!   over the next link (see [`reconnect`]).
+//! - Dropping every handle of a connection closes it; dropping a
+//!   [`Responder`] unanswered tells the requester at once.
+//! - Malformed, oversized or unknown-version frames close only their stream
+//!   (a request) or their connection (the ordered stream, or the hello),
+//!   with a `tracing` warning that names the peer, address and reason; the
+//!   listener keeps serving everyone else. A frame's size is checked from
+//!   its header before its payload is allocated.
+//! - Errors are values ([`ConnectError`], [`SendError`], [`RequestError`],
+//!   ...) naming the peer, address and what failed; panics are bugs.
+//!
+//! # Why ring
+//! rustls and quinn use the `ring` crypto provider here: it builds with a C
+//! compiler alone (gcc on our machines), whereas `aws-lc-rs`, the rustls
+//! default, needs cmake (and for some targets clang/NASM) in every build
+//! and CI image. Configurations are built with `builder_with_provider`, so
+//! no process-wide default provider is needed even if both ever end up in
+//! the dependency tree.
+//!
+//! # Example: a server and an edge over QUIC on loopback
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use vcodr_transport::certs::{CertKind, CertificateAuthority};
+//! use vcodr_transport::quic::QuicTransport;
+//! use vcodr_transport::{Incoming, Protocol, Settings, Transport};
+//!
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! struct Heartbeat { seq: u64 }
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! struct Reply { seq: u64, server: String }
+//!
+//! /// The edge link: heartbeats answered by replies, no one-way messages.
+//! struct EdgeLink;
+//! impl Protocol for EdgeLink {
+//!     const NAME: &'static str = "vcodr-edge-example";
+//!     type Request = Heartbeat;
+//!     type Response = Reply;
+//!     type Message = ();
+//! }
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let ca = CertificateAuthority::new()?;
+//!     let loopback = "127.0.0.1:0".parse()?;
+//!
+//!     // Server "a": accept edges, answer each heartbeat.
+//!     let server_identity = ca.issue_identity("a", CertKind::Server)?;
+//!     let server = QuicTransport::<EdgeLink>::bind(loopback, server_identity, Settings::default())?;
+//!     let mut listener = server.listen()?;
+//!     let server_addr = listener.local_addr();
+//!     tokio::spawn(async move {
+//!         while let Some(mut link) = listener.accept().await {
+//!             tokio::spawn(async move {
+//!                 // `link.peer()` is the edge's id, from its certificate.
+//!                 while let Ok(incoming) = link.recv().await {
+//!                     if let Incoming::Request { request, responder } = incoming {
+//!                         let reply = Reply { seq: request.seq, server: "a".into() };
+//!                         let _ = responder.respond(&reply).await;
+//!                     }
+//!                 }
+//!             });
+//!         }
+//!     });
+//!
+//!     // Edge "edge-1": dial server "a" and heartbeat once.
+//!     let edge_identity = ca.issue_identity("edge-1", CertKind::Client)?;
+//!     let edge = QuicTransport::<EdgeLink>::bind(loopback, edge_identity, Settings::default())?;
+//!     let link = edge.connect(server_addr, "a").await?;
+//!     assert_eq!(link.peer().as_str(), "a");
+//!     let reply = link.request(&Heartbeat { seq: 1 }).await?;
+//!     assert_eq!(reply, Reply { seq: 1, server: "a".into() });
+//!     Ok(())
+//! }
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use vcodr_core::codec::WireMessage;
+
+pub mod certs;
+mod error;
+mod link;
+pub mod mem;
+pub mod quic;
+pub mod reconnect;
+mod rng;
+mod settings;
+
+pub use error::{
+    CloseReason, ConnectError, LinkClosed, Refusal, RequestError, RespondError, SendError,
+    SetupError,
+};
+pub use link::{
+    Connection, Incoming, LinkInfo, LinkReceiver, LinkSender, Listener, ListenerCounts, PeerId,
+    Responder,
+};
+pub use settings::{
+    Settings, SettingsError, MAX_FRAME_BYTES_LIMIT, QUEUE_LEN_LIMIT, TIMEOUT_LIMIT,
+};
+
+/// A kind of link and the messages it carries. Implemented by a unit type
+/// per link kind (peer link, edge link).
+pub trait Protocol: Send + Sync + 'static {
+    /// The protocol's name, used as the TLS ALPN: an edge that dials the
+    /// peer port is refused in the handshake. Keep it short and versionless
+    /// (versions are negotiated by the hello).
+    const NAME: &'static str;
+    /// What a requester sends.
+    type Request: WireMessage;
+    /// What answers a request.
+    type Response: WireMessage;
+    /// What travels on the ordered one-way stream.
+    type Message: WireMessage;
+}
+
+/// A network a driver can use without knowing which: [`quic::QuicTransport`]
+/// or [`mem::MemTransport`].
+pub trait Transport<P: Protocol>: Send + Sync + 'static {
+    /// Dials `addr`, requiring the server's certificate to name
+    /// `server_name`; returns once TLS and the protocol hello succeeded,
+    /// within `handshake_timeout`.
+    fn connect(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> impl Future<Output = Result<Connection<P>, ConnectError>> + Send;
+
+    /// Starts accepting peers on this transport's address.
+    fn listen(&self) -> Result<Listener<P>, SetupError>;
+}

@@ -1,0 +1,594 @@
+//! What a driver holds: connections, their two halves, incoming messages and
+//! responders, and the listener. The same types serve every backend.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use vcodr_core::codec::{self, DecodeError, EncodeError};
+
+use crate::error::{CloseReason, LinkClosed, RequestError, RespondError, SendError};
+use crate::Protocol;
+
+/// A peer's authenticated identity: the first DNS name of its verified
+/// certificate (a server's name such as `a`, or an edge's client id).
+/// Never taken from a message.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerId(String);
+
+impl PeerId {
+    pub(crate) fn new(name: impl Into<String>) -> Self {
+        PeerId(name.into())
+    }
+
+    /// The identity as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who is at the other end of a link, where, and what was agreed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// The peer's authenticated identity.
+    pub peer: PeerId,
+    /// The peer's address.
+    pub addr: SocketAddr,
+    /// The protocol version negotiated in the hello exchange.
+    pub version: u16,
+    /// The protocol's name ([`Protocol::NAME`]).
+    pub protocol: &'static str,
+}
+
+impl fmt::Display for LinkInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` at {} ({} v{})",
+            self.peer, self.addr, self.protocol, self.version
+        )
+    }
+}
+
+/// Something the peer sent: a request that wants a response, or a message of
+/// the ordered one-way stream.
+pub enum Incoming<P: Protocol> {
+    /// A request; answer it with [`Responder::respond`]. Dropping the
+    /// responder tells the requester that no answer will come.
+    Request {
+        /// The request.
+        request: P::Request,
+        /// Where the response goes.
+        responder: Responder<P>,
+    },
+    /// The next message of the peer's ordered stream.
+    Message(P::Message),
+}
+
+impl<P: Protocol> fmt::Debug for Incoming<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Incoming::Request { responder, .. } => f
+                .debug_struct("Request")
+                .field("from", &responder.link.peer)
+                .finish_non_exhaustive(),
+            Incoming::Message(_) => f.write_str("Message(..)"),
+        }
+    }
+}
+
+/// The backend-specific end of a response.
+pub(crate) enum ResponderInner {
+    Quic(quinn::SendStream),
+    Mem(crate::mem::MemResponder),
+}
+
+/// Sends the response to one request. Single use; dropping it unanswered
+/// tells the requester at once (it gets [`RequestError::NoResponse`]).
+pub struct Responder<P: Protocol> {
+    link: Arc<LinkInfo>,
+    max_frame_bytes: usize,
+    inner: Option<ResponderInner>,
+    _protocol: PhantomData<fn() -> P>,
+}
+
+impl<P: Protocol> fmt::Debug for Responder<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Responder")
+            .field("link", &self.link)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Protocol> Responder<P> {
+    pub(crate) fn new(link: Arc<LinkInfo>, max_frame_bytes: usize, inner: ResponderInner) -> Self {
+        Responder {
+            link,
+            max_frame_bytes,
+            inner: Some(inner),
+            _protocol: PhantomData,
+        }
+    }
+
+    /// Who asked.
+    pub fn link(&self) -> &LinkInfo {
+        &self.link
+    }
+
+    /// Sends `response` and completes the exchange.
+    pub async fn respond(mut self, response: &P::Response) -> Result<(), RespondError> {
+        let frame = codec::encode_frame(response, self.max_frame_bytes).map_err(|e| match e {
+            EncodeError::TooLarge { len, max } => RespondError::TooLarge {
+                link: (*self.link).clone(),
+                len,
+                max,
+            },
+            EncodeError::Serialize(reason) => RespondError::Encode {
+                link: (*self.link).clone(),
+                reason,
+            },
+        })?;
+        let inner = self.inner.take();
+        let result = match inner {
+            Some(ResponderInner::Quic(stream)) => crate::quic::respond(stream, &frame).await,
+            Some(ResponderInner::Mem(mem)) => mem.respond(frame).await,
+            // `inner` is only taken here, and `respond` consumes `self`.
+            None => Err("responder already used".to_string()),
+        };
+        result.map_err(|reason| RespondError::Gone {
+            link: (*self.link).clone(),
+            reason,
+        })
+    }
+}
+
+impl<P: Protocol> Drop for Responder<P> {
+    fn drop(&mut self) {
+        match self.inner.take() {
+            Some(ResponderInner::Quic(mut stream)) => crate::quic::refuse(&mut stream),
+            Some(ResponderInner::Mem(mem)) => mem.refuse(),
+            None => {}
+        }
+    }
+}
+
+/// Why a request failed, before the generic layer adds the link.
+pub(crate) enum RequestFailure {
+    TimedOut,
+    NoResponse(String),
+    Bad(DecodeError),
+    Closed(CloseReason),
+}
+
+/// The backend of one link. Held only by application handles: when the last
+/// one is dropped, the link is closed.
+pub(crate) enum Backend {
+    Quic(crate::quic::QuicLink),
+    Mem(crate::mem::MemLink),
+}
+
+impl Backend {
+    async fn send_frame(&self, frame: Vec<u8>) -> Result<(), CloseReason> {
+        match self {
+            Backend::Quic(q) => q.send_frame(frame).await,
+            Backend::Mem(m) => m.send_frame(frame).await,
+        }
+    }
+
+    async fn request(&self, frame: Vec<u8>) -> Result<Vec<u8>, RequestFailure> {
+        match self {
+            Backend::Quic(q) => q.request(frame).await,
+            Backend::Mem(m) => m.request(frame).await,
+        }
+    }
+
+    fn close(&self, reason: &str) {
+        match self {
+            Backend::Quic(q) => q.close(reason),
+            Backend::Mem(m) => m.close(reason),
+        }
+    }
+
+    fn close_reason(&self) -> Option<CloseReason> {
+        match self {
+            Backend::Quic(q) => q.close_reason(),
+            Backend::Mem(m) => m.close_reason(),
+        }
+    }
+
+    async fn closed(&self) -> CloseReason {
+        match self {
+            Backend::Quic(q) => q.closed().await,
+            Backend::Mem(m) => m.closed().await,
+        }
+    }
+}
+
+pub(crate) struct LinkShared {
+    info: Arc<LinkInfo>,
+    max_frame_bytes: usize,
+    backend: Backend,
+}
+
+impl Drop for LinkShared {
+    fn drop(&mut self) {
+        self.backend.close("every handle to the link was dropped");
+    }
+}
+
+/// The sending half of a link: ordered messages and requests. Cheap to clone;
+/// the link closes when every clone and the receiver are dropped.
+pub struct LinkSender<P: Protocol> {
+    shared: Arc<LinkShared>,
+    _protocol: PhantomData<fn() -> P>,
+}
+
+impl<P: Protocol> Clone for LinkSender<P> {
+    fn clone(&self) -> Self {
+        LinkSender {
+            shared: self.shared.clone(),
+            _protocol: PhantomData,
+        }
+    }
+}
+
+impl<P: Protocol> fmt::Debug for LinkSender<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkSender")
+            .field("link", &self.shared.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Protocol> LinkSender<P> {
+    /// Who is at the other end.
+    pub fn link(&self) -> &LinkInfo {
+        &self.shared.info
+    }
+
+    /// Queues `message` on the ordered stream. Waits while
+    /// `max_pending_sends` messages are already queued (backpressure).
+    /// Cancel-safe: a cancelled call queued nothing.
+    ///
+    /// Messages from one sender arrive in order, none lost or duplicated, as
+    /// long as the link stays up; after it closes, the application resends
+    /// from its own acknowledgements over a new link.
+    pub async fn send(&self, message: &P::Message) -> Result<(), SendError> {
+        let link = || (*self.shared.info).clone();
+        let frame =
+            codec::encode_frame(message, self.shared.max_frame_bytes).map_err(|e| match e {
+                EncodeError::TooLarge { len, max } => SendError::TooLarge {
+                    link: link(),
+                    len,
+                    max,
+                },
+                EncodeError::Serialize(reason) => SendError::Encode {
+                    link: link(),
+                    reason,
+                },
+            })?;
+        self.shared
+            .backend
+            .send_frame(frame)
+            .await
+            .map_err(|reason| SendError::Closed {
+                link: link(),
+                reason,
+            })
+    }
+
+    /// Sends `request` and waits for its response, at most `request_timeout`.
+    /// Each request travels independently (QUIC: its own stream), so a slow
+    /// one does not hold up the others; at most `max_concurrent_requests`
+    /// are in flight per link, further ones wait.
+    pub async fn request(&self, request: &P::Request) -> Result<P::Response, RequestError> {
+        let link = || (*self.shared.info).clone();
+        let frame =
+            codec::encode_frame(request, self.shared.max_frame_bytes).map_err(|e| match e {
+                EncodeError::TooLarge { len, max } => RequestError::TooLarge {
+                    link: link(),
+                    len,
+                    max,
+                },
+                EncodeError::Serialize(reason) => RequestError::Encode {
+                    link: link(),
+                    reason,
+                },
+            })?;
+        match self.shared.backend.request(frame).await {
+            Ok(payload) => {
+                codec::decode_payload(&payload).map_err(|error| RequestError::BadResponse {
+                    link: link(),
+                    error,
+                })
+            }
+            Err(RequestFailure::TimedOut) => Err(RequestError::TimedOut {
+                link: link(),
+                after: self.request_timeout(),
+            }),
+            Err(RequestFailure::NoResponse(reason)) => Err(RequestError::NoResponse {
+                link: link(),
+                reason,
+            }),
+            Err(RequestFailure::Bad(error)) => Err(RequestError::BadResponse {
+                link: link(),
+                error,
+            }),
+            Err(RequestFailure::Closed(reason)) => Err(RequestError::Closed {
+                link: link(),
+                reason,
+            }),
+        }
+    }
+
+    fn request_timeout(&self) -> std::time::Duration {
+        match &self.shared.backend {
+            Backend::Quic(q) => q.request_timeout(),
+            Backend::Mem(m) => m.request_timeout(),
+        }
+    }
+
+    /// Closes the link at once; queued data may be lost. The peer sees
+    /// [`CloseReason::Peer`] with `reason`.
+    pub fn close(&self, reason: &str) {
+        self.shared.backend.close(reason);
+    }
+
+    /// Why the link closed, if it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.backend.close_reason()
+    }
+
+    /// Waits until the link is closed (link-down event).
+    pub async fn closed(&self) -> CloseReason {
+        self.shared.backend.closed().await
+    }
+}
+
+/// The receiving half of a link.
+pub struct LinkReceiver<P: Protocol> {
+    shared: Arc<LinkShared>,
+    incoming: mpsc::Receiver<Incoming<P>>,
+}
+
+impl<P: Protocol> fmt::Debug for LinkReceiver<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkReceiver")
+            .field("link", &self.shared.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Protocol> LinkReceiver<P> {
+    /// Who is at the other end.
+    pub fn link(&self) -> &LinkInfo {
+        &self.shared.info
+    }
+
+    /// The next request or message. After the link closes, what was already
+    /// received is still returned, then [`LinkClosed`] with the reason.
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Incoming<P>, LinkClosed> {
+        match self.incoming.recv().await {
+            Some(incoming) => Ok(incoming),
+            None => Err(LinkClosed {
+                link: (*self.shared.info).clone(),
+                reason: self.shared.backend.closed().await,
+            }),
+        }
+    }
+}
+
+/// An authenticated link to one peer, after the protocol hello.
+///
+/// Use it whole, or [`split`](Connection::split) it into a cloneable
+/// [`LinkSender`] and a [`LinkReceiver`] for separate tasks. The link closes
+/// when every handle is dropped, when either side calls `close`, or when the
+/// network loses it; [`closed`](LinkSender::closed) reports which.
+pub struct Connection<P: Protocol> {
+    sender: LinkSender<P>,
+    receiver: LinkReceiver<P>,
+}
+
+impl<P: Protocol> fmt::Debug for Connection<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("link", self.link())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Protocol> Connection<P> {
+    pub(crate) fn new(
+        info: LinkInfo,
+        max_frame_bytes: usize,
+        backend: Backend,
+        incoming: mpsc::Receiver<Incoming<P>>,
+    ) -> Self {
+        let shared = Arc::new(LinkShared {
+            info: Arc::new(info),
+            max_frame_bytes,
+            backend,
+        });
+        Connection {
+            sender: LinkSender {
+                shared: shared.clone(),
+                _protocol: PhantomData,
+            },
+            receiver: LinkReceiver { shared, incoming },
+        }
+    }
+
+    pub(crate) fn info_arc(&self) -> Arc<LinkInfo> {
+        self.sender.shared.info.clone()
+    }
+
+    /// Who is at the other end, where, and which version was agreed.
+    pub fn link(&self) -> &LinkInfo {
+        &self.sender.shared.info
+    }
+
+    /// The peer's authenticated identity.
+    pub fn peer(&self) -> &PeerId {
+        &self.link().peer
+    }
+
+    /// A new handle for sending, e.g. for another task.
+    pub fn sender(&self) -> LinkSender<P> {
+        self.sender.clone()
+    }
+
+    /// The two halves.
+    pub fn split(self) -> (LinkSender<P>, LinkReceiver<P>) {
+        (self.sender, self.receiver)
+    }
+
+    /// See [`LinkSender::send`].
+    pub async fn send(&self, message: &P::Message) -> Result<(), SendError> {
+        self.sender.send(message).await
+    }
+
+    /// See [`LinkSender::request`].
+    pub async fn request(&self, request: &P::Request) -> Result<P::Response, RequestError> {
+        self.sender.request(request).await
+    }
+
+    /// See [`LinkReceiver::recv`].
+    pub async fn recv(&mut self) -> Result<Incoming<P>, LinkClosed> {
+        self.receiver.recv().await
+    }
+
+    /// See [`LinkSender::close`].
+    pub fn close(&self, reason: &str) {
+        self.sender.close(reason);
+    }
+
+    /// See [`LinkSender::close_reason`].
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.sender.close_reason()
+    }
+
+    /// See [`LinkSender::closed`].
+    pub async fn closed(&self) -> CloseReason {
+        self.sender.closed().await
+    }
+}
+
+/// Counters of a listener, for tests, metrics and logs.
+#[derive(Debug, Default)]
+pub(crate) struct ListenerStats {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) refused_handshakes: AtomicU64,
+    pub(crate) version_mismatches: AtomicU64,
+    pub(crate) failed_hellos: AtomicU64,
+}
+
+/// What a listener has accepted and refused so far ([`Listener::counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerCounts {
+    /// Links authenticated and handed to `accept`.
+    pub accepted: u64,
+    /// TLS handshakes refused (certificate, name, protocol) or timed out.
+    pub refused_handshakes: u64,
+    /// Peers refused for sharing no protocol version.
+    pub version_mismatches: u64,
+    /// Authenticated peers whose hello was missing, late or malformed.
+    pub failed_hellos: u64,
+}
+
+impl ListenerStats {
+    fn snapshot(&self) -> ListenerCounts {
+        ListenerCounts {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            refused_handshakes: self.refused_handshakes.load(Ordering::Relaxed),
+            version_mismatches: self.version_mismatches.load(Ordering::Relaxed),
+            failed_hellos: self.failed_hellos.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What stops a backend's listener when the [`Listener`] is dropped.
+// The variants are held only for their `Drop`.
+#[allow(dead_code)]
+pub(crate) enum ListenerGuard {
+    Quic(crate::quic::QuicListenerGuard),
+    Mem(crate::mem::MemListenerGuard),
+}
+
+/// Yields authenticated connections (link-up events), each after its TLS
+/// handshake and protocol hello succeeded. Dropping it stops accepting;
+/// links already accepted stay up.
+pub struct Listener<P: Protocol> {
+    local_addr: SocketAddr,
+    accepted: mpsc::Receiver<Connection<P>>,
+    stats: Arc<ListenerStats>,
+    _guard: ListenerGuard,
+}
+
+impl<P: Protocol> fmt::Debug for Listener<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("local_addr", &self.local_addr)
+            .field("stats", &self.stats.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Protocol> Listener<P> {
+    pub(crate) fn new(
+        local_addr: SocketAddr,
+        accepted: mpsc::Receiver<Connection<P>>,
+        stats: Arc<ListenerStats>,
+        guard: ListenerGuard,
+    ) -> Self {
+        Listener {
+            local_addr,
+            accepted,
+            stats,
+            _guard: guard,
+        }
+    }
+
+    /// The next authenticated connection; `None` once the transport has shut
+    /// down. Cancel-safe.
+    pub async fn accept(&mut self) -> Option<Connection<P>> {
+        self.accepted.recv().await
+    }
+
+    /// The address peers dial.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// What the listener has accepted and refused so far.
+    pub fn counts(&self) -> ListenerCounts {
+        self.stats.snapshot()
+    }
+}
+
+/// Decodes a whole frame held in one buffer, refusing trailing bytes.
+pub(crate) fn decode_whole_frame<T: serde::de::DeserializeOwned>(
+    buf: &[u8],
+    max_frame_bytes: usize,
+) -> Result<T, DecodeError> {
+    let (msg, used) = codec::decode_frame(buf, max_frame_bytes)?;
+    if used != buf.len() {
+        return Err(DecodeError::TrailingBytes {
+            extra: buf.len() - used,
+        });
+    }
+    Ok(msg)
+}

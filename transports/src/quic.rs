@@ -1,0 +1,1093 @@
+//! QUIC (quinn 0.11) with mutual TLS (rustls 0.23, ring provider).
+//!
+//! # Streams of a connection
+//! - The client opens the first bidirectional stream and sends its [`Hello`];
+//!   the server answers with its own. Both call [`negotiate`]; on a mismatch
+//!   the client closes with [`code::VERSION_MISMATCH`] and both versions are
+//!   named on both sides. The hello is the first application message: only a
+//!   link that completed it is handed to the application (a client without a
+//!   certificate gets `Ok` from quinn's `connect`, then is refused here).
+//! - Every request is one bidirectional stream: one frame each way, then
+//!   finish. A bad request frame resets that stream only.
+//! - The ordered message stream is one unidirectional stream per direction,
+//!   opened on the first `send`. A bad frame there closes the connection with
+//!   [`code::PROTOCOL_VIOLATION`], since order can no longer be guaranteed.
+//!
+//! Frames are the core codec's: the 5-byte header is read and checked
+//! against `max_frame_bytes` before the payload buffer is allocated.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{ConnectionError, ReadError, ReadExactError, RecvStream, SendStream, VarInt};
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, info, warn};
+use vcodr_core::codec::{self, negotiate, DecodeError, Hello, FRAME_HEADER_LEN};
+
+use crate::certs::{identity_of, TlsIdentity};
+use crate::error::{CloseReason, ConnectError, Refusal, SetupError};
+use crate::link::{
+    Backend, Connection, Incoming, LinkInfo, Listener, ListenerGuard, ListenerStats, PeerId,
+    RequestFailure, Responder, ResponderInner,
+};
+use crate::settings::Settings;
+use crate::{Protocol, Transport};
+
+/// Application error codes on connection close and stream reset.
+pub mod code {
+    use quinn::VarInt;
+
+    /// Connection closed by the application, normally.
+    pub const CLOSED: VarInt = VarInt::from_u32(0);
+    /// The peer broke the framing or the hello.
+    pub const PROTOCOL_VIOLATION: VarInt = VarInt::from_u32(1);
+    /// The two ends share no protocol version.
+    pub const VERSION_MISMATCH: VarInt = VarInt::from_u32(2);
+    /// The certificate carries no identity.
+    pub const NO_IDENTITY: VarInt = VarInt::from_u32(3);
+    /// The listener is gone or the endpoint shuts down.
+    pub const SHUTDOWN: VarInt = VarInt::from_u32(4);
+    /// Stream reset: the frame on it was rejected (malformed, oversized, late).
+    pub const FRAME_REJECTED: VarInt = VarInt::from_u32(0x10);
+    /// Stream reset: the responder was dropped without answering.
+    pub const NO_RESPONSE: VarInt = VarInt::from_u32(0x11);
+    /// Stream reset: the requester gave up.
+    pub const CANCELLED: VarInt = VarInt::from_u32(0x12);
+}
+
+fn stream_code_name(code: VarInt) -> String {
+    match code {
+        c if c == code::FRAME_REJECTED => "the peer rejected the frame".into(),
+        c if c == code::NO_RESPONSE => "the peer dropped the request unanswered".into(),
+        c if c == code::CANCELLED => "cancelled".into(),
+        c => format!("stream reset with code {c}"),
+    }
+}
+
+/// The crypto provider of every configuration: ring.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_err(name: &str) -> impl Fn(rustls::Error) -> SetupError + '_ {
+    move |e| SetupError::Tls {
+        name: name.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn root_store(identity: &TlsIdentity) -> Result<RootCertStore, SetupError> {
+    let mut roots = RootCertStore::empty();
+    for root in identity.roots() {
+        roots.add(root.clone()).map_err(tls_err(identity.name()))?;
+    }
+    Ok(roots)
+}
+
+/// The rustls server configuration: TLS 1.3 only, client certificates
+/// required and verified against the deployment CA, ALPN `alpn`.
+pub fn server_tls_config(
+    identity: &TlsIdentity,
+    alpn: &[u8],
+) -> Result<rustls::ServerConfig, SetupError> {
+    let name = identity.name();
+    let provider = crypto_provider();
+    let (chain, key) = identity.certified().ok_or_else(|| SetupError::Tls {
+        name: name.to_string(),
+        reason: "a server needs a certificate".into(),
+    })?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(root_store(identity)?),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| SetupError::Tls {
+        name: name.to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err(name))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(tls_err(name))?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}
+
+/// The rustls client configuration: TLS 1.3 only, server verified against
+/// the deployment CA and the expected name, our certificate presented.
+pub fn client_tls_config(
+    identity: &TlsIdentity,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, SetupError> {
+    let name = identity.name();
+    let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err(name))?
+        .with_root_certificates(root_store(identity)?);
+    let mut config = match identity.certified() {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(tls_err(name))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}
+
+fn transport_config(settings: &Settings) -> Result<Arc<quinn::TransportConfig>, SetupError> {
+    let mut transport = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(settings.idle_timeout).map_err(|_| {
+        SetupError::Settings(crate::settings::SettingsError {
+            field: "idle_timeout",
+            problem: "too large for QUIC".into(),
+        })
+    })?;
+    transport
+        .max_idle_timeout(Some(idle))
+        .keep_alive_interval(Some(settings.keep_alive_interval))
+        // One extra stream for the hello.
+        .max_concurrent_bidi_streams(VarInt::from_u32(
+            settings.max_concurrent_requests.saturating_add(1),
+        ))
+        // The ordered stream; one per direction and connection.
+        .max_concurrent_uni_streams(VarInt::from_u32(1))
+        // Heartbeats ride on request streams; datagrams are not used.
+        .datagram_receive_buffer_size(None);
+    Ok(Arc::new(transport))
+}
+
+fn quinn_client_config(
+    identity: &TlsIdentity,
+    alpn: &[u8],
+    settings: &Settings,
+) -> Result<quinn::ClientConfig, SetupError> {
+    let tls = client_tls_config(identity, alpn)?;
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| SetupError::Tls {
+        name: identity.name().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport_config(settings)?);
+    Ok(config)
+}
+
+fn quinn_server_config(
+    identity: &TlsIdentity,
+    alpn: &[u8],
+    settings: &Settings,
+) -> Result<quinn::ServerConfig, SetupError> {
+    let tls = server_tls_config(identity, alpn)?;
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| SetupError::Tls {
+        name: identity.name().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport_config(settings)?);
+    Ok(config)
+}
+
+/// A UDP socket bound to `addr` with buffers of `buffer_bytes` asked for.
+fn udp_socket(addr: SocketAddr, buffer_bytes: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol as IpProtocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM,
+        Some(IpProtocol::UDP),
+    )?;
+    if addr.is_ipv6() {
+        // Dual stack where the OS allows it; a failure leaves it IPv6-only.
+        let _ = socket.set_only_v6(false);
+    }
+    // The kernel may clamp these; read back what we got and say so.
+    if let Err(e) = socket.set_recv_buffer_size(buffer_bytes) {
+        warn!(%addr, error = %e, "cannot set the UDP receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(buffer_bytes) {
+        warn!(%addr, error = %e, "cannot set the UDP send buffer");
+    }
+    let (recv, send) = (socket.recv_buffer_size()?, socket.send_buffer_size()?);
+    if recv < buffer_bytes || send < buffer_bytes {
+        debug!(%addr, asked = buffer_bytes, recv, send, "UDP buffers clamped by the kernel (net.core.rmem_max/wmem_max)");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// The socket shared by every transport made with [`QuicTransport::with_identity`].
+struct EndpointShared {
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    listening: AtomicBool,
+}
+
+/// QUIC transport for protocol `P`: one UDP socket (a quinn endpoint) that
+/// dials with this side's certificate and, after [`listen`](Transport::listen),
+/// accepts authenticated peers.
+///
+/// Many identities may share one socket ([`with_identity`](Self::with_identity)):
+/// an edge simulator runs 10,000 edges, each with its own client certificate,
+/// over a handful of sockets.
+pub struct QuicTransport<P: Protocol> {
+    shared: Arc<EndpointShared>,
+    identity: Arc<TlsIdentity>,
+    client_config: quinn::ClientConfig,
+    settings: Arc<Settings>,
+    _protocol: std::marker::PhantomData<fn() -> P>,
+}
+
+impl<P: Protocol> Clone for QuicTransport<P> {
+    fn clone(&self) -> Self {
+        QuicTransport {
+            shared: self.shared.clone(),
+            identity: self.identity.clone(),
+            client_config: self.client_config.clone(),
+            settings: self.settings.clone(),
+            _protocol: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<P: Protocol> std::fmt::Debug for QuicTransport<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicTransport")
+            .field("local_addr", &self.shared.local_addr)
+            .field("identity", &self.identity.name())
+            .field("protocol", &P::NAME)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Protocol> QuicTransport<P> {
+    /// Binds a UDP socket at `addr` (port 0 picks one) for `identity`.
+    /// Must be called within a tokio runtime.
+    pub fn bind(
+        addr: SocketAddr,
+        identity: TlsIdentity,
+        settings: Settings,
+    ) -> Result<Self, SetupError> {
+        settings.validate()?;
+        let client_config = quinn_client_config(&identity, P::NAME.as_bytes(), &settings)?;
+        let socket = udp_socket(addr, settings.udp_buffer_bytes)
+            .map_err(|source| SetupError::Bind { addr, source })?;
+        let runtime = quinn::default_runtime().ok_or_else(|| SetupError::Bind {
+            addr,
+            source: std::io::Error::other("no async runtime: call within tokio"),
+        })?;
+        let endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+                .map_err(|source| SetupError::Bind { addr, source })?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|source| SetupError::Bind { addr, source })?;
+        Ok(QuicTransport {
+            shared: Arc::new(EndpointShared {
+                endpoint,
+                local_addr,
+                listening: AtomicBool::new(false),
+            }),
+            identity: Arc::new(identity),
+            client_config,
+            settings: Arc::new(settings),
+            _protocol: std::marker::PhantomData,
+        })
+    }
+
+    /// A transport on the same socket that dials as `identity`.
+    pub fn with_identity(&self, identity: TlsIdentity) -> Result<Self, SetupError> {
+        let client_config = quinn_client_config(&identity, P::NAME.as_bytes(), &self.settings)?;
+        Ok(QuicTransport {
+            shared: self.shared.clone(),
+            identity: Arc::new(identity),
+            client_config,
+            settings: self.settings.clone(),
+            _protocol: std::marker::PhantomData,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Closes every connection of the socket at once, telling peers
+    /// `reason`. Then [`wait_idle`](Self::wait_idle) lets them learn of it.
+    pub fn shutdown(&self, reason: &str) {
+        info!(addr = %self.shared.local_addr, reason, "QUIC endpoint shutting down");
+        self.shared
+            .endpoint
+            .close(code::SHUTDOWN, reason.as_bytes());
+    }
+
+    /// Waits until every connection of the socket is closed and its close
+    /// has been sent.
+    pub async fn wait_idle(&self) {
+        self.shared.endpoint.wait_idle().await;
+    }
+}
+
+impl<P: Protocol> Transport<P> for QuicTransport<P> {
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<Connection<P>, ConnectError> {
+        let timeout = self.settings.handshake_timeout;
+        let fail = |reason: String| ConnectError::Failed {
+            addr,
+            server_name: server_name.to_string(),
+            reason,
+        };
+        let connecting = self
+            .shared
+            .endpoint
+            .connect_with(self.client_config.clone(), addr, server_name)
+            .map_err(|e| match e {
+                quinn::ConnectError::InvalidServerName(_) => ConnectError::InvalidServerName {
+                    addr,
+                    server_name: server_name.to_string(),
+                },
+                other => fail(other.to_string()),
+            })?;
+        let attempt = async {
+            let conn = connecting
+                .await
+                .map_err(|e| connect_failure(&e, addr, server_name))?;
+            client_hello::<P>(conn, addr, server_name, &self.settings).await
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnectError::TimedOut {
+                addr,
+                server_name: server_name.to_string(),
+                after: timeout,
+            }),
+        }
+    }
+
+    fn listen(&self) -> Result<Listener<P>, SetupError> {
+        let addr = self.shared.local_addr;
+        if self.shared.listening.swap(true, Ordering::SeqCst) {
+            return Err(SetupError::AlreadyListening { addr });
+        }
+        let server_config =
+            match quinn_server_config(&self.identity, P::NAME.as_bytes(), &self.settings) {
+                Ok(config) => config,
+                Err(e) => {
+                    self.shared.listening.store(false, Ordering::SeqCst);
+                    return Err(e);
+                }
+            };
+        self.shared.endpoint.set_server_config(Some(server_config));
+        let (accepted_tx, accepted_rx) = mpsc::channel(self.settings.max_pending_accepts);
+        let stats = Arc::new(ListenerStats::default());
+        let task = tokio::spawn(accept_loop::<P>(
+            self.shared.endpoint.clone(),
+            self.settings.clone(),
+            accepted_tx,
+            stats.clone(),
+        ));
+        info!(%addr, identity = self.identity.name(), protocol = P::NAME, "listening");
+        let guard = QuicListenerGuard {
+            shared: self.shared.clone(),
+            task: task.abort_handle(),
+        };
+        Ok(Listener::new(
+            addr,
+            accepted_rx,
+            stats,
+            ListenerGuard::Quic(guard),
+        ))
+    }
+}
+
+/// Stops accepting when the listener is dropped.
+pub(crate) struct QuicListenerGuard {
+    shared: Arc<EndpointShared>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for QuicListenerGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.shared.endpoint.set_server_config(None);
+        self.shared.listening.store(false, Ordering::SeqCst);
+    }
+}
+
+async fn accept_loop<P: Protocol>(
+    endpoint: quinn::Endpoint,
+    settings: Arc<Settings>,
+    accepted: mpsc::Sender<Connection<P>>,
+    stats: Arc<ListenerStats>,
+) {
+    let handshakes = Arc::new(Semaphore::new(settings.max_concurrent_handshakes));
+    while let Some(incoming) = endpoint.accept().await {
+        // The semaphore is never closed, so acquiring only waits.
+        let Ok(permit) = handshakes.clone().acquire_owned().await else {
+            return;
+        };
+        let (settings, accepted, stats) = (settings.clone(), accepted.clone(), stats.clone());
+        tokio::spawn(async move {
+            accept_one::<P>(incoming, &settings, &accepted, &stats).await;
+            drop(permit);
+        });
+    }
+    debug!("endpoint closed; accept loop ends");
+}
+
+async fn accept_one<P: Protocol>(
+    incoming: quinn::Incoming,
+    settings: &Arc<Settings>,
+    accepted: &mpsc::Sender<Connection<P>>,
+    stats: &ListenerStats,
+) {
+    let remote = incoming.remote_address();
+    let timeout = settings.handshake_timeout;
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
+        Err(e) => {
+            ListenerStats::bump(&stats.refused_handshakes);
+            warn!(%remote, reason = %e, "refused connection attempt");
+            return;
+        }
+    };
+    let conn = match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            ListenerStats::bump(&stats.refused_handshakes);
+            warn!(%remote, reason = %describe_refusal(&e), "refused TLS handshake");
+            return;
+        }
+        Err(_) => {
+            ListenerStats::bump(&stats.refused_handshakes);
+            warn!(%remote, ?timeout, "TLS handshake timed out");
+            return;
+        }
+    };
+    let Some(peer) = peer_id(&conn) else {
+        ListenerStats::bump(&stats.refused_handshakes);
+        warn!(%remote, "refused: certificate names no identity");
+        conn.close(code::NO_IDENTITY, b"certificate names no identity");
+        return;
+    };
+    let hello = tokio::time::timeout(timeout, read_hello(&conn, settings.max_frame_bytes)).await;
+    let (mut send, theirs) = match hello {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(reason)) => {
+            ListenerStats::bump(&stats.failed_hellos);
+            warn!(%peer, %remote, %reason, "no valid hello; connection closed");
+            conn.close(code::PROTOCOL_VIOLATION, reason.as_bytes());
+            return;
+        }
+        Err(_) => {
+            ListenerStats::bump(&stats.failed_hellos);
+            warn!(%peer, %remote, ?timeout, "no hello within the handshake timeout; connection closed");
+            conn.close(
+                code::PROTOCOL_VIOLATION,
+                b"no hello within the handshake timeout",
+            );
+            return;
+        }
+    };
+    // Our hello goes back whatever the outcome, so the client can name both versions.
+    let ours = match codec::encode_frame(&settings.hello, settings.max_frame_bytes) {
+        Ok(frame) => frame,
+        Err(e) => {
+            warn!(%peer, %remote, reason = %e, "cannot encode our hello");
+            conn.close(code::PROTOCOL_VIOLATION, b"server cannot encode its hello");
+            return;
+        }
+    };
+    let version = match negotiate(&settings.hello, &theirs) {
+        Ok(version) => version,
+        Err(mismatch) => {
+            ListenerStats::bump(&stats.version_mismatches);
+            warn!(%peer, %remote, %mismatch, "refused peer: no common protocol version");
+            if send.write_all(&ours).await.is_ok() && send.finish().is_ok() {
+                // Let the client read our hello and close; then close anyway.
+                let _ = tokio::time::timeout(timeout, conn.closed()).await;
+            }
+            conn.close(code::VERSION_MISMATCH, mismatch.to_string().as_bytes());
+            return;
+        }
+    };
+    let info = LinkInfo {
+        peer: peer.clone(),
+        addr: remote,
+        version,
+        protocol: P::NAME,
+    };
+    let connection = start_link::<P>(conn.clone(), info, settings);
+    if let Err(e) = async {
+        send.write_all(&ours).await?;
+        send.finish()?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    }
+    .await
+    {
+        ListenerStats::bump(&stats.failed_hellos);
+        warn!(%peer, %remote, reason = %e, "could not answer the hello");
+        return;
+    }
+    debug!(%peer, %remote, version, "link up (accepted)");
+    if accepted.send(connection).await.is_ok() {
+        ListenerStats::bump(&stats.accepted);
+    }
+}
+
+async fn read_hello(
+    conn: &quinn::Connection,
+    max_frame_bytes: usize,
+) -> Result<(SendStream, Hello), String> {
+    let (send, mut recv) = conn
+        .accept_bi()
+        .await
+        .map_err(|e| format!("no hello stream: {e}"))?;
+    let payload = read_frame(&mut recv, max_frame_bytes)
+        .await
+        .map_err(|e| format!("bad hello: {e}"))?;
+    let hello = codec::decode_payload(&payload).map_err(|e| format!("bad hello: {e}"))?;
+    Ok((send, hello))
+}
+
+async fn client_hello<P: Protocol>(
+    conn: quinn::Connection,
+    addr: SocketAddr,
+    server_name: &str,
+    settings: &Arc<Settings>,
+) -> Result<Connection<P>, ConnectError> {
+    let fail = |reason: String| ConnectError::Failed {
+        addr,
+        server_name: server_name.to_string(),
+        reason,
+    };
+    let Some(peer) = peer_id(&conn) else {
+        conn.close(code::NO_IDENTITY, b"certificate names no identity");
+        return Err(ConnectError::HandshakeRefused {
+            addr,
+            server_name: server_name.to_string(),
+            refusal: Refusal::NoIdentity,
+        });
+    };
+    let ours = codec::encode_frame(&settings.hello, settings.max_frame_bytes)
+        .map_err(|e| fail(format!("cannot encode our hello: {e}")))?;
+    // Until the server's hello arrives, a failure may be the server refusing
+    // our certificate: ask the connection why it closed.
+    let lost = |conn: &quinn::Connection, what: String| match conn.close_reason() {
+        Some(e) => connect_failure(&e, addr, server_name),
+        None => fail(what),
+    };
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| connect_failure(&e, addr, server_name))?;
+    send.write_all(&ours)
+        .await
+        .map_err(|e| lost(&conn, format!("sending hello: {e}")))?;
+    send.finish()
+        .map_err(|e| lost(&conn, format!("sending hello: {e}")))?;
+    let payload = match read_frame(&mut recv, settings.max_frame_bytes).await {
+        Ok(payload) => payload,
+        Err(FrameError::Read(ReadExactError::ReadError(ReadError::ConnectionLost(e)))) => {
+            return Err(connect_failure(&e, addr, server_name));
+        }
+        Err(e) => return Err(lost(&conn, format!("reading the server's hello: {e}"))),
+    };
+    let theirs: Hello =
+        codec::decode_payload(&payload).map_err(|e| fail(format!("bad hello from server: {e}")))?;
+    match negotiate(&settings.hello, &theirs) {
+        Ok(version) => {
+            let info = LinkInfo {
+                peer,
+                addr,
+                version,
+                protocol: P::NAME,
+            };
+            debug!(peer = %info.peer, %addr, version, "link up (dialled)");
+            Ok(start_link::<P>(conn, info, settings))
+        }
+        Err(mismatch) => {
+            conn.close(code::VERSION_MISMATCH, mismatch.to_string().as_bytes());
+            Err(ConnectError::VersionMismatch {
+                addr,
+                server_name: server_name.to_string(),
+                mismatch,
+            })
+        }
+    }
+}
+
+fn peer_id(conn: &quinn::Connection) -> Option<PeerId> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    identity_of(chain.first()?).map(PeerId::new)
+}
+
+const TLS_ALERT_BAD_CERTIFICATE: u8 = 42;
+const TLS_ALERT_CERTIFICATE_EXPIRED: u8 = 45;
+const TLS_ALERT_CERTIFICATE_UNKNOWN: u8 = 46;
+const TLS_ALERT_UNKNOWN_CA: u8 = 48;
+const TLS_ALERT_CERTIFICATE_REQUIRED: u8 = 116;
+const TLS_ALERT_NO_APPLICATION_PROTOCOL: u8 = 120;
+
+fn tls_alert(code: quinn::TransportErrorCode) -> Option<u8> {
+    let code = u64::from(code);
+    (0x100..0x200)
+        .contains(&code)
+        .then_some((code & 0xff) as u8)
+}
+
+/// Reads what rustls reported locally into a [`Refusal`].
+fn refusal_from_text(text: &str, expected: &str) -> Option<Refusal> {
+    if text.contains("UnknownIssuer") {
+        Some(Refusal::UnknownCa)
+    } else if text.contains("not valid for name") || text.contains("NotValidForName") {
+        Some(Refusal::WrongName {
+            expected: expected.to_string(),
+        })
+    } else if text.contains("expired") || text.contains("Expired") || text.contains("not valid yet")
+    {
+        Some(Refusal::Expired)
+    } else if text.contains("no certificates") {
+        Some(Refusal::NoCertificate)
+    } else if text.contains("NoApplicationProtocol") || text.contains("application protocol") {
+        Some(Refusal::WrongProtocol { expected: "" })
+    } else if text.contains("certificate") {
+        Some(Refusal::Other(text.to_string()))
+    } else {
+        None
+    }
+}
+
+fn refusal_from_alert(alert: u8, reason: &str) -> Refusal {
+    match alert {
+        TLS_ALERT_UNKNOWN_CA => Refusal::UnknownCa,
+        TLS_ALERT_CERTIFICATE_EXPIRED => Refusal::Expired,
+        TLS_ALERT_CERTIFICATE_REQUIRED => Refusal::NoCertificate,
+        TLS_ALERT_NO_APPLICATION_PROTOCOL => Refusal::WrongProtocol { expected: "" },
+        TLS_ALERT_BAD_CERTIFICATE | TLS_ALERT_CERTIFICATE_UNKNOWN => Refusal::Other(format!(
+            "the peer rejected our certificate (TLS alert {alert}) {reason}"
+        )),
+        other => Refusal::Other(format!("TLS alert {other} {reason}")),
+    }
+}
+
+fn refusal_of(e: &ConnectionError, expected: &str) -> Option<Refusal> {
+    match e {
+        ConnectionError::TransportError(t) => {
+            tls_alert(t.code).and_then(|_| refusal_from_text(&t.reason, expected))
+        }
+        ConnectionError::ConnectionClosed(c) => tls_alert(c.error_code)
+            .map(|alert| refusal_from_alert(alert, &String::from_utf8_lossy(&c.reason))),
+        _ => None,
+    }
+}
+
+fn describe_refusal(e: &ConnectionError) -> String {
+    match refusal_of(e, "") {
+        Some(refusal) => format!("{refusal} ({e})"),
+        None => e.to_string(),
+    }
+}
+
+fn connect_failure(e: &ConnectionError, addr: SocketAddr, server_name: &str) -> ConnectError {
+    let server_name_owned = server_name.to_string();
+    match refusal_of(e, server_name) {
+        Some(Refusal::WrongProtocol { .. }) => ConnectError::HandshakeRefused {
+            addr,
+            server_name: server_name_owned,
+            refusal: Refusal::WrongProtocol {
+                expected: "(see the protocol of this transport)",
+            },
+        },
+        Some(refusal) => ConnectError::HandshakeRefused {
+            addr,
+            server_name: server_name_owned,
+            refusal,
+        },
+        None => match e {
+            ConnectionError::TimedOut => ConnectError::Failed {
+                addr,
+                server_name: server_name_owned,
+                reason: "no answer: the server is down, unreachable or not listening".into(),
+            },
+            ConnectionError::ApplicationClosed(c) => ConnectError::Failed {
+                addr,
+                server_name: server_name_owned,
+                reason: format!(
+                    "closed by the server: {}",
+                    String::from_utf8_lossy(&c.reason)
+                ),
+            },
+            other => ConnectError::Failed {
+                addr,
+                server_name: server_name_owned,
+                reason: other.to_string(),
+            },
+        },
+    }
+}
+
+/// Why a frame could not be read from a stream.
+#[derive(Debug, thiserror::Error)]
+enum FrameError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Read(#[from] ReadExactError),
+    /// The stream ended cleanly before a header.
+    #[error("stream finished")]
+    End,
+}
+
+/// Reads one frame's payload. The header is checked before the payload
+/// buffer is allocated, so a lying length costs nothing.
+async fn read_frame(recv: &mut RecvStream, max_frame_bytes: usize) -> Result<Vec<u8>, FrameError> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(0)) => return Err(FrameError::End),
+        Err(ReadExactError::FinishedEarly(have)) => {
+            return Err(DecodeError::Truncated {
+                needed: FRAME_HEADER_LEN,
+                have,
+            }
+            .into())
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let len = codec::decode_header(&header, max_frame_bytes)?;
+    let mut payload = vec![0u8; len];
+    match recv.read_exact(&mut payload).await {
+        Ok(()) => Ok(payload),
+        Err(ReadExactError::FinishedEarly(have)) => Err(DecodeError::Truncated {
+            needed: FRAME_HEADER_LEN + len,
+            have: FRAME_HEADER_LEN + have,
+        }
+        .into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Resets a send stream that is dropped before the exchange completed, so
+/// that a cancelled request or response never reaches the peer half-written.
+struct ResetOnDrop {
+    stream: Option<SendStream>,
+}
+
+impl Drop for ResetOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut stream) = self.stream.take() {
+            let _ = stream.reset(code::CANCELLED);
+        }
+    }
+}
+
+pub(crate) async fn respond(stream: SendStream, frame: &[u8]) -> Result<(), String> {
+    let mut guard = ResetOnDrop {
+        stream: Some(stream),
+    };
+    let Some(stream) = guard.stream.as_mut() else {
+        return Err("no stream".into());
+    };
+    let outcome = async {
+        stream.write_all(frame).await.map_err(|e| e.to_string())?;
+        stream.finish().map_err(|e| e.to_string())
+    }
+    .await;
+    // Complete (or failed for good): dropping the stream now resets nothing.
+    guard.stream = None;
+    outcome
+}
+
+pub(crate) fn refuse(stream: &mut SendStream) {
+    let _ = stream.reset(code::NO_RESPONSE);
+}
+
+/// The QUIC half of a [`Backend`].
+pub(crate) struct QuicLink {
+    conn: quinn::Connection,
+    ordered: mpsc::Sender<Vec<u8>>,
+    local_close: Arc<OnceLock<CloseReason>>,
+    max_frame_bytes: usize,
+    request_timeout: Duration,
+}
+
+fn close_reason_of(e: &ConnectionError, local: &OnceLock<CloseReason>) -> CloseReason {
+    match e {
+        ConnectionError::LocallyClosed => local
+            .get()
+            .cloned()
+            .unwrap_or_else(|| CloseReason::Local("closed".into())),
+        ConnectionError::ApplicationClosed(c) => {
+            let reason = String::from_utf8_lossy(&c.reason).into_owned();
+            if c.error_code == code::PROTOCOL_VIOLATION {
+                CloseReason::Peer(format!("protocol violation: {reason}"))
+            } else if c.error_code == code::VERSION_MISMATCH {
+                CloseReason::Peer(format!("version mismatch: {reason}"))
+            } else {
+                CloseReason::Peer(reason)
+            }
+        }
+        ConnectionError::TimedOut => CloseReason::TimedOut,
+        ConnectionError::Reset => CloseReason::Reset,
+        other => CloseReason::Transport(other.to_string()),
+    }
+}
+
+impl QuicLink {
+    pub(crate) async fn send_frame(&self, frame: Vec<u8>) -> Result<(), CloseReason> {
+        match self.ordered.send(frame).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.current_reason()),
+        }
+    }
+
+    fn current_reason(&self) -> CloseReason {
+        match self.conn.close_reason() {
+            Some(e) => close_reason_of(&e, &self.local_close),
+            None => CloseReason::Protocol("the ordered stream failed".into()),
+        }
+    }
+
+    pub(crate) async fn request(&self, frame: Vec<u8>) -> Result<Vec<u8>, RequestFailure> {
+        let lost =
+            |e: &ConnectionError| RequestFailure::Closed(close_reason_of(e, &self.local_close));
+        let exchange = async {
+            let (send, mut recv) = self.conn.open_bi().await.map_err(|e| lost(&e))?;
+            let mut guard = ResetOnDrop { stream: Some(send) };
+            let stream = guard
+                .stream
+                .as_mut()
+                .ok_or(RequestFailure::NoResponse("internal".into()))?;
+            if let Err(e) = stream.write_all(&frame).await {
+                return Err(match e {
+                    quinn::WriteError::ConnectionLost(e) => lost(&e),
+                    quinn::WriteError::Stopped(code) => {
+                        RequestFailure::NoResponse(stream_code_name(code))
+                    }
+                    other => RequestFailure::NoResponse(other.to_string()),
+                });
+            }
+            let _ = stream.finish();
+            let result = match read_frame(&mut recv, self.max_frame_bytes).await {
+                Ok(payload) => Ok(payload),
+                Err(FrameError::Decode(e)) => Err(RequestFailure::Bad(e)),
+                Err(FrameError::End) => Err(RequestFailure::NoResponse(
+                    "the peer finished the stream without a response".into(),
+                )),
+                Err(FrameError::Read(ReadExactError::ReadError(ReadError::ConnectionLost(e)))) => {
+                    Err(lost(&e))
+                }
+                Err(FrameError::Read(ReadExactError::ReadError(ReadError::Reset(code)))) => {
+                    Err(RequestFailure::NoResponse(stream_code_name(code)))
+                }
+                Err(FrameError::Read(e)) => Err(RequestFailure::NoResponse(e.to_string())),
+            };
+            // The exchange is over: nothing to reset.
+            guard.stream = None;
+            result
+        };
+        match tokio::time::timeout(self.request_timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(RequestFailure::TimedOut),
+        }
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    pub(crate) fn close(&self, reason: &str) {
+        let _ = self.local_close.set(CloseReason::Local(reason.to_string()));
+        self.conn.close(code::CLOSED, reason.as_bytes());
+    }
+
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        self.conn
+            .close_reason()
+            .map(|e| close_reason_of(&e, &self.local_close))
+    }
+
+    pub(crate) async fn closed(&self) -> CloseReason {
+        let e = self.conn.closed().await;
+        close_reason_of(&e, &self.local_close)
+    }
+}
+
+/// Spawns the tasks of an authenticated link and returns its handle.
+fn start_link<P: Protocol>(
+    conn: quinn::Connection,
+    info: LinkInfo,
+    settings: &Arc<Settings>,
+) -> Connection<P> {
+    let (ordered_tx, ordered_rx) = mpsc::channel(settings.max_pending_sends);
+    let (incoming_tx, incoming_rx) = mpsc::channel(settings.max_pending_incoming);
+    let local_close = Arc::new(OnceLock::new());
+    let link = QuicLink {
+        conn: conn.clone(),
+        ordered: ordered_tx,
+        local_close: local_close.clone(),
+        max_frame_bytes: settings.max_frame_bytes,
+        request_timeout: settings.request_timeout,
+    };
+    let connection = Connection::new(
+        info,
+        settings.max_frame_bytes,
+        Backend::Quic(link),
+        incoming_rx,
+    );
+    let info = connection.info_arc();
+    tokio::spawn(ordered_writer(conn.clone(), ordered_rx, info.clone()));
+    tokio::spawn(accept_requests::<P>(
+        conn.clone(),
+        incoming_tx.clone(),
+        info.clone(),
+        settings.clone(),
+    ));
+    tokio::spawn(accept_ordered::<P>(
+        conn,
+        incoming_tx,
+        info,
+        settings.max_frame_bytes,
+        local_close,
+    ));
+    connection
+}
+
+async fn ordered_writer(
+    conn: quinn::Connection,
+    mut frames: mpsc::Receiver<Vec<u8>>,
+    info: Arc<LinkInfo>,
+) {
+    let mut stream: Option<SendStream> = None;
+    let mut batch = Vec::new();
+    const BATCH_MAX: usize = 64;
+    while frames.recv_many(&mut batch, BATCH_MAX).await > 0 {
+        if stream.is_none() {
+            match conn.open_uni().await {
+                Ok(s) => stream = Some(s),
+                Err(e) => {
+                    debug!(link = %info, reason = %e, "cannot open the ordered stream");
+                    return;
+                }
+            }
+        }
+        let Some(s) = stream.as_mut() else { return };
+        for frame in batch.drain(..) {
+            if let Err(e) = s.write_all(&frame).await {
+                debug!(link = %info, reason = %e, "ordered stream write failed");
+                return;
+            }
+        }
+    }
+    if let Some(mut s) = stream {
+        let _ = s.finish();
+    }
+}
+
+async fn accept_requests<P: Protocol>(
+    conn: quinn::Connection,
+    incoming: mpsc::Sender<Incoming<P>>,
+    info: Arc<LinkInfo>,
+    settings: Arc<Settings>,
+) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        tokio::spawn(serve_request::<P>(
+            send,
+            recv,
+            incoming.clone(),
+            info.clone(),
+            settings.clone(),
+        ));
+    }
+}
+
+async fn serve_request<P: Protocol>(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    incoming: mpsc::Sender<Incoming<P>>,
+    info: Arc<LinkInfo>,
+    settings: Arc<Settings>,
+) {
+    let read = tokio::time::timeout(
+        settings.request_timeout,
+        read_frame(&mut recv, settings.max_frame_bytes),
+    );
+    let failure = match read.await {
+        Ok(Ok(payload)) => match codec::decode_payload::<P::Request>(&payload) {
+            Ok(request) => {
+                let responder = Responder::new(
+                    info.clone(),
+                    settings.max_frame_bytes,
+                    ResponderInner::Quic(send),
+                );
+                // If the application dropped its receiver, the responder is
+                // dropped with the error and the requester learns at once.
+                let _ = incoming
+                    .send(Incoming::Request { request, responder })
+                    .await;
+                return;
+            }
+            Err(e) => e.to_string(),
+        },
+        Ok(Err(FrameError::Read(ReadExactError::ReadError(ReadError::ConnectionLost(_))))) => {
+            return
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("request not received within {:?}", settings.request_timeout),
+    };
+    warn!(link = %info, reason = %failure, "rejected a request frame; that stream is reset, the link stays up");
+    let _ = recv.stop(code::FRAME_REJECTED);
+    let _ = send.reset(code::FRAME_REJECTED);
+}
+
+async fn accept_ordered<P: Protocol>(
+    conn: quinn::Connection,
+    incoming: mpsc::Sender<Incoming<P>>,
+    info: Arc<LinkInfo>,
+    max_frame_bytes: usize,
+    local_close: Arc<OnceLock<CloseReason>>,
+) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        loop {
+            let failure = match read_frame(&mut recv, max_frame_bytes).await {
+                Ok(payload) => match codec::decode_payload::<P::Message>(&payload) {
+                    Ok(message) => {
+                        if incoming.send(Incoming::Message(message)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(e) => e.to_string(),
+                },
+                Err(FrameError::End) => break,
+                Err(FrameError::Read(ReadExactError::ReadError(ReadError::ConnectionLost(_)))) => {
+                    return
+                }
+                Err(e) => e.to_string(),
+            };
+            warn!(link = %info, reason = %failure, "bad frame on the ordered stream; closing this connection only");
+            let reason = format!("bad frame on the ordered stream: {failure}");
+            let _ = local_close.set(CloseReason::Protocol(reason.clone()));
+            conn.close(code::PROTOCOL_VIOLATION, reason.as_bytes());
+            return;
+        }
+    }
+}

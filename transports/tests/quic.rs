@@ -1,0 +1,795 @@
+//! Real QUIC on 127.0.0.1, port 0: every test bounds its waits and loops.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use vcodr_core::codec::{self, Hello};
+use vcodr_transport::certs::{CertKind, CertificateAuthority, TlsIdentity};
+use vcodr_transport::quic::{self, QuicTransport};
+use vcodr_transport::reconnect::{connect_with_backoff, Backoff};
+use vcodr_transport::{
+    CloseReason, ConnectError, Connection, Incoming, Listener, Protocol, Refusal, RequestError,
+    Settings, SetupError, Transport,
+};
+
+const LOOPBACK: &str = "127.0.0.1:0";
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+fn loopback() -> SocketAddr {
+    LOOPBACK.parse().expect("a valid literal address")
+}
+
+fn quick_settings() -> Settings {
+    Settings {
+        handshake_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(5),
+        ..Settings::default()
+    }
+}
+
+struct Server {
+    transport: QuicTransport<TestProto>,
+    addr: SocketAddr,
+    state: Arc<Mutex<StandbyState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start_server(
+    ca: &CertificateAuthority,
+    name: &str,
+    bind: SocketAddr,
+    settings: Settings,
+) -> Result<Server, SetupError> {
+    let identity = ca
+        .issue_identity(name, CertKind::Server)
+        .expect("certificate");
+    let transport = QuicTransport::<TestProto>::bind(bind, identity, settings)?;
+    let listener = transport.listen()?;
+    let addr = listener.local_addr();
+    let state = Arc::new(Mutex::new(StandbyState::default()));
+    let task = serve(listener, name, state.clone());
+    Ok(Server {
+        transport,
+        addr,
+        state,
+        task,
+    })
+}
+
+fn client(ca: &CertificateAuthority, name: &str, kind: CertKind) -> QuicTransport<TestProto> {
+    let identity = ca.issue_identity(name, kind).expect("certificate");
+    QuicTransport::bind(loopback(), identity, quick_settings()).expect("bind a client socket")
+}
+
+#[tokio::test]
+async fn edge_request_response_round_trip() {
+    let ca = CertificateAuthority::new().unwrap();
+    let server = start_server(&ca, "a", loopback(), quick_settings()).unwrap();
+    let edge = client(&ca, "edge-1", CertKind::Client);
+    let link = within("connect", TEST_LIMIT, edge.connect(server.addr, "a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        link.peer().as_str(),
+        "a",
+        "identity from the server's certificate"
+    );
+    assert_eq!(link.link().version, vcodr_core::codec::PROTOCOL_VERSION);
+    let reply = within(
+        "heartbeat",
+        TEST_LIMIT,
+        link.request(&TestRequest::Heartbeat { seq: 42 }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        reply,
+        TestResponse::Reply {
+            seq: 42,
+            server: "a".into(),
+            client: "edge-1".into()
+        },
+        "the server saw the edge's certificate identity"
+    );
+    assert_eq!(
+        server.state.lock().unwrap().peers,
+        vec!["edge-1".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn ten_thousand_ordered_log_messages_arrive_exactly_once_in_order() {
+    const COUNT: u64 = 10_000;
+    let ca = CertificateAuthority::new().unwrap();
+    let standby = QuicTransport::<TestProto>::bind(
+        loopback(),
+        ca.issue_identity("b", CertKind::Server).unwrap(),
+        quick_settings(),
+    )
+    .unwrap();
+    let mut listener = standby.listen().unwrap();
+    let addr = listener.local_addr();
+    let active = client(&ca, "a", CertKind::Server);
+
+    let receiver = tokio::spawn(async move {
+        let mut link = listener.accept().await.expect("the active's link");
+        assert_eq!(link.peer().as_str(), "a");
+        let mut expected = 1u64;
+        while expected <= COUNT {
+            match link.recv().await {
+                Ok(Incoming::Message(LogMessage::Entry { index, payload })) => {
+                    assert_eq!(index, expected, "lost, duplicated or reordered entry");
+                    assert_eq!(payload, index.to_le_bytes().to_vec());
+                    expected += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // Nothing more arrives: tell the active, which then closes.
+        link.send(&LogMessage::Ack { up_to: COUNT }).await.unwrap();
+        let after = link.recv().await;
+        assert!(after.is_err(), "an extra message arrived: {after:?}");
+        expected - 1
+    });
+
+    let mut link = within("connect", TEST_LIMIT, active.connect(addr, "b"))
+        .await
+        .unwrap();
+    within("send 10,000 entries", TEST_LIMIT, async {
+        for index in 1..=COUNT {
+            link.send(&LogMessage::Entry {
+                index,
+                payload: index.to_le_bytes().to_vec(),
+            })
+            .await
+            .unwrap();
+        }
+    })
+    .await;
+    let ack = within("final ack", TEST_LIMIT, link.recv()).await.unwrap();
+    assert!(
+        matches!(ack, Incoming::Message(LogMessage::Ack { up_to: COUNT })),
+        "{ack:?}"
+    );
+    link.close("done");
+    assert_eq!(
+        within("receiver", TEST_LIMIT, receiver).await.unwrap(),
+        COUNT
+    );
+}
+
+/// The protocol-level scenario of `tests/mem.rs`, over real QUIC without faults:
+/// nothing is resent and nothing arrives twice.
+#[tokio::test]
+async fn replication_scenario_over_quic() {
+    let ca = CertificateAuthority::new().unwrap();
+    let server = start_server(&ca, "b", loopback(), quick_settings()).unwrap();
+    let active = client(&ca, "a", CertKind::Server);
+    let limits = ScenarioLimits {
+        window: 256,
+        ack_timeout: Duration::from_secs(5),
+        deadline: TEST_LIMIT,
+        rounds_max: 10_000,
+        backoff_seed: 1,
+    };
+    let report = replicate(&active, server.addr, "b", 2_000, &limits)
+        .await
+        .unwrap();
+    assert_eq!(report.resend_rounds, 0, "{report:?}");
+    assert_eq!(report.links_opened, 1);
+    let state = server.state.lock().unwrap();
+    assert_eq!(state.log, (1..=2_000).collect::<Vec<_>>());
+    assert_eq!(state.entries_out_of_place, 0);
+    assert_eq!(state.entries_received, 2_000);
+}
+
+fn refusal(result: Result<Connection<TestProto>, ConnectError>) -> Refusal {
+    match result {
+        Err(ConnectError::HandshakeRefused { refusal, .. }) => refusal,
+        Err(other) => panic!("expected a handshake refusal, got: {other}"),
+        Ok(link) => panic!(
+            "expected a handshake refusal, got a link to {}",
+            link.link()
+        ),
+    }
+}
+
+#[tokio::test]
+async fn bad_certificates_and_names_are_refused_before_any_protocol_message() {
+    let ca = CertificateAuthority::new().unwrap();
+    let identity = ca.issue_identity("a", CertKind::Server).unwrap();
+    let server = QuicTransport::<TestProto>::bind(loopback(), identity, quick_settings()).unwrap();
+    let mut listener = server.listen().unwrap();
+    let addr = listener.local_addr();
+
+    // A certificate from another deployment's CA.
+    let other_ca = CertificateAuthority::new().unwrap();
+    // It trusts our CA, so only the server can refuse it.
+    let issued = other_ca.issue("edge-1", CertKind::Client).unwrap();
+    let stranger = TlsIdentity::from_pem(&issued.cert_pem, &issued.key_pem, ca.cert_pem()).unwrap();
+    let stranger =
+        QuicTransport::<TestProto>::bind(loopback(), stranger, quick_settings()).unwrap();
+    let got = refusal(within("stranger", TEST_LIMIT, stranger.connect(addr, "a")).await);
+    assert_eq!(got, Refusal::UnknownCa, "{got}");
+
+    // No certificate at all.
+    let anonymous = TlsIdentity::anonymous(ca.cert_pem()).unwrap();
+    let anonymous =
+        QuicTransport::<TestProto>::bind(loopback(), anonymous, quick_settings()).unwrap();
+    let got = refusal(within("anonymous", TEST_LIMIT, anonymous.connect(addr, "a")).await);
+    assert_eq!(got, Refusal::NoCertificate, "{got}");
+
+    // An expired certificate.
+    let day = Duration::from_secs(86_400);
+    let now = SystemTime::now();
+    let expired = ca
+        .issue_valid("edge-2", CertKind::Client, now - 30 * day, now - day)
+        .unwrap();
+    let expired = QuicTransport::<TestProto>::bind(
+        loopback(),
+        ca.identity(&expired).unwrap(),
+        quick_settings(),
+    )
+    .unwrap();
+    let got = refusal(within("expired", TEST_LIMIT, expired.connect(addr, "a")).await);
+    assert_eq!(got, Refusal::Expired, "{got}");
+
+    // A good client expecting another server: refused by the client itself.
+    let edge = client(&ca, "edge-3", CertKind::Client);
+    let got = refusal(within("wrong name", TEST_LIMIT, edge.connect(addr, "b")).await);
+    assert_eq!(
+        got,
+        Refusal::WrongName {
+            expected: "b".into()
+        },
+        "{got}"
+    );
+
+    // A server whose certificate comes from another CA: the client refuses it.
+    let impostor = QuicTransport::<TestProto>::bind(
+        loopback(),
+        other_ca.issue_identity("a", CertKind::Server).unwrap(),
+        quick_settings(),
+    )
+    .unwrap();
+    let impostor_listener = impostor.listen().unwrap();
+    let got = refusal(
+        within(
+            "impostor",
+            TEST_LIMIT,
+            edge.connect(impostor_listener.local_addr(), "a"),
+        )
+        .await,
+    );
+    assert_eq!(got, Refusal::UnknownCa, "{got}");
+
+    // The server refused all four in TLS, read no hello, and accepted nothing...
+    wait_until("four refused handshakes", TEST_LIMIT, || {
+        listener.counts().refused_handshakes >= 4
+    })
+    .await;
+    let counts = listener.counts();
+    assert_eq!(
+        (
+            counts.accepted,
+            counts.failed_hellos,
+            counts.version_mismatches
+        ),
+        (0, 0, 0),
+        "{counts:?}"
+    );
+    // ...and the first link it yields is the good client's.
+    let good = client(&ca, "edge-4", CertKind::Client);
+    let _link = within("good client", TEST_LIMIT, good.connect(addr, "a"))
+        .await
+        .unwrap();
+    let first = within("accept", TEST_LIMIT, listener.accept())
+        .await
+        .unwrap();
+    assert_eq!(first.peer().as_str(), "edge-4");
+}
+
+/// A link kind with another ALPN: an edge dialling the peer port.
+struct OtherProto;
+impl Protocol for OtherProto {
+    const NAME: &'static str = "vcodr-other";
+    type Request = TestRequest;
+    type Response = TestResponse;
+    type Message = LogMessage;
+}
+
+#[tokio::test]
+async fn wrong_protocol_is_refused_in_the_handshake() {
+    let ca = CertificateAuthority::new().unwrap();
+    let server = start_server(&ca, "a", loopback(), quick_settings()).unwrap();
+    let other = QuicTransport::<OtherProto>::bind(
+        loopback(),
+        ca.issue_identity("edge-1", CertKind::Client).unwrap(),
+        quick_settings(),
+    )
+    .unwrap();
+    match within("connect", TEST_LIMIT, other.connect(server.addr, "a")).await {
+        Err(ConnectError::HandshakeRefused {
+            refusal: Refusal::WrongProtocol { .. },
+            ..
+        }) => {}
+        other => panic!(
+            "expected a protocol refusal, got {:?}",
+            other.map(|l| l.link().clone())
+        ),
+    }
+}
+
+#[tokio::test]
+async fn version_mismatch_is_refused_naming_both_versions() {
+    let ca = CertificateAuthority::new().unwrap();
+    let server_settings = Settings {
+        hello: Hello {
+            min_version: 1,
+            max_version: 1,
+            software: "vcodr 0.1.0".into(),
+        },
+        ..quick_settings()
+    };
+    let server = QuicTransport::<TestProto>::bind(
+        loopback(),
+        ca.issue_identity("a", CertKind::Server).unwrap(),
+        server_settings,
+    )
+    .unwrap();
+    let listener = server.listen().unwrap();
+    let addr = listener.local_addr();
+    let state = Arc::new(Mutex::new(StandbyState::default()));
+    let _serving = serve(listener, "a", state.clone());
+
+    let future_settings = Settings {
+        hello: Hello {
+            min_version: 7,
+            max_version: 8,
+            software: "vcodr 9.0.0".into(),
+        },
+        ..quick_settings()
+    };
+    let future_edge = QuicTransport::<TestProto>::bind(
+        loopback(),
+        ca.issue_identity("edge-9", CertKind::Client).unwrap(),
+        future_settings,
+    )
+    .unwrap();
+    let err = within("connect", TEST_LIMIT, future_edge.connect(addr, "a"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, ConnectError::VersionMismatch { .. }),
+        "{text}"
+    );
+    for part in ["7..=8", "vcodr 9.0.0", "1..=1", "vcodr 0.1.0", "`a`"] {
+        assert!(text.contains(part), "{part:?} missing from: {text}");
+    }
+    // One version apart still works (SPEC §6: upgrade one server at a time).
+    let next_settings = Settings {
+        hello: Hello {
+            min_version: 1,
+            max_version: 2,
+            software: "vcodr 0.2.0".into(),
+        },
+        ..quick_settings()
+    };
+    let next_edge = QuicTransport::<TestProto>::bind(
+        loopback(),
+        ca.issue_identity("edge-8", CertKind::Client).unwrap(),
+        next_settings,
+    )
+    .unwrap();
+    let link = within("connect", TEST_LIMIT, next_edge.connect(addr, "a"))
+        .await
+        .unwrap();
+    assert_eq!(link.link().version, 1);
+    assert_eq!(
+        state.lock().unwrap().links,
+        1,
+        "the mismatched peer was never handed to the server"
+    );
+}
+
+/// A raw quinn connection that did the hello by hand, to send bad frames.
+async fn raw_link(
+    ca: &CertificateAuthority,
+    name: &str,
+    server: SocketAddr,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let identity = ca.issue_identity(name, CertKind::Client).unwrap();
+    let tls = quic::client_tls_config(&identity, TestProto::NAME.as_bytes()).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client(loopback()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let conn = endpoint.connect(server, "a").unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&codec::to_frame(&Hello::ours("raw test client")).unwrap())
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let reply = recv.read_to_end(4096).await.unwrap();
+    let (_hello, _) = codec::decode_frame::<Hello>(&reply, 4096).unwrap();
+    (endpoint, conn)
+}
+
+async fn raw_request(
+    conn: &quinn::Connection,
+    bytes: &[u8],
+) -> Result<Vec<u8>, quinn::ReadToEndError> {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    // The server may reset before reading everything; that is the point.
+    let _ = send.write_all(bytes).await;
+    let _ = send.finish();
+    recv.read_to_end(1 << 20).await
+}
+
+#[tokio::test]
+async fn bad_frames_close_only_their_stream_or_connection() {
+    let ca = CertificateAuthority::new().unwrap();
+    let settings = Settings {
+        max_frame_bytes: 64 * 1024,
+        ..quick_settings()
+    };
+    let server = start_server(&ca, "a", loopback(), settings).unwrap();
+    let (_endpoint, raw) = within(
+        "raw link",
+        TEST_LIMIT,
+        raw_link(&ca, "edge-raw", server.addr),
+    )
+    .await;
+
+    let rejected = |r: Result<Vec<u8>, quinn::ReadToEndError>| match r {
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+            code == quic::code::FRAME_REJECTED
+        }
+        _ => false,
+    };
+    // Unknown frame version, a length far above the cap (never allocated),
+    // a malformed payload, a truncated header: each resets its own stream.
+    let unknown_version = [9u8, 0, 0, 0, 1, 0];
+    let oversized = [codec::FRAME_VERSION, 0x40, 0, 0, 0];
+    let garbage = [codec::FRAME_VERSION, 0, 0, 0, 3, 0xff, 0xff, 0xff];
+    let truncated = [codec::FRAME_VERSION, 0];
+    for (what, bytes) in [
+        ("unknown version", &unknown_version[..]),
+        ("oversized", &oversized[..]),
+        ("garbage", &garbage[..]),
+        ("truncated", &truncated[..]),
+    ] {
+        let result = within(what, TEST_LIMIT, raw_request(&raw, bytes)).await;
+        assert!(rejected(result.clone()), "{what}: {result:?}");
+    }
+    // The same connection still answers a good request.
+    let good = codec::to_frame(&TestRequest::Echo(vec![1, 2, 3])).unwrap();
+    let answer = within("good request", TEST_LIMIT, raw_request(&raw, &good))
+        .await
+        .unwrap();
+    let (response, _) = codec::decode_frame::<TestResponse>(&answer, 4096).unwrap();
+    assert_eq!(response, TestResponse::Echo(vec![1, 2, 3]));
+
+    // Garbage on the ordered stream closes that connection only.
+    let mut uni = raw.open_uni().await.unwrap();
+    uni.write_all(&oversized).await.unwrap();
+    let _ = uni.finish();
+    match within("violation close", TEST_LIMIT, raw.closed()).await {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, quic::code::PROTOCOL_VIOLATION);
+            let reason = String::from_utf8_lossy(&close.reason).into_owned();
+            assert!(reason.contains("exceeds the maximum"), "{reason}");
+        }
+        other => panic!("expected a protocol-violation close, got {other}"),
+    }
+    // The listener serves everyone else.
+    let edge = client(&ca, "edge-ok", CertKind::Client);
+    let link = within(
+        "connect after violation",
+        TEST_LIMIT,
+        edge.connect(server.addr, "a"),
+    )
+    .await
+    .unwrap();
+    let reply = within(
+        "heartbeat",
+        TEST_LIMIT,
+        link.request(&TestRequest::Heartbeat { seq: 1 }),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(reply, TestResponse::Reply { seq: 1, .. }));
+
+    // A request above the server's cap, from a client with a larger cap:
+    // the server rejects that stream only, and the link stays up.
+    let big = TestRequest::Echo(vec![0; 70 * 1024]);
+    let err = within("big request", TEST_LIMIT, link.request(&big))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RequestError::NoResponse { .. }), "{err}");
+    assert!(err.to_string().contains("rejected the frame"), "{err}");
+    let reply = within(
+        "heartbeat",
+        TEST_LIMIT,
+        link.request(&TestRequest::Heartbeat { seq: 2 }),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(reply, TestResponse::Reply { seq: 2, .. }));
+
+    // With the same cap, the client refuses to send it at all, naming the peer.
+    let capped = QuicTransport::<TestProto>::bind(
+        loopback(),
+        ca.issue_identity("edge-capped", CertKind::Client).unwrap(),
+        Settings {
+            max_frame_bytes: 64 * 1024,
+            ..quick_settings()
+        },
+    )
+    .unwrap();
+    let capped_link = within("connect", TEST_LIMIT, capped.connect(server.addr, "a"))
+        .await
+        .unwrap();
+    let err = capped_link.request(&big).await.unwrap_err();
+    assert!(matches!(err, RequestError::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("`a` at 127.0.0.1"), "{err}");
+}
+
+#[tokio::test]
+async fn dropped_responder_tells_the_requester_at_once() {
+    let ca = CertificateAuthority::new().unwrap();
+    let server = QuicTransport::<TestProto>::bind(
+        loopback(),
+        ca.issue_identity("a", CertKind::Server).unwrap(),
+        quick_settings(),
+    )
+    .unwrap();
+    let mut listener = server.listen().unwrap();
+    let addr = listener.local_addr();
+    tokio::spawn(async move {
+        let mut link = listener.accept().await.unwrap();
+        while let Ok(incoming) = link.recv().await {
+            drop(incoming); // never answer
+        }
+    });
+    let edge = client(&ca, "edge-1", CertKind::Client);
+    let link = edge.connect(addr, "a").await.unwrap();
+    let err = within(
+        "request",
+        Duration::from_secs(3),
+        link.request(&TestRequest::Status),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RequestError::NoResponse { .. }), "{err}");
+}
+
+/// A thousand links open at once, each completing a heartbeat round trip.
+///
+/// Dials are paced at `HANDSHAKES_IN_FLIGHT` at a time, as an edge fleet's
+/// jitter would: a burst of 1,000 simultaneous QUIC handshakes on loopback
+/// overflows even an 8 MiB UDP receive buffer on a 2-core machine and then
+/// rests on QUIC's retransmission timers (seconds). All round trips run
+/// concurrently once every link is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_clients_each_complete_a_round_trip() {
+    const CLIENTS: usize = 1_000;
+    const SOCKETS: usize = 8;
+    const HANDSHAKES_IN_FLIGHT: usize = 64;
+    let ca = CertificateAuthority::new().unwrap();
+    let settings = Settings {
+        handshake_timeout: Duration::from_secs(30),
+        request_timeout: Duration::from_secs(30),
+        ..Settings::default()
+    };
+    let server = start_server(&ca, "a", loopback(), settings.clone()).unwrap();
+    let sockets: Vec<QuicTransport<TestProto>> = (0..SOCKETS)
+        .map(|i| {
+            let identity = ca
+                .issue_identity(&format!("edge-sock-{i}"), CertKind::Client)
+                .unwrap();
+            QuicTransport::bind(loopback(), identity, settings.clone()).unwrap()
+        })
+        .collect();
+    let edges: Vec<QuicTransport<TestProto>> = (0..CLIENTS)
+        .map(|i| {
+            sockets[i % SOCKETS]
+                .with_identity(
+                    ca.issue_identity(&format!("edge-{i:05}"), CertKind::Client)
+                        .unwrap(),
+                )
+                .unwrap()
+        })
+        .collect();
+
+    let started = tokio::time::Instant::now();
+    let pacing = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT));
+    let mut dials = tokio::task::JoinSet::new();
+    for (i, edge) in edges.into_iter().enumerate() {
+        let (pacing, addr) = (pacing.clone(), server.addr);
+        dials.spawn(async move {
+            let _permit = pacing.acquire().await.expect("never closed");
+            edge.connect(addr, "a")
+                .await
+                .map(|link| (i, link))
+                .map_err(|e| format!("edge {i}: {e}"))
+        });
+    }
+    let mut links = Vec::with_capacity(CLIENTS);
+    within("1,000 links up", Duration::from_secs(120), async {
+        while let Some(result) = dials.join_next().await {
+            links.push(result.expect("task").expect("connect"));
+        }
+    })
+    .await;
+    let connected = started.elapsed();
+    wait_until("all links accepted", TEST_LIMIT, || {
+        server.state.lock().unwrap().links == CLIENTS as u64
+    })
+    .await;
+
+    let mut trips = tokio::task::JoinSet::new();
+    for (i, link) in links {
+        trips.spawn(async move {
+            let reply = link
+                .request(&TestRequest::Heartbeat { seq: i as u64 })
+                .await
+                .map_err(|e| format!("edge {i}: {e}"))?;
+            let expected = TestResponse::Reply {
+                seq: i as u64,
+                server: "a".into(),
+                client: format!("edge-{i:05}"),
+            };
+            if reply != expected {
+                return Err(format!("edge {i}: got {reply:?}"));
+            }
+            Ok::<_, String>(link)
+        });
+    }
+    let mut done = 0;
+    let mut still_open = Vec::with_capacity(CLIENTS);
+    within(
+        "1,000 concurrent round trips",
+        Duration::from_secs(60),
+        async {
+            while let Some(result) = trips.join_next().await {
+                still_open.push(result.expect("task").expect("round trip"));
+                done += 1;
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "{CLIENTS} links up in {connected:?}; all round trips done at {:?}",
+        started.elapsed()
+    );
+    assert_eq!(done, CLIENTS);
+    assert_eq!(server.state.lock().unwrap().heartbeats, CLIENTS as u64);
+    assert!(
+        still_open.iter().all(|link| link.close_reason().is_none()),
+        "every link stayed up"
+    );
+}
+
+/// Counts dial attempts, to prove that a reconnect really retried.
+struct Counting<T> {
+    inner: T,
+    attempts: Arc<AtomicU64>,
+}
+
+impl<T: Transport<TestProto>> Transport<TestProto> for Counting<T> {
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<Connection<TestProto>, ConnectError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        self.inner.connect(addr, server_name).await
+    }
+
+    fn listen(&self) -> Result<Listener<TestProto>, SetupError> {
+        self.inner.listen()
+    }
+}
+
+#[tokio::test]
+async fn reconnects_after_the_listener_restarts() {
+    let ca = CertificateAuthority::new().unwrap();
+    let settings = Settings {
+        handshake_timeout: Duration::from_millis(500),
+        ..quick_settings()
+    };
+    let server = start_server(&ca, "a", loopback(), settings.clone()).unwrap();
+    let addr = server.addr;
+    let attempts = Arc::new(AtomicU64::new(0));
+    let edge = Counting {
+        inner: QuicTransport::<TestProto>::bind(
+            loopback(),
+            ca.issue_identity("edge-1", CertKind::Client).unwrap(),
+            settings.clone(),
+        )
+        .unwrap(),
+        attempts: attempts.clone(),
+    };
+    let link = edge.connect(addr, "a").await.unwrap();
+    link.request(&TestRequest::Heartbeat { seq: 1 })
+        .await
+        .unwrap();
+
+    // The server goes away; the edge sees its link go down, with the reason.
+    server.task.abort();
+    server.transport.shutdown("restarting");
+    let reason = within("link down", TEST_LIMIT, link.closed()).await;
+    assert_eq!(reason, CloseReason::Peer("restarting".into()));
+    drop(link);
+    within("server idle", TEST_LIMIT, server.transport.wait_idle()).await;
+    drop(server);
+
+    // The edge redials with backoff while the server is down...
+    let reconnect = tokio::spawn(async move {
+        let mut backoff = Backoff::new(
+            Duration::from_millis(20),
+            Duration::from_millis(200),
+            0.5,
+            7,
+        )
+        .unwrap();
+        let link = connect_with_backoff(&edge, addr, "a", &mut backoff, 100).await?;
+        let reply = link
+            .request(&TestRequest::Heartbeat { seq: 2 })
+            .await
+            .map_err(|e| ConnectError::Failed {
+                addr,
+                server_name: "a".into(),
+                reason: e.to_string(),
+            })?;
+        Ok::<_, ConnectError>(reply)
+    });
+    wait_until("a failed attempt", TEST_LIMIT, || {
+        attempts.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    // ...and gets through once it is back on the same port.
+    let mut restarted = None;
+    for _ in 0..200 {
+        match start_server(&ca, "a", addr, settings.clone()) {
+            Ok(server) => {
+                restarted = Some(server);
+                break;
+            }
+            Err(SetupError::Bind { .. }) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let restarted = restarted.expect("rebinding the port");
+    let reply = within("reconnect", TEST_LIMIT, reconnect)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(reply, TestResponse::Reply { seq: 2, .. }),
+        "{reply:?}"
+    );
+    assert_eq!(restarted.state.lock().unwrap().heartbeats, 1);
+}
+
+#[tokio::test]
+async fn settings_are_validated() {
+    let ca = CertificateAuthority::new().unwrap();
+    let bad = Settings {
+        max_pending_sends: 0,
+        ..Settings::default()
+    };
+    let err = QuicTransport::<TestProto>::bind(
+        loopback(),
+        ca.issue_identity("a", CertKind::Server).unwrap(),
+        bad,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("max_pending_sends"), "{err}");
+}
