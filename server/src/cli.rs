@@ -1,0 +1,334 @@
+//! The command line (SPEC §8).
+
+use crate::ctl::{self, ApiError, Client};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vcodr",
+    version,
+    about = "Disaster recovery for an SD-WAN orchestrator: an active/standby pair with RPO 0"
+)]
+pub struct Cli {
+    /// Log lines as `text` or `json`.
+    #[arg(long, global = true, default_value = "text")]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run one server.
+    Serve {
+        /// The server's TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Make certificates and the admin token.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+    /// Talk to a server's admin API.
+    Ctl(CtlArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCmd {
+    /// A deployment CA, a certificate for each server and edge, and the admin token.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        /// Server names, comma-separated (each names a certificate and a `name =` in a config).
+        #[arg(long, value_delimiter = ',', default_value = "a,b")]
+        servers: Vec<String>,
+        /// Edge client certificates to make: edge-1 … edge-N.
+        #[arg(long, default_value_t = 0)]
+        edges: usize,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// The server's admin URL, e.g. https://127.0.0.1:8443.
+    #[arg(long)]
+    pub server: String,
+    /// File holding the admin token.
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// The deployment CA (default: ca.pem beside the token file).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Print JSON for scripts instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: CtlCmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCmd {
+    /// Role, drState, epoch, replication and clients.
+    Status,
+    /// Prepare this server to become a standby; prints its vcoUuid and pairing token.
+    PrepareStandby,
+    /// Configure this server as active, replicating to the prepared standby.
+    ConfigureActive {
+        #[arg(long)]
+        standby_address: String,
+        #[arg(long)]
+        standby_uuid: String,
+        #[arg(long)]
+        pairing_token: String,
+    },
+    /// Promote this standby (disaster failover; --force: planned switchover).
+    Promote {
+        #[arg(long)]
+        force: bool,
+    },
+    /// Demote this active to a zombie.
+    Demote {
+        #[arg(long)]
+        force: bool,
+    },
+    /// Unconfigure DR on this server (and, best effort, its peer).
+    RemoveStandby,
+    /// Turn this zombie into the standby of the promoted server.
+    Rejoin,
+    /// Read a configuration document.
+    Get { key: String },
+    /// Write a configuration document (VALUE is JSON).
+    Put { key: String, value: String },
+    /// Delete a configuration document.
+    Delete { key: String },
+    /// List configuration documents and their versions.
+    List,
+    /// Entries archived at rejoin because the promoted server lacked them.
+    Archive,
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    if let Err(e) = crate::log::init(&cli.log_format) {
+        eprintln!("error: {e:#}");
+        return 2;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    let r = rt.block_on(run(cli));
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Cmd::Serve { config } => {
+            let cfg = crate::config::FileConfig::load(&config)?;
+            crate::serve::run(cfg).await?;
+            Ok(0)
+        }
+        Cmd::Certs {
+            cmd:
+                CertsCmd::Init {
+                    out,
+                    servers,
+                    edges,
+                },
+        } => {
+            let clients: Vec<String> = (1..=edges).map(|i| format!("edge-{i}")).collect();
+            certs_init(&out, &servers, &clients)?;
+            println!(
+                "wrote {}: ca.pem, {} server and {} edge certificates, admin.token",
+                out.display(),
+                servers.len(),
+                clients.len()
+            );
+            Ok(0)
+        }
+        Cmd::Ctl(args) => ctl_main(args).await,
+    }
+}
+
+/// `vcodr certs init`: the CA, the certificates and a fresh admin token.
+pub fn certs_init(
+    out: &std::path::Path,
+    servers: &[String],
+    clients: &[String],
+) -> anyhow::Result<()> {
+    vcodr_transport::certs::init_dir(out, servers, clients)
+        .with_context(|| format!("making certificates in {}", out.display()))?;
+    let token = format!(
+        "{:032x}{:032x}",
+        crate::serve::random_u128()?,
+        crate::serve::random_u128()?
+    );
+    let path = out.join("admin.token");
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    use std::io::Write;
+    let mut f = o
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    f.sync_all()?;
+    Ok(())
+}
+
+async fn ctl_main(a: CtlArgs) -> anyhow::Result<i32> {
+    let client = Client::from_files(&a.server, &a.token_file, a.ca.as_deref())?;
+    let (method, params) = match &a.cmd {
+        CtlCmd::Status => (
+            "disasterRecovery/getReplicationStatus",
+            json!({"with": ["clientCount", "stateHistory"]}),
+        ),
+        CtlCmd::PrepareStandby => ("disasterRecovery/prepareForStandby", json!({})),
+        CtlCmd::ConfigureActive {
+            standby_address,
+            standby_uuid,
+            pairing_token,
+        } => (
+            "disasterRecovery/configureActiveForReplication",
+            json!({"standbyList": [{"standbyAddress": standby_address, "standbyUuid": standby_uuid}], "pairingToken": pairing_token}),
+        ),
+        CtlCmd::Promote { force } => (
+            "disasterRecovery/promoteStandbyToActive",
+            json!({"force": force}),
+        ),
+        CtlCmd::Demote { force } => ("disasterRecovery/demoteActive", json!({"force": force})),
+        CtlCmd::RemoveStandby => ("disasterRecovery/removeStandby", json!({})),
+        CtlCmd::Rejoin => ("disasterRecovery/rejoinAsStandby", json!({})),
+        CtlCmd::Get { key } => ("configuration/get", json!({"key": key})),
+        CtlCmd::Put { key, value } => {
+            let v: Value = serde_json::from_str(value).with_context(|| {
+                format!("VALUE {value:?} is not JSON (quote strings: '\"text\"')")
+            })?;
+            ("configuration/put", json!({"key": key, "value": v}))
+        }
+        CtlCmd::Delete { key } => ("configuration/delete", json!({"key": key})),
+        CtlCmd::List => ("configuration/list", json!({})),
+        CtlCmd::Archive => ("disasterRecovery/getDivergenceArchive", json!({})),
+    };
+    match client.call(method, params).await {
+        Ok(v) => {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", human(&a.cmd, &v));
+            }
+            Ok(0)
+        }
+        Err(e) => match e.downcast_ref::<ApiError>() {
+            Some(api) => {
+                if a.json {
+                    println!(
+                        "{}",
+                        json!({"error": {"code": api.code, "message": api.message, "data": api.data}})
+                    );
+                }
+                eprintln!("error: {}", api.message);
+                Ok(3)
+            }
+            None => Err(e),
+        },
+    }
+}
+
+fn human(cmd: &CtlCmd, v: &Value) -> String {
+    let s = |p: &str| {
+        v.pointer(p)
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| x.to_string())
+            })
+            .unwrap_or_default()
+    };
+    match cmd {
+        CtlCmd::Status => {
+            let mut out = ctl::status_table(v);
+            if let Some(Value::Array(h)) = v.get("stateHistory") {
+                out += "state history (latest last):\n";
+                for t in h.iter().rev().take(8).rev() {
+                    out += &format!(
+                        "  {} {} -> {} {}  epoch {}  {}\n",
+                        t["fromRole"].as_str().unwrap_or(""),
+                        t["from"].as_str().unwrap_or(""),
+                        t["toRole"].as_str().unwrap_or(""),
+                        t["to"].as_str().unwrap_or(""),
+                        t["epoch"],
+                        t["reason"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            out
+        }
+        CtlCmd::PrepareStandby => format!(
+            "vcoUuid       {}\npairingToken  {}\n",
+            s("/vcoUuid"),
+            s("/pairingToken")
+        ),
+        CtlCmd::ConfigureActive { .. } => {
+            format!("pairId  {}\ndrState {}\n", s("/pairId"), s("/drState"))
+        }
+        CtlCmd::Promote { .. } => format!(
+            "epoch          {}\ndataLossBound  {}\n",
+            s("/epoch"),
+            s("/dataLossBound")
+        ),
+        CtlCmd::Get { .. } => format!(
+            "{}\n",
+            serde_json::to_string_pretty(&v["value"]).unwrap_or_default()
+        ),
+        CtlCmd::Put { .. } | CtlCmd::Delete { .. } => {
+            format!("{} version {}\n", s("/key"), s("/version"))
+        }
+        CtlCmd::List => v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|d| format!("{:<40} {}\n", d["key"].as_str().unwrap_or(""), d["version"]))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        CtlCmd::Archive => v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|d| {
+                        format!(
+                            "{:>8} epoch {}  {}  ({})\n",
+                            d["index"],
+                            d["epoch"],
+                            d["entry"],
+                            d["reason"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => "ok\n".to_string(),
+    }
+}

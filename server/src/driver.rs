@@ -1,0 +1,596 @@
+//! The driver: one tokio task that owns the `vcodr-core` [`Server`], feeds it
+//! every input (admin calls, peer and edge messages, timer expiries,
+//! durability confirmations) and carries out its outputs. No protocol
+//! decision is made here.
+//!
+//! Durability runs on its own thread: persist requests queue up while a
+//! commit is in progress and the next commit takes them all (group commit);
+//! `Persisted { up_to }` goes back to the core only after the commit returned.
+
+use crate::metrics::Metrics;
+use crate::rpc::{self, ApiCall, RpcError};
+use crate::storage::Storage;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+use vcodr_core::*;
+
+/// Time as the core takes it.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Clock {
+            start: Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> Now {
+        let wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Now {
+            mono_ms: self.start.elapsed().as_millis() as u64,
+            wall_ms,
+        }
+    }
+
+    fn instant_after(&self, after_ms: Millis) -> Instant {
+        Instant::now() + Duration::from_millis(after_ms)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A read the storage thread runs between commits.
+type ReadJob = Box<dyn FnOnce(&dyn Storage) + Send>;
+
+enum StorageJob {
+    Commit(PersistSeq, Vec<PersistOp>),
+    Read(ReadJob),
+    SaveContacts(Vec<ClientContact>),
+}
+
+/// What the driver task receives.
+#[allow(missing_debug_implementations)] // holds reply channels
+pub enum DriverMsg {
+    Api {
+        call: ApiCall,
+        reply: oneshot::Sender<Result<Value, RpcError>>,
+    },
+    Edge {
+        client: ClientId,
+        msg: EdgeMsg,
+        reply: oneshot::Sender<ServerMsg>,
+    },
+    Peer(PeerEnvelope),
+    Persisted {
+        up_to: PersistSeq,
+        entries: u64,
+        started: Instant,
+    },
+    StorageFailed(String),
+    /// Finish in-flight commits, then stop.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Where the driver sends peer messages (the peer-link layer).
+pub trait PeerSink: Send + 'static {
+    /// Queue `msg` for the server at `to`; may drop it when the link's queue
+    /// is full (the core retransmits).
+    fn send(&mut self, to: &str, msg: PeerEnvelope);
+}
+
+/// A cheap, cloneable way to talk to the driver.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<DriverMsg>,
+    pub metrics: Arc<Metrics>,
+    write_timeout: Duration,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("write_timeout", &self.write_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handle {
+    /// Runs an admin API call.
+    pub async fn api(&self, call: ApiCall) -> Result<Value, RpcError> {
+        let is_write = matches!(call.kind(), RequestKind::ConfigWrite)
+            || matches!(call, ApiCall::Core(Command::Promote { .. }));
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(DriverMsg::Api { call, reply })
+            .await
+            .map_err(|_| RpcError::new(rpc::code::INTERNAL, "the server is shutting down"))?;
+        let wait = if is_write {
+            self.write_timeout
+        } else {
+            Duration::from_secs(30)
+        };
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(RpcError::new(rpc::code::INTERNAL, "the server is shutting down")),
+            Err(_) => Err(RpcError::new(
+                rpc::code::NOT_ACKNOWLEDGED,
+                format!(
+                    "no acknowledgement within {} ms: the outcome is unknown (the standby has not confirmed); \
+                     check with configuration/get before retrying",
+                    wait.as_millis()
+                ),
+            )),
+        }
+    }
+
+    /// Handles one edge request; `None` when the server is stopping.
+    pub async fn edge(&self, client: ClientId, msg: EdgeMsg) -> Option<ServerMsg> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(DriverMsg::Edge { client, msg, reply })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// Delivers a peer message (dropped if the driver is overloaded: peers retransmit).
+    pub fn peer(&self, env: PeerEnvelope) {
+        if self.tx.try_send(DriverMsg::Peer(env)).is_err() {
+            self.metrics.peer_dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Finishes in-flight commits and stops the driver.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(DriverMsg::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Settings of the driver itself.
+#[derive(Clone, Debug)]
+pub struct DriverSettings {
+    pub write_timeout: Duration,
+    pub contact_save_interval: Duration,
+    pub queue_len: usize,
+}
+
+/// Starts the storage thread and the driver task.
+pub fn spawn(
+    core: Server,
+    storage: Box<dyn Storage>,
+    peers: Box<dyn PeerSink>,
+    settings: DriverSettings,
+    metrics: Arc<Metrics>,
+) -> (Handle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(settings.queue_len);
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<StorageJob>();
+    let back = tx.clone();
+    let storage_metrics = metrics.clone();
+    std::thread::Builder::new()
+        .name("vcodr-storage".into())
+        .spawn(move || storage_thread(storage, jobs_rx, back, storage_metrics))
+        .expect("spawning the storage thread");
+    let handle = Handle {
+        tx,
+        metrics: metrics.clone(),
+        write_timeout: settings.write_timeout,
+    };
+    let mut d = Driver {
+        core,
+        clock: Clock::new(),
+        timers: BTreeMap::new(),
+        jobs: jobs_tx,
+        peers,
+        metrics,
+        edge_waiters: HashMap::new(),
+        api_waiters: HashMap::new(),
+        next_id: 1,
+        settings,
+        last_seq: 0,
+        persisted_up_to: 0,
+        shutdown: None,
+    };
+    let task = tokio::spawn(async move { d.run(rx).await });
+    (handle, task)
+}
+
+fn storage_thread(
+    mut storage: Box<dyn Storage>,
+    jobs: std::sync::mpsc::Receiver<StorageJob>,
+    back: mpsc::Sender<DriverMsg>,
+    metrics: Arc<Metrics>,
+) {
+    let mut pending: Vec<StorageJob> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            match jobs.recv() {
+                Ok(j) => pending.push(j),
+                Err(_) => return,
+            }
+        }
+        // Group commit: everything queued while the previous commit ran.
+        pending.extend(jobs.try_iter());
+        let mut batch = Vec::new();
+        let mut rest = Vec::new();
+        for j in pending.drain(..) {
+            match j {
+                StorageJob::Commit(seq, ops) if rest.is_empty() => batch.push((seq, ops)),
+                other => rest.push(other),
+            }
+        }
+        if !batch.is_empty() {
+            let started = Instant::now();
+            let entries = batch
+                .iter()
+                .flat_map(|(_, ops)| ops)
+                .map(|op| {
+                    if let PersistOp::Append(e) = op {
+                        e.len() as u64
+                    } else {
+                        0
+                    }
+                })
+                .sum();
+            let up_to = batch.last().map_or(0, |(s, _)| *s);
+            match storage.commit(&batch) {
+                Ok(()) => {
+                    metrics.persist_batches.fetch_add(1, Relaxed);
+                    metrics
+                        .persist_requests
+                        .fetch_add(batch.len() as u64, Relaxed);
+                    if back
+                        .blocking_send(DriverMsg::Persisted {
+                            up_to,
+                            entries,
+                            started,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // Nothing after a failed commit may be acknowledged: stop here.
+                    tracing::error!(error = %e, "storage commit failed; the server stops acknowledging writes");
+                    let _ = back.blocking_send(DriverMsg::StorageFailed(e.to_string()));
+                    return;
+                }
+            }
+        }
+        // Reads and contact saves keep their order relative to later commits.
+        let mut rest = rest.into_iter();
+        while let Some(j) = rest.next() {
+            match j {
+                StorageJob::Read(f) => f(storage.as_ref()),
+                StorageJob::SaveContacts(c) => {
+                    if let Err(e) = storage.save_contacts(&c) {
+                        tracing::warn!(error = %e, "saving the client contact table failed");
+                    }
+                }
+                commit @ StorageJob::Commit(..) => {
+                    pending.push(commit);
+                    pending.extend(rest.by_ref());
+                }
+            }
+        }
+    }
+}
+
+struct Driver {
+    core: Server,
+    clock: Clock,
+    timers: BTreeMap<Timer, Instant>,
+    jobs: std::sync::mpsc::Sender<StorageJob>,
+    peers: Box<dyn PeerSink>,
+    metrics: Arc<Metrics>,
+    edge_waiters: HashMap<ReplyTo, oneshot::Sender<ServerMsg>>,
+    api_waiters: HashMap<RequestId, oneshot::Sender<Result<Value, RpcError>>>,
+    next_id: u64,
+    settings: DriverSettings,
+    /// Last persist request sent to storage, and the last one confirmed durable.
+    last_seq: PersistSeq,
+    persisted_up_to: PersistSeq,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Driver {
+    async fn run(&mut self, mut rx: mpsc::Receiver<DriverMsg>) {
+        self.drain();
+        let mut save_contacts = tokio::time::interval(self.settings.contact_save_interval);
+        save_contacts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next_timer = self.timers.values().min().copied();
+            let sleep = async {
+                match next_timer {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => {
+                        if !self.on_msg(m) {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+                _ = sleep => self.fire_timers(),
+                _ = save_contacts.tick() => {
+                    let contacts: Vec<ClientContact> = self.core.contacts().cloned().collect();
+                    let _ = self.jobs.send(StorageJob::SaveContacts(contacts));
+                }
+            }
+            self.drain();
+            if self.persisted_up_to >= self.last_seq {
+                if let Some(done) = self.shutdown.take() {
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = self.clock.now();
+        self.core.handle_input(now, input);
+    }
+
+    /// Returns false when the driver must stop.
+    fn on_msg(&mut self, m: DriverMsg) -> bool {
+        match m {
+            DriverMsg::Api { call, reply } => self.on_api(call, reply),
+            DriverMsg::Edge { client, msg, reply } => {
+                match &msg {
+                    EdgeMsg::Heartbeat(hb) => {
+                        let c = if hb.client_type == ClientType::Edge {
+                            &self.metrics.heartbeats_edge
+                        } else {
+                            &self.metrics.heartbeats_gateway
+                        };
+                        c.fetch_add(1, Relaxed);
+                    }
+                    EdgeMsg::Monitoring { samples } => {
+                        self.metrics
+                            .samples_received
+                            .fetch_add(samples.len() as u64, Relaxed);
+                    }
+                    EdgeMsg::ConfigPull { .. } => {
+                        self.metrics.config_pulls.fetch_add(1, Relaxed);
+                    }
+                }
+                let id = self.id();
+                self.edge_waiters.insert(id, reply);
+                self.input(Input::Edge {
+                    reply_to: id,
+                    client,
+                    msg,
+                });
+            }
+            DriverMsg::Peer(env) => {
+                self.metrics.peer_received.fetch_add(1, Relaxed);
+                self.input(Input::Peer(env));
+            }
+            DriverMsg::Persisted {
+                up_to,
+                entries,
+                started,
+            } => {
+                self.persisted_up_to = up_to;
+                self.metrics.commit_latency.observe(started.elapsed());
+                self.metrics.persisted_entries.fetch_add(entries, Relaxed);
+                self.input(Input::Persisted { up_to });
+            }
+            DriverMsg::StorageFailed(why) => {
+                for (_, w) in self.api_waiters.drain() {
+                    let _ = w.send(Err(RpcError::new(
+                        rpc::code::INTERNAL,
+                        format!("storage failed: {why}"),
+                    )));
+                }
+                return false;
+            }
+            DriverMsg::Shutdown(done) => {
+                if self.persisted_up_to >= self.last_seq {
+                    let _ = done.send(());
+                    return false;
+                }
+                self.shutdown = Some(done);
+            }
+        }
+        true
+    }
+
+    fn on_api(&mut self, call: ApiCall, reply: oneshot::Sender<Result<Value, RpcError>>) {
+        if let Err(e) = self.core.gate(call.kind(), &method_name(&call)) {
+            let _ = reply.send(Err(e.into()));
+            return;
+        }
+        match call {
+            ApiCall::Core(cmd) => {
+                let id = self.id();
+                self.api_waiters.insert(id, reply);
+                self.input(Input::Command { req: id, cmd });
+            }
+            ApiCall::Status(with) => {
+                let mut v = rpc::status_json(&self.core.status());
+                if with.client_contact {
+                    v["clientContact"] =
+                        Value::Array(self.core.contacts().map(rpc::contact_json).collect());
+                }
+                if with.client_count {
+                    v["clientCount"] = rpc::client_count_json(&self.core.client_count());
+                }
+                if with.state_history || with.storage_info {
+                    let _ = self
+                        .jobs
+                        .send(StorageJob::Read(Box::new(move |s: &dyn Storage| {
+                            if with.state_history {
+                                match s.history(200) {
+                                    Ok(h) => {
+                                        v["stateHistory"] = Value::Array(
+                                            h.iter().map(rpc::transition_json).collect(),
+                                        )
+                                    }
+                                    Err(e) => v["stateHistory"] = json!({ "error": e.to_string() }),
+                                }
+                            }
+                            if with.storage_info {
+                                v["storageInfo"] = match s.info() {
+                                    Ok(i) => serde_json::to_value(&i).unwrap_or(Value::Null),
+                                    Err(e) => json!({ "error": e.to_string() }),
+                                };
+                            }
+                            let _ = reply.send(Ok(v));
+                        })));
+                } else {
+                    let _ = reply.send(Ok(v));
+                }
+            }
+            ApiCall::DivergenceArchive { offset, limit } => {
+                let _ = self.jobs.send(StorageJob::Read(Box::new(move |s: &dyn Storage| {
+                    let r = s
+                        .archive(offset, limit)
+                        .map(|rows| {
+                            Value::Array(
+                                rows.iter()
+                                    .map(|a| {
+                                        json!({ "index": a.index, "epoch": a.epoch, "reason": a.reason, "entry": rpc::op_json(&a.op) })
+                                    })
+                                    .collect(),
+                            )
+                        })
+                        .map_err(|e| RpcError::new(rpc::code::INTERNAL, e.to_string()));
+                    let _ = reply.send(r);
+                })));
+            }
+            ApiCall::ClientSamples {
+                client_id,
+                after_seq,
+                limit,
+            } => {
+                let _ = self.jobs.send(StorageJob::Read(Box::new(move |s: &dyn Storage| {
+                    let r = s
+                        .samples(&client_id, after_seq, limit)
+                        .map(|rows| {
+                            let samples: Vec<Value> = rows
+                                .iter()
+                                .map(|(seq, p)| json!({ "seq": seq, "payload": String::from_utf8_lossy(p) }))
+                                .collect();
+                            json!({ "clientId": client_id, "samples": samples })
+                        })
+                        .map_err(|e| RpcError::new(rpc::code::INTERNAL, e.to_string()));
+                    let _ = reply.send(r);
+                })));
+            }
+            ApiCall::MonitoringSummary => {
+                let dups = self.metrics.sample_duplicates.load(Relaxed);
+                let _ = self.jobs.send(StorageJob::Read(Box::new(move |s: &dyn Storage| {
+                    let r = s
+                        .sample_summary()
+                        .map(|rows| {
+                            let total: u64 = rows.iter().map(|r| r.count).sum();
+                            let clients: Vec<Value> = rows
+                                .iter()
+                                .map(|r| json!({ "clientId": r.client, "samples": r.count, "maxSeq": r.max_seq }))
+                                .collect();
+                            json!({ "samplesStored": total, "duplicatesDiscarded": dups, "clients": clients })
+                        })
+                        .map_err(|e| RpcError::new(rpc::code::INTERNAL, e.to_string()));
+                    let _ = reply.send(r);
+                })));
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        let due: Vec<Timer> = self
+            .timers
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in due {
+            self.timers.remove(&t);
+            self.input(Input::Timeout(t));
+        }
+    }
+
+    /// Carries out every output of the core.
+    fn drain(&mut self) {
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::SendPeer { to, msg } => {
+                    self.metrics.peer_sent.fetch_add(1, Relaxed);
+                    self.peers.send(&to, msg);
+                }
+                Output::ReplyEdge { reply_to, msg } => {
+                    if let Some(w) = self.edge_waiters.remove(&reply_to) {
+                        let _ = w.send(msg);
+                    }
+                }
+                Output::Persist { seq, ops } => {
+                    self.last_seq = seq;
+                    if self.jobs.send(StorageJob::Commit(seq, ops)).is_err() {
+                        tracing::error!(
+                            "storage thread is gone; persist request {seq} cannot be made durable"
+                        );
+                    }
+                }
+                Output::SetTimer { timer, after_ms } => {
+                    self.timers
+                        .insert(timer, self.clock.instant_after(after_ms));
+                }
+                Output::CancelTimer(timer) => {
+                    self.timers.remove(&timer);
+                }
+                Output::Reply { req, result } => {
+                    match &result {
+                        Ok(Reply::Written { .. } | Reply::Deleted { .. }) => {
+                            self.metrics.writes_acknowledged.fetch_add(1, Relaxed);
+                        }
+                        Err(e) => tracing::info!(request = req, error = %e, "request refused"),
+                        _ => {}
+                    }
+                    if let Some(w) = self.api_waiters.remove(&req) {
+                        let _ = w.send(result.map(|r| rpc::reply_json(&r)).map_err(RpcError::from));
+                    }
+                }
+                Output::Event(e) => crate::log::event(&e, &self.metrics),
+            }
+        }
+        self.metrics.observe(&self.core);
+    }
+}
+
+fn method_name(call: &ApiCall) -> String {
+    match call {
+        ApiCall::Core(c) => c.method().to_string(),
+        ApiCall::Status(_) => "disasterRecovery/getReplicationStatus".into(),
+        ApiCall::DivergenceArchive { .. } => "disasterRecovery/getDivergenceArchive".into(),
+        ApiCall::ClientSamples { .. } => "monitoring/getClientSamples".into(),
+        ApiCall::MonitoringSummary => "monitoring/getSummary".into(),
+    }
+}

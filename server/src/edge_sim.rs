@@ -1,0 +1,509 @@
+//! `vcodr edge-sim`: many simulated edges and gateways in one process. Each is
+//! a real `vcodr-core` [`Edge`] with its own client certificate identity and
+//! its own QUIC connections to both servers (all on one UDP socket),
+//! heartbeating with jitter, pulling configuration and sending monitoring.
+
+use crate::links::{EdgeLink, ANY_SERVER_NAME};
+use anyhow::Context;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch, Semaphore};
+use vcodr_core::rng::Rng;
+use vcodr_core::*;
+use vcodr_transport::certs::{CertKind, CertificateAuthority};
+use vcodr_transport::quic::QuicTransport;
+use vcodr_transport::reconnect::Backoff;
+use vcodr_transport::{Connection, Settings, Transport};
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimSettings {
+    /// Edge addresses of the two servers, as the servers advertise them.
+    pub servers: [String; 2],
+    pub count: usize,
+    /// Every `gateway_every`-th client is a gateway (0: none).
+    pub gateway_every: usize,
+    /// Client ids are `<prefix>-<i>`.
+    pub id_prefix: String,
+    pub heartbeat_interval_ms: u64,
+    /// One monitoring sample per edge every this many ms (0: none).
+    pub sample_interval_ms: u64,
+    pub sample_bytes: usize,
+    pub cache_bytes: usize,
+    /// Handshakes in flight at once (loopback UDP buffers overflow beyond a few dozen).
+    pub handshake_concurrency: usize,
+    pub seed: u64,
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        SimSettings {
+            servers: [String::new(), String::new()],
+            count: 100,
+            gateway_every: 10,
+            id_prefix: "edge".into(),
+            heartbeat_interval_ms: 10_000,
+            sample_interval_ms: 1_000,
+            sample_bytes: 64,
+            cache_bytes: 1024 * 1024,
+            handshake_concurrency: 48,
+            seed: 1,
+        }
+    }
+}
+
+/// Latency histogram with power-of-two microsecond buckets.
+#[derive(Debug, Default)]
+pub struct RttHistogram {
+    buckets: [AtomicU64; 32],
+}
+
+impl RttHistogram {
+    pub fn observe(&self, d: Duration) {
+        let us = d.as_micros().max(1) as u64;
+        let b = (63 - us.leading_zeros() as usize).min(31);
+        self.buckets[b].fetch_add(1, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+
+    /// Upper bound of the bucket holding quantile `q`, in microseconds.
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        let n = self.count();
+        if n == 0 {
+            return 0;
+        }
+        let target = ((n as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            seen += b.load(Relaxed);
+            if seen >= target {
+                return 1u64 << (i + 1);
+            }
+        }
+        1 << 32
+    }
+}
+
+/// Shared counters of the simulation.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub heartbeats: AtomicU64,
+    pub rtt: RttHistogram,
+    pub request_errors: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub samples_generated: AtomicU64,
+    pub samples_acked: AtomicU64,
+    pub configs_applied: AtomicU64,
+    pub follow_changes: AtomicU64,
+}
+
+/// Per-edge state visible to the summary.
+#[derive(Debug, Default)]
+struct EdgeView {
+    /// 0: nobody, 1: server 0, 2: server 1.
+    following: AtomicU8,
+    cached: AtomicU64,
+    dropped: AtomicU64,
+    /// Highest sample seq acknowledged.
+    acked_seq: AtomicU64,
+    config_epoch: AtomicU64,
+}
+
+/// A snapshot of the simulation, for the live line and the final report.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub edges: usize,
+    pub following: [u64; 2],
+    pub following_none: u64,
+    pub cached_samples: u64,
+    pub dropped_samples: u64,
+    pub samples_generated: u64,
+    pub samples_acked: u64,
+    pub heartbeats: u64,
+    pub heartbeat_p50_us: u64,
+    pub heartbeat_p99_us: u64,
+    pub request_errors: u64,
+    pub connect_failures: u64,
+    pub configs_applied: u64,
+    pub follow_changes: u64,
+}
+
+impl Summary {
+    /// The live one-line summary.
+    pub fn line(&self, servers: &[String; 2]) -> String {
+        format!(
+            "edges {} | following {}: {} | {}: {} | nobody: {} | cached {} dropped {} | hb {} p50 {:.1} ms p99 {:.1} ms | errors {}",
+            self.edges,
+            servers[0],
+            self.following[0],
+            servers[1],
+            self.following[1],
+            self.following_none,
+            self.cached_samples,
+            self.dropped_samples,
+            self.heartbeats,
+            self.heartbeat_p50_us as f64 / 1000.0,
+            self.heartbeat_p99_us as f64 / 1000.0,
+            self.request_errors
+        )
+    }
+}
+
+/// A running simulation.
+pub struct EdgeSim {
+    pub settings: SimSettings,
+    pub stats: Arc<Stats>,
+    views: Arc<Vec<EdgeView>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _transport: QuicTransport<EdgeLink>,
+}
+
+impl std::fmt::Debug for EdgeSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeSim")
+            .field("edges", &self.views.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EdgeSim {
+    /// Issues a client certificate per edge from `ca` and starts every edge.
+    pub async fn start(
+        ca: &CertificateAuthority,
+        settings: SimSettings,
+    ) -> anyhow::Result<EdgeSim> {
+        let servers: Vec<SocketAddr> = settings
+            .servers
+            .iter()
+            .map(|s| {
+                s.parse()
+                    .with_context(|| format!("--servers: {s:?} is not host:port"))
+            })
+            .collect::<Result<_, _>>()?;
+        let tsettings = Settings {
+            udp_buffer_bytes: 16 * 1024 * 1024,
+            max_pending_accepts: 16,
+            ..Settings::default()
+        };
+        let first = ca.issue_identity(&format!("{}-sim", settings.id_prefix), CertKind::Client)?;
+        let base = QuicTransport::<EdgeLink>::bind("127.0.0.1:0".parse()?, first, tsettings)
+            .context("binding the edge simulator's UDP socket")?;
+        let stats = Arc::new(Stats::default());
+        let views: Arc<Vec<EdgeView>> =
+            Arc::new((0..settings.count).map(|_| EdgeView::default()).collect());
+        let (stop, stop_rx) = watch::channel(false);
+        let handshakes = Arc::new(Semaphore::new(settings.handshake_concurrency.max(1)));
+        let mut tasks = Vec::with_capacity(settings.count);
+        let mut rng = Rng::new(settings.seed);
+        for i in 0..settings.count {
+            let id = format!("{}-{}", settings.id_prefix, i + 1);
+            let identity = ca
+                .issue_identity(&id, CertKind::Client)
+                .with_context(|| format!("issuing a certificate for {id}"))?;
+            let transport = base.with_identity(identity)?;
+            let client_type = if settings.gateway_every > 0 && (i + 1) % settings.gateway_every == 0
+            {
+                ClientType::Gateway
+            } else {
+                ClientType::Edge
+            };
+            let mut cfg = EdgeConfig::new(id, client_type, settings.servers.clone());
+            cfg.heartbeat_interval_ms = settings.heartbeat_interval_ms;
+            cfg.cache_max_bytes = settings.cache_bytes;
+            cfg.seed = rng.next_u64();
+            cfg.validate()?;
+            let start_delay =
+                Duration::from_millis(rng.range(0, settings.heartbeat_interval_ms.min(5_000)));
+            let ctx = EdgeCtx {
+                index: i,
+                cfg,
+                servers: [servers[0], servers[1]],
+                transport: Arc::new(transport),
+                stats: stats.clone(),
+                views: views.clone(),
+                handshakes: handshakes.clone(),
+                sample_interval: (settings.sample_interval_ms > 0)
+                    .then(|| Duration::from_millis(settings.sample_interval_ms)),
+                sample_bytes: settings.sample_bytes,
+                start_delay,
+            };
+            tasks.push(tokio::spawn(run_edge(ctx, stop_rx.clone())));
+        }
+        Ok(EdgeSim {
+            settings,
+            stats,
+            views,
+            stop,
+            tasks,
+            _transport: base,
+        })
+    }
+
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary {
+            edges: self.views.len(),
+            following: [0, 0],
+            following_none: 0,
+            cached_samples: 0,
+            dropped_samples: 0,
+            samples_generated: self.stats.samples_generated.load(Relaxed),
+            samples_acked: self.stats.samples_acked.load(Relaxed),
+            heartbeats: self.stats.heartbeats.load(Relaxed),
+            heartbeat_p50_us: self.stats.rtt.quantile_us(0.5),
+            heartbeat_p99_us: self.stats.rtt.quantile_us(0.99),
+            request_errors: self.stats.request_errors.load(Relaxed),
+            connect_failures: self.stats.connect_failures.load(Relaxed),
+            configs_applied: self.stats.configs_applied.load(Relaxed),
+            follow_changes: self.stats.follow_changes.load(Relaxed),
+        };
+        for v in self.views.iter() {
+            match v.following.load(Relaxed) {
+                1 => s.following[0] += 1,
+                2 => s.following[1] += 1,
+                _ => s.following_none += 1,
+            }
+            s.cached_samples += v.cached.load(Relaxed);
+            s.dropped_samples += v.dropped.load(Relaxed);
+        }
+        s
+    }
+
+    /// Highest sample seq acknowledged for edge `i` (0-based).
+    pub fn acked_seq(&self, i: usize) -> u64 {
+        self.views[i].acked_seq.load(Relaxed)
+    }
+
+    /// Client id of edge `i` (0-based).
+    pub fn client_id(&self, i: usize) -> String {
+        format!("{}-{}", self.settings.id_prefix, i + 1)
+    }
+
+    /// Stops generating samples but keeps heartbeating and flushing.
+    pub fn pause_samples(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Stops every edge.
+    pub async fn stop(self) -> Summary {
+        let _ = self.stop.send(true);
+        let s = self.summary();
+        for t in self.tasks {
+            t.abort();
+        }
+        s
+    }
+}
+
+struct EdgeCtx {
+    index: usize,
+    cfg: EdgeConfig,
+    servers: [SocketAddr; 2],
+    transport: Arc<QuicTransport<EdgeLink>>,
+    stats: Arc<Stats>,
+    views: Arc<Vec<EdgeView>>,
+    handshakes: Arc<Semaphore>,
+    sample_interval: Option<Duration>,
+    sample_bytes: usize,
+    start_delay: Duration,
+}
+
+/// One server link of one edge: connected, or reconnecting in the background.
+enum Link {
+    Up(Arc<Connection<EdgeLink>>),
+    Connecting,
+    Down,
+}
+
+async fn run_edge(ctx: EdgeCtx, mut stop: watch::Receiver<bool>) {
+    tokio::time::sleep(ctx.start_delay).await;
+    let started = Instant::now();
+    let ms = |started: Instant| started.elapsed().as_millis() as u64;
+    let mut edge = Edge::new(ctx.cfg.clone(), 0);
+    let (tx, mut rx) = mpsc::channel::<Event>(256);
+    let mut links = [Link::Down, Link::Down];
+    let mut timer = Instant::now();
+    let mut sampling = !*stop.borrow();
+    let mut next_sample = ctx.sample_interval.map(|d| Instant::now() + d);
+    let mut backoff = [Backoff::standard(), Backoff::standard()];
+    for (i, link) in links.iter_mut().enumerate() {
+        *link = Link::Connecting;
+        spawn_connect(&ctx, i, Duration::ZERO, tx.clone());
+    }
+    loop {
+        // Carry out the edge's outputs.
+        while let Some(out) = edge.poll_output() {
+            match out {
+                EdgeOutput::Send { server, msg, .. } => match &links[server] {
+                    Link::Up(conn) => {
+                        let conn = conn.clone();
+                        let tx = tx.clone();
+                        let stats = ctx.stats.clone();
+                        let hb = matches!(msg, EdgeMsg::Heartbeat(_));
+                        tokio::spawn(async move {
+                            let t0 = Instant::now();
+                            match conn.request(&msg).await {
+                                Ok(reply) => {
+                                    if hb {
+                                        stats.heartbeats.fetch_add(1, Relaxed);
+                                        stats.rtt.observe(t0.elapsed());
+                                    }
+                                    let _ = tx.send(Event::Reply(server, reply)).await;
+                                }
+                                Err(_) => {
+                                    stats.request_errors.fetch_add(1, Relaxed);
+                                    let _ = tx.send(Event::LinkFailed(server)).await;
+                                }
+                            }
+                        });
+                    }
+                    // Unreachable: the edge counts the missing reply itself.
+                    Link::Connecting | Link::Down => {}
+                },
+                EdgeOutput::SetTimer { after_ms, .. } => {
+                    timer = Instant::now() + Duration::from_millis(after_ms)
+                }
+                EdgeOutput::Event(e) => note(&ctx, &e),
+            }
+        }
+        let v = &ctx.views[ctx.index];
+        v.following
+            .store(edge.following().map_or(0, |i| i as u8 + 1), Relaxed);
+        v.cached.store(edge.cached_samples() as u64, Relaxed);
+        v.dropped.store(edge.dropped_samples(), Relaxed);
+        v.config_epoch.store(edge.config_applied().0, Relaxed);
+        for (i, link) in links.iter_mut().enumerate() {
+            if matches!(link, Link::Down) {
+                *link = Link::Connecting;
+                spawn_connect(&ctx, i, backoff[i].next_delay(), tx.clone());
+            }
+        }
+        let sample_at = next_sample.filter(|_| sampling);
+        tokio::select! {
+            _ = tokio::time::sleep_until(timer.into()) => {
+                timer = Instant::now() + Duration::from_secs(3600);
+                edge.handle_input(ms(started), EdgeInput::Timeout(EdgeTimer::Heartbeat));
+            }
+            _ = async { match sample_at { Some(t) => tokio::time::sleep_until(t.into()).await, None => std::future::pending().await } } => {
+                let seq = edge.next_seq();
+                let mut payload = format!("{{\"edge\":\"{}\",\"seq\":{seq}}}", ctx.cfg.client_id).into_bytes();
+                payload.resize(payload.len().max(ctx.sample_bytes), b' ');
+                ctx.stats.samples_generated.fetch_add(1, Relaxed);
+                edge.handle_input(ms(started), EdgeInput::Sample { payload });
+                next_sample = ctx.sample_interval.map(|d| Instant::now() + d);
+            }
+            ev = rx.recv() => match ev {
+                Some(Event::Reply(server, msg)) => edge.handle_input(ms(started), EdgeInput::Reply { server, msg }),
+                Some(Event::Connected(server, conn)) => {
+                    backoff[server].reset();
+                    links[server] = Link::Up(Arc::new(conn));
+                }
+                Some(Event::LinkFailed(server)) => {
+                    if matches!(links[server], Link::Up(_)) {
+                        links[server] = Link::Down;
+                    }
+                }
+                Some(Event::ConnectFailed(server)) => links[server] = Link::Down,
+                None => return,
+            },
+            _ = stop.changed() => {
+                sampling = !*stop.borrow();
+            }
+        }
+    }
+}
+
+enum Event {
+    Reply(usize, ServerMsg),
+    Connected(usize, Connection<EdgeLink>),
+    ConnectFailed(usize),
+    LinkFailed(usize),
+}
+
+fn spawn_connect(ctx: &EdgeCtx, server: usize, delay: Duration, tx: mpsc::Sender<Event>) {
+    let transport = ctx.transport.clone();
+    let addr = ctx.servers[server];
+    let gate = ctx.handshakes.clone();
+    let stats = ctx.stats.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let r = {
+            let _permit = gate.acquire().await;
+            transport.connect(addr, ANY_SERVER_NAME).await
+        };
+        let ev = match r {
+            Ok(conn) => Event::Connected(server, conn),
+            Err(_) => {
+                stats.connect_failures.fetch_add(1, Relaxed);
+                Event::ConnectFailed(server)
+            }
+        };
+        let _ = tx.send(ev).await;
+    });
+}
+
+fn note(ctx: &EdgeCtx, e: &EdgeEvent) {
+    match e {
+        EdgeEvent::SamplesAcked { up_to_seq } => {
+            let v = &ctx.views[ctx.index];
+            let before = v.acked_seq.fetch_max(*up_to_seq, Relaxed);
+            ctx.stats
+                .samples_acked
+                .fetch_add(up_to_seq.saturating_sub(before), Relaxed);
+        }
+        EdgeEvent::ConfigApplied { .. } => {
+            ctx.stats.configs_applied.fetch_add(1, Relaxed);
+        }
+        EdgeEvent::Following { .. } => {
+            ctx.stats.follow_changes.fetch_add(1, Relaxed);
+        }
+        EdgeEvent::SamplesDropped { .. }
+        | EdgeEvent::HeartbeatRtt { .. }
+        | EdgeEvent::RedirectIgnored { .. } => {}
+    }
+}
+
+/// `vcodr edge-sim`: runs until `duration` passes (or ctrl-c), printing a live line.
+pub async fn run_cli(
+    certs: &std::path::Path,
+    settings: SimSettings,
+    duration: Option<Duration>,
+    json: bool,
+) -> anyhow::Result<Summary> {
+    let ca = CertificateAuthority::load(certs)
+        .with_context(|| format!("loading the CA (ca.pem + ca.key) from {}", certs.display()))?;
+    let servers = settings.servers.clone();
+    let sim = EdgeSim::start(&ca, settings).await?;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let deadline = duration.map(|d| Instant::now() + d);
+    loop {
+        let tick = tokio::time::sleep(Duration::from_secs(1));
+        tokio::select! {
+            _ = tick => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        let line = sim.summary().line(&servers);
+        if json {
+            eprintln!("{line}");
+        } else {
+            bar.set_message(line);
+            bar.tick();
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(sim.stop().await)
+}

@@ -1,0 +1,33 @@
+//! The two kinds of links vcodr speaks, as transport protocols.
+
+use vcodr_core::{EdgeMsg, PeerEnvelope, ServerMsg};
+use vcodr_transport::Protocol;
+
+/// Server ↔ server: each side sends its peer messages on the ordered stream
+/// of a connection it dialled; nothing is request/response.
+#[derive(Debug)]
+pub struct PeerLink;
+
+impl Protocol for PeerLink {
+    const NAME: &'static str = "vcodr-peer";
+    type Request = ();
+    type Response = ();
+    type Message = PeerEnvelope;
+}
+
+/// Edge or gateway → server: every message is a request with one reply.
+#[derive(Debug)]
+pub struct EdgeLink;
+
+impl Protocol for EdgeLink {
+    const NAME: &'static str = "vcodr-edge";
+    type Request = EdgeMsg;
+    type Response = ServerMsg;
+    type Message = ();
+}
+
+/// The certificate name every server certificate carries besides its own
+/// name, so a server can dial its peer knowing only its address (pairing
+/// starts from `standbyAddress`); the peer's identity is then taken from its
+/// certificate and checked by the core against the pairing.
+pub const ANY_SERVER_NAME: &str = "localhost";

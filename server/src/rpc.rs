@@ -1,0 +1,598 @@
+//! JSON-RPC 2.0 of the admin API (SPEC §7): method names, parameters and
+//! results as clients see them, mapped to and from `vcodr-core` types.
+//! Errors name the parameter or the reason, never just "bad request".
+
+use serde_json::{json, Map, Value};
+use vcodr_core::*;
+
+/// JSON-RPC error codes used by vcodr.
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
+    pub const INTERNAL: i64 = -32603;
+    /// Not served in this role (standby, zombie) or drState.
+    pub const WRONG_ROLE: i64 = -32001;
+    pub const NOT_FOUND: i64 = -32002;
+    /// Writes blocked, overloaded or not acknowledged.
+    pub const NOT_ACKNOWLEDGED: i64 = -32003;
+    pub const UNAUTHORIZED: i64 = -32004;
+    pub const PAIRING: i64 = -32005;
+}
+
+/// A JSON-RPC error object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+    pub data: Option<Value>,
+}
+
+impl RpcError {
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        RpcError {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    pub fn param(name: &str, why: impl std::fmt::Display) -> Self {
+        RpcError::new(
+            code::INVALID_PARAMS,
+            format!("invalid params: `{name}` {why}"),
+        )
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut e = json!({ "code": self.code, "message": self.message });
+        if let Some(d) = &self.data {
+            e["data"] = d.clone();
+        }
+        e
+    }
+}
+
+impl From<CommandError> for RpcError {
+    fn from(e: CommandError) -> Self {
+        let c = match &e {
+            CommandError::StandbyRefuses { .. }
+            | CommandError::ZombieRefuses { .. }
+            | CommandError::WrongState { .. } => code::WRONG_ROLE,
+            CommandError::NotFound(_) => code::NOT_FOUND,
+            CommandError::PairingRefused(_) => code::PAIRING,
+            CommandError::InvalidParam { .. } => code::INVALID_PARAMS,
+            CommandError::WritesBlocked(_)
+            | CommandError::Overloaded { .. }
+            | CommandError::NotAcknowledged { .. }
+            | CommandError::SwitchoverAbandoned(_) => code::NOT_ACKNOWLEDGED,
+        };
+        let data = match &e {
+            CommandError::StandbyRefuses {
+                active_admin: Some(a),
+                ..
+            } => Some(json!({ "activeAddress": a })),
+            CommandError::ZombieRefuses {
+                promoted_admin: Some(a),
+                fenced_by,
+                ..
+            } => Some(json!({ "activeAddress": a, "fencedBy": fenced_by })),
+            _ => None,
+        };
+        RpcError {
+            code: c,
+            message: e.to_string(),
+            data,
+        }
+    }
+}
+
+/// Optional tables of `getReplicationStatus`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct With {
+    pub client_contact: bool,
+    pub client_count: bool,
+    pub state_history: bool,
+    pub storage_info: bool,
+}
+
+/// A parsed API call.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ApiCall {
+    /// Handled by the core.
+    Core(Command),
+    Status(With),
+    DivergenceArchive {
+        offset: u64,
+        limit: usize,
+    },
+    ClientSamples {
+        client_id: String,
+        after_seq: u64,
+        limit: usize,
+    },
+    MonitoringSummary,
+}
+
+impl ApiCall {
+    /// What the role gate sees of this call.
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            ApiCall::Core(c) => c.kind(),
+            ApiCall::Status(_) | ApiCall::DivergenceArchive { .. } => RequestKind::DrStatus,
+            ApiCall::ClientSamples { .. } | ApiCall::MonitoringSummary => {
+                RequestKind::MonitoringRead
+            }
+        }
+    }
+}
+
+/// Every method the API serves.
+pub const METHODS: [&str; 16] = [
+    "disasterRecovery/prepareForStandby",
+    "disasterRecovery/configureActiveForReplication",
+    "disasterRecovery/getReplicationBlob",
+    "disasterRecovery/transitionToStandby",
+    "disasterRecovery/getReplicationStatus",
+    "disasterRecovery/promoteStandbyToActive",
+    "disasterRecovery/demoteActive",
+    "disasterRecovery/removeStandby",
+    "disasterRecovery/rejoinAsStandby",
+    "disasterRecovery/getDivergenceArchive",
+    "configuration/get",
+    "configuration/list",
+    "configuration/put",
+    "configuration/delete",
+    "monitoring/getClientSamples",
+    "monitoring/getSummary",
+];
+
+fn obj(params: &Value) -> Result<Option<&Map<String, Value>>, RpcError> {
+    match params {
+        Value::Null => Ok(None),
+        Value::Object(m) => Ok(Some(m)),
+        _ => Err(RpcError::new(
+            code::INVALID_PARAMS,
+            "invalid params: `params` must be an object",
+        )),
+    }
+}
+
+fn get<'a>(p: Option<&'a Map<String, Value>>, name: &str) -> Option<&'a Value> {
+    p.and_then(|m| m.get(name)).filter(|v| !v.is_null())
+}
+
+fn string(p: Option<&Map<String, Value>>, name: &str) -> Result<String, RpcError> {
+    match get(p, name) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(RpcError::param(name, "must be a string")),
+        None => Err(RpcError::param(name, "is required")),
+    }
+}
+
+fn boolean(p: Option<&Map<String, Value>>, name: &str) -> Result<bool, RpcError> {
+    match get(p, name) {
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(RpcError::param(name, "must be true or false")),
+        None => Ok(false),
+    }
+}
+
+fn number(
+    p: Option<&Map<String, Value>>,
+    name: &str,
+    default: u64,
+    max: u64,
+) -> Result<u64, RpcError> {
+    match get(p, name) {
+        Some(v) => match v.as_u64() {
+            Some(n) if n <= max => Ok(n),
+            _ => Err(RpcError::param(
+                name,
+                format!("must be an integer from 0 to {max}"),
+            )),
+        },
+        None => Ok(default),
+    }
+}
+
+/// 32 lower-case hex digits: how uuids, pair ids and tokens are written.
+pub fn hex128(v: u128) -> String {
+    format!("{v:032x}")
+}
+
+pub fn parse_hex128(name: &str, s: &str) -> Result<u128, RpcError> {
+    let t = s.trim().trim_start_matches("0x").replace('-', "");
+    if t.is_empty() || t.len() > 32 {
+        return Err(RpcError::param(name, "must be up to 32 hex digits"));
+    }
+    u128::from_str_radix(&t, 16).map_err(|_| RpcError::param(name, format!("{s:?} is not hex")))
+}
+
+/// The replication blob (`getReplicationBlob` → `transitionToStandby`).
+pub fn encode_blob(active: &ServerInfo, token: u128) -> String {
+    format!(
+        "vcodr1;{};{};{}",
+        hex128(active.uuid),
+        hex128(token),
+        active.peer_address
+    )
+}
+
+pub fn decode_blob(s: &str) -> Result<(String, u128, u128), RpcError> {
+    let parts: Vec<&str> = s.trim().splitn(4, ';').collect();
+    match parts[..] {
+        ["vcodr1", uuid, token, address] if !address.is_empty() => Ok((
+            address.to_string(),
+            parse_hex128("activeAccessFromStandby", uuid)?,
+            parse_hex128("activeAccessFromStandby", token)?,
+        )),
+        _ => Err(RpcError::param(
+            "activeAccessFromStandby",
+            "is not a blob from getReplicationBlob (vcodr1;…)",
+        )),
+    }
+}
+
+/// Parses a method and its params into a call.
+pub fn parse_call(method: &str, params: &Value) -> Result<ApiCall, RpcError> {
+    let p = obj(params)?;
+    let call = match method {
+        "disasterRecovery/prepareForStandby" => ApiCall::Core(Command::PrepareForStandby),
+        "disasterRecovery/configureActiveForReplication" => {
+            let list = match get(p, "standbyList") {
+                Some(Value::Array(a)) if a.len() == 1 => &a[0],
+                Some(Value::Array(a)) => {
+                    return Err(RpcError::param(
+                        "standbyList",
+                        format!("must hold exactly one standby, not {}", a.len()),
+                    ))
+                }
+                Some(_) => return Err(RpcError::param("standbyList", "must be an array")),
+                None => return Err(RpcError::param("standbyList", "is required")),
+            };
+            let entry = list
+                .as_object()
+                .ok_or_else(|| RpcError::param("standbyList[0]", "must be an object"))?;
+            let standby_address = match entry.get("standbyAddress") {
+                Some(Value::String(s)) => s.clone(),
+                _ => {
+                    return Err(RpcError::param(
+                        "standbyList[0].standbyAddress",
+                        "is required (the standby's peer_listen)",
+                    ))
+                }
+            };
+            let standby_uuid = match entry.get("standbyUuid") {
+                Some(Value::String(s)) => parse_hex128("standbyList[0].standbyUuid", s)?,
+                _ => {
+                    return Err(RpcError::param(
+                        "standbyList[0].standbyUuid",
+                        "is required (its vcoUuid)",
+                    ))
+                }
+            };
+            let pairing_token = parse_hex128("pairingToken", &string(p, "pairingToken")?)?;
+            ApiCall::Core(Command::ConfigureActive {
+                standby_address,
+                standby_uuid,
+                pairing_token,
+            })
+        }
+        "disasterRecovery/getReplicationBlob" => ApiCall::Core(Command::GetReplicationBlob),
+        "disasterRecovery/transitionToStandby" => {
+            let (active_address, active_uuid, pairing_token) =
+                decode_blob(&string(p, "activeAccessFromStandby")?)?;
+            ApiCall::Core(Command::TransitionToStandby {
+                active_address,
+                active_uuid,
+                pairing_token,
+            })
+        }
+        "disasterRecovery/getReplicationStatus" => {
+            let mut w = With::default();
+            match get(p, "with") {
+                None => {}
+                Some(Value::Array(items)) => {
+                    for it in items {
+                        match it.as_str() {
+                            Some("clientContact") => w.client_contact = true,
+                            Some("clientCount") => w.client_count = true,
+                            Some("stateHistory") => w.state_history = true,
+                            Some("storageInfo") => w.storage_info = true,
+                            _ => {
+                                return Err(RpcError::param(
+                                    "with",
+                                    format!("{it} is not one of clientContact, clientCount, stateHistory, storageInfo"),
+                                ))
+                            }
+                        }
+                    }
+                }
+                Some(_) => return Err(RpcError::param("with", "must be an array of table names")),
+            }
+            ApiCall::Status(w)
+        }
+        "disasterRecovery/promoteStandbyToActive" => ApiCall::Core(Command::Promote {
+            force: boolean(p, "force")?,
+        }),
+        "disasterRecovery/demoteActive" => ApiCall::Core(Command::DemoteActive {
+            force: boolean(p, "force")?,
+        }),
+        "disasterRecovery/removeStandby" => ApiCall::Core(Command::RemoveStandby),
+        "disasterRecovery/rejoinAsStandby" => ApiCall::Core(Command::Rejoin),
+        "disasterRecovery/getDivergenceArchive" => ApiCall::DivergenceArchive {
+            offset: number(p, "offset", 0, u64::MAX)?,
+            limit: number(p, "limit", 100, 10_000)? as usize,
+        },
+        "configuration/get" => ApiCall::Core(Command::Get {
+            key: string(p, "key")?,
+        }),
+        "configuration/list" => ApiCall::Core(Command::List),
+        "configuration/put" => {
+            let key = string(p, "key")?;
+            let value = get(p, "value")
+                .ok_or_else(|| RpcError::param("value", "is required (any JSON value)"))?;
+            ApiCall::Core(Command::Put {
+                key,
+                value: serde_json::to_vec(value).map_err(|e| RpcError::param("value", e))?,
+            })
+        }
+        "configuration/delete" => ApiCall::Core(Command::Delete {
+            key: string(p, "key")?,
+        }),
+        "monitoring/getClientSamples" => ApiCall::ClientSamples {
+            client_id: string(p, "clientId")?,
+            after_seq: number(p, "afterSeq", 0, u64::MAX)?,
+            limit: number(p, "limit", 1000, 100_000)? as usize,
+        },
+        "monitoring/getSummary" => ApiCall::MonitoringSummary,
+        other => {
+            let mut e = RpcError::new(
+                code::METHOD_NOT_FOUND,
+                format!("method not found: {other:?}"),
+            );
+            e.data = Some(json!({ "methods": METHODS }));
+            return Err(e);
+        }
+    };
+    Ok(call)
+}
+
+fn doc_value(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// The JSON result of a core reply.
+pub fn reply_json(r: &Reply) -> Value {
+    match r {
+        Reply::Prepared {
+            vco_uuid,
+            pairing_token,
+        } => {
+            json!({ "vcoUuid": hex128(*vco_uuid), "pairingToken": hex128(*pairing_token) })
+        }
+        Reply::Configured { pair_id } => {
+            json!({ "pairId": hex128(*pair_id), "drState": DrState::ActiveConfiguring.as_str() })
+        }
+        Reply::Blob {
+            active,
+            pairing_token,
+        } => json!({ "activeAccessFromStandby": encode_blob(active, *pairing_token) }),
+        Reply::Promoted {
+            epoch,
+            data_loss_bound,
+        } => json!({ "epoch": epoch, "dataLossBound": data_loss_bound }),
+        Reply::Accepted => json!({ "accepted": true }),
+        Reply::Written { key, version } | Reply::Deleted { key, version } => {
+            json!({ "key": key, "version": version })
+        }
+        Reply::Doc {
+            key,
+            value,
+            version,
+        } => json!({ "key": key, "value": doc_value(value), "version": version }),
+        Reply::List(items) => Value::Array(
+            items
+                .iter()
+                .map(|(k, v)| json!({ "key": k, "version": v }))
+                .collect(),
+        ),
+    }
+}
+
+/// The JSON of `getReplicationStatus` (fields of SPEC §7), without optional tables.
+pub fn status_json(s: &Status) -> Value {
+    let standby_list: Vec<Value> = match (s.role, &s.peer) {
+        (Role::Active, Some(p)) => vec![json!({
+            "standbyAddress": p.peer_address,
+            "standbyUuid": hex128(p.uuid),
+            "standbyName": p.name,
+            "standbyAdminAddress": p.admin_address,
+        })],
+        _ => vec![],
+    };
+    let replication_mode = match s.role {
+        Role::Active if s.degraded => "ASYNC_DEGRADED",
+        Role::Active => "SYNC",
+        Role::Standby => "SYNC_STANDBY",
+        _ => "NONE",
+    };
+    json!({
+        "role": s.role.as_str(),
+        "drState": s.dr_state.as_str(),
+        "failureDescription": s.failure_description,
+        "roleTimestamp": s.role_timestamp_ms,
+        "stateTimestamp": s.state_timestamp_ms,
+        "lastDrProtectedTime": s.last_dr_protected_ms,
+        "epoch": s.epoch,
+        "highestEpochSeen": s.highest_epoch_seen,
+        "fencedBy": s.fenced_by,
+        "pairId": s.pair_id.map(hex128),
+        "vcoUuid": hex128(s.me.uuid),
+        "name": s.me.name,
+        "activeAddress": s.active_admin_address,
+        "activeEdgeAddress": s.active_edge_address,
+        "peer": s.peer.as_ref().map(|p| json!({
+            "name": p.name, "uuid": hex128(p.uuid), "peerAddress": p.peer_address,
+            "edgeAddress": p.edge_address, "adminAddress": p.admin_address,
+        })),
+        "standbyList": standby_list,
+        "replication": {
+            "mode": replication_mode,
+            "policy": s.policy.as_str(),
+            "lastIndex": s.last_index,
+            "commitIndex": s.commit_index,
+            "durableIndex": s.durable_index,
+            "standbyAckedIndex": s.standby_acked_index,
+            "lagEntries": s.lag_entries,
+            "lagMs": s.lag_ms,
+            "unprotectedWrites": s.unprotected_writes,
+            "degraded": s.degraded,
+            "writesBlocked": s.writes_blocked,
+            "pendingWrites": s.pending_writes,
+        },
+        "documents": s.documents,
+        "samplesStored": s.samples_stored,
+    })
+}
+
+/// `clientCount`.
+pub fn client_count_json(c: &ClientCount) -> Value {
+    json!({
+        "edgeCount": c.edge_count,
+        "gatewayCount": c.gateway_count,
+        "currentActiveEdgeCount": c.current_active_edge_count,
+        "currentActiveGatewayCount": c.current_active_gateway_count,
+        "currentStandbyEdgeCount": c.current_standby_edge_count,
+        "currentStandbyGatewayCount": c.current_standby_gateway_count,
+        "followingNoneCount": c.following_none_count,
+    })
+}
+
+/// One `clientContact` row.
+pub fn contact_json(c: &ClientContact) -> Value {
+    // The edge's view: the server it follows is its active, the other its standby.
+    let (active, standby) = match &c.following {
+        Some(f) if c.view[1].address == *f => (&c.view[1], &c.view[0]),
+        _ => (&c.view[0], &c.view[1]),
+    };
+    let view: Vec<Value> = c
+        .view
+        .iter()
+        .map(|v| json!({ "address": v.address, "role": v.role.map(Role::as_str), "epoch": v.epoch, "lastResponseTime": v.last_response_ms }))
+        .collect();
+    json!({
+        "id": c.client_id,
+        "type": c.client_type.as_str(),
+        "following": c.following,
+        "activeAddress": c.following.as_ref().map(|_| active.address.clone()),
+        "standbyAddress": c.following.as_ref().map(|_| standby.address.clone()),
+        "activeLastResponseTime": active.last_response_ms,
+        "standbyLastResponseTime": standby.last_response_ms,
+        "view": view,
+        "configEpoch": c.config_epoch,
+        "configVersion": c.config_version,
+        "cachedSamples": c.cached_samples,
+        "droppedSamples": c.dropped_samples,
+        "modified": c.modified_ms,
+    })
+}
+
+/// One state-history row.
+pub fn transition_json(t: &Transition) -> Value {
+    json!({
+        "fromRole": t.from_role.as_str(), "from": t.from.as_str(),
+        "toRole": t.to_role.as_str(), "to": t.to.as_str(),
+        "epoch": t.epoch, "timestamp": t.timestamp_ms, "reason": t.reason,
+    })
+}
+
+/// A log entry's operation, for the divergence archive.
+pub fn op_json(op: &Op) -> Value {
+    match op {
+        Op::Put { key, value } => json!({ "op": "put", "key": key, "value": doc_value(value) }),
+        Op::Delete { key } => json!({ "op": "delete", "key": key }),
+        Op::Samples { client, samples } => json!({
+            "op": "samples", "clientId": client,
+            "firstSeq": samples.first().map(|s| s.seq), "lastSeq": samples.last().map(|s| s.seq),
+        }),
+        Op::EpochStart => json!({ "op": "epochStart" }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configure_params_are_checked_by_name() {
+        let ok = json!({"standbyList":[{"standbyAddress":"127.0.0.1:7443","standbyUuid":"00000000000000000000000000000abc"}],"pairingToken":"ff"});
+        assert_eq!(
+            parse_call("disasterRecovery/configureActiveForReplication", &ok),
+            Ok(ApiCall::Core(Command::ConfigureActive {
+                standby_address: "127.0.0.1:7443".into(),
+                standby_uuid: 0xabc,
+                pairing_token: 0xff
+            }))
+        );
+        let missing = json!({"standbyList":[{"standbyAddress":"x"}],"pairingToken":"ff"});
+        let e = parse_call("disasterRecovery/configureActiveForReplication", &missing).unwrap_err();
+        assert_eq!(e.code, code::INVALID_PARAMS);
+        assert!(
+            e.message.contains("standbyList[0].standbyUuid"),
+            "{}",
+            e.message
+        );
+        let e = parse_call("configuration/put", &json!({"key":"k"})).unwrap_err();
+        assert!(e.message.contains("`value` is required"), "{}", e.message);
+        let e = parse_call("configuration/get", &json!([1])).unwrap_err();
+        assert!(e.message.contains("must be an object"), "{}", e.message);
+        let e = parse_call("nope/nope", &Value::Null).unwrap_err();
+        assert_eq!(e.code, code::METHOD_NOT_FOUND);
+    }
+
+    #[test]
+    fn values_are_any_json_and_round_trip() {
+        let call =
+            parse_call("configuration/put", &json!({"key":"k","value":{"a":[1,2]}})).unwrap();
+        let ApiCall::Core(Command::Put { value, .. }) = call else {
+            panic!()
+        };
+        let doc = reply_json(&Reply::Doc {
+            key: "k".into(),
+            value,
+            version: 3,
+        });
+        assert_eq!(doc, json!({"key":"k","value":{"a":[1,2]},"version":3}));
+    }
+
+    #[test]
+    fn blobs_round_trip() {
+        let info = ServerInfo {
+            uuid: 7,
+            name: "a".into(),
+            peer_address: "[::1]:7443".into(),
+            edge_address: String::new(),
+            admin_address: String::new(),
+        };
+        let b = encode_blob(&info, 9);
+        assert_eq!(decode_blob(&b), Ok(("[::1]:7443".into(), 7, 9)));
+        assert!(decode_blob("garbage").is_err());
+    }
+
+    #[test]
+    fn refusals_carry_the_active_address() {
+        let e: RpcError = CommandError::StandbyRefuses {
+            method: "configuration/put".into(),
+            state: DrState::StandbyRunning,
+            active_admin: Some("127.0.0.1:8443".into()),
+        }
+        .into();
+        assert_eq!(e.code, code::WRONG_ROLE);
+        assert_eq!(e.data, Some(json!({"activeAddress":"127.0.0.1:8443"})));
+        assert!(e.message.contains("127.0.0.1:8443"));
+    }
+}

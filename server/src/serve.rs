@@ -1,0 +1,395 @@
+//! `vcodr serve`: one server process — storage, driver, peer and edge
+//! listeners over QUIC, and the admin API over HTTPS.
+
+use crate::admin::{self, AdminState};
+use crate::config::FileConfig;
+use crate::driver::{self, DriverSettings, Handle, PeerSink};
+use crate::links::{EdgeLink, PeerLink, ANY_SERVER_NAME};
+use crate::metrics::Metrics;
+use crate::storage::{RedbStorage, Storage};
+use anyhow::Context;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use vcodr_core::{PeerEnvelope, Server, ServerInfo};
+use vcodr_transport::certs::TlsIdentity;
+use vcodr_transport::quic::QuicTransport;
+use vcodr_transport::reconnect::Backoff;
+use vcodr_transport::{Incoming, Settings, Transport};
+
+/// Addresses a running server actually bound (port 0 resolved).
+#[derive(Clone, Debug)]
+pub struct Bound {
+    pub admin: SocketAddr,
+    pub peer: SocketAddr,
+    pub edge: SocketAddr,
+}
+
+/// The server's `vcoUuid`: made once from the OS's randomness and kept in `data_dir/vco-uuid`.
+pub fn load_or_make_uuid(data_dir: &Path) -> anyhow::Result<u128> {
+    let path = data_dir.join("vco-uuid");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => u128::from_str_radix(s.trim(), 16).with_context(|| {
+            format!(
+                "{} does not hold a uuid; remove it only if this is a new server",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let uuid = random_u128()?;
+            let tmp = data_dir.join("vco-uuid.tmp");
+            std::fs::write(&tmp, format!("{uuid:032x}\n"))
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(uuid)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// 128 random bits from the OS (through ring, already used by TLS).
+pub fn random_u128() -> anyhow::Result<u128> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| anyhow::anyhow!("the OS random source failed"))?;
+    Ok(u128::from_le_bytes(b))
+}
+
+/// Sends peer messages over QUIC: one dialled connection per destination,
+/// reconnecting with capped exponential backoff and jitter.
+struct QuicPeers {
+    transport: Arc<QuicTransport<PeerLink>>,
+    links: HashMap<String, mpsc::Sender<PeerEnvelope>>,
+    metrics: Arc<Metrics>,
+}
+
+impl PeerSink for QuicPeers {
+    fn send(&mut self, to: &str, msg: PeerEnvelope) {
+        let tx = self
+            .links
+            .entry(to.to_string())
+            .or_insert_with(|| spawn_peer_link(self.transport.clone(), to.to_string()));
+        if tx.try_send(msg).is_err() {
+            self.metrics.peer_dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+fn spawn_peer_link(
+    transport: Arc<QuicTransport<PeerLink>>,
+    to: String,
+) -> mpsc::Sender<PeerEnvelope> {
+    let (tx, mut rx) = mpsc::channel::<PeerEnvelope>(4096);
+    tokio::spawn(async move {
+        let mut backoff = Backoff::standard();
+        let mut logged = false;
+        loop {
+            let addr = match tokio::net::lookup_host(&to)
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+            {
+                Some(a) => a,
+                None => {
+                    if !logged {
+                        tracing::warn!(peer = %to, "cannot resolve the peer address");
+                        logged = true;
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            match transport.connect(addr, ANY_SERVER_NAME).await {
+                Ok(conn) => {
+                    backoff.reset();
+                    logged = false;
+                    tracing::info!(peer = %to, name = %conn.peer(), "peer link up");
+                    loop {
+                        tokio::select! {
+                            m = rx.recv() => match m {
+                                Some(m) => {
+                                    if let Err(e) = conn.send(&m).await {
+                                        tracing::info!(peer = %to, error = %e, "peer link down");
+                                        break;
+                                    }
+                                }
+                                None => return,
+                            },
+                            reason = conn.closed() => {
+                                tracing::info!(peer = %to, reason = %reason, "peer link closed");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    if !logged {
+                        tracing::warn!(peer = %to, error = %e, "cannot reach the peer; retrying with backoff");
+                        logged = true;
+                    }
+                    // Messages queued meanwhile are stale; the core retransmits what matters.
+                    while rx.try_recv().is_ok() {}
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    });
+    tx
+}
+
+/// A running server.
+pub struct Running {
+    pub bound: Bound,
+    pub handle: Handle,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("bound", &self.bound)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// Graceful stop: stop accepting, finish in-flight commits, close links.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        self.handle.shutdown().await;
+        let _ = self.driver.await;
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn transport_settings(cfg: &FileConfig) -> Settings {
+    Settings {
+        max_frame_bytes: cfg.limits.max_frame_bytes,
+        hello: vcodr_core::codec::Hello::ours(concat!("vcodr ", env!("CARGO_PKG_VERSION"))),
+        ..Settings::default()
+    }
+}
+
+/// The peer link notices a dead peer within a few peer heartbeats: a process
+/// that restarted on the same port cannot reset our old connection (its
+/// stateless-reset key is new), so only the idle timeout ends it, and until
+/// then everything sent on it — a `NewEpoch` included — is lost.
+fn peer_settings(cfg: &FileConfig) -> Settings {
+    let idle = Duration::from_millis((4 * cfg.core.peer_heartbeat_interval_ms).max(1_000));
+    Settings {
+        idle_timeout: idle,
+        keep_alive_interval: idle / 4,
+        request_timeout: idle,
+        ..transport_settings(cfg)
+    }
+}
+
+/// Starts a server from its validated configuration.
+pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+    let uuid = load_or_make_uuid(&cfg.data_dir)?;
+    let db_path = cfg.data_dir.join("vcodr.redb");
+    let storage = RedbStorage::open(&db_path)
+        .with_context(|| format!("opening storage {}", db_path.display()))?;
+    let restored = storage.load().context("loading durable state")?;
+    let contacts = storage
+        .load_contacts()
+        .context("loading the contact table")?;
+
+    let identity = TlsIdentity::load(&cfg.tls_dir, &cfg.name).with_context(|| {
+        format!(
+            "loading the TLS identity `{}` from {}",
+            cfg.name,
+            cfg.tls_dir.display()
+        )
+    })?;
+    let settings = transport_settings(cfg);
+    let peer_t = Arc::new(
+        QuicTransport::<PeerLink>::bind(cfg.peer_listen, identity.clone(), peer_settings(cfg))
+            .with_context(|| format!("binding peer_listen {}", cfg.peer_listen))?,
+    );
+    let edge_t = QuicTransport::<EdgeLink>::bind(cfg.edge_listen, identity, settings)
+        .with_context(|| format!("binding edge_listen {}", cfg.edge_listen))?;
+    let admin_l = tokio::net::TcpListener::bind(cfg.admin_listen)
+        .await
+        .with_context(|| format!("binding admin_listen {}", cfg.admin_listen))?;
+    let bound = Bound {
+        admin: admin_l.local_addr()?,
+        peer: peer_t.local_addr(),
+        edge: edge_t.local_addr(),
+    };
+    let port0 = |adv: &str, real: SocketAddr| {
+        if adv.ends_with(":0") {
+            real.to_string()
+        } else {
+            adv.to_string()
+        }
+    };
+    let me = ServerInfo {
+        uuid,
+        name: cfg.name.clone(),
+        peer_address: port0(&cfg.advertise_peer, bound.peer),
+        edge_address: port0(&cfg.advertise_edge, bound.edge),
+        admin_address: port0(&cfg.advertise_admin, bound.admin),
+    };
+    let mut core_cfg = cfg.core.clone();
+    core_cfg.seed = random_u128()? as u64;
+    let now = driver::Clock::new().now();
+    let mut core = Server::restore(core_cfg, me.clone(), restored, now);
+    core.restore_contacts(contacts);
+    tracing::info!(
+        target: "vcodr::dr",
+        event = "start",
+        name = %me.name,
+        uuid = %format!("{uuid:032x}"),
+        role = core.role().as_str(),
+        dr_state = core.dr_state().as_str(),
+        epoch = core.epoch(),
+        peer = %me.peer_address,
+        edge = %me.edge_address,
+        admin = %me.admin_address,
+        "started as {} / {} at epoch {}",
+        core.role(),
+        core.dr_state(),
+        core.epoch()
+    );
+
+    let metrics = Arc::new(Metrics::default());
+    let peers = QuicPeers {
+        transport: peer_t.clone(),
+        links: HashMap::new(),
+        metrics: metrics.clone(),
+    };
+    let dsettings = DriverSettings {
+        write_timeout: Duration::from_millis(cfg.limits.write_timeout_ms),
+        contact_save_interval: Duration::from_millis(cfg.edges.contact_save_interval_ms),
+        queue_len: 65_536,
+    };
+    let (handle, driver) = driver::spawn(
+        core,
+        Box::new(storage),
+        Box::new(peers),
+        dsettings,
+        metrics.clone(),
+    );
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    // Peer listener: every message of an accepted link goes to the driver.
+    let mut peer_l = peer_t.listen()?;
+    let h = handle.clone();
+    tasks.push(tokio::spawn(async move {
+        while let Some(mut conn) = peer_l.accept().await {
+            let h = h.clone();
+            tokio::spawn(async move {
+                loop {
+                    match conn.recv().await {
+                        Ok(Incoming::Message(env)) => h.peer(env),
+                        Ok(Incoming::Request { .. }) => {}
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    }));
+    // Edge listener: each request is answered by the core.
+    let mut edge_l = edge_t.listen()?;
+    let h = handle.clone();
+    tasks.push(tokio::spawn(async move {
+        let _keep = edge_t;
+        while let Some(mut conn) = edge_l.accept().await {
+            let h = h.clone();
+            let client = conn.peer().to_string();
+            tokio::spawn(async move {
+                loop {
+                    match conn.recv().await {
+                        Ok(Incoming::Request { request, responder }) => {
+                            let h = h.clone();
+                            let client = client.clone();
+                            tokio::spawn(async move {
+                                if let Some(reply) = h.edge(client, request).await {
+                                    let _ = responder.respond(&reply).await;
+                                }
+                            });
+                        }
+                        Ok(Incoming::Message(())) => {}
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    }));
+    // Admin API.
+    let tls = admin::tls_config(&cfg.tls_dir, &cfg.name)?;
+    let token = cfg
+        .admin_token()
+        .with_context(|| format!("reading {}", cfg.admin_token_file.display()))?;
+    let app = admin::router(AdminState {
+        handle: handle.clone(),
+        token: Arc::new(token),
+        name: Arc::new(cfg.name.clone()),
+    });
+    tasks.push(tokio::spawn(admin::serve(
+        admin_l,
+        tls,
+        app,
+        cfg.limits.max_admin_requests,
+        shutdown_rx,
+    )));
+    let _keep_peer = peer_t;
+    Ok(Running {
+        bound,
+        handle,
+        shutdown,
+        tasks,
+        driver,
+    })
+}
+
+/// `vcodr serve --config FILE`: runs until SIGTERM or ctrl-c.
+pub async fn run(cfg: FileConfig) -> anyhow::Result<()> {
+    let running = start(&cfg).await?;
+    let b = &running.bound;
+    tracing::info!(admin = %b.admin, peer = %b.peer, edge = %b.edge, "serving");
+    // A line scripts and tests can wait for.
+    println!(
+        "vcodr {} serving admin=https://{} peer={} edge={}",
+        cfg.name, b.admin, b.peer, b.edge
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down: finishing in-flight commits");
+    running.stop().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,533 @@
+//! Storage tests: the conformance suite on both implementations, what is
+//! refused at open, a `kill -9` crash test, and a throughput measurement.
+
+use super::conformance::{self, Harness};
+use super::*;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use vcodr_core::rng::Rng;
+use vcodr_core::{Entry, Op, Sample};
+
+#[derive(Debug)]
+struct MemHarness;
+
+impl Harness for MemHarness {
+    fn fresh(&mut self) -> Box<dyn Storage> {
+        Box::new(MemStorage::new())
+    }
+    // Memory does not survive a restart; the same value stands for "reopened".
+    fn reopen(&mut self, storage: Box<dyn Storage>) -> Box<dyn Storage> {
+        storage
+    }
+}
+
+#[derive(Debug)]
+struct RedbHarness {
+    dir: tempfile::TempDir,
+    made: u32,
+}
+
+impl RedbHarness {
+    fn new() -> Self {
+        RedbHarness {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            made: 0,
+        }
+    }
+}
+
+impl Harness for RedbHarness {
+    fn fresh(&mut self) -> Box<dyn Storage> {
+        self.made += 1;
+        let path = self.dir.path().join(format!("store-{}.redb", self.made));
+        Box::new(RedbStorage::open(&path).unwrap_or_else(|e| panic!("open {path:?}: {e}")))
+    }
+
+    fn reopen(&mut self, storage: Box<dyn Storage>) -> Box<dyn Storage> {
+        let path = storage
+            .info()
+            .expect("info")
+            .path
+            .expect("a redb store has a path");
+        drop(storage);
+        Box::new(RedbStorage::open(&path).unwrap_or_else(|e| panic!("reopen {path:?}: {e}")))
+    }
+}
+
+macro_rules! conformance_tests {
+    ($module:ident, $harness:expr) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn empty_store_loads_nothing() {
+                conformance::empty_store_loads_nothing(&mut $harness);
+            }
+            #[test]
+            fn refused_batch_leaves_nothing() {
+                conformance::refused_batch_leaves_nothing(&mut $harness);
+            }
+            #[test]
+            fn commit_over_a_hole_is_refused() {
+                conformance::commit_over_a_hole_is_refused(&mut $harness);
+            }
+            #[test]
+            fn unordered_batch_is_refused() {
+                conformance::unordered_batch_is_refused(&mut $harness);
+            }
+            #[test]
+            fn contacts_round_trip() {
+                conformance::contacts_round_trip(&mut $harness);
+            }
+            #[test]
+            fn history_is_bounded() {
+                conformance::history_is_bounded(&mut $harness);
+            }
+            #[test]
+            fn random_streams_match_reference() {
+                for seed in conformance::seeds() {
+                    eprintln!("conformance seed {seed} (rerun with VCODR_CONFORMANCE_SEED={seed})");
+                    conformance::random_streams_match_reference(&mut $harness, seed, 400);
+                }
+            }
+            #[test]
+            fn reopen_keeps_everything() {
+                for seed in conformance::seeds() {
+                    eprintln!("conformance seed {seed} (rerun with VCODR_CONFORMANCE_SEED={seed})");
+                    conformance::reopen_keeps_everything(&mut $harness, seed, 200);
+                }
+            }
+        }
+    };
+}
+
+conformance_tests!(mem_conformance, MemHarness);
+conformance_tests!(redb_conformance, RedbHarness::new());
+
+#[test]
+fn generator_covers_every_op() {
+    for seed in conformance::seeds() {
+        conformance::generator_covers_every_op(seed, 400);
+    }
+}
+
+/// The one-call entry point runs too (on memory: it repeats what the tests above split up).
+#[test]
+fn run_all_passes_on_memory() {
+    conformance::run_all(&mut MemHarness);
+}
+
+// ---- opening -----------------------------------------------------------------
+
+#[test]
+fn a_file_that_is_not_redb_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("vcodr.redb");
+    let content = b"# some operator's notes, not a database\n".repeat(200);
+    std::fs::write(&path, &content).expect("write");
+    match RedbStorage::open(&path) {
+        Err(e @ StorageError::Unreadable { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("vcodr.redb"), "names the file: {msg}");
+            assert!(msg.contains("not a redb database"), "{msg}");
+        }
+        other => panic!("a text file must be refused as unreadable, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        content,
+        "file untouched"
+    );
+}
+
+#[test]
+fn a_damaged_file_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("vcodr.redb");
+    {
+        let mut store = RedbStorage::open(&path).expect("create");
+        for b in 1..=40 {
+            store.commit(&crash_batch(b)).expect("commit");
+        }
+    }
+    let mut bytes = std::fs::read(&path).expect("read");
+    assert!(bytes.len() > 8192, "file is {} bytes", bytes.len());
+    // Scribble over everything after the header pages: every tree page is hit.
+    for (i, byte) in bytes.iter_mut().enumerate().skip(4096) {
+        *byte ^= 0x5A ^ (i as u8);
+    }
+    std::fs::write(&path, &bytes).expect("write");
+    match RedbStorage::open(&path) {
+        Err(e @ (StorageError::Unreadable { .. } | StorageError::Open { .. })) => {
+            assert!(e.to_string().contains("vcodr.redb"), "{e}");
+        }
+        Err(other) => panic!("a damaged file must be refused at open, got {other}"),
+        Ok(store) => panic!(
+            "a damaged file must be refused at open; it opened and loads as {:?}",
+            store.load().map(|r| r.commit)
+        ),
+    }
+}
+
+#[test]
+fn a_redb_file_without_our_marker_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("other.redb");
+    {
+        let db = ::redb::Database::create(&path).expect("create");
+        let txn = db.begin_write().expect("begin");
+        {
+            let def: ::redb::TableDefinition<&str, u64> = ::redb::TableDefinition::new("users");
+            let mut t = txn.open_table(def).expect("table");
+            t.insert("alice", 1).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    match RedbStorage::open(&path) {
+        Err(e @ StorageError::Foreign { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("other.redb") && msg.contains("users"), "{msg}");
+        }
+        other => panic!("a foreign redb file must be refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn another_schema_version_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("vcodr.redb");
+    drop(RedbStorage::open(&path).expect("create"));
+    {
+        let db = ::redb::Database::create(&path).expect("open raw");
+        let txn = db.begin_write().expect("begin");
+        {
+            let def: ::redb::TableDefinition<&str, u64> =
+                ::redb::TableDefinition::new("vcodr_schema");
+            let mut t = txn.open_table(def).expect("table");
+            t.insert("version", 99).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    match RedbStorage::open(&path) {
+        Err(StorageError::SchemaVersion {
+            found: 99,
+            supported: SCHEMA_VERSION,
+            ..
+        }) => {}
+        other => panic!("schema version 99 must be refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_empty_file_is_adopted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("vcodr.redb");
+    std::fs::write(&path, b"").expect("write");
+    let store = RedbStorage::open(&path).expect("an empty file becomes a new store");
+    assert_eq!(store.load().expect("load"), vcodr_core::Restored::default());
+    assert_eq!(store.info().expect("info").schema_version, SCHEMA_VERSION);
+}
+
+#[test]
+fn a_second_open_of_the_same_file_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("vcodr.redb");
+    let _first = RedbStorage::open(&path).expect("first open");
+    match RedbStorage::open(&path) {
+        Err(e @ StorageError::Open { .. }) => {
+            assert!(e.to_string().contains("no other vcodr process"), "{e}");
+        }
+        other => panic!("a second open must be refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_missing_directory_is_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("no/such/dir/vcodr.redb");
+    let e = RedbStorage::open(&path).expect_err("must fail");
+    assert!(e.to_string().contains("no/such/dir/vcodr.redb"), "{e}");
+}
+
+#[test]
+fn a_corrupt_record_names_table_and_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("vcodr.redb");
+    drop(RedbStorage::open(&path).expect("create"));
+    {
+        let db = ::redb::Database::create(&path).expect("open raw");
+        let txn = db.begin_write().expect("begin");
+        {
+            let def: ::redb::TableDefinition<&str, &[u8]> = ::redb::TableDefinition::new("state");
+            let mut t = txn.open_table(def).expect("table");
+            t.insert("meta", [0xFFu8; 3].as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let store = RedbStorage::open(&path).expect("the file itself is sound");
+    match store.load() {
+        Err(e @ StorageError::Decode { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("`state`") && msg.contains("meta"), "{msg}");
+        }
+        other => panic!("a corrupt meta record must be reported, got {other:?}"),
+    }
+}
+
+// ---- kill -9 -------------------------------------------------------------------
+
+const CRASH_CHILD_DIR: &str = "VCODR_STORAGE_CRASH_CHILD_DIR";
+const CRASH_CHILD_TEST: &str = "storage::tests::crash_child";
+const CRASH_FILE: &str = "vcodr.redb";
+/// Batches one child commits at most, and for how long it runs at most.
+const CHILD_BATCHES_MAX: u64 = 50_000;
+const CHILD_RUN_MAX: Duration = Duration::from_secs(60);
+/// How long the parent waits for the child's reports before failing.
+const PARENT_WAIT_MAX: Duration = Duration::from_secs(90);
+const CRASH_ROUNDS: u32 = 4;
+
+/// Batch `b` commits log entry `b`: three persist requests, as the core makes them.
+fn crash_batch(b: u64) -> Vec<(PersistSeq, Vec<PersistOp>)> {
+    let op = if b % 4 == 0 {
+        Op::Samples {
+            client: "edge-crash".into(),
+            samples: vec![Sample {
+                seq: b,
+                payload: b.to_le_bytes().to_vec(),
+            }],
+        }
+    } else {
+        Op::Put {
+            key: format!("crash/{b:06}"),
+            value: format!("{{\"batch\":{b}}}").into_bytes(),
+        }
+    };
+    let entry = Entry {
+        epoch: 1,
+        index: b,
+        op,
+    };
+    let mut last = vec![PersistOp::Meta(conformance::meta_sample(b))];
+    if b % 50 == 0 {
+        last.push(PersistOp::Compact { below: b - 10 });
+    }
+    vec![
+        (
+            3 * b,
+            vec![
+                PersistOp::Append(vec![entry]),
+                PersistOp::History(conformance::transition_sample(b)),
+            ],
+        ),
+        (3 * b + 1, vec![PersistOp::Commit(b)]),
+        (3 * b + 2, last),
+    ]
+}
+
+/// Every batch up to `upto` is in `store`, and the store holds whole batches
+/// only: all three persist requests of each batch up to its commit index, none
+/// of any later one.
+fn assert_batches_present(store: &RedbStorage, upto: u64) {
+    let r = store.load().expect("load after kill -9");
+    let last = r.commit;
+    assert!(
+        last >= upto,
+        "commit {last} < reported {upto}: a committed batch was lost"
+    );
+    let meta = r.meta.expect("meta present");
+    assert_eq!(
+        meta.unprotected_writes, last,
+        "meta of batch {last} torn from its commit"
+    );
+    let history = store.history(1).expect("history");
+    assert_eq!(
+        history.last().map(|t| t.epoch),
+        Some(last),
+        "history of batch {last} torn"
+    );
+    assert_eq!(
+        r.log.last().map(|e| e.index),
+        Some(last),
+        "log of batch {last} torn"
+    );
+    let samples: Vec<u64> = store
+        .samples("edge-crash", 0, usize::MAX)
+        .expect("samples")
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .collect();
+    assert_eq!(
+        samples.len() as u64,
+        last / 4,
+        "samples of batches up to {last}"
+    );
+    for b in 1..=last {
+        if b % 4 == 0 {
+            assert!(
+                samples.binary_search(&b).is_ok(),
+                "sample of batch {b} lost"
+            );
+        } else {
+            let doc = r.applied.docs.get(&format!("crash/{b:06}"));
+            assert_eq!(
+                doc.map(|d| d.version),
+                Some(b),
+                "document of batch {b} lost"
+            );
+        }
+    }
+    assert_eq!(
+        r.applied.docs.len() as u64,
+        last - last / 4,
+        "documents of later batches"
+    );
+}
+
+/// The child side of [`kill_9_keeps_every_committed_batch`]: commits batches in
+/// a loop, reporting each on stdout once `commit` returned. Does nothing
+/// unless started by the parent.
+#[test]
+#[ignore = "child process of kill_9_keeps_every_committed_batch; runs only when started by it"]
+fn crash_child() {
+    let Ok(dir) = std::env::var(CRASH_CHILD_DIR) else {
+        return;
+    };
+    let mut store = RedbStorage::open(Path::new(&dir).join(CRASH_FILE)).expect("child open");
+    let first = store.load().expect("child load").commit + 1;
+    let started = Instant::now();
+    let mut out = std::io::stdout().lock();
+    for b in first..first + CHILD_BATCHES_MAX {
+        if started.elapsed() > CHILD_RUN_MAX {
+            break;
+        }
+        store.commit(&crash_batch(b)).expect("child commit");
+        writeln!(out, "committed {b}").expect("stdout");
+        out.flush().expect("stdout");
+    }
+}
+
+#[test]
+fn kill_9_keeps_every_committed_batch() {
+    let seed = std::env::var("VCODR_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x00C0_FFEE_u64);
+    eprintln!("crash test seed {seed} (rerun with VCODR_CRASH_SEED={seed})");
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(CRASH_FILE);
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut reported_max = 0u64;
+    for round in 1..=CRASH_ROUNDS {
+        let wait_for = rng.range(2, 60);
+        let mut child = Command::new(&exe)
+            .args([
+                CRASH_CHILD_TEST,
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CRASH_CHILD_DIR, dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the child");
+        let stdout = child.stdout.take().expect("stdout was piped");
+        let (tx, rx) = mpsc::channel::<u64>();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(b) = line.strip_prefix("committed ") {
+                    let b = b.trim().parse().expect("a batch number");
+                    if tx.send(b).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let deadline = Instant::now() + PARENT_WAIT_MAX;
+        let mut seen = 0;
+        while seen < wait_for {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(b) => {
+                    assert!(b > reported_max, "batches are reported in order");
+                    reported_max = b;
+                    seen += 1;
+                }
+                Err(e) => {
+                    // Best effort: the child may already be gone.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("round {round}: child reported {seen} of {wait_for} commits: {e}");
+                }
+            }
+        }
+        // SIGKILL, most likely in the middle of the next commit. An error here
+        // means the child already exited, which the checks below also cover.
+        let _ = child.kill();
+        let status = child.wait().expect("wait for the child");
+        reader.join().expect("reader thread");
+        // Lines written before the kill were reported committed too.
+        for b in rx.try_iter() {
+            reported_max = reported_max.max(b);
+        }
+        eprintln!("round {round}: killed after batch {reported_max} ({status})");
+        let store = RedbStorage::open(&path).expect("the file opens cleanly after kill -9");
+        assert_batches_present(&store, reported_max);
+    }
+    assert!(reported_max >= u64::from(CRASH_ROUNDS) * 2);
+}
+
+// ---- throughput ----------------------------------------------------------------
+
+/// Group-commit throughput on this disk. Run with
+/// `CARGO_TARGET_DIR=/work/target-storage cargo test -p vcodr-server --release --lib storage::tests::group_commit_throughput -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement, not a check; run by hand"]
+fn group_commit_throughput() {
+    const RUN: Duration = Duration::from_secs(5);
+    const COMMITS_MAX: u64 = 1_000_000;
+    let value = vec![b'x'; 200];
+    for per_batch in [1u64, 64] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = RedbStorage::open(dir.path().join("bench.redb")).expect("open");
+        let mut index = 0u64;
+        let mut commits = 0u64;
+        let started = Instant::now();
+        while started.elapsed() < RUN && commits < COMMITS_MAX {
+            let batch: Vec<(PersistSeq, Vec<PersistOp>)> = (0..per_batch)
+                .map(|_| {
+                    index += 1;
+                    let entry = Entry {
+                        epoch: 1,
+                        index,
+                        op: Op::Put {
+                            key: format!("bench/{}", index % 1_000),
+                            value: value.clone(),
+                        },
+                    };
+                    // A write's entry, and the commit of the write before it.
+                    (
+                        index,
+                        vec![PersistOp::Append(vec![entry]), PersistOp::Commit(index - 1)],
+                    )
+                })
+                .collect();
+            store.commit(&batch).expect("commit");
+            commits += 1;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "group commit, {per_batch:>2} single-entry persist requests per batch: {:>8.0} commits/s, {:>9.0} requests/s ({commits} commits in {secs:.1} s, file {} bytes)",
+            commits as f64 / secs,
+            (commits * per_batch) as f64 / secs,
+            store.info().expect("info").file_bytes,
+        );
+    }
+}
