@@ -51,9 +51,14 @@ enum AfterDurable {
     SendPair,
     SendPairAccepted,
     SendJoin,
-    AckSnapshot { index: Index, chunk: u32 },
+    AckSnapshot {
+        index: Index,
+        chunk: u32,
+    },
     GrantDemotion,
     FinishPromotion,
+    /// The unprotected-write count covering entries up to this index is durable.
+    UnprotectedCounted(Index),
 }
 
 /// A persist request not yet confirmed.
@@ -106,6 +111,10 @@ struct Replica {
     degraded: bool,
     /// Lost for longer than `standby_grace` with `on_standby_loss = block`.
     blocked: bool,
+    /// Degraded: entries up to here are counted in `unprotected_writes`...
+    unprotected_counted_upto: Index,
+    /// ...and up to here that count is durable, so they may be acknowledged.
+    unprotected_durable_upto: Index,
     /// Match index at the previous tick, to detect a stalled stream.
     match_at_tick: Index,
     /// Monotonic time since which the standby lags, for `lagMs`.
@@ -121,6 +130,8 @@ impl Replica {
             snapshot: None,
             heard: false,
             heard_since_start: false,
+            unprotected_counted_upto: 0,
+            unprotected_durable_upto: 0,
             missed_ticks: 0,
             lost: false,
             degraded: false,
@@ -916,6 +927,12 @@ impl Server {
             }
             AfterDurable::GrantDemotion => self.send_demote_granted(),
             AfterDurable::FinishPromotion => self.finish_promotion(),
+            AfterDurable::UnprotectedCounted(upto) => {
+                if let Some(r) = self.replica.as_mut() {
+                    r.unprotected_durable_upto = r.unprotected_durable_upto.max(upto);
+                }
+                self.advance_commit();
+            }
         }
     }
 
@@ -926,8 +943,12 @@ impl Server {
         match (&self.replica, self.role) {
             (_, Role::Standalone) => self.durable_index,
             (Some(r), Role::Active) => {
-                if r.degraded || self.cfg.mutant == Mutant::AckBeforeStandby {
+                if self.cfg.mutant == Mutant::AckBeforeStandby {
                     self.durable_index
+                } else if r.degraded {
+                    // Unprotected writes are acknowledged once their count is durable.
+                    self.durable_index
+                        .min(r.match_index.max(r.unprotected_durable_upto))
                 } else {
                     self.durable_index.min(r.match_index)
                 }
@@ -941,21 +962,28 @@ impl Server {
         if !self.role.is_writer() {
             return;
         }
-        let target = self.ack_point().min(self.log.last_index());
-        if target <= self.applied.index {
-            return;
-        }
-        if let Some(r) = &self.replica {
-            if r.degraded {
-                let from = self.applied.index.max(r.match_index);
+        let applied = self.applied.index;
+        let upto = self.durable_index.min(self.log.last_index());
+        if let Some(r) = self.replica.as_mut().filter(|r| r.degraded) {
+            // Count what degrade will acknowledge; the count goes to disk with
+            // the next persist, and the writes are acknowledged after it.
+            let from = applied.max(r.match_index).max(r.unprotected_counted_upto);
+            if upto > from {
                 let n = self
                     .log
                     .iter_after(from)
-                    .take_while(|e| e.index <= target)
+                    .take_while(|e| e.index <= upto)
                     .filter(|e| e.op != Op::EpochStart)
                     .count();
                 self.unprotected_writes += n as u64;
+                r.unprotected_counted_upto = upto;
+                self.staged_after
+                    .push(AfterDurable::UnprotectedCounted(upto));
             }
+        }
+        let target = self.ack_point().min(self.log.last_index());
+        if target <= self.applied.index {
+            return;
         }
         self.apply_upto(target);
         self.answer_committed();
