@@ -1,0 +1,393 @@
+//! The properties of SPEC §9, each tied to its number. `Always` properties
+//! are safety invariants (a discovery is a counterexample); `Sometimes`
+//! properties prove the model reaches what the invariants talk about.
+
+use crate::model::*;
+use crate::nodes::*;
+use stateright::{Expectation, Property};
+use vcodr_core::*;
+
+/// Role, epoch and pair of server `s`: from memory when up, from its durable store when crashed.
+fn role_epoch(st: &State, s: ServerIx) -> Option<(Role, Epoch, Option<PairId>)> {
+    match st.server(s) {
+        Some(v) => Some((v.role(), v.epoch(), v.pair_id())),
+        None => st.servers[usize::from(s)]
+            .store
+            .meta
+            .as_ref()
+            .map(|m| (m.role, m.epoch, m.pair_id)),
+    }
+}
+
+/// Whether `store` holds sample `seq` of `client` (stored, in the log, or covered by a snapshot).
+pub fn store_has_sample(store: &MemStore, client: &str, seq: u64) -> bool {
+    store.samples.contains_key(&(client.to_string(), seq))
+        || store
+            .applied
+            .sample_seq
+            .get(client)
+            .is_some_and(|&q| q >= seq)
+        || store.log.iter().any(|e| {
+            matches!(&e.op, Op::Samples { client: c, samples }
+                if c == client && samples.iter().any(|x| x.seq == seq))
+        })
+}
+
+/// §9.1 Single writer per epoch: no two servers of a pair acknowledge writes in the same epoch.
+pub fn single_writer_per_epoch(_: &DrModel, st: &State) -> bool {
+    let acks: Vec<&Ack> = st.hist.acks.iter().filter(|a| a.pair.is_some()).collect();
+    acks.iter().all(|a| {
+        acks.iter()
+            .all(|b| a.pair != b.pair || a.epoch != b.epoch || a.server == b.server)
+    })
+}
+
+/// §9.2 RPO 0: every write a paired server acknowledged with the standby's durable copy
+/// is in the durable store of every server of the pair that takes writes at that epoch or later.
+pub fn rpo_zero(_: &DrModel, st: &State) -> bool {
+    st.hist
+        .acks
+        .iter()
+        .filter(|a| !a.unprotected && a.pair.is_some())
+        .all(|a| {
+            let (k, v) = write_kv(a.key);
+            (0..2u8).all(|s| match role_epoch(st, s) {
+                Some((role, epoch, pair))
+                    if role.is_writer() && epoch >= a.epoch && pair == a.pair =>
+                {
+                    st.servers[usize::from(s)].store.contains_put(&k, &v)
+                }
+                _ => true,
+            })
+        })
+}
+
+/// §9.2 / §3 "zero loss, always": a promotion that reports `dataLossBound: 0`
+/// holds every write acknowledged in an earlier epoch, protected or not.
+pub fn zero_loss_promotion(_: &DrModel, st: &State) -> bool {
+    st.hist
+        .zero_loss_promotions
+        .iter()
+        .all(|&(s, pair, epoch)| {
+            st.hist
+                .acks
+                .iter()
+                .filter(|a| a.epoch < epoch && a.pair == pair)
+                .all(|a| {
+                    let (k, v) = write_kv(a.key);
+                    st.servers[usize::from(s)].store.contains_put(&k, &v)
+                })
+        })
+}
+
+/// §9.2 Degrade mode: writes acknowledged without the standby are counted by the
+/// server that took them and never silently lost (stored somewhere, or archived).
+pub fn unprotected_counted_and_kept(_: &DrModel, st: &State) -> bool {
+    let kept = st.hist.acks.iter().filter(|a| a.unprotected).all(|a| {
+        let (k, v) = write_kv(a.key);
+        st.servers
+            .iter()
+            .any(|n| n.store.contains_put(&k, &v) || n.store.archived_put(&k, &v))
+    });
+    let counted = (0..2u8).all(|s| {
+        if !st.hist.acks.iter().any(|a| a.unprotected && a.server == s) {
+            return true;
+        }
+        let acked = st
+            .hist
+            .acks
+            .iter()
+            .filter(|a| a.unprotected && a.server == s)
+            .count() as u64;
+        let count = match st.server(s) {
+            Some(v) => v.status().unprotected_writes,
+            None => st.servers[usize::from(s)]
+                .store
+                .meta
+                .as_ref()
+                .map_or(0, |m| m.unprotected_writes),
+        };
+        acked <= count
+    });
+    kept && counted
+}
+
+/// §9.3 Fencing: a server that has learned of a higher epoch never acknowledges a write again.
+pub fn fencing(_: &DrModel, st: &State) -> bool {
+    !st.hist
+        .violations
+        .iter()
+        .any(|v| matches!(v, Violation::Fencing { .. }))
+}
+
+/// §9.4 Edges never regress: no edge applies configuration of a lower epoch after seeing a higher one.
+pub fn edges_never_regress(_: &DrModel, st: &State) -> bool {
+    !st.hist
+        .violations
+        .iter()
+        .any(|v| matches!(v, Violation::EdgeRegress { .. }))
+        && st
+            .edges
+            .iter()
+            .all(|e| e.edge.config_applied().0 <= e.edge.max_epoch_seen().max(1))
+}
+
+/// §9.5 Role gates: a STANDBY or a ZOMBIE refuses every configuration write at once.
+pub fn role_gates(_: &DrModel, st: &State) -> bool {
+    !st.hist
+        .violations
+        .iter()
+        .any(|v| matches!(v, Violation::RoleGate { .. }))
+}
+
+/// §9.6 (safety half of convergence, SPEC §5): an edge follows only a server whose
+/// last reply said ACTIVE or STANDALONE at the highest epoch the edge has seen.
+pub fn edges_follow_only_writers(_: &DrModel, st: &State) -> bool {
+    st.edges.iter().all(|n| match n.edge.following() {
+        None => true,
+        Some(i) => {
+            let view = &n.edge.slots()[i].view;
+            view.role.is_some_and(Role::is_writer) && view.epoch >= n.edge.max_epoch_seen()
+        }
+    })
+}
+
+/// §9.6 Convergence is reachable: after a promotion every edge follows the promoted
+/// server and the old active is a zombie.
+pub fn converged_after_promotion(_: &DrModel, st: &State) -> bool {
+    let Some((p, promoted)) = st
+        .up()
+        .filter(|(_, v)| v.role().is_writer() && v.epoch() > 1)
+        .max_by_key(|(_, v)| v.epoch())
+    else {
+        return false;
+    };
+    let other = 1 - p;
+    let edges_follow = st
+        .edges
+        .iter()
+        .all(|n| n.edge.following() == Some(usize::from(p)));
+    let old_fenced = st
+        .server(other)
+        .is_some_and(|v| v.role() == Role::Zombie && v.highest_epoch_seen() >= promoted.epoch());
+    edges_follow && old_fenced
+}
+
+/// §9.7 Monitoring: each sample is stored at most once on every server.
+pub fn samples_at_most_once(_: &DrModel, st: &State) -> bool {
+    st.servers.iter().all(|n| n.store.duplicate_samples == 0)
+}
+
+/// §9.7 Monitoring: every sample acknowledged to its edge (with the standby's copy)
+/// is durable on every server that takes writes at that epoch or a later one.
+pub fn acked_samples_kept(_: &DrModel, st: &State) -> bool {
+    st.hist
+        .sample_acks
+        .iter()
+        .filter(|a| !a.unprotected)
+        .all(|a| {
+            let client = edge_client(a.edge);
+            (0..2u8).all(|s| match role_epoch(st, s) {
+                Some((role, epoch, _)) if role.is_writer() && epoch >= a.epoch => (1..=a.up_to_seq)
+                    .all(|q| store_has_sample(&st.servers[usize::from(s)].store, &client, q)),
+                _ => true,
+            })
+        })
+}
+
+/// Non-vacuity: a write is acknowledged.
+pub fn write_acknowledged(_: &DrModel, st: &State) -> bool {
+    !st.hist.acks.is_empty()
+}
+/// Non-vacuity: a disaster failover completes.
+pub fn disaster_failover_done(_: &DrModel, st: &State) -> bool {
+    st.hist.milestones & milestone::DISASTER_PROMOTED != 0
+}
+/// Non-vacuity: a planned switchover completes.
+pub fn planned_switchover_done(_: &DrModel, st: &State) -> bool {
+    st.hist.milestones & milestone::PLANNED_PROMOTED != 0
+}
+/// Non-vacuity: a write acknowledged before a promotion is on the promoted server.
+pub fn acked_write_survives_promotion(_: &DrModel, st: &State) -> bool {
+    st.hist.acks.iter().any(|a| {
+        let (k, v) = write_kv(a.key);
+        st.up().any(|(s, srv)| {
+            srv.role().is_writer()
+                && srv.epoch() > a.epoch
+                && st.servers[usize::from(s)].store.contains_put(&k, &v)
+        })
+    })
+}
+/// Non-vacuity: a crashed server restarts from its store.
+pub fn server_restarted(_: &DrModel, st: &State) -> bool {
+    st.hist.milestones & milestone::RESTARTED != 0
+}
+/// Non-vacuity: a write is acknowledged without the standby (degrade).
+pub fn unprotected_write(_: &DrModel, st: &State) -> bool {
+    st.hist.milestones & milestone::UNPROTECTED_ACK != 0
+}
+/// Non-vacuity: a monitoring sample is acknowledged to its edge.
+pub fn sample_acknowledged(_: &DrModel, st: &State) -> bool {
+    !st.hist.sample_acks.is_empty()
+}
+
+macro_rules! reach {
+    ($($f:ident: $name:literal => $role:ident / $state:ident;)*) => {
+        $(
+            #[doc = concat!("§9.8 Reachability: some server is ", $name, ".")]
+            pub fn $f(_: &DrModel, st: &State) -> bool {
+                st.up().any(|(_, v)| v.role() == Role::$role && v.dr_state() == DrState::$state)
+            }
+        )*
+        /// §9.8: one `Sometimes` per (role, drState) of SPEC §2.
+        pub fn reachability() -> Vec<(Role, DrState, Property<DrModel>)> {
+            vec![$((Role::$role, DrState::$state, Property::sometimes(concat!("8 reach ", $name), $f))),*]
+        }
+    };
+}
+
+reach! {
+    reach_standalone_unconfigured: "STANDALONE/UNCONFIGURED" => Standalone / Unconfigured;
+    reach_standalone_promoted: "STANDALONE/STANDBY_PROMOTED" => Standalone / StandbyPromoted;
+    reach_standby_candidate: "STANDBY/STANDBY_CANDIDATE" => Standby / StandbyCandidate;
+    reach_standby_configuring: "STANDBY/STANDBY_CONFIGURING" => Standby / StandbyConfiguring;
+    reach_standby_sync: "STANDBY/STANDBY_SYNC" => Standby / StandbySync;
+    reach_standby_running: "STANDBY/STANDBY_RUNNING" => Standby / StandbyRunning;
+    reach_standby_pending_promotion: "STANDBY/PENDING_STANDBY_PROMOTION" => Standby / PendingStandbyPromotion;
+    reach_standby_failure: "STANDBY/FAILURE_GET_ACTIVE_STATUS" => Standby / FailureGetActiveStatus;
+    reach_active_configuring: "ACTIVE/ACTIVE_CONFIGURING" => Active / ActiveConfiguring;
+    reach_active_wait_standby: "ACTIVE/ACTIVE_WAIT_STANDBY" => Active / ActiveWaitStandby;
+    reach_active_sync: "ACTIVE/STANDBY_SYNC" => Active / StandbySync;
+    reach_active_running: "ACTIVE/STANDBY_RUNNING" => Active / StandbyRunning;
+    reach_active_pending_demotion: "ACTIVE/PENDING_ACTIVE_DEMOTION" => Active / PendingActiveDemotion;
+    reach_active_failure: "ACTIVE/FAILURE_GET_STANDBY_STATUS" => Active / FailureGetStandbyStatus;
+    reach_zombie: "ZOMBIE/ZOMBIE" => Zombie / Zombie;
+}
+
+/// The safety properties (SPEC §9.1–§9.7), checked in every configuration.
+pub fn safety() -> Vec<Property<DrModel>> {
+    vec![
+        Property::always("1 single writer per epoch", single_writer_per_epoch),
+        Property::always("2 RPO 0 (acked writes on every later writer)", rpo_zero),
+        Property::always(
+            "2 dataLossBound 0 means no acked write lost",
+            zero_loss_promotion,
+        ),
+        Property::always(
+            "2 degrade: unprotected writes counted and kept",
+            unprotected_counted_and_kept,
+        ),
+        Property::always("3 fencing: no ack after a higher epoch", fencing),
+        Property::always("4 edges never regress", edges_never_regress),
+        Property::always("5 role gates", role_gates),
+        Property::always("6 edges follow only writers", edges_follow_only_writers),
+        Property::always("7 samples stored at most once", samples_at_most_once),
+        Property::always("7 acked samples kept", acked_samples_kept),
+    ]
+}
+
+/// Every property that `cfg` can exercise: the safety properties, the
+/// non-vacuity examples its budgets allow, and the reachability of the drStates
+/// this configuration is meant to reach (see [`expected_reach`]).
+pub fn for_config(cfg: &ModelCfg) -> Vec<Property<DrModel>> {
+    let mut v = safety();
+    let mut some = |name: &'static str, f: fn(&DrModel, &State) -> bool, on: bool| {
+        if on {
+            v.push(Property::sometimes(name, f));
+        }
+    };
+    some("write acknowledged", write_acknowledged, cfg.writes > 0);
+    some(
+        "disaster failover completed",
+        disaster_failover_done,
+        cfg.promotions > 0 && cfg.disaster,
+    );
+    some(
+        "planned switchover completed",
+        planned_switchover_done,
+        cfg.promotions > 0 && cfg.planned,
+    );
+    some(
+        "acked write on the promoted server",
+        acked_write_survives_promotion,
+        cfg.writes > 0 && cfg.promotions > 0 && cfg.start == Start::Paired,
+    );
+    some("server restarted", server_restarted, cfg.crashes > 0);
+    some(
+        "write acked unprotected (degrade)",
+        unprotected_write,
+        cfg.writes > 0
+            && cfg.policy == OnStandbyLoss::Degrade
+            && cfg.start == Start::Paired
+            && cfg.cuts > 0,
+    );
+    some("sample acknowledged", sample_acknowledged, cfg.samples > 0);
+    some(
+        "6 converged after promotion",
+        converged_after_promotion,
+        cfg.edges > 0 && cfg.promotions > 0,
+    );
+    let want = expected_reach(cfg);
+    v.extend(
+        reachability()
+            .into_iter()
+            .filter(|(r, s, _)| want.contains(&(*r, *s)))
+            .map(|(_, _, p)| p),
+    );
+    v
+}
+
+/// The (role, drState) pairs a configuration must reach. The two CI models
+/// together cover every pair of SPEC §2 (checked by a test).
+pub fn expected_reach(cfg: &ModelCfg) -> Vec<(Role, DrState)> {
+    use DrState::*;
+    use Role::*;
+    let mut v = vec![(Standby, StandbyRunning), (Active, StandbyRunning)];
+    if cfg.edges > 0 && cfg.promotions > 0 && cfg.disaster {
+        v.push((Role::Zombie, DrState::Zombie));
+    }
+    if cfg.start == Start::Unconfigured {
+        v.extend([
+            (Standalone, Unconfigured),
+            (Standby, StandbyCandidate),
+            (Standby, StandbyConfiguring),
+            (Standby, StandbySync),
+            (Active, ActiveConfiguring),
+            (Active, ActiveWaitStandby),
+        ]);
+    }
+    if cfg.peer_ticks != Some(0) && (cfg.cuts > 0 || cfg.crashes > 0 || cfg.net.lossy) {
+        v.extend([
+            (Standby, FailureGetActiveStatus),
+            (Active, FailureGetStandbyStatus),
+        ]);
+    }
+    if cfg.promotions > 0 {
+        v.push((Standalone, StandbyPromoted));
+        if cfg.planned || cfg.durability == Durability::Async {
+            // A synchronous disk finishes a disaster promotion within one step.
+            v.push((Standby, PendingStandbyPromotion));
+        }
+        if cfg.planned {
+            v.extend([
+                (Active, PendingActiveDemotion),
+                (Role::Zombie, DrState::Zombie),
+            ]);
+        }
+    }
+    if cfg.crashes > 0 && cfg.start == Start::Paired {
+        v.push((Standby, StandbySync));
+        v.push((Active, StandbySync));
+    }
+    if cfg.rejoins > 0 {
+        v.extend([(Standby, StandbyConfiguring), (Active, ActiveWaitStandby)]);
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Whether a property's discovery is a failure.
+pub fn is_failure(p: &Property<DrModel>) -> bool {
+    p.expectation == Expectation::Always
+}
