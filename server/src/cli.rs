@@ -22,6 +22,49 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
+    /// The main job on embedded defaults: a pair, N edges, writes, a failover, a report.
+    Demo {
+        /// Simulated edges and gateways.
+        #[arg(long, default_value_t = 100)]
+        edges: usize,
+        /// Configuration documents written before the failover.
+        #[arg(long, default_value_t = 500)]
+        writes: usize,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 16)]
+        writers: usize,
+        /// Leave the pair running at the end and print its URLs and token.
+        #[arg(long)]
+        keep_running: bool,
+        /// Put the deployment here instead of a temp dir (kept afterwards).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Many simulated edges over QUIC, with monitoring traffic.
+    EdgeSim {
+        /// Edge addresses of the two servers, comma-separated.
+        #[arg(long, value_delimiter = ',', num_args = 2)]
+        servers: Vec<String>,
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Directory with ca.pem and ca.key (edges get certificates from this CA).
+        #[arg(long, default_value = "certs")]
+        certs: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        heartbeat_ms: u64,
+        /// One sample per edge every this many ms (0: none).
+        #[arg(long, default_value_t = 1_000)]
+        sample_interval_ms: u64,
+        /// Every Nth client is a gateway (0: none).
+        #[arg(long, default_value_t = 10)]
+        gateway_every: usize,
+        /// Stop after this many seconds (default: until ctrl-c).
+        #[arg(long)]
+        duration_s: Option<u64>,
+        /// Print the final report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run one server.
     Serve {
         /// The server's TOML configuration.
@@ -140,6 +183,57 @@ pub fn main() -> i32 {
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Cmd::Demo {
+            edges,
+            writes,
+            writers,
+            keep_running,
+            dir,
+        } => {
+            crate::demo::main(crate::demo::DemoOptions {
+                edges,
+                writes,
+                writers,
+                keep_running,
+                dir,
+            })
+            .await
+        }
+        Cmd::EdgeSim {
+            servers,
+            count,
+            certs,
+            heartbeat_ms,
+            sample_interval_ms,
+            gateway_every,
+            duration_s,
+            json,
+        } => {
+            let [a, b]: [String; 2] = servers
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("--servers takes exactly two addresses A,B"))?;
+            let settings = crate::edge_sim::SimSettings {
+                servers: [a, b],
+                count,
+                heartbeat_interval_ms: heartbeat_ms,
+                sample_interval_ms,
+                gateway_every,
+                ..Default::default()
+            };
+            let summary = crate::edge_sim::run_cli(
+                &certs,
+                settings.clone(),
+                duration_s.map(std::time::Duration::from_secs),
+                json,
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!("{}", summary.line(&settings.servers));
+            }
+            Ok(0)
+        }
         Cmd::Serve { config } => {
             let cfg = crate::config::FileConfig::load(&config)?;
             crate::serve::run(cfg).await?;

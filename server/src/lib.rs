@@ -5,8 +5,10 @@
 
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod ctl;
+pub mod demo;
 pub mod driver;
 pub mod edge_sim;
 pub mod links;
