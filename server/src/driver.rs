@@ -205,6 +205,8 @@ pub fn spawn(
         last_seq: 0,
         persisted_up_to: 0,
         shutdown: None,
+        observed_at: Instant::now() - Duration::from_secs(1),
+        observed_key: (Role::Standalone, DrState::Unconfigured, 0),
     };
     let task = tokio::spawn(async move { d.run(rx).await });
     (handle, task)
@@ -307,6 +309,9 @@ struct Driver {
     last_seq: PersistSeq,
     persisted_up_to: PersistSeq,
     shutdown: Option<oneshot::Sender<()>>,
+    /// When the metrics gauges were last refreshed from the core.
+    observed_at: Instant,
+    observed_key: (Role, DrState, Epoch),
 }
 
 impl Driver {
@@ -581,7 +586,13 @@ impl Driver {
                 Output::Event(e) => crate::log::event(&e, &self.metrics),
             }
         }
-        self.metrics.observe(&self.core);
+        // Gauges cost O(clients) (the client counts): refresh a few times a second, not per input.
+        let key = (self.core.role(), self.core.dr_state(), self.core.epoch());
+        if self.observed_at.elapsed() >= Duration::from_millis(200) || key != self.observed_key {
+            self.observed_key = key;
+            self.observed_at = Instant::now();
+            self.metrics.observe(&self.core);
+        }
     }
 }
 
