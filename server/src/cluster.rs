@@ -99,11 +99,15 @@ impl ProcCluster {
                 child: None,
             });
         }
+        // Servers run in `dir`: a relative binary path must not depend on it.
+        let exe = exe
+            .canonicalize()
+            .with_context(|| format!("locating {}", exe.display()))?;
         Ok(ProcCluster {
             dir: dir.to_path_buf(),
             certs,
             token_file,
-            exe: exe.to_path_buf(),
+            exe,
             servers: out,
         })
     }

@@ -38,7 +38,12 @@ pub struct Client {
     token: Arc<String>,
     next_id: Arc<AtomicU64>,
     timeout: Duration,
+    /// Idle keep-alive connections.
+    pool: Arc<std::sync::Mutex<Vec<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>>,
 }
+
+/// Idle connections kept per client.
+const POOL_MAX: usize = 64;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,6 +93,7 @@ impl Client {
             token: Arc::new(token.trim().to_string()),
             next_id: Arc::new(AtomicU64::new(1)),
             timeout: Duration::from_secs(60),
+            pool: Arc::default(),
         })
     }
 
@@ -138,23 +144,22 @@ impl Client {
         body: Vec<u8>,
     ) -> anyhow::Result<(u16, Bytes)> {
         let fut = async {
-            let tcp = tokio::net::TcpStream::connect(&self.address)
-                .await
-                .with_context(|| format!("connecting to {}", self.address))?;
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from(self.host.clone())
-                .map_err(|e| anyhow!("server name {:?}: {e}", self.host))?;
-            let tls = self.tls.connect(name, tcp).await.with_context(|| {
-                format!(
-                    "TLS with {} (is --ca the deployment's ca.pem?)",
-                    self.address
-                )
-            })?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
+            // Reuse an idle connection (keep-alive); a fresh one costs a TLS handshake.
+            let pooled = {
+                let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+                let mut found = None;
+                while let Some(s) = pool.pop() {
+                    if !s.is_closed() {
+                        found = Some(s);
+                        break;
+                    }
+                }
+                found
+            };
+            let mut sender = match pooled {
+                Some(s) => s,
+                None => self.connect().await?,
+            };
             let req = hyper::Request::builder()
                 .method(method)
                 .uri(path)
@@ -170,12 +175,42 @@ impl Client {
                 .await
                 .with_context(|| format!("{method} {path} on {}", self.address))?;
             let status = resp.status().as_u16();
+            let reuse = sender;
             let bytes = resp.into_body().collect().await?.to_bytes();
+            if !reuse.is_closed() {
+                let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+                if pool.len() < POOL_MAX {
+                    pool.push(reuse);
+                }
+            }
             anyhow::Ok((status, bytes))
         };
         tokio::time::timeout(self.timeout, fut)
             .await
             .map_err(|_| anyhow!("{} did not answer within {:?}", self.address, self.timeout))?
+    }
+
+    async fn connect(
+        &self,
+    ) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+        let tcp = tokio::net::TcpStream::connect(&self.address)
+            .await
+            .with_context(|| format!("connecting to {}", self.address))?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from(self.host.clone())
+            .map_err(|e| anyhow!("server name {:?}: {e}", self.host))?;
+        let tls = self.tls.connect(name, tcp).await.with_context(|| {
+            format!(
+                "TLS with {} (is --ca the deployment's ca.pem?)",
+                self.address
+            )
+        })?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
     }
 
     /// Calls `method` with `params`; a JSON-RPC error comes back as [`ApiError`]
