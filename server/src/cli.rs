@@ -43,7 +43,7 @@ pub enum Cmd {
     /// Many simulated edges over QUIC, with monitoring traffic.
     EdgeSim {
         /// Edge addresses of the two servers, comma-separated.
-        #[arg(long, value_delimiter = ',', num_args = 2)]
+        #[arg(long, value_delimiter = ',', required = true)]
         servers: Vec<String>,
         #[arg(long, default_value_t = 100)]
         count: usize,

@@ -156,7 +156,12 @@ impl Client {
                 }
                 found
             };
-            let mut sender = match pooled {
+            // A pooled connection may still be finishing its last response.
+            let ready = match pooled {
+                Some(mut s) => s.ready().await.ok().map(|()| s),
+                None => None,
+            };
+            let mut sender = match ready {
                 Some(s) => s,
                 None => self.connect().await?,
             };

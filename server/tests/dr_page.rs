@@ -70,6 +70,22 @@ fn poll<T>(
     }
 }
 
+/// Checks `f` every 100 ms for `period`: something that must stay true.
+fn hold(
+    what: &str,
+    period: Duration,
+    mut f: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let end = Instant::now() + period;
+    while Instant::now() < end {
+        if !f()? {
+            bail!("{what}: stopped holding within {period:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// One HTTP/1.1 exchange with JSON bodies; returns the status and the body.
 fn http(
     port: u16,
@@ -444,9 +460,15 @@ impl Drop for Browser {
             let path = format!("/session/{}", self.session);
             let _ = http(self.port, "DELETE", &path, None, Duration::from_secs(10));
         }
-        // chromedriver and anything left of chromium: its process group, by id.
+        // Then chromedriver itself, cleanly if it answers (it reaps what it started).
+        let _ = http(self.port, "GET", "/shutdown", None, Duration::from_secs(5));
+        let _ = poll("chromedriver exit", Duration::from_secs(5), || {
+            Ok(self.driver.try_wait()?.map(|_| ()))
+        });
+        // Whatever is left of its process group (a hung chromium), by id.
         let _ = Command::new("kill")
             .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .stderr(Stdio::null())
             .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
@@ -506,11 +528,11 @@ fn dr_page_in_headless_chromium() -> anyhow::Result<()> {
     let _edges = EdgeSim(
         Command::new(env!("CARGO_BIN_EXE_vcodr"))
             .arg("edge-sim")
-            // Two values: `--servers A,B` is refused by clap (num_args = 2
-            // counts before the comma split).
             .arg("--servers")
-            .arg(&cluster.servers[0].edge)
-            .arg(&cluster.servers[1].edge)
+            .arg(format!(
+                "{},{}",
+                cluster.servers[0].edge, cluster.servers[1].edge
+            ))
             .args(["--count", &EDGES.to_string()])
             .arg("--certs")
             .arg(&cluster.certs)
@@ -568,6 +590,15 @@ fn dr_page_in_headless_chromium() -> anyhow::Result<()> {
     );
     assert!(browser.find("#act-promote")?.is_none() || !browser.displayed("#act-promote")?);
     browser.screenshot("dr-page-login-error.png")?;
+    // And it stays so across the page's 2 s refresh (a refused token is not kept).
+    hold(
+        "the login error with the app hidden",
+        Duration::from_secs(3),
+        || {
+            Ok(browser.text("#loginMsg")?.as_deref() == Some("wrong token")
+                && !browser.displayed("#app")?)
+        },
+    )?;
     for i in 0..2 {
         let s = status_of(&rt, &cluster, i)?;
         let want = if i == 0 { "ACTIVE" } else { "STANDBY" };
