@@ -23,6 +23,25 @@ fn standby_running_pair(seed: u64, policy: OnStandbyLoss, edges: usize) -> Sim {
     sim
 }
 
+/// The active is gone: the standby notices, the operator promotes it to epoch 2.
+fn disaster_promote_b(sim: &mut Sim) {
+    let noticed = sim.run_until(5_000, |s| {
+        s.is(B, Role::Standby, DrState::FailureGetActiveStatus)
+    });
+    assert!(
+        noticed,
+        "seed {}: the standby did not notice: {}",
+        sim.seed,
+        sim.describe()
+    );
+    let r = sim.call(B, Command::Promote { force: false }, 1_000);
+    assert!(
+        matches!(r, Ok(Reply::Promoted { epoch: 2, .. })),
+        "seed {}: {r:?}",
+        sim.seed
+    );
+}
+
 /// Issues `n` writes at once and returns (request, key, value) of each.
 fn burst(sim: &mut Sim, server: usize, prefix: &str, n: usize) -> Vec<(RequestId, String, String)> {
     (0..n)
@@ -252,15 +271,7 @@ fn active_crash_forced_failover_keeps_every_acknowledged_write() {
 fn old_active_restarts_alone_learns_the_epoch_from_an_edge_and_redirects() {
     let mut sim = standby_running_pair(3, OnStandbyLoss::Block, 2);
     sim.crash(A);
-    assert!(sim.run_until(5_000, |s| s.is(
-        B,
-        Role::Standby,
-        DrState::FailureGetActiveStatus
-    )));
-    assert!(matches!(
-        sim.call(B, Command::Promote { force: false }, 1_000),
-        Ok(Reply::Promoted { epoch: 2, .. })
-    ));
+    disaster_promote_b(&mut sim);
     assert!(sim.run_until(5_000, |s| s
         .following()
         .iter()
@@ -780,15 +791,7 @@ fn manual_demotion_then_disaster_promotion_of_the_standby() {
 fn an_old_active_restarting_alone_refuses_writes_instead_of_degrading() {
     let mut sim = standby_running_pair(14, OnStandbyLoss::Degrade, 0);
     sim.crash(A);
-    assert!(sim.run_until(5_000, |s| s.is(
-        B,
-        Role::Standby,
-        DrState::FailureGetActiveStatus
-    )));
-    assert!(matches!(
-        sim.call(B, Command::Promote { force: false }, 1_000),
-        Ok(Reply::Promoted { epoch: 2, .. })
-    ));
+    disaster_promote_b(&mut sim);
     // a comes back without any way to hear of epoch 2 (no edges, peer link cut).
     sim.cut(Node::Server(A), Node::Server(B));
     sim.restart(A);
