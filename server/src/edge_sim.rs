@@ -112,7 +112,6 @@ struct EdgeView {
     dropped: AtomicU64,
     /// Highest sample seq acknowledged.
     acked_seq: AtomicU64,
-    config_epoch: AtomicU64,
 }
 
 /// A snapshot of the simulation, for the live line and the final report.
@@ -378,7 +377,6 @@ async fn run_edge(ctx: EdgeCtx, mut stop: watch::Receiver<bool>) {
             .store(edge.following().map_or(0, |i| i as u8 + 1), Relaxed);
         v.cached.store(edge.cached_samples() as u64, Relaxed);
         v.dropped.store(edge.dropped_samples(), Relaxed);
-        v.config_epoch.store(edge.config_applied().0, Relaxed);
         for (i, link) in links.iter_mut().enumerate() {
             if matches!(link, Link::Down) {
                 *link = Link::Connecting;

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
-use vcodr_core::{DrState, Role, Server};
+use vcodr_core::{Role, Server};
 
 /// Bucket upper bounds of the commit latency histogram, in seconds.
 const LATENCY_BUCKETS_S: [f64; 12] = [
@@ -64,11 +64,9 @@ pub struct Metrics {
     pub persist_requests: AtomicU64,
     pub persisted_entries: AtomicU64,
     pub fenced: AtomicU64,
-    pub frames_refused: AtomicU64,
     pub commit_latency: Histogram,
     /// Gauges from the core.
     pub role: AtomicI64,
-    pub dr_state: AtomicI64,
     pub epoch: AtomicU64,
     pub lag_entries: AtomicU64,
     pub lag_ms: AtomicU64,
@@ -108,7 +106,6 @@ impl Metrics {
         if let Ok(mut n) = self.state_name.lock() {
             *n = (st.role.as_str(), st.dr_state.as_str());
         }
-        self.dr_state.store(dr_state_index(st.dr_state), Relaxed);
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -273,12 +270,6 @@ impl Metrics {
             "Times this server learned a higher epoch and fenced itself.",
             self.fenced.load(Relaxed),
         );
-        counter(
-            &mut o,
-            "vcodr_frames_refused_total",
-            "Frames refused (malformed, oversized, unknown version).",
-            self.frames_refused.load(Relaxed),
-        );
         self.commit_latency.render(
             &mut o,
             "vcodr_commit_seconds",
@@ -286,10 +277,6 @@ impl Metrics {
         );
         o
     }
-}
-
-fn dr_state_index(s: DrState) -> i64 {
-    s as i64
 }
 
 #[cfg(test)]
