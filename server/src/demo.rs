@@ -307,8 +307,7 @@ async fn story(
         ok,
         format!("{:.2} s after the promotion", converge.as_secs_f64()),
     );
-    sim.pause_samples();
-    let ok = wait_for(t, || sim.summary().cached_samples == 0).await;
+    let ok = sim.pause_samples(t).await && wait_for(t, || sim.summary().cached_samples == 0).await;
     let s = sim.summary();
     ph.check(
         "cached samples delivered",
@@ -337,19 +336,34 @@ async fn story(
         })
         .unwrap_or_default();
     let mut exact = 0;
+    let mut wrong = Vec::new();
     for i in 0..opts.edges {
         let want = sim.acked_seq(i);
-        if stored.get(&sim.client_id(i)).copied().unwrap_or((0, 0)) == (want, want) {
+        let got = stored.get(&sim.client_id(i)).copied().unwrap_or((0, 0));
+        // count == max seq == acknowledged seq: every seq from 1 stored, each once.
+        if got == (want, want) {
             exact += 1;
+        } else if wrong.len() < 3 {
+            wrong.push(format!(
+                "{}: acknowledged up to {want}, stored {} with max seq {}",
+                sim.client_id(i),
+                got.0,
+                got.1
+            ));
         }
+    }
+    let mut detail = format!(
+        "{exact} of {} edges exact; {} duplicates discarded",
+        opts.edges, summary["duplicatesDiscarded"]
+    );
+    for w in &wrong {
+        detail.push_str("; ");
+        detail.push_str(w);
     }
     ph.check(
         "each sample stored once, none missing",
         exact == opts.edges,
-        format!(
-            "{exact} of {} edges exact; {} duplicates discarded",
-            opts.edges, summary["duplicatesDiscarded"]
-        ),
+        detail,
     );
 
     ph.begin("restart the old active: it must become a zombie");

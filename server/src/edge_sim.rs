@@ -7,7 +7,10 @@ use crate::links::{EdgeLink, ANY_SERVER_NAME};
 use anyhow::Context;
 use serde::Serialize;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicU8,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -112,6 +115,8 @@ struct EdgeView {
     dropped: AtomicU64,
     /// Highest sample seq acknowledged.
     acked_seq: AtomicU64,
+    /// The edge has seen the pause and will generate no further sample.
+    paused: AtomicBool,
 }
 
 /// A snapshot of the simulation, for the live line and the final report.
@@ -286,8 +291,22 @@ impl EdgeSim {
     }
 
     /// Stops generating samples but keeps heartbeating and flushing.
-    pub fn pause_samples(&self) {
+    ///
+    /// Returns once every edge has seen the pause (false if `timeout` passed
+    /// first): from then on each edge's cached count covers every sample it
+    /// will ever send, so "caches empty" means "everything acknowledged".
+    pub async fn pause_samples(&self, timeout: Duration) -> bool {
         let _ = self.stop.send(true);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.views.iter().all(|v| v.paused.load(Acquire)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Stops every edge.
@@ -330,6 +349,7 @@ async fn run_edge(ctx: EdgeCtx, mut stop: watch::Receiver<bool>) {
     let mut links = [Link::Down, Link::Down];
     let mut timer = Instant::now();
     let mut sampling = !*stop.borrow();
+    ctx.views[ctx.index].paused.store(!sampling, Release);
     let mut next_sample = ctx.sample_interval.map(|d| Instant::now() + d);
     let mut backoff = [Backoff::standard(), Backoff::standard()];
     for (i, link) in links.iter_mut().enumerate() {
@@ -390,6 +410,12 @@ async fn run_edge(ctx: EdgeCtx, mut stop: watch::Receiver<bool>) {
                 edge.handle_input(ms(started), EdgeInput::Timeout(EdgeTimer::Heartbeat));
             }
             _ = async { match sample_at { Some(t) => tokio::time::sleep_until(t.into()).await, None => std::future::pending().await } } => {
+                if *stop.borrow() {
+                    // Paused while the timer raced the stop signal: the
+                    // stop branch runs next and records the pause.
+                    sampling = false;
+                    continue;
+                }
                 let seq = edge.next_seq();
                 let mut payload = format!("{{\"edge\":\"{}\",\"seq\":{seq}}}", ctx.cfg.client_id).into_bytes();
                 payload.resize(payload.len().max(ctx.sample_bytes), b' ');
@@ -413,6 +439,9 @@ async fn run_edge(ctx: EdgeCtx, mut stop: watch::Receiver<bool>) {
             },
             _ = stop.changed() => {
                 sampling = !*stop.borrow();
+                // Every sample generated so far is already in `cached` (stored
+                // at the top of the loop), so a pause seen here is complete.
+                ctx.views[ctx.index].paused.store(!sampling, Release);
             }
         }
     }

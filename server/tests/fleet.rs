@@ -82,7 +82,10 @@ async fn two_thousand_edges_follow_a_planned_switchover_without_losing_a_sample(
         .await
         .unwrap();
     // Stop producing, let every cache drain, then compare edge by edge.
-    sim.pause_samples();
+    assert!(
+        sim.pause_samples(Duration::from_secs(60)).await,
+        "every edge saw the pause"
+    );
     until(Duration::from_secs(60), "caches drained", || {
         sim.summary().cached_samples == 0
     })
