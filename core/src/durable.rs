@@ -44,9 +44,11 @@ pub fn apply_entry(state: &mut Snapshot, entry: &Entry) {
                     version: entry.index,
                 },
             );
+            state.config_index = entry.index;
         }
         Op::Delete { key } => {
             state.docs.remove(key);
+            state.config_index = entry.index;
         }
         Op::Samples { client, samples } => {
             if let Some(last) = samples.last() {

@@ -41,6 +41,10 @@ pub struct Snapshot {
     pub sample_seq: BTreeMap<ClientId, u64>,
     /// `(epoch, first index)` of each epoch begun at a promotion, oldest first.
     pub epoch_starts: Vec<(Epoch, Index)>,
+    /// Index of the last entry that changed the documents (0: none): the
+    /// configuration version edges pull by, so that monitoring samples,
+    /// which also travel through the log, do not make every edge re-pull.
+    pub config_index: Index,
 }
 
 /// Header of every peer message.
@@ -80,6 +84,8 @@ pub enum PeerMsg {
         docs: Vec<(String, Doc)>,
         sample_seq: Vec<(ClientId, u64)>,
         epoch_starts: Vec<(Epoch, Index)>,
+        /// The snapshot's `config_index` (meaningful in the last chunk).
+        config_index: Index,
     },
     /// Standby → active: chunk received (and, for the last one, installed durably).
     SnapshotAck { index: Index, chunk: u32 },

@@ -1196,6 +1196,7 @@ impl Server {
                     } else {
                         Vec::new()
                     },
+                    config_index: snap.config_index,
                 }
             })
             .collect();
@@ -1629,6 +1630,7 @@ impl Server {
                 docs,
                 sample_seq,
                 epoch_starts,
+                config_index,
             } => self.on_snapshot_chunk(
                 env.epoch,
                 index,
@@ -1638,6 +1640,7 @@ impl Server {
                 docs,
                 sample_seq,
                 epoch_starts,
+                config_index,
             ),
             PeerMsg::SnapshotAck { index, chunk } if self.role == Role::Active => {
                 self.on_standby_heard();
@@ -1907,6 +1910,7 @@ impl Server {
         docs: Vec<(String, Doc)>,
         sample_seq: Vec<(ClientId, u64)>,
         epoch_starts: Vec<(Epoch, Index)>,
+        config_index: Index,
     ) {
         if self.role != Role::Standby
             || epoch != self.epoch
@@ -1970,6 +1974,7 @@ impl Server {
         let mut rx = self.snapshot_rx.take().expect("checked");
         rx.snapshot.sample_seq = sample_seq.into_iter().collect();
         rx.snapshot.epoch_starts = epoch_starts;
+        rx.snapshot.config_index = config_index;
         let snap = rx.snapshot;
         self.fail_pending("replaced by a snapshot");
         self.log = Log::starting_after(snap.index, snap.epoch);
@@ -2752,7 +2757,7 @@ impl Server {
                 }
                 let msg = ServerMsg::Config {
                     epoch: self.epoch,
-                    version: self.applied.index,
+                    version: self.applied.config_index,
                     docs: self
                         .applied
                         .docs
@@ -2849,7 +2854,7 @@ impl Server {
             pair_id: self.pair_id,
             active_address,
             redirect,
-            config_version: self.applied.index,
+            config_version: self.applied.config_index,
         });
         self.out(Output::ReplyEdge { reply_to, msg });
     }

@@ -51,6 +51,7 @@ fn samples() -> (Vec<PeerEnvelope>, Vec<EdgeMsg>, Vec<ServerMsg>) {
             )],
             sample_seq: vec![("e1".into(), 10)],
             epoch_starts: vec![(2, 3)],
+            config_index: 4,
         },
         PeerMsg::SnapshotAck { index: 5, chunk: 0 },
         PeerMsg::Append {

@@ -698,3 +698,99 @@ fn samples_are_stored_once_however_often_they_are_sent() {
         ]
     );
 }
+
+#[test]
+fn the_configuration_version_moves_with_documents_not_with_samples() {
+    let mut s = fresh();
+    let unknown = |address: &str| ViewEntry {
+        address: address.into(),
+        role: None,
+        epoch: 0,
+        pair_id: None,
+        last_response_ms: None,
+    };
+    // What an edge is told in a heartbeat reply and in a pull, at time `at`.
+    let mut versions = |s: &mut Server, at: Millis| {
+        let hb = Heartbeat {
+            client_id: "e".into(),
+            client_type: ClientType::Edge,
+            seq: at,
+            view: [unknown("a:7444"), unknown("b:7444")],
+            following: None,
+            config_epoch: 0,
+            config_version: 0,
+            cached_samples: 0,
+            dropped_samples: 0,
+        };
+        let mut got = Vec::new();
+        for msg in [
+            EdgeMsg::Heartbeat(hb),
+            EdgeMsg::ConfigPull {
+                have_epoch: 0,
+                have_version: 0,
+            },
+        ] {
+            s.handle_input(
+                Now::at(at),
+                Input::Edge {
+                    reply_to: 9,
+                    client: "e".into(),
+                    msg,
+                },
+            );
+            for o in drain(s) {
+                match o {
+                    Output::ReplyEdge {
+                        msg: ServerMsg::HeartbeatReply(r),
+                        ..
+                    } => got.push(r.config_version),
+                    Output::ReplyEdge {
+                        msg: ServerMsg::Config { version, .. },
+                        ..
+                    } => got.push(version),
+                    _ => {}
+                }
+            }
+        }
+        got
+    };
+    assert_eq!(versions(&mut s, 10), vec![0, 0]);
+    let _ = cmd(
+        &mut s,
+        1,
+        Command::Put {
+            key: "k".into(),
+            value: b"{}".to_vec(),
+        },
+    );
+    let _ = persisted(&mut s, 3);
+    assert_eq!(versions(&mut s, 11), vec![1, 1], "a put is version 1");
+    // Monitoring samples are log entries 2 and 3: edges must not re-pull for them.
+    for (i, seq) in [1u64, 2].into_iter().enumerate() {
+        s.handle_input(
+            Now::at(12),
+            Input::Edge {
+                reply_to: 10 + i as u64,
+                client: "e".into(),
+                msg: EdgeMsg::Monitoring {
+                    samples: vec![Sample {
+                        seq,
+                        payload: vec![1],
+                    }],
+                },
+            },
+        );
+        let out = drain(&mut s);
+        let Some(Output::Persist { seq: p, .. }) = out.first() else {
+            panic!("{out:?}")
+        };
+        let p = *p;
+        let _ = persisted(&mut s, p + 1);
+    }
+    assert_eq!(s.status().commit_index, 3);
+    assert_eq!(versions(&mut s, 13), vec![1, 1], "samples leave it alone");
+    let _ = cmd(&mut s, 2, Command::Delete { key: "k".into() });
+    let _ = persisted(&mut s, 99);
+    assert_eq!(s.status().commit_index, 4);
+    assert_eq!(versions(&mut s, 14), vec![4, 4], "a delete moves it");
+}

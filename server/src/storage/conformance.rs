@@ -674,12 +674,14 @@ impl OpGen {
         if self.chance(30) {
             epoch_starts.push((self.epoch, index));
         }
+        let config_index = docs.values().map(|d| d.version).max().unwrap_or(0);
         Snapshot {
             index,
             epoch: if index == 0 { 0 } else { self.epoch },
             docs,
             sample_seq,
             epoch_starts,
+            config_index,
         }
     }
 

@@ -37,7 +37,7 @@ use vcodr_core::{
 };
 
 /// On-disk format version written at creation and checked at every open.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 const SCHEMA_TABLE: &str = "vcodr_schema";
 const SCHEMA: TableDefinition<&str, u64> = TableDefinition::new(SCHEMA_TABLE);
@@ -65,6 +65,8 @@ struct Head {
     applied_epoch: Epoch,
     /// `(epoch, first index)` of each epoch begun at a promotion (applied state).
     epoch_starts: Vec<(Epoch, Index)>,
+    /// Last applied index that changed the documents (applied state).
+    config_index: Index,
     /// Highest committed index.
     commit: Index,
     /// Key of the next state-history row.
@@ -477,11 +479,13 @@ impl RedbStorage {
                     t.docs
                         .insert(key.as_str(), bytes.as_slice())
                         .map_err(self.db_err(DOCS_NAME, "put"))?;
+                    head.config_index = e.index;
                 }
                 Op::Delete { key } => {
                     t.docs
                         .remove(key.as_str())
                         .map_err(self.db_err(DOCS_NAME, "delete"))?;
+                    head.config_index = e.index;
                 }
                 Op::Samples { client, samples } => {
                     let mut added = 0u64;
@@ -577,6 +581,7 @@ impl RedbStorage {
         head.applied_index = s.index;
         head.applied_epoch = s.epoch;
         head.epoch_starts = s.epoch_starts.clone();
+        head.config_index = s.config_index;
         head.commit = s.index;
         Ok(())
     }
@@ -672,6 +677,7 @@ impl Storage for RedbStorage {
                 docs,
                 sample_seq,
                 epoch_starts: head.epoch_starts,
+                config_index: head.config_index,
             },
             commit: head.commit,
             log,
