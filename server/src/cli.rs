@@ -61,6 +61,10 @@ pub enum Cmd {
         /// Stop after this many seconds (default: until ctrl-c).
         #[arg(long)]
         duration_s: Option<u64>,
+        /// Heartbeat round trips of the first this many seconds (the
+        /// connection ramp) are left out of the reported percentiles.
+        #[arg(long, default_value_t = 0)]
+        warmup_s: u64,
         /// Print the final report as JSON.
         #[arg(long)]
         json: bool,
@@ -207,6 +211,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             sample_interval_ms,
             gateway_every,
             duration_s,
+            warmup_s,
             json,
         } => {
             let [a, b]: [String; 2] = servers
@@ -224,6 +229,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 &certs,
                 settings.clone(),
                 duration_s.map(std::time::Duration::from_secs),
+                std::time::Duration::from_secs(warmup_s),
                 json,
             )
             .await?;

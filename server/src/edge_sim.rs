@@ -3,7 +3,7 @@
 //! its own QUIC connections to both servers (all on one UDP socket),
 //! heartbeating with jitter, pulling configuration and sending monitoring.
 
-use crate::links::{EdgeLink, ANY_SERVER_NAME};
+use crate::links::{EdgeLink, ANY_SERVER_NAME, EDGE_LINK_REQUESTS};
 use anyhow::Context;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -19,7 +19,7 @@ use vcodr_core::*;
 use vcodr_transport::certs::{CertKind, CertificateAuthority};
 use vcodr_transport::quic::QuicTransport;
 use vcodr_transport::reconnect::Backoff;
-use vcodr_transport::{Connection, Settings, Transport};
+use vcodr_transport::{Connection, RequestError, Settings, Transport};
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -58,21 +58,57 @@ impl Default for SimSettings {
     }
 }
 
-/// Latency histogram with power-of-two microsecond buckets.
-#[derive(Debug, Default)]
+/// Latency histogram with log-linear microsecond buckets.
+#[derive(Debug)]
 pub struct RttHistogram {
-    buckets: [AtomicU64; 32],
+    /// Four buckets per power of two of microseconds (at most 19 % wide),
+    /// from 1 µs to ~70 minutes.
+    buckets: [AtomicU64; RTT_BUCKETS],
+}
+
+const RTT_BUCKETS: usize = 4 * 32;
+
+impl Default for RttHistogram {
+    fn default() -> Self {
+        RttHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 impl RttHistogram {
+    fn bucket(us: u64) -> usize {
+        if us < 4 {
+            return us as usize;
+        }
+        let exp = 63 - us.leading_zeros() as usize;
+        let sub = ((us >> (exp - 2)) & 3) as usize;
+        (exp * 4 + sub).min(RTT_BUCKETS - 1)
+    }
+
+    /// Largest value (µs) that falls in bucket `i`.
+    fn upper_us(i: usize) -> u64 {
+        if i < 4 {
+            return i as u64;
+        }
+        let (exp, sub) = (i / 4, (i % 4) as u64);
+        ((4 + sub + 1) << (exp - 2)) - 1
+    }
+
     pub fn observe(&self, d: Duration) {
-        let us = d.as_micros().max(1) as u64;
-        let b = (63 - us.leading_zeros() as usize).min(31);
-        self.buckets[b].fetch_add(1, Relaxed);
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        self.buckets[Self::bucket(us)].fetch_add(1, Relaxed);
     }
 
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+
+    /// Forgets every observation (e.g. those of the connection ramp).
+    pub fn reset(&self) {
+        for b in &self.buckets {
+            b.store(0, Relaxed);
+        }
     }
 
     /// Upper bound of the bucket holding quantile `q`, in microseconds.
@@ -86,10 +122,50 @@ impl RttHistogram {
         for (i, b) in self.buckets.iter().enumerate() {
             seen += b.load(Relaxed);
             if seen >= target {
-                return 1u64 << (i + 1);
+                return Self::upper_us(i);
             }
         }
-        1 << 32
+        Self::upper_us(RTT_BUCKETS - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RttHistogram;
+    use std::time::Duration;
+
+    #[test]
+    fn quantiles_come_from_narrow_buckets() {
+        let h = RttHistogram::default();
+        for us in 1..=1000u64 {
+            h.observe(Duration::from_micros(us));
+        }
+        // Each answer is the top of the bucket holding the exact quantile.
+        assert_eq!(h.quantile_us(0.5), 511);
+        assert_eq!(h.quantile_us(0.99), 1023);
+        assert_eq!(h.quantile_us(0.0), 1);
+        for us in [
+            1u64,
+            3,
+            4,
+            5,
+            7,
+            8,
+            9,
+            15,
+            16,
+            17,
+            1_000,
+            19_999,
+            20_000,
+            1 << 40,
+        ] {
+            let b = RttHistogram::bucket(us);
+            assert!(RttHistogram::upper_us(b) >= us, "{us}");
+            assert!(b == 0 || RttHistogram::upper_us(b - 1) < us, "{us}");
+        }
+        h.reset();
+        assert_eq!(h.count(), 0);
     }
 }
 
@@ -99,6 +175,8 @@ pub struct Stats {
     pub heartbeats: AtomicU64,
     pub rtt: RttHistogram,
     pub request_errors: AtomicU64,
+    /// Heartbeats (datagrams) or their replies lost: the edge counts a miss.
+    pub heartbeats_lost: AtomicU64,
     pub connect_failures: AtomicU64,
     pub samples_generated: AtomicU64,
     pub samples_acked: AtomicU64,
@@ -134,6 +212,7 @@ pub struct Summary {
     pub heartbeat_p50_us: u64,
     pub heartbeat_p99_us: u64,
     pub request_errors: u64,
+    pub heartbeats_lost: u64,
     pub connect_failures: u64,
     pub configs_applied: u64,
     pub follow_changes: u64,
@@ -143,7 +222,7 @@ impl Summary {
     /// The live one-line summary.
     pub fn line(&self, servers: &[String; 2]) -> String {
         format!(
-            "edges {} | following {}: {} | {}: {} | nobody: {} | cached {} dropped {} | hb {} p50 {:.1} ms p99 {:.1} ms | errors {}",
+            "edges {} | following {}: {} | {}: {} | nobody: {} | cached {} dropped {} | hb {} p50 {:.2} ms p99 {:.2} ms lost {} | errors {}",
             self.edges,
             servers[0],
             self.following[0],
@@ -155,6 +234,7 @@ impl Summary {
             self.heartbeats,
             self.heartbeat_p50_us as f64 / 1000.0,
             self.heartbeat_p99_us as f64 / 1000.0,
+            self.heartbeats_lost,
             self.request_errors
         )
     }
@@ -195,6 +275,7 @@ impl EdgeSim {
         let tsettings = Settings {
             udp_buffer_bytes: 16 * 1024 * 1024,
             max_pending_accepts: 16,
+            max_concurrent_requests: EDGE_LINK_REQUESTS,
             ..Settings::default()
         };
         let first = ca.issue_identity(&format!("{}-sim", settings.id_prefix), CertKind::Client)?;
@@ -264,6 +345,7 @@ impl EdgeSim {
             heartbeat_p50_us: self.stats.rtt.quantile_us(0.5),
             heartbeat_p99_us: self.stats.rtt.quantile_us(0.99),
             request_errors: self.stats.request_errors.load(Relaxed),
+            heartbeats_lost: self.stats.heartbeats_lost.load(Relaxed),
             connect_failures: self.stats.connect_failures.load(Relaxed),
             configs_applied: self.stats.configs_applied.load(Relaxed),
             follow_changes: self.stats.follow_changes.load(Relaxed),
@@ -368,13 +450,22 @@ async fn run_edge(ctx: EdgeCtx, mut stop: watch::Receiver<bool>) {
                         let hb = matches!(msg, EdgeMsg::Heartbeat(_));
                         tokio::spawn(async move {
                             let t0 = Instant::now();
-                            match conn.request(&msg).await {
+                            let answer = if hb {
+                                conn.request_datagram(&msg).await
+                            } else {
+                                conn.request(&msg).await
+                            };
+                            match answer {
                                 Ok(reply) => {
                                     if hb {
                                         stats.heartbeats.fetch_add(1, Relaxed);
                                         stats.rtt.observe(t0.elapsed());
                                     }
                                     let _ = tx.send(Event::Reply(server, reply)).await;
+                                }
+                                // A lost datagram is a missed heartbeat, not a dead link.
+                                Err(RequestError::TimedOut { .. }) if hb => {
+                                    stats.heartbeats_lost.fetch_add(1, Relaxed);
                                 }
                                 Err(_) => {
                                     stats.request_errors.fetch_add(1, Relaxed);
@@ -502,6 +593,7 @@ pub async fn run_cli(
     certs: &std::path::Path,
     settings: SimSettings,
     duration: Option<Duration>,
+    warmup: Duration,
     json: bool,
 ) -> anyhow::Result<Summary> {
     let ca = CertificateAuthority::load(certs)
@@ -514,7 +606,12 @@ pub async fn run_cli(
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
     let deadline = duration.map(|d| Instant::now() + d);
+    let mut warmup_ends = (!warmup.is_zero()).then(|| Instant::now() + warmup);
     loop {
+        if warmup_ends.is_some_and(|t| Instant::now() >= t) {
+            sim.stats.rtt.reset();
+            warmup_ends = None;
+        }
         let tick = tokio::time::sleep(Duration::from_secs(1));
         tokio::select! {
             _ = tick => {}

@@ -16,8 +16,20 @@ impl Protocol for PeerLink {
 }
 
 /// Edge or gateway → server: every message is a request with one reply.
+/// Heartbeats travel as datagram requests
+/// ([`request_datagram`](vcodr_transport::LinkSender::request_datagram)):
+/// one packet each way, and a lost one is simply a missed heartbeat, which
+/// the edge machine already counts; configuration pulls and monitoring
+/// batches, which must arrive, use streams.
 #[derive(Debug)]
 pub struct EdgeLink;
+
+/// Stream requests one edge may have in flight on a link: a configuration
+/// pull and a monitoring batch (one each, by the edge machine's rules), plus
+/// room for heartbeats that fell back to a stream. QUIC sets aside state for
+/// every stream it allows the peer, so a server holding 10,000 edges keeps
+/// this small.
+pub const EDGE_LINK_REQUESTS: u32 = 8;
 
 impl Protocol for EdgeLink {
     const NAME: &'static str = "vcodr-edge";

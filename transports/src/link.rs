@@ -86,9 +86,16 @@ impl<P: Protocol> fmt::Debug for Incoming<P> {
     }
 }
 
+/// Where a link's backend puts what it receives for the application. Boxed:
+/// a channel allocates its slots in blocks of 32, and a heartbeat is large,
+/// so unboxed every idle link of a 10,000-edge server would hold ~10 KiB.
+pub(crate) type IncomingTx<P> = mpsc::Sender<Box<Incoming<P>>>;
+pub(crate) type IncomingRx<P> = mpsc::Receiver<Box<Incoming<P>>>;
+
 /// The backend-specific end of a response.
 pub(crate) enum ResponderInner {
     Quic(quinn::SendStream),
+    QuicDatagram(crate::quic::DatagramReply),
     Mem(crate::mem::MemResponder),
 }
 
@@ -140,6 +147,7 @@ impl<P: Protocol> Responder<P> {
         let inner = self.inner.take();
         let result = match inner {
             Some(ResponderInner::Quic(stream)) => crate::quic::respond(stream, &frame).await,
+            Some(ResponderInner::QuicDatagram(reply)) => reply.respond(&frame),
             Some(ResponderInner::Mem(mem)) => mem.respond(frame).await,
             // `inner` is only taken here, and `respond` consumes `self`.
             None => Err("responder already used".to_string()),
@@ -155,6 +163,7 @@ impl<P: Protocol> Drop for Responder<P> {
     fn drop(&mut self) {
         match self.inner.take() {
             Some(ResponderInner::Quic(mut stream)) => crate::quic::refuse(&mut stream),
+            Some(ResponderInner::QuicDatagram(reply)) => reply.refuse(),
             Some(ResponderInner::Mem(mem)) => mem.refuse(),
             None => {}
         }
@@ -187,6 +196,15 @@ impl Backend {
     async fn request(&self, frame: Vec<u8>) -> Result<Vec<u8>, RequestFailure> {
         match self {
             Backend::Quic(q) => q.request(frame).await,
+            Backend::Mem(m) => m.request(frame).await,
+        }
+    }
+
+    async fn request_datagram(&self, frame: Vec<u8>) -> Result<Vec<u8>, RequestFailure> {
+        match self {
+            Backend::Quic(q) => q.request_datagram(frame).await,
+            // The in-memory network already drops, delays, duplicates and
+            // reorders requests as its faults say: one path serves both.
             Backend::Mem(m) => m.request(frame).await,
         }
     }
@@ -291,6 +309,30 @@ impl<P: Protocol> LinkSender<P> {
     /// one does not hold up the others; at most `max_concurrent_requests`
     /// are in flight per link, further ones wait.
     pub async fn request(&self, request: &P::Request) -> Result<P::Response, RequestError> {
+        self.exchange(request, false).await
+    }
+
+    /// Sends `request` as an unreliable datagram and waits for its response
+    /// (also a datagram), at most `request_timeout`. At most once, never
+    /// retransmitted: a lost request or response ends in
+    /// [`RequestError::TimedOut`]. For small, idempotent, periodic requests
+    /// such as heartbeats, where a late answer is worthless and a stream per
+    /// request costs more than the request itself (QUIC: one packet each
+    /// way, no stream state, no head-of-line blocking behind retransmits).
+    /// A request or response too large for one datagram on this path
+    /// travels on a stream instead, as with [`request`](Self::request).
+    pub async fn request_datagram(
+        &self,
+        request: &P::Request,
+    ) -> Result<P::Response, RequestError> {
+        self.exchange(request, true).await
+    }
+
+    async fn exchange(
+        &self,
+        request: &P::Request,
+        datagram: bool,
+    ) -> Result<P::Response, RequestError> {
         let link = || (*self.shared.info).clone();
         let frame =
             codec::encode_frame(request, self.shared.max_frame_bytes).map_err(|e| match e {
@@ -304,7 +346,12 @@ impl<P: Protocol> LinkSender<P> {
                     reason,
                 },
             })?;
-        match self.shared.backend.request(frame).await {
+        let answer = if datagram {
+            self.shared.backend.request_datagram(frame).await
+        } else {
+            self.shared.backend.request(frame).await
+        };
+        match answer {
             Ok(payload) => {
                 codec::decode_payload(&payload).map_err(|error| RequestError::BadResponse {
                     link: link(),
@@ -357,7 +404,7 @@ impl<P: Protocol> LinkSender<P> {
 /// The receiving half of a link.
 pub struct LinkReceiver<P: Protocol> {
     shared: Arc<LinkShared>,
-    incoming: mpsc::Receiver<Incoming<P>>,
+    incoming: IncomingRx<P>,
 }
 
 impl<P: Protocol> fmt::Debug for LinkReceiver<P> {
@@ -379,7 +426,7 @@ impl<P: Protocol> LinkReceiver<P> {
     /// Cancel-safe.
     pub async fn recv(&mut self) -> Result<Incoming<P>, LinkClosed> {
         match self.incoming.recv().await {
-            Some(incoming) => Ok(incoming),
+            Some(incoming) => Ok(*incoming),
             None => Err(LinkClosed {
                 link: (*self.shared.info).clone(),
                 reason: self.shared.backend.closed().await,
@@ -412,7 +459,7 @@ impl<P: Protocol> Connection<P> {
         info: LinkInfo,
         max_frame_bytes: usize,
         backend: Backend,
-        incoming: mpsc::Receiver<Incoming<P>>,
+        incoming: IncomingRx<P>,
     ) -> Self {
         let shared = Arc::new(LinkShared {
             info: Arc::new(info),
@@ -460,6 +507,14 @@ impl<P: Protocol> Connection<P> {
     /// See [`LinkSender::request`].
     pub async fn request(&self, request: &P::Request) -> Result<P::Response, RequestError> {
         self.sender.request(request).await
+    }
+
+    /// See [`LinkSender::request_datagram`].
+    pub async fn request_datagram(
+        &self,
+        request: &P::Request,
+    ) -> Result<P::Response, RequestError> {
+        self.sender.request_datagram(request).await
     }
 
     /// See [`LinkReceiver::recv`].

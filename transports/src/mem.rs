@@ -41,8 +41,8 @@ use vcodr_core::codec::{self, negotiate, Hello, FRAME_HEADER_LEN};
 
 use crate::error::{CloseReason, ConnectError, Refusal, SetupError};
 use crate::link::{
-    decode_whole_frame, Backend, Connection, Incoming, LinkInfo, Listener, ListenerGuard,
-    ListenerStats, PeerId, RequestFailure, Responder, ResponderInner,
+    decode_whole_frame, Backend, Connection, Incoming, IncomingTx, LinkInfo, Listener,
+    ListenerGuard, ListenerStats, PeerId, RequestFailure, Responder, ResponderInner,
 };
 use crate::rng::SplitMix64;
 use crate::settings::{Settings, SettingsError};
@@ -906,7 +906,7 @@ impl MemResponder {
 
 /// Where a pipe delivers: the receiving side's queues.
 struct Dest<P: Protocol> {
-    incoming: mpsc::Sender<Incoming<P>>,
+    incoming: IncomingTx<P>,
     pending: Pending,
     /// The receiving side's own outgoing queue, for its responders.
     outgoing: mpsc::Sender<Packet>,
@@ -1148,7 +1148,7 @@ impl<P: Protocol> Pipe<P> {
         tokio::select! {
             biased;
             _ = closed.wait_for(Option::is_some) => false,
-            sent = dest.incoming.send(incoming) => sent.is_ok(),
+            sent = dest.incoming.send(Box::new(incoming)) => sent.is_ok(),
         }
     }
 }

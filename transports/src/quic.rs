@@ -34,8 +34,8 @@ use vcodr_core::codec::{self, negotiate, DecodeError, Hello, FRAME_HEADER_LEN};
 use crate::certs::{identity_of, TlsIdentity};
 use crate::error::{CloseReason, ConnectError, Refusal, SetupError};
 use crate::link::{
-    Backend, Connection, Incoming, LinkInfo, Listener, ListenerGuard, ListenerStats, PeerId,
-    RequestFailure, Responder, ResponderInner,
+    decode_whole_frame, Backend, Connection, Incoming, IncomingTx, LinkInfo, Listener,
+    ListenerGuard, ListenerStats, PeerId, RequestFailure, Responder, ResponderInner,
 };
 use crate::settings::Settings;
 use crate::{Protocol, Transport};
@@ -160,8 +160,8 @@ fn transport_config(settings: &Settings) -> Result<Arc<quinn::TransportConfig>, 
         ))
         // The ordered stream; one per direction and connection.
         .max_concurrent_uni_streams(VarInt::from_u32(1))
-        // Heartbeats ride on request streams; datagrams are not used.
-        .datagram_receive_buffer_size(None);
+        // Datagram requests (heartbeats): unread ones beyond this are dropped.
+        .datagram_receive_buffer_size(Some(settings.datagram_buffer_bytes));
     Ok(Arc::new(transport))
 }
 
@@ -820,9 +820,116 @@ pub(crate) fn refuse(stream: &mut SendStream) {
     let _ = stream.reset(code::NO_RESPONSE);
 }
 
+/// Datagram requests and responses: a 9-byte header (kind, then the
+/// request id as a big-endian u64) before an ordinary frame.
+mod dgram {
+    /// A request; the rest is its frame.
+    pub const REQUEST: u8 = 0;
+    /// The response to request `id`; the rest is its frame.
+    pub const RESPONSE: u8 = 1;
+    /// The responder was dropped unanswered (or the request frame was bad).
+    pub const REFUSED: u8 = 2;
+    /// The response does not fit in a datagram: ask again on a stream.
+    pub const TOO_LARGE: u8 = 3;
+    pub const HEADER_LEN: usize = 9;
+
+    pub fn encode(kind: u8, id: u64, frame: &[u8]) -> bytes::Bytes {
+        let mut b = Vec::with_capacity(HEADER_LEN + frame.len());
+        b.push(kind);
+        b.extend_from_slice(&id.to_be_bytes());
+        b.extend_from_slice(frame);
+        b.into()
+    }
+}
+
+/// How a datagram request was answered.
+enum DatagramAnswer {
+    Response(Vec<u8>),
+    Refused,
+    TooLarge,
+}
+
+/// Datagram requests of one link awaiting their answer, by id.
+#[derive(Default)]
+struct DatagramRequests {
+    next_id: std::sync::atomic::AtomicU64,
+    pending: std::sync::Mutex<
+        std::collections::HashMap<u64, tokio::sync::oneshot::Sender<DatagramAnswer>>,
+    >,
+}
+
+impl DatagramRequests {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<u64, tokio::sync::oneshot::Sender<DatagramAnswer>>,
+    > {
+        // The map is left consistent at every step: a panic elsewhere
+        // cannot poison it into a wrong state.
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn answer(&self, id: u64, answer: DatagramAnswer) {
+        if let Some(tx) = self.lock().remove(&id) {
+            let _ = tx.send(answer);
+        }
+    }
+}
+
+/// Forgets a datagram request that is answered, timed out or cancelled.
+struct DatagramSlot<'a> {
+    requests: &'a DatagramRequests,
+    id: u64,
+}
+
+impl Drop for DatagramSlot<'_> {
+    fn drop(&mut self) {
+        self.requests.lock().remove(&self.id);
+    }
+}
+
+/// Answers one datagram request.
+pub(crate) struct DatagramReply {
+    conn: quinn::Connection,
+    id: u64,
+}
+
+impl DatagramReply {
+    pub(crate) fn respond(mut self, frame: &[u8]) -> Result<(), String> {
+        let fits = self
+            .conn
+            .max_datagram_size()
+            .is_some_and(|max| dgram::HEADER_LEN + frame.len() <= max);
+        let datagram = if fits {
+            dgram::encode(dgram::RESPONSE, self.id, frame)
+        } else {
+            dgram::encode(dgram::TOO_LARGE, self.id, &[])
+        };
+        // Answered: the drop below must not refuse it too.
+        self.id = u64::MAX;
+        self.conn.send_datagram(datagram).map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn refuse(self) {}
+}
+
+impl Drop for DatagramReply {
+    fn drop(&mut self) {
+        if self.id != u64::MAX {
+            let _ = self
+                .conn
+                .send_datagram(dgram::encode(dgram::REFUSED, self.id, &[]));
+        }
+    }
+}
+
 /// The QUIC half of a [`Backend`].
 pub(crate) struct QuicLink {
     conn: quinn::Connection,
+    datagrams: Arc<DatagramRequests>,
     ordered: mpsc::Sender<Vec<u8>>,
     local_close: Arc<OnceLock<CloseReason>>,
     max_frame_bytes: usize,
@@ -910,6 +1017,49 @@ impl QuicLink {
         }
     }
 
+    /// A request as one datagram, its response as another; on a stream when
+    /// either does not fit.
+    pub(crate) async fn request_datagram(&self, frame: Vec<u8>) -> Result<Vec<u8>, RequestFailure> {
+        let fits = self
+            .conn
+            .max_datagram_size()
+            .is_some_and(|max| dgram::HEADER_LEN + frame.len() <= max);
+        if !fits {
+            return self.request(frame).await;
+        }
+        let id = self.datagrams.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.datagrams.lock().insert(id, tx);
+        let _slot = DatagramSlot {
+            requests: &self.datagrams,
+            id,
+        };
+        match self
+            .conn
+            .send_datagram(dgram::encode(dgram::REQUEST, id, &frame))
+        {
+            Ok(()) => {}
+            Err(quinn::SendDatagramError::ConnectionLost(e)) => {
+                return Err(RequestFailure::Closed(close_reason_of(
+                    &e,
+                    &self.local_close,
+                )))
+            }
+            // Unsupported by the peer, disabled, or the path shrank.
+            Err(_) => return self.request(frame).await,
+        }
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(DatagramAnswer::Response(payload))) => Ok(payload),
+            Ok(Ok(DatagramAnswer::Refused)) => Err(RequestFailure::NoResponse(
+                "the peer refused the request unanswered".into(),
+            )),
+            Ok(Ok(DatagramAnswer::TooLarge)) => self.request(frame).await,
+            // The reader is gone: so is the connection.
+            Ok(Err(_)) => Err(RequestFailure::Closed(self.current_reason())),
+            Err(_) => Err(RequestFailure::TimedOut),
+        }
+    }
+
     pub(crate) fn request_timeout(&self) -> Duration {
         self.request_timeout
     }
@@ -940,8 +1090,10 @@ fn start_link<P: Protocol>(
     let (ordered_tx, ordered_rx) = mpsc::channel(settings.max_pending_sends);
     let (incoming_tx, incoming_rx) = mpsc::channel(settings.max_pending_incoming);
     let local_close = Arc::new(OnceLock::new());
+    let datagrams = Arc::new(DatagramRequests::default());
     let link = QuicLink {
         conn: conn.clone(),
+        datagrams: datagrams.clone(),
         ordered: ordered_tx,
         local_close: local_close.clone(),
         max_frame_bytes: settings.max_frame_bytes,
@@ -960,6 +1112,13 @@ fn start_link<P: Protocol>(
         incoming_tx.clone(),
         info.clone(),
         settings.clone(),
+    ));
+    tokio::spawn(read_datagrams::<P>(
+        conn.clone(),
+        incoming_tx.clone(),
+        datagrams,
+        info.clone(),
+        settings.max_frame_bytes,
     ));
     tokio::spawn(accept_ordered::<P>(
         conn,
@@ -1002,9 +1161,78 @@ async fn ordered_writer(
     }
 }
 
+/// Reads datagram requests (for the application) and responses (for the
+/// requests this side sent) until the connection closes. A malformed
+/// datagram is dropped with a warning; the link stays up.
+async fn read_datagrams<P: Protocol>(
+    conn: quinn::Connection,
+    incoming: IncomingTx<P>,
+    requests: Arc<DatagramRequests>,
+    info: Arc<LinkInfo>,
+    max_frame_bytes: usize,
+) {
+    while let Ok(d) = conn.read_datagram().await {
+        if d.len() < dgram::HEADER_LEN {
+            warn!(link = %info, len = d.len(), "dropped a datagram shorter than its header");
+            continue;
+        }
+        let kind = d[0];
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&d[1..dgram::HEADER_LEN]);
+        let id = u64::from_be_bytes(id);
+        let frame = &d[dgram::HEADER_LEN..];
+        match kind {
+            dgram::REQUEST => match decode_whole_frame::<P::Request>(frame, max_frame_bytes) {
+                Ok(request) => {
+                    let responder = Responder::new(
+                        info.clone(),
+                        max_frame_bytes,
+                        ResponderInner::QuicDatagram(DatagramReply {
+                            conn: conn.clone(),
+                            id,
+                        }),
+                    );
+                    if incoming
+                        .send(Box::new(Incoming::Request { request, responder }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    warn!(link = %info, reason = %e, "rejected a datagram request; the link stays up");
+                    let _ = conn.send_datagram(dgram::encode(dgram::REFUSED, id, &[]));
+                }
+            },
+            dgram::RESPONSE => {
+                let payload = match codec::decode_header(frame, max_frame_bytes) {
+                    Ok(len) if FRAME_HEADER_LEN + len == frame.len() => {
+                        frame[FRAME_HEADER_LEN..].to_vec()
+                    }
+                    Ok(len) => {
+                        warn!(link = %info, len, have = frame.len(), "dropped a datagram response whose frame length is wrong");
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(link = %info, reason = %e, "dropped a malformed datagram response");
+                        continue;
+                    }
+                };
+                requests.answer(id, DatagramAnswer::Response(payload));
+            }
+            dgram::REFUSED => requests.answer(id, DatagramAnswer::Refused),
+            dgram::TOO_LARGE => requests.answer(id, DatagramAnswer::TooLarge),
+            other => {
+                warn!(link = %info, kind = other, "dropped a datagram of unknown kind");
+            }
+        }
+    }
+}
+
 async fn accept_requests<P: Protocol>(
     conn: quinn::Connection,
-    incoming: mpsc::Sender<Incoming<P>>,
+    incoming: IncomingTx<P>,
     info: Arc<LinkInfo>,
     settings: Arc<Settings>,
 ) {
@@ -1022,7 +1250,7 @@ async fn accept_requests<P: Protocol>(
 async fn serve_request<P: Protocol>(
     mut send: SendStream,
     mut recv: RecvStream,
-    incoming: mpsc::Sender<Incoming<P>>,
+    incoming: IncomingTx<P>,
     info: Arc<LinkInfo>,
     settings: Arc<Settings>,
 ) {
@@ -1041,7 +1269,7 @@ async fn serve_request<P: Protocol>(
                 // If the application dropped its receiver, the responder is
                 // dropped with the error and the requester learns at once.
                 let _ = incoming
-                    .send(Incoming::Request { request, responder })
+                    .send(Box::new(Incoming::Request { request, responder }))
                     .await;
                 return;
             }
@@ -1060,7 +1288,7 @@ async fn serve_request<P: Protocol>(
 
 async fn accept_ordered<P: Protocol>(
     conn: quinn::Connection,
-    incoming: mpsc::Sender<Incoming<P>>,
+    incoming: IncomingTx<P>,
     info: Arc<LinkInfo>,
     max_frame_bytes: usize,
     local_close: Arc<OnceLock<CloseReason>>,
@@ -1070,7 +1298,11 @@ async fn accept_ordered<P: Protocol>(
             let failure = match read_frame(&mut recv, max_frame_bytes).await {
                 Ok(payload) => match codec::decode_payload::<P::Message>(&payload) {
                     Ok(message) => {
-                        if incoming.send(Incoming::Message(message)).await.is_err() {
+                        if incoming
+                            .send(Box::new(Incoming::Message(message)))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                         continue;

@@ -54,6 +54,11 @@ pub struct Settings {
     /// clamps it to `net.core.rmem_max`/`wmem_max`). The ~208 KiB default
     /// drops bursts such as a thousand edges reconnecting at once.
     pub udp_buffer_bytes: usize,
+    /// Bytes of received datagram requests and responses a connection keeps
+    /// unread before QUIC drops the oldest (requests by
+    /// [`request_datagram`](crate::LinkSender::request_datagram) are
+    /// unreliable by contract, so a drop is a lost request, not a stall).
+    pub datagram_buffer_bytes: usize,
     /// What this side says of itself when a link opens (protocol versions
     /// spoken and software version, named in version-mismatch errors).
     pub hello: Hello,
@@ -73,6 +78,7 @@ impl Default for Settings {
             idle_timeout: Duration::from_secs(30),
             keep_alive_interval: Duration::from_secs(5),
             udp_buffer_bytes: 4 * 1024 * 1024,
+            datagram_buffer_bytes: 64 * 1024,
             hello: Hello::ours(concat!("vcodr-transport ", env!("CARGO_PKG_VERSION"))),
         }
     }
@@ -148,6 +154,15 @@ impl Settings {
                 ),
             ));
         }
+        if !(1500..=64 * 1024 * 1024).contains(&self.datagram_buffer_bytes) {
+            return Err(invalid(
+                "datagram_buffer_bytes",
+                format!(
+                    "{} is not between 1500 bytes (one datagram) and 64 MiB",
+                    self.datagram_buffer_bytes
+                ),
+            ));
+        }
         if self.keep_alive_interval * 2 > self.idle_timeout {
             return Err(invalid(
                 "keep_alive_interval",
@@ -204,6 +219,11 @@ mod tests {
             ..Settings::default()
         };
         assert_eq!(s.validate().unwrap_err().field, "request_timeout");
+        let s = Settings {
+            datagram_buffer_bytes: 100,
+            ..Settings::default()
+        };
+        assert_eq!(s.validate().unwrap_err().field, "datagram_buffer_bytes");
         let mut s = Settings::default();
         s.hello.min_version = 5;
         s.hello.max_version = 4;

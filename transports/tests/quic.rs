@@ -793,3 +793,108 @@ async fn settings_are_validated() {
     .unwrap_err();
     assert!(err.to_string().contains("max_pending_sends"), "{err}");
 }
+
+/// Heartbeats as datagram requests: answered as datagrams; a request or a
+/// response too large for one datagram travels on a stream instead; an
+/// unanswered one tells the requester at once; garbage datagrams are dropped
+/// and the link keeps serving.
+#[tokio::test]
+async fn datagram_requests_round_trip_fall_back_to_streams_and_survive_garbage() {
+    let ca = CertificateAuthority::new().unwrap();
+    let server = start_server(&ca, "a", loopback(), quick_settings()).unwrap();
+    let edge = client(&ca, "edge-1", CertKind::Client);
+    let link = within("connect", TEST_LIMIT, edge.connect(server.addr, "a"))
+        .await
+        .unwrap();
+    for seq in 0..100 {
+        let reply = within(
+            "datagram heartbeat",
+            TEST_LIMIT,
+            link.request_datagram(&TestRequest::Heartbeat { seq }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            reply,
+            TestResponse::Reply {
+                seq,
+                server: "a".into(),
+                client: "edge-1".into()
+            }
+        );
+    }
+    assert_eq!(server.state.lock().unwrap().heartbeats, 100);
+    // 200 KiB each way: far beyond any datagram, so both go by stream.
+    let big = vec![7u8; 200 * 1024];
+    let reply = within(
+        "large echo",
+        TEST_LIMIT,
+        link.request_datagram(&TestRequest::Echo(big.clone())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply, TestResponse::Echo(big));
+    // A small request whose response does not fit: the server says so and
+    // the requester asks again on a stream.
+    let (_endpoint, raw) = raw_link(&ca, "edge-raw", server.addr).await;
+    let max = raw.max_datagram_size().expect("datagrams negotiated");
+    let reply = within(
+        "a response larger than a datagram",
+        TEST_LIMIT,
+        link.request_datagram(&TestRequest::Grow(max as u32)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply, TestResponse::Echo(vec![1u8; max]));
+    // Garbage: too short, unknown kind, bad frame, an answer nobody asked for.
+    for bytes in [
+        &b"\x00"[..],
+        &b"\x09\x00\x00\x00\x00\x00\x00\x00\x01junk"[..],
+        &b"\x00\x00\x00\x00\x00\x00\x00\x00\x01\xff\xff\xff\xff\xff"[..],
+        &b"\x01\x00\x00\x00\x00\x00\x00\x00\x63\x01\x00\x00\x00\x00"[..],
+    ] {
+        raw.send_datagram(bytes.to_vec().into()).unwrap();
+    }
+    let reply = within(
+        "heartbeat after garbage",
+        TEST_LIMIT,
+        link.request_datagram(&TestRequest::Heartbeat { seq: 1000 }),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(reply, TestResponse::Reply { seq: 1000, .. }));
+    assert!(
+        raw.close_reason().is_none(),
+        "garbage did not close the link"
+    );
+}
+
+#[tokio::test]
+async fn an_unanswered_datagram_request_is_refused_at_once() {
+    let ca = CertificateAuthority::new().unwrap();
+    let server = QuicTransport::<TestProto>::bind(
+        loopback(),
+        ca.issue_identity("a", CertKind::Server).unwrap(),
+        quick_settings(),
+    )
+    .unwrap();
+    let mut listener = server.listen().unwrap();
+    let addr = listener.local_addr();
+    tokio::spawn(async move {
+        let mut link = listener.accept().await.unwrap();
+        while let Ok(incoming) = link.recv().await {
+            drop(incoming); // never answer
+        }
+    });
+    let edge = client(&ca, "edge-1", CertKind::Client);
+    let link = edge.connect(addr, "a").await.unwrap();
+    // Well inside the 5 s request timeout: the refusal is a datagram of its own.
+    let err = within(
+        "datagram request",
+        Duration::from_secs(3),
+        link.request_datagram(&TestRequest::Status),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RequestError::NoResponse { .. }), "{err}");
+}

@@ -22,6 +22,8 @@ pub enum TestRequest {
     /// How far has the standby applied the log?
     Status,
     Echo(Vec<u8>),
+    /// Answered by an `Echo` of this many bytes.
+    Grow(u32),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +136,7 @@ pub async fn serve_link(
                         applied: state.lock().unwrap().applied,
                     },
                     TestRequest::Echo(bytes) => TestResponse::Echo(bytes),
+                    TestRequest::Grow(n) => TestResponse::Echo(vec![1u8; n as usize]),
                 };
                 // Answer from another task so a slow requester never blocks the reader.
                 tokio::spawn(async move {
