@@ -710,7 +710,7 @@ fn the_configuration_version_moves_with_documents_not_with_samples() {
         last_response_ms: None,
     };
     // What an edge is told in a heartbeat reply and in a pull, at time `at`.
-    let mut versions = |s: &mut Server, at: Millis| {
+    let versions = |s: &mut Server, at: Millis| {
         let hb = Heartbeat {
             client_id: "e".into(),
             client_type: ClientType::Edge,

@@ -7,6 +7,7 @@
 //! commit is in progress and the next commit takes them all (group commit);
 //! `Persisted { up_to }` goes back to the core only after the commit returned.
 
+use crate::links::EdgeLink;
 use crate::metrics::Metrics;
 use crate::rpc::{self, ApiCall, RpcError};
 use crate::storage::Storage;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use vcodr_core::*;
+use vcodr_transport::Responder;
 
 /// Time as the core takes it.
 #[derive(Clone, Copy, Debug)]
@@ -61,6 +63,16 @@ enum StorageJob {
     SaveContacts(Vec<ClientContact>),
 }
 
+/// Answers an edge: inline when the request came as a datagram (a
+/// heartbeat), from a short task when a stream must be written.
+fn answer_edge(responder: Responder<EdgeLink>, msg: ServerMsg) {
+    if let Err(responder) = responder.respond_datagram(&msg) {
+        tokio::spawn(async move {
+            let _ = responder.respond(&msg).await;
+        });
+    }
+}
+
 /// What the driver task receives.
 #[allow(missing_debug_implementations)] // holds reply channels
 pub enum DriverMsg {
@@ -71,7 +83,7 @@ pub enum DriverMsg {
     Edge {
         client: ClientId,
         msg: EdgeMsg,
-        reply: oneshot::Sender<ServerMsg>,
+        reply: Responder<EdgeLink>,
     },
     Peer(PeerEnvelope),
     Persisted {
@@ -136,14 +148,23 @@ impl Handle {
         }
     }
 
-    /// Handles one edge request; `None` when the server is stopping.
-    pub async fn edge(&self, client: ClientId, msg: EdgeMsg) -> Option<ServerMsg> {
-        let (reply, rx) = oneshot::channel();
+    /// Hands one edge request to the driver, which answers the edge itself.
+    /// Waits while the driver's queue is full (the edge's link stops being
+    /// read: backpressure); false when the server is stopping.
+    pub async fn edge_request(
+        &self,
+        client: ClientId,
+        msg: EdgeMsg,
+        responder: Responder<EdgeLink>,
+    ) -> bool {
         self.tx
-            .send(DriverMsg::Edge { client, msg, reply })
+            .send(DriverMsg::Edge {
+                client,
+                msg,
+                reply: responder,
+            })
             .await
-            .ok()?;
-        rx.await.ok()
+            .is_ok()
     }
 
     /// Delivers a peer message (dropped if the driver is overloaded: peers retransmit).
@@ -301,7 +322,7 @@ struct Driver {
     jobs: std::sync::mpsc::Sender<StorageJob>,
     peers: Box<dyn PeerSink>,
     metrics: Arc<Metrics>,
-    edge_waiters: HashMap<ReplyTo, oneshot::Sender<ServerMsg>>,
+    edge_waiters: HashMap<ReplyTo, Responder<EdgeLink>>,
     api_waiters: HashMap<RequestId, oneshot::Sender<Result<Value, RpcError>>>,
     next_id: u64,
     settings: DriverSettings,
@@ -553,7 +574,7 @@ impl Driver {
                 }
                 Output::ReplyEdge { reply_to, msg } => {
                     if let Some(w) = self.edge_waiters.remove(&reply_to) {
-                        let _ = w.send(msg);
+                        answer_edge(w, msg);
                     }
                 }
                 Output::Persist { seq, ops } => {

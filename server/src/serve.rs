@@ -320,13 +320,9 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
                 loop {
                     match conn.recv().await {
                         Ok(Incoming::Request { request, responder }) => {
-                            let h = h.clone();
-                            let client = client.clone();
-                            tokio::spawn(async move {
-                                if let Some(reply) = h.edge(client, request).await {
-                                    let _ = responder.respond(&reply).await;
-                                }
-                            });
+                            if !h.edge_request(client.clone(), request, responder).await {
+                                return;
+                            }
                         }
                         Ok(Incoming::Message(())) => {}
                         Err(_) => return,

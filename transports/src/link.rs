@@ -131,9 +131,32 @@ impl<P: Protocol> Responder<P> {
         &self.link
     }
 
-    /// Sends `response` and completes the exchange.
-    pub async fn respond(mut self, response: &P::Response) -> Result<(), RespondError> {
-        let frame = codec::encode_frame(response, self.max_frame_bytes).map_err(|e| match e {
+    /// Sends `response` at once, without waiting, when the request came as
+    /// a datagram ([`LinkSender::request_datagram`]): a driver task can then
+    /// answer inline instead of spawning a task per request. Any other
+    /// responder is handed back untouched, for [`respond`](Self::respond).
+    pub fn respond_datagram(
+        mut self,
+        response: &P::Response,
+    ) -> Result<Result<(), RespondError>, Self> {
+        if !matches!(self.inner, Some(ResponderInner::QuicDatagram(_))) {
+            return Err(self);
+        }
+        let frame = match self.encode(response) {
+            Ok(frame) => frame,
+            Err(e) => return Ok(Err(e)),
+        };
+        let Some(ResponderInner::QuicDatagram(reply)) = self.inner.take() else {
+            return Err(self);
+        };
+        Ok(reply.respond(&frame).map_err(|reason| RespondError::Gone {
+            link: (*self.link).clone(),
+            reason,
+        }))
+    }
+
+    fn encode(&self, response: &P::Response) -> Result<Vec<u8>, RespondError> {
+        codec::encode_frame(response, self.max_frame_bytes).map_err(|e| match e {
             EncodeError::TooLarge { len, max } => RespondError::TooLarge {
                 link: (*self.link).clone(),
                 len,
@@ -143,7 +166,12 @@ impl<P: Protocol> Responder<P> {
                 link: (*self.link).clone(),
                 reason,
             },
-        })?;
+        })
+    }
+
+    /// Sends `response` and completes the exchange.
+    pub async fn respond(mut self, response: &P::Response) -> Result<(), RespondError> {
+        let frame = self.encode(response)?;
         let inner = self.inner.take();
         let result = match inner {
             Some(ResponderInner::Quic(stream)) => crate::quic::respond(stream, &frame).await,
