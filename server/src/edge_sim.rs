@@ -66,7 +66,8 @@ pub struct RttHistogram {
     buckets: [AtomicU64; RTT_BUCKETS],
 }
 
-const RTT_BUCKETS: usize = 4 * 32;
+/// 1 µs wide up to 7 µs, then four per power of two up to ~2^40 µs.
+const RTT_BUCKETS: usize = 4 + 4 * 38;
 
 impl Default for RttHistogram {
     fn default() -> Self {
@@ -83,7 +84,7 @@ impl RttHistogram {
         }
         let exp = 63 - us.leading_zeros() as usize;
         let sub = ((us >> (exp - 2)) & 3) as usize;
-        (exp * 4 + sub).min(RTT_BUCKETS - 1)
+        (4 + (exp - 2) * 4 + sub).min(RTT_BUCKETS - 1)
     }
 
     /// Largest value (µs) that falls in bucket `i`.
@@ -91,7 +92,7 @@ impl RttHistogram {
         if i < 4 {
             return i as u64;
         }
-        let (exp, sub) = (i / 4, (i % 4) as u64);
+        let (exp, sub) = ((i - 4) / 4 + 2, ((i - 4) % 4) as u64);
         ((4 + sub + 1) << (exp - 2)) - 1
     }
 
@@ -158,7 +159,7 @@ mod tests {
             1_000,
             19_999,
             20_000,
-            1 << 40,
+            1 << 38,
         ] {
             let b = RttHistogram::bucket(us);
             assert!(RttHistogram::upper_us(b) >= us, "{us}");
