@@ -1,9 +1,10 @@
 //! Edge fleet load on a pair over QUIC on loopback (SPEC §10): starts two real
 //! `vcodr serve` processes and pairs them, then runs `vcodr edge-sim` as a
 //! third process with N edges heartbeating both servers every second. While
-//! the fleet runs it samples each server's resident memory (VmRSS) once a
-//! second; at the end it promotes the standby (planned switchover) and
-//! measures how long until every edge follows it.
+//! the fleet runs it samples each server's resident memory (VmRSS) and the CPU
+//! time of the three processes once a second, and reads the active's contact
+//! table to see how many clients follow it. Failover convergence under a
+//! fleet is measured by `server/tests/fleet.rs` and the demo.
 //!
 //! ```sh
 //! cargo build --release -p vcodr-server

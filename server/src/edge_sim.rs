@@ -241,6 +241,9 @@ impl Summary {
     }
 }
 
+/// Edges sharing one UDP socket in the simulator.
+const EDGES_PER_SOCKET: usize = 1_000;
+
 /// A running simulation.
 pub struct EdgeSim {
     pub settings: SimSettings,
@@ -248,7 +251,7 @@ pub struct EdgeSim {
     views: Arc<Vec<EdgeView>>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _transport: QuicTransport<EdgeLink>,
+    _sockets: Vec<QuicTransport<EdgeLink>>,
 }
 
 impl std::fmt::Debug for EdgeSim {
@@ -279,9 +282,20 @@ impl EdgeSim {
             max_concurrent_requests: EDGE_LINK_REQUESTS,
             ..Settings::default()
         };
+        // One UDP socket (quinn endpoint, whose receive loop is one task) per
+        // `EDGES_PER_SOCKET` edges, so that receiving spreads over the cores.
+        let sockets = settings.count.div_ceil(EDGES_PER_SOCKET).max(1);
         let first = ca.issue_identity(&format!("{}-sim", settings.id_prefix), CertKind::Client)?;
-        let base = QuicTransport::<EdgeLink>::bind("127.0.0.1:0".parse()?, first, tsettings)
-            .context("binding the edge simulator's UDP socket")?;
+        let bases = (0..sockets)
+            .map(|_| {
+                QuicTransport::<EdgeLink>::bind(
+                    "127.0.0.1:0".parse()?,
+                    first.clone(),
+                    tsettings.clone(),
+                )
+                .context("binding one of the edge simulator's UDP sockets")
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let stats = Arc::new(Stats::default());
         let views: Arc<Vec<EdgeView>> =
             Arc::new((0..settings.count).map(|_| EdgeView::default()).collect());
@@ -294,7 +308,7 @@ impl EdgeSim {
             let identity = ca
                 .issue_identity(&id, CertKind::Client)
                 .with_context(|| format!("issuing a certificate for {id}"))?;
-            let transport = base.with_identity(identity)?;
+            let transport = bases[i / EDGES_PER_SOCKET].with_identity(identity)?;
             let client_type = if settings.gateway_every > 0 && (i + 1) % settings.gateway_every == 0
             {
                 ClientType::Gateway
@@ -329,7 +343,7 @@ impl EdgeSim {
             views,
             stop,
             tasks,
-            _transport: base,
+            _sockets: bases,
         })
     }
 
