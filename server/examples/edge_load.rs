@@ -3,8 +3,8 @@
 //! third process with N edges heartbeating both servers every second. While
 //! the fleet runs it samples each server's resident memory (VmRSS) and the CPU
 //! time of the three processes once a second, and reads the active's contact
-//! table to see how many clients follow it. Failover convergence under a
-//! fleet is measured by `server/tests/fleet.rs` and the demo.
+//! table to see how many clients follow it. Then it promotes the standby
+//! (planned switchover) and measures how long until every client follows it.
 //!
 //! ```sh
 //! cargo build --release -p vcodr-server
@@ -40,6 +40,19 @@ fn cpu_s(pid: u32) -> f64 {
         })
         .unwrap_or(0);
     ticks as f64 / 100.0
+}
+
+/// Clients that `server`'s contact table shows following it.
+async fn following(cl: &ProcCluster, server: usize) -> anyhow::Result<u64> {
+    let st = cl
+        .client(server)
+        .call(
+            "disasterRecovery/getReplicationStatus",
+            serde_json::json!({ "with": ["clientCount"] }),
+        )
+        .await?;
+    let n = |k: &str| st["clientCount"][k].as_u64().unwrap_or(0);
+    Ok(n("currentActiveEdgeCount") + n("currentActiveGatewayCount"))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -80,8 +93,9 @@ async fn main() -> anyhow::Result<()> {
         .arg(count.to_string())
         .args(["--heartbeat-ms", "1000", "--sample-interval-ms"])
         .arg(sample_ms.to_string())
+        // Outlives the steady phase and the switchover; stopped by ctrl-c.
         .arg("--duration-s")
-        .arg(total.to_string())
+        .arg((total + 120).to_string())
         .arg("--warmup-s")
         .arg(ramp.to_string())
         .arg("--certs")
@@ -94,12 +108,11 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let mut peak = [0u64; 2];
     let mut sim_peak = 0;
-    let mut following = 0;
     let mut cpu_at_ramp: Option<([f64; 3], Instant)> = None;
     let mut cpu_steady = [0.0; 3];
-    while start.elapsed() < Duration::from_secs(total + 30) {
-        if sim.try_wait()?.is_some() {
-            break;
+    while start.elapsed() < Duration::from_secs(total) {
+        if let Some(status) = sim.try_wait()? {
+            anyhow::bail!("edge-sim exited early ({status}); see {}", dir.display());
         }
         for (p, pid) in peak.iter_mut().zip(pids) {
             *p = (*p).max(rss_kib(pid));
@@ -116,29 +129,50 @@ async fn main() -> anyhow::Result<()> {
             }
             _ => {}
         }
-        if start.elapsed() > Duration::from_secs(ramp) {
-            let st = cl
-                .client(0)
-                .call(
-                    "disasterRecovery/getReplicationStatus",
-                    serde_json::json!({ "with": ["clientCount"] }),
-                )
-                .await?;
-            following = st["clientCount"]["currentActiveEdgeCount"]
-                .as_u64()
-                .unwrap_or(0)
-                + st["clientCount"]["currentActiveGatewayCount"]
-                    .as_u64()
-                    .unwrap_or(0);
-        }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let following_a = following(&cl, 0).await?;
+    // The simulator's live line (once a second): percentiles since the ramp.
+    let steady_line = std::fs::read_to_string(dir.join("sim.log"))?
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+
+    // Planned switchover while the fleet runs: how long until b's contact
+    // table shows every client following b? Each client reports whom it
+    // follows in its next heartbeat, so this is an upper bound by up to one
+    // heartbeat interval.
+    let promoted = Instant::now();
+    cl.client(1)
+        .call(
+            "disasterRecovery/promoteStandbyToActive",
+            serde_json::json!({"force": true}),
+        )
+        .await?;
+    let mut converged = None;
+    while promoted.elapsed() < Duration::from_secs(30) {
+        if following(&cl, 1).await? == count as u64 {
+            converged = Some(promoted.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let following_b = following(&cl, 1).await?;
+    // ctrl-c: the simulator stops and prints its report.
+    let _ = Command::new("kill")
+        .args(["-INT", &sim_pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sim.try_wait()?.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = sim.kill();
     let _ = sim.wait();
     let report = std::fs::read_to_string(&out)?;
-    println!("edges {count}, heartbeat 1 s to both servers, a monitoring sample every {sample_ms} ms per edge, {secs} s steady after a {ramp} s ramp (percentiles: steady phase only)");
-    println!("edge-sim report: {}", report.trim());
-    println!("clients following a (its contact table): {following}");
+    println!("edges {count}, heartbeat 1 s to both servers, a monitoring sample every {sample_ms} ms per edge, {secs} s steady after a {ramp} s ramp");
+    println!("steady phase (edge-sim live line): {steady_line}");
+    println!("clients following a before the switchover (its contact table): {following_a}");
     println!(
         "server RSS MiB: idle a {:.0} b {:.0}; peak a {:.0} b {:.0}; edge-sim peak {:.0}",
         rss_idle[0] as f64 / 1024.0,
@@ -147,11 +181,22 @@ async fn main() -> anyhow::Result<()> {
         peak[1] as f64 / 1024.0,
         sim_peak as f64 / 1024.0
     );
-    println!("logs in {}", dir.display());
     println!(
         "CPU in the steady phase (cores): a {:.2} b {:.2} edge-sim {:.2}",
         cpu_steady[0], cpu_steady[1], cpu_steady[2]
     );
+    match converged {
+        Some(t) => println!(
+            "switchover: all {count} clients follow b {:.2} s after promoteStandbyToActive (b's contact table)",
+            t.as_secs_f64()
+        ),
+        None => println!("switchover: only {following_b} of {count} clients follow b after 30 s"),
+    }
+    println!(
+        "edge-sim final report (whole run after the ramp): {}",
+        report.trim()
+    );
+    println!("logs in {}", dir.display());
     cl.stop_all();
     Ok(())
 }

@@ -334,6 +334,12 @@ impl EdgeSim {
                     .then(|| Duration::from_millis(settings.sample_interval_ms)),
                 sample_bytes: settings.sample_bytes,
                 start_delay,
+                // Each edge's first sample at its own moment, so that a fleet
+                // samples evenly from the start, not all at once (or, with
+                // minutes between samples, not at all in a short run).
+                sample_phase: Duration::from_millis(
+                    rng.range(0, settings.sample_interval_ms.max(1)),
+                ),
             };
             tasks.push(tokio::spawn(run_edge(ctx, stop_rx.clone())));
         }
@@ -428,6 +434,7 @@ struct EdgeCtx {
     sample_interval: Option<Duration>,
     sample_bytes: usize,
     start_delay: Duration,
+    sample_phase: Duration,
 }
 
 /// One server link of one edge: connected, or reconnecting in the background.
@@ -447,7 +454,9 @@ async fn run_edge(ctx: EdgeCtx, mut stop: watch::Receiver<bool>) {
     let mut timer = Instant::now();
     let mut sampling = !*stop.borrow();
     ctx.views[ctx.index].paused.store(!sampling, Release);
-    let mut next_sample = ctx.sample_interval.map(|d| Instant::now() + d);
+    let mut next_sample = ctx
+        .sample_interval
+        .map(|_| Instant::now() + ctx.sample_phase);
     let mut backoff = [Backoff::standard(), Backoff::standard()];
     for (i, link) in links.iter_mut().enumerate() {
         *link = Link::Connecting;
