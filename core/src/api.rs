@@ -288,6 +288,21 @@ pub enum RequestKind {
     EdgeConfigPull,
 }
 
+impl RequestKind {
+    /// Every kind, for tables and exhaustive checks.
+    pub const ALL: [RequestKind; 9] = [
+        RequestKind::DrStatus,
+        RequestKind::DrHeartbeat,
+        RequestKind::DrOperation,
+        RequestKind::Login,
+        RequestKind::ConfigRead,
+        RequestKind::ConfigWrite,
+        RequestKind::MonitoringRead,
+        RequestKind::MonitoringWrite,
+        RequestKind::EdgeConfigPull,
+    ];
+}
+
 /// Where a refused caller should go instead.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Redirects {

@@ -214,10 +214,7 @@ fn thousand_writes_then_planned_switchover_loses_nothing() {
         // Edges follow the promoted server.
         sim.faults = Faults::none();
         assert!(
-            sim.run_until(5_000, |s| s
-                .following()
-                .iter()
-                .all(|f| f.as_deref() == Some("b:7444"))),
+            sim.run_until(5_000, |s| s.all_follow("b:7444")),
             "seed {seed}"
         );
     });
@@ -272,10 +269,7 @@ fn old_active_restarts_alone_learns_the_epoch_from_an_edge_and_redirects() {
     let mut sim = standby_running_pair(3, OnStandbyLoss::Block, 2);
     sim.crash(A);
     disaster_promote_b(&mut sim);
-    assert!(sim.run_until(5_000, |s| s
-        .following()
-        .iter()
-        .all(|f| f.as_deref() == Some("b:7444"))));
+    assert!(sim.run_until(5_000, |s| s.all_follow("b:7444")));
     // The old active comes back, but the peer link is cut: only edges can tell it.
     sim.cut(Node::Server(A), Node::Server(B));
     sim.restart(A);
@@ -314,12 +308,7 @@ fn old_active_restarts_alone_learns_the_epoch_from_an_edge_and_redirects() {
         .edges
         .iter()
         .all(|e| e.edge.slots()[A].redirect.as_deref() == Some("b:7444"))));
-    assert!(
-        sim.following()
-            .iter()
-            .all(|f| f.as_deref() == Some("b:7444")),
-        "nobody follows the zombie"
-    );
+    assert!(sim.all_follow("b:7444"), "nobody follows the zombie");
 }
 
 #[test]

@@ -280,18 +280,7 @@ fn the_role_gate_decides_for_every_kind_of_call() {
         admin: Some("b:8443".into()),
         edge: Some("b:7444".into()),
     };
-    let all = [
-        DrStatus,
-        DrHeartbeat,
-        DrOperation,
-        Login,
-        ConfigRead,
-        ConfigWrite,
-        MonitoringRead,
-        MonitoringWrite,
-        EdgeConfigPull,
-    ];
-    for kind in all {
+    for kind in RequestKind::ALL {
         for role in [Role::Standalone, Role::Active] {
             assert_eq!(
                 gate(

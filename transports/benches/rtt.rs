@@ -1,58 +1,29 @@
-//! QUIC request/response round trips on loopback (one requester, one link).
+//! QUIC request/response round trips on loopback (one requester, one link),
+//! on a stream and as datagrams.
 //!
 //! `cargo bench -p vcodr-transport --bench rtt`; the example
 //! `cargo run --release -p vcodr-transport --example rtt` reports round
 //! trips per second at several concurrency levels.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use serde::{Deserialize, Serialize};
 use vcodr_transport::certs::{CertKind, CertificateAuthority};
 use vcodr_transport::quic::QuicTransport;
-use vcodr_transport::{Connection, Incoming, Protocol, Settings, Transport};
+use vcodr_transport::{Connection, Settings, Transport};
 
-#[derive(Serialize, Deserialize)]
-struct Ping(u64);
-#[derive(Serialize, Deserialize)]
-struct Pong(u64);
-
-struct Rtt;
-impl Protocol for Rtt {
-    const NAME: &'static str = "vcodr-rtt";
-    type Request = Ping;
-    type Response = Pong;
-    type Message = ();
-}
+#[path = "support/echo.rs"]
+mod echo;
+use echo::{echo_server, loopback, Ping, Rtt};
 
 fn setup(
     rt: &tokio::runtime::Runtime,
 ) -> (QuicTransport<Rtt>, QuicTransport<Rtt>, Connection<Rtt>) {
     rt.block_on(async {
-        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
         let ca = CertificateAuthority::new().expect("CA");
-        let server = QuicTransport::<Rtt>::bind(
-            loopback,
-            ca.issue_identity("a", CertKind::Server).expect("cert"),
-            Settings::default(),
-        )
-        .expect("bind");
-        let mut listener = server.listen().expect("listen");
-        let addr = listener.local_addr();
-        tokio::spawn(async move {
-            while let Some(mut link) = listener.accept().await {
-                tokio::spawn(async move {
-                    while let Ok(incoming) = link.recv().await {
-                        if let Incoming::Request { request, responder } = incoming {
-                            let _ = responder.respond(&Pong(request.0)).await;
-                        }
-                    }
-                });
-            }
-        });
+        let (server, addr) = echo_server(&ca, Settings::default()).expect("echo server");
         let edge = QuicTransport::<Rtt>::bind(
-            loopback,
+            loopback(),
             ca.issue_identity("edge-1", CertKind::Client).expect("cert"),
             Settings::default(),
         )
@@ -78,6 +49,19 @@ fn round_trips(c: &mut Criterion) {
                 let started = Instant::now();
                 for i in 0..iters {
                     let pong = link.request(&Ping(i)).await.expect("round trip");
+                    assert_eq!(pong.0, i);
+                }
+                started.elapsed()
+            })
+        })
+    });
+    // Heartbeats' path: one datagram each way (no loss on loopback).
+    group.bench_function("request_datagram", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let started = Instant::now();
+                for i in 0..iters {
+                    let pong = link.request_datagram(&Ping(i)).await.expect("round trip");
                     assert_eq!(pong.0, i);
                 }
                 started.elapsed()

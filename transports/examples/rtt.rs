@@ -8,32 +8,17 @@
 //! then 64) over one link; then LINKS (default 1000) links opened at once,
 //! each doing one round trip.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use vcodr_transport::certs::{CertKind, CertificateAuthority};
 use vcodr_transport::quic::QuicTransport;
-use vcodr_transport::{Incoming, Protocol, Settings, Transport};
+use vcodr_transport::{Settings, Transport};
 
-#[derive(Serialize, Deserialize)]
-struct Ping {
-    seq: u64,
-}
-#[derive(Serialize, Deserialize)]
-struct Pong {
-    seq: u64,
-}
-
-struct Rtt;
-impl Protocol for Rtt {
-    const NAME: &'static str = "vcodr-rtt";
-    type Request = Ping;
-    type Response = Pong;
-    type Message = ();
-}
+#[path = "../benches/support/echo.rs"]
+mod echo;
+use echo::{echo_server, loopback, Ping, Rtt};
 
 fn arg(n: usize, default: u64) -> u64 {
     std::env::args()
@@ -47,36 +32,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seconds = arg(1, 5);
     let concurrency = arg(2, 0);
     let links = arg(3, 1000);
-    let loopback: SocketAddr = "127.0.0.1:0".parse()?;
     let ca = CertificateAuthority::new()?;
     let settings = Settings {
         handshake_timeout: Duration::from_secs(60),
         request_timeout: Duration::from_secs(60),
         ..Settings::default()
     };
-    let server = QuicTransport::<Rtt>::bind(
-        loopback,
-        ca.issue_identity("a", CertKind::Server)?,
-        settings.clone(),
-    )?;
-    let mut listener = server.listen()?;
-    let addr = listener.local_addr();
-    tokio::spawn(async move {
-        while let Some(mut link) = listener.accept().await {
-            tokio::spawn(async move {
-                while let Ok(incoming) = link.recv().await {
-                    if let Incoming::Request { request, responder } = incoming {
-                        tokio::spawn(async move {
-                            let _ = responder.respond(&Pong { seq: request.seq }).await;
-                        });
-                    }
-                }
-            });
-        }
-    });
+    let (_server, addr) = echo_server(&ca, settings.clone())?;
 
     let edge = QuicTransport::<Rtt>::bind(
-        loopback,
+        loopback(),
         ca.issue_identity("edge-1", CertKind::Client)?,
         settings.clone(),
     )?;
@@ -97,8 +62,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tasks.spawn(async move {
                 let mut seq = 0;
                 while Instant::now() < deadline {
-                    let pong = sender.request(&Ping { seq }).await.expect("round trip");
-                    assert_eq!(pong.seq, seq);
+                    let pong = sender.request(&Ping(seq)).await.expect("round trip");
+                    assert_eq!(pong.0, seq);
                     seq += 1;
                     count.fetch_add(1, Ordering::Relaxed);
                 }
@@ -118,7 +83,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let sockets: Vec<_> = (0..8)
             .map(|i| {
                 QuicTransport::<Rtt>::bind(
-                    loopback,
+                    loopback(),
                     ca.issue_identity(&format!("sock-{i}"), CertKind::Client)
                         .unwrap(),
                     settings.clone(),
@@ -142,7 +107,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tasks.spawn(async move {
                 let t = Instant::now();
                 let link = edge.connect(addr, "a").await.expect("connect");
-                link.request(&Ping { seq: 0 }).await.expect("round trip");
+                link.request(&Ping(0)).await.expect("round trip");
                 (t.elapsed(), link)
             });
         }

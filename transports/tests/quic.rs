@@ -325,6 +325,25 @@ async fn wrong_protocol_is_refused_in_the_handshake() {
     }
 }
 
+/// A client that speaks protocol `versions` and calls itself `software`.
+fn edge_speaking(
+    ca: &CertificateAuthority,
+    name: &str,
+    versions: std::ops::RangeInclusive<u16>,
+    software: &str,
+) -> QuicTransport<TestProto> {
+    let settings = Settings {
+        hello: Hello {
+            min_version: *versions.start(),
+            max_version: *versions.end(),
+            software: software.into(),
+        },
+        ..quick_settings()
+    };
+    let identity = ca.issue_identity(name, CertKind::Client).unwrap();
+    QuicTransport::bind(loopback(), identity, settings).unwrap()
+}
+
 #[tokio::test]
 async fn version_mismatch_is_refused_naming_both_versions() {
     let ca = CertificateAuthority::new().unwrap();
@@ -347,20 +366,7 @@ async fn version_mismatch_is_refused_naming_both_versions() {
     let state = Arc::new(Mutex::new(StandbyState::default()));
     let _serving = serve(listener, "a", state.clone());
 
-    let future_settings = Settings {
-        hello: Hello {
-            min_version: 7,
-            max_version: 8,
-            software: "vcodr 9.0.0".into(),
-        },
-        ..quick_settings()
-    };
-    let future_edge = QuicTransport::<TestProto>::bind(
-        loopback(),
-        ca.issue_identity("edge-9", CertKind::Client).unwrap(),
-        future_settings,
-    )
-    .unwrap();
+    let future_edge = edge_speaking(&ca, "edge-9", 7..=8, "vcodr 9.0.0");
     let err = within("connect", TEST_LIMIT, future_edge.connect(addr, "a"))
         .await
         .unwrap_err();
@@ -373,20 +379,7 @@ async fn version_mismatch_is_refused_naming_both_versions() {
         assert!(text.contains(part), "{part:?} missing from: {text}");
     }
     // One version apart still works (SPEC §6: upgrade one server at a time).
-    let next_settings = Settings {
-        hello: Hello {
-            min_version: 1,
-            max_version: 2,
-            software: "vcodr 0.2.0".into(),
-        },
-        ..quick_settings()
-    };
-    let next_edge = QuicTransport::<TestProto>::bind(
-        loopback(),
-        ca.issue_identity("edge-8", CertKind::Client).unwrap(),
-        next_settings,
-    )
-    .unwrap();
+    let next_edge = edge_speaking(&ca, "edge-8", 1..=2, "vcodr 0.2.0");
     let link = within("connect", TEST_LIMIT, next_edge.connect(addr, "a"))
         .await
         .unwrap();

@@ -673,6 +673,13 @@ impl Sim {
             .map(|e| e.edge.following_address().map(str::to_string))
             .collect()
     }
+
+    /// Whether every edge follows the server at edge address `addr`.
+    pub fn all_follow(&self, addr: &str) -> bool {
+        self.edges
+            .iter()
+            .all(|e| e.edge.following_address() == Some(addr))
+    }
 }
 
 /// Runs `f` for each seed, printing the seed of a failure.
