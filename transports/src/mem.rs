@@ -30,19 +30,19 @@ use std::any::Any;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, warn};
-use vcodr_core::codec::{self, negotiate, Hello, FRAME_HEADER_LEN};
+use vcodr_core::codec::{negotiate, Hello};
 
 use crate::error::{CloseReason, ConnectError, Refusal, SetupError};
 use crate::link::{
-    decode_whole_frame, Backend, Connection, Incoming, IncomingTx, LinkInfo, Listener,
-    ListenerGuard, ListenerStats, PeerId, RequestFailure, Responder, ResponderInner,
+    decode_whole_frame, whole_frame_payload, Backend, Connection, Incoming, IncomingTx, LinkInfo,
+    Listener, ListenerGuard, ListenerStats, PeerId, PendingRequests, RequestFailure, Responder,
+    ResponderInner,
 };
 use crate::rng::SplitMix64;
 use crate::settings::{Settings, SettingsError};
@@ -753,16 +753,8 @@ struct Packet {
     frame: Vec<u8>,
 }
 
-/// Where a response (or a refusal, as text) goes.
-type Answer = oneshot::Sender<Result<Vec<u8>, String>>;
-type Pending = Arc<Mutex<HashMap<u64, Answer>>>;
-
-fn lock_pending(pending: &Pending) -> MutexGuard<'_, HashMap<u64, Answer>> {
-    // Only inserts and removes happen under this lock; a poisoned map is intact.
-    pending
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+/// Requests awaiting a response (or a refusal, as text).
+type Pending = Arc<PendingRequests<Result<Vec<u8>, String>>>;
 
 /// The mem half of a [`Backend`]: one side of a link.
 pub(crate) struct MemLink {
@@ -770,24 +762,12 @@ pub(crate) struct MemLink {
     side: Side,
     outgoing: mpsc::Sender<Packet>,
     pending: Pending,
-    next_request: AtomicU64,
     request_slots: Semaphore,
     max_frame_bytes: usize,
     request_timeout: Duration,
 }
 
 /// Removes a request's slot when the request ends, however it ends.
-struct PendingSlot<'a> {
-    pending: &'a Pending,
-    id: u64,
-}
-
-impl Drop for PendingSlot<'_> {
-    fn drop(&mut self) {
-        lock_pending(self.pending).remove(&self.id);
-    }
-}
-
 impl MemLink {
     fn reason(&self) -> CloseReason {
         self.shared
@@ -819,16 +799,10 @@ impl MemLink {
             if let Some(reason) = self.shared.reason_for(self.side) {
                 return Err(RequestFailure::Closed(reason));
             }
-            let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-            let (tx, rx) = oneshot::channel();
-            lock_pending(&self.pending).insert(id, tx);
-            let _slot = PendingSlot {
-                pending: &self.pending,
-                id,
-            };
+            let (slot, rx) = self.pending.register();
             self.outgoing
                 .send(Packet {
-                    kind: Kind::Request(id),
+                    kind: Kind::Request(slot.id),
                     frame,
                 })
                 .await
@@ -839,17 +813,9 @@ impl MemLink {
                 reason = self.shared.closed(self.side) => return Err(RequestFailure::Closed(reason)),
             };
             match answer {
-                Ok(Ok(frame)) => {
-                    let len = codec::decode_header(&frame, self.max_frame_bytes)
-                        .map_err(RequestFailure::Bad)?;
-                    if frame.len() != FRAME_HEADER_LEN + len {
-                        return Err(RequestFailure::Bad(codec::DecodeError::Truncated {
-                            needed: FRAME_HEADER_LEN + len,
-                            have: frame.len(),
-                        }));
-                    }
-                    Ok(frame[FRAME_HEADER_LEN..].to_vec())
-                }
+                Ok(Ok(frame)) => whole_frame_payload(&frame, self.max_frame_bytes)
+                    .map(<[u8]>::to_vec)
+                    .map_err(RequestFailure::Bad),
                 Ok(Err(reason)) => Err(RequestFailure::NoResponse(reason)),
                 Err(_) => Err(RequestFailure::Closed(self.reason())),
             }
@@ -948,7 +914,6 @@ impl End {
             side,
             outgoing: out_tx.clone(),
             pending: self.pending.clone(),
-            next_request: AtomicU64::new(0),
             request_slots: Semaphore::new(settings.max_concurrent_requests as usize),
             max_frame_bytes,
             request_timeout: settings.request_timeout,
@@ -1097,15 +1062,12 @@ impl<P: Protocol> Pipe<P> {
         let dest = &self.dest;
         let incoming = match packet.kind {
             Kind::Response(id) => {
-                if let Some(tx) = lock_pending(&dest.pending).remove(&id) {
-                    let _ = tx.send(Ok(packet.frame));
-                }
+                dest.pending.answer(id, Ok(packet.frame));
                 return true;
             }
             Kind::Refused(id) => {
-                if let Some(tx) = lock_pending(&dest.pending).remove(&id) {
-                    let _ = tx.send(Err("the peer dropped the request unanswered".into()));
-                }
+                dest.pending
+                    .answer(id, Err("the peer dropped the request unanswered".into()));
                 return true;
             }
             Kind::Message => {

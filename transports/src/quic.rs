@@ -34,8 +34,9 @@ use vcodr_core::codec::{self, negotiate, DecodeError, Hello, FRAME_HEADER_LEN};
 use crate::certs::{identity_of, TlsIdentity};
 use crate::error::{CloseReason, ConnectError, Refusal, SetupError};
 use crate::link::{
-    decode_whole_frame, Backend, Connection, Incoming, IncomingTx, LinkInfo, Listener,
-    ListenerGuard, ListenerStats, PeerId, RequestFailure, Responder, ResponderInner,
+    decode_whole_frame, whole_frame_payload, Backend, Connection, Incoming, IncomingTx, LinkInfo,
+    Listener, ListenerGuard, ListenerStats, PeerId, PendingRequests, RequestFailure, Responder,
+    ResponderInner,
 };
 use crate::settings::Settings;
 use crate::{Protocol, Transport};
@@ -849,48 +850,6 @@ enum DatagramAnswer {
     TooLarge,
 }
 
-/// Datagram requests of one link awaiting their answer, by id.
-#[derive(Default)]
-struct DatagramRequests {
-    next_id: std::sync::atomic::AtomicU64,
-    pending: std::sync::Mutex<
-        std::collections::HashMap<u64, tokio::sync::oneshot::Sender<DatagramAnswer>>,
-    >,
-}
-
-impl DatagramRequests {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<u64, tokio::sync::oneshot::Sender<DatagramAnswer>>,
-    > {
-        // The map is left consistent at every step: a panic elsewhere
-        // cannot poison it into a wrong state.
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn answer(&self, id: u64, answer: DatagramAnswer) {
-        if let Some(tx) = self.lock().remove(&id) {
-            let _ = tx.send(answer);
-        }
-    }
-}
-
-/// Forgets a datagram request that is answered, timed out or cancelled.
-struct DatagramSlot<'a> {
-    requests: &'a DatagramRequests,
-    id: u64,
-}
-
-impl Drop for DatagramSlot<'_> {
-    fn drop(&mut self) {
-        self.requests.lock().remove(&self.id);
-    }
-}
-
 /// Answers one datagram request.
 pub(crate) struct DatagramReply {
     conn: quinn::Connection,
@@ -898,7 +857,7 @@ pub(crate) struct DatagramReply {
 }
 
 impl DatagramReply {
-    pub(crate) fn respond(mut self, frame: &[u8]) -> Result<(), String> {
+    pub(crate) fn respond(self, frame: &[u8]) -> Result<(), String> {
         let fits = self
             .conn
             .max_datagram_size()
@@ -908,28 +867,22 @@ impl DatagramReply {
         } else {
             dgram::encode(dgram::TOO_LARGE, self.id, &[])
         };
-        // Answered: the drop below must not refuse it too.
-        self.id = u64::MAX;
         self.conn.send_datagram(datagram).map_err(|e| e.to_string())
     }
 
-    pub(crate) fn refuse(self) {}
-}
-
-impl Drop for DatagramReply {
-    fn drop(&mut self) {
-        if self.id != u64::MAX {
-            let _ = self
-                .conn
-                .send_datagram(dgram::encode(dgram::REFUSED, self.id, &[]));
-        }
+    /// Tells the requester at once that no answer will come (the
+    /// [`Responder`] holding this was dropped unanswered).
+    pub(crate) fn refuse(self) {
+        let _ = self
+            .conn
+            .send_datagram(dgram::encode(dgram::REFUSED, self.id, &[]));
     }
 }
 
 /// The QUIC half of a [`Backend`].
 pub(crate) struct QuicLink {
     conn: quinn::Connection,
-    datagrams: Arc<DatagramRequests>,
+    datagrams: Arc<PendingRequests<DatagramAnswer>>,
     ordered: mpsc::Sender<Vec<u8>>,
     local_close: Arc<OnceLock<CloseReason>>,
     max_frame_bytes: usize,
@@ -1027,16 +980,10 @@ impl QuicLink {
         if !fits {
             return self.request(frame).await;
         }
-        let id = self.datagrams.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.datagrams.lock().insert(id, tx);
-        let _slot = DatagramSlot {
-            requests: &self.datagrams,
-            id,
-        };
+        let (slot, rx) = self.datagrams.register();
         match self
             .conn
-            .send_datagram(dgram::encode(dgram::REQUEST, id, &frame))
+            .send_datagram(dgram::encode(dgram::REQUEST, slot.id, &frame))
         {
             Ok(()) => {}
             Err(quinn::SendDatagramError::ConnectionLost(e)) => {
@@ -1048,14 +995,20 @@ impl QuicLink {
             // Unsupported by the peer, disabled, or the path shrank.
             Err(_) => return self.request(frame).await,
         }
-        match tokio::time::timeout(self.request_timeout, rx).await {
-            Ok(Ok(DatagramAnswer::Response(payload))) => Ok(payload),
-            Ok(Ok(DatagramAnswer::Refused)) => Err(RequestFailure::NoResponse(
+        let answer = async {
+            tokio::select! {
+                answer = rx => answer.ok(),
+                // No answer can come over a closed connection: say so now.
+                _ = self.conn.closed() => None,
+            }
+        };
+        match tokio::time::timeout(self.request_timeout, answer).await {
+            Ok(Some(DatagramAnswer::Response(payload))) => Ok(payload),
+            Ok(Some(DatagramAnswer::Refused)) => Err(RequestFailure::NoResponse(
                 "the peer refused the request unanswered".into(),
             )),
-            Ok(Ok(DatagramAnswer::TooLarge)) => self.request(frame).await,
-            // The reader is gone: so is the connection.
-            Ok(Err(_)) => Err(RequestFailure::Closed(self.current_reason())),
+            Ok(Some(DatagramAnswer::TooLarge)) => self.request(frame).await,
+            Ok(None) => Err(RequestFailure::Closed(self.current_reason())),
             Err(_) => Err(RequestFailure::TimedOut),
         }
     }
@@ -1090,7 +1043,7 @@ fn start_link<P: Protocol>(
     let (ordered_tx, ordered_rx) = mpsc::channel(settings.max_pending_sends);
     let (incoming_tx, incoming_rx) = mpsc::channel(settings.max_pending_incoming);
     let local_close = Arc::new(OnceLock::new());
-    let datagrams = Arc::new(DatagramRequests::default());
+    let datagrams = Arc::new(PendingRequests::default());
     let link = QuicLink {
         conn: conn.clone(),
         datagrams: datagrams.clone(),
@@ -1167,7 +1120,7 @@ async fn ordered_writer(
 async fn read_datagrams<P: Protocol>(
     conn: quinn::Connection,
     incoming: IncomingTx<P>,
-    requests: Arc<DatagramRequests>,
+    requests: Arc<PendingRequests<DatagramAnswer>>,
     info: Arc<LinkInfo>,
     max_frame_bytes: usize,
 ) {
@@ -1205,22 +1158,12 @@ async fn read_datagrams<P: Protocol>(
                     let _ = conn.send_datagram(dgram::encode(dgram::REFUSED, id, &[]));
                 }
             },
-            dgram::RESPONSE => {
-                let payload = match codec::decode_header(frame, max_frame_bytes) {
-                    Ok(len) if FRAME_HEADER_LEN + len == frame.len() => {
-                        frame[FRAME_HEADER_LEN..].to_vec()
-                    }
-                    Ok(len) => {
-                        warn!(link = %info, len, have = frame.len(), "dropped a datagram response whose frame length is wrong");
-                        continue;
-                    }
-                    Err(e) => {
-                        warn!(link = %info, reason = %e, "dropped a malformed datagram response");
-                        continue;
-                    }
-                };
-                requests.answer(id, DatagramAnswer::Response(payload));
-            }
+            dgram::RESPONSE => match whole_frame_payload(frame, max_frame_bytes) {
+                Ok(payload) => requests.answer(id, DatagramAnswer::Response(payload.to_vec())),
+                Err(e) => {
+                    warn!(link = %info, reason = %e, "dropped a malformed datagram response");
+                }
+            },
             dgram::REFUSED => requests.answer(id, DatagramAnswer::Refused),
             dgram::TOO_LARGE => requests.answer(id, DatagramAnswer::TooLarge),
             other => {

@@ -871,3 +871,40 @@ async fn datagram_requests_round_trip_fall_back_to_streams_and_survive_garbage()
         "garbage did not close the link"
     );
 }
+
+/// A datagram request whose connection closes before the answer fails at
+/// once with the peer's reason, not after the request timeout.
+#[tokio::test]
+async fn a_datagram_request_ends_when_its_connection_closes() {
+    let ca = CertificateAuthority::new().unwrap();
+    let server = QuicTransport::<TestProto>::bind(
+        loopback(),
+        ca.issue_identity("a", CertKind::Server).unwrap(),
+        quick_settings(),
+    )
+    .unwrap();
+    let mut listener = server.listen().unwrap();
+    let addr = listener.local_addr();
+    tokio::spawn(async move {
+        let mut link = listener.accept().await.unwrap();
+        if let Ok(Incoming::Request { responder, .. }) = link.recv().await {
+            // Close without answering, and keep the responder from refusing.
+            link.close("going away");
+            std::mem::forget(responder);
+        }
+    });
+    let edge = client(&ca, "edge-1", CertKind::Client);
+    let link = edge.connect(addr, "a").await.unwrap();
+    // Well inside the 5 s request timeout.
+    let err = within(
+        "datagram request",
+        Duration::from_secs(3),
+        link.request_datagram(&TestRequest::Status),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, RequestError::Closed { reason: CloseReason::Peer(r), .. } if r == "going away"),
+        "{err}"
+    );
+}
