@@ -533,9 +533,13 @@ async fn bad_frames_close_only_their_stream_or_connection() {
     assert!(err.to_string().contains("`a` at 127.0.0.1"), "{err}");
 }
 
-#[tokio::test]
-async fn dropped_responder_tells_the_requester_at_once() {
-    let ca = CertificateAuthority::new().unwrap();
+/// Server `a` handing its first accepted link to `serve`; the transport
+/// (keep it alive) and its address.
+fn server_a<F, Fut>(ca: &CertificateAuthority, serve: F) -> (QuicTransport<TestProto>, SocketAddr)
+where
+    F: FnOnce(Connection<TestProto>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let server = QuicTransport::<TestProto>::bind(
         loopback(),
         ca.issue_identity("a", CertKind::Server).unwrap(),
@@ -545,7 +549,17 @@ async fn dropped_responder_tells_the_requester_at_once() {
     let mut listener = server.listen().unwrap();
     let addr = listener.local_addr();
     tokio::spawn(async move {
-        let mut link = listener.accept().await.unwrap();
+        if let Some(link) = listener.accept().await {
+            serve(link).await;
+        }
+    });
+    (server, addr)
+}
+
+#[tokio::test]
+async fn dropped_responder_tells_the_requester_at_once() {
+    let ca = CertificateAuthority::new().unwrap();
+    let (_server, addr) = server_a(&ca, |mut link| async move {
         while let Ok(incoming) = link.recv().await {
             drop(incoming); // never answer
         }
@@ -877,16 +891,7 @@ async fn datagram_requests_round_trip_fall_back_to_streams_and_survive_garbage()
 #[tokio::test]
 async fn a_datagram_request_ends_when_its_connection_closes() {
     let ca = CertificateAuthority::new().unwrap();
-    let server = QuicTransport::<TestProto>::bind(
-        loopback(),
-        ca.issue_identity("a", CertKind::Server).unwrap(),
-        quick_settings(),
-    )
-    .unwrap();
-    let mut listener = server.listen().unwrap();
-    let addr = listener.local_addr();
-    tokio::spawn(async move {
-        let mut link = listener.accept().await.unwrap();
+    let (_server, addr) = server_a(&ca, |mut link| async move {
         if let Ok(Incoming::Request { responder, .. }) = link.recv().await {
             // Close without answering, and keep the responder from refusing.
             link.close("going away");
