@@ -3,7 +3,7 @@
 //! its own QUIC connections to both servers (one UDP socket per 1,000 edges),
 //! heartbeating with jitter, pulling configuration and sending monitoring.
 
-use crate::links::{EdgeLink, ANY_SERVER_NAME, EDGE_LINK_REQUESTS};
+use crate::links::{edge_link_settings, EdgeLink, ANY_SERVER_NAME};
 use anyhow::Context;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -280,12 +280,14 @@ impl EdgeSim {
                     .with_context(|| format!("--servers: {s:?} is not host:port"))
             })
             .collect::<Result<_, _>>()?;
-        let tsettings = Settings {
-            udp_buffer_bytes: 16 * 1024 * 1024,
-            max_pending_accepts: 16,
-            max_concurrent_requests: EDGE_LINK_REQUESTS,
-            ..Settings::default()
-        };
+        let tsettings = edge_link_settings(
+            Settings {
+                udp_buffer_bytes: 16 * 1024 * 1024,
+                max_pending_accepts: 16,
+                ..Settings::default()
+            },
+            Duration::from_millis(settings.heartbeat_interval_ms),
+        );
         // One UDP socket (quinn endpoint, whose receive loop is one task) per
         // `EDGES_PER_SOCKET` edges, so that receiving spreads over the cores.
         let sockets = settings.count.div_ceil(EDGES_PER_SOCKET).max(1);

@@ -1,7 +1,9 @@
 //! The two kinds of links vcodr speaks, as transport protocols.
 
+use std::time::Duration;
+
 use vcodr_core::{EdgeMsg, PeerEnvelope, ServerMsg};
-use vcodr_transport::Protocol;
+use vcodr_transport::{Protocol, QuicDriver, Settings};
 
 /// Server ↔ server: each side sends its peer messages on the ordered stream
 /// of a connection it dialled; nothing is request/response.
@@ -43,3 +45,24 @@ impl Protocol for EdgeLink {
 /// starts from `standbyAddress`); the peer's identity is then taken from its
 /// certificate and checked by the core against the pairing.
 pub const ANY_SERVER_NAME: &str = "localhost";
+
+/// Transport settings of an edge link, on either end, for edges that
+/// heartbeat every `heartbeat_interval`:
+/// - the hub driver: thousands of mostly idle links on one task;
+/// - the edge's heartbeats are the link's keep-alive: QUIC's own keep-alive
+///   (every `idle / 2`) fires only when heartbeats stop, so an idle fleet
+///   sends one exchange per heartbeat and nothing else;
+/// - the link dies after four silent heartbeat intervals (at least 30 s), so
+///   a few lost heartbeats never cost a reconnection.
+pub fn edge_link_settings(base: Settings, heartbeat_interval: Duration) -> Settings {
+    let idle = (heartbeat_interval * 4)
+        .max(Duration::from_secs(30))
+        .min(vcodr_transport::TIMEOUT_LIMIT);
+    Settings {
+        max_concurrent_requests: EDGE_LINK_REQUESTS,
+        driver: QuicDriver::Hub,
+        idle_timeout: idle,
+        keep_alive_interval: idle / 2,
+        ..base
+    }
+}

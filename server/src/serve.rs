@@ -4,7 +4,7 @@
 use crate::admin::{self, AdminState};
 use crate::config::FileConfig;
 use crate::driver::{self, DriverSettings, Handle, PeerSink};
-use crate::links::{EdgeLink, PeerLink, ANY_SERVER_NAME, EDGE_LINK_REQUESTS};
+use crate::links::{edge_link_settings, EdgeLink, PeerLink, ANY_SERVER_NAME};
 use crate::metrics::Metrics;
 use crate::storage::{RedbStorage, Storage};
 use anyhow::Context;
@@ -220,10 +220,10 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
         QuicTransport::<PeerLink>::bind(cfg.peer_listen, identity.clone(), peer_settings(cfg))
             .with_context(|| format!("binding peer_listen {}", cfg.peer_listen))?,
     );
-    let edge_settings = Settings {
-        max_concurrent_requests: EDGE_LINK_REQUESTS,
-        ..settings
-    };
+    let edge_settings = edge_link_settings(
+        settings,
+        Duration::from_millis(cfg.edges.heartbeat_interval_ms),
+    );
     let edge_t = QuicTransport::<EdgeLink>::bind(cfg.edge_listen, identity, edge_settings)
         .with_context(|| format!("binding edge_listen {}", cfg.edge_listen))?;
     let admin_l = tokio::net::TcpListener::bind(cfg.admin_listen)

@@ -137,7 +137,7 @@ pub use link::{
     Responder,
 };
 pub use settings::{
-    Settings, SettingsError, MAX_FRAME_BYTES_LIMIT, QUEUE_LEN_LIMIT, TIMEOUT_LIMIT,
+    QuicDriver, Settings, SettingsError, MAX_FRAME_BYTES_LIMIT, QUEUE_LEN_LIMIT, TIMEOUT_LIMIT,
 };
 
 /// A kind of link and the messages it carries. Implemented by a unit type

@@ -97,6 +97,7 @@ pub(crate) type IncomingRx<P> = mpsc::Receiver<Box<Incoming<P>>>;
 pub(crate) enum ResponderInner {
     Quic(quinn::SendStream),
     QuicDatagram(crate::quic::DatagramReply),
+    Hub(crate::quic::HubReply),
     Mem(crate::mem::MemResponder),
 }
 
@@ -132,28 +133,46 @@ impl<P: Protocol> Responder<P> {
         &self.link
     }
 
-    /// Sends `response` at once, without waiting, when the request came as
-    /// a datagram ([`LinkSender::request_datagram`]): a driver task can then
-    /// answer inline instead of spawning a task per request. Any other
-    /// responder is handed back untouched, for [`respond`](Self::respond).
+    /// Sends `response` at once, without waiting, when the backend can:
+    /// a request that came as a datagram ([`LinkSender::request_datagram`])
+    /// on quinn, and every request on the hub driver
+    /// ([`QuicDriver::Hub`](crate::QuicDriver::Hub)), which queues the
+    /// response for its task. A driver task can then answer inline instead
+    /// of spawning a task per request. Any other responder is handed back
+    /// untouched, for [`respond`](Self::respond).
     pub fn respond_datagram(
         mut self,
         response: &P::Response,
     ) -> Result<Result<(), RespondError>, Self> {
-        if !matches!(self.inner, Some(ResponderInner::QuicDatagram(_))) {
+        if !matches!(
+            self.inner,
+            Some(ResponderInner::QuicDatagram(_) | ResponderInner::Hub(_))
+        ) {
             return Err(self);
         }
         let frame = match self.encode(response) {
             Ok(frame) => frame,
             Err(e) => return Ok(Err(e)),
         };
-        let Some(ResponderInner::QuicDatagram(reply)) = self.inner.take() else {
-            return Err(self);
+        let sent = match self.inner.take() {
+            Some(ResponderInner::QuicDatagram(reply)) => reply.respond(&frame),
+            Some(ResponderInner::Hub(reply)) => reply.respond(frame),
+            other => {
+                self.inner = other;
+                return Err(self);
+            }
         };
-        Ok(reply.respond(&frame).map_err(|reason| RespondError::Gone {
+        Ok(sent.map_err(|reason| RespondError::Gone {
             link: (*self.link).clone(),
             reason,
         }))
+    }
+
+    /// Forgets the request without telling the requester (a datagram
+    /// request dropped because the application is behind: to the requester
+    /// it is a lost packet).
+    pub(crate) fn disarm(mut self) {
+        self.inner = None;
     }
 
     fn encode(&self, response: &P::Response) -> Result<Vec<u8>, RespondError> {
@@ -177,6 +196,7 @@ impl<P: Protocol> Responder<P> {
         let result = match inner {
             Some(ResponderInner::Quic(stream)) => crate::quic::respond(stream, &frame).await,
             Some(ResponderInner::QuicDatagram(reply)) => reply.respond(&frame),
+            Some(ResponderInner::Hub(reply)) => reply.respond(frame),
             Some(ResponderInner::Mem(mem)) => mem.respond(frame).await,
             // `inner` is only taken here, and `respond` consumes `self`.
             None => Err("responder already used".to_string()),
@@ -193,6 +213,7 @@ impl<P: Protocol> Drop for Responder<P> {
         match self.inner.take() {
             Some(ResponderInner::Quic(mut stream)) => crate::quic::refuse(&mut stream),
             Some(ResponderInner::QuicDatagram(reply)) => reply.refuse(),
+            Some(ResponderInner::Hub(reply)) => reply.refuse(),
             Some(ResponderInner::Mem(mem)) => mem.refuse(),
             None => {}
         }
@@ -211,6 +232,7 @@ pub(crate) enum RequestFailure {
 /// one is dropped, the link is closed.
 pub(crate) enum Backend {
     Quic(crate::quic::QuicLink),
+    Hub(crate::quic::HubLink),
     Mem(crate::mem::MemLink),
 }
 
@@ -218,6 +240,7 @@ impl Backend {
     async fn send_frame(&self, frame: Vec<u8>) -> Result<(), CloseReason> {
         match self {
             Backend::Quic(q) => q.send_frame(frame).await,
+            Backend::Hub(h) => h.send_frame(frame).await,
             Backend::Mem(m) => m.send_frame(frame).await,
         }
     }
@@ -225,6 +248,7 @@ impl Backend {
     async fn request(&self, frame: Vec<u8>) -> Result<Vec<u8>, RequestFailure> {
         match self {
             Backend::Quic(q) => q.request(frame).await,
+            Backend::Hub(h) => h.request(frame, false).await,
             Backend::Mem(m) => m.request(frame).await,
         }
     }
@@ -232,6 +256,7 @@ impl Backend {
     async fn request_datagram(&self, frame: Vec<u8>) -> Result<Vec<u8>, RequestFailure> {
         match self {
             Backend::Quic(q) => q.request_datagram(frame).await,
+            Backend::Hub(h) => h.request(frame, true).await,
             // The in-memory network already drops, delays, duplicates and
             // reorders requests as its faults say: one path serves both.
             Backend::Mem(m) => m.request(frame).await,
@@ -241,6 +266,7 @@ impl Backend {
     fn close(&self, reason: &str) {
         match self {
             Backend::Quic(q) => q.close(reason),
+            Backend::Hub(h) => h.close(reason),
             Backend::Mem(m) => m.close(reason),
         }
     }
@@ -248,6 +274,7 @@ impl Backend {
     fn close_reason(&self) -> Option<CloseReason> {
         match self {
             Backend::Quic(q) => q.close_reason(),
+            Backend::Hub(h) => h.close_reason(),
             Backend::Mem(m) => m.close_reason(),
         }
     }
@@ -255,6 +282,7 @@ impl Backend {
     async fn closed(&self) -> CloseReason {
         match self {
             Backend::Quic(q) => q.closed().await,
+            Backend::Hub(h) => h.closed().await,
             Backend::Mem(m) => m.closed().await,
         }
     }
@@ -409,6 +437,7 @@ impl<P: Protocol> LinkSender<P> {
     fn request_timeout(&self) -> std::time::Duration {
         match &self.shared.backend {
             Backend::Quic(q) => q.request_timeout(),
+            Backend::Hub(h) => h.request_timeout(),
             Backend::Mem(m) => m.request_timeout(),
         }
     }
@@ -609,6 +638,7 @@ impl ListenerStats {
 #[allow(dead_code)]
 pub(crate) enum ListenerGuard {
     Quic(crate::quic::QuicListenerGuard),
+    Hub(crate::quic::HubListenerGuard),
     Mem(crate::mem::MemListenerGuard),
 }
 

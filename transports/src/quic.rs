@@ -38,8 +38,11 @@ use crate::link::{
     Listener, ListenerGuard, ListenerStats, PeerId, PendingRequests, RequestFailure, Responder,
     ResponderInner,
 };
-use crate::settings::Settings;
+use crate::settings::{QuicDriver, Settings};
 use crate::{Protocol, Transport};
+
+mod hub;
+pub(crate) use hub::{HubLink, HubListenerGuard, HubReply};
 
 /// Application error codes on connection close and stream reset.
 pub mod code {
@@ -166,7 +169,7 @@ fn transport_config(settings: &Settings) -> Result<Arc<quinn::TransportConfig>, 
     Ok(Arc::new(transport))
 }
 
-fn quinn_client_config(
+pub(crate) fn quinn_client_config(
     identity: &TlsIdentity,
     alpn: &[u8],
     settings: &Settings,
@@ -224,10 +227,16 @@ fn udp_socket(addr: SocketAddr, buffer_bytes: usize) -> std::io::Result<std::net
 }
 
 /// The socket shared by every transport made with [`QuicTransport::with_identity`].
-struct EndpointShared {
-    endpoint: quinn::Endpoint,
+struct EndpointShared<P: Protocol> {
+    driver: Driver<P>,
     local_addr: SocketAddr,
     listening: AtomicBool,
+}
+
+/// Who drives the socket's connections ([`crate::QuicDriver`]).
+enum Driver<P: Protocol> {
+    Quinn(quinn::Endpoint),
+    Hub(hub::HubHandle<P>),
 }
 
 /// QUIC transport for protocol `P`: one UDP socket (a quinn endpoint) that
@@ -238,7 +247,7 @@ struct EndpointShared {
 /// an edge simulator runs 10,000 edges, each with its own client certificate,
 /// over a handful of sockets.
 pub struct QuicTransport<P: Protocol> {
-    shared: Arc<EndpointShared>,
+    shared: Arc<EndpointShared<P>>,
     identity: Arc<TlsIdentity>,
     client_config: quinn::ClientConfig,
     settings: Arc<Settings>,
@@ -268,8 +277,9 @@ impl<P: Protocol> std::fmt::Debug for QuicTransport<P> {
 }
 
 impl<P: Protocol> QuicTransport<P> {
-    /// Binds a UDP socket at `addr` (port 0 picks one) for `identity`.
-    /// Must be called within a tokio runtime.
+    /// Binds a UDP socket at `addr` (port 0 picks one) for `identity`,
+    /// driven as `settings.driver` says. Must be called within a tokio
+    /// runtime.
     pub fn bind(
         addr: SocketAddr,
         identity: TlsIdentity,
@@ -279,25 +289,41 @@ impl<P: Protocol> QuicTransport<P> {
         let client_config = quinn_client_config(&identity, P::NAME.as_bytes(), &settings)?;
         let socket = udp_socket(addr, settings.udp_buffer_bytes)
             .map_err(|source| SetupError::Bind { addr, source })?;
-        let runtime = quinn::default_runtime().ok_or_else(|| SetupError::Bind {
-            addr,
-            source: std::io::Error::other("no async runtime: call within tokio"),
-        })?;
-        let endpoint =
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-                .map_err(|source| SetupError::Bind { addr, source })?;
-        let local_addr = endpoint
-            .local_addr()
-            .map_err(|source| SetupError::Bind { addr, source })?;
+        let settings = Arc::new(settings);
+        let (driver, local_addr) = match settings.driver {
+            QuicDriver::Quinn => {
+                let runtime = quinn::default_runtime().ok_or_else(|| SetupError::Bind {
+                    addr,
+                    source: std::io::Error::other("no async runtime: call within tokio"),
+                })?;
+                let endpoint =
+                    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+                        .map_err(|source| SetupError::Bind { addr, source })?;
+                let local_addr = endpoint
+                    .local_addr()
+                    .map_err(|source| SetupError::Bind { addr, source })?;
+                (Driver::Quinn(endpoint), local_addr)
+            }
+            QuicDriver::Hub => {
+                if tokio::runtime::Handle::try_current().is_err() {
+                    return Err(SetupError::Bind {
+                        addr,
+                        source: std::io::Error::other("no async runtime: call within tokio"),
+                    });
+                }
+                let (hub, local_addr) = hub::HubHandle::start(socket, settings.clone())?;
+                (Driver::Hub(hub), local_addr)
+            }
+        };
         Ok(QuicTransport {
             shared: Arc::new(EndpointShared {
-                endpoint,
+                driver,
                 local_addr,
                 listening: AtomicBool::new(false),
             }),
             identity: Arc::new(identity),
             client_config,
-            settings: Arc::new(settings),
+            settings,
             _protocol: std::marker::PhantomData,
         })
     }
@@ -328,15 +354,19 @@ impl<P: Protocol> QuicTransport<P> {
     /// `reason`. Then [`wait_idle`](Self::wait_idle) lets them learn of it.
     pub fn shutdown(&self, reason: &str) {
         info!(addr = %self.shared.local_addr, reason, "QUIC endpoint shutting down");
-        self.shared
-            .endpoint
-            .close(code::SHUTDOWN, reason.as_bytes());
+        match &self.shared.driver {
+            Driver::Quinn(endpoint) => endpoint.close(code::SHUTDOWN, reason.as_bytes()),
+            Driver::Hub(hub) => hub.shutdown(reason),
+        }
     }
 
     /// Waits until every connection of the socket is closed and its close
     /// has been sent.
     pub async fn wait_idle(&self) {
-        self.shared.endpoint.wait_idle().await;
+        match &self.shared.driver {
+            Driver::Quinn(endpoint) => endpoint.wait_idle().await,
+            Driver::Hub(hub) => hub.wait_idle().await,
+        }
     }
 }
 
@@ -352,18 +382,24 @@ impl<P: Protocol> Transport<P> for QuicTransport<P> {
             server_name: server_name.to_string(),
             reason,
         };
-        let connecting = self
-            .shared
-            .endpoint
-            .connect_with(self.client_config.clone(), addr, server_name)
-            .map_err(|e| match e {
-                quinn::ConnectError::InvalidServerName(_) => ConnectError::InvalidServerName {
-                    addr,
-                    server_name: server_name.to_string(),
-                },
-                other => fail(other.to_string()),
-            })?;
         let attempt = async {
+            let endpoint = match &self.shared.driver {
+                Driver::Quinn(endpoint) => endpoint,
+                Driver::Hub(hub) => {
+                    return hub
+                        .connect(self.client_config.clone(), addr, server_name)
+                        .await
+                }
+            };
+            let connecting = endpoint
+                .connect_with(self.client_config.clone(), addr, server_name)
+                .map_err(|e| match e {
+                    quinn::ConnectError::InvalidServerName(_) => ConnectError::InvalidServerName {
+                        addr,
+                        server_name: server_name.to_string(),
+                    },
+                    other => fail(other.to_string()),
+                })?;
             let conn = connecting
                 .await
                 .map_err(|e| connect_failure(&e, addr, server_name))?;
@@ -392,40 +428,53 @@ impl<P: Protocol> Transport<P> for QuicTransport<P> {
                     return Err(e);
                 }
             };
-        self.shared.endpoint.set_server_config(Some(server_config));
         let (accepted_tx, accepted_rx) = mpsc::channel(self.settings.max_pending_accepts);
         let stats = Arc::new(ListenerStats::default());
-        let task = tokio::spawn(accept_loop::<P>(
-            self.shared.endpoint.clone(),
-            self.settings.clone(),
-            accepted_tx,
-            stats.clone(),
-        ));
-        info!(%addr, identity = self.identity.name(), protocol = P::NAME, "listening");
-        let guard = QuicListenerGuard {
-            shared: self.shared.clone(),
-            task: task.abort_handle(),
+        let guard = match &self.shared.driver {
+            Driver::Quinn(endpoint) => {
+                endpoint.set_server_config(Some(server_config));
+                let task = tokio::spawn(accept_loop::<P>(
+                    endpoint.clone(),
+                    self.settings.clone(),
+                    accepted_tx,
+                    stats.clone(),
+                ));
+                ListenerGuard::Quic(QuicListenerGuard {
+                    endpoint: endpoint.clone(),
+                    listening: Box::new({
+                        let shared = self.shared.clone();
+                        move || shared.listening.store(false, Ordering::SeqCst)
+                    }),
+                    task: task.abort_handle(),
+                })
+            }
+            Driver::Hub(hub) => {
+                let shared = self.shared.clone();
+                ListenerGuard::Hub(hub.listen(
+                    Arc::new(server_config),
+                    accepted_tx,
+                    stats.clone(),
+                    Box::new(move || shared.listening.store(false, Ordering::SeqCst)),
+                ))
+            }
         };
-        Ok(Listener::new(
-            addr,
-            accepted_rx,
-            stats,
-            ListenerGuard::Quic(guard),
-        ))
+        info!(%addr, identity = self.identity.name(), protocol = P::NAME, driver = ?self.settings.driver, "listening");
+        Ok(Listener::new(addr, accepted_rx, stats, guard))
     }
 }
 
 /// Stops accepting when the listener is dropped.
 pub(crate) struct QuicListenerGuard {
-    shared: Arc<EndpointShared>,
+    endpoint: quinn::Endpoint,
+    listening: Box<dyn Fn() + Send + Sync>,
     task: tokio::task::AbortHandle,
 }
 
 impl Drop for QuicListenerGuard {
     fn drop(&mut self) {
         self.task.abort();
-        self.shared.endpoint.set_server_config(None);
-        self.shared.listening.store(false, Ordering::SeqCst);
+        self.endpoint.set_server_config(None);
+        (self.listening)();
     }
 }
 
@@ -633,10 +682,13 @@ async fn client_hello<P: Protocol>(
 }
 
 fn peer_id(conn: &quinn::Connection) -> Option<PeerId> {
-    let chain = conn
-        .peer_identity()?
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .ok()?;
+    identity_from(conn.peer_identity())
+}
+
+/// The identity named by a verified certificate chain (as rustls hands it
+/// to quinn).
+fn identity_from(chain: Option<Box<dyn std::any::Any>>) -> Option<PeerId> {
+    let chain = chain?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
     identity_of(chain.first()?).map(PeerId::new)
 }
 

@@ -62,6 +62,23 @@ pub struct Settings {
     /// What this side says of itself when a link opens (protocol versions
     /// spoken and software version, named in version-mismatch errors).
     pub hello: Hello,
+    /// Who drives QUIC connections (see [`QuicDriver`]). Only the QUIC
+    /// transport reads it.
+    pub driver: QuicDriver,
+}
+
+/// How the QUIC transport drives its connections. Both speak the same wire
+/// protocol, so either end may use either.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QuicDriver {
+    /// quinn's own endpoint: a task per connection plus tasks per link.
+    /// Best for a few busy links (the peer link).
+    #[default]
+    Quinn,
+    /// One task per UDP socket drives every connection of that socket
+    /// through `quinn-proto` (the hub): no task, channel or lock per
+    /// connection. For thousands of mostly idle links (edges).
+    Hub,
 }
 
 impl Default for Settings {
@@ -80,6 +97,7 @@ impl Default for Settings {
             udp_buffer_bytes: 4 * 1024 * 1024,
             datagram_buffer_bytes: 64 * 1024,
             hello: Hello::ours(concat!("vcodr-transport ", env!("CARGO_PKG_VERSION"))),
+            driver: QuicDriver::Quinn,
         }
     }
 }
