@@ -13,7 +13,8 @@
 //! Arguments: path of the `vcodr` binary, edge count, seconds of steady load,
 //! ms between two monitoring samples of one edge (0: none; default 60,000),
 //! heartbeat interval in ms (default 1,000, SPEC §10's stress figure; the
-//! product default is 10,000).
+//! product default is 10,000), QUIC driver of the edge links on both ends
+//! (`hub`, the default, or `quinn`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -88,9 +89,10 @@ async fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(60_000);
     let heartbeat_ms: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1_000);
+    let driver = args.next().unwrap_or_else(|| "hub".into());
     let dir = temp_dir("vcodr-edge-load")?;
     let extra = format!(
-        "[edges]\nheartbeat_interval_ms = {heartbeat_ms}\ncontact_save_interval_ms = 5000\n"
+        "[edges]\nheartbeat_interval_ms = {heartbeat_ms}\ncontact_save_interval_ms = 5000\nquic_driver = {driver:?}\n"
     );
     let mut cl = ProcCluster::create(&exe, &dir, &["a", "b"], &extra)?;
     cl.start(0)?;
@@ -120,6 +122,8 @@ async fn main() -> anyhow::Result<()> {
         .arg((total + 120).to_string())
         .arg("--warmup-s")
         .arg(ramp.to_string())
+        .arg("--quic-driver")
+        .arg(&driver)
         .arg("--certs")
         .arg(&cl.certs)
         .arg("--json")
@@ -202,7 +206,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = sim.kill();
     let _ = sim.wait();
     let report = std::fs::read_to_string(&out)?;
-    println!("edges {count}, heartbeat {heartbeat_ms} ms to both servers, a monitoring sample every {sample_ms} ms per edge, {secs} s steady after a {ramp} s ramp");
+    println!("edges {count} over the {driver} QUIC driver, heartbeat {heartbeat_ms} ms to both servers, a monitoring sample every {sample_ms} ms per edge, {secs} s steady after a {ramp} s ramp");
     println!("steady phase (edge-sim live line): {steady_line}");
     println!("clients following a before the switchover (its contact table): {following_a}");
     println!(

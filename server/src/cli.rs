@@ -68,6 +68,10 @@ pub enum Cmd {
         /// Print the final report as JSON.
         #[arg(long)]
         json: bool,
+        /// Who drives the edges' QUIC connections: hub (one task per UDP
+        /// socket) or quinn (a task per connection).
+        #[arg(long, default_value = "hub", value_parser = crate::config::parse_quic_driver)]
+        quic_driver: vcodr_transport::QuicDriver,
     },
     /// Run one server.
     Serve {
@@ -213,6 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             duration_s,
             warmup_s,
             json,
+            quic_driver,
         } => {
             let [a, b]: [String; 2] = servers
                 .try_into()
@@ -223,6 +228,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 heartbeat_interval_ms: heartbeat_ms,
                 sample_interval_ms,
                 gateway_every,
+                quic_driver,
                 ..Default::default()
             };
             let summary = crate::edge_sim::run_cli(

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 use vcodr_core::{OnStandbyLoss, ServerConfig};
+use vcodr_transport::QuicDriver;
 
 /// A configuration that cannot be used, naming the file, the key and what to do.
 #[derive(Debug, Error)]
@@ -70,6 +71,11 @@ pub struct EdgesSection {
     pub max_clients: usize,
     /// How often the contact table is saved to disk.
     pub contact_save_interval_ms: u64,
+    /// Who drives the edge listener's QUIC connections: `"hub"` (one task
+    /// for every edge; the default) or `"quinn"` (quinn's task per
+    /// connection, the driver of the peer link). Both speak the same
+    /// protocol; `"quinn"` is the fallback should the hub misbehave.
+    pub quic_driver: String,
 }
 
 impl Default for EdgesSection {
@@ -78,7 +84,24 @@ impl Default for EdgesSection {
             heartbeat_interval_ms: 10_000,
             max_clients: 200_000,
             contact_save_interval_ms: 10_000,
+            quic_driver: "hub".into(),
         }
+    }
+}
+
+/// A QUIC driver by its configuration name (`"hub"` or `"quinn"`).
+pub fn parse_quic_driver(name: &str) -> Result<QuicDriver, String> {
+    match name {
+        "hub" => Ok(QuicDriver::Hub),
+        "quinn" => Ok(QuicDriver::Quinn),
+        other => Err(format!("{other:?} is neither \"hub\" nor \"quinn\"")),
+    }
+}
+
+impl EdgesSection {
+    /// The edge listener's driver (the name was checked at start-up).
+    pub fn driver(&self) -> QuicDriver {
+        parse_quic_driver(&self.quic_driver).unwrap_or(QuicDriver::Hub)
     }
 }
 
@@ -278,6 +301,7 @@ impl FileConfig {
                 "must be at least one peer heartbeat interval".into(),
             ));
         }
+        parse_quic_driver(&raw.edges.quic_driver).map_err(|why| invalid("edges.quic_driver", why))?;
         if raw.edges.heartbeat_interval_ms < 10 || raw.edges.contact_save_interval_ms < 100 {
             return Err(invalid(
                 "edges",
@@ -387,6 +411,10 @@ mod tests {
         assert_eq!(c.core.on_standby_loss, OnStandbyLoss::Degrade);
         assert_eq!(c.core.standby_grace_ms, 60_000);
         assert_eq!(c.advertise_peer, "127.0.0.1:7443");
+        assert_eq!(c.edges.driver(), QuicDriver::Hub);
+        let quinn = format!("{MINIMAL}[edges]\nquic_driver = \"quinn\"\n");
+        let c = FileConfig::parse(&path, &quinn).expect("valid");
+        assert_eq!(c.edges.driver(), QuicDriver::Quinn);
     }
 
     #[test]
@@ -396,6 +424,7 @@ mod tests {
         let cases = [
             (format!("{MINIMAL}[replication]\non_standby_loss = \"maybe\"\n"), "replication.on_standby_loss"),
             (format!("{MINIMAL}[replication]\nstandby_grace_ms = 10\n"), "replication.standby_grace_ms"),
+            (format!("{MINIMAL}[edges]\nquic_driver = \"tokio\"\n"), "edges.quic_driver"),
             ("name = \"a\"\npeer_listen = \"nowhere\"\nedge_listen = \"127.0.0.1:7444\"\n".into(), "peer_listen"),
             ("name = \"a\"\npeer_listen = \"127.0.0.1:7443\"\nedge_listen = \"127.0.0.1:7443\"\n".into(), "edge_listen"),
             (MINIMAL.replace("name = \"a\"", "name = \"zz\""), "tls_dir"),

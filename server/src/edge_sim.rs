@@ -19,7 +19,7 @@ use vcodr_core::*;
 use vcodr_transport::certs::{CertKind, CertificateAuthority};
 use vcodr_transport::quic::QuicTransport;
 use vcodr_transport::reconnect::Backoff;
-use vcodr_transport::{Connection, RequestError, Settings, Transport};
+use vcodr_transport::{Connection, QuicDriver, RequestError, Settings, Transport};
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -38,6 +38,8 @@ pub struct SimSettings {
     pub cache_bytes: usize,
     /// Handshakes in flight at once (loopback UDP buffers overflow beyond a few dozen).
     pub handshake_concurrency: usize,
+    /// Who drives the simulator's QUIC connections.
+    pub quic_driver: QuicDriver,
     pub seed: u64,
 }
 
@@ -53,6 +55,7 @@ impl Default for SimSettings {
             sample_bytes: 64,
             cache_bytes: 1024 * 1024,
             handshake_concurrency: 48,
+            quic_driver: QuicDriver::Hub,
             seed: 1,
         }
     }
@@ -287,6 +290,7 @@ impl EdgeSim {
                 ..Settings::default()
             },
             Duration::from_millis(settings.heartbeat_interval_ms),
+            settings.quic_driver,
         );
         // One UDP socket (quinn endpoint, whose receive loop is one task) per
         // `EDGES_PER_SOCKET` edges, so that receiving spreads over the cores.

@@ -48,19 +48,24 @@ pub const ANY_SERVER_NAME: &str = "localhost";
 
 /// Transport settings of an edge link, on either end, for edges that
 /// heartbeat every `heartbeat_interval`:
-/// - the hub driver: thousands of mostly idle links on one task;
+/// - `driver`: the hub (the default) runs thousands of mostly idle links on
+///   one task;
 /// - the edge's heartbeats are the link's keep-alive: QUIC's own keep-alive
 ///   (every `idle / 2`) fires only when heartbeats stop, so an idle fleet
 ///   sends one exchange per heartbeat and nothing else;
 /// - the link dies after four silent heartbeat intervals (at least 30 s), so
 ///   a few lost heartbeats never cost a reconnection.
-pub fn edge_link_settings(base: Settings, heartbeat_interval: Duration) -> Settings {
+pub fn edge_link_settings(
+    base: Settings,
+    heartbeat_interval: Duration,
+    driver: QuicDriver,
+) -> Settings {
     let idle = (heartbeat_interval * 4)
         .max(Duration::from_secs(30))
         .min(vcodr_transport::TIMEOUT_LIMIT);
     Settings {
         max_concurrent_requests: EDGE_LINK_REQUESTS,
-        driver: QuicDriver::Hub,
+        driver,
         idle_timeout: idle,
         keep_alive_interval: idle / 2,
         ..base

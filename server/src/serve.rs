@@ -223,6 +223,7 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
     let edge_settings = edge_link_settings(
         settings,
         Duration::from_millis(cfg.edges.heartbeat_interval_ms),
+        cfg.edges.driver(),
     );
     let edge_t = QuicTransport::<EdgeLink>::bind(cfg.edge_listen, identity, edge_settings)
         .with_context(|| format!("binding edge_listen {}", cfg.edge_listen))?;
