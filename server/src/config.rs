@@ -301,7 +301,8 @@ impl FileConfig {
                 "must be at least one peer heartbeat interval".into(),
             ));
         }
-        parse_quic_driver(&raw.edges.quic_driver).map_err(|why| invalid("edges.quic_driver", why))?;
+        parse_quic_driver(&raw.edges.quic_driver)
+            .map_err(|why| invalid("edges.quic_driver", why))?;
         if raw.edges.heartbeat_interval_ms < 10 || raw.edges.contact_save_interval_ms < 100 {
             return Err(invalid(
                 "edges",

@@ -19,7 +19,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -145,6 +145,7 @@ impl<P: Protocol> HubHandle<P> {
         let state = udp::UdpSocketState::new((&socket).into()).map_err(bind_err)?;
         let socket = tokio::net::UdpSocket::from_std(socket).map_err(bind_err)?;
         let gro = state.gro_segments().max(1);
+        let may_fragment = state.may_fragment();
         let slot = usize::from(u16::MAX).min(1500 * gro);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let (link_tx, link_rx) = mpsc::unbounded_channel();
@@ -161,7 +162,8 @@ impl<P: Protocol> HubHandle<P> {
             endpoint: proto::Endpoint::new(
                 Arc::new(proto::EndpointConfig::default()),
                 None,
-                true,
+                // As quinn: path MTU discovery where packets cannot fragment.
+                !may_fragment,
                 None,
             ),
             conns: HashMap::new(),
@@ -173,6 +175,8 @@ impl<P: Protocol> HubHandle<P> {
                 listen: None,
                 next_generation: 0,
                 idle_waiters: Vec::new(),
+                handshaking: 0,
+                shut_down: false,
             },
             ctl_rx,
             link_rx,
@@ -259,6 +263,7 @@ impl Drop for HubListenerGuard {
 /// The hub half of a [`Backend`]: what a link's handles hold.
 pub(crate) struct HubLink {
     key: ConnKey,
+    ordered_failed: Arc<AtomicBool>,
     tx: mpsc::UnboundedSender<LinkCmd>,
     next_id: AtomicU64,
     closed: watch::Receiver<Option<CloseReason>>,
@@ -331,6 +336,9 @@ impl HubLink {
             .map_err(|_| self.current_reason())?;
         if let Some(reason) = self.close_reason() {
             return Err(reason);
+        }
+        if self.ordered_failed.load(Ordering::Acquire) {
+            return Err(CloseReason::Protocol("the ordered stream failed".into()));
         }
         self.tx
             .send(LinkCmd::Send {
@@ -484,12 +492,21 @@ impl Outgoing {
             match stream.write(&self.data[self.written..]) {
                 Ok(n) => self.written += n,
                 Err(proto::WriteError::Blocked) => return Ok(false),
-                Err(proto::WriteError::Stopped(code)) => return Err(stream_code_name(code)),
+                Err(proto::WriteError::Stopped(code)) => {
+                    // As quinn does: the reset lets both sides free it.
+                    let _ = stream.reset(code);
+                    return Err(stream_code_name(code));
+                }
                 Err(e) => return Err(e.to_string()),
             }
         }
         if self.finish {
-            stream.finish().map_err(|e| e.to_string())?;
+            if let Err(e) = stream.finish() {
+                if let proto::FinishError::Stopped(code) = e {
+                    let _ = stream.reset(code);
+                }
+                return Err(e.to_string());
+            }
         }
         Ok(true)
     }
@@ -578,6 +595,8 @@ struct LinkCtl<P: Protocol> {
     waiter: bool,
     /// A bad frame on the peer's ordered stream: the connection must close.
     violation: Option<String>,
+    /// Our ordered stream failed: `send` says so (shared with [`HubLink`]).
+    ordered_failed: Arc<AtomicBool>,
 }
 
 struct Conn<P: Protocol> {
@@ -594,6 +613,8 @@ struct Conn<P: Protocol> {
     local_close: Option<CloseReason>,
     /// The wake-up in the timer heap, if any.
     scheduled: Option<Instant>,
+    /// Counted in [`Ctx::handshaking`].
+    handshaking: bool,
     dirty: bool,
 }
 
@@ -641,6 +662,10 @@ struct Ctx<P: Protocol> {
     listen: Option<ListenState<P>>,
     next_generation: u64,
     idle_waiters: Vec<oneshot::Sender<()>>,
+    /// Accepted connections not yet through TLS and the hello.
+    handshaking: usize,
+    /// `shutdown` was called: no new connection either way.
+    shut_down: bool,
 }
 
 struct Hub<P: Protocol> {
@@ -658,6 +683,8 @@ struct Hub<P: Protocol> {
 const RECV_BATCHES_PER_TURN: usize = 32;
 /// Commands taken per wake-up.
 const COMMANDS_PER_TURN: usize = 1024;
+/// Most datagrams in one GSO send (quinn's own bound).
+const MAX_TRANSMIT_SEGMENTS: usize = 10;
 
 impl<P: Protocol> Hub<P> {
     async fn run(mut self) {
@@ -677,6 +704,9 @@ impl<P: Protocol> Hub<P> {
                     .as_mut()
                     .reset(next_timer.map_or_else(far, tokio::time::Instant::from_std));
             }
+            // Wait for anything at all; then every source gets its turn, so
+            // that a busy command channel never starves the socket or the
+            // timers (a biased select alone would).
             tokio::select! {
                 biased;
                 n = self.ctl_rx.recv_many(&mut ctl_cmds, 64), if ctl_open => {
@@ -695,18 +725,29 @@ impl<P: Protocol> Hub<P> {
                         self.on_link_cmd(cmd);
                     }
                 }
-                ready = self.io.socket.readable() => match ready {
-                    Ok(()) => self.receive(),
-                    Err(e) => {
+                ready = self.io.socket.readable() => {
+                    if let Err(e) = ready {
                         warn!(error = %e, "QUIC socket failed; the hub stops");
                         break;
                     }
-                },
-                _ = &mut timer, if armed.is_some() => {
-                    armed = None;
-                    self.fire_timers();
+                }
+                _ = &mut timer, if armed.is_some() => armed = None,
+                // A connection still busy from the last turn.
+                _ = std::future::ready(()), if !self.dirty.is_empty() => {}
+            }
+            // Without a syscall unless the socket was seen readable.
+            self.receive();
+            for _ in 0..COMMANDS_PER_TURN {
+                match self.link_rx.try_recv() {
+                    Ok(cmd) => self.on_link_cmd(cmd),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        links_open = false;
+                        break;
+                    }
                 }
             }
+            self.fire_timers();
             self.flush();
             if !links_open && !ctl_open {
                 // Nobody can ask anything any more: close what is left and
@@ -801,18 +842,14 @@ impl<P: Protocol> Hub<P> {
 
     fn on_incoming(&mut self, now: Instant, incoming: proto::Incoming) {
         let remote = incoming.remote_address();
-        let Some(listen) = &self.ctx.listen else {
+        let listen = self.ctx.listen.as_ref().filter(|_| !self.ctx.shut_down);
+        let Some(listen) = listen else {
             let mut buf = Vec::new();
             let t = self.endpoint.refuse(incoming, &mut buf);
             self.io.send(&t, &buf[..t.size]);
             return;
         };
-        let handshaking = self
-            .conns
-            .values()
-            .filter(|c| matches!(c.phase, Phase::Accepting | Phase::ServerHello { .. }))
-            .count();
-        if handshaking >= self.ctx.settings.max_concurrent_handshakes {
+        if self.ctx.handshaking >= self.ctx.settings.max_concurrent_handshakes {
             // The client's retransmission finds room later.
             self.endpoint.ignore(incoming);
             return;
@@ -844,6 +881,8 @@ impl<P: Protocol> Hub<P> {
     ) -> ConnKey {
         self.ctx.next_generation += 1;
         let generation = self.ctx.next_generation;
+        let handshaking = matches!(phase, Phase::Accepting);
+        self.ctx.handshaking += usize::from(handshaking);
         self.conns.insert(
             h,
             Conn {
@@ -856,6 +895,7 @@ impl<P: Protocol> Hub<P> {
                 closed: false,
                 local_close: None,
                 scheduled: None,
+                handshaking,
                 dirty: false,
             },
         );
@@ -874,6 +914,14 @@ impl<P: Protocol> Hub<P> {
                 server_name,
                 reply,
             } => {
+                if self.ctx.shut_down {
+                    let _ = reply.send(Err(ConnectError::Failed {
+                        addr,
+                        server_name,
+                        reason: "the QUIC endpoint has shut down".into(),
+                    }));
+                    return;
+                }
                 let now = Instant::now();
                 match self.endpoint.connect(now, config, addr, &server_name) {
                     Ok((h, proto)) => {
@@ -907,6 +955,7 @@ impl<P: Protocol> Hub<P> {
                 self.ctx.listen = None;
             }
             Ctl::Shutdown { reason } => {
+                self.ctx.shut_down = true;
                 self.endpoint.set_server_config(None);
                 self.ctx.listen = None;
                 let handles: Vec<_> = self.conns.keys().copied().collect();
@@ -1002,6 +1051,7 @@ impl<P: Protocol> Hub<P> {
                 };
                 link.waiter = false;
                 deliver_parked(link);
+                link.wait_for_room();
                 if link.parked.is_empty() {
                     let unread = std::mem::take(&mut link.unread);
                     for s in unread {
@@ -1129,7 +1179,9 @@ impl<P: Protocol> Hub<P> {
             ctx,
             ..
         } = self;
-        let max_segments = io.state.max_gso_segments();
+        let mut requeue = Vec::new();
+        // As quinn: a GSO burst stays under the 64 KiB a send can carry.
+        let max_segments = io.state.max_gso_segments().min(MAX_TRANSMIT_SEGMENTS);
         while let Some(h) = dirty.pop() {
             // Driven in place: a connection is several KiB, too big to move.
             let Some(conn) = conns.get_mut(&h) else {
@@ -1138,6 +1190,7 @@ impl<P: Protocol> Hub<P> {
             conn.dirty = false;
             let now = Instant::now();
             let mut drained = false;
+            let mut quiet = false;
             for _ in 0..64 {
                 let mut progress = false;
                 while let Some(event) = conn.proto.poll_endpoint_events() {
@@ -1165,8 +1218,14 @@ impl<P: Protocol> Hub<P> {
                     io.send_buf = buf;
                 }
                 if !progress {
+                    quiet = true;
                     break;
                 }
+            }
+            if !quiet {
+                // Still busy: its turn comes again after the others'.
+                conn.dirty = true;
+                requeue.push(h);
             }
             if drained {
                 settle(ctx, conn, &ConnectionError::LocallyClosed);
@@ -1188,6 +1247,7 @@ impl<P: Protocol> Hub<P> {
                 }
             }
         }
+        dirty.extend(requeue);
     }
 }
 
@@ -1307,7 +1367,7 @@ fn pump_ordered<P: Protocol>(proto: &mut proto::Connection, link: &mut LinkCtl<P
             Ok(false) => return,
             Err(reason) => {
                 debug!(link = %link.info, %reason, "ordered stream write failed");
-                link.ordered_queue.clear();
+                link.ordered_broken();
                 return;
             }
         }
@@ -1361,7 +1421,13 @@ impl<P: Protocol> LinkCtl<P> {
         } else {
             self.parked.push_back(item);
         }
-        if self.waiter {
+        self.wait_for_room();
+    }
+
+    /// Asks for an `Unpark` once the application's queue has room (or is
+    /// gone: then the parked items are dropped with it).
+    fn wait_for_room(&mut self) {
+        if self.waiter || self.parked.is_empty() {
             return;
         }
         let Some(queue) = self.incoming.clone() else {
@@ -1370,12 +1436,17 @@ impl<P: Protocol> LinkCtl<P> {
         self.waiter = true;
         let (cmds, key) = (self.tx.clone(), self.key);
         tokio::spawn(async move {
-            if let Ok(permit) = queue.reserve_owned().await {
-                // Room now; only the hub sends on this queue, so it stays.
-                drop(permit);
-                let _ = cmds.send(LinkCmd::Unpark { key });
-            }
+            // Room now; only the hub sends on this queue, so it stays.
+            drop(queue.reserve_owned().await);
+            let _ = cmds.send(LinkCmd::Unpark { key });
         });
+    }
+
+    /// Our ordered stream is unusable: drop what waits for it, and tell
+    /// senders.
+    fn ordered_broken(&mut self) {
+        self.ordered_queue.clear();
+        self.ordered_failed.store(true, Ordering::Release);
     }
 
     /// A datagram request is worthless late: dropped, not parked, when the
@@ -1417,6 +1488,13 @@ fn peer_of(proto: &proto::Connection) -> Option<PeerId> {
     identity_from(proto.crypto_session().peer_identity())
 }
 
+/// An accepted connection is through its handshake and hello (or gone).
+fn handshake_over<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>) {
+    if std::mem::take(&mut conn.handshaking) {
+        ctx.handshaking -= 1;
+    }
+}
+
 /// Closes `conn` now (once) and settles everything waiting on it.
 fn shut<P: Protocol>(
     ctx: &mut Ctx<P>,
@@ -1440,6 +1518,7 @@ fn shut<P: Protocol>(
 
 /// The connection is over (closed here, lost, or drained): tell whoever waits.
 fn settle<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, error: &ConnectionError) {
+    handshake_over(ctx, conn);
     conn.closed = true;
     conn.deadline = None;
     let remote = conn.remote;
@@ -1500,45 +1579,21 @@ fn on_event<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant, eve
                 settle(ctx, conn, &reason);
             }
         }
+        // Before the link is up they wait in QUIC's buffer (`link_up`).
         Event::DatagramReceived => {
-            while let Some(d) = conn.proto.datagrams().recv() {
-                on_app_datagram(conn, &d);
-            }
-        }
-        Event::Stream(StreamEvent::Opened { dir }) => {
-            while let Some(s) = conn.proto.streams().accept(dir) {
-                match (&mut conn.phase, dir) {
-                    (Phase::ServerHello { stream, .. }, Dir::Bi) if stream.is_none() => {
-                        *stream = Some((s, FrameReader::default()));
-                    }
-                    (Phase::Up(link), Dir::Bi) => {
-                        let deadline = now + ctx.settings.request_timeout;
-                        link.streams.insert(
-                            s,
-                            StreamTask::Serving {
-                                reader: FrameReader::default(),
-                                deadline,
-                            },
-                        );
-                    }
-                    (Phase::Up(link), Dir::Uni) => {
-                        link.streams
-                            .insert(s, StreamTask::OrderedIn(FrameReader::default()));
-                    }
-                    _ => {
-                        let _ = conn.proto.recv_stream(s).stop(code::FRAME_REJECTED);
-                        if dir == Dir::Bi {
-                            let _ = conn.proto.send_stream(s).reset(code::FRAME_REJECTED);
-                        }
-                        continue;
-                    }
+            if matches!(conn.phase, Phase::Up(_)) {
+                while let Some(d) = conn.proto.datagrams().recv() {
+                    on_app_datagram(conn, &d);
                 }
-                on_readable(ctx, conn, now, s);
             }
         }
+        Event::Stream(StreamEvent::Opened { dir }) => accept_streams(ctx, conn, now, dir),
         Event::Stream(StreamEvent::Readable { id }) => on_readable(ctx, conn, now, id),
         Event::Stream(StreamEvent::Writable { id }) => on_writable(conn, id),
         Event::Stream(StreamEvent::Stopped { id, error_code }) => {
+            // The peer wants nothing more on this stream: reset it, as quinn
+            // does, so that both sides free it (a stop alone frees nothing).
+            let _ = conn.proto.send_stream(id).reset(error_code);
             if let Phase::Up(link) = &mut conn.phase {
                 match link.streams.remove(&id) {
                     // Stopped before the whole request went out: no answer
@@ -1551,6 +1606,7 @@ fn on_event<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant, eve
                     }) => {
                         let reason = stream_code_name(error_code);
                         let _ = answer.send(Err(RequestFailure::NoResponse(reason)));
+                        let _ = conn.proto.recv_stream(id).stop(code::CANCELLED);
                     }
                     Some(StreamTask::Responding(_)) | None => {}
                     Some(other) => {
@@ -1559,7 +1615,7 @@ fn on_event<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant, eve
                 }
                 if link.ordered_out == Some(id) {
                     debug!(link = %link.info, code = %error_code, "the peer stopped our ordered stream");
-                    link.ordered_queue.clear();
+                    link.ordered_broken();
                 }
             }
         }
@@ -1575,12 +1631,77 @@ fn on_event<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant, eve
     }
 }
 
+/// Takes the streams the peer opened, as far as the phase allows: before
+/// the link is up only the client's hello; the rest wait in QUIC until
+/// [`link_up`] (a server may open streams as soon as it has read our hello,
+/// before its own hello reaches us).
+fn accept_streams<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant, dir: Dir) {
+    loop {
+        match (&mut conn.phase, dir) {
+            (Phase::ServerHello { stream, .. }, Dir::Bi) if stream.is_none() => {
+                let Some(s) = conn.proto.streams().accept(dir) else {
+                    return;
+                };
+                *stream = Some((s, FrameReader::default()));
+                on_readable(ctx, conn, now, s);
+            }
+            (Phase::Up(link), _) => {
+                let Some(s) = conn.proto.streams().accept(dir) else {
+                    return;
+                };
+                let task = match dir {
+                    Dir::Bi => StreamTask::Serving {
+                        reader: FrameReader::default(),
+                        deadline: now + ctx.settings.request_timeout,
+                    },
+                    Dir::Uni => StreamTask::OrderedIn(FrameReader::default()),
+                };
+                link.streams.insert(s, task);
+                on_readable(ctx, conn, now, s);
+            }
+            (Phase::Mismatch { .. } | Phase::Gone, _) => {
+                let Some(s) = conn.proto.streams().accept(dir) else {
+                    return;
+                };
+                let _ = conn.proto.recv_stream(s).stop(code::FRAME_REJECTED);
+                if dir == Dir::Bi {
+                    let _ = conn.proto.send_stream(s).reset(code::FRAME_REJECTED);
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// The link just came up: what the peer sent meanwhile is taken now.
+fn link_up<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant) {
+    accept_streams(ctx, conn, now, Dir::Bi);
+    accept_streams(ctx, conn, now, Dir::Uni);
+    while matches!(conn.phase, Phase::Up(_)) {
+        let Some(d) = conn.proto.datagrams().recv() else {
+            break;
+        };
+        on_app_datagram(conn, &d);
+    }
+}
+
 fn on_connected<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant) {
     let remote = conn.remote;
     let peer = peer_of(&conn.proto);
     let no_identity = "certificate names no identity";
     match std::mem::replace(&mut conn.phase, Phase::Gone) {
         Phase::Dialling { reply, server_name } => {
+            if reply.is_closed() {
+                let reason = "the dialler gave up";
+                shut(
+                    ctx,
+                    conn,
+                    code::CLOSED,
+                    reason,
+                    CloseReason::Local(reason.into()),
+                );
+                return;
+            }
             let Some(peer) = peer else {
                 let local = CloseReason::Local(no_identity.into());
                 shut(ctx, conn, code::NO_IDENTITY, no_identity, local);
@@ -1773,7 +1894,7 @@ fn on_readable<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant, 
                     .map_err(|e| format!("bad hello from server: {e}")),
                 Err(e) => Err(format!("reading the server's hello: {e}")),
             };
-            client_hello_done(ctx, conn, outcome);
+            client_hello_done(ctx, conn, now, outcome);
         }
         Phase::ServerHello {
             stream: Some((hs, reader)),
@@ -1797,7 +1918,14 @@ fn on_readable<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant, 
             server_hello_done(ctx, conn, now, s, outcome);
         }
         Phase::Up(link) => {
-            if !link.parked.is_empty() {
+            // While the application is behind, what the peer sends waits in
+            // QUIC's buffers (flow control slows the peer); answers to our
+            // own requests are still read.
+            let peer_stream = matches!(
+                link.streams.get(&s),
+                Some(StreamTask::Serving { .. } | StreamTask::OrderedIn(_))
+            );
+            if peer_stream && !link.parked.is_empty() {
                 if !link.unread.contains(&s) {
                     link.unread.push(s);
                 }
@@ -1812,6 +1940,7 @@ fn on_readable<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant, 
 fn client_hello_done<P: Protocol>(
     ctx: &mut Ctx<P>,
     conn: &mut Conn<P>,
+    now: Instant,
     outcome: Result<Hello, String>,
 ) {
     let remote = conn.remote;
@@ -1863,6 +1992,7 @@ fn client_hello_done<P: Protocol>(
                 return;
             };
             conn.deadline = None;
+            link_up(ctx, conn, now);
             // A caller that gave up drops the connection, which closes it.
             let _ = reply.send(Ok(connection));
         }
@@ -1887,6 +2017,7 @@ fn server_hello_done<P: Protocol>(
     outcome: Result<Hello, String>,
 ) {
     let remote = conn.remote;
+    handshake_over(ctx, conn);
     let Phase::ServerHello { peer, .. } = std::mem::replace(&mut conn.phase, Phase::Gone) else {
         return;
     };
@@ -1929,7 +2060,16 @@ fn server_hello_done<P: Protocol>(
         }
     };
     let mut out = Outgoing::new(ours, true);
-    let written = out.pump(&mut conn.proto, stream);
+    let done = match out.pump(&mut conn.proto, stream) {
+        Ok(done) => done,
+        Err(reason) => {
+            ListenerStats::bump(&stats.failed_hellos);
+            warn!(%peer, %remote, %reason, "could not answer the hello");
+            let local = CloseReason::Local(format!("could not answer the hello: {reason}"));
+            shut(ctx, conn, code::PROTOCOL_VIOLATION, "no hello", local);
+            return;
+        }
+    };
     match negotiate(&ctx.settings.hello, &theirs) {
         Err(mismatch) => {
             ListenerStats::bump(&stats.version_mismatches);
@@ -1959,9 +2099,10 @@ fn server_hello_done<P: Protocol>(
                 );
                 return;
             };
-            if let (Ok(false), Phase::Up(link)) = (written, &mut conn.phase) {
+            if let (false, Phase::Up(link)) = (done, &mut conn.phase) {
                 link.streams.insert(stream, StreamTask::Responding(out));
             }
+            link_up(ctx, conn, now);
             debug!(%peer, %remote, version, "link up (accepted)");
             let Some(listen) = &ctx.listen else { return };
             match listen.accepted.try_send(connection) {
@@ -1996,8 +2137,10 @@ fn make_link<P: Protocol>(
     let tx = ctx.links.upgrade()?;
     let (incoming_tx, incoming_rx) = mpsc::channel(settings.max_pending_incoming);
     let (closed_tx, closed_rx) = watch::channel(None);
+    let ordered_failed = Arc::new(AtomicBool::new(false));
     let link = HubLink {
         key,
+        ordered_failed: ordered_failed.clone(),
         tx: tx.clone(),
         next_id: AtomicU64::new(0),
         closed: closed_rx,
@@ -2027,6 +2170,7 @@ fn make_link<P: Protocol>(
         unread: Vec::new(),
         waiter: false,
         violation: None,
+        ordered_failed,
     }));
     Some(connection)
 }
@@ -2197,5 +2341,86 @@ fn on_app_datagram<P: Protocol>(conn: &mut Conn<P>, d: &[u8]) {
             }
         }
         other => warn!(link = %link.info, kind = other, "dropped a datagram of unknown kind"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FrameReader;
+    use vcodr_core::codec::{encode_frame, DecodeError, FRAME_HEADER_LEN};
+
+    const MAX: usize = 1024;
+
+    fn frame(text: &str) -> Vec<u8> {
+        encode_frame(&text, MAX).expect("encodes")
+    }
+
+    fn payload(text: &str) -> Vec<u8> {
+        frame(text)[FRAME_HEADER_LEN..].to_vec()
+    }
+
+    #[test]
+    fn frames_come_out_whole_however_the_stream_is_cut() {
+        let stream: Vec<u8> = [frame("hello"), frame(""), frame("ordered stream")].concat();
+        let expected = vec![payload("hello"), payload(""), payload("ordered stream")];
+        for cut in 0..=stream.len() {
+            let mut reader = FrameReader::default();
+            let mut out = Vec::new();
+            reader.push(&stream[..cut], MAX, &mut out).unwrap();
+            reader.push(&stream[cut..], MAX, &mut out).unwrap();
+            assert_eq!(out, expected, "cut at {cut}");
+            assert_eq!(reader.at_end(), None, "cut at {cut}");
+        }
+        // One byte at a time.
+        let mut reader = FrameReader::default();
+        let mut out = Vec::new();
+        for b in &stream {
+            reader.push(std::slice::from_ref(b), MAX, &mut out).unwrap();
+        }
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn a_lying_header_is_refused_before_its_payload_is_kept() {
+        let mut reader = FrameReader::default();
+        let mut out = Vec::new();
+        let mut header = frame("x")[..FRAME_HEADER_LEN].to_vec();
+        header[1..5].copy_from_slice(&(MAX as u32 + 1).to_be_bytes());
+        let err = reader
+            .push(&[header, vec![0; 64]].concat(), MAX, &mut out)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::TooLarge {
+                len: MAX + 1,
+                max: MAX
+            }
+        );
+        assert_eq!(reader.buf.len(), FRAME_HEADER_LEN);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_stream_ending_mid_frame_is_truncated() {
+        let whole = frame("cut short");
+        let mut reader = FrameReader::default();
+        let mut out = Vec::new();
+        reader.push(&whole[..3], MAX, &mut out).unwrap();
+        assert_eq!(
+            reader.at_end(),
+            Some(DecodeError::Truncated {
+                needed: FRAME_HEADER_LEN,
+                have: 3
+            })
+        );
+        reader.push(&whole[3..8], MAX, &mut out).unwrap();
+        assert_eq!(
+            reader.at_end(),
+            Some(DecodeError::Truncated {
+                needed: whole.len(),
+                have: 8
+            })
+        );
+        assert!(out.is_empty());
     }
 }

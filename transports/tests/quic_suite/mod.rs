@@ -125,6 +125,48 @@ async fn edge_request_response_round_trip() {
     );
 }
 
+/// Every finished request gives its stream back: with room for 2 requests
+/// per link, 200 one after the other and 200 at once all complete.
+#[tokio::test]
+async fn stream_credit_comes_back_after_every_request() {
+    const REQUESTS: u64 = 200;
+    let tight = Settings {
+        max_concurrent_requests: 2,
+        ..quick_settings()
+    };
+    let ca = CertificateAuthority::new().unwrap();
+    let server = start_server(&ca, "a", loopback(), tight.clone()).unwrap();
+    let identity = ca.issue_identity("edge-1", CertKind::Client).unwrap();
+    let edge = QuicTransport::<TestProto>::bind(loopback(), identity, tight).unwrap();
+    let link = within("connect", TEST_LIMIT, edge.connect(server.addr, "a"))
+        .await
+        .unwrap();
+    let expected = |seq| TestResponse::Reply {
+        seq,
+        server: "a".into(),
+        client: "edge-1".into(),
+    };
+    for seq in 0..REQUESTS {
+        let reply = within(
+            &format!("sequential request {seq}"),
+            TEST_LIMIT,
+            link.request(&TestRequest::Heartbeat { seq }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply, expected(seq));
+    }
+    let mut all = tokio::task::JoinSet::new();
+    for seq in REQUESTS..2 * REQUESTS {
+        let sender = link.sender();
+        all.spawn(async move { (seq, sender.request(&TestRequest::Heartbeat { seq }).await) });
+    }
+    let answers = within("concurrent requests", TEST_LIMIT, all.join_all()).await;
+    for (seq, reply) in answers {
+        assert_eq!(reply.unwrap(), expected(seq));
+    }
+}
+
 #[tokio::test]
 async fn ten_thousand_ordered_log_messages_arrive_exactly_once_in_order() {
     const COUNT: u64 = 10_000;
@@ -1092,4 +1134,208 @@ async fn drivers_interoperate_both_ways() {
             .await
             .unwrap();
     }
+}
+
+/// A linked pair on this suite's driver: the dialling side's connection,
+/// then the accepted one (with the transports, which must stay alive).
+async fn linked_pair(
+    server_settings: Settings,
+    client_settings: Settings,
+) -> (
+    [QuicTransport<TestProto>; 2],
+    Connection<TestProto>,
+    Connection<TestProto>,
+) {
+    let ca = CertificateAuthority::new().unwrap();
+    let server = QuicTransport::<TestProto>::bind(
+        loopback(),
+        ca.issue_identity("a", CertKind::Server).unwrap(),
+        server_settings,
+    )
+    .unwrap();
+    let mut listener = server.listen().unwrap();
+    let client = QuicTransport::<TestProto>::bind(
+        loopback(),
+        ca.issue_identity("edge-1", CertKind::Client).unwrap(),
+        client_settings,
+    )
+    .unwrap();
+    let addr = listener.local_addr();
+    let (dialled, accepted) = within("link up", TEST_LIMIT, async {
+        tokio::join!(client.connect(addr, "a"), listener.accept())
+    })
+    .await;
+    ([server, client], dialled.unwrap(), accepted.unwrap())
+}
+
+fn reply_from_a() -> TestResponse {
+    TestResponse::Reply {
+        seq: 0,
+        server: "a".into(),
+        client: "edge-1".into(),
+    }
+}
+
+/// The application reads slower than the peer sends: the transport holds
+/// the rest back (the peer is slowed by flow control) and hands everything
+/// over, in order, as the application catches up.
+#[tokio::test]
+async fn a_full_incoming_queue_holds_messages_back_and_loses_none() {
+    const COUNT: u64 = 100;
+    let small_queue = Settings {
+        max_pending_incoming: 4,
+        ..quick_settings()
+    };
+    let (_keep, sender, mut receiver) = linked_pair(small_queue, quick_settings()).await;
+    for index in 1..=COUNT {
+        let entry = LogMessage::Entry {
+            index,
+            payload: vec![0; 8],
+        };
+        within("send", TEST_LIMIT, sender.send(&entry))
+            .await
+            .unwrap();
+    }
+    for expected in 1..=COUNT {
+        match within("receive", TEST_LIMIT, receiver.recv()).await {
+            Ok(Incoming::Message(LogMessage::Entry { index, .. })) => assert_eq!(index, expected),
+            other => panic!("message {expected}: {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+/// Requests that time out at the requester and are answered late still give
+/// their streams back: with room for 2 requests per link, 3 late answers,
+/// then 3 more requests, all answered.
+#[tokio::test]
+async fn late_answers_to_abandoned_requests_free_their_streams() {
+    let server_settings = Settings {
+        max_concurrent_requests: 2,
+        ..quick_settings()
+    };
+    let impatient = Settings {
+        request_timeout: Duration::from_millis(300),
+        ..quick_settings()
+    };
+    let (_keep, client, mut server) = linked_pair(server_settings, impatient).await;
+    let late_sent = Arc::new(AtomicU64::new(0));
+    let sent = late_sent.clone();
+    let serving = tokio::spawn(async move {
+        let mut seen = 0;
+        while let Ok(item) = server.recv().await {
+            if let Incoming::Request { responder, .. } = item {
+                seen += 1;
+                let late = seen <= 3;
+                let sent = sent.clone();
+                tokio::spawn(async move {
+                    if late {
+                        // Longer than the requester waits.
+                        tokio::time::sleep(Duration::from_millis(700)).await;
+                    }
+                    let _ = responder.respond(&reply_from_a()).await;
+                    if late {
+                        sent.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        }
+    });
+    let (a, b, c) = tokio::join!(
+        client.request(&TestRequest::Heartbeat { seq: 1 }),
+        client.request(&TestRequest::Heartbeat { seq: 2 }),
+        client.request(&TestRequest::Heartbeat { seq: 3 }),
+    );
+    for r in [a, b, c] {
+        assert!(
+            matches!(r, Err(RequestError::TimedOut { .. })),
+            "{:?}",
+            r.map(|_| ())
+        );
+    }
+    wait_until("the late answers are sent", TEST_LIMIT, || {
+        late_sent.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    for seq in 4..7 {
+        let reply = within(
+            "request after the late answers",
+            TEST_LIMIT,
+            client.request(&TestRequest::Heartbeat { seq }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("request {seq}: {e}"));
+        assert_eq!(reply, reply_from_a());
+    }
+    serving.abort();
+}
+
+/// Answers to our own requests are read even while the application has not
+/// read what the peer sent on its own.
+#[tokio::test]
+async fn our_requests_are_answered_while_the_incoming_queue_is_full() {
+    let small_queue = Settings {
+        max_pending_incoming: 2,
+        ..quick_settings()
+    };
+    let (_keep, client, mut server) = linked_pair(quick_settings(), small_queue).await;
+    for index in 1..=20 {
+        let entry = LogMessage::Entry {
+            index,
+            payload: vec![],
+        };
+        within("send", TEST_LIMIT, server.send(&entry))
+            .await
+            .unwrap();
+    }
+    let serving = tokio::spawn(async move {
+        while let Ok(item) = server.recv().await {
+            if let Incoming::Request { responder, .. } = item {
+                let _ = responder.respond(&reply_from_a()).await;
+            }
+        }
+    });
+    let reply = within(
+        "request while the queue is full",
+        TEST_LIMIT,
+        client.request(&TestRequest::Heartbeat { seq: 1 }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply, reply_from_a());
+    serving.abort();
+}
+
+/// 12 MB of ordered messages of 60 KB each: large bursts leave in GSO
+/// batches that the socket accepts.
+#[tokio::test]
+async fn twelve_megabytes_of_large_messages_arrive_whole() {
+    const COUNT: u64 = 200;
+    let (_keep, sender, mut receiver) = linked_pair(quick_settings(), quick_settings()).await;
+    let reading = tokio::spawn(async move {
+        let mut got = 0;
+        while got < COUNT {
+            match receiver.recv().await {
+                Ok(Incoming::Message(LogMessage::Entry { index, payload })) => {
+                    got += 1;
+                    assert_eq!((index, payload.len()), (got, 60_000));
+                }
+                Ok(_) => {}
+                Err(e) => panic!("after {got} messages: {e}"),
+            }
+        }
+        got
+    });
+    for index in 1..=COUNT {
+        let entry = LogMessage::Entry {
+            index,
+            payload: vec![7; 60_000],
+        };
+        within("send", TEST_LIMIT, sender.send(&entry))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        within("receive all", TEST_LIMIT, reading).await.unwrap(),
+        COUNT
+    );
 }
