@@ -321,7 +321,12 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
                 loop {
                     match conn.recv().await {
                         Ok(Incoming::Request { request, responder }) => {
-                            if !h.edge_request(client.clone(), request, responder).await {
+                            // Boxed: this task lives as long as the edge's
+                            // link (10,000 of them), and this future, held
+                            // only while a request is handed over, is large.
+                            let handed =
+                                Box::pin(h.edge_request(client.clone(), request, responder));
+                            if !handed.await {
                                 return;
                             }
                         }

@@ -671,7 +671,10 @@ struct Ctx<P: Protocol> {
 struct Hub<P: Protocol> {
     io: Io,
     endpoint: proto::Endpoint,
-    conns: HashMap<ConnectionHandle, Conn<P>>,
+    /// Boxed: a connection is several KiB, and a table of them inline would
+    /// keep up to twice that per connection as spare capacity (and four
+    /// times while it grows).
+    conns: HashMap<ConnectionHandle, Box<Conn<P>>>,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     dirty: Vec<ConnectionHandle>,
     ctx: Ctx<P>,
@@ -885,7 +888,7 @@ impl<P: Protocol> Hub<P> {
         self.ctx.handshaking += usize::from(handshaking);
         self.conns.insert(
             h,
-            Conn {
+            Box::new(Conn {
                 handle: h,
                 generation,
                 proto,
@@ -897,7 +900,7 @@ impl<P: Protocol> Hub<P> {
                 scheduled: None,
                 handshaking,
                 dirty: false,
-            },
+            }),
         );
         self.mark(h);
         ConnKey {
