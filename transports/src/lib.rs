@@ -4,6 +4,11 @@
 //! simulations ([`mem`]). Both give the same types, so a driver written
 //! against [`Transport`] runs unchanged on either.
 //!
+//! QUIC connections are driven by quinn ([`QuicDriver::Quinn`]: a task per
+//! connection, for a few busy links) or by the hub ([`QuicDriver::Hub`]: one
+//! task per UDP socket drives every connection through quinn-proto, for
+//! thousands of mostly idle edge links). The two speak the same protocol.
+//!
 //! # Model
 //! - A [`Protocol`] names a link kind (its ALPN) and its three message types:
 //!   requests, their responses, and one-way messages. The crate is generic
