@@ -893,6 +893,15 @@ mod dgram {
         b.extend_from_slice(frame);
         b.into()
     }
+
+    /// Kind, request id and frame of a datagram; `None` if it is shorter
+    /// than its header.
+    pub fn decode(d: &[u8]) -> Option<(u8, u64, &[u8])> {
+        let (header, frame) = d.split_at_checked(HEADER_LEN)?;
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&header[1..]);
+        Some((header[0], u64::from_be_bytes(id), frame))
+    }
 }
 
 /// How a datagram request was answered.
@@ -1177,15 +1186,10 @@ async fn read_datagrams<P: Protocol>(
     max_frame_bytes: usize,
 ) {
     while let Ok(d) = conn.read_datagram().await {
-        if d.len() < dgram::HEADER_LEN {
+        let Some((kind, id, frame)) = dgram::decode(&d) else {
             warn!(link = %info, len = d.len(), "dropped a datagram shorter than its header");
             continue;
-        }
-        let kind = d[0];
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&d[1..dgram::HEADER_LEN]);
-        let id = u64::from_be_bytes(id);
-        let frame = &d[dgram::HEADER_LEN..];
+        };
         match kind {
             dgram::REQUEST => match decode_whole_frame::<P::Request>(frame, max_frame_bytes) {
                 Ok(request) => {

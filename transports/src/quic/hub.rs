@@ -1878,47 +1878,43 @@ fn one_frame(
     }
 }
 
+/// The peer's hello from its stream; `None` until its frame is complete.
+/// Errors start with `bad` (a malformed hello) or `unreadable` (no hello).
+fn read_hello(
+    proto: &mut proto::Connection,
+    s: StreamId,
+    reader: &mut FrameReader,
+    max_frame_bytes: usize,
+    [bad, unreadable]: [&str; 2],
+) -> Option<Result<Hello, String>> {
+    let mut frames = Vec::new();
+    let result = read_into(proto, s, reader, max_frame_bytes, &mut frames, true);
+    match one_frame(result, frames, reader) {
+        Ok(None) => None,
+        Ok(Some(payload)) => {
+            Some(codec::decode_payload::<Hello>(&payload).map_err(|e| format!("{bad}: {e}")))
+        }
+        Err(e) => Some(Err(format!("{unreadable}: {e}"))),
+    }
+}
+
 fn on_readable<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant, s: StreamId) {
     let max_frame_bytes = ctx.settings.max_frame_bytes;
-    let mut frames = Vec::new();
     match &mut conn.phase {
         Phase::ClientHello { stream, reader, .. } if *stream == s => {
-            let result = read_into(
-                &mut conn.proto,
-                s,
-                reader,
-                max_frame_bytes,
-                &mut frames,
-                true,
-            );
-            let outcome = match one_frame(result, frames, reader) {
-                Ok(None) => return,
-                Ok(Some(payload)) => codec::decode_payload::<Hello>(&payload)
-                    .map_err(|e| format!("bad hello from server: {e}")),
-                Err(e) => Err(format!("reading the server's hello: {e}")),
-            };
-            client_hello_done(ctx, conn, now, outcome);
+            let texts = ["bad hello from server", "reading the server's hello"];
+            if let Some(outcome) = read_hello(&mut conn.proto, s, reader, max_frame_bytes, texts) {
+                client_hello_done(ctx, conn, now, outcome);
+            }
         }
         Phase::ServerHello {
             stream: Some((hs, reader)),
             ..
         } if *hs == s => {
-            let result = read_into(
-                &mut conn.proto,
-                s,
-                reader,
-                max_frame_bytes,
-                &mut frames,
-                true,
-            );
-            let outcome = match one_frame(result, frames, reader) {
-                Ok(None) => return,
-                Ok(Some(payload)) => {
-                    codec::decode_payload::<Hello>(&payload).map_err(|e| format!("bad hello: {e}"))
-                }
-                Err(e) => Err(format!("bad hello: {e}")),
-            };
-            server_hello_done(ctx, conn, now, s, outcome);
+            let texts = ["bad hello", "bad hello"];
+            if let Some(outcome) = read_hello(&mut conn.proto, s, reader, max_frame_bytes, texts) {
+                server_hello_done(ctx, conn, now, s, outcome);
+            }
         }
         Phase::Up(link) => {
             // While the application is behind, what the peer sends waits in
@@ -2295,15 +2291,10 @@ fn on_app_datagram<P: Protocol>(conn: &mut Conn<P>, d: &[u8]) {
     let Phase::Up(link) = &mut conn.phase else {
         return;
     };
-    if d.len() < dgram::HEADER_LEN {
+    let Some((kind, id, frame)) = dgram::decode(d) else {
         warn!(link = %link.info, len = d.len(), "dropped a datagram shorter than its header");
         return;
-    }
-    let kind = d[0];
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&d[1..dgram::HEADER_LEN]);
-    let id = u64::from_be_bytes(id);
-    let frame = &d[dgram::HEADER_LEN..];
+    };
     match kind {
         dgram::REQUEST => match decode_whole_frame::<P::Request>(frame, link.max_frame_bytes) {
             Ok(request) => {

@@ -1110,29 +1110,28 @@ async fn drivers_interoperate_both_ways() {
         let mut listener = server.listen().unwrap();
         let edge = client_on(&ca, "edge-1", CertKind::Client, client_driver);
         assert_eq!(edge.settings().driver, client_driver);
-        // The client asks, the server answers.
-        let (dialled, accepted) = link_pair(&what, &edge, &mut listener).await;
-        let served = Arc::new(Mutex::new(StandbyState::default()));
-        let serving = tokio::spawn(serve_link(accepted, "a".into(), served.clone()));
-        let asking = format!("{what}, the client asking");
-        let sender = exercise(&asking, dialled, "a", "edge-1").await;
-        assert_exercised(&asking, &served);
-        sender.close("done");
-        within(&format!("{asking}: server link down"), TEST_LIMIT, serving)
+        // The client asks and the server answers, then the other way round.
+        for client_asks in [true, false] {
+            let (dialled, accepted) = link_pair(&what, &edge, &mut listener).await;
+            let (asker, answerer, asker_name, answerer_name, side) = if client_asks {
+                (dialled, accepted, "edge-1", "a", "client")
+            } else {
+                (accepted, dialled, "a", "edge-1", "server")
+            };
+            let served = Arc::new(Mutex::new(StandbyState::default()));
+            let serving = tokio::spawn(serve_link(answerer, answerer_name.into(), served.clone()));
+            let asking = format!("{what}, the {side} asking");
+            let sender = exercise(&asking, asker, answerer_name, asker_name).await;
+            assert_exercised(&asking, &served);
+            sender.close("done");
+            within(
+                &format!("{asking}: answering link down"),
+                TEST_LIMIT,
+                serving,
+            )
             .await
             .unwrap();
-
-        // The server asks, the client answers.
-        let (dialled, accepted) = link_pair(&what, &edge, &mut listener).await;
-        let served = Arc::new(Mutex::new(StandbyState::default()));
-        let serving = tokio::spawn(serve_link(dialled, "edge-1".into(), served.clone()));
-        let asking = format!("{what}, the server asking");
-        let sender = exercise(&asking, accepted, "edge-1", "a").await;
-        assert_exercised(&asking, &served);
-        sender.close("done");
-        within(&format!("{asking}: client link down"), TEST_LIMIT, serving)
-            .await
-            .unwrap();
+        }
     }
 }
 
