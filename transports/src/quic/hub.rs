@@ -1975,18 +1975,10 @@ fn client_hello_done<P: Protocol>(
             };
             debug!(peer = %info.peer, addr = %remote, version, "link up (dialled)");
             let Some(connection) = make_link(ctx, conn, info) else {
-                let reason = "the QUIC endpoint is shutting down";
-                shut(
-                    ctx,
-                    conn,
-                    code::SHUTDOWN,
-                    reason,
-                    CloseReason::Local(reason.into()),
-                );
                 let _ = reply.send(Err(ConnectError::Failed {
                     addr: remote,
                     server_name,
-                    reason: reason.into(),
+                    reason: SHUTTING_DOWN.into(),
                 }));
                 return;
             };
@@ -2088,14 +2080,6 @@ fn server_hello_done<P: Protocol>(
             };
             conn.deadline = None;
             let Some(connection) = make_link(ctx, conn, info) else {
-                let reason = "the QUIC endpoint is shutting down";
-                shut(
-                    ctx,
-                    conn,
-                    code::SHUTDOWN,
-                    reason,
-                    CloseReason::Local(reason.into()),
-                );
                 return;
             };
             if let (false, Phase::Up(link)) = (done, &mut conn.phase) {
@@ -2121,19 +2105,26 @@ fn server_hello_done<P: Protocol>(
     }
 }
 
+const SHUTTING_DOWN: &str = "the QUIC endpoint is shutting down";
+
 /// Makes the application's handle of an authenticated link and puts the
-/// connection in its `Up` phase; `None` once the hub is shutting down.
+/// connection in its `Up` phase; once the hub is shutting down, closes the
+/// connection instead and returns `None`.
 fn make_link<P: Protocol>(
     ctx: &mut Ctx<P>,
     conn: &mut Conn<P>,
     info: LinkInfo,
 ) -> Option<Connection<P>> {
+    let Some(tx) = ctx.links.upgrade() else {
+        let local = CloseReason::Local(SHUTTING_DOWN.into());
+        shut(ctx, conn, code::SHUTDOWN, SHUTTING_DOWN, local);
+        return None;
+    };
     let settings = &ctx.settings;
     let key = ConnKey {
         handle: conn.handle,
         generation: conn.generation,
     };
-    let tx = ctx.links.upgrade()?;
     let (incoming_tx, incoming_rx) = mpsc::channel(settings.max_pending_incoming);
     let (closed_tx, closed_rx) = watch::channel(None);
     let ordered_failed = Arc::new(AtomicBool::new(false));
