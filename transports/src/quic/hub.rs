@@ -990,8 +990,7 @@ impl<P: Protocol> Hub<P> {
         };
         match cmd {
             LinkCmd::Close { reason, .. } => {
-                let local = CloseReason::Local(reason.clone());
-                shut(ctx, conn, code::CLOSED, &reason, local);
+                shut(ctx, conn, code::CLOSED, &reason);
             }
             LinkCmd::Request {
                 id,
@@ -1069,8 +1068,7 @@ impl<P: Protocol> Hub<P> {
     /// Closes a connection now and settles everything waiting on it.
     fn close_conn(&mut self, h: ConnectionHandle, error_code: VarInt, reason: &str) {
         if let Some(conn) = self.conns.get_mut(&h) {
-            let local = CloseReason::Local(reason.to_string());
-            shut(&mut self.ctx, conn, error_code, reason, local);
+            shut(&mut self.ctx, conn, error_code, reason);
             self.mark(h);
         }
     }
@@ -1143,8 +1141,7 @@ impl<P: Protocol> Hub<P> {
                     return;
                 }
             };
-            let local = CloseReason::Local(reason.clone());
-            shut(ctx, conn, error_code, &reason, local);
+            shut(ctx, conn, error_code, &reason);
             return;
         }
         let Phase::Up(link) = &mut conn.phase else {
@@ -1498,8 +1495,21 @@ fn handshake_over<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>) {
     }
 }
 
-/// Closes `conn` now (once) and settles everything waiting on it.
-fn shut<P: Protocol>(
+/// Closes `conn` now, telling the peer `reason` and the application the
+/// same as [`CloseReason::Local`].
+fn shut<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, error_code: VarInt, reason: &str) {
+    shut_as(
+        ctx,
+        conn,
+        error_code,
+        reason,
+        CloseReason::Local(reason.into()),
+    );
+}
+
+/// Closes `conn` now (once) and settles everything waiting on it; the
+/// application is told `local`.
+fn shut_as<P: Protocol>(
     ctx: &mut Ctx<P>,
     conn: &mut Conn<P>,
     error_code: VarInt,
@@ -1696,18 +1706,11 @@ fn on_connected<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant)
         Phase::Dialling { reply, server_name } => {
             if reply.is_closed() {
                 let reason = "the dialler gave up";
-                shut(
-                    ctx,
-                    conn,
-                    code::CLOSED,
-                    reason,
-                    CloseReason::Local(reason.into()),
-                );
+                shut(ctx, conn, code::CLOSED, reason);
                 return;
             }
             let Some(peer) = peer else {
-                let local = CloseReason::Local(no_identity.into());
-                shut(ctx, conn, code::NO_IDENTITY, no_identity, local);
+                shut(ctx, conn, code::NO_IDENTITY, no_identity);
                 let _ = reply.send(Err(ConnectError::HandshakeRefused {
                     addr: remote,
                     server_name,
@@ -1733,7 +1736,7 @@ fn on_connected<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant)
                 Ok(pair) => pair,
                 Err(e) => {
                     let local = CloseReason::Local(e.to_string());
-                    shut(ctx, conn, code::CLOSED, "no hello", local);
+                    shut_as(ctx, conn, code::CLOSED, "no hello", local);
                     let _ = reply.send(Err(e));
                     return;
                 }
@@ -1755,8 +1758,7 @@ fn on_connected<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant)
                     ListenerStats::bump(&l.stats.refused_handshakes);
                 }
                 warn!(%remote, "refused: certificate names no identity");
-                let local = CloseReason::Local(no_identity.into());
-                shut(ctx, conn, code::NO_IDENTITY, no_identity, local);
+                shut(ctx, conn, code::NO_IDENTITY, no_identity);
                 return;
             };
             conn.deadline = Some(now + ctx.settings.handshake_timeout);
@@ -1955,8 +1957,7 @@ fn client_hello_done<P: Protocol>(
     let theirs = match outcome {
         Ok(hello) => hello,
         Err(reason) => {
-            let local = CloseReason::Local(reason.clone());
-            shut(ctx, conn, code::CLOSED, &reason, local);
+            shut(ctx, conn, code::CLOSED, &reason);
             let _ = reply.send(Err(ConnectError::Failed {
                 addr: remote,
                 server_name,
@@ -1989,8 +1990,7 @@ fn client_hello_done<P: Protocol>(
         }
         Err(mismatch) => {
             let text = mismatch.to_string();
-            let local = CloseReason::Local(text.clone());
-            shut(ctx, conn, code::VERSION_MISMATCH, &text, local);
+            shut(ctx, conn, code::VERSION_MISMATCH, &text);
             let _ = reply.send(Err(ConnectError::VersionMismatch {
                 addr: remote,
                 server_name,
@@ -2014,13 +2014,7 @@ fn server_hello_done<P: Protocol>(
     };
     let Some(listen) = &ctx.listen else {
         let reason = "no longer listening";
-        shut(
-            ctx,
-            conn,
-            code::SHUTDOWN,
-            reason,
-            CloseReason::Local(reason.into()),
-        );
+        shut(ctx, conn, code::SHUTDOWN, reason);
         return;
     };
     let stats = listen.stats.clone();
@@ -2030,7 +2024,7 @@ fn server_hello_done<P: Protocol>(
             ListenerStats::bump(&stats.failed_hellos);
             warn!(%peer, %remote, %reason, "no valid hello; connection closed");
             let local = CloseReason::Protocol(reason.clone());
-            shut(ctx, conn, code::PROTOCOL_VIOLATION, &reason, local);
+            shut_as(ctx, conn, code::PROTOCOL_VIOLATION, &reason, local);
             return;
         }
     };
@@ -2040,13 +2034,7 @@ fn server_hello_done<P: Protocol>(
         Err(e) => {
             warn!(%peer, %remote, reason = %e, "cannot encode our hello");
             let reason = "server cannot encode its hello";
-            shut(
-                ctx,
-                conn,
-                code::PROTOCOL_VIOLATION,
-                reason,
-                CloseReason::Local(reason.into()),
-            );
+            shut(ctx, conn, code::PROTOCOL_VIOLATION, reason);
             return;
         }
     };
@@ -2057,7 +2045,7 @@ fn server_hello_done<P: Protocol>(
             ListenerStats::bump(&stats.failed_hellos);
             warn!(%peer, %remote, %reason, "could not answer the hello");
             let local = CloseReason::Local(format!("could not answer the hello: {reason}"));
-            shut(ctx, conn, code::PROTOCOL_VIOLATION, "no hello", local);
+            shut_as(ctx, conn, code::PROTOCOL_VIOLATION, "no hello", local);
             return;
         }
     };
@@ -2116,8 +2104,7 @@ fn make_link<P: Protocol>(
     info: LinkInfo,
 ) -> Option<Connection<P>> {
     let Some(tx) = ctx.links.upgrade() else {
-        let local = CloseReason::Local(SHUTTING_DOWN.into());
-        shut(ctx, conn, code::SHUTDOWN, SHUTTING_DOWN, local);
+        shut(ctx, conn, code::SHUTDOWN, SHUTTING_DOWN);
         return None;
     };
     let settings = &ctx.settings;
@@ -2174,7 +2161,7 @@ fn read_link_stream<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, s: Stream
     read_stream(&mut conn.proto, link, s);
     if let Some(reason) = link.violation.take() {
         let local = CloseReason::Protocol(reason.clone());
-        shut(ctx, conn, code::PROTOCOL_VIOLATION, &reason, local);
+        shut_as(ctx, conn, code::PROTOCOL_VIOLATION, &reason, local);
     }
 }
 
