@@ -9,8 +9,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vcodr_benches::pair::{Durability, Pair};
+use vcodr_benches::pair::{Durability, Pair, Side};
 use vcodr_benches::{heartbeat_input, standalone_server};
 use vcodr_core::*;
 
@@ -21,8 +22,23 @@ const CHUNK: usize = 1_000;
 
 /// One prepared heartbeat input per client, cloned (untimed) before use.
 fn templates(epoch: Epoch, pair_id: Option<PairId>) -> Vec<Input> {
+    relaying(epoch, pair_id, None)
+}
+
+/// As [`templates`], each heartbeat relaying `proof` (as edges do after a failover).
+fn relaying(epoch: Epoch, pair_id: Option<PairId>, proof: Option<Arc<EpochProof>>) -> Vec<Input> {
     (0..CLIENTS)
-        .map(|i| heartbeat_input(i, 1, epoch, pair_id))
+        .map(|i| {
+            let mut input = heartbeat_input(i, 1, epoch, pair_id);
+            if let Input::Edge {
+                msg: EdgeMsg::Heartbeat(hb),
+                ..
+            } = &mut input
+            {
+                hb.proof = proof.clone();
+            }
+            input
+        })
         .collect()
 }
 
@@ -89,6 +105,47 @@ fn heartbeats(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| run(&mut server, &paired, iters, &mut next))
         });
+    }
+
+    // After a planned switchover: the promoted server holds a proof and puts
+    // it in every reply; edges relay it to both servers. The old active, now
+    // a zombie, recognises the proof it was fenced by without verifying it
+    // again; the promoted server skips it (not above its own epoch).
+    let mut pair = Pair::paired(Durability::ConfirmOnly).expect("pair reaches STANDBY_RUNNING");
+    pair.submit_to(Side::Standby, Command::Promote { force: true });
+    pair.run_until_idle().expect("switchover settles");
+    while pair.active.server.role() != Role::Zombie
+        || pair.standby.server.role() != Role::Standalone
+    {
+        pair.fire_next_timer().expect("timers");
+        pair.run_until_idle().expect("switchover settles");
+    }
+    let proof = pair
+        .standby
+        .server
+        .epoch_proof()
+        .cloned()
+        .map(Arc::new)
+        .expect("the promoted server holds a proof");
+    assert_eq!(
+        pair.active.server.epoch_proof(),
+        Some(&*proof),
+        "the zombie keeps it"
+    );
+    let after = relaying(2, pair.standby.server.pair_id(), Some(proof));
+    for (name, mut server) in [
+        ("promoted_relayed_proof", pair.standby.server.clone()),
+        ("zombie_relayed_proof", pair.active.server.clone()),
+    ] {
+        warm(&mut server, &after);
+        let mut next = 0;
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| run(&mut server, &after, iters, &mut next))
+        });
+        assert!(
+            server.contacts().all(|c| c.forged_epoch_claims == 0),
+            "{name}: a genuine proof is no forged claim"
+        );
     }
 
     // The whole path as a transport sees it: building the owned input included.

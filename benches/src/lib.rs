@@ -45,6 +45,13 @@ pub fn server_info(n: u8) -> ServerInfo {
     }
 }
 
+/// `server` with the stand-in keys of its name (`vcodr_core::testing`): it
+/// signs its epoch proofs and verifies its peer's as a real server would.
+pub fn keyed(server: Server) -> Server {
+    let name = server.info().name.clone();
+    server.with_keys(vcodr_core::testing::TestKeys::keys(&name))
+}
+
 /// A STANDALONE / UNCONFIGURED server whose start-up outputs were carried out.
 pub fn standalone_server() -> Server {
     let mut server = Server::new(ServerConfig::default(), server_info(1), Now::at(0));
@@ -87,15 +94,18 @@ pub fn heartbeat(n: usize, seq: u64, epoch: Epoch, pair_id: Option<PairId>) -> H
         config_version: 0,
         cached_samples: 0,
         dropped_samples: 0,
+        proof: None,
     }
 }
 
 /// The server input carrying [`heartbeat`] `n`, as a transport would hand it over.
 pub fn heartbeat_input(n: usize, seq: u64, epoch: Epoch, pair_id: Option<PairId>) -> Input {
+    let hb = heartbeat(n, seq, epoch, pair_id);
     Input::Edge {
         reply_to: n as ReplyTo,
         client: client_id(n),
-        msg: EdgeMsg::Heartbeat(heartbeat(n, seq, epoch, pair_id)),
+        client_type: hb.client_type,
+        msg: EdgeMsg::Heartbeat(hb),
     }
 }
 

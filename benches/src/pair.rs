@@ -113,8 +113,12 @@ impl Pair {
         let cfg = ServerConfig::default();
         let now = Now::at(0);
         let mut pair = Pair {
-            active: Node::new(Server::new(cfg.clone(), crate::server_info(1), now)),
-            standby: Node::new(Server::new(cfg, crate::server_info(2), now)),
+            active: Node::new(crate::keyed(Server::new(
+                cfg.clone(),
+                crate::server_info(1),
+                now,
+            ))),
+            standby: Node::new(crate::keyed(Server::new(cfg, crate::server_info(2), now))),
             durability,
             commit,
             now_ms: 0,
@@ -278,7 +282,7 @@ impl Pair {
                 }
                 Output::Reply { req, result } => self.replies.push_back((req, result)),
                 Output::Event(Event::PeerIgnored { .. }) => self.stats.peer_ignored += 1,
-                Output::Event(_) | Output::ReplyEdge { .. } => {}
+                Output::Event(_) | Output::ReplyEdge { .. } | Output::ReplyPeer { .. } => {}
             }
         }
     }
@@ -307,7 +311,15 @@ impl Pair {
         let mut progressed = self.confirm();
         let now = Now::at(self.now_ms);
         while let Some((side, env)) = self.in_flight.pop_front() {
-            self.node(side).server.handle_input(now, Input::Peer(env));
+            // Sent by the other side, over its link; TLS proved its name and key.
+            let (link, sender) = match side {
+                Side::Active => (1, &self.standby.server),
+                Side::Standby => (0, &self.active.server),
+            };
+            let from = vcodr_core::testing::identity(&sender.info().name);
+            self.node(side)
+                .server
+                .handle_input(now, Input::Peer { link, from, env });
             progressed = true;
         }
         // Outputs of the inputs just given (replies, new persists) count too.

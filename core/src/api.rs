@@ -3,8 +3,10 @@
 //! events, and the role gate.
 
 use crate::msg::*;
+use crate::proof::EpochProof;
 use crate::types::*;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Identifies an operator request so its reply can be matched; chosen by the I/O layer.
@@ -29,12 +31,20 @@ pub enum Timer {
 pub enum Input {
     /// An operator command (admin API).
     Command { req: RequestId, cmd: Command },
-    /// A message from the peer link.
-    Peer(PeerEnvelope),
-    /// A message from an edge or gateway whose identity `client` the transport verified.
+    /// A message from a server over the peer link. `from` is the identity
+    /// TLS proved for the sender, `link` the link it came in on; the core
+    /// decides whether the sender may send it (see [`PeerRefusal`]).
+    Peer {
+        link: PeerLinkId,
+        from: PeerIdentity,
+        env: PeerEnvelope,
+    },
+    /// A message from an edge or gateway whose identity `client` and type
+    /// `client_type` the transport verified (both from its certificate).
     Edge {
         reply_to: ReplyTo,
         client: ClientId,
+        client_type: ClientType,
         msg: EdgeMsg,
     },
     /// A timer expired.
@@ -47,8 +57,12 @@ pub enum Input {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[must_use]
 pub enum Output {
-    /// Send to the peer server reachable at `to` (its peer address).
+    /// Send to the peer server reachable at `to`: the pinned peer's peer
+    /// address, or the standby address the operator configured.
     SendPeer { to: String, msg: PeerEnvelope },
+    /// Send back on the link a peer message came in on (refusals of senders
+    /// this server does not dial).
+    ReplyPeer { link: PeerLinkId, msg: PeerEnvelope },
     /// Reply to an edge request.
     ReplyEdge { reply_to: ReplyTo, msg: ServerMsg },
     /// Make `ops` durable, in order, then give back `Input::Persisted { up_to: seq }`.
@@ -73,8 +87,8 @@ pub enum Output {
 /// What the I/O layer must make durable.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PersistOp {
-    /// Replace the durable DR metadata.
-    Meta(DurableMeta),
+    /// Replace the durable DR metadata (boxed: it is large and rare).
+    Meta(Box<DurableMeta>),
     /// Append one transition to the state history.
     History(Transition),
     /// Append entries; an entry whose index is already stored replaces it and everything after.
@@ -100,6 +114,11 @@ pub struct DurableMeta {
     pub pair_id: Option<PairId>,
     /// The other server of the pair.
     pub peer: Option<ServerInfo>,
+    /// The other server's identity, pinned at pairing: only its messages are admitted.
+    pub peer_identity: Option<PeerIdentity>,
+    /// The highest epoch proof held: this server's own (it holds `epoch`) or
+    /// the one that fenced it.
+    pub epoch_proof: Option<Arc<EpochProof>>,
     /// One-time pairing token while prepared (candidate) or offering a blob.
     pub pairing_token: Option<u128>,
     /// Replication policy agreed at pairing.
@@ -142,7 +161,11 @@ pub enum Command {
     DemoteActive {
         force: bool,
     },
-    RemoveStandby,
+    /// `removeStandby {force}`; on a zombie, `force` overrides the refusal
+    /// given while another server provably holds a higher epoch.
+    RemoveStandby {
+        force: bool,
+    },
     Rejoin,
     Put {
         key: String,
@@ -167,7 +190,7 @@ impl Command {
             Command::TransitionToStandby { .. } => "disasterRecovery/transitionToStandby",
             Command::Promote { .. } => "disasterRecovery/promoteStandbyToActive",
             Command::DemoteActive { .. } => "disasterRecovery/demoteActive",
-            Command::RemoveStandby => "disasterRecovery/removeStandby",
+            Command::RemoveStandby { .. } => "disasterRecovery/removeStandby",
             Command::Rejoin => "disasterRecovery/rejoinAsStandby",
             Command::Put { .. } => "configuration/put",
             Command::Delete { .. } => "configuration/delete",
@@ -365,10 +388,65 @@ pub enum Event {
     SnapshotSent { index: Index, chunks: u32 },
     /// Entries were moved to the divergence archive at rejoin.
     DivergenceArchived { after: Index, entries_upto: Index },
-    /// A peer message was ignored, with the reason.
+    /// A message of the pinned peer was ignored (stale, unexpected), with the reason.
     PeerIgnored { kind: &'static str, reason: String },
+    /// A peer message was refused at admission: its proven sender may not
+    /// send it. The I/O layer counts these by reason and logs them as counts
+    /// per interval (an outsider causes them).
+    PeerRefused {
+        link: PeerLinkId,
+        /// The sender's proven identity.
+        from: PeerIdentity,
+        kind: &'static str,
+        reason: PeerRefusal,
+    },
+    /// The peer's identity was pinned outside a pairing step (see `how`).
+    PeerPinned {
+        identity: PeerIdentity,
+        how: &'static str,
+    },
+    /// A heartbeat claimed a higher epoch of this pair without a valid proof:
+    /// it fenced nobody; the client is marked in the contact table.
+    ForgedEpochClaim {
+        client: ClientId,
+        claimed: Epoch,
+        why: String,
+    },
     /// Re-sent monitoring samples that were already stored were discarded.
     SamplesDeduplicated { client: ClientId, count: u64 },
     /// An edge request was refused, with the reason.
     ClientRefused { client: ClientId, reason: String },
+}
+
+/// Why a peer message was refused at admission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeerRefusal {
+    /// The sender's certificate is not the one pinned at pairing.
+    NotPinnedPeer,
+    /// No peer is pinned here and the message is not a pairing step.
+    NotPaired,
+    /// The message names another pair (`pairId`).
+    OtherPair,
+    /// A pairing step with the wrong token, server, name or state.
+    PairingRefused,
+}
+
+impl PeerRefusal {
+    /// Every reason, for metrics labels.
+    pub const ALL: [PeerRefusal; 4] = [
+        PeerRefusal::NotPinnedPeer,
+        PeerRefusal::NotPaired,
+        PeerRefusal::OtherPair,
+        PeerRefusal::PairingRefused,
+    ];
+
+    /// The metrics label (`vcodr_peer_messages_refused_total{reason}`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerRefusal::NotPinnedPeer => "not_pinned_peer",
+            PeerRefusal::NotPaired => "not_paired",
+            PeerRefusal::OtherPair => "other_pair",
+            PeerRefusal::PairingRefused => "pairing_refused",
+        }
+    }
 }

@@ -38,16 +38,22 @@ pub enum Mutant {
     StandbyServesConfig,
     /// Planned switchover skips the final catch-up of the standby.
     PromoteWithoutCatchup,
+    /// Peer admission believes the envelope's `from` instead of the identity TLS proved.
+    TrustEnvelopeFrom,
+    /// A heartbeat's claimed higher epoch fences without a valid proof.
+    UnprovenEpoch,
 }
 
 impl Mutant {
     /// Every mutant with its command-line name.
-    pub const ALL: [(Mutant, &'static str); 5] = [
+    pub const ALL: [(Mutant, &'static str); 7] = [
         (Mutant::AckBeforeStandby, "ack-before-standby"),
         (Mutant::NoEpochFencing, "no-epoch-fencing"),
         (Mutant::FollowZombie, "follow-zombie"),
         (Mutant::StandbyServesConfig, "standby-serves-config"),
         (Mutant::PromoteWithoutCatchup, "promote-without-catchup"),
+        (Mutant::TrustEnvelopeFrom, "trust-envelope-from"),
+        (Mutant::UnprovenEpoch, "unproven-epoch"),
     ];
 
     /// Looks a mutant up by its command-line name.

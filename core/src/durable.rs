@@ -97,7 +97,7 @@ impl MemStore {
 
     fn apply_one(&mut self, op: &PersistOp) {
         match op {
-            PersistOp::Meta(m) => self.meta = Some(m.clone()),
+            PersistOp::Meta(m) => self.meta = Some((**m).clone()),
             PersistOp::History(t) => {
                 if self.history_cap > 0 {
                     if self.history.len() == self.history_cap {

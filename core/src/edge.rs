@@ -2,9 +2,11 @@
 
 use crate::config::{EdgeConfig, Mutant};
 use crate::msg::*;
+use crate::proof::EpochProof;
 use crate::rng::Rng;
 use crate::types::*;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// Timers of an edge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -101,6 +103,10 @@ pub struct Edge {
     slots: [ServerSlot; 2],
     following: Option<usize>,
     max_epoch_seen: Epoch,
+    /// The highest epoch proof a server gave: relayed in every heartbeat, so
+    /// that an old active this edge still reaches learns it was replaced.
+    /// The edge does not verify it (servers do, against their pinned peer).
+    proof: Option<Arc<EpochProof>>,
     config: (Epoch, Index),
     pull_inflight: bool,
     next_seq: u64,
@@ -137,6 +143,7 @@ impl Edge {
             now_ms,
             following: None,
             max_epoch_seen: 0,
+            proof: None,
             config: (0, 0),
             pull_inflight: false,
             next_seq: 1,
@@ -167,6 +174,10 @@ impl Edge {
     }
     pub fn max_epoch_seen(&self) -> Epoch {
         self.max_epoch_seen
+    }
+    /// The epoch proof this edge relays.
+    pub fn proof(&self) -> Option<&EpochProof> {
+        self.proof.as_deref()
     }
     /// `(epoch, version)` of the configuration applied.
     pub fn config_applied(&self) -> (Epoch, Index) {
@@ -247,6 +258,7 @@ impl Edge {
             config_version: self.config.1,
             cached_samples: self.cache.len() as u64,
             dropped_samples: self.dropped,
+            proof: self.proof.clone(),
         };
         if self.slots[i].awaiting_since_ms.is_none() {
             self.slots[i].awaiting_since_ms = Some(self.now_ms);
@@ -297,6 +309,9 @@ impl Edge {
                 s.redirect = r.redirect.clone();
                 if r.role.is_writer() {
                     self.max_epoch_seen = self.max_epoch_seen.max(r.epoch);
+                }
+                if let Some(p) = r.proof {
+                    self.learn_proof(i, p);
                 }
                 if let Some(to) = r.redirect {
                     // Confirm the redirect by the target's own reply before following it.
@@ -362,6 +377,26 @@ impl Edge {
                 // The server will not take it now; the next heartbeat tells why.
                 self.pull_inflight = false;
             }
+        }
+    }
+
+    /// Keeps the highest proof and, when it is new, relays it at once to the
+    /// other server if that one last showed a lower epoch: an old active is
+    /// then fenced within one heartbeat of the promotion, not two.
+    fn learn_proof(&mut self, from: usize, p: Arc<EpochProof>) {
+        if self
+            .proof
+            .as_ref()
+            .is_some_and(|have| have.claim.epoch >= p.claim.epoch)
+        {
+            return;
+        }
+        let epoch = p.claim.epoch;
+        self.proof = Some(p);
+        let other = 1 - from;
+        let s = &self.slots[other];
+        if s.reachable && s.view.epoch < epoch {
+            self.heartbeat(other);
         }
     }
 

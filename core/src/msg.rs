@@ -4,9 +4,11 @@
 //! [`crate::codec`]). Every peer message and every heartbeat reply carries the
 //! sender's epoch (SPEC §2).
 
+use crate::proof::EpochProof;
 use crate::types::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Policy when the standby is lost for longer than `standby_grace` (SPEC §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -50,7 +52,8 @@ pub struct Snapshot {
 /// Header of every peer message.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PeerEnvelope {
-    /// Sender's `vcoUuid`.
+    /// Sender's `vcoUuid`, as the sender says: informational only. Who sent
+    /// a message is what TLS proved ([`crate::Input::Peer`]'s `from`).
     pub from: ServerId,
     /// The pair this message belongs to (`None` before pairing).
     pub pair_id: Option<PairId>,
@@ -70,11 +73,18 @@ pub enum PeerMsg {
         policy: OnStandbyLoss,
     },
     /// Candidate → active: pairing accepted and durable on the standby.
-    PairAccepted { standby: ServerInfo },
+    /// `token` echoes the pairing token: only the server the active sent its
+    /// `Pair` to knows it, so the active pins whoever echoes it.
+    PairAccepted { standby: ServerInfo, token: u128 },
     /// Would-be standby → would-be active (transitionToStandby with a blob).
     Join { token: u128, standby: ServerInfo },
-    /// Either side: a request was refused; names why.
-    Refused { reason: String },
+    /// Either side: a request was refused; names why. A refusal of a pairing
+    /// step echoes its token (`in_reply_to`), so that the server that sent
+    /// it, having no pinned peer yet, can tell it from a forgery.
+    Refused {
+        reason: String,
+        in_reply_to: Option<u128>,
+    },
     /// Active → standby: one chunk of a snapshot; chunks are sent one at a time.
     SnapshotChunk {
         index: Index,
@@ -109,8 +119,12 @@ pub enum PeerMsg {
         last_index: Index,
         last_epoch: Epoch,
     },
-    /// Promoted server → old active: `epoch` exists and is held by `active`.
-    NewEpoch { active: ServerInfo },
+    /// Promoted server → old active: `epoch` exists and is held by `active`,
+    /// which proves it.
+    NewEpoch {
+        active: ServerInfo,
+        proof: Option<Arc<EpochProof>>,
+    },
     /// Zombie → promoted server: fenced, stop telling me.
     ZombieAck,
     /// Zombie → promoted server: make me your standby.
@@ -178,6 +192,9 @@ pub struct Heartbeat {
     pub config_version: Index,
     pub cached_samples: u64,
     pub dropped_samples: u64,
+    /// The highest epoch proof the edge holds (relayed from a server's
+    /// reply): the only thing in a heartbeat that can fence a server.
+    pub proof: Option<Arc<EpochProof>>,
 }
 
 /// Edge/gateway → server.
@@ -211,6 +228,9 @@ pub struct HeartbeatReply {
     pub redirect: Option<String>,
     /// Committed configuration version (log index) on this server.
     pub config_version: Index,
+    /// The highest epoch proof this server holds for its pair: its own, or
+    /// the one that fenced it. Edges keep the highest and relay it.
+    pub proof: Option<Arc<EpochProof>>,
 }
 
 /// Server → edge/gateway.

@@ -5,9 +5,11 @@ use crate::config::{Mutant, ServerConfig};
 use crate::durable::{apply_entry, Restored};
 use crate::log::Log;
 use crate::msg::*;
+use crate::proof::{EpochClaim, EpochProof, Keys};
 use crate::rng::Rng;
 use crate::types::*;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 /// The time of an input: a monotonic clock for timeouts and lag, and wall-clock
 /// time for timestamps shown to operators. Neither has to agree with the peer's.
@@ -49,7 +51,8 @@ struct PendingSampleAck {
 enum AfterDurable {
     Reply(RequestId, Reply),
     SendPair,
-    SendPairAccepted,
+    /// Echoing the pairing token.
+    SendPairAccepted(u128),
     SendJoin,
     AckSnapshot {
         index: Index,
@@ -177,6 +180,10 @@ pub struct ClientContact {
     pub dropped_samples: u64,
     /// Wall-clock time of the last heartbeat (`modified`).
     pub modified_ms: Millis,
+    /// Heartbeats of this client that claimed a higher epoch without a valid
+    /// proof (`forgedEpochClaims`): a marked client's new proofs are no longer
+    /// checked (each check costs a signature verification).
+    pub forged_epoch_claims: u64,
 }
 
 /// `clientCount` (SPEC §5).
@@ -209,6 +216,10 @@ pub struct Status {
     pub pair_id: Option<PairId>,
     pub me: ServerInfo,
     pub peer: Option<ServerInfo>,
+    /// The peer identity pinned at pairing (certificate name and key).
+    pub peer_identity: Option<PeerIdentity>,
+    /// The highest epoch proof held (own, or the one that fenced this server).
+    pub epoch_proof: Option<Arc<EpochProof>>,
     /// Admin address of the server that takes writes, as far as this one knows.
     pub active_admin_address: Option<String>,
     /// Edge address of the server that takes writes, as far as this one knows.
@@ -256,6 +267,16 @@ pub struct Server {
     highest_epoch_seen: Epoch,
     pair_id: Option<PairId>,
     peer: Option<ServerInfo>,
+    /// The peer's TLS identity, pinned at pairing: the only sender admitted
+    /// for anything but a pairing step.
+    peer_identity: Option<PeerIdentity>,
+    /// The highest epoch proof held: this server's own, or the one that fenced it.
+    epoch_proof: Option<Arc<EpochProof>>,
+    /// Signs this server's epoch proofs and verifies the peer's.
+    keys: Keys,
+    /// Digests of proofs that failed verification, newest last (at most
+    /// [`MAX_REJECTED_PROOFS`]), so a replayed forgery costs no second check.
+    rejected_proofs: VecDeque<u64>,
     pairing_token: Option<u128>,
     policy: OnStandbyLoss,
     synced: bool,
@@ -299,6 +320,8 @@ pub struct Server {
 }
 
 const FIRST_EPOCH: Epoch = 1;
+/// Forged proofs remembered by digest (see `rejected_proofs`).
+pub const MAX_REJECTED_PROOFS: usize = 64;
 
 impl Server {
     /// A server that has never run: STANDALONE / UNCONFIGURED at epoch 1.
@@ -342,6 +365,10 @@ impl Server {
             highest_epoch_seen: FIRST_EPOCH,
             pair_id: None,
             peer: None,
+            peer_identity: None,
+            epoch_proof: None,
+            keys: Keys::default(),
+            rejected_proofs: VecDeque::new(),
             pairing_token: None,
             policy: cfg.on_standby_loss,
             synced: false,
@@ -393,6 +420,8 @@ impl Server {
             s.highest_epoch_seen = m.fenced_by.unwrap_or(m.epoch).max(m.epoch);
             s.pair_id = m.pair_id;
             s.peer = m.peer.clone();
+            s.peer_identity = m.peer_identity.clone();
+            s.epoch_proof = m.epoch_proof.clone();
             s.pairing_token = m.pairing_token;
             s.policy = m.policy;
             s.synced = m.synced;
@@ -454,6 +483,15 @@ impl Server {
         s
     }
 
+    /// Gives the server the keys of its certificate: its promotions are then
+    /// signed, and epoch proofs relayed by edges are verified with them
+    /// against the pinned peer's key. Without keys ([`Keys::default`]) it
+    /// proves nothing and believes no relayed proof; the peer link still fences.
+    pub fn with_keys(mut self, keys: Keys) -> Self {
+        self.keys = keys;
+        self
+    }
+
     fn state_after_restart(&self, st: DrState) -> DrState {
         use DrState::*;
         match (self.role, st) {
@@ -489,6 +527,14 @@ impl Server {
     }
     pub fn peer(&self) -> Option<&ServerInfo> {
         self.peer.as_ref()
+    }
+    /// The peer identity pinned at pairing.
+    pub fn peer_identity(&self) -> Option<&PeerIdentity> {
+        self.peer_identity.as_ref()
+    }
+    /// The highest epoch proof this server holds.
+    pub fn epoch_proof(&self) -> Option<&EpochProof> {
+        self.epoch_proof.as_deref()
     }
     pub fn config(&self) -> &ServerConfig {
         &self.cfg
@@ -589,6 +635,8 @@ impl Server {
             pair_id: self.pair_id,
             me: self.me.clone(),
             peer: self.peer.clone(),
+            peer_identity: self.peer_identity.clone(),
+            epoch_proof: self.epoch_proof.clone(),
             active_admin_address: redirects.admin,
             active_edge_address: redirects.edge,
             policy: self.policy,
@@ -692,12 +740,13 @@ impl Server {
         };
         match input {
             Input::Command { req, cmd } => self.on_command(req, cmd),
-            Input::Peer(env) => self.on_peer(env),
+            Input::Peer { link, from, env } => self.on_peer(link, from, env),
             Input::Edge {
                 reply_to,
                 client,
+                client_type,
                 msg,
-            } => self.on_edge(reply_to, client, msg),
+            } => self.on_edge(reply_to, client, client_type, msg),
             Input::Timeout(Timer::PeerTick) => self.on_tick(),
             Input::Timeout(Timer::StandbyGrace) => self.on_grace_expired(),
             Input::Persisted { up_to } => self.on_persisted(up_to),
@@ -720,7 +769,8 @@ impl Server {
             .is_none_or(|m| self.meta_differs(m));
         if meta_changed {
             let meta = self.durable_meta();
-            self.staged.insert(0, PersistOp::Meta(meta.clone()));
+            self.staged
+                .insert(0, PersistOp::Meta(Box::new(meta.clone())));
             self.persisted_meta = Some(meta);
         }
         if self.staged.is_empty() && self.staged_after.is_empty() {
@@ -746,6 +796,8 @@ impl Server {
             || m.epoch != self.epoch
             || m.pair_id != self.pair_id
             || m.peer != self.peer
+            || m.peer_identity != self.peer_identity
+            || m.epoch_proof != self.epoch_proof
             || m.pairing_token != self.pairing_token
             || m.policy != self.policy
             || m.synced != self.synced
@@ -764,6 +816,8 @@ impl Server {
             epoch: self.epoch,
             pair_id: self.pair_id,
             peer: self.peer.clone(),
+            peer_identity: self.peer_identity.clone(),
+            epoch_proof: self.epoch_proof.clone(),
             pairing_token: self.pairing_token,
             policy: self.policy,
             synced: self.synced,
@@ -912,10 +966,7 @@ impl Server {
         match a {
             AfterDurable::Reply(req, r) => self.reply(req, Ok(r)),
             AfterDurable::SendPair => self.send_pair(),
-            AfterDurable::SendPairAccepted => {
-                let standby = self.me.clone();
-                self.send_peer(PeerMsg::PairAccepted { standby });
-            }
+            AfterDurable::SendPairAccepted(token) => self.send_pair_accepted(token),
             AfterDurable::SendJoin => self.send_join(),
             AfterDurable::AckSnapshot { index, chunk } => {
                 self.send_peer(PeerMsg::SnapshotAck { index, chunk });
@@ -1421,10 +1472,7 @@ impl Server {
         match self.role {
             Role::Active => self.tick_active(),
             Role::Standby => self.tick_standby(),
-            Role::Standalone if self.zombie_to_notify => {
-                let active = self.me.clone();
-                self.send_peer(PeerMsg::NewEpoch { active });
-            }
+            Role::Standalone if self.zombie_to_notify => self.send_new_epoch(),
             Role::Zombie if self.rejoin_requested => self.send_rejoin(),
             _ => {}
         }
@@ -1561,18 +1609,116 @@ impl Server {
 
     // ---------------------------------------------------------------- peer messages
 
-    fn on_peer(&mut self, env: PeerEnvelope) {
+    /// The one access decision of the peer link: may the server TLS proved
+    /// (`from`) send this message? Before pairing only pairing steps are
+    /// admitted, each carrying the one-time token that the operator handed
+    /// over; after pairing only the pinned peer, and only for its own pair.
+    fn admit(&self, from: &PeerIdentity, env: &PeerEnvelope) -> Result<(), PeerRefusal> {
+        let pinned = self.sent_by_pinned_peer(from, env);
+        let unpinned = self.peer_identity.is_none();
+        let token_matches = |t: u128| self.pairing_token == Some(t);
+        let pairing_step = match &env.body {
+            // A prepared candidate is never pinned; `on_pair` checks the token.
+            PeerMsg::Pair { .. } => Some(unpinned),
+            PeerMsg::Join { token, .. } => Some(unpinned || token_matches(*token)),
+            PeerMsg::PairAccepted { token, .. } => Some(unpinned && token_matches(*token)),
+            PeerMsg::Refused { in_reply_to, .. } => {
+                Some(unpinned && in_reply_to.is_some_and(token_matches))
+            }
+            _ => None,
+        };
+        match pairing_step {
+            _ if pinned && pairing_step.is_some() => Ok(()),
+            Some(true) => Ok(()),
+            Some(false) if unpinned => Err(PeerRefusal::PairingRefused),
+            _ if !pinned && unpinned => Err(PeerRefusal::NotPaired),
+            _ if !pinned => Err(PeerRefusal::NotPinnedPeer),
+            _ if env.pair_id.is_none() || env.pair_id != self.pair_id => {
+                Err(PeerRefusal::OtherPair)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A pair configured before identities were pinned (storage migrated
+    /// from schema 2) has a peer but no pin: the first server whose
+    /// certificate carries the name recorded at pairing is pinned. No pairing
+    /// of this version leaves that state (each pins as it pairs).
+    fn pin_legacy_peer(&mut self, from: &PeerIdentity) {
+        let legacy = self.peer_identity.is_none()
+            && self.pair_id.is_some()
+            && self.pairing_token.is_none()
+            && self
+                .peer
+                .as_ref()
+                .is_some_and(|p| !p.name.is_empty() && p.name == from.name);
+        if legacy {
+            self.peer_identity = Some(from.clone());
+            self.event(Event::PeerPinned {
+                identity: from.clone(),
+                how: "first contact after a storage migration, by the certificate name recorded at pairing",
+            });
+        }
+    }
+
+    /// Whether the proven sender is the peer pinned at pairing.
+    fn sent_by_pinned_peer(&self, from: &PeerIdentity, env: &PeerEnvelope) -> bool {
+        if self.cfg.mutant == Mutant::TrustEnvelopeFrom {
+            // The bug this mutant plants: believing what the message says of itself.
+            return self.peer.as_ref().is_some_and(|p| p.uuid == env.from);
+        }
+        self.peer_identity.as_ref() == Some(from)
+    }
+
+    fn on_peer(&mut self, link: PeerLinkId, from: PeerIdentity, env: PeerEnvelope) {
         let kind = env.body.kind();
-        let from_peer = self.peer.as_ref().is_some_and(|p| p.uuid == env.from);
-        let same_pair = env.pair_id.is_some() && env.pair_id == self.pair_id;
-        // Fencing: a higher epoch of our pair, from our peer, ends our writes for good.
-        if same_pair && from_peer && env.epoch > self.epoch {
-            let redirect = match &env.body {
-                PeerMsg::NewEpoch { active } => Some(active.edge_address.clone()),
-                _ => self.peer.as_ref().map(|p| p.edge_address.clone()),
+        self.pin_legacy_peer(&from);
+        if let Err(reason) = self.admit(&from, &env) {
+            // A pairing attempt is answered on its own link (never by dialling
+            // an address it names); anything else from a stranger just ends here.
+            let answer = match &env.body {
+                PeerMsg::Pair { token, .. } | PeerMsg::Join { token, .. } => Some((
+                    *token,
+                    format!(
+                        "{} does not take this pairing: it is {} / {} and paired with {}",
+                        self.me.name,
+                        self.role,
+                        self.dr_state,
+                        self.peer_name()
+                    ),
+                )),
+                _ => None,
             };
-            if let PeerMsg::NewEpoch { active } = &env.body {
-                self.peer = Some(active.clone());
+            if let Some((token, why)) = answer {
+                self.refuse_on_link(link, env.pair_id, token, why);
+            }
+            self.event(Event::PeerRefused {
+                link,
+                from,
+                kind,
+                reason,
+            });
+            return;
+        }
+        let same_pair = env.pair_id.is_some() && env.pair_id == self.pair_id;
+        // Fencing: a higher epoch of our pair, from our pinned peer, ends our writes for good.
+        if same_pair && self.sent_by_pinned_peer(&from, &env) && env.epoch > self.epoch {
+            let (redirect, proof) = match &env.body {
+                PeerMsg::NewEpoch { active, proof } => {
+                    // Kept only if it verifies: the zombie then relays it and
+                    // knows for sure that a higher epoch exists.
+                    let proof = proof
+                        .as_ref()
+                        .filter(|p| p.claim.epoch == env.epoch && self.proof_verdict(p).is_ok())
+                        .cloned();
+                    (Some(active.edge_address.clone()), proof)
+                }
+                _ => (self.peer.as_ref().map(|p| p.edge_address.clone()), None),
+            };
+            if let PeerMsg::NewEpoch { active, .. } = &env.body {
+                if active.name == from.name {
+                    self.peer = Some(active.clone());
+                }
             }
             let accepting_rejoin =
                 self.role == Role::Zombie && matches!(env.body, PeerMsg::RejoinAccepted { .. });
@@ -1581,6 +1727,7 @@ impl Server {
                     env.epoch,
                     redirect,
                     format!("peer {} ({kind})", self.peer_name()),
+                    proof,
                 );
             }
         }
@@ -1590,38 +1737,34 @@ impl Server {
                 standby_uuid,
                 active,
                 policy,
-            } => self.on_pair(env.pair_id, env.epoch, token, standby_uuid, active, policy),
-            PeerMsg::Join { token, standby } => self.on_join(token, standby),
+            } => self.on_pair(
+                link,
+                from,
+                env.pair_id,
+                env.epoch,
+                token,
+                standby_uuid,
+                active,
+                policy,
+            ),
+            PeerMsg::Join { token, standby } => self.on_join(link, from, token, standby),
             PeerMsg::Rejoin {
                 last_index,
                 last_epoch,
                 standby,
-            } if env.pair_id == self.pair_id => {
-                self.on_rejoin(env.epoch, last_index, last_epoch, standby)
-            }
-            PeerMsg::Refused { reason } if from_peer => self.on_refused(reason),
-            _ if !(same_pair && from_peer) => {
-                let reason = format!(
-                    "from {:032x}, which is not this server's peer in pair {:?}",
-                    env.from, self.pair_id
-                );
-                self.event(Event::PeerIgnored { kind, reason });
-            }
+            } => self.on_rejoin(env.epoch, last_index, last_epoch, standby),
+            PeerMsg::Refused { reason, .. } => self.on_refused(reason),
             PeerMsg::NewEpoch { .. } => {
                 if self.role == Role::Zombie {
                     self.send_peer(PeerMsg::ZombieAck);
                 }
             }
             PeerMsg::ZombieAck => self.zombie_to_notify = false,
-            _ if env.epoch < self.epoch
-                && self.role.is_writer()
-                && !matches!(env.body, PeerMsg::Refused { .. }) =>
-            {
+            PeerMsg::PairAccepted { standby, .. } => self.on_pair_accepted(from, standby),
+            _ if env.epoch < self.epoch && self.role.is_writer() => {
                 // A stale server of our pair: tell it who holds the newer epoch.
-                let active = self.me.clone();
-                self.send_peer(PeerMsg::NewEpoch { active });
+                self.send_new_epoch();
             }
-            PeerMsg::PairAccepted { standby } => self.on_pair_accepted(standby),
             PeerMsg::SnapshotChunk {
                 index,
                 snapshot_epoch,
@@ -1673,6 +1816,14 @@ impl Server {
             PeerMsg::RejoinAccepted { keep_index, active } => {
                 self.on_rejoin_accepted(env.epoch, keep_index, active)
             }
+            PeerMsg::Unpair if self.role == Role::Standalone && self.zombie_to_notify => {
+                // The old active left the pair (removeStandby on the zombie): stop telling it.
+                self.zombie_to_notify = false;
+                self.event(Event::PeerIgnored {
+                    kind: "Unpair",
+                    reason: format!("the old active {} left the pair", self.peer_name()),
+                });
+            }
             PeerMsg::Unpair => self.unpair("the peer removed DR (removeStandby)"),
             other => {
                 let reason = format!("not expected in role {} / {}", self.role, self.dr_state);
@@ -1684,18 +1835,127 @@ impl Server {
         }
     }
 
+    /// Answers a refused pairing step on the link it came in on, echoing its token.
+    fn refuse_on_link(
+        &mut self,
+        link: PeerLinkId,
+        pair_id: Option<PairId>,
+        token: u128,
+        reason: String,
+    ) {
+        let msg = PeerEnvelope {
+            from: self.me.uuid,
+            pair_id,
+            epoch: self.epoch,
+            body: PeerMsg::Refused {
+                reason,
+                in_reply_to: Some(token),
+            },
+        };
+        self.out(Output::ReplyPeer { link, msg });
+    }
+
+    /// Refuses a pairing step that passed admission but not its own checks.
+    fn refuse_pairing(
+        &mut self,
+        link: PeerLinkId,
+        from: PeerIdentity,
+        kind: &'static str,
+        pair_id: Option<PairId>,
+        token: u128,
+        reason: String,
+    ) {
+        self.refuse_on_link(link, pair_id, token, reason.clone());
+        self.event(Event::PeerIgnored { kind, reason });
+        self.event(Event::PeerRefused {
+            link,
+            from,
+            kind,
+            reason: PeerRefusal::PairingRefused,
+        });
+    }
+
     fn peer_name(&self) -> String {
         self.peer.as_ref().map_or_else(
-            || "?".into(),
+            || "nobody".into(),
             |p| format!("{} ({})", p.name, p.peer_address),
         )
     }
 
+    /// Tells the peer (the old active) that this server holds its epoch, with the proof.
+    fn send_new_epoch(&mut self) {
+        let active = self.me.clone();
+        let proof = self
+            .epoch_proof
+            .clone()
+            .filter(|p| p.claim.epoch == self.epoch && p.claim.holder == self.me.uuid);
+        self.send_peer(PeerMsg::NewEpoch { active, proof });
+    }
+
+    /// Whether `proof` shows that this server's pinned peer holds its epoch:
+    /// the signature verifies against the key pinned at pairing. Each proof
+    /// is verified once: a valid one is kept (`epoch_proof`), a forged one
+    /// remembered by digest.
+    fn proof_verdict(&mut self, proof: &EpochProof) -> Result<(), String> {
+        if self.epoch_proof.as_deref() == Some(proof) {
+            return Ok(());
+        }
+        let claim = &proof.claim;
+        let Some(pin) = self.peer_identity.as_ref() else {
+            return Err("this server has no pinned peer to check it against".into());
+        };
+        let peer_uuid = self.peer.as_ref().map(|p| p.uuid);
+        if Some(claim.pair_id) != self.pair_id
+            || Some(claim.holder) != peer_uuid
+            || claim.holder_name != pin.name
+        {
+            return Err(format!(
+                "it names holder `{}` ({:032x}) of pair {:032x}, not this server's peer {}",
+                claim.holder_name,
+                claim.holder,
+                claim.pair_id,
+                self.peer_name()
+            ));
+        }
+        if let Some(why) = proof.shape_error() {
+            return Err(why);
+        }
+        let digest = proof.digest();
+        if self.rejected_proofs.contains(&digest) {
+            return Err("the same forged proof was refused before".into());
+        }
+        if self.keys.verify(&pin.public_key, proof) {
+            return Ok(());
+        }
+        if self.rejected_proofs.len() >= MAX_REJECTED_PROOFS {
+            self.rejected_proofs.pop_front();
+        }
+        self.rejected_proofs.push_back(digest);
+        Err(format!(
+            "its signature does not verify against the pinned key of {pin}"
+        ))
+    }
+
     /// A higher epoch of our pair exists: unless we hold it, we are a zombie from now on.
-    fn learn_epoch(&mut self, epoch: Epoch, redirect_edge: Option<String>, source: String) {
+    fn learn_epoch(
+        &mut self,
+        epoch: Epoch,
+        redirect_edge: Option<String>,
+        source: String,
+        proof: Option<Arc<EpochProof>>,
+    ) {
         self.highest_epoch_seen = self.highest_epoch_seen.max(epoch);
         if epoch <= self.epoch {
             return;
+        }
+        if let Some(p) = proof.filter(|p| p.claim.epoch == epoch) {
+            if self
+                .epoch_proof
+                .as_ref()
+                .is_none_or(|have| have.claim.epoch < epoch)
+            {
+                self.epoch_proof = Some(p);
+            }
         }
         if self.role == Role::Zombie {
             if self.fenced_by.is_none_or(|f| f < epoch) {
@@ -1760,8 +2020,11 @@ impl Server {
         self.send_peer(m);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_pair(
         &mut self,
+        link: PeerLinkId,
+        from: PeerIdentity,
         pair_id: Option<PairId>,
         epoch: Epoch,
         token: u128,
@@ -1770,13 +2033,17 @@ impl Server {
         policy: OnStandbyLoss,
     ) {
         // A repeat of the pairing we already accepted.
-        if self.role == Role::Standby && pair_id.is_some() && pair_id == self.pair_id {
+        if self.role == Role::Standby
+            && pair_id.is_some()
+            && pair_id == self.pair_id
+            && self.peer_identity.as_ref() == Some(&from)
+        {
             if self.dr_state == DrState::StandbyConfiguring && self.marks.is_empty() {
-                let standby = self.me.clone();
-                self.send_peer(PeerMsg::PairAccepted { standby });
+                self.send_pair_accepted(token);
             }
             return;
         }
+        let joining = self.join_target.then(|| self.peer.as_ref().map(|p| p.uuid));
         let refuse = if self.role != Role::Standby || self.dr_state != DrState::StandbyCandidate {
             Some(format!(
                 "{} is {} / {}, not a prepared standby (run prepareForStandby on it first)",
@@ -1791,34 +2058,30 @@ impl Server {
             Some("pairingToken does not match the one prepareForStandby issued".to_string())
         } else if pair_id.is_none() {
             Some("pairing without a pairId".to_string())
+        } else if active.name != from.name {
+            Some(format!(
+                "the pairing names active `{}` but its certificate is `{}`",
+                active.name, from.name
+            ))
+        } else if joining.is_some_and(|uuid| uuid != Some(active.uuid)) {
+            Some(format!(
+                "active {:032x} is not the one named in the replication blob",
+                active.uuid
+            ))
         } else {
             None
         };
         if let Some(reason) = refuse {
-            let msg = PeerEnvelope {
-                from: self.me.uuid,
-                pair_id,
-                epoch: self.epoch,
-                body: PeerMsg::Refused {
-                    reason: reason.clone(),
-                },
-            };
-            self.out(Output::SendPeer {
-                to: active.peer_address.clone(),
-                msg,
-            });
-            self.event(Event::PeerIgnored {
-                kind: "Pair",
-                reason,
-            });
+            self.refuse_pairing(link, from, "Pair", pair_id, token, reason);
             return;
         }
         self.pair_id = pair_id;
         self.epoch = epoch;
         self.highest_epoch_seen = self.highest_epoch_seen.max(epoch);
         self.peer = Some(active);
+        self.peer_identity = Some(from);
+        self.epoch_proof = None;
         self.policy = policy;
-        self.pairing_token = None;
         self.join_target = false;
         self.synced = false;
         self.active_heard = true;
@@ -1826,36 +2089,55 @@ impl Server {
         self.transition(
             Role::Standby,
             DrState::StandbyConfiguring,
-            format!("paired with active {}", self.peer_name()),
+            format!(
+                "paired with active {}, certificate {}",
+                self.peer_name(),
+                self.peer_identity
+                    .as_ref()
+                    .map_or_else(String::new, |i| i.to_string())
+            ),
         );
-        self.staged_after.push(AfterDurable::SendPairAccepted);
+        // The token is echoed in `PairAccepted`, then forgotten.
+        self.staged_after
+            .push(AfterDurable::SendPairAccepted(token));
+        self.pairing_token = None;
     }
 
-    fn on_join(&mut self, token: u128, standby: ServerInfo) {
-        if self.role != Role::Standalone || self.pairing_token != Some(token) {
-            let reason = format!(
+    fn send_pair_accepted(&mut self, token: u128) {
+        let standby = self.me.clone();
+        self.send_peer(PeerMsg::PairAccepted { standby, token });
+    }
+
+    fn on_join(&mut self, link: PeerLinkId, from: PeerIdentity, token: u128, standby: ServerInfo) {
+        let refuse = if self.role != Role::Standalone || self.pairing_token != Some(token) {
+            Some(format!(
                 "{} has no matching replication blob outstanding (run getReplicationBlob on it)",
                 self.me.name
-            );
-            let msg = PeerEnvelope {
-                from: self.me.uuid,
-                pair_id: None,
-                epoch: self.epoch,
-                body: PeerMsg::Refused { reason },
-            };
-            self.out(Output::SendPeer {
-                to: standby.peer_address,
-                msg,
-            });
+            ))
+        } else if standby.name != from.name {
+            Some(format!(
+                "the join names standby `{}` but its certificate is `{}`",
+                standby.name, from.name
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = refuse {
+            self.refuse_pairing(link, from, "Join", None, token, reason);
             return;
         }
         self.begin_configure(standby, token);
+        self.peer_identity = Some(from);
         self.staged_after.push(AfterDurable::SendPair);
     }
 
     fn begin_configure(&mut self, standby: ServerInfo, token: u128) {
         self.pair_id = Some(self.rng.next_u128().max(1));
         self.peer = Some(standby);
+        // A new pairing: whoever was pinned before is not the new standby.
+        self.peer_identity = None;
+        self.epoch_proof = None;
+        self.zombie_to_notify = false;
         self.pairing_token = Some(token);
         self.policy = self.cfg.on_standby_loss;
         self.replica = Some(Replica::new(true, self.log.last_index()));
@@ -1866,17 +2148,44 @@ impl Server {
         );
     }
 
-    fn on_pair_accepted(&mut self, standby: ServerInfo) {
+    fn on_pair_accepted(&mut self, from: PeerIdentity, standby: ServerInfo) {
         if self.role != Role::Active || self.dr_state != DrState::ActiveConfiguring {
             return;
         }
+        let expected = self.peer.as_ref().map(|p| p.uuid);
+        let pinned_other = self.peer_identity.as_ref().is_some_and(|pin| *pin != from);
+        if Some(standby.uuid) != expected || standby.name != from.name || pinned_other {
+            let reason = format!(
+                "pairing accepted by {} `{}` ({:032x}), which is not the standby configured ({})",
+                if standby.name == from.name {
+                    "server"
+                } else {
+                    "a certificate not matching its claim"
+                },
+                from.name,
+                standby.uuid,
+                self.peer_name()
+            );
+            self.event(Event::PeerIgnored {
+                kind: "PairAccepted",
+                reason,
+            });
+            return;
+        }
         self.peer = Some(standby);
+        self.peer_identity = Some(from);
         self.pairing_token = None;
         self.on_standby_heard();
         self.transition(
             Role::Active,
             DrState::ActiveWaitStandby,
-            format!("standby {} accepted the pairing", self.peer_name()),
+            format!(
+                "standby {} accepted the pairing; pinned certificate {}",
+                self.peer_name(),
+                self.peer_identity
+                    .as_ref()
+                    .map_or_else(String::new, |i| i.to_string())
+            ),
         );
         self.replicate();
     }
@@ -1895,6 +2204,12 @@ impl Server {
             self.join_target = false;
             self.failure = Some(format!(
                 "transitionToStandby refused by the active: {reason}"
+            ));
+        } else if self.role == Role::Zombie && self.rejoin_requested {
+            self.rejoin_requested = false;
+            self.failure = Some(format!(
+                "rejoinAsStandby refused by {}: {reason}",
+                self.peer_name()
             ));
         }
     }
@@ -2106,7 +2421,10 @@ impl Server {
                 "cannot demote for epoch {new_epoch}: this server is {} / {} at epoch {}",
                 self.role, self.dr_state, self.epoch
             );
-            self.send_peer(PeerMsg::Refused { reason });
+            self.send_peer(PeerMsg::Refused {
+                reason,
+                in_reply_to: None,
+            });
             return;
         }
         if self.demotion.is_none() {
@@ -2199,6 +2517,16 @@ impl Server {
     fn begin_new_epoch(&mut self) {
         self.epoch += 1;
         self.highest_epoch_seen = self.highest_epoch_seen.max(self.epoch);
+        // The proof goes to disk with the epoch's first entry (one commit).
+        if let Some(pair_id) = self.pair_id {
+            self.epoch_proof = Some(Arc::new(self.keys.prove(EpochClaim {
+                pair_id,
+                epoch: self.epoch,
+                holder: self.me.uuid,
+                holder_name: self.me.name.clone(),
+                holder_edge_address: self.me.edge_address.clone(),
+            })));
+        }
         // Everything this standby holds becomes committed in the new epoch.
         let last = self.log.last_index();
         self.apply_upto(last);
@@ -2223,8 +2551,7 @@ impl Server {
             DrState::StandbyPromoted,
             format!("promoted by {how} to epoch {epoch}"),
         );
-        let active = self.me.clone();
-        self.send_peer(PeerMsg::NewEpoch { active });
+        self.send_new_epoch();
         self.advance_commit();
         self.reply(
             p.req,
@@ -2242,7 +2569,13 @@ impl Server {
         last_epoch: Epoch,
         standby: ServerInfo,
     ) {
-        let known = self.peer.as_ref().is_some_and(|p| p.uuid == standby.uuid);
+        // Admission proved the sender is the pinned peer; its claims about
+        // itself must still agree with the pin.
+        let known = self.peer.as_ref().is_some_and(|p| p.uuid == standby.uuid)
+            && self
+                .peer_identity
+                .as_ref()
+                .is_some_and(|pin| pin.name == standby.name);
         if !known || epoch >= self.epoch || !self.role.is_writer() {
             let reason = format!(
                 "{} cannot take {} back: it is {} / {} at epoch {} and its peer is {}",
@@ -2253,15 +2586,10 @@ impl Server {
                 self.epoch,
                 self.peer_name()
             );
-            let msg = PeerEnvelope {
-                from: self.me.uuid,
-                pair_id: self.pair_id,
-                epoch: self.epoch,
-                body: PeerMsg::Refused { reason },
-            };
-            self.out(Output::SendPeer {
-                to: standby.peer_address,
-                msg,
+            // To the pinned peer's known address, never to one the message names.
+            self.send_peer(PeerMsg::Refused {
+                reason,
+                in_reply_to: None,
             });
             return;
         }
@@ -2305,6 +2633,22 @@ impl Server {
 
     fn on_rejoin_accepted(&mut self, epoch: Epoch, keep_index: Index, active: ServerInfo) {
         if self.role != Role::Zombie || !self.rejoin_requested {
+            return;
+        }
+        if self
+            .peer_identity
+            .as_ref()
+            .is_some_and(|pin| pin.name != active.name)
+        {
+            let reason = format!(
+                "the acceptance names active `{}`, not the pinned peer {}",
+                active.name,
+                self.peer_name()
+            );
+            self.event(Event::PeerIgnored {
+                kind: "RejoinAccepted",
+                reason,
+            });
             return;
         }
         let last = self.log.last_index();
@@ -2365,7 +2709,7 @@ impl Server {
             } => self.cmd_transition_to_standby(req, active_address, active_uuid, pairing_token),
             Command::Promote { force } => self.cmd_promote(req, force),
             Command::DemoteActive { force } => self.cmd_demote(req, force),
-            Command::RemoveStandby => self.cmd_remove_standby(req),
+            Command::RemoveStandby { force } => self.cmd_remove_standby(req, force),
             Command::Rejoin => self.cmd_rejoin(req),
             Command::Put { key, value } => self.cmd_write(req, key, Some(value)),
             Command::Delete { key } => self.cmd_write(req, key, None),
@@ -2411,6 +2755,8 @@ impl Server {
         self.pairing_token = Some(token);
         self.pair_id = None;
         self.peer = None;
+        self.peer_identity = None;
+        self.epoch_proof = None;
         self.join_target = false;
         self.transition(
             Role::Standby,
@@ -2504,6 +2850,8 @@ impl Server {
         }
         self.pairing_token = Some(token);
         self.pair_id = None;
+        self.peer_identity = None;
+        self.epoch_proof = None;
         self.peer = Some(ServerInfo {
             uuid,
             name: String::new(),
@@ -2617,15 +2965,63 @@ impl Server {
         Ok(None)
     }
 
-    fn cmd_remove_standby(&mut self, req: RequestId) -> Result<Option<Reply>, CommandError> {
-        if !matches!(self.role, Role::Active | Role::Standby) {
-            return Err(self.wrong_state(
-                "disasterRecovery/removeStandby",
-                "DR is not configured here (a zombie rejoins with rejoinAsStandby)",
-            ));
-        }
+    fn cmd_remove_standby(
+        &mut self,
+        req: RequestId,
+        force: bool,
+    ) -> Result<Option<Reply>, CommandError> {
+        const M: &str = "disasterRecovery/removeStandby";
+        let why = match self.role {
+            Role::Active | Role::Standby => {
+                "DR removed by the operator (removeStandby)".to_string()
+            }
+            Role::Zombie => {
+                // The way out of a fenced state. Refused while this server's
+                // own view says another one holds a higher epoch of the pair
+                // (proven, learned from the peer, or granted in a planned
+                // switchover): leaving the pair would then make two writers.
+                // A zombie made by demoteActive alone knows of no successor.
+                let proven = self
+                    .epoch_proof
+                    .as_ref()
+                    .filter(|p| p.claim.epoch > self.epoch && p.claim.holder != self.me.uuid);
+                let holder = match (proven, self.fenced_by) {
+                    (Some(p), _) => Some(format!(
+                        "server `{}` ({}) provably holds epoch {} of this pair",
+                        p.claim.holder_name, p.claim.holder_edge_address, p.claim.epoch
+                    )),
+                    (None, Some(e)) => Some(format!(
+                        "epoch {e} of this pair exists (learned from, or handed over to, the peer {})",
+                        self.peer_name()
+                    )),
+                    (None, None) => None,
+                };
+                if let (Some(holder), false) = (holder, force) {
+                    return Err(self.wrong_state(
+                        M,
+                        format!(
+                            "{holder}: leaving the pair now would make two writers. Rejoin it \
+                             instead (rejoinAsStandby), or, only if that server is gone for good \
+                             (or never completed its promotion), use force:true"
+                        ),
+                    ));
+                }
+                format!(
+                    "zombie left the pair by removeStandby (force = {force}, fenced by epoch {}); \
+                     it runs alone with its data",
+                    self.fenced_by.unwrap_or(self.epoch)
+                )
+            }
+            Role::Standalone => {
+                return Err(self.wrong_state(M, "DR is not configured on this server"));
+            }
+        };
         self.send_peer(PeerMsg::Unpair);
-        self.unpair_local("DR removed by the operator (removeStandby)");
+        if self.role == Role::Zombie {
+            self.leave_pair_as_zombie(&why);
+        } else {
+            self.unpair_local(&why);
+        }
         self.staged_after
             .push(AfterDurable::Reply(req, Reply::Accepted));
         Ok(None)
@@ -2646,15 +3042,28 @@ impl Server {
         }
         self.pair_id = None;
         self.peer = None;
+        self.peer_identity = None;
+        self.epoch_proof = None;
         self.pairing_token = None;
         self.replica = None;
         self.demotion = None;
         self.snapshot_rx = None;
         self.join_target = false;
         self.synced = false;
+        self.zombie_to_notify = false;
         self.out(Output::CancelTimer(Timer::StandbyGrace));
         self.transition(Role::Standalone, DrState::Unconfigured, why.to_string());
         self.advance_commit();
+    }
+
+    /// A zombie leaves its pair (removeStandby): epochs count within a pair,
+    /// so the higher one it learned no longer concerns it.
+    fn leave_pair_as_zombie(&mut self, why: &str) {
+        self.fenced_by = None;
+        self.redirect_edge = None;
+        self.rejoin_requested = false;
+        self.highest_epoch_seen = self.epoch;
+        self.unpair_local(why);
     }
 
     fn cmd_rejoin(&mut self, req: RequestId) -> Result<Option<Reply>, CommandError> {
@@ -2746,9 +3155,15 @@ impl Server {
 
     // ---------------------------------------------------------------- edges
 
-    fn on_edge(&mut self, reply_to: ReplyTo, client: ClientId, msg: EdgeMsg) {
+    fn on_edge(
+        &mut self,
+        reply_to: ReplyTo,
+        client: ClientId,
+        client_type: ClientType,
+        msg: EdgeMsg,
+    ) {
         match msg {
-            EdgeMsg::Heartbeat(hb) => self.on_heartbeat(reply_to, client, hb),
+            EdgeMsg::Heartbeat(hb) => self.on_heartbeat(reply_to, client, client_type, hb),
             EdgeMsg::ConfigPull { .. } => {
                 if let Err(e) = self.gate(RequestKind::EdgeConfigPull, "configPull") {
                     let m = self.refused_msg(e.to_string());
@@ -2771,12 +3186,28 @@ impl Server {
         }
     }
 
-    fn on_heartbeat(&mut self, reply_to: ReplyTo, client: ClientId, hb: Heartbeat) {
-        if hb.client_id != client {
-            let reason = format!(
+    fn on_heartbeat(
+        &mut self,
+        reply_to: ReplyTo,
+        client: ClientId,
+        client_type: ClientType,
+        hb: Heartbeat,
+    ) {
+        let mismatch = if hb.client_id != client {
+            Some(format!(
                 "heartbeat names client {:?} but the certificate says {client:?}",
                 hb.client_id
-            );
+            ))
+        } else if hb.client_type != client_type {
+            Some(format!(
+                "heartbeat says {} but the certificate of {client:?} is a {} certificate",
+                hb.client_type.as_str(),
+                client_type.as_str()
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = mismatch {
             self.event(Event::ClientRefused {
                 client: client.clone(),
                 reason: reason.clone(),
@@ -2785,26 +3216,15 @@ impl Server {
             self.out(Output::ReplyEdge { reply_to, msg: m });
             return;
         }
-        // Fencing through edges: their view may carry a higher epoch of our pair.
-        if self.pair_id.is_some() {
-            let higher = hb
-                .view
-                .iter()
-                .filter(|v| {
-                    v.pair_id == self.pair_id
-                        && v.epoch > self.epoch
-                        && v.role.is_some_and(Role::is_writer)
-                })
-                .max_by_key(|v| v.epoch)
-                .map(|v| (v.epoch, v.address.clone()));
-            if let Some((epoch, address)) = higher {
-                self.learn_epoch(
-                    epoch,
-                    Some(address.clone()),
-                    format!("edge {client}'s view of {address}"),
-                );
-            }
+        let forged = self.fence_from_heartbeat(&client, &hb);
+        if let Some((claimed, why)) = &forged {
+            self.event(Event::ForgedEpochClaim {
+                client: client.clone(),
+                claimed: *claimed,
+                why: why.clone(),
+            });
         }
+        let forged = u64::from(forged.is_some());
         let now_ms = self.now.wall_ms;
         let seq = hb.seq;
         if let Some(c) = self.contacts.get_mut(&client) {
@@ -2820,6 +3240,7 @@ impl Server {
             c.cached_samples = hb.cached_samples;
             c.dropped_samples = hb.dropped_samples;
             c.modified_ms = now_ms;
+            c.forged_epoch_claims += forged;
         } else if self.contacts.len() < self.cfg.max_clients {
             let c = ClientContact {
                 client_id: client.clone(),
@@ -2831,6 +3252,7 @@ impl Server {
                 cached_samples: hb.cached_samples,
                 dropped_samples: hb.dropped_samples,
                 modified_ms: now_ms,
+                forged_epoch_claims: forged,
             };
             self.contacts.insert(client, c);
         } else {
@@ -2855,8 +3277,77 @@ impl Server {
             active_address,
             redirect,
             config_version: self.applied.config_index,
+            proof: self.epoch_proof.clone(),
         });
         self.out(Output::ReplyEdge { reply_to, msg });
+    }
+
+    /// Fencing through edges (SPEC §2): a heartbeat relays the highest epoch
+    /// proof its edge holds, and a valid proof of a higher epoch of our pair
+    /// fences this server. A view that claims a higher epoch without such a
+    /// proof fences nobody: it is returned as `(claimed epoch, why)` to be
+    /// counted and marked.
+    fn fence_from_heartbeat(
+        &mut self,
+        client: &ClientId,
+        hb: &Heartbeat,
+    ) -> Option<(Epoch, String)> {
+        let pair = self.pair_id?;
+        let claimed = hb
+            .view
+            .iter()
+            .filter(|v| v.pair_id == Some(pair) && v.role.is_some_and(Role::is_writer))
+            .max_by_key(|v| v.epoch)?;
+        if self.cfg.mutant == Mutant::UnprovenEpoch {
+            // The bug this mutant plants: believing the claim itself.
+            if claimed.epoch > self.epoch {
+                let (epoch, address) = (claimed.epoch, claimed.address.clone());
+                self.learn_epoch(
+                    epoch,
+                    Some(address.clone()),
+                    format!("edge {client}'s view of {address}"),
+                    None,
+                );
+            }
+            return None;
+        }
+        let claimed = claimed.epoch;
+        let mut proven = self.epoch;
+        let relayed = hb
+            .proof
+            .as_ref()
+            .filter(|p| p.claim.pair_id == pair && p.claim.epoch > self.epoch);
+        if let Some(p) = relayed {
+            let marked = self
+                .contacts
+                .get(client)
+                .is_some_and(|c| c.forged_epoch_claims > 0);
+            let verdict = if marked && self.epoch_proof.as_ref() != Some(p) {
+                Err("this client relayed a forged epoch claim before; its proofs are no longer checked".into())
+            } else {
+                self.proof_verdict(p)
+            };
+            if let Err(why) = verdict {
+                return Some((p.claim.epoch, format!("epoch proof refused: {why}")));
+            }
+            proven = p.claim.epoch;
+            let source = format!(
+                "edge {client}, relaying the proof of `{}`",
+                p.claim.holder_name
+            );
+            self.learn_epoch(
+                p.claim.epoch,
+                Some(p.claim.holder_edge_address.clone()),
+                source,
+                Some(p.clone()),
+            );
+        }
+        (claimed > proven).then(|| {
+            (
+                claimed,
+                format!("its view claims epoch {claimed} of this pair without a valid proof"),
+            )
+        })
     }
 
     fn on_samples(&mut self, reply_to: ReplyTo, client: ClientId, samples: Vec<Sample>) {

@@ -1,5 +1,6 @@
 //! Every wire message survives the codec, and no input makes it panic.
 
+use std::sync::Arc;
 use vcodr_core::codec::*;
 use vcodr_core::rng::Rng;
 use vcodr_core::*;
@@ -20,6 +21,16 @@ fn samples() -> (Vec<PeerEnvelope>, Vec<EdgeMsg>, Vec<ServerMsg>) {
             value: vec![b'x'; 200],
         },
     };
+    let proof = Arc::new(EpochProof {
+        claim: EpochClaim {
+            pair_id: 2,
+            epoch: 4,
+            holder: 9,
+            holder_name: "b".into(),
+            holder_edge_address: "[::1]:9444".into(),
+        },
+        signature: vec![0xAB; 72],
+    });
     let bodies = vec![
         PeerMsg::Pair {
             token: 7,
@@ -29,6 +40,7 @@ fn samples() -> (Vec<PeerEnvelope>, Vec<EdgeMsg>, Vec<ServerMsg>) {
         },
         PeerMsg::PairAccepted {
             standby: info.clone(),
+            token: 7,
         },
         PeerMsg::Join {
             token: 1,
@@ -36,6 +48,7 @@ fn samples() -> (Vec<PeerEnvelope>, Vec<EdgeMsg>, Vec<ServerMsg>) {
         },
         PeerMsg::Refused {
             reason: "no".into(),
+            in_reply_to: Some(7),
         },
         PeerMsg::SnapshotChunk {
             index: 5,
@@ -73,6 +86,7 @@ fn samples() -> (Vec<PeerEnvelope>, Vec<EdgeMsg>, Vec<ServerMsg>) {
         },
         PeerMsg::NewEpoch {
             active: info.clone(),
+            proof: Some(proof.clone()),
         },
         PeerMsg::ZombieAck,
         PeerMsg::Rejoin {
@@ -113,6 +127,7 @@ fn samples() -> (Vec<PeerEnvelope>, Vec<EdgeMsg>, Vec<ServerMsg>) {
             config_version: 2,
             cached_samples: 3,
             dropped_samples: 4,
+            proof: Some(proof.clone()),
         }),
         EdgeMsg::ConfigPull {
             have_epoch: 1,
@@ -135,6 +150,7 @@ fn samples() -> (Vec<PeerEnvelope>, Vec<EdgeMsg>, Vec<ServerMsg>) {
             active_address: Some("b".into()),
             redirect: None,
             config_version: 9,
+            proof: Some(proof),
         }),
         ServerMsg::Config {
             epoch: 2,

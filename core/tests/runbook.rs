@@ -579,7 +579,9 @@ fn standby_and_zombie_refuse_what_they_must() {
             Err(CommandError::ZombieRefuses { fenced_by: 2, .. })
         ));
     }
-    let err = sim.call(A, Command::RemoveStandby, 100).unwrap_err();
+    let err = sim
+        .call(A, Command::RemoveStandby { force: false }, 100)
+        .unwrap_err();
     assert!(err.to_string().contains("rejoinAsStandby"), "{err}");
     // And the promoted server has the value.
     assert_eq!(
@@ -721,7 +723,7 @@ fn pairing_from_the_standby_side_with_a_replication_blob() {
 fn remove_standby_returns_both_servers_to_standalone() {
     let mut sim = standby_running_pair(12, OnStandbyLoss::Block, 0);
     assert_eq!(
-        sim.call(A, Command::RemoveStandby, 1_000),
+        sim.call(A, Command::RemoveStandby { force: false }, 1_000),
         Ok(Reply::Accepted)
     );
     assert!(
@@ -806,4 +808,283 @@ fn an_old_active_restarting_alone_refuses_writes_instead_of_degrading() {
         sim.reply(A, held),
         Some(Err(CommandError::NotAcknowledged { .. }))
     ));
+}
+
+/// A heartbeat from a hostile edge (its own, valid certificate) whose view
+/// claims that `address` holds `epoch` of the pair, with `proof`.
+fn forged_heartbeat(
+    sim: &Sim,
+    client: &str,
+    address: &str,
+    epoch: Epoch,
+    proof: Option<std::sync::Arc<EpochProof>>,
+) -> Heartbeat {
+    let pair_id = sim.servers[A].s().pair_id();
+    let view = |address: &str, role, epoch| ViewEntry {
+        address: address.into(),
+        role: Some(role),
+        epoch,
+        pair_id,
+        last_response_ms: Some(1),
+    };
+    Heartbeat {
+        client_id: client.into(),
+        client_type: ClientType::Edge,
+        seq: 1,
+        view: [
+            view("a:7444", Role::Active, 1),
+            view(address, Role::Standalone, epoch),
+        ],
+        following: None,
+        config_epoch: 0,
+        config_version: 0,
+        cached_samples: 0,
+        dropped_samples: 0,
+        proof,
+    }
+}
+
+#[test]
+fn a_stolen_edge_certificate_cannot_fence_the_pair_through_heartbeats() {
+    let mut sim = standby_running_pair(21, OnStandbyLoss::Block, 2);
+    assert!(sim.run_until(5_000, |s| s.all_follow("a:7444")));
+    // The attacker's heartbeats claim epoch 99 at an address of its own,
+    // first without a proof, then with one signed by its own key.
+    let pair_id = sim.servers[A].s().pair_id().expect("paired");
+    let own = vcodr_core::testing::TestKeys::keys("edge-stolen").prove(EpochClaim {
+        pair_id,
+        epoch: 99,
+        holder: info(B).uuid,
+        holder_name: "b".into(),
+        holder_edge_address: "attacker:7444".into(),
+    });
+    for proof in [None, Some(std::sync::Arc::new(own))] {
+        for to in [A, B] {
+            let hb = forged_heartbeat(&sim, "edge-stolen", "attacker:7444", 99, proof.clone());
+            let reply = sim.forge_heartbeat(to, "edge-stolen", hb);
+            assert!(
+                matches!(reply, Some(ServerMsg::HeartbeatReply(_))),
+                "answered like any heartbeat: {reply:?}"
+            );
+        }
+    }
+    sim.run_for(2_000);
+    assert!(
+        sim.is(A, Role::Active, DrState::StandbyRunning),
+        "{}",
+        sim.describe()
+    );
+    assert!(
+        sim.is(B, Role::Standby, DrState::StandbyRunning),
+        "{}",
+        sim.describe()
+    );
+    for s in [A, B] {
+        let st = sim.servers[s].s().status();
+        assert_eq!(
+            (st.epoch, st.highest_epoch_seen, st.fenced_by),
+            (1, 1, None)
+        );
+        let marked = sim.servers[s]
+            .s()
+            .contacts()
+            .find(|c| c.client_id == "edge-stolen")
+            .map(|c| c.forged_epoch_claims);
+        assert_eq!(
+            marked,
+            Some(2),
+            "the stolen certificate is marked on {}",
+            info(s).name
+        );
+        let counted = sim.servers[s]
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::ForgedEpochClaim { client, claimed: 99, .. } if client == "edge-stolen"))
+            .count();
+        assert_eq!(counted, 2);
+    }
+    // The pair keeps serving: a write is acknowledged with the standby.
+    assert!(matches!(
+        sim.call(A, put("after-attack", "1"), 2_000),
+        Ok(Reply::Written { .. })
+    ));
+    assert!(
+        sim.all_follow("a:7444"),
+        "the honest edges stay on the active"
+    );
+}
+
+#[test]
+fn the_genuine_proof_reaches_the_old_active_through_edges_alone() {
+    let mut sim = standby_running_pair(22, OnStandbyLoss::Block, 3);
+    assert!(sim.run_until(5_000, |s| s.all_follow("a:7444")));
+    // The peer link breaks; the edges still reach both servers.
+    sim.cut(Node::Server(A), Node::Server(B));
+    disaster_promote_b(&mut sim);
+    let promoted_at = sim.now_ms;
+    assert!(
+        sim.run_until(5_000, |s| s.is(A, Role::Zombie, DrState::Zombie)),
+        "{}",
+        sim.describe()
+    );
+    // Edges heartbeat every 500 ms (±10 %) here: the first edge that hears of
+    // the promotion relays the proof to the old active at once.
+    let took = sim.now_ms - promoted_at;
+    assert!(took <= 550 + 20, "fenced {took} ms after the promotion");
+    let st = sim.servers[A].s().status();
+    let proof = st
+        .epoch_proof
+        .expect("the zombie keeps the proof it was fenced by");
+    assert_eq!(
+        (proof.claim.epoch, proof.claim.holder_name.as_str()),
+        (2, "b")
+    );
+    assert!(sim.run_until(3_000, |s| s.all_follow("b:7444")));
+}
+
+#[test]
+fn a_zombie_leaves_the_pair_only_when_its_own_view_allows_it_or_by_force() {
+    // Demoted by hand, nobody promoted: removeStandby brings it back as a
+    // standalone server with its data.
+    let mut sim = standby_running_pair(23, OnStandbyLoss::Block, 0);
+    assert!(matches!(
+        sim.call(A, put("k", "1"), 1_000),
+        Ok(Reply::Written { .. })
+    ));
+    sim.run_for(300);
+    assert_eq!(
+        sim.call(A, Command::DemoteActive { force: false }, 1_000),
+        Ok(Reply::Accepted)
+    );
+    assert_eq!(
+        sim.call(A, Command::RemoveStandby { force: false }, 1_000),
+        Ok(Reply::Accepted)
+    );
+    assert!(sim.run_until(2_000, |s| s.is(A, Role::Standalone, DrState::Unconfigured)));
+    assert_eq!(
+        sim.call(A, Command::Get { key: "k".into() }, 100),
+        Ok(Reply::Doc {
+            key: "k".into(),
+            value: b"1".to_vec(),
+            version: 1
+        })
+    );
+    let reason = sim.servers[A]
+        .store
+        .history
+        .back()
+        .map(|t| t.reason.clone())
+        .unwrap_or_default();
+    assert!(reason.contains("zombie left the pair"), "{reason}");
+
+    // After a real promotion the zombie provably has a successor: refused
+    // unless forced, and the refusal names the holder and the way out.
+    let mut sim = standby_running_pair(24, OnStandbyLoss::Block, 0);
+    sim.call(B, Command::Promote { force: true }, 10_000)
+        .unwrap();
+    assert!(
+        sim.run_until(2_000, |s| s.is(A, Role::Zombie, DrState::Zombie)
+            && s.servers[A].s().epoch_proof().is_some())
+    );
+    let err = sim
+        .call(A, Command::RemoveStandby { force: false }, 100)
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("server `b`") && text.contains("epoch 2") && text.contains("rejoinAsStandby"),
+        "{text}"
+    );
+    assert_eq!(
+        sim.call(A, Command::RemoveStandby { force: true }, 1_000),
+        Ok(Reply::Accepted)
+    );
+    assert!(sim.run_until(2_000, |s| s.is(A, Role::Standalone, DrState::Unconfigured)));
+    assert!(
+        sim.is(B, Role::Standalone, DrState::StandbyPromoted),
+        "the promoted server is untouched"
+    );
+    let st = sim.servers[A].s().status();
+    assert_eq!(
+        (st.pair_id, st.fenced_by, st.highest_epoch_seen),
+        (None, None, 1)
+    );
+}
+
+#[test]
+fn pairing_is_completed_only_by_the_server_that_got_the_token() {
+    let mut sim = Sim::new(25, OnStandbyLoss::Block, 0);
+    let Ok(Reply::Prepared {
+        vco_uuid,
+        pairing_token,
+    }) = sim.call(B, Command::PrepareForStandby, 1_000)
+    else {
+        panic!("prepare")
+    };
+    let r = sim.call(
+        A,
+        Command::ConfigureActive {
+            standby_address: info(B).peer_address,
+            standby_uuid: vco_uuid,
+            pairing_token,
+        },
+        1_000,
+    );
+    assert!(matches!(r, Ok(Reply::Configured { .. })));
+    // A third server of the deployment answers first, claiming to be b,
+    // with a guessed token: refused, pins nothing.
+    let pair_id = sim.servers[A].s().pair_id();
+    sim.forge_peer(
+        A,
+        vcodr_core::testing::identity("x"),
+        PeerEnvelope {
+            from: info(B).uuid,
+            pair_id,
+            epoch: 1,
+            body: PeerMsg::PairAccepted {
+                standby: ServerInfo {
+                    name: "x".into(),
+                    ..info(B)
+                },
+                token: pairing_token ^ 1,
+            },
+        },
+    );
+    assert!(sim.servers[A].s().peer_identity().is_none());
+    assert!(sim.servers[A].events.iter().any(|e| matches!(
+        e,
+        Event::PeerRefused {
+            reason: PeerRefusal::PairingRefused,
+            ..
+        }
+    )));
+    // The real standby completes the pairing; both pin each other.
+    assert!(
+        sim.run_until(10_000, |s| s.is(A, Role::Active, DrState::StandbyRunning)
+            && s.is(B, Role::Standby, DrState::StandbyRunning))
+    );
+    assert_eq!(sim.servers[A].s().peer_identity(), Some(&identity(B)));
+    assert_eq!(sim.servers[B].s().peer_identity(), Some(&identity(A)));
+    // A pairing attempt by another server is answered on its own link and changes nothing.
+    sim.forge_peer(
+        B,
+        vcodr_core::testing::identity("x"),
+        PeerEnvelope {
+            from: 0xBAD,
+            pair_id: None,
+            epoch: 1,
+            body: PeerMsg::Pair {
+                token: pairing_token,
+                standby_uuid: info(B).uuid,
+                active: ServerInfo {
+                    name: "x".into(),
+                    peer_address: "attacker:7443".into(),
+                    ..info(A)
+                },
+                policy: OnStandbyLoss::Degrade,
+            },
+        },
+    );
+    sim.run_for(1_000);
+    assert!(sim.is(B, Role::Standby, DrState::StandbyRunning));
+    assert!(!sim.dialled.contains("attacker:7443"), "{:?}", sim.dialled);
 }

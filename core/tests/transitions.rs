@@ -32,7 +32,7 @@ fn persisted(s: &mut Server, up_to: PersistSeq) -> Vec<Output> {
 fn meta_of(out: &[Output]) -> Option<DurableMeta> {
     out.iter().find_map(|o| match o {
         Output::Persist { ops, .. } => ops.iter().find_map(|op| match op {
-            PersistOp::Meta(m) => Some(m.clone()),
+            PersistOp::Meta(m) => Some((**m).clone()),
             _ => None,
         }),
         _ => None,
@@ -207,10 +207,10 @@ fn every_refusal_names_its_reason() {
         )
     );
     assert_eq!(
-        refusal(&mut s, Command::RemoveStandby),
+        refusal(&mut s, Command::RemoveStandby { force: false }),
         wrong(
             "disasterRecovery/removeStandby",
-            "DR is not configured here (a zombie rejoins with rejoinAsStandby)"
+            "DR is not configured on this server"
         )
     );
     assert_eq!(
@@ -349,12 +349,24 @@ fn running_pair() -> Sim {
     sim
 }
 
+/// The proof server `holder` makes when promoted to `epoch` of `pair_id`.
+fn proof_by(holder: usize, pair_id: PairId, epoch: Epoch) -> std::sync::Arc<EpochProof> {
+    std::sync::Arc::new(keys(holder).prove(EpochClaim {
+        pair_id,
+        epoch,
+        holder: info(holder).uuid,
+        holder_name: info(holder).name,
+        holder_edge_address: info(holder).edge_address,
+    }))
+}
+
 #[test]
-fn an_edge_view_with_a_higher_epoch_fences_the_active_at_once() {
+fn an_edge_relaying_a_valid_epoch_proof_fences_the_active_at_once() {
     let mut sim = running_pair();
     let mut s = sim.servers[0].server.take().expect("running");
     drain(&mut s);
     let pair_id = s.pair_id();
+    let proof = proof_by(1, pair_id.expect("paired"), 2);
     // A write is waiting for the standby when the news arrives.
     let out = cmd(
         &mut s,
@@ -385,12 +397,14 @@ fn an_edge_view_with_a_higher_epoch_fences_the_active_at_once() {
         config_version: 3,
         cached_samples: 0,
         dropped_samples: 0,
+        proof: Some(proof.clone()),
     };
     s.handle_input(
         Now::at(9_000),
         Input::Edge {
             reply_to: 77,
             client: "edge-9".into(),
+            client_type: ClientType::Edge,
             msg: EdgeMsg::Heartbeat(hb),
         },
     );
@@ -401,7 +415,7 @@ fn an_edge_view_with_a_higher_epoch_fences_the_active_at_once() {
             .find(|o| matches!(o, Output::Event(Event::Fenced { .. }))),
         Some(&Output::Event(Event::Fenced {
             epoch: 2,
-            learned_from: "edge edge-9's view of b:7444".into()
+            learned_from: "edge edge-9, relaying the proof of `b`".into()
         }))
     );
     assert!(out.contains(&Output::Reply {
@@ -429,12 +443,18 @@ fn an_edge_view_with_a_higher_epoch_fences_the_active_at_once() {
             active_address: Some("b:7444".into()),
             redirect: Some("b:7444".into()),
             config_version: 0,
+            proof: Some(proof.clone()),
         })
     );
     let m = meta_of(&out).expect("fencing is persisted at once");
     assert_eq!(
         (m.role, m.fenced_by, m.redirect_edge.as_deref()),
         (Role::Zombie, Some(2), Some("b:7444"))
+    );
+    assert_eq!(
+        m.epoch_proof,
+        Some(proof),
+        "the zombie keeps the proof and relays it"
     );
     // And it never acknowledges a write again.
     let out = cmd(
@@ -482,12 +502,14 @@ fn a_view_of_another_pair_or_a_lower_epoch_changes_nothing() {
         config_version: 0,
         cached_samples: 4,
         dropped_samples: 1,
+        proof: None,
     };
     s.handle_input(
         Now::at(9_000),
         Input::Edge {
             reply_to: 1,
             client: "edge-1".into(),
+            client_type: ClientType::Gateway,
             msg: EdgeMsg::Heartbeat(hb.clone()),
         },
     );
@@ -518,7 +540,8 @@ fn a_view_of_another_pair_or_a_lower_epoch_changes_nothing() {
         Input::Edge {
             reply_to: 2,
             client: "edge-2".into(),
-            msg: EdgeMsg::Heartbeat(hb),
+            client_type: ClientType::Gateway,
+            msg: EdgeMsg::Heartbeat(hb.clone()),
         },
     );
     let out = drain(&mut s);
@@ -535,6 +558,283 @@ fn a_view_of_another_pair_or_a_lower_epoch_changes_nothing() {
         ),
         "{out:?}"
     );
+    // An edge certificate cannot heartbeat as a gateway.
+    s.handle_input(
+        Now::at(9_002),
+        Input::Edge {
+            reply_to: 3,
+            client: "edge-1".into(),
+            client_type: ClientType::Edge,
+            msg: EdgeMsg::Heartbeat(hb),
+        },
+    );
+    let out = drain(&mut s);
+    assert_eq!(
+        out[0],
+        Output::Event(Event::ClientRefused {
+            client: "edge-1".into(),
+            reason:
+                "heartbeat says GATEWAY but the certificate of \"edge-1\" is a EDGE certificate"
+                    .into()
+        }),
+        "{out:?}"
+    );
+}
+
+/// A heartbeat from `client` claiming that `b` is STANDALONE at `epoch`, with `proof`.
+fn claim(
+    s: &mut Server,
+    client: &str,
+    epoch: Epoch,
+    proof: Option<std::sync::Arc<EpochProof>>,
+) -> Vec<Output> {
+    let pair_id = s.pair_id();
+    let view = |address: &str, role, epoch| ViewEntry {
+        address: address.into(),
+        role: Some(role),
+        epoch,
+        pair_id,
+        last_response_ms: Some(1),
+    };
+    let hb = Heartbeat {
+        client_id: client.into(),
+        client_type: ClientType::Edge,
+        seq: 1,
+        view: [
+            view("a:7444", Role::Active, 1),
+            view("attacker:7444", Role::Standalone, epoch),
+        ],
+        following: None,
+        config_epoch: 0,
+        config_version: 0,
+        cached_samples: 0,
+        dropped_samples: 0,
+        proof,
+    };
+    s.handle_input(
+        Now::at(9_000),
+        Input::Edge {
+            reply_to: 1,
+            client: client.into(),
+            client_type: ClientType::Edge,
+            msg: EdgeMsg::Heartbeat(hb),
+        },
+    );
+    drain(s)
+}
+
+#[test]
+fn a_claimed_epoch_without_a_valid_proof_fences_nobody_and_marks_the_client() {
+    let mut sim = running_pair();
+    for s in [0, 1] {
+        let mut srv = sim.servers[s].server.take().expect("running");
+        drain(&mut srv);
+        let role = srv.role();
+        let pair_id = srv.pair_id().expect("paired");
+        let peer = 1 - s;
+        let mut forged_claims = 0;
+        // The attacker's proofs: none; signed with its own (edge) key; a real
+        // signature of `b` over another claim; a proof naming the attacker as holder.
+        let mut own_key = keys(peer).prove(EpochClaim {
+            pair_id,
+            epoch: 99,
+            holder: info(peer).uuid,
+            holder_name: info(peer).name,
+            holder_edge_address: "attacker:7444".into(),
+        });
+        own_key.signature = vcodr_core::testing::TestKeys::keys("edge-666")
+            .prove(own_key.claim.clone())
+            .signature;
+        let mut moved = keys(peer).prove(EpochClaim {
+            pair_id,
+            epoch: 2,
+            holder: info(peer).uuid,
+            holder_name: info(peer).name,
+            holder_edge_address: info(peer).edge_address,
+        });
+        moved.claim.epoch = 99;
+        let attacker_holds = vcodr_core::testing::TestKeys::keys("x").prove(EpochClaim {
+            pair_id,
+            epoch: 99,
+            holder: 0xBAD,
+            holder_name: "x".into(),
+            holder_edge_address: "attacker:7444".into(),
+        });
+        let attempts: Vec<(&str, Option<std::sync::Arc<EpochProof>>, &str)> = vec![
+            (
+                "edge-666",
+                None,
+                "its view claims epoch 99 of this pair without a valid proof",
+            ),
+            (
+                "edge-667",
+                Some(std::sync::Arc::new(own_key)),
+                "epoch proof refused: its signature does not verify against the pinned key of ",
+            ),
+            (
+                "edge-668",
+                Some(std::sync::Arc::new(moved)),
+                "epoch proof refused: its signature does not verify against the pinned key of ",
+            ),
+            (
+                "edge-669",
+                Some(std::sync::Arc::new(attacker_holds)),
+                "epoch proof refused: it names holder `x`",
+            ),
+        ];
+        for (client, proof, why) in attempts {
+            let out = claim(&mut srv, client, 99, proof);
+            assert_eq!(
+                srv.role(),
+                role,
+                "{client} changed the role of {}: {out:?}",
+                info(s).name
+            );
+            assert_eq!(srv.status().fenced_by, None);
+            let event = out.iter().find_map(|o| match o {
+                Output::Event(Event::ForgedEpochClaim {
+                    client: c,
+                    claimed,
+                    why,
+                }) => Some((c.clone(), *claimed, why.clone())),
+                _ => None,
+            });
+            let (c, claimed, got) =
+                event.unwrap_or_else(|| panic!("{client}: not counted: {out:?}"));
+            assert_eq!((c.as_str(), claimed), (client, 99));
+            assert!(got.starts_with(why), "{client}: {got}");
+            forged_claims += 1;
+            let marked = srv
+                .contacts()
+                .find(|c| c.client_id == client)
+                .map(|c| c.forged_epoch_claims);
+            assert_eq!(marked, Some(1), "{client} is marked in the contact table");
+        }
+        assert_eq!(forged_claims, 4);
+        if role == Role::Active {
+            // A marked client's later proofs are not checked again, even a genuine one...
+            let real = proof_by(peer, pair_id, 2);
+            let out = claim(&mut srv, "edge-667", 2, Some(real.clone()));
+            assert_eq!(srv.role(), role, "{out:?}");
+            // ...while an honest edge relaying it fences the active.
+            let out = claim(&mut srv, "edge-1", 2, Some(real));
+            assert_eq!(srv.role(), Role::Zombie, "{out:?}");
+        }
+    }
+}
+
+#[test]
+fn a_peer_message_from_anyone_but_the_pinned_peer_is_refused_and_changes_nothing() {
+    let mut sim = running_pair();
+    let pair_id = sim.servers[0].s().pair_id();
+    let before: Vec<_> = (0..2).map(|i| sim.servers[i].s().status()).collect();
+    let a = info(0);
+    let b = info(1);
+    // Every forgery claims to come from the real peer (its uuid, pair and epoch).
+    let forgeries = |to: usize| {
+        let peer = info(1 - to);
+        let body = [
+            PeerMsg::AppendAck {
+                durable_index: 1_000_000,
+                ok: true,
+            },
+            PeerMsg::NewEpoch {
+                active: ServerInfo {
+                    edge_address: "attacker:7444".into(),
+                    ..peer.clone()
+                },
+                proof: None,
+            },
+            PeerMsg::DemoteRequest { new_epoch: 2 },
+            PeerMsg::Unpair,
+            PeerMsg::Append {
+                prev_index: 0,
+                prev_epoch: 0,
+                entries: vec![Entry {
+                    epoch: 1,
+                    index: 1,
+                    op: Op::Put {
+                        key: "forged".into(),
+                        value: b"1".to_vec(),
+                    },
+                }],
+                commit_index: 1,
+                active_durable: 1,
+            },
+            PeerMsg::Rejoin {
+                last_index: 0,
+                last_epoch: 0,
+                standby: ServerInfo {
+                    peer_address: "attacker:7443".into(),
+                    ..peer.clone()
+                },
+            },
+            PeerMsg::Pair {
+                token: 1,
+                standby_uuid: info(to).uuid,
+                active: peer.clone(),
+                policy: OnStandbyLoss::Degrade,
+            },
+        ];
+        body.into_iter()
+            .map(|body| PeerEnvelope {
+                from: peer.uuid,
+                pair_id,
+                epoch: 1,
+                body,
+            })
+            .collect::<Vec<_>>()
+    };
+    // A third server of our CA ("x"), and the mutant's view: what the envelope says.
+    for to in [0, 1] {
+        for env in forgeries(to) {
+            let kind = env.body.kind();
+            sim.forge_peer(to, vcodr_core::testing::identity("x"), env);
+            let refused = sim.servers[to].events.iter().rev().find_map(|e| match e {
+                Event::PeerRefused {
+                    kind: k,
+                    reason,
+                    from,
+                    ..
+                } if *k == kind => Some((*reason, from.name.clone())),
+                _ => None,
+            });
+            assert_eq!(
+                refused,
+                Some((PeerRefusal::NotPinnedPeer, "x".to_string())),
+                "{kind} to {}",
+                info(to).name
+            );
+        }
+    }
+    sim.run_for(2_000);
+    for (i, before) in before.iter().enumerate() {
+        let st = sim.servers[i].s().status();
+        assert_eq!(
+            (
+                st.role,
+                st.dr_state,
+                st.epoch,
+                st.last_index,
+                st.commit_index
+            ),
+            (
+                before.role,
+                before.dr_state,
+                before.epoch,
+                before.last_index,
+                before.commit_index
+            ),
+            "{}",
+            sim.describe()
+        );
+        assert!(sim.servers[i].s().applied().docs.is_empty());
+    }
+    // No dial: peer messages went only to the two servers' own addresses.
+    assert_eq!(
+        sim.dialled.iter().cloned().collect::<Vec<_>>(),
+        vec![a.peer_address, b.peer_address]
+    );
 }
 
 #[test]
@@ -547,6 +847,7 @@ fn a_standby_refuses_edge_configuration_and_samples_with_a_redirect() {
         Input::Edge {
             reply_to: 3,
             client: "e".into(),
+            client_type: ClientType::Edge,
             msg: EdgeMsg::ConfigPull {
                 have_epoch: 0,
                 have_version: 0,
@@ -578,6 +879,7 @@ fn a_standby_refuses_edge_configuration_and_samples_with_a_redirect() {
         Input::Edge {
             reply_to: 4,
             client: "e".into(),
+            client_type: ClientType::Edge,
             msg: EdgeMsg::Monitoring { samples },
         },
     );
@@ -606,6 +908,7 @@ fn samples_are_stored_once_however_often_they_are_sent() {
         Input::Edge {
             reply_to: 1,
             client: "e".into(),
+            client_type: ClientType::Edge,
             msg: batch(1, 3),
         },
     );
@@ -620,6 +923,7 @@ fn samples_are_stored_once_however_often_they_are_sent() {
         Input::Edge {
             reply_to: 1,
             client: "e".into(),
+            client_type: ClientType::Edge,
             msg: batch(1, 4),
         },
     );
@@ -667,6 +971,7 @@ fn samples_are_stored_once_however_often_they_are_sent() {
         Input::Edge {
             reply_to: 1,
             client: "e".into(),
+            client_type: ClientType::Edge,
             msg: batch(2, 4),
         },
     );
@@ -710,6 +1015,7 @@ fn the_configuration_version_moves_with_documents_not_with_samples() {
             config_version: 0,
             cached_samples: 0,
             dropped_samples: 0,
+            proof: None,
         };
         let mut got = Vec::new();
         for msg in [
@@ -724,6 +1030,7 @@ fn the_configuration_version_moves_with_documents_not_with_samples() {
                 Input::Edge {
                     reply_to: 9,
                     client: "e".into(),
+                    client_type: ClientType::Edge,
                     msg,
                 },
             );
@@ -761,6 +1068,7 @@ fn the_configuration_version_moves_with_documents_not_with_samples() {
             Input::Edge {
                 reply_to: 10 + i as u64,
                 client: "e".into(),
+                client_type: ClientType::Edge,
                 msg: EdgeMsg::Monitoring {
                     samples: vec![Sample {
                         seq,

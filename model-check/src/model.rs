@@ -440,6 +440,19 @@ impl DrModel {
                             }
                         }
                     }
+                    Output::ReplyPeer { link, msg } => {
+                        // Back to the sender of the message answered: link ids are server indexes.
+                        if let Some(d) = ServerIx::try_from(link).ok().filter(|d| *d < 2 && *d != s)
+                        {
+                            if !self.is_cut(st, Link::Peer) {
+                                st.net.insert(Envelope {
+                                    src: NodeId::Server(s),
+                                    dst: NodeId::Server(d),
+                                    msg: Msg::Peer(msg),
+                                });
+                            }
+                        }
+                    }
                     Output::ReplyEdge { reply_to, msg } => {
                         let e = reply_to as EdgeIx;
                         if let ServerMsg::MonitoringAck { epoch, up_to_seq } = &msg {
@@ -575,13 +588,19 @@ impl DrModel {
     /// Delivers one message to its destination.
     pub(crate) fn deliver(&self, st: &mut State, env: Envelope) {
         match (env.src, env.dst, env.msg) {
-            (_, NodeId::Server(d), Msg::Peer(p)) => {
-                self.feed_server(st, d, Some(Input::Peer(p)));
+            (NodeId::Server(src), NodeId::Server(d), Msg::Peer(env)) => {
+                let input = Input::Peer {
+                    link: u64::from(src),
+                    from: server_identity(src),
+                    env,
+                };
+                self.feed_server(st, d, Some(input));
             }
             (NodeId::Edge(e), NodeId::Server(d), Msg::ToServer(m)) => {
                 let input = Input::Edge {
                     reply_to: u64::from(e),
                     client: edge_client(e),
+                    client_type: ClientType::Edge,
                     msg: m,
                 };
                 self.feed_server(st, d, Some(input));
@@ -624,7 +643,8 @@ impl DrModel {
 
     fn restart(&self, st: &mut State, s: ServerIx) {
         let restored = st.servers[usize::from(s)].store.restored();
-        let srv = Server::restore(self.cfg.server_cfg(), server_info(s), restored, NOW);
+        let srv = Server::restore(self.cfg.server_cfg(), server_info(s), restored, NOW)
+            .with_keys(server_keys(s));
         st.srv_mut(s).server = Some(srv);
         self.feed_server(st, s, None);
         st.hist_mut().milestones |= milestone::RESTARTED;
@@ -690,7 +710,9 @@ impl DrModel {
     /// The initial state (see [`Start`]).
     pub fn initial(&self) -> State {
         let node = |s: ServerIx| ServerNode {
-            server: Some(Server::new(self.cfg.server_cfg(), server_info(s), NOW)),
+            server: Some(
+                Server::new(self.cfg.server_cfg(), server_info(s), NOW).with_keys(server_keys(s)),
+            ),
             store: MemStore::new(0),
             pending: Vec::new(),
             timers: BTreeSet::new(),
@@ -1043,6 +1065,8 @@ pub fn mutant_cfg(m: Mutant, base: &ModelCfg) -> ModelCfg {
             c.writes = c.writes.max(1);
         }
         Mutant::StandbyServesConfig => c.writes = c.writes.max(1),
+        // The hostile actor is what these two let in (see the `hostile` model).
+        Mutant::TrustEnvelopeFrom | Mutant::UnprovenEpoch => {}
         Mutant::None => {}
     }
     c

@@ -30,6 +30,16 @@ pub fn server_info(s: ServerIx) -> ServerInfo {
     }
 }
 
+/// The identity TLS proves for server `s` (stand-in key, see `vcodr_core::testing`).
+pub fn server_identity(s: ServerIx) -> PeerIdentity {
+    vcodr_core::testing::identity(server_name(s))
+}
+
+/// The keys of server `s`: it signs its epoch proofs with them.
+pub fn server_keys(s: ServerIx) -> Keys {
+    vcodr_core::testing::TestKeys::keys(server_name(s))
+}
+
 /// `a` or `b`.
 pub fn server_name(s: ServerIx) -> &'static str {
     ["a", "b"][usize::from(s)]

@@ -312,7 +312,11 @@ pub fn describe_msg(m: &Msg) -> String {
                     last_index,
                     ..
                 } => format!("DemoteGranted epoch {new_epoch}, last index {last_index}"),
-                PeerMsg::NewEpoch { active } => format!("NewEpoch held by {}", active.name),
+                PeerMsg::NewEpoch { active, proof } => format!(
+                    "NewEpoch held by {}{}",
+                    active.name,
+                    if proof.is_some() { ", proven" } else { "" }
+                ),
                 PeerMsg::SnapshotChunk { index, chunk, .. } => {
                     format!("SnapshotChunk {chunk} at index {index}")
                 }
@@ -323,7 +327,7 @@ pub fn describe_msg(m: &Msg) -> String {
                 PeerMsg::RejoinAccepted { keep_index, .. } => {
                     format!("RejoinAccepted keep {keep_index}")
                 }
-                PeerMsg::Refused { reason } => format!("Refused: {reason}"),
+                PeerMsg::Refused { reason, .. } => format!("Refused: {reason}"),
                 other => other.kind().to_string(),
             };
             format!("{body} [epoch {}]", env.epoch)

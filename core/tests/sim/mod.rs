@@ -112,7 +112,15 @@ pub struct Sim {
     next_req: RequestId,
     /// Requests whose reply is awaited, by server.
     pub trace: bool,
+    /// Replies to the hostile edge of [`Sim::forge_heartbeat`].
+    forged_replies: Vec<ServerMsg>,
+    /// Every address a server sent a peer message to (dialled).
+    pub dialled: BTreeSet<String>,
 }
+
+/// `reply_to` and link id of the hostile sender in [`Sim::forge_peer`] and
+/// [`Sim::forge_heartbeat`].
+pub const FORGER: u64 = u64::MAX;
 
 pub fn info(i: usize) -> ServerInfo {
     let n = ["a", "b"][i];
@@ -123,6 +131,16 @@ pub fn info(i: usize) -> ServerInfo {
         edge_address: format!("{n}:7444"),
         admin_address: format!("{n}:8443"),
     }
+}
+
+/// The stand-in keys of server `i` (see `vcodr_core::testing`).
+pub fn keys(i: usize) -> Keys {
+    vcodr_core::testing::TestKeys::keys(&info(i).name)
+}
+
+/// The identity TLS proves for server `i`.
+pub fn identity(i: usize) -> PeerIdentity {
+    vcodr_core::testing::identity(&info(i).name)
 }
 
 /// Server settings scaled for simulations: 100 ms ticks, 2 s grace.
@@ -154,10 +172,12 @@ impl Sim {
             persist_latency_ms: 2,
             next_req: 1,
             trace: std::env::var_os("VCODR_SIM_TRACE").is_some(),
+            forged_replies: Vec::new(),
+            dialled: BTreeSet::new(),
         };
         for i in 0..2 {
             let cfg = sim_server_config(policy, seed.wrapping_add(i as u64));
-            let s = Server::new(cfg.clone(), info(i), Now::at(0));
+            let s = Server::new(cfg.clone(), info(i), Now::at(0)).with_keys(keys(i));
             sim.servers.push(ServerNode {
                 info: info(i),
                 cfg,
@@ -340,12 +360,10 @@ impl Sim {
         let now = self.now();
         let n = &mut self.servers[i];
         assert!(n.server.is_none(), "restart of a running server");
-        n.server = Some(Server::restore(
-            n.cfg.clone(),
-            n.info.clone(),
-            n.store.restored(),
-            now,
-        ));
+        n.server = Some(
+            Server::restore(n.cfg.clone(), n.info.clone(), n.store.restored(), now)
+                .with_keys(keys(i)),
+        );
         self.drain_server(i);
     }
 
@@ -450,6 +468,7 @@ impl Sim {
             }
             match out {
                 Output::SendPeer { to, msg } => {
+                    self.dialled.insert(to.clone());
                     let Some(j) = self.servers.iter().position(|n| n.info.peer_address == to)
                     else {
                         continue;
@@ -457,6 +476,18 @@ impl Sim {
                     let frame = encode_frame(&msg, DEFAULT_MAX_FRAME_BYTES)
                         .expect("peer message fits a frame");
                     self.send(Node::Server(i), Node::Server(j), Payload::Peer(frame));
+                }
+                Output::ReplyPeer { link, msg } => {
+                    // Links are numbered by the sending server; a hostile sender's is gone.
+                    let j = link as usize;
+                    if j < self.servers.len() && j != i {
+                        let frame = encode_frame(&msg, DEFAULT_MAX_FRAME_BYTES)
+                            .expect("peer message fits a frame");
+                        self.send(Node::Server(i), Node::Server(j), Payload::Peer(frame));
+                    }
+                }
+                Output::ReplyEdge { reply_to, msg } if reply_to == FORGER => {
+                    self.forged_replies.push(msg);
                 }
                 Output::ReplyEdge { reply_to, msg } => {
                     let frame = encode_frame(&msg, DEFAULT_MAX_FRAME_BYTES)
@@ -612,21 +643,31 @@ impl Sim {
             (Node::Server(i), Payload::Peer(frame)) => {
                 let (env, _) = decode_frame::<PeerEnvelope>(&frame, DEFAULT_MAX_FRAME_BYTES)
                     .expect("valid frame");
+                let Node::Server(sender) = m.from else {
+                    panic!("peer message from {:?}", m.from)
+                };
+                let input = Input::Peer {
+                    link: sender as u64,
+                    from: identity(sender),
+                    env,
+                };
                 if let Some(s) = self.servers[i].server.as_mut() {
-                    s.handle_input(now, Input::Peer(env));
+                    s.handle_input(now, input);
                 }
                 self.drain_server(i);
             }
             (Node::Server(i), Payload::ToServer { edge, frame }) => {
                 let (msg, _) =
                     decode_frame::<EdgeMsg>(&frame, DEFAULT_MAX_FRAME_BYTES).expect("valid frame");
-                let client = self.edges[edge].edge.config().client_id.clone();
+                let cfg = self.edges[edge].edge.config();
+                let (client, client_type) = (cfg.client_id.clone(), cfg.client_type);
                 if let Some(s) = self.servers[i].server.as_mut() {
                     s.handle_input(
                         now,
                         Input::Edge {
                             reply_to: edge as u64,
                             client,
+                            client_type,
                             msg,
                         },
                     );
@@ -643,6 +684,43 @@ impl Sim {
             }
             (to, _) => panic!("misrouted message to {to:?}"),
         }
+    }
+
+    /// A hostile sender (`from`, a certificate of our CA but not the peer)
+    /// delivers `env` to server `to` at once; its answers are lost.
+    pub fn forge_peer(&mut self, to: usize, from: PeerIdentity, env: PeerEnvelope) {
+        let now = self.now();
+        if let Some(s) = self.servers[to].server.as_mut() {
+            s.handle_input(
+                now,
+                Input::Peer {
+                    link: FORGER,
+                    from,
+                    env,
+                },
+            );
+        }
+        self.drain_server(to);
+    }
+
+    /// A hostile edge (its own certificate, `client`) sends a heartbeat to
+    /// server `to`; returns the server's reply.
+    pub fn forge_heartbeat(&mut self, to: usize, client: &str, hb: Heartbeat) -> Option<ServerMsg> {
+        let now = self.now();
+        let reply_to = FORGER;
+        if let Some(s) = self.servers[to].server.as_mut() {
+            s.handle_input(
+                now,
+                Input::Edge {
+                    reply_to,
+                    client: client.to_string(),
+                    client_type: ClientType::Edge,
+                    msg: EdgeMsg::Heartbeat(hb),
+                },
+            );
+        }
+        self.drain_server(to);
+        self.forged_replies.pop()
     }
 
     /// Runs until `cond` holds; false if `max_ms` of virtual time passed first.
