@@ -64,8 +64,11 @@ pub mod durable;
 pub mod edge;
 pub mod log;
 pub mod msg;
+pub mod proof;
 pub mod rng;
 pub mod server;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod types;
 
 pub use api::*;
@@ -73,5 +76,6 @@ pub use config::{ConfigError, EdgeConfig, Mutant, ServerConfig};
 pub use durable::{MemStore, Restored};
 pub use edge::{Edge, EdgeEvent, EdgeInput, EdgeOutput, EdgeTimer, ServerSlot};
 pub use msg::*;
+pub use proof::{EpochClaim, EpochProof, Keys, ProofKeys};
 pub use server::{ClientContact, ClientCount, Now, Server, Status};
 pub use types::*;

@@ -231,3 +231,91 @@ pub struct Transition {
     pub timestamp_ms: Millis,
     pub reason: String,
 }
+
+/// What a certificate says its holder is (SPEC §6). The deployment CA writes
+/// it into every certificate it issues and the TLS verifier checks it: the
+/// peer link accepts only [`CertRole::Server`], the edge link only edges and
+/// gateways. A certificate proves *who*; this says what it may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum CertRole {
+    Server,
+    Edge,
+    Gateway,
+}
+
+impl CertRole {
+    /// Every role, for tables and exhaustive checks.
+    pub const ALL: [CertRole; 3] = [CertRole::Server, CertRole::Edge, CertRole::Gateway];
+
+    /// The spelling in certificates (`urn:vcodr:<role>:<name>`) and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertRole::Server => "server",
+            CertRole::Edge => "edge",
+            CertRole::Gateway => "gateway",
+        }
+    }
+
+    /// Parses [`CertRole::as_str`].
+    pub fn from_name(name: &str) -> Option<CertRole> {
+        CertRole::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    /// The client type a certificate of this role may heartbeat as.
+    pub fn client_type(self) -> Option<ClientType> {
+        match self {
+            CertRole::Server => None,
+            CertRole::Edge => Some(ClientType::Edge),
+            CertRole::Gateway => Some(ClientType::Gateway),
+        }
+    }
+}
+
+impl fmt::Display for CertRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The identity TLS proved for the server at the other end of a peer link:
+/// the name its certificate carries and its public key. It travels with every
+/// peer input into the core (never taken from a message), and pairing pins
+/// it durably: afterwards a peer message from any other identity is refused.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PeerIdentity {
+    /// The certificate's name (a server's `name`, e.g. `a`).
+    pub name: String,
+    /// The certificate's SubjectPublicKeyInfo, DER: epoch proofs signed by
+    /// this server are verified against it.
+    pub public_key: Vec<u8>,
+}
+
+impl PeerIdentity {
+    /// A short, stable rendering of the key for logs (not a cryptographic
+    /// fingerprint: the I/O layer shows a SHA-256 one to operators).
+    pub fn key_tag(&self) -> String {
+        // FNV-1a 64: enough to tell keys apart in a log line.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in &self.public_key {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
+impl fmt::Debug for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerIdentity({} key {})", self.name, self.key_tag())
+    }
+}
+
+impl fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` (key {})", self.name, self.key_tag())
+    }
+}
+
+/// Identifies the link a peer message came in on, so that a refusal can go
+/// back on that same link (a server never dials an address it was told by an
+/// unauthenticated message). Chosen by the I/O layer.
+pub type PeerLinkId = u64;
