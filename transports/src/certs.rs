@@ -1,12 +1,39 @@
 //! A deployment CA and its certificates, made with rcgen, stored as PEM.
 //!
-//! One CA signs every server and client certificate of a deployment. A
-//! certificate's identity is its first DNS subject alternative name (also
-//! its common name): a server's name (`a`) or an edge's client id
-//! (`edge-00001`). Server certificates also name `localhost` and `127.0.0.1`
-//! so that loopback tools can reach them, and carry both the server and the
-//! client extended key usage (a server dials its peer); client certificates
-//! carry the client usage only, so an edge can never pose as a server.
+//! One CA signs every server, edge and gateway certificate of a deployment.
+//! Each certificate carries, signed together in one extension:
+//! - its **identity**, its first DNS subject alternative name (also its
+//!   common name): a server's name (`a`) or an edge's client id
+//!   (`edge-00001`) ([`identity_of`]);
+//! - its **role** ([`CertRole`]: `server`, `edge` or `gateway`), as a URI
+//!   subject alternative name `urn:vcodr:<role>:<name>` naming the same
+//!   identity, e.g. `urn:vcodr:edge:edge-00001` ([`role_of`]). A
+//!   certificate without exactly one such URI, or whose URI names another
+//!   identity, has no role: every vcodr link refuses it in the TLS handshake
+//!   (certificates made before roles existed must be reissued).
+//!
+//! Server certificates also name `localhost` and `127.0.0.1` so that
+//! loopback tools can reach them, and carry both the server and the client
+//! extended key usage (a server dials its peer); edge and gateway
+//! certificates carry the client usage only.
+//!
+//! # Why a role URI, not an intermediate CA per role
+//! - One CA file to distribute and trust (`ca.pem`) and one key to keep
+//!   offline. With a CA per role, every listener would have to trust
+//!   exactly the right intermediates, and rustls' verifier accepts any chain
+//!   up to a trusted root: a mistake in a trust store would silently let
+//!   edges onto the peer port.
+//! - The role is checked by our own verifier once rustls has verified the
+//!   chain, in one place, against what the link kind declares
+//!   ([`Protocol::ACCEPTS`](crate::Protocol::ACCEPTS)).
+//! - Name and role are signed together in the same extension of the same
+//!   certificate, so a holder cannot combine one certificate's name with
+//!   another's role. (Extended key usages cannot say it: edges and gateways
+//!   share the client usage, and server certificates carry it too.)
+//!
+//! # Keys
+//! [`spki_of`] reads a certificate's public key, which pairing pins;
+//! [`key_fingerprint`] is the SHA-256 rendering operators compare.
 //!
 //! Files, as `vcodr certs init --out DIR` writes them ([`init_dir`]):
 //! `DIR/ca.pem`, `DIR/ca.key` (keep it offline once every certificate is
@@ -18,13 +45,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use rcgen::string::Ia5String;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use thiserror::Error;
+pub use vcodr_core::CertRole;
 
 /// Start of every deployment CA's common name; a random suffix tells
 /// deployments apart, so that a certificate of another deployment is
@@ -103,13 +132,12 @@ pub fn validate_name(name: &str) -> Result<(), CertError> {
     }
 }
 
-/// What a certificate is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CertKind {
-    /// A server: serves edges and its peer, and dials its peer.
-    Server,
-    /// An edge or gateway: dials servers only.
-    Client,
+/// Start of the role URI every certificate carries: `urn:vcodr:<role>:<name>`.
+pub const ROLE_URI_PREFIX: &str = "urn:vcodr:";
+
+/// The role URI of a certificate of `role` for `name`.
+pub fn role_uri(role: CertRole, name: &str) -> String {
+    format!("{ROLE_URI_PREFIX}{}:{name}", role.as_str())
 }
 
 /// A certificate and its private key, as PEM.
@@ -117,6 +145,8 @@ pub enum CertKind {
 pub struct IssuedCert {
     /// The identity it carries.
     pub name: String,
+    /// The role it carries.
+    pub role: CertRole,
     /// The certificate, PEM.
     pub cert_pem: String,
     /// The private key (PKCS#8), PEM.
@@ -127,6 +157,7 @@ impl std::fmt::Debug for IssuedCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IssuedCert")
             .field("name", &self.name)
+            .field("role", &self.role)
             .finish_non_exhaustive()
     }
 }
@@ -223,10 +254,11 @@ impl CertificateAuthority {
         })
     }
 
-    /// Issues a certificate for `name`, valid for [`LEAF_VALIDITY`] from now.
-    pub fn issue(&self, name: &str, kind: CertKind) -> Result<IssuedCert, CertError> {
+    /// Issues a certificate of `role` for `name`, valid for
+    /// [`LEAF_VALIDITY`] from now.
+    pub fn issue(&self, name: &str, role: CertRole) -> Result<IssuedCert, CertError> {
         let now = SystemTime::now();
-        self.issue_valid(name, kind, now - CLOCK_SKEW_ALLOWANCE, now + LEAF_VALIDITY)
+        self.issue_valid(name, role, now - CLOCK_SKEW_ALLOWANCE, now + LEAF_VALIDITY)
     }
 
     /// Issues a certificate valid from `not_before` to `not_after` (tests use
@@ -234,13 +266,13 @@ impl CertificateAuthority {
     pub fn issue_valid(
         &self,
         name: &str,
-        kind: CertKind,
+        role: CertRole,
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<IssuedCert, CertError> {
         validate_name(name)?;
         let mut sans = vec![name.to_string()];
-        if kind == CertKind::Server {
+        if role == CertRole::Server {
             for extra in ["localhost", "127.0.0.1"] {
                 if extra != name {
                     sans.push(extra.to_string());
@@ -248,19 +280,21 @@ impl CertificateAuthority {
             }
         }
         let mut params = CertificateParams::new(sans).map_err(gen_err(name))?;
+        let uri = Ia5String::try_from(role_uri(role, name)).map_err(gen_err(name))?;
+        params.subject_alt_names.push(SanType::URI(uri));
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = match kind {
-            CertKind::Server => {
+        params.extended_key_usages = match role {
+            CertRole::Server => {
                 vec![
                     ExtendedKeyUsagePurpose::ServerAuth,
                     ExtendedKeyUsagePurpose::ClientAuth,
                 ]
             }
-            CertKind::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            CertRole::Edge | CertRole::Gateway => vec![ExtendedKeyUsagePurpose::ClientAuth],
         };
         params.use_authority_key_identifier_extension = true;
         params.not_before = not_before.into();
@@ -270,6 +304,7 @@ impl CertificateAuthority {
         let cert = params.signed_by(&key, &issuer).map_err(gen_err(name))?;
         Ok(IssuedCert {
             name: name.to_string(),
+            role,
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
@@ -281,8 +316,8 @@ impl CertificateAuthority {
     }
 
     /// Issues a certificate and returns its identity: the one-liner for tests.
-    pub fn issue_identity(&self, name: &str, kind: CertKind) -> Result<TlsIdentity, CertError> {
-        self.identity(&self.issue(name, kind)?)
+    pub fn issue_identity(&self, name: &str, role: CertRole) -> Result<TlsIdentity, CertError> {
+        self.identity(&self.issue(name, role)?)
     }
 
     /// Writes `DIR/ca.pem` and `DIR/ca.key` (mode 0600).
@@ -310,8 +345,10 @@ pub fn write_issued(dir: &Path, issued: &IssuedCert) -> Result<(), CertError> {
     )
 }
 
-/// Makes a CA, a certificate for each server and each client, and writes them
-/// all to `dir` (created if missing). Refuses to overwrite an existing
+/// Makes a CA, a certificate for each server (role `server`) and each edge
+/// (role `edge`; `clients`), and writes them all to `dir` (created if
+/// missing). Gateways: [`CertificateAuthority::issue`] with
+/// [`CertRole::Gateway`], then [`write_issued`]. Refuses to overwrite an existing
 /// `ca.pem`, so a deployment's CA is never replaced by accident.
 pub fn init_dir(
     dir: &Path,
@@ -344,10 +381,10 @@ pub fn init_dir(
     let ca = CertificateAuthority::new()?;
     ca.write(dir)?;
     for name in servers {
-        write_issued(dir, &ca.issue(name, CertKind::Server)?)?;
+        write_issued(dir, &ca.issue(name, CertRole::Server)?)?;
     }
     for name in clients {
-        write_issued(dir, &ca.issue(name, CertKind::Client)?)?;
+        write_issued(dir, &ca.issue(name, CertRole::Edge)?)?;
     }
     Ok(ca)
 }
@@ -383,6 +420,7 @@ fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), CertErro
 /// deployment CA it trusts.
 pub struct TlsIdentity {
     name: String,
+    role: Option<CertRole>,
     certified: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     roots: Vec<CertificateDer<'static>>,
 }
@@ -391,6 +429,7 @@ impl Clone for TlsIdentity {
     fn clone(&self) -> Self {
         TlsIdentity {
             name: self.name.clone(),
+            role: self.role,
             certified: self
                 .certified
                 .as_ref()
@@ -404,6 +443,7 @@ impl std::fmt::Debug for TlsIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsIdentity")
             .field("name", &self.name)
+            .field("role", &self.role)
             .field("has_certificate", &self.certified.is_some())
             .finish_non_exhaustive()
     }
@@ -431,7 +471,7 @@ fn certs_from_pem(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>,
 
 impl TlsIdentity {
     /// Loads `DIR/<name>.pem`, `DIR/<name>.key` and the CA `DIR/ca.pem`.
-    /// Checks that the certificate really names `name`.
+    /// Checks that the certificate really names `name` and carries a role.
     pub fn load(dir: &Path, name: &str) -> Result<Self, CertError> {
         validate_name(name)?;
         let cert_path = dir.join(format!("{name}.pem"));
@@ -462,6 +502,16 @@ impl TlsIdentity {
                 reason: format!("the certificate names `{}`, not `{name}`", identity.name),
             });
         }
+        if identity.role.is_none() {
+            return Err(CertError::Pem {
+                path: cert_path,
+                reason: format!(
+                    "the certificate carries no vcodr role (no `{}` subject alternative \
+                     name): every vcodr link would refuse it; reissue it with `vcodr certs`",
+                    role_uri_pattern(name)
+                ),
+            });
+        }
         Ok(identity)
     }
 
@@ -474,7 +524,10 @@ impl TlsIdentity {
         TlsIdentity::from_parts(chain, key, roots)
     }
 
-    /// Builds an identity from DER; the name is the certificate's first DNS name.
+    /// Builds an identity from DER; the name is the certificate's first DNS
+    /// name, the role its role URI ([`role_of`]). A certificate without a
+    /// role is taken (its [`role`](Self::role) is `None`), but every vcodr
+    /// listener refuses it and it cannot listen: tests use it to prove so.
     pub fn from_parts(
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
@@ -488,8 +541,10 @@ impl TlsIdentity {
                 reason: "the certificate names no identity (no DNS subject alternative name)"
                     .into(),
             })?;
+        let role = chain.first().and_then(|c| role_of(c)).map(|(role, _)| role);
         Ok(TlsIdentity {
             name,
+            role,
             certified: Some((chain, key)),
             roots,
         })
@@ -500,6 +555,7 @@ impl TlsIdentity {
     pub fn anonymous(ca_pem: &str) -> Result<Self, CertError> {
         Ok(TlsIdentity {
             name: String::new(),
+            role: None,
             certified: None,
             roots: certs_from_pem(ca_pem, "CA certificate")?,
         })
@@ -508,6 +564,18 @@ impl TlsIdentity {
     /// The identity the certificate carries (empty for an anonymous dialler).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The role the certificate carries; `None` for an anonymous dialler or
+    /// a certificate without a valid role URI.
+    pub fn role(&self) -> Option<CertRole> {
+        self.role
+    }
+
+    /// The SubjectPublicKeyInfo (DER) of the certificate; `None` for an
+    /// anonymous dialler.
+    pub fn public_key(&self) -> Option<Vec<u8>> {
+        spki_of(self.certified.as_ref()?.0.first()?)
     }
 
     pub(crate) fn certified(
@@ -552,6 +620,8 @@ const TAG_OID: u8 = 0x06;
 const TAG_BOOLEAN: u8 = 0x01;
 const TAG_OCTET_STRING: u8 = 0x04;
 const TAG_DNS_NAME: u8 = 0x82;
+/// uniformResourceIdentifier \[6\] of a GeneralName.
+const TAG_URI: u8 = 0x86;
 /// 2.5.29.17, subjectAltName.
 const OID_SUBJECT_ALT_NAME: [u8; 3] = [0x55, 0x1d, 0x11];
 
@@ -598,11 +668,9 @@ pub fn common_name_of(cert_der: &[u8]) -> Option<String> {
     None
 }
 
-/// The identity a certificate carries: its first DNS subject alternative name.
-///
-/// Call it on certificates that TLS has already verified (it reads, it does
-/// not verify); `None` if the DER holds no DNS name.
-pub fn identity_of(cert_der: &[u8]) -> Option<String> {
+/// The GeneralNames of a certificate's subjectAltName extension (the
+/// contents of its SEQUENCE), if it has one.
+fn subject_alt_names(cert_der: &[u8]) -> Option<&[u8]> {
     let (TAG_SEQUENCE, certificate, _) = der_element(cert_der)? else {
         return None;
     };
@@ -639,19 +707,80 @@ pub fn identity_of(cert_der: &[u8]) -> Option<String> {
         if tag != TAG_OCTET_STRING {
             return None;
         }
-        let (TAG_SEQUENCE, mut names, _) = der_element(contents)? else {
+        let (TAG_SEQUENCE, names, _) = der_element(contents)? else {
             return None;
         };
-        while !names.is_empty() {
-            let (tag, name, rest) = der_element(names)?;
-            names = rest;
-            if tag == TAG_DNS_NAME {
-                return String::from_utf8(name.to_vec()).ok();
-            }
-        }
-        return None;
+        return Some(names);
     }
     None
+}
+
+/// Each GeneralName of `names` as (tag, contents); stops at malformed DER.
+fn general_names(mut names: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    std::iter::from_fn(move || {
+        let (tag, name, rest) = der_element(names)?;
+        names = rest;
+        Some((tag, name))
+    })
+}
+
+/// The identity a certificate carries: its first DNS subject alternative name.
+///
+/// Call it on certificates that TLS has already verified (it reads, it does
+/// not verify); `None` if the DER holds no DNS name.
+pub fn identity_of(cert_der: &[u8]) -> Option<String> {
+    general_names(subject_alt_names(cert_der)?)
+        .find(|(tag, _)| *tag == TAG_DNS_NAME)
+        .and_then(|(_, name)| String::from_utf8(name.to_vec()).ok())
+}
+
+/// The role a certificate carries and the identity its role URI names:
+/// exactly one `urn:vcodr:<role>:<name>` URI subject alternative name whose
+/// name is the certificate's identity ([`identity_of`]). `None` for a
+/// certificate without one, with several, with an unknown role, or whose
+/// URI names another identity: such a certificate has no role.
+///
+/// Like [`identity_of`], it reads and does not verify.
+pub fn role_of(cert_der: &[u8]) -> Option<(CertRole, String)> {
+    let names = subject_alt_names(cert_der)?;
+    let mut uris = general_names(names)
+        .filter(|(tag, _)| *tag == TAG_URI)
+        .filter_map(|(_, uri)| uri.strip_prefix(ROLE_URI_PREFIX.as_bytes()));
+    let uri = uris.next()?;
+    if uris.next().is_some() {
+        return None;
+    }
+    let uri = std::str::from_utf8(uri).ok()?;
+    let (role, name) = uri.split_once(':')?;
+    let role = CertRole::from_name(role)?;
+    (identity_of(cert_der)? == name).then(|| (role, name.to_string()))
+}
+
+/// The SubjectPublicKeyInfo (DER, outer SEQUENCE included) of a
+/// certificate: what epoch proofs are verified against and what pairing
+/// pins. `None` if the DER is not a certificate webpki can parse.
+pub fn spki_of(cert_der: &[u8]) -> Option<Vec<u8>> {
+    let der = CertificateDer::from(cert_der);
+    let cert = webpki::EndEntityCert::try_from(&der).ok()?;
+    Some(cert.subject_public_key_info().as_ref().to_vec())
+}
+
+/// The fingerprint of a public key (SubjectPublicKeyInfo DER) that
+/// operators compare: SHA-256, 64 lower-case hex digits.
+pub fn key_fingerprint(spki: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let digest = ring::digest::digest(&ring::digest::SHA256, spki);
+    let mut hex = String::with_capacity(64);
+    for byte in digest.as_ref() {
+        // Writing into a String cannot fail.
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// How the role URI of `name` looks, for messages.
+pub(crate) fn role_uri_pattern(name: &str) -> String {
+    format!("{ROLE_URI_PREFIX}<role>:{name}")
 }
 
 #[cfg(test)]
@@ -661,9 +790,9 @@ mod tests {
     #[test]
     fn identity_is_first_dns_name() {
         let ca = CertificateAuthority::new().unwrap();
-        let server = ca.issue_identity("a", CertKind::Server).unwrap();
+        let server = ca.issue_identity("a", CertRole::Server).unwrap();
         assert_eq!(server.name(), "a");
-        let edge = ca.issue_identity("edge-00042", CertKind::Client).unwrap();
+        let edge = ca.issue_identity("edge-00042", CertRole::Edge).unwrap();
         assert_eq!(edge.name(), "edge-00042");
         assert_eq!(identity_of(&[0x30, 0x03, 0x01]), None);
         assert_eq!(identity_of(&[]), None);
@@ -676,6 +805,115 @@ mod tests {
             Some(cn),
             "deployments differ"
         );
+    }
+
+    /// A certificate of `ca` for `name` (DNS SAN) with exactly the extra
+    /// subject alternative names `uris`: what a tool other than ours, or an
+    /// older one, might have issued.
+    fn issue_pem_with_uris(
+        ca: &CertificateAuthority,
+        name: &str,
+        uris: &[&str],
+    ) -> (String, String) {
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        for uri in uris {
+            let uri = Ia5String::try_from(uri.to_string()).unwrap();
+            params.subject_alt_names.push(SanType::URI(uri));
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let issuer = Issuer::from_params(&ca.params, &ca.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn issue_with_uris(ca: &CertificateAuthority, name: &str, uris: &[&str]) -> Vec<u8> {
+        let (pem, _) = issue_pem_with_uris(ca, name, uris);
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+
+    fn der_of(issued: &IssuedCert) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn every_certificate_carries_its_role_and_name() {
+        let ca = CertificateAuthority::new().unwrap();
+        for (name, role) in [
+            ("a", CertRole::Server),
+            ("edge-00001", CertRole::Edge),
+            ("gw-1", CertRole::Gateway),
+        ] {
+            let issued = ca.issue(name, role).unwrap();
+            assert_eq!(issued.role, role);
+            let der = der_of(&issued);
+            assert_eq!(role_of(&der), Some((role, name.to_string())));
+            assert_eq!(identity_of(&der).as_deref(), Some(name));
+            let identity = ca.identity(&issued).unwrap();
+            assert_eq!(identity.role(), Some(role));
+            assert_eq!(identity.name(), name);
+        }
+        assert_eq!(role_uri(CertRole::Edge, "e-1"), "urn:vcodr:edge:e-1");
+        assert_eq!(role_of(&[]), None);
+        assert_eq!(role_of(&[0x30, 0x03, 0x01]), None);
+        assert_eq!(TlsIdentity::anonymous(ca.cert_pem()).unwrap().role(), None);
+    }
+
+    #[test]
+    fn a_certificate_without_one_matching_role_uri_has_no_role() {
+        let ca = CertificateAuthority::new().unwrap();
+        let cases: [(&str, &[&str]); 6] = [
+            ("no role URI at all", &[]),
+            ("another identity", &["urn:vcodr:server:a"]),
+            ("an unknown role", &["urn:vcodr:admin:edge-1"]),
+            ("no name", &["urn:vcodr:edge"]),
+            (
+                "two roles",
+                &["urn:vcodr:edge:edge-1", "urn:vcodr:server:edge-1"],
+            ),
+            ("the name with a suffix", &["urn:vcodr:edge:edge-1:x"]),
+        ];
+        for (what, uris) in cases {
+            let der = issue_with_uris(&ca, "edge-1", uris);
+            assert_eq!(identity_of(&der).as_deref(), Some("edge-1"), "{what}");
+            assert_eq!(role_of(&der), None, "{what}");
+        }
+        // Other URIs beside ours are ignored.
+        let der = issue_with_uris(
+            &ca,
+            "edge-1",
+            &["https://example.invalid/", "urn:vcodr:edge:edge-1"],
+        );
+        assert_eq!(role_of(&der), Some((CertRole::Edge, "edge-1".into())));
+    }
+
+    #[test]
+    fn spki_is_the_certificates_public_key_and_fingerprints_are_sha256_hex() {
+        let ca = CertificateAuthority::new().unwrap();
+        let issued = ca.issue("a", CertRole::Server).unwrap();
+        let key = KeyPair::from_pem(&issued.key_pem).unwrap();
+        let spki = spki_of(&der_of(&issued)).unwrap();
+        assert_eq!(spki, rcgen::PublicKeyData::subject_public_key_info(&key));
+        assert_eq!(
+            ca.identity(&issued).unwrap().public_key(),
+            Some(spki.clone())
+        );
+        let fingerprint = key_fingerprint(&spki);
+        assert_eq!(fingerprint.len(), 64);
+        assert!(fingerprint
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+        assert_eq!(fingerprint, key_fingerprint(&spki), "stable");
+        let other = spki_of(&der_of(&ca.issue("a", CertRole::Server).unwrap())).unwrap();
+        assert_ne!(key_fingerprint(&other), fingerprint, "same name, new key");
+        // SHA-256 of nothing, as every implementation has it.
+        assert_eq!(
+            key_fingerprint(&[]),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(spki_of(&[0x30, 0x00]), None);
     }
 
     #[test]
@@ -714,12 +952,29 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         assert_eq!(TlsIdentity::load(&dir, "b").unwrap().name(), "b");
+        assert_eq!(
+            TlsIdentity::load(&dir, "edge-1").unwrap().role(),
+            Some(CertRole::Edge)
+        );
         let err = TlsIdentity::load(&dir, "c").unwrap_err();
         assert!(err.to_string().contains("c.pem"), "{err}");
         // A reloaded CA issues certificates that chain to the same ca.pem.
         let ca = CertificateAuthority::load(&dir).unwrap();
-        write_issued(&dir, &ca.issue("edge-2", CertKind::Client).unwrap()).unwrap();
+        write_issued(&dir, &ca.issue("edge-2", CertRole::Edge).unwrap()).unwrap();
         assert_eq!(TlsIdentity::load(&dir, "edge-2").unwrap().name(), "edge-2");
+        // A certificate without a role is refused at load, saying what to do.
+        let (cert_pem, key_pem) = issue_pem_with_uris(&ca, "edge-3", &[]);
+        write_file(&dir.join("edge-3.pem"), cert_pem.as_bytes(), false).unwrap();
+        write_file(&dir.join("edge-3.key"), key_pem.as_bytes(), true).unwrap();
+        let err = TlsIdentity::load(&dir, "edge-3").unwrap_err().to_string();
+        for part in [
+            "edge-3.pem",
+            "no vcodr role",
+            "urn:vcodr:<role>:edge-3",
+            "reissue",
+        ] {
+            assert!(err.contains(part), "{part:?} missing from: {err}");
+        }
         assert!(init_dir(&dir, &[], &[]).is_err(), "must not overwrite a CA");
         fs::remove_dir_all(&dir).unwrap();
     }

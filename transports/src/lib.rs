@@ -66,7 +66,7 @@
 //! # Example: a server and an edge over QUIC on loopback
 //! ```
 //! use serde::{Deserialize, Serialize};
-//! use vcodr_transport::certs::{CertKind, CertificateAuthority};
+//! use vcodr_transport::certs::{CertRole, CertificateAuthority};
 //! use vcodr_transport::quic::QuicTransport;
 //! use vcodr_transport::{Incoming, Protocol, Settings, Transport};
 //!
@@ -90,7 +90,7 @@
 //!     let loopback = "127.0.0.1:0".parse()?;
 //!
 //!     // Server "a": accept edges, answer each heartbeat.
-//!     let server_identity = ca.issue_identity("a", CertKind::Server)?;
+//!     let server_identity = ca.issue_identity("a", CertRole::Server)?;
 //!     let server = QuicTransport::<EdgeLink>::bind(loopback, server_identity, Settings::default())?;
 //!     let mut listener = server.listen()?;
 //!     let server_addr = listener.local_addr();
@@ -109,7 +109,7 @@
 //!     });
 //!
 //!     // Edge "edge-1": dial server "a" and heartbeat once.
-//!     let edge_identity = ca.issue_identity("edge-1", CertKind::Client)?;
+//!     let edge_identity = ca.issue_identity("edge-1", CertRole::Edge)?;
 //!     let edge = QuicTransport::<EdgeLink>::bind(loopback, edge_identity, Settings::default())?;
 //!     let link = edge.connect(server_addr, "a").await?;
 //!     assert_eq!(link.peer().as_str(), "a");

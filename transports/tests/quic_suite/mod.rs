@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use super::common::*;
 use super::DRIVER;
 use vcodr_core::codec::{self, Hello};
-use vcodr_transport::certs::{CertKind, CertificateAuthority, TlsIdentity};
+use vcodr_transport::certs::{CertRole, CertificateAuthority, TlsIdentity};
 use vcodr_transport::quic::{self, QuicTransport};
 use vcodr_transport::reconnect::{connect_with_backoff, Backoff};
 use vcodr_transport::{
@@ -59,7 +59,7 @@ fn start_server(
     settings: Settings,
 ) -> Result<Server, SetupError> {
     let identity = ca
-        .issue_identity(name, CertKind::Server)
+        .issue_identity(name, CertRole::Server)
         .expect("certificate");
     let transport = QuicTransport::<TestProto>::bind(bind, identity, settings)?;
     let listener = transport.listen()?;
@@ -74,17 +74,17 @@ fn start_server(
     })
 }
 
-fn client(ca: &CertificateAuthority, name: &str, kind: CertKind) -> QuicTransport<TestProto> {
-    client_on(ca, name, kind, DRIVER)
+fn client(ca: &CertificateAuthority, name: &str, role: CertRole) -> QuicTransport<TestProto> {
+    client_on(ca, name, role, DRIVER)
 }
 
 fn client_on(
     ca: &CertificateAuthority,
     name: &str,
-    kind: CertKind,
+    role: CertRole,
     driver: QuicDriver,
 ) -> QuicTransport<TestProto> {
-    let identity = ca.issue_identity(name, kind).expect("certificate");
+    let identity = ca.issue_identity(name, role).expect("certificate");
     QuicTransport::bind(loopback(), identity, quick_settings_on(driver))
         .expect("bind a client socket")
 }
@@ -93,7 +93,7 @@ fn client_on(
 async fn edge_request_response_round_trip() {
     let ca = CertificateAuthority::new().unwrap();
     let server = start_server(&ca, "a", loopback(), quick_settings()).unwrap();
-    let edge = client(&ca, "edge-1", CertKind::Client);
+    let edge = client(&ca, "edge-1", CertRole::Edge);
     let link = within("connect", TEST_LIMIT, edge.connect(server.addr, "a"))
         .await
         .unwrap();
@@ -136,7 +136,7 @@ async fn stream_credit_comes_back_after_every_request() {
     };
     let ca = CertificateAuthority::new().unwrap();
     let server = start_server(&ca, "a", loopback(), tight.clone()).unwrap();
-    let identity = ca.issue_identity("edge-1", CertKind::Client).unwrap();
+    let identity = ca.issue_identity("edge-1", CertRole::Edge).unwrap();
     let edge = QuicTransport::<TestProto>::bind(loopback(), identity, tight).unwrap();
     let link = within("connect", TEST_LIMIT, edge.connect(server.addr, "a"))
         .await
@@ -173,13 +173,13 @@ async fn ten_thousand_ordered_log_messages_arrive_exactly_once_in_order() {
     let ca = CertificateAuthority::new().unwrap();
     let standby = QuicTransport::<TestProto>::bind(
         loopback(),
-        ca.issue_identity("b", CertKind::Server).unwrap(),
+        ca.issue_identity("b", CertRole::Server).unwrap(),
         quick_settings(),
     )
     .unwrap();
     let mut listener = standby.listen().unwrap();
     let addr = listener.local_addr();
-    let active = client(&ca, "a", CertKind::Server);
+    let active = client(&ca, "a", CertRole::Server);
 
     let receiver = tokio::spawn(async move {
         let mut link = listener.accept().await.expect("the active's link");
@@ -234,7 +234,7 @@ async fn ten_thousand_ordered_log_messages_arrive_exactly_once_in_order() {
 async fn replication_scenario_over_quic() {
     let ca = CertificateAuthority::new().unwrap();
     let server = start_server(&ca, "b", loopback(), quick_settings()).unwrap();
-    let active = client(&ca, "a", CertKind::Server);
+    let active = client(&ca, "a", CertRole::Server);
     let limits = ScenarioLimits {
         window: 256,
         ack_timeout: Duration::from_secs(5),
@@ -267,7 +267,7 @@ fn refusal(result: Result<Connection<TestProto>, ConnectError>) -> Refusal {
 #[tokio::test]
 async fn bad_certificates_and_names_are_refused_before_any_protocol_message() {
     let ca = CertificateAuthority::new().unwrap();
-    let identity = ca.issue_identity("a", CertKind::Server).unwrap();
+    let identity = ca.issue_identity("a", CertRole::Server).unwrap();
     let server = QuicTransport::<TestProto>::bind(loopback(), identity, quick_settings()).unwrap();
     let mut listener = server.listen().unwrap();
     let addr = listener.local_addr();
@@ -275,7 +275,7 @@ async fn bad_certificates_and_names_are_refused_before_any_protocol_message() {
     // A certificate from another deployment's CA.
     let other_ca = CertificateAuthority::new().unwrap();
     // It trusts our CA, so only the server can refuse it.
-    let issued = other_ca.issue("edge-1", CertKind::Client).unwrap();
+    let issued = other_ca.issue("edge-1", CertRole::Edge).unwrap();
     let stranger = TlsIdentity::from_pem(&issued.cert_pem, &issued.key_pem, ca.cert_pem()).unwrap();
     let stranger =
         QuicTransport::<TestProto>::bind(loopback(), stranger, quick_settings()).unwrap();
@@ -293,7 +293,7 @@ async fn bad_certificates_and_names_are_refused_before_any_protocol_message() {
     let day = Duration::from_secs(86_400);
     let now = SystemTime::now();
     let expired = ca
-        .issue_valid("edge-2", CertKind::Client, now - 30 * day, now - day)
+        .issue_valid("edge-2", CertRole::Edge, now - 30 * day, now - day)
         .unwrap();
     let expired = QuicTransport::<TestProto>::bind(
         loopback(),
@@ -305,7 +305,7 @@ async fn bad_certificates_and_names_are_refused_before_any_protocol_message() {
     assert_eq!(got, Refusal::Expired, "{got}");
 
     // A good client expecting another server: refused by the client itself.
-    let edge = client(&ca, "edge-3", CertKind::Client);
+    let edge = client(&ca, "edge-3", CertRole::Edge);
     let got = refusal(within("wrong name", TEST_LIMIT, edge.connect(addr, "b")).await);
     assert_eq!(
         got,
@@ -318,7 +318,7 @@ async fn bad_certificates_and_names_are_refused_before_any_protocol_message() {
     // A server whose certificate comes from another CA: the client refuses it.
     let impostor = QuicTransport::<TestProto>::bind(
         loopback(),
-        other_ca.issue_identity("a", CertKind::Server).unwrap(),
+        other_ca.issue_identity("a", CertRole::Server).unwrap(),
         quick_settings(),
     )
     .unwrap();
@@ -349,7 +349,7 @@ async fn bad_certificates_and_names_are_refused_before_any_protocol_message() {
         "{counts:?}"
     );
     // ...and the first link it yields is the good client's.
-    let good = client(&ca, "edge-4", CertKind::Client);
+    let good = client(&ca, "edge-4", CertRole::Edge);
     let _link = within("good client", TEST_LIMIT, good.connect(addr, "a"))
         .await
         .unwrap();
@@ -374,7 +374,7 @@ async fn wrong_protocol_is_refused_in_the_handshake() {
     let server = start_server(&ca, "a", loopback(), quick_settings()).unwrap();
     let other = QuicTransport::<OtherProto>::bind(
         loopback(),
-        ca.issue_identity("edge-1", CertKind::Client).unwrap(),
+        ca.issue_identity("edge-1", CertRole::Edge).unwrap(),
         quick_settings(),
     )
     .unwrap();
@@ -405,7 +405,7 @@ fn edge_speaking(
         },
         ..quick_settings()
     };
-    let identity = ca.issue_identity(name, CertKind::Client).unwrap();
+    let identity = ca.issue_identity(name, CertRole::Edge).unwrap();
     QuicTransport::bind(loopback(), identity, settings).unwrap()
 }
 
@@ -422,7 +422,7 @@ async fn version_mismatch_is_refused_naming_both_versions() {
     };
     let server = QuicTransport::<TestProto>::bind(
         loopback(),
-        ca.issue_identity("a", CertKind::Server).unwrap(),
+        ca.issue_identity("a", CertRole::Server).unwrap(),
         server_settings,
     )
     .unwrap();
@@ -462,7 +462,7 @@ async fn raw_link(
     name: &str,
     server: SocketAddr,
 ) -> (quinn::Endpoint, quinn::Connection) {
-    let identity = ca.issue_identity(name, CertKind::Client).unwrap();
+    let identity = ca.issue_identity(name, CertRole::Edge).unwrap();
     let tls = quic::client_tls_config(&identity, TestProto::NAME.as_bytes()).unwrap();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client(loopback()).unwrap();
@@ -546,7 +546,7 @@ async fn bad_frames_close_only_their_stream_or_connection() {
         other => panic!("expected a protocol-violation close, got {other}"),
     }
     // The listener serves everyone else.
-    let edge = client(&ca, "edge-ok", CertKind::Client);
+    let edge = client(&ca, "edge-ok", CertRole::Edge);
     let link = within(
         "connect after violation",
         TEST_LIMIT,
@@ -583,7 +583,7 @@ async fn bad_frames_close_only_their_stream_or_connection() {
     // With the same cap, the client refuses to send it at all, naming the peer.
     let capped = QuicTransport::<TestProto>::bind(
         loopback(),
-        ca.issue_identity("edge-capped", CertKind::Client).unwrap(),
+        ca.issue_identity("edge-capped", CertRole::Edge).unwrap(),
         Settings {
             max_frame_bytes: 64 * 1024,
             ..quick_settings()
@@ -607,7 +607,7 @@ where
 {
     let server = QuicTransport::<TestProto>::bind(
         loopback(),
-        ca.issue_identity("a", CertKind::Server).unwrap(),
+        ca.issue_identity("a", CertRole::Server).unwrap(),
         quick_settings(),
     )
     .unwrap();
@@ -629,7 +629,7 @@ async fn dropped_responder_tells_the_requester_at_once() {
             drop(incoming); // never answer
         }
     });
-    let edge = client(&ca, "edge-1", CertKind::Client);
+    let edge = client(&ca, "edge-1", CertRole::Edge);
     let link = edge.connect(addr, "a").await.unwrap();
     let err = within(
         "request",
@@ -674,7 +674,7 @@ async fn thousand_concurrent_clients_each_complete_a_round_trip() {
     let sockets: Vec<QuicTransport<TestProto>> = (0..SOCKETS)
         .map(|i| {
             let identity = ca
-                .issue_identity(&format!("edge-sock-{i}"), CertKind::Client)
+                .issue_identity(&format!("edge-sock-{i}"), CertRole::Edge)
                 .unwrap();
             QuicTransport::bind(loopback(), identity, settings.clone()).unwrap()
         })
@@ -683,7 +683,7 @@ async fn thousand_concurrent_clients_each_complete_a_round_trip() {
         .map(|i| {
             sockets[i % SOCKETS]
                 .with_identity(
-                    ca.issue_identity(&format!("edge-{i:05}"), CertKind::Client)
+                    ca.issue_identity(&format!("edge-{i:05}"), CertRole::Edge)
                         .unwrap(),
                 )
                 .unwrap()
@@ -793,7 +793,7 @@ async fn reconnects_after_the_listener_restarts() {
     let edge = Counting {
         inner: QuicTransport::<TestProto>::bind(
             loopback(),
-            ca.issue_identity("edge-1", CertKind::Client).unwrap(),
+            ca.issue_identity("edge-1", CertRole::Edge).unwrap(),
             settings.clone(),
         )
         .unwrap(),
@@ -871,7 +871,7 @@ async fn settings_are_validated() {
     };
     let err = QuicTransport::<TestProto>::bind(
         loopback(),
-        ca.issue_identity("a", CertKind::Server).unwrap(),
+        ca.issue_identity("a", CertRole::Server).unwrap(),
         bad,
     )
     .unwrap_err();
@@ -886,7 +886,7 @@ async fn settings_are_validated() {
 async fn datagram_requests_round_trip_fall_back_to_streams_and_survive_garbage() {
     let ca = CertificateAuthority::new().unwrap();
     let server = start_server(&ca, "a", loopback(), quick_settings()).unwrap();
-    let edge = client(&ca, "edge-1", CertKind::Client);
+    let edge = client(&ca, "edge-1", CertRole::Edge);
     let link = within("connect", TEST_LIMIT, edge.connect(server.addr, "a"))
         .await
         .unwrap();
@@ -965,7 +965,7 @@ async fn a_datagram_request_ends_when_its_connection_closes() {
             std::mem::forget(responder);
         }
     });
-    let edge = client(&ca, "edge-1", CertKind::Client);
+    let edge = client(&ca, "edge-1", CertRole::Edge);
     let link = edge.connect(addr, "a").await.unwrap();
     // Well inside the 5 s request timeout.
     let err = within(
@@ -1102,13 +1102,13 @@ async fn drivers_interoperate_both_ways() {
         let what = format!("{client_driver:?} client, {server_driver:?} server");
         let server = QuicTransport::<TestProto>::bind(
             loopback(),
-            ca.issue_identity("a", CertKind::Server).unwrap(),
+            ca.issue_identity("a", CertRole::Server).unwrap(),
             quick_settings_on(server_driver),
         )
         .unwrap();
         assert_eq!(server.settings().driver, server_driver);
         let mut listener = server.listen().unwrap();
-        let edge = client_on(&ca, "edge-1", CertKind::Client, client_driver);
+        let edge = client_on(&ca, "edge-1", CertRole::Edge, client_driver);
         assert_eq!(edge.settings().driver, client_driver);
         // The client asks and the server answers, then the other way round.
         for client_asks in [true, false] {
@@ -1148,14 +1148,14 @@ async fn linked_pair(
     let ca = CertificateAuthority::new().unwrap();
     let server = QuicTransport::<TestProto>::bind(
         loopback(),
-        ca.issue_identity("a", CertKind::Server).unwrap(),
+        ca.issue_identity("a", CertRole::Server).unwrap(),
         server_settings,
     )
     .unwrap();
     let mut listener = server.listen().unwrap();
     let client = QuicTransport::<TestProto>::bind(
         loopback(),
-        ca.issue_identity("edge-1", CertKind::Client).unwrap(),
+        ca.issue_identity("edge-1", CertRole::Edge).unwrap(),
         client_settings,
     )
     .unwrap();
