@@ -34,6 +34,8 @@
 //! # Keys
 //! [`spki_of`] reads a certificate's public key, which pairing pins;
 //! [`key_fingerprint`] is the SHA-256 rendering operators compare.
+//! [`CertKeys`] signs epoch proofs with an identity's private key and
+//! verifies them against a pinned peer's public key.
 //!
 //! Files, as `vcodr certs init --out DIR` writes them ([`init_dir`]):
 //! `DIR/ca.pem`, `DIR/ca.key` (keep it offline once every certificate is
@@ -50,10 +52,14 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::sign::Signer;
+use rustls::SignatureScheme;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, SubjectPublicKeyInfoDer};
 use thiserror::Error;
 pub use vcodr_core::CertRole;
+use vcodr_core::ProofKeys;
 
 /// Start of every deployment CA's common name; a random suffix tells
 /// deployments apart, so that a certificate of another deployment is
@@ -100,6 +106,14 @@ pub enum CertError {
         /// The file.
         path: PathBuf,
         /// What is wrong.
+        reason: String,
+    },
+    /// The identity's key cannot sign epoch proofs ([`CertKeys`]).
+    #[error("the key of `{name}` cannot sign epoch proofs: {reason}")]
+    Keys {
+        /// Whose key.
+        name: String,
+        /// What is wrong and what to do.
         reason: String,
     },
 }
@@ -270,6 +284,18 @@ impl CertificateAuthority {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<IssuedCert, CertError> {
+        let key = KeyPair::generate().map_err(gen_err(name))?;
+        self.issue_with_key(name, role, not_before, not_after, key)
+    }
+
+    fn issue_with_key(
+        &self,
+        name: &str,
+        role: CertRole,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        key: KeyPair,
+    ) -> Result<IssuedCert, CertError> {
         validate_name(name)?;
         let mut sans = vec![name.to_string()];
         if role == CertRole::Server {
@@ -299,7 +325,6 @@ impl CertificateAuthority {
         params.use_authority_key_identifier_extension = true;
         params.not_before = not_before.into();
         params.not_after = not_after.into();
-        let key = KeyPair::generate().map_err(gen_err(name))?;
         let issuer = Issuer::from_params(&self.params, &self.key);
         let cert = params.signed_by(&key, &issuer).map_err(gen_err(name))?;
         Ok(IssuedCert {
@@ -783,6 +808,139 @@ pub(crate) fn role_uri_pattern(name: &str) -> String {
     format!("{ROLE_URI_PREFIX}<role>:{name}")
 }
 
+/// The signature schemes epoch proofs are signed with, in our order of
+/// preference; the key type decides which one applies.
+pub const PROOF_SCHEMES: [SignatureScheme; 3] = [
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::ED25519,
+];
+
+/// Epoch-proof keys of a TLS identity ([`ProofKeys`]): signs with the
+/// identity's private key and verifies with any public key
+/// (SubjectPublicKeyInfo DER) through rustls' ring provider.
+///
+/// A signature is encoded as the TLS signature scheme (a big-endian `u16`)
+/// followed by the signature the scheme defines, so that the verifier
+/// knows which algorithm made it; only [`PROOF_SCHEMES`] are accepted.
+pub struct CertKeys {
+    name: String,
+    public_key: Vec<u8>,
+    signer: Box<dyn Signer>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl std::fmt::Debug for CertKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertKeys")
+            .field("name", &self.name)
+            .field("scheme", &self.signer.scheme())
+            .field("fingerprint", &key_fingerprint(&self.public_key))
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertKeys {
+    /// The keys of `identity`: its certificate's public key and its private
+    /// key. Fails if it has no certificate, if rustls cannot load the key,
+    /// if the key type signs none of [`PROOF_SCHEMES`] (RSA), or if the key
+    /// does not match the certificate.
+    pub fn new(identity: &TlsIdentity) -> Result<Self, CertError> {
+        let name = identity.name().to_string();
+        let fail = |reason: String| CertError::Keys {
+            name: name.clone(),
+            reason,
+        };
+        let (chain, key) = identity.certified().ok_or_else(|| {
+            fail("it has no certificate and key (an anonymous dialler signs nothing)".into())
+        })?;
+        let public_key = chain
+            .first()
+            .and_then(|c| spki_of(c))
+            .ok_or_else(|| fail("the public key of its certificate cannot be read".into()))?;
+        let provider = crate::quic::crypto_provider();
+        let signing_key = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| fail(format!("rustls cannot load its private key: {e}")))?;
+        let signer = signing_key.choose_scheme(&PROOF_SCHEMES).ok_or_else(|| {
+            fail(format!(
+                "its {:?} key signs none of ECDSA P-256, ECDSA P-384 or Ed25519; \
+                 reissue the certificate with `vcodr certs` (ECDSA P-256)",
+                signing_key.algorithm()
+            ))
+        })?;
+        let keys = CertKeys {
+            name: name.clone(),
+            public_key,
+            signer,
+            algorithms: provider.signature_verification_algorithms,
+        };
+        let probe = b"vcodr: does this key match its certificate?";
+        let signature = keys.try_sign(probe).map_err(|e| fail(e.to_string()))?;
+        if !keys.verify(&keys.public_key, probe, &signature) {
+            return Err(fail(
+                "the private key does not match the certificate's public key; \
+                 check that <name>.key belongs to <name>.pem"
+                    .into(),
+            ));
+        }
+        Ok(keys)
+    }
+
+    fn try_sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        let signature = self.signer.sign(message)?;
+        let mut out = Vec::with_capacity(2 + signature.len());
+        out.extend_from_slice(&u16::from(self.signer.scheme()).to_be_bytes());
+        out.extend_from_slice(&signature);
+        Ok(out)
+    }
+}
+
+impl ProofKeys for CertKeys {
+    fn public_key(&self) -> &[u8] {
+        &self.public_key
+    }
+
+    /// Signs `message`. The provider fails only when the system's random
+    /// number generator does (ECDSA): the signature is then empty, verifies
+    /// nowhere, and the failure is logged.
+    fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.try_sign(message).unwrap_or_else(|e| {
+            tracing::error!(identity = %self.name, error = %e, "cannot sign an epoch proof");
+            Vec::new()
+        })
+    }
+
+    fn verify(&self, public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+        // `rustls::crypto::verify_tls13_signature_with_raw_key` does this
+        // too, but takes a `DigitallySignedStruct`, which only rustls can
+        // build: check through webpki with the provider's algorithms as it does.
+        let Some((scheme, signature)) = signature.split_at_checked(2) else {
+            return false;
+        };
+        let scheme = SignatureScheme::from(u16::from_be_bytes([scheme[0], scheme[1]]));
+        if signature.is_empty() || !PROOF_SCHEMES.contains(&scheme) {
+            return false;
+        }
+        // As in TLS 1.3: the first algorithm the provider maps the scheme to.
+        let Some(algorithm) = self
+            .algorithms
+            .mapping
+            .iter()
+            .find(|(s, _)| *s == scheme)
+            .and_then(|(_, algorithms)| algorithms.first())
+        else {
+            return false;
+        };
+        let spki = SubjectPublicKeyInfoDer::from(public_key);
+        let Ok(key) = webpki::RawPublicKeyEntity::try_from(&spki) else {
+            return false;
+        };
+        key.verify_signature(*algorithm, message, signature).is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -914,6 +1072,175 @@ mod tests {
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(spki_of(&[0x30, 0x00]), None);
+    }
+
+    fn identity_with_key(
+        ca: &CertificateAuthority,
+        name: &str,
+        algorithm: &'static rcgen::SignatureAlgorithm,
+    ) -> TlsIdentity {
+        let now = SystemTime::now();
+        let key = KeyPair::generate_for(algorithm).unwrap();
+        let issued = ca
+            .issue_with_key(name, CertRole::Server, now, now + LEAF_VALIDITY, key)
+            .unwrap();
+        ca.identity(&issued).unwrap()
+    }
+
+    #[test]
+    fn proof_signatures_verify_with_the_signers_key_only() {
+        let ca = CertificateAuthority::new().unwrap();
+        let message = b"vcodr epoch proof v1\0 pair 7 epoch 3".to_vec();
+        for algorithm in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &rcgen::PKCS_ED25519,
+        ] {
+            let what = format!("{algorithm:?}");
+            let identity = identity_with_key(&ca, "a", algorithm);
+            let keys = CertKeys::new(&identity).unwrap();
+            assert_eq!(Some(keys.public_key().to_vec()), identity.public_key());
+            let signature = keys.sign(&message);
+            assert!(signature.len() > 2, "{what}");
+            assert!(
+                keys.verify(keys.public_key(), &message, &signature),
+                "{what}"
+            );
+            // Another certificate of the same CA, even with the same name.
+            let other = CertKeys::new(&ca.issue_identity("a", CertRole::Server).unwrap()).unwrap();
+            assert!(
+                !keys.verify(other.public_key(), &message, &signature),
+                "{what}"
+            );
+            assert!(
+                !other.verify(other.public_key(), &message, &signature),
+                "{what}"
+            );
+            // Any flipped bit of the message or of the signature (scheme included).
+            for bit in 0..message.len() * 8 {
+                let mut flipped = message.clone();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                assert!(
+                    !keys.verify(keys.public_key(), &flipped, &signature),
+                    "{what}: message bit {bit}"
+                );
+            }
+            for bit in 0..signature.len() * 8 {
+                let mut flipped = signature.clone();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                assert!(
+                    !keys.verify(keys.public_key(), &message, &flipped),
+                    "{what}: signature bit {bit}"
+                );
+            }
+            // Cut short, or relabelled with another scheme.
+            for len in 0..signature.len() {
+                assert!(!keys.verify(keys.public_key(), &message, &signature[..len]));
+            }
+            for scheme in PROOF_SCHEMES {
+                let mut relabelled = signature.clone();
+                relabelled[..2].copy_from_slice(&u16::from(scheme).to_be_bytes());
+                let same = relabelled == signature;
+                assert_eq!(
+                    keys.verify(keys.public_key(), &message, &relabelled),
+                    same,
+                    "{what} as {scheme:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn proof_verification_refuses_garbage_and_never_panics() {
+        let ca = CertificateAuthority::new().unwrap();
+        let keys = CertKeys::new(&ca.issue_identity("a", CertRole::Server).unwrap()).unwrap();
+        let spki = keys.public_key().to_vec();
+        let message = b"claim".to_vec();
+        let good = keys.sign(&message);
+        assert!(keys.verify(&spki, &message, &good));
+        for bad in [
+            &[][..],
+            &[0x04],
+            &[0x04, 0x03],
+            &[0xff; 80],
+            b"not a signature",
+        ] {
+            assert!(!keys.verify(&spki, &message, bad), "{bad:?}");
+        }
+        assert!(!keys.verify(&[], &message, &good));
+        assert!(!keys.verify(&[0x30, 0x00], &message, &good));
+        // Arbitrary input: random keys, messages and signatures, random
+        // signatures behind a valid scheme, and cut or noisy copies of the
+        // real key and signature. Nothing verifies, nothing panics.
+        let mut rng = crate::rng::SplitMix64::new(0x5eed);
+        let bytes = |rng: &mut crate::rng::SplitMix64, max: u64| -> Vec<u8> {
+            let len = rng.next_u64() % max;
+            (0..len).map(|_| rng.next_u64() as u8).collect()
+        };
+        for round in 0..3_000u64 {
+            let (key, sig) = match round % 4 {
+                0 => (bytes(&mut rng, 200), bytes(&mut rng, 200)),
+                1 => {
+                    let scheme = PROOF_SCHEMES[(round / 4 % 3) as usize];
+                    let mut sig = u16::from(scheme).to_be_bytes().to_vec();
+                    sig.extend(bytes(&mut rng, 120));
+                    (spki.clone(), sig)
+                }
+                2 => {
+                    let cut = (rng.next_u64() as usize) % spki.len();
+                    (spki[..cut].to_vec(), good.clone())
+                }
+                _ => {
+                    let mut key = spki.clone();
+                    let at = (rng.next_u64() as usize) % key.len();
+                    key[at] = key[at].wrapping_add(1 + (rng.next_u64() % 255) as u8);
+                    (key, good.clone())
+                }
+            };
+            assert!(!keys.verify(&key, &message, &sig), "round {round}");
+        }
+    }
+
+    #[test]
+    fn proof_keys_need_a_matching_key_that_can_sign() {
+        let ca = CertificateAuthority::new().unwrap();
+        let anonymous = TlsIdentity::anonymous(ca.cert_pem()).unwrap();
+        let err = CertKeys::new(&anonymous).unwrap_err().to_string();
+        assert!(err.contains("anonymous"), "{err}");
+        let a = ca.issue("a", CertRole::Server).unwrap();
+        let b = ca.issue("b", CertRole::Server).unwrap();
+        let mismatched = TlsIdentity::from_pem(&a.cert_pem, &b.key_pem, ca.cert_pem()).unwrap();
+        let err = CertKeys::new(&mismatched).unwrap_err().to_string();
+        assert!(
+            err.contains("`a`") && err.contains("does not match"),
+            "{err}"
+        );
+    }
+
+    /// The core's proofs, signed and checked with certificate keys: a
+    /// proof verifies against the pinned key of its signer only.
+    #[test]
+    fn core_epoch_proofs_verify_against_the_pinned_key() {
+        let ca = CertificateAuthority::new().unwrap();
+        let a = vcodr_core::Keys::new(std::sync::Arc::new(
+            CertKeys::new(&ca.issue_identity("a", CertRole::Server).unwrap()).unwrap(),
+        ));
+        let b = vcodr_core::Keys::new(std::sync::Arc::new(
+            CertKeys::new(&ca.issue_identity("b", CertRole::Server).unwrap()).unwrap(),
+        ));
+        let claim = vcodr_core::EpochClaim {
+            pair_id: 7,
+            epoch: 3,
+            holder: 11,
+            holder_name: "b".into(),
+            holder_edge_address: "127.0.0.1:7444".into(),
+        };
+        let proof = b.prove(claim.clone());
+        assert!(a.verify(b.public_key(), &proof), "a checks b's proof");
+        assert!(!a.verify(a.public_key(), &proof), "not a's own key");
+        let mut forged = proof.clone();
+        forged.claim.epoch = 4;
+        assert!(!a.verify(b.public_key(), &forged), "another epoch");
     }
 
     #[test]
