@@ -17,6 +17,7 @@ pub struct Pong(pub u64);
 pub struct Rtt;
 impl Protocol for Rtt {
     const NAME: &'static str = "vcodr-rtt";
+    const ACCEPTS: &'static [CertRole] = &[CertRole::Edge];
     type Request = Ping;
     type Response = Pong;
     type Message = ();

@@ -253,7 +253,7 @@ async fn replication_scenario_over_quic() {
     assert_eq!(state.entries_received, 2_000);
 }
 
-fn refusal(result: Result<Connection<TestProto>, ConnectError>) -> Refusal {
+fn refusal<P: Protocol>(result: Result<Connection<P>, ConnectError>) -> Refusal {
     match result {
         Err(ConnectError::HandshakeRefused { refusal, .. }) => refusal,
         Err(other) => panic!("expected a handshake refusal, got: {other}"),
@@ -348,6 +348,17 @@ async fn bad_certificates_and_names_are_refused_before_any_protocol_message() {
         (0, 0, 0),
         "{counts:?}"
     );
+    // ...each counted under its reason.
+    assert_eq!(
+        (
+            counts.refused_unknown_ca,
+            counts.refused_no_certificate,
+            counts.refused_expired,
+            counts.refused_wrong_role
+        ),
+        (1, 1, 1, 0),
+        "{counts:?}"
+    );
     // ...and the first link it yields is the good client's.
     let good = client(&ca, "edge-4", CertRole::Edge);
     let _link = within("good client", TEST_LIMIT, good.connect(addr, "a"))
@@ -359,10 +370,372 @@ async fn bad_certificates_and_names_are_refused_before_any_protocol_message() {
     assert_eq!(first.peer().as_str(), "edge-4");
 }
 
+/// Binds `name` (a certificate of `role`) and listens for `P`.
+fn listen_as<P: Protocol>(
+    ca: &CertificateAuthority,
+    name: &str,
+    role: CertRole,
+) -> (QuicTransport<P>, Listener<P>) {
+    let identity = ca.issue_identity(name, role).unwrap();
+    let transport = QuicTransport::<P>::bind(loopback(), identity, quick_settings()).unwrap();
+    let listener = transport.listen().unwrap();
+    (transport, listener)
+}
+
+/// A transport of this suite's driver that dials `P` as `identity`.
+fn dialler<P: Protocol>(identity: TlsIdentity) -> QuicTransport<P> {
+    QuicTransport::<P>::bind(loopback(), identity, quick_settings()).unwrap()
+}
+
+#[tokio::test]
+async fn edge_and_gateway_certificates_are_refused_by_the_peer_listener_in_the_handshake() {
+    let ca = CertificateAuthority::new().unwrap();
+    let (_server, mut listener) = listen_as::<PeerTestProto>(&ca, "a", CertRole::Server);
+    let addr = listener.local_addr();
+    for (name, role) in [("edge-1", CertRole::Edge), ("gw-1", CertRole::Gateway)] {
+        let stolen = dialler::<PeerTestProto>(ca.issue_identity(name, role).unwrap());
+        let result = within(name, TEST_LIMIT, stolen.connect(addr, "a")).await;
+        let err = result
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let got = refusal(result);
+        assert_eq!(
+            got,
+            Refusal::WrongRole {
+                name: name.into(),
+                role,
+                accepted: vec![CertRole::Server],
+            },
+            "{got}"
+        );
+        for part in [name, role.as_str(), "accepted: server"] {
+            assert!(err.contains(part), "{part:?} missing from: {err}");
+        }
+    }
+    // The listener refused both in TLS: no hello read, nothing accepted.
+    wait_until("two refused handshakes", TEST_LIMIT, || {
+        listener.counts().refused_wrong_role >= 2
+    })
+    .await;
+    let counts = listener.counts();
+    assert_eq!(
+        (
+            counts.refused_handshakes,
+            counts.refused_wrong_role,
+            counts.accepted,
+            counts.failed_hellos
+        ),
+        (2, 2, 0, 0),
+        "{counts:?}"
+    );
+    // The standby's own peer gets through, and is a server.
+    let peer = dialler::<PeerTestProto>(ca.issue_identity("b", CertRole::Server).unwrap());
+    let (dialled, accepted) = within("the peer", TEST_LIMIT, async {
+        tokio::join!(peer.connect(addr, "a"), listener.accept())
+    })
+    .await;
+    assert_eq!(dialled.unwrap().peer().role(), CertRole::Server);
+    let accepted = accepted.unwrap();
+    assert_eq!(
+        (accepted.peer().as_str(), accepted.peer().role()),
+        ("b", CertRole::Server)
+    );
+}
+
+#[tokio::test]
+async fn the_edge_listener_refuses_servers_and_accepts_edges_and_gateways() {
+    let ca = CertificateAuthority::new().unwrap();
+    let (_server, mut listener) = listen_as::<EdgeTestProto>(&ca, "a", CertRole::Server);
+    let addr = listener.local_addr();
+    // Another server (or a third server certificate of the CA) is no edge.
+    let server = dialler::<EdgeTestProto>(ca.issue_identity("b", CertRole::Server).unwrap());
+    let got = refusal(within("server", TEST_LIMIT, server.connect(addr, "a")).await);
+    assert_eq!(
+        got,
+        Refusal::WrongRole {
+            name: "b".into(),
+            role: CertRole::Server,
+            accepted: vec![CertRole::Edge, CertRole::Gateway],
+        },
+        "{got}"
+    );
+    for (name, role) in [("gw-1", CertRole::Gateway), ("edge-1", CertRole::Edge)] {
+        let client = dialler::<EdgeTestProto>(ca.issue_identity(name, role).unwrap());
+        let (dialled, accepted) = within(name, TEST_LIMIT, async {
+            tokio::join!(client.connect(addr, "a"), listener.accept())
+        })
+        .await;
+        let dialled = dialled.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(dialled.peer().role(), CertRole::Server, "{name}");
+        let accepted = accepted.unwrap();
+        assert_eq!(accepted.peer().as_str(), name);
+        assert_eq!(accepted.peer().role(), role);
+    }
+    let counts = listener.counts();
+    assert_eq!(
+        (counts.refused_wrong_role, counts.accepted),
+        (1, 2),
+        "{counts:?}"
+    );
+}
+
+/// A certificate of `ca` made by hand with rcgen, as another tool (or an
+/// older vcodr) would: DNS names `dns`, URI names `uris`, and the server
+/// and client usages if `serves`, else the client usage only.
+fn hand_made(
+    ca: &CertificateAuthority,
+    dns: &[&str],
+    uris: &[&str],
+    serves: bool,
+) -> (String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    };
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "vcodr-hand-made-{}-{}",
+        std::process::id(),
+        MADE.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    ca.write(&dir).unwrap();
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key")).unwrap()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let mut ca_params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    let ca_name = vcodr_transport::certs::common_name_of(&ca.cert_der().unwrap()).unwrap();
+    dn.push(DnType::CommonName, ca_name);
+    ca_params.distinguished_name = dn;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut params =
+        CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap();
+    for uri in uris {
+        let uri = rcgen::string::Ia5String::try_from(uri.to_string()).unwrap();
+        params.subject_alt_names.push(SanType::URI(uri));
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = if serves {
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ]
+    } else {
+        vec![ExtendedKeyUsagePurpose::ClientAuth]
+    };
+    params.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn a_certificate_of_our_ca_without_a_role_is_refused() {
+    let ca = CertificateAuthority::new().unwrap();
+    // Every role may dial this listener: only the missing role is wrong.
+    let (_server, listener) = listen_as::<TestProto>(&ca, "a", CertRole::Server);
+    let addr = listener.local_addr();
+    for (name, uris) in [
+        ("old-1", &[][..]),
+        // A role URI naming another identity gives no role either.
+        ("edge-5", &["urn:vcodr:server:a"][..]),
+    ] {
+        let (cert, key) = hand_made(&ca, &[name], uris, false);
+        let identity = TlsIdentity::from_pem(&cert, &key, ca.cert_pem()).unwrap();
+        assert_eq!((identity.name(), identity.role()), (name, None));
+        let result = within(
+            name,
+            TEST_LIMIT,
+            dialler::<TestProto>(identity).connect(addr, "a"),
+        )
+        .await;
+        let err = result
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            refusal(result),
+            Refusal::NoRole { name: name.into() },
+            "{err}"
+        );
+        assert!(err.contains("reissue"), "{err}");
+    }
+    wait_until("two refused handshakes", TEST_LIMIT, || {
+        listener.counts().refused_no_role >= 2
+    })
+    .await;
+    let counts = listener.counts();
+    assert_eq!(
+        (counts.refused_handshakes, counts.accepted),
+        (2, 0),
+        "{counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_peer_id_carries_the_proven_role_and_public_key() {
+    let ca = CertificateAuthority::new().unwrap();
+    let server_identity = ca.issue_identity("a", CertRole::Server).unwrap();
+    let server_key = server_identity.public_key().unwrap();
+    let server =
+        QuicTransport::<TestProto>::bind(loopback(), server_identity, quick_settings()).unwrap();
+    let mut listener = server.listen().unwrap();
+    let addr = listener.local_addr();
+    let edge_identity = ca.issue_identity("edge-1", CertRole::Edge).unwrap();
+    let edge_key = edge_identity.public_key().unwrap();
+    let edge = dialler::<TestProto>(edge_identity);
+    let mut fingerprints = Vec::new();
+    let mut first = None;
+    for round in 0..2 {
+        let (dialled, accepted) = within("link up", TEST_LIMIT, async {
+            tokio::join!(edge.connect(addr, "a"), listener.accept())
+        })
+        .await;
+        let (dialled, accepted) = (dialled.unwrap(), accepted.unwrap());
+        let peer = accepted.peer();
+        assert_eq!(peer.public_key(), &edge_key[..], "round {round}");
+        assert_eq!(peer.role(), CertRole::Edge);
+        assert_eq!(peer.to_string(), "edge-1");
+        let fingerprint = peer.fingerprint();
+        assert_eq!(fingerprint.len(), 64);
+        assert!(fingerprint
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+        assert_eq!(
+            fingerprint,
+            vcodr_transport::certs::key_fingerprint(&edge_key)
+        );
+        fingerprints.push(fingerprint);
+        first.get_or_insert_with(|| peer.clone());
+        let pinned = peer.to_core();
+        assert_eq!(
+            (pinned.name.as_str(), &pinned.public_key[..]),
+            ("edge-1", &edge_key[..])
+        );
+        // And the dialler sees the server's key.
+        assert_eq!(dialled.peer().public_key(), &server_key[..]);
+        assert_eq!(dialled.peer().role(), CertRole::Server);
+    }
+    assert_eq!(fingerprints[0], fingerprints[1], "stable across links");
+    // Another certificate of the same name has another key.
+    let twin = dialler::<TestProto>(ca.issue_identity("edge-1", CertRole::Edge).unwrap());
+    let (_dialled, accepted) = within("twin", TEST_LIMIT, async {
+        tokio::join!(twin.connect(addr, "a"), listener.accept())
+    })
+    .await;
+    let accepted = accepted.unwrap();
+    assert_eq!(accepted.peer().as_str(), "edge-1");
+    assert_ne!(accepted.peer().fingerprint(), fingerprints[0]);
+    assert_ne!(
+        accepted.peer(),
+        &first.expect("two links were up"),
+        "same name, other key"
+    );
+}
+
+#[tokio::test]
+async fn only_server_certificates_can_serve() {
+    let ca = CertificateAuthority::new().unwrap();
+    // Our own API refuses to listen with an edge certificate...
+    let edge_identity = ca.issue_identity("edge-1", CertRole::Edge).unwrap();
+    let err = quic::server_tls_config::<TestProto>(&edge_identity).unwrap_err();
+    assert!(err.to_string().contains("role `edge`"), "{err}");
+    let edge_transport = dialler::<TestProto>(edge_identity);
+    let err = edge_transport.listen().unwrap_err();
+    assert!(
+        matches!(err, SetupError::Tls { .. })
+            && err.to_string().contains("must have role `server`"),
+        "{err}"
+    );
+    // ...and a listener made by hand (a holder of a stolen edge
+    // certificate, or a certificate without a role) is refused by every
+    // dialler, whatever the key usages say.
+    let plain_edge = ca.issue("edge-2", CertRole::Edge).unwrap();
+    let edge_with_server_usage = hand_made(&ca, &["edge-6"], &["urn:vcodr:edge:edge-6"], true);
+    let roleless_server = hand_made(&ca, &["a"], &[], true);
+    let cases = [
+        (
+            "a plain edge certificate",
+            (plain_edge.cert_pem, plain_edge.key_pem),
+            "edge-2",
+            None,
+        ),
+        (
+            "an edge certificate with the server usage",
+            edge_with_server_usage,
+            "edge-6",
+            Some(Refusal::WrongRole {
+                name: "edge-6".into(),
+                role: CertRole::Edge,
+                accepted: vec![CertRole::Server],
+            }),
+        ),
+        (
+            "a server certificate without a role",
+            roleless_server,
+            "a",
+            Some(Refusal::NoRole { name: "a".into() }),
+        ),
+    ];
+    let client = dialler::<TestProto>(ca.issue_identity("b", CertRole::Server).unwrap());
+    for (what, (cert, key), name, expected) in cases {
+        let (_endpoint, addr) = hand_made_listener(&cert, &key);
+        let got = refusal(within(what, TEST_LIMIT, client.connect(addr, name)).await);
+        match expected {
+            Some(expected) => assert_eq!(got, expected, "{what}: {got}"),
+            // webpki refuses it first: no server usage.
+            None => assert!(
+                got.to_string().contains("extended key usage for server"),
+                "{what}: {got}"
+            ),
+        }
+    }
+}
+
+/// A QUIC listener for [`TestProto`] made with quinn and rustls directly,
+/// presenting `cert_pem` and asking for no client certificate: what the
+/// holder of a stolen certificate could run.
+fn hand_made_listener(cert_pem: &str, key_pem: &str) -> (quinn::Endpoint, SocketAddr) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let mut tls = rustls::ServerConfig::builder_with_provider(quic::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    tls.alpn_protocols = vec![TestProto::NAME.as_bytes().to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+    let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let endpoint = quinn::Endpoint::server(config, loopback()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let accepting = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accepting.accept().await {
+            tokio::spawn(async move {
+                if let Ok(conn) = incoming.await {
+                    conn.closed().await;
+                }
+            });
+        }
+    });
+    (endpoint, addr)
+}
+
 /// A link kind with another ALPN: an edge dialling the peer port.
 struct OtherProto;
 impl Protocol for OtherProto {
     const NAME: &'static str = "vcodr-other";
+    const ACCEPTS: &'static [CertRole] = &CertRole::ALL;
     type Request = TestRequest;
     type Response = TestResponse;
     type Message = LogMessage;
@@ -463,7 +836,7 @@ async fn raw_link(
     server: SocketAddr,
 ) -> (quinn::Endpoint, quinn::Connection) {
     let identity = ca.issue_identity(name, CertRole::Edge).unwrap();
-    let tls = quic::client_tls_config(&identity, TestProto::NAME.as_bytes()).unwrap();
+    let tls = quic::client_tls_config::<TestProto>(&identity).unwrap();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client(loopback()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
