@@ -31,7 +31,8 @@
 //!   certificate is not a server's by every dialler. Both ends report
 //!   [`Refusal::WrongRole`] naming the certificate, its role and the roles
 //!   accepted; a certificate without a role gets [`Refusal::NoRole`].
-//!   Refusals are counted per reason ([`ListenerCounts`]).
+//!   Refusals are counted per reason ([`ListenerCounts`]) and logged so that
+//!   a flood of them costs a few lines per 10 s, not one line each.
 //! - [`Transport::connect`] dials an address and expects a server name; it
 //!   returns only after TLS *and* the hello succeeded (a QUIC client without
 //!   a certificate gets `Ok` from quinn's `connect` and is refused a moment
@@ -146,6 +147,7 @@ use vcodr_core::CertRole;
 pub mod certs;
 mod error;
 mod link;
+mod log_limit;
 pub mod mem;
 pub mod quic;
 pub mod reconnect;

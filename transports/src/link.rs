@@ -13,6 +13,7 @@ use vcodr_core::codec::{self, DecodeError, EncodeError, FRAME_HEADER_LEN};
 use vcodr_core::{CertRole, PeerIdentity};
 
 use crate::error::{CloseReason, LinkClosed, Refusal, RequestError, RespondError, SendError};
+use crate::log_limit::RefusalLog;
 use crate::Protocol;
 
 /// A peer's authenticated identity, read from its verified certificate
@@ -728,8 +729,7 @@ pub(crate) struct ListenerStats {
     refused_timed_out: AtomicU64,
     version_mismatches: AtomicU64,
     failed_hellos: AtomicU64,
-    /// Protocol and address, for logs.
-    place: String,
+    log: RefusalLog,
 }
 
 /// What a listener has accepted and refused so far ([`Listener::counts`]).
@@ -772,7 +772,7 @@ impl ListenerStats {
             refused_timed_out: AtomicU64::new(0),
             version_mismatches: AtomicU64::new(0),
             failed_hellos: AtomicU64::new(0),
-            place: format!("{protocol} {addr}"),
+            log: RefusalLog::new(protocol, addr),
         }
     }
 
@@ -796,7 +796,8 @@ impl ListenerStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a refused connection from `from` and logs it. `name` is the certificate's name when TLS
+    /// Counts a refused connection from `from` and logs it, rate-limited
+    /// ([`crate::log_limit`]). `name` is the certificate's name when TLS
     /// verified it (never an unverified one); `detail` says what was wrong.
     pub(crate) fn refused(
         &self,
@@ -828,14 +829,7 @@ impl ListenerStats {
         if let Some(part) = part {
             Self::bump(part);
         }
-        tracing::warn!(
-            listener = %self.place,
-            remote = %from,
-            peer = name,
-            reason = why.label(),
-            "refused a connection on {} from {from}: {detail}",
-            self.place
-        );
+        self.log.refused(why.label(), from, name, detail);
     }
 }
 
