@@ -796,19 +796,28 @@ fn refusal_of(e: &ConnectionError, expected: &str) -> Option<Refusal> {
 }
 
 /// How a listener counts and logs a handshake that failed with `e`: the
-/// reason, the certificate's name if it verified (role refusals), and what
-/// to log.
+/// reason, the certificate's name if our verifier read it (role
+/// refusals), and what to log.
+///
+/// Only our own TLS errors count under a certificate reason: a refusal the
+/// dialler sent us is about *our* certificate (it refused our name, CA or
+/// role), and its text is of the dialler's choosing.
 pub(crate) fn classify_refusal(e: &ConnectionError) -> (Refused, Option<String>, String) {
+    if let ConnectionError::ConnectionClosed(_) = e {
+        return (
+            Refused::OtherTls,
+            None,
+            format!("the dialler refused the handshake ({e})"),
+        );
+    }
     match refusal_of(e, "") {
         Some(refusal) => {
-            let name = match &refusal {
-                Refusal::WrongRole { name, .. } | Refusal::NoRole { name } => Some(name.clone()),
-                _ => None,
-            };
-            let detail = match &refusal {
+            let (name, detail) = match &refusal {
                 // The refusal says it all; rustls' text repeats it.
-                Refusal::WrongRole { .. } | Refusal::NoRole { .. } => refusal.to_string(),
-                _ => format!("{refusal} ({e})"),
+                Refusal::WrongRole { name, .. } | Refusal::NoRole { name } => {
+                    (Some(name.clone()), refusal.to_string())
+                }
+                _ => (None, format!("{refusal} ({e})")),
             };
             (Refused::of(&refusal), name, detail)
         }
@@ -1381,5 +1390,46 @@ async fn accept_ordered<P: Protocol>(
             conn.close(code::PROTOCOL_VIOLATION, reason.as_bytes());
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROLE_TEXT: &str = "invalid peer certificate: Other(OtherError(certificate `edge-9` \
+        has role `edge`, which may not dial the `vcodr-peer` link (accepted: server); use a \
+        certificate of an accepted role))";
+
+    /// Our verifier's refusal names the certificate; the same text in a
+    /// dialler's close is the dialler's word about our certificate, and
+    /// counts as nothing more.
+    #[test]
+    fn only_our_own_role_refusals_name_a_certificate() {
+        let local = ConnectionError::TransportError(quinn_proto::TransportError {
+            code: quinn_proto::TransportErrorCode::crypto(TLS_ALERT_CERTIFICATE_UNKNOWN),
+            frame: None,
+            reason: ROLE_TEXT.into(),
+        });
+        let (why, name, detail) = classify_refusal(&local);
+        assert_eq!((why, name.as_deref()), (Refused::WrongRole, Some("edge-9")));
+        assert!(detail.contains("accepted: server"), "{detail}");
+
+        let remote = ConnectionError::ConnectionClosed(quinn_proto::ConnectionClose {
+            error_code: quinn_proto::TransportErrorCode::crypto(TLS_ALERT_CERTIFICATE_UNKNOWN),
+            frame_type: None,
+            reason: ROLE_TEXT.as_bytes().to_vec().into(),
+        });
+        let (why, name, _) = classify_refusal(&remote);
+        assert_eq!((why, name), (Refused::OtherTls, None));
+        // The dialler, refused by a listener, reads the role refusal back.
+        assert_eq!(
+            refusal_of(&remote, "a"),
+            Some(Refusal::WrongRole {
+                name: "edge-9".into(),
+                role: vcodr_core::CertRole::Edge,
+                accepted: vec![vcodr_core::CertRole::Server],
+            })
+        );
     }
 }
