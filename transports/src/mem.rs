@@ -518,79 +518,82 @@ impl<P: Protocol> Transport<P> for MemTransport<P> {
                 }
             }
         };
-        let (accept, identity, server_key, hello, server_max_frame, stats, round_trip) = match dial
-        {
-            Dial::Partitioned => {
-                tokio::time::sleep(timeout).await;
-                return Err(ConnectError::TimedOut {
-                    addr,
-                    server_name: name,
-                    after: timeout,
-                });
-            }
-            Dial::Nobody => {
-                return Err(ConnectError::Failed {
-                    addr,
-                    server_name: name,
-                    reason: "nothing listens there".into(),
-                })
-            }
-            Dial::WrongProtocol(theirs, stats) => {
-                let detail = format!("peer speaks `{}`, not `{theirs}`", P::NAME);
-                stats.refused(Refused::WrongProtocol, self.addr, None, &detail);
-                return Err(refused(Refusal::WrongProtocol { expected: P::NAME }));
-            }
-            Dial::Found {
-                accept,
-                identity,
-                public_key,
-                trust_domain,
-                protocol,
-                hello,
-                settings_max_frame,
-                stats,
-                round_trip,
-            } => {
-                debug_assert_eq!(protocol, P::NAME);
-                if trust_domain != self.trust_domain {
-                    let refusal = Refusal::UnknownCa;
-                    stats.refused(Refused::UnknownCa, self.addr, None, &refusal);
-                    return Err(refused(refusal));
+        let (accept, identity, server_key, dial_role, hello, server_max_frame, stats, round_trip) =
+            match dial {
+                Dial::Partitioned => {
+                    tokio::time::sleep(timeout).await;
+                    return Err(ConnectError::TimedOut {
+                        addr,
+                        server_name: name,
+                        after: timeout,
+                    });
                 }
-                if identity != server_name {
-                    return Err(refused(Refusal::WrongName {
-                        expected: server_name.to_string(),
-                    }));
+                Dial::Nobody => {
+                    return Err(ConnectError::Failed {
+                        addr,
+                        server_name: name,
+                        reason: "nothing listens there".into(),
+                    })
                 }
-                // The listener's verifier: the dialler's role must be accepted.
-                let role = self.role.or_else(|| P::ACCEPTS.first().copied());
-                let refusal = match role {
-                    Some(role) if P::ACCEPTS.contains(&role) => None,
-                    Some(role) => Some(Refusal::WrongRole {
-                        name: self.identity.clone(),
-                        role,
-                        accepted: P::ACCEPTS.to_vec(),
-                    }),
-                    None => Some(Refusal::NoRole {
-                        name: self.identity.clone(),
-                    }),
-                };
-                if let Some(refusal) = refusal {
-                    let why = Refused::of(&refusal);
-                    stats.refused(why, self.addr, Some(&self.identity), &refusal);
-                    return Err(refused(refusal));
+                Dial::WrongProtocol(theirs, stats) => {
+                    let detail = format!("peer speaks `{}`, not `{theirs}`", P::NAME);
+                    stats.refused(Refused::WrongProtocol, self.addr, None, &detail);
+                    return Err(refused(Refusal::WrongProtocol { expected: P::NAME }));
                 }
-                (
+                Dial::Found {
                     accept,
                     identity,
                     public_key,
+                    trust_domain,
+                    protocol,
                     hello,
                     settings_max_frame,
                     stats,
                     round_trip,
-                )
-            }
-        };
+                } => {
+                    debug_assert_eq!(protocol, P::NAME);
+                    if trust_domain != self.trust_domain {
+                        let refusal = Refusal::UnknownCa;
+                        stats.refused(Refused::UnknownCa, self.addr, None, &refusal);
+                        return Err(refused(refusal));
+                    }
+                    if identity != server_name {
+                        return Err(refused(Refusal::WrongName {
+                            expected: server_name.to_string(),
+                        }));
+                    }
+                    // The listener's verifier: the dialler's role must be accepted.
+                    let role = match self.role.or_else(|| P::ACCEPTS.first().copied()) {
+                        Some(role) if P::ACCEPTS.contains(&role) => Ok(role),
+                        Some(role) => Err(Refusal::WrongRole {
+                            name: self.identity.clone(),
+                            role,
+                            accepted: P::ACCEPTS.to_vec(),
+                        }),
+                        None => Err(Refusal::NoRole {
+                            name: self.identity.clone(),
+                        }),
+                    };
+                    let role = match role {
+                        Ok(role) => role,
+                        Err(refusal) => {
+                            let why = Refused::of(&refusal);
+                            stats.refused(why, self.addr, Some(&self.identity), &refusal);
+                            return Err(refused(refusal));
+                        }
+                    };
+                    (
+                        accept,
+                        identity,
+                        public_key,
+                        role,
+                        hello,
+                        settings_max_frame,
+                        stats,
+                        round_trip,
+                    )
+                }
+            };
         let version = match negotiate(&self.settings.hello, &hello) {
             Ok(version) => version,
             Err(mismatch) => {
@@ -625,8 +628,6 @@ impl<P: Protocol> Transport<P> for MemTransport<P> {
         };
         let client_end = End::new(&self.settings);
         let server_end = End::new(&self.settings);
-        // Checked above: the dialler's role is one of `P::ACCEPTS`.
-        let dial_role = self.role.or_else(|| P::ACCEPTS.first().copied());
         let client_info = LinkInfo {
             peer: PeerId::new(P::SERVES, identity, server_key.to_vec()),
             addr,
@@ -634,11 +635,7 @@ impl<P: Protocol> Transport<P> for MemTransport<P> {
             protocol: P::NAME,
         };
         let server_info = LinkInfo {
-            peer: PeerId::new(
-                dial_role.unwrap_or(P::SERVES),
-                self.identity.clone(),
-                self.public_key().to_vec(),
-            ),
+            peer: PeerId::new(dial_role, self.identity.clone(), self.public_key().to_vec()),
             addr: self.addr,
             version,
             protocol: P::NAME,
