@@ -10,9 +10,10 @@
 //! thousands of mostly idle edge links). The two speak the same protocol.
 //!
 //! # Model
-//! - A [`Protocol`] names a link kind (its ALPN) and its three message types:
-//!   requests, their responses, and one-way messages. The crate is generic
-//!   over them; it knows nothing of vcodr's messages.
+//! - A [`Protocol`] names a link kind (its ALPN), the certificate roles
+//!   that may take each side of it, and its three message types: requests,
+//!   their responses, and one-way messages. The crate is generic over them;
+//!   it knows nothing of vcodr's messages.
 //! - [`Transport::listen`] yields a [`Listener`]; each [`Listener::accept`]
 //!   is a **link-up** event: a [`Connection`] whose peer proved its identity
 //!   with a certificate from the deployment CA and completed the protocol
