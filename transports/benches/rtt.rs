@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vcodr_transport::certs::{CertKind, CertificateAuthority};
+use vcodr_transport::certs::{CertRole, CertificateAuthority};
 use vcodr_transport::quic::QuicTransport;
 use vcodr_transport::{Connection, Settings, Transport};
 
@@ -24,7 +24,7 @@ fn setup(
         let (server, addr) = echo_server(&ca, Settings::default()).expect("echo server");
         let edge = QuicTransport::<Rtt>::bind(
             loopback(),
-            ca.issue_identity("edge-1", CertKind::Client).expect("cert"),
+            ca.issue_identity("edge-1", CertRole::Edge).expect("cert"),
             Settings::default(),
         )
         .expect("bind");

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vcodr_transport::certs::{CertKind, CertificateAuthority};
+use vcodr_transport::certs::{CertRole, CertificateAuthority};
 use vcodr_transport::quic::QuicTransport;
 use vcodr_transport::{Settings, Transport};
 
@@ -42,7 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let edge = QuicTransport::<Rtt>::bind(
         loopback(),
-        ca.issue_identity("edge-1", CertKind::Client)?,
+        ca.issue_identity("edge-1", CertRole::Edge)?,
         settings.clone(),
     )?;
     let link = edge.connect(addr, "a").await?;
@@ -84,7 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|i| {
                 QuicTransport::<Rtt>::bind(
                     loopback(),
-                    ca.issue_identity(&format!("sock-{i}"), CertKind::Client)
+                    ca.issue_identity(&format!("sock-{i}"), CertRole::Edge)
                         .unwrap(),
                     settings.clone(),
                 )
@@ -95,7 +95,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|i| {
                 sockets[i % 8]
                     .with_identity(
-                        ca.issue_identity(&format!("edge-{i:05}"), CertKind::Client)
+                        ca.issue_identity(&format!("edge-{i:05}"), CertRole::Edge)
                             .unwrap(),
                     )
                     .unwrap()

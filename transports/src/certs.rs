@@ -1,12 +1,41 @@
 //! A deployment CA and its certificates, made with rcgen, stored as PEM.
 //!
-//! One CA signs every server and client certificate of a deployment. A
-//! certificate's identity is its first DNS subject alternative name (also
-//! its common name): a server's name (`a`) or an edge's client id
-//! (`edge-00001`). Server certificates also name `localhost` and `127.0.0.1`
-//! so that loopback tools can reach them, and carry both the server and the
-//! client extended key usage (a server dials its peer); client certificates
-//! carry the client usage only, so an edge can never pose as a server.
+//! One CA signs every server, edge and gateway certificate of a deployment.
+//! Each certificate carries, signed together in one extension:
+//! - its **identity**, its first DNS subject alternative name (also its
+//!   common name): a server's name (`a`) or an edge's client id
+//!   (`edge-00001`) ([`identity_of`]);
+//! - its **role** ([`CertRole`]: `server`, `edge` or `gateway`), as a URI
+//!   subject alternative name `urn:vcodr:<role>:<name>` naming the same
+//!   identity, e.g. `urn:vcodr:edge:edge-00001` ([`role_of`]). A
+//!   certificate without exactly one such URI, or whose URI names another
+//!   identity, has no role: every vcodr link refuses it in the TLS handshake
+//!   (certificates made before roles existed must be reissued).
+//!
+//! Server certificates also name `localhost` and `127.0.0.1` so that
+//! loopback tools can reach them, and carry both the server and the client
+//! extended key usage (a server dials its peer); edge and gateway
+//! certificates carry the client usage only.
+//!
+//! # Why a role URI, not an intermediate CA per role
+//! - One CA file to distribute and trust (`ca.pem`) and one key to keep
+//!   offline. With a CA per role, every listener would have to trust
+//!   exactly the right intermediates, and rustls' verifier accepts any chain
+//!   up to a trusted root: a mistake in a trust store would silently let
+//!   edges onto the peer port.
+//! - The role is checked by our own verifier once rustls has verified the
+//!   chain, in one place, against what the link kind declares
+//!   ([`Protocol::ACCEPTS`](crate::Protocol::ACCEPTS)).
+//! - Name and role are signed together in the same extension of the same
+//!   certificate, so a holder cannot combine one certificate's name with
+//!   another's role. (Extended key usages cannot say it: edges and gateways
+//!   share the client usage, and server certificates carry it too.)
+//!
+//! # Keys
+//! [`spki_of`] reads a certificate's public key, which pairing pins;
+//! [`key_fingerprint`] is the SHA-256 rendering operators compare.
+//! [`CertKeys`] signs epoch proofs with an identity's private key and
+//! verifies them against a pinned peer's public key.
 //!
 //! Files, as `vcodr certs init --out DIR` writes them ([`init_dir`]):
 //! `DIR/ca.pem`, `DIR/ca.key` (keep it offline once every certificate is
@@ -18,13 +47,19 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use rcgen::string::Ia5String;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::sign::Signer;
+use rustls::SignatureScheme;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, SubjectPublicKeyInfoDer};
 use thiserror::Error;
+pub use vcodr_core::CertRole;
+use vcodr_core::ProofKeys;
 
 /// Start of every deployment CA's common name; a random suffix tells
 /// deployments apart, so that a certificate of another deployment is
@@ -73,6 +108,14 @@ pub enum CertError {
         /// What is wrong.
         reason: String,
     },
+    /// The identity's key cannot sign epoch proofs ([`CertKeys`]).
+    #[error("the key of `{name}` cannot sign epoch proofs: {reason}")]
+    Keys {
+        /// Whose key.
+        name: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
 }
 
 /// Checks that `name` can be a certificate identity: a lower-case DNS name,
@@ -103,13 +146,12 @@ pub fn validate_name(name: &str) -> Result<(), CertError> {
     }
 }
 
-/// What a certificate is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CertKind {
-    /// A server: serves edges and its peer, and dials its peer.
-    Server,
-    /// An edge or gateway: dials servers only.
-    Client,
+/// Start of the role URI every certificate carries: `urn:vcodr:<role>:<name>`.
+pub const ROLE_URI_PREFIX: &str = "urn:vcodr:";
+
+/// The role URI of a certificate of `role` for `name`.
+pub fn role_uri(role: CertRole, name: &str) -> String {
+    format!("{ROLE_URI_PREFIX}{}:{name}", role.as_str())
 }
 
 /// A certificate and its private key, as PEM.
@@ -117,6 +159,8 @@ pub enum CertKind {
 pub struct IssuedCert {
     /// The identity it carries.
     pub name: String,
+    /// The role it carries.
+    pub role: CertRole,
     /// The certificate, PEM.
     pub cert_pem: String,
     /// The private key (PKCS#8), PEM.
@@ -127,6 +171,7 @@ impl std::fmt::Debug for IssuedCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IssuedCert")
             .field("name", &self.name)
+            .field("role", &self.role)
             .finish_non_exhaustive()
     }
 }
@@ -223,10 +268,11 @@ impl CertificateAuthority {
         })
     }
 
-    /// Issues a certificate for `name`, valid for [`LEAF_VALIDITY`] from now.
-    pub fn issue(&self, name: &str, kind: CertKind) -> Result<IssuedCert, CertError> {
+    /// Issues a certificate of `role` for `name`, valid for
+    /// [`LEAF_VALIDITY`] from now.
+    pub fn issue(&self, name: &str, role: CertRole) -> Result<IssuedCert, CertError> {
         let now = SystemTime::now();
-        self.issue_valid(name, kind, now - CLOCK_SKEW_ALLOWANCE, now + LEAF_VALIDITY)
+        self.issue_valid(name, role, now - CLOCK_SKEW_ALLOWANCE, now + LEAF_VALIDITY)
     }
 
     /// Issues a certificate valid from `not_before` to `not_after` (tests use
@@ -234,13 +280,25 @@ impl CertificateAuthority {
     pub fn issue_valid(
         &self,
         name: &str,
-        kind: CertKind,
+        role: CertRole,
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<IssuedCert, CertError> {
+        let key = KeyPair::generate().map_err(gen_err(name))?;
+        self.issue_with_key(name, role, not_before, not_after, key)
+    }
+
+    fn issue_with_key(
+        &self,
+        name: &str,
+        role: CertRole,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        key: KeyPair,
+    ) -> Result<IssuedCert, CertError> {
         validate_name(name)?;
         let mut sans = vec![name.to_string()];
-        if kind == CertKind::Server {
+        if role == CertRole::Server {
             for extra in ["localhost", "127.0.0.1"] {
                 if extra != name {
                     sans.push(extra.to_string());
@@ -248,28 +306,30 @@ impl CertificateAuthority {
             }
         }
         let mut params = CertificateParams::new(sans).map_err(gen_err(name))?;
+        let uri = Ia5String::try_from(role_uri(role, name)).map_err(gen_err(name))?;
+        params.subject_alt_names.push(SanType::URI(uri));
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = match kind {
-            CertKind::Server => {
+        params.extended_key_usages = match role {
+            CertRole::Server => {
                 vec![
                     ExtendedKeyUsagePurpose::ServerAuth,
                     ExtendedKeyUsagePurpose::ClientAuth,
                 ]
             }
-            CertKind::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            CertRole::Edge | CertRole::Gateway => vec![ExtendedKeyUsagePurpose::ClientAuth],
         };
         params.use_authority_key_identifier_extension = true;
         params.not_before = not_before.into();
         params.not_after = not_after.into();
-        let key = KeyPair::generate().map_err(gen_err(name))?;
         let issuer = Issuer::from_params(&self.params, &self.key);
         let cert = params.signed_by(&key, &issuer).map_err(gen_err(name))?;
         Ok(IssuedCert {
             name: name.to_string(),
+            role,
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
@@ -281,8 +341,8 @@ impl CertificateAuthority {
     }
 
     /// Issues a certificate and returns its identity: the one-liner for tests.
-    pub fn issue_identity(&self, name: &str, kind: CertKind) -> Result<TlsIdentity, CertError> {
-        self.identity(&self.issue(name, kind)?)
+    pub fn issue_identity(&self, name: &str, role: CertRole) -> Result<TlsIdentity, CertError> {
+        self.identity(&self.issue(name, role)?)
     }
 
     /// Writes `DIR/ca.pem` and `DIR/ca.key` (mode 0600).
@@ -310,8 +370,10 @@ pub fn write_issued(dir: &Path, issued: &IssuedCert) -> Result<(), CertError> {
     )
 }
 
-/// Makes a CA, a certificate for each server and each client, and writes them
-/// all to `dir` (created if missing). Refuses to overwrite an existing
+/// Makes a CA, a certificate for each server (role `server`) and each edge
+/// (role `edge`; `clients`), and writes them all to `dir` (created if
+/// missing). Gateways: [`CertificateAuthority::issue`] with
+/// [`CertRole::Gateway`], then [`write_issued`]. Refuses to overwrite an existing
 /// `ca.pem`, so a deployment's CA is never replaced by accident.
 pub fn init_dir(
     dir: &Path,
@@ -344,10 +406,10 @@ pub fn init_dir(
     let ca = CertificateAuthority::new()?;
     ca.write(dir)?;
     for name in servers {
-        write_issued(dir, &ca.issue(name, CertKind::Server)?)?;
+        write_issued(dir, &ca.issue(name, CertRole::Server)?)?;
     }
     for name in clients {
-        write_issued(dir, &ca.issue(name, CertKind::Client)?)?;
+        write_issued(dir, &ca.issue(name, CertRole::Edge)?)?;
     }
     Ok(ca)
 }
@@ -383,6 +445,7 @@ fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), CertErro
 /// deployment CA it trusts.
 pub struct TlsIdentity {
     name: String,
+    role: Option<CertRole>,
     certified: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     roots: Vec<CertificateDer<'static>>,
 }
@@ -391,6 +454,7 @@ impl Clone for TlsIdentity {
     fn clone(&self) -> Self {
         TlsIdentity {
             name: self.name.clone(),
+            role: self.role,
             certified: self
                 .certified
                 .as_ref()
@@ -404,6 +468,7 @@ impl std::fmt::Debug for TlsIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsIdentity")
             .field("name", &self.name)
+            .field("role", &self.role)
             .field("has_certificate", &self.certified.is_some())
             .finish_non_exhaustive()
     }
@@ -431,7 +496,7 @@ fn certs_from_pem(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>,
 
 impl TlsIdentity {
     /// Loads `DIR/<name>.pem`, `DIR/<name>.key` and the CA `DIR/ca.pem`.
-    /// Checks that the certificate really names `name`.
+    /// Checks that the certificate really names `name` and carries a role.
     pub fn load(dir: &Path, name: &str) -> Result<Self, CertError> {
         validate_name(name)?;
         let cert_path = dir.join(format!("{name}.pem"));
@@ -462,6 +527,16 @@ impl TlsIdentity {
                 reason: format!("the certificate names `{}`, not `{name}`", identity.name),
             });
         }
+        if identity.role.is_none() {
+            return Err(CertError::Pem {
+                path: cert_path,
+                reason: format!(
+                    "the certificate carries no vcodr role (no `{}` subject alternative \
+                     name): every vcodr link would refuse it; reissue it with `vcodr certs`",
+                    role_uri_pattern(name)
+                ),
+            });
+        }
         Ok(identity)
     }
 
@@ -474,7 +549,10 @@ impl TlsIdentity {
         TlsIdentity::from_parts(chain, key, roots)
     }
 
-    /// Builds an identity from DER; the name is the certificate's first DNS name.
+    /// Builds an identity from DER; the name is the certificate's first DNS
+    /// name, the role its role URI ([`role_of`]). A certificate without a
+    /// role is taken (its [`role`](Self::role) is `None`), but every vcodr
+    /// listener refuses it and it cannot listen: tests use it to prove so.
     pub fn from_parts(
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
@@ -488,8 +566,10 @@ impl TlsIdentity {
                 reason: "the certificate names no identity (no DNS subject alternative name)"
                     .into(),
             })?;
+        let role = chain.first().and_then(|c| role_of(c)).map(|(role, _)| role);
         Ok(TlsIdentity {
             name,
+            role,
             certified: Some((chain, key)),
             roots,
         })
@@ -500,6 +580,7 @@ impl TlsIdentity {
     pub fn anonymous(ca_pem: &str) -> Result<Self, CertError> {
         Ok(TlsIdentity {
             name: String::new(),
+            role: None,
             certified: None,
             roots: certs_from_pem(ca_pem, "CA certificate")?,
         })
@@ -508,6 +589,18 @@ impl TlsIdentity {
     /// The identity the certificate carries (empty for an anonymous dialler).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The role the certificate carries; `None` for an anonymous dialler or
+    /// a certificate without a valid role URI.
+    pub fn role(&self) -> Option<CertRole> {
+        self.role
+    }
+
+    /// The SubjectPublicKeyInfo (DER) of the certificate; `None` for an
+    /// anonymous dialler.
+    pub fn public_key(&self) -> Option<Vec<u8>> {
+        spki_of(self.certified.as_ref()?.0.first()?)
     }
 
     pub(crate) fn certified(
@@ -552,6 +645,8 @@ const TAG_OID: u8 = 0x06;
 const TAG_BOOLEAN: u8 = 0x01;
 const TAG_OCTET_STRING: u8 = 0x04;
 const TAG_DNS_NAME: u8 = 0x82;
+/// uniformResourceIdentifier \[6\] of a GeneralName.
+const TAG_URI: u8 = 0x86;
 /// 2.5.29.17, subjectAltName.
 const OID_SUBJECT_ALT_NAME: [u8; 3] = [0x55, 0x1d, 0x11];
 
@@ -598,11 +693,9 @@ pub fn common_name_of(cert_der: &[u8]) -> Option<String> {
     None
 }
 
-/// The identity a certificate carries: its first DNS subject alternative name.
-///
-/// Call it on certificates that TLS has already verified (it reads, it does
-/// not verify); `None` if the DER holds no DNS name.
-pub fn identity_of(cert_der: &[u8]) -> Option<String> {
+/// The GeneralNames of a certificate's subjectAltName extension (the
+/// contents of its SEQUENCE), if it has one.
+fn subject_alt_names(cert_der: &[u8]) -> Option<&[u8]> {
     let (TAG_SEQUENCE, certificate, _) = der_element(cert_der)? else {
         return None;
     };
@@ -639,19 +732,213 @@ pub fn identity_of(cert_der: &[u8]) -> Option<String> {
         if tag != TAG_OCTET_STRING {
             return None;
         }
-        let (TAG_SEQUENCE, mut names, _) = der_element(contents)? else {
+        let (TAG_SEQUENCE, names, _) = der_element(contents)? else {
             return None;
         };
-        while !names.is_empty() {
-            let (tag, name, rest) = der_element(names)?;
-            names = rest;
-            if tag == TAG_DNS_NAME {
-                return String::from_utf8(name.to_vec()).ok();
-            }
-        }
-        return None;
+        return Some(names);
     }
     None
+}
+
+/// Each GeneralName of `names` as (tag, contents); stops at malformed DER.
+fn general_names(mut names: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    std::iter::from_fn(move || {
+        let (tag, name, rest) = der_element(names)?;
+        names = rest;
+        Some((tag, name))
+    })
+}
+
+/// The identity a certificate carries: its first DNS subject alternative name.
+///
+/// Call it on certificates that TLS has already verified (it reads, it does
+/// not verify); `None` if the DER holds no DNS name.
+pub fn identity_of(cert_der: &[u8]) -> Option<String> {
+    general_names(subject_alt_names(cert_der)?)
+        .find(|(tag, _)| *tag == TAG_DNS_NAME)
+        .and_then(|(_, name)| String::from_utf8(name.to_vec()).ok())
+}
+
+/// The role a certificate carries and the identity its role URI names:
+/// exactly one `urn:vcodr:<role>:<name>` URI subject alternative name whose
+/// name is the certificate's identity ([`identity_of`]). `None` for a
+/// certificate without one, with several, with an unknown role, or whose
+/// URI names another identity: such a certificate has no role.
+///
+/// Like [`identity_of`], it reads and does not verify.
+pub fn role_of(cert_der: &[u8]) -> Option<(CertRole, String)> {
+    let names = subject_alt_names(cert_der)?;
+    let mut uris = general_names(names)
+        .filter(|(tag, _)| *tag == TAG_URI)
+        .filter_map(|(_, uri)| uri.strip_prefix(ROLE_URI_PREFIX.as_bytes()));
+    let uri = uris.next()?;
+    if uris.next().is_some() {
+        return None;
+    }
+    let uri = std::str::from_utf8(uri).ok()?;
+    let (role, name) = uri.split_once(':')?;
+    let role = CertRole::from_name(role)?;
+    (identity_of(cert_der)? == name).then(|| (role, name.to_string()))
+}
+
+/// The SubjectPublicKeyInfo (DER, outer SEQUENCE included) of a
+/// certificate: what epoch proofs are verified against and what pairing
+/// pins. `None` if the DER is not a certificate webpki can parse.
+pub fn spki_of(cert_der: &[u8]) -> Option<Vec<u8>> {
+    let der = CertificateDer::from(cert_der);
+    let cert = webpki::EndEntityCert::try_from(&der).ok()?;
+    Some(cert.subject_public_key_info().as_ref().to_vec())
+}
+
+/// The fingerprint of a public key (SubjectPublicKeyInfo DER) that
+/// operators compare: SHA-256, 64 lower-case hex digits.
+pub fn key_fingerprint(spki: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let digest = ring::digest::digest(&ring::digest::SHA256, spki);
+    let mut hex = String::with_capacity(64);
+    for byte in digest.as_ref() {
+        // Writing into a String cannot fail.
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// How the role URI of `name` looks, for messages.
+pub(crate) fn role_uri_pattern(name: &str) -> String {
+    format!("{ROLE_URI_PREFIX}<role>:{name}")
+}
+
+/// The signature schemes epoch proofs are signed with, in our order of
+/// preference; the key type decides which one applies.
+pub const PROOF_SCHEMES: [SignatureScheme; 3] = [
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::ED25519,
+];
+
+/// Epoch-proof keys of a TLS identity ([`ProofKeys`]): signs with the
+/// identity's private key and verifies with any public key
+/// (SubjectPublicKeyInfo DER) through rustls' ring provider.
+///
+/// A signature is encoded as the TLS signature scheme (a big-endian `u16`)
+/// followed by the signature the scheme defines, so that the verifier
+/// knows which algorithm made it; only [`PROOF_SCHEMES`] are accepted.
+pub struct CertKeys {
+    name: String,
+    public_key: Vec<u8>,
+    signer: Box<dyn Signer>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl std::fmt::Debug for CertKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertKeys")
+            .field("name", &self.name)
+            .field("scheme", &self.signer.scheme())
+            .field("fingerprint", &key_fingerprint(&self.public_key))
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertKeys {
+    /// The keys of `identity`: its certificate's public key and its private
+    /// key. Fails if it has no certificate, if rustls cannot load the key,
+    /// if the key type signs none of [`PROOF_SCHEMES`] (RSA), or if the key
+    /// does not match the certificate.
+    pub fn new(identity: &TlsIdentity) -> Result<Self, CertError> {
+        let name = identity.name().to_string();
+        let fail = |reason: String| CertError::Keys {
+            name: name.clone(),
+            reason,
+        };
+        let (chain, key) = identity.certified().ok_or_else(|| {
+            fail("it has no certificate and key (an anonymous dialler signs nothing)".into())
+        })?;
+        let public_key = chain
+            .first()
+            .and_then(|c| spki_of(c))
+            .ok_or_else(|| fail("the public key of its certificate cannot be read".into()))?;
+        let provider = crate::quic::crypto_provider();
+        let signing_key = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| fail(format!("rustls cannot load its private key: {e}")))?;
+        let signer = signing_key.choose_scheme(&PROOF_SCHEMES).ok_or_else(|| {
+            fail(format!(
+                "its {:?} key signs none of ECDSA P-256, ECDSA P-384 or Ed25519; \
+                 reissue the certificate with `vcodr certs` (ECDSA P-256)",
+                signing_key.algorithm()
+            ))
+        })?;
+        let keys = CertKeys {
+            name: name.clone(),
+            public_key,
+            signer,
+            algorithms: provider.signature_verification_algorithms,
+        };
+        let probe = b"vcodr: does this key match its certificate?";
+        let signature = keys.try_sign(probe).map_err(|e| fail(e.to_string()))?;
+        if !keys.verify(&keys.public_key, probe, &signature) {
+            return Err(fail(
+                "the private key does not match the certificate's public key; \
+                 check that <name>.key belongs to <name>.pem"
+                    .into(),
+            ));
+        }
+        Ok(keys)
+    }
+
+    fn try_sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        let signature = self.signer.sign(message)?;
+        let mut out = Vec::with_capacity(2 + signature.len());
+        out.extend_from_slice(&u16::from(self.signer.scheme()).to_be_bytes());
+        out.extend_from_slice(&signature);
+        Ok(out)
+    }
+}
+
+impl ProofKeys for CertKeys {
+    fn public_key(&self) -> &[u8] {
+        &self.public_key
+    }
+
+    /// Signs `message`. The provider fails only when the system's random
+    /// number generator does (ECDSA): the signature is then empty, verifies
+    /// nowhere, and the failure is logged.
+    fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.try_sign(message).unwrap_or_else(|e| {
+            tracing::error!(identity = %self.name, error = %e, "cannot sign an epoch proof");
+            Vec::new()
+        })
+    }
+
+    fn verify(&self, public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+        // `rustls::crypto::verify_tls13_signature_with_raw_key` does this
+        // too, but takes a `DigitallySignedStruct`, which only rustls can
+        // build: check through webpki with the provider's algorithms as it does.
+        let Some((scheme, signature)) = signature.split_at_checked(2) else {
+            return false;
+        };
+        let scheme = SignatureScheme::from(u16::from_be_bytes([scheme[0], scheme[1]]));
+        if signature.is_empty() || !PROOF_SCHEMES.contains(&scheme) {
+            return false;
+        }
+        // As in TLS 1.3: the first algorithm the provider maps the scheme to.
+        let Some(algorithm) = self
+            .algorithms
+            .mapping
+            .iter()
+            .find(|(s, _)| *s == scheme)
+            .and_then(|(_, algorithms)| algorithms.first())
+        else {
+            return false;
+        };
+        let spki = SubjectPublicKeyInfoDer::from(public_key);
+        let Ok(key) = webpki::RawPublicKeyEntity::try_from(&spki) else {
+            return false;
+        };
+        key.verify_signature(*algorithm, message, signature).is_ok()
+    }
 }
 
 #[cfg(test)]
@@ -661,9 +948,9 @@ mod tests {
     #[test]
     fn identity_is_first_dns_name() {
         let ca = CertificateAuthority::new().unwrap();
-        let server = ca.issue_identity("a", CertKind::Server).unwrap();
+        let server = ca.issue_identity("a", CertRole::Server).unwrap();
         assert_eq!(server.name(), "a");
-        let edge = ca.issue_identity("edge-00042", CertKind::Client).unwrap();
+        let edge = ca.issue_identity("edge-00042", CertRole::Edge).unwrap();
         assert_eq!(edge.name(), "edge-00042");
         assert_eq!(identity_of(&[0x30, 0x03, 0x01]), None);
         assert_eq!(identity_of(&[]), None);
@@ -676,6 +963,284 @@ mod tests {
             Some(cn),
             "deployments differ"
         );
+    }
+
+    /// A certificate of `ca` for `name` (DNS SAN) with exactly the extra
+    /// subject alternative names `uris`: what a tool other than ours, or an
+    /// older one, might have issued.
+    fn issue_pem_with_uris(
+        ca: &CertificateAuthority,
+        name: &str,
+        uris: &[&str],
+    ) -> (String, String) {
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        for uri in uris {
+            let uri = Ia5String::try_from(uri.to_string()).unwrap();
+            params.subject_alt_names.push(SanType::URI(uri));
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let issuer = Issuer::from_params(&ca.params, &ca.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn issue_with_uris(ca: &CertificateAuthority, name: &str, uris: &[&str]) -> Vec<u8> {
+        let (pem, _) = issue_pem_with_uris(ca, name, uris);
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+
+    fn der_of(issued: &IssuedCert) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn every_certificate_carries_its_role_and_name() {
+        let ca = CertificateAuthority::new().unwrap();
+        for (name, role) in [
+            ("a", CertRole::Server),
+            ("edge-00001", CertRole::Edge),
+            ("gw-1", CertRole::Gateway),
+        ] {
+            let issued = ca.issue(name, role).unwrap();
+            assert_eq!(issued.role, role);
+            let der = der_of(&issued);
+            assert_eq!(role_of(&der), Some((role, name.to_string())));
+            assert_eq!(identity_of(&der).as_deref(), Some(name));
+            let identity = ca.identity(&issued).unwrap();
+            assert_eq!(identity.role(), Some(role));
+            assert_eq!(identity.name(), name);
+        }
+        assert_eq!(role_uri(CertRole::Edge, "e-1"), "urn:vcodr:edge:e-1");
+        assert_eq!(role_of(&[]), None);
+        assert_eq!(role_of(&[0x30, 0x03, 0x01]), None);
+        assert_eq!(TlsIdentity::anonymous(ca.cert_pem()).unwrap().role(), None);
+    }
+
+    #[test]
+    fn a_certificate_without_one_matching_role_uri_has_no_role() {
+        let ca = CertificateAuthority::new().unwrap();
+        let cases: [(&str, &[&str]); 6] = [
+            ("no role URI at all", &[]),
+            ("another identity", &["urn:vcodr:server:a"]),
+            ("an unknown role", &["urn:vcodr:admin:edge-1"]),
+            ("no name", &["urn:vcodr:edge"]),
+            (
+                "two roles",
+                &["urn:vcodr:edge:edge-1", "urn:vcodr:server:edge-1"],
+            ),
+            ("the name with a suffix", &["urn:vcodr:edge:edge-1:x"]),
+        ];
+        for (what, uris) in cases {
+            let der = issue_with_uris(&ca, "edge-1", uris);
+            assert_eq!(identity_of(&der).as_deref(), Some("edge-1"), "{what}");
+            assert_eq!(role_of(&der), None, "{what}");
+        }
+        // Other URIs beside ours are ignored.
+        let der = issue_with_uris(
+            &ca,
+            "edge-1",
+            &["https://example.invalid/", "urn:vcodr:edge:edge-1"],
+        );
+        assert_eq!(role_of(&der), Some((CertRole::Edge, "edge-1".into())));
+    }
+
+    #[test]
+    fn spki_is_the_certificates_public_key_and_fingerprints_are_sha256_hex() {
+        let ca = CertificateAuthority::new().unwrap();
+        let issued = ca.issue("a", CertRole::Server).unwrap();
+        let key = KeyPair::from_pem(&issued.key_pem).unwrap();
+        let spki = spki_of(&der_of(&issued)).unwrap();
+        assert_eq!(spki, rcgen::PublicKeyData::subject_public_key_info(&key));
+        assert_eq!(
+            ca.identity(&issued).unwrap().public_key(),
+            Some(spki.clone())
+        );
+        let fingerprint = key_fingerprint(&spki);
+        assert_eq!(fingerprint.len(), 64);
+        assert!(fingerprint
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+        assert_eq!(fingerprint, key_fingerprint(&spki), "stable");
+        let other = spki_of(&der_of(&ca.issue("a", CertRole::Server).unwrap())).unwrap();
+        assert_ne!(key_fingerprint(&other), fingerprint, "same name, new key");
+        // SHA-256 of nothing, as every implementation has it.
+        assert_eq!(
+            key_fingerprint(&[]),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(spki_of(&[0x30, 0x00]), None);
+    }
+
+    fn identity_with_key(
+        ca: &CertificateAuthority,
+        name: &str,
+        algorithm: &'static rcgen::SignatureAlgorithm,
+    ) -> TlsIdentity {
+        let now = SystemTime::now();
+        let key = KeyPair::generate_for(algorithm).unwrap();
+        let issued = ca
+            .issue_with_key(name, CertRole::Server, now, now + LEAF_VALIDITY, key)
+            .unwrap();
+        ca.identity(&issued).unwrap()
+    }
+
+    #[test]
+    fn proof_signatures_verify_with_the_signers_key_only() {
+        let ca = CertificateAuthority::new().unwrap();
+        let message = b"vcodr epoch proof v1\0 pair 7 epoch 3".to_vec();
+        for algorithm in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &rcgen::PKCS_ED25519,
+        ] {
+            let what = format!("{algorithm:?}");
+            let identity = identity_with_key(&ca, "a", algorithm);
+            let keys = CertKeys::new(&identity).unwrap();
+            assert_eq!(Some(keys.public_key().to_vec()), identity.public_key());
+            let signature = keys.sign(&message);
+            assert!(signature.len() > 2, "{what}");
+            assert!(
+                keys.verify(keys.public_key(), &message, &signature),
+                "{what}"
+            );
+            // Another certificate of the same CA, even with the same name.
+            let other = CertKeys::new(&ca.issue_identity("a", CertRole::Server).unwrap()).unwrap();
+            assert!(
+                !keys.verify(other.public_key(), &message, &signature),
+                "{what}"
+            );
+            assert!(
+                !other.verify(other.public_key(), &message, &signature),
+                "{what}"
+            );
+            // Any flipped bit of the message or of the signature (scheme included).
+            for bit in 0..message.len() * 8 {
+                let mut flipped = message.clone();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                assert!(
+                    !keys.verify(keys.public_key(), &flipped, &signature),
+                    "{what}: message bit {bit}"
+                );
+            }
+            for bit in 0..signature.len() * 8 {
+                let mut flipped = signature.clone();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                assert!(
+                    !keys.verify(keys.public_key(), &message, &flipped),
+                    "{what}: signature bit {bit}"
+                );
+            }
+            // Cut short, or relabelled with another scheme.
+            for len in 0..signature.len() {
+                assert!(!keys.verify(keys.public_key(), &message, &signature[..len]));
+            }
+            for scheme in PROOF_SCHEMES {
+                let mut relabelled = signature.clone();
+                relabelled[..2].copy_from_slice(&u16::from(scheme).to_be_bytes());
+                let same = relabelled == signature;
+                assert_eq!(
+                    keys.verify(keys.public_key(), &message, &relabelled),
+                    same,
+                    "{what} as {scheme:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn proof_verification_refuses_garbage_and_never_panics() {
+        let ca = CertificateAuthority::new().unwrap();
+        let keys = CertKeys::new(&ca.issue_identity("a", CertRole::Server).unwrap()).unwrap();
+        let spki = keys.public_key().to_vec();
+        let message = b"claim".to_vec();
+        let good = keys.sign(&message);
+        assert!(keys.verify(&spki, &message, &good));
+        for bad in [
+            &[][..],
+            &[0x04],
+            &[0x04, 0x03],
+            &[0xff; 80],
+            b"not a signature",
+        ] {
+            assert!(!keys.verify(&spki, &message, bad), "{bad:?}");
+        }
+        assert!(!keys.verify(&[], &message, &good));
+        assert!(!keys.verify(&[0x30, 0x00], &message, &good));
+        // Arbitrary input: random keys, messages and signatures, random
+        // signatures behind a valid scheme, and cut or noisy copies of the
+        // real key and signature. Nothing verifies, nothing panics.
+        let mut rng = crate::rng::SplitMix64::new(0x5eed);
+        let bytes = |rng: &mut crate::rng::SplitMix64, max: u64| -> Vec<u8> {
+            let len = rng.next_u64() % max;
+            (0..len).map(|_| rng.next_u64() as u8).collect()
+        };
+        for round in 0..3_000u64 {
+            let (key, sig) = match round % 4 {
+                0 => (bytes(&mut rng, 200), bytes(&mut rng, 200)),
+                1 => {
+                    let scheme = PROOF_SCHEMES[(round / 4 % 3) as usize];
+                    let mut sig = u16::from(scheme).to_be_bytes().to_vec();
+                    sig.extend(bytes(&mut rng, 120));
+                    (spki.clone(), sig)
+                }
+                2 => {
+                    let cut = (rng.next_u64() as usize) % spki.len();
+                    (spki[..cut].to_vec(), good.clone())
+                }
+                _ => {
+                    let mut key = spki.clone();
+                    let at = (rng.next_u64() as usize) % key.len();
+                    key[at] = key[at].wrapping_add(1 + (rng.next_u64() % 255) as u8);
+                    (key, good.clone())
+                }
+            };
+            assert!(!keys.verify(&key, &message, &sig), "round {round}");
+        }
+    }
+
+    #[test]
+    fn proof_keys_need_a_matching_key_that_can_sign() {
+        let ca = CertificateAuthority::new().unwrap();
+        let anonymous = TlsIdentity::anonymous(ca.cert_pem()).unwrap();
+        let err = CertKeys::new(&anonymous).unwrap_err().to_string();
+        assert!(err.contains("anonymous"), "{err}");
+        let a = ca.issue("a", CertRole::Server).unwrap();
+        let b = ca.issue("b", CertRole::Server).unwrap();
+        let mismatched = TlsIdentity::from_pem(&a.cert_pem, &b.key_pem, ca.cert_pem()).unwrap();
+        let err = CertKeys::new(&mismatched).unwrap_err().to_string();
+        assert!(
+            err.contains("`a`") && err.contains("does not match"),
+            "{err}"
+        );
+    }
+
+    /// The core's proofs, signed and checked with certificate keys: a
+    /// proof verifies against the pinned key of its signer only.
+    #[test]
+    fn core_epoch_proofs_verify_against_the_pinned_key() {
+        let ca = CertificateAuthority::new().unwrap();
+        let a = vcodr_core::Keys::new(std::sync::Arc::new(
+            CertKeys::new(&ca.issue_identity("a", CertRole::Server).unwrap()).unwrap(),
+        ));
+        let b = vcodr_core::Keys::new(std::sync::Arc::new(
+            CertKeys::new(&ca.issue_identity("b", CertRole::Server).unwrap()).unwrap(),
+        ));
+        let claim = vcodr_core::EpochClaim {
+            pair_id: 7,
+            epoch: 3,
+            holder: 11,
+            holder_name: "b".into(),
+            holder_edge_address: "127.0.0.1:7444".into(),
+        };
+        let proof = b.prove(claim.clone());
+        assert!(a.verify(b.public_key(), &proof), "a checks b's proof");
+        assert!(!a.verify(a.public_key(), &proof), "not a's own key");
+        let mut forged = proof.clone();
+        forged.claim.epoch = 4;
+        assert!(!a.verify(b.public_key(), &forged), "another epoch");
     }
 
     #[test]
@@ -714,12 +1279,29 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         assert_eq!(TlsIdentity::load(&dir, "b").unwrap().name(), "b");
+        assert_eq!(
+            TlsIdentity::load(&dir, "edge-1").unwrap().role(),
+            Some(CertRole::Edge)
+        );
         let err = TlsIdentity::load(&dir, "c").unwrap_err();
         assert!(err.to_string().contains("c.pem"), "{err}");
         // A reloaded CA issues certificates that chain to the same ca.pem.
         let ca = CertificateAuthority::load(&dir).unwrap();
-        write_issued(&dir, &ca.issue("edge-2", CertKind::Client).unwrap()).unwrap();
+        write_issued(&dir, &ca.issue("edge-2", CertRole::Edge).unwrap()).unwrap();
         assert_eq!(TlsIdentity::load(&dir, "edge-2").unwrap().name(), "edge-2");
+        // A certificate without a role is refused at load, saying what to do.
+        let (cert_pem, key_pem) = issue_pem_with_uris(&ca, "edge-3", &[]);
+        write_file(&dir.join("edge-3.pem"), cert_pem.as_bytes(), false).unwrap();
+        write_file(&dir.join("edge-3.key"), key_pem.as_bytes(), true).unwrap();
+        let err = TlsIdentity::load(&dir, "edge-3").unwrap_err().to_string();
+        for part in [
+            "edge-3.pem",
+            "no vcodr role",
+            "urn:vcodr:<role>:edge-3",
+            "reissue",
+        ] {
+            assert!(err.contains(part), "{part:?} missing from: {err}");
+        }
         assert!(init_dir(&dir, &[], &[]).is_err(), "must not overwrite a CA");
         fs::remove_dir_all(&dir).unwrap();
     }

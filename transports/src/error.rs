@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 use vcodr_core::codec::{DecodeError, VersionMismatch};
+use vcodr_core::CertRole;
 
 use crate::link::LinkInfo;
 use crate::settings::SettingsError;
@@ -31,6 +32,35 @@ pub enum Refusal {
     /// The certificate carries no DNS name to take the identity from.
     #[error("certificate names no identity (no DNS subject alternative name)")]
     NoIdentity,
+    /// The certificate is of the deployment CA, but its role may not take
+    /// this side of the link: an edge certificate dialling the peer port, a
+    /// server certificate dialling the edge port, or a listener whose
+    /// certificate is not a server's. `name` is the refused certificate's
+    /// (this side's own when the peer refused it).
+    #[error(
+        "certificate `{name}` has role `{role}`, not accepted on that side of the link \
+         (accepted: {}); use a certificate of an accepted role",
+        crate::roles::role_list(accepted)
+    )]
+    WrongRole {
+        /// The refused certificate's identity.
+        name: String,
+        /// Its role.
+        role: CertRole,
+        /// The roles that side of the link accepts.
+        accepted: Vec<CertRole>,
+    },
+    /// The certificate is of the deployment CA but names no role (no
+    /// `urn:vcodr:<role>:<name>` subject alternative name): made before roles
+    /// existed, or by another tool.
+    #[error(
+        "certificate `{name}` carries no vcodr role (no `urn:vcodr:<role>:{name}` subject \
+         alternative name); reissue it with `vcodr certs`"
+    )]
+    NoRole {
+        /// The refused certificate's identity.
+        name: String,
+    },
     /// The two ends speak different application protocols (ALPN), e.g. an
     /// edge dialling the peer port.
     #[error("peer does not speak protocol `{expected}`")]
@@ -46,8 +76,8 @@ pub enum Refusal {
 /// Why a connection could not be opened.
 #[derive(Debug, Error)]
 pub enum ConnectError {
-    /// TLS refused the handshake (unknown CA, wrong name, expired, no
-    /// certificate...). Nothing of the protocol was exchanged.
+    /// TLS refused the handshake (unknown CA, wrong name, wrong or no role,
+    /// expired, no certificate...). Nothing of the protocol was exchanged.
     #[error("connecting to `{server_name}` at {addr}: handshake refused: {refusal}")]
     HandshakeRefused {
         /// Address dialled.

@@ -10,14 +10,30 @@
 //! thousands of mostly idle edge links). The two speak the same protocol.
 //!
 //! # Model
-//! - A [`Protocol`] names a link kind (its ALPN) and its three message types:
-//!   requests, their responses, and one-way messages. The crate is generic
-//!   over them; it knows nothing of vcodr's messages.
+//! - A [`Protocol`] names a link kind (its ALPN), the certificate roles
+//!   that may take each side of it, and its three message types: requests,
+//!   their responses, and one-way messages. The crate is generic over them;
+//!   it knows nothing of vcodr's messages.
 //! - [`Transport::listen`] yields a [`Listener`]; each [`Listener::accept`]
 //!   is a **link-up** event: a [`Connection`] whose peer proved its identity
 //!   with a certificate from the deployment CA and completed the protocol
-//!   hello. The identity ([`PeerId`]: a server name or an edge's client id)
-//!   comes from the verified certificate, never from a message.
+//!   hello. The identity ([`PeerId`]) comes from the verified certificate,
+//!   never from a message: its name (a server name or an edge's client id),
+//!   its role ([`CertRole`]: server, edge, gateway) and its public key
+//!   (SubjectPublicKeyInfo, with a SHA-256 [fingerprint](PeerId::fingerprint)),
+//!   which a server pins for its peer at pairing ([`PeerId::to_core`]) and
+//!   verifies epoch proofs against ([`certs::CertKeys`]).
+//! - **Roles rule**: a certificate holder acts only in its own role. A
+//!   protocol names the roles that may dial it ([`Protocol::ACCEPTS`]) and
+//!   the role that serves it ([`Protocol::SERVES`], servers). Both are
+//!   checked in the TLS handshake, after the chain: an edge certificate is
+//!   refused by the peer listener before any protocol message is read, a
+//!   server certificate by the edge listener, and a listener whose
+//!   certificate is not a server's by every dialler. Both ends report
+//!   [`Refusal::WrongRole`] naming the certificate, its role and the roles
+//!   accepted; a certificate without a role gets [`Refusal::NoRole`].
+//!   Refusals are counted per reason ([`ListenerCounts`]) and logged so that
+//!   a flood of them costs a few lines per 10 s, not one line each.
 //! - [`Transport::connect`] dials an address and expects a server name; it
 //!   returns only after TLS *and* the hello succeeded (a QUIC client without
 //!   a certificate gets `Ok` from quinn's `connect` and is refused a moment
@@ -66,7 +82,7 @@
 //! # Example: a server and an edge over QUIC on loopback
 //! ```
 //! use serde::{Deserialize, Serialize};
-//! use vcodr_transport::certs::{CertKind, CertificateAuthority};
+//! use vcodr_transport::certs::{CertRole, CertificateAuthority};
 //! use vcodr_transport::quic::QuicTransport;
 //! use vcodr_transport::{Incoming, Protocol, Settings, Transport};
 //!
@@ -75,10 +91,12 @@
 //! #[derive(Debug, PartialEq, Serialize, Deserialize)]
 //! struct Reply { seq: u64, server: String }
 //!
-//! /// The edge link: heartbeats answered by replies, no one-way messages.
+//! /// The edge link: heartbeats answered by replies, no one-way messages;
+//! /// dialled by edges and gateways, served by servers.
 //! struct EdgeLink;
 //! impl Protocol for EdgeLink {
 //!     const NAME: &'static str = "vcodr-edge-example";
+//!     const ACCEPTS: &'static [CertRole] = &[CertRole::Edge, CertRole::Gateway];
 //!     type Request = Heartbeat;
 //!     type Response = Reply;
 //!     type Message = ();
@@ -90,14 +108,15 @@
 //!     let loopback = "127.0.0.1:0".parse()?;
 //!
 //!     // Server "a": accept edges, answer each heartbeat.
-//!     let server_identity = ca.issue_identity("a", CertKind::Server)?;
+//!     let server_identity = ca.issue_identity("a", CertRole::Server)?;
 //!     let server = QuicTransport::<EdgeLink>::bind(loopback, server_identity, Settings::default())?;
 //!     let mut listener = server.listen()?;
 //!     let server_addr = listener.local_addr();
 //!     tokio::spawn(async move {
 //!         while let Some(mut link) = listener.accept().await {
 //!             tokio::spawn(async move {
-//!                 // `link.peer()` is the edge's id, from its certificate.
+//!                 // `link.peer()` is the edge's id, role and key, from its certificate.
+//!                 assert_eq!(link.peer().role(), CertRole::Edge);
 //!                 while let Ok(incoming) = link.recv().await {
 //!                     if let Incoming::Request { request, responder } = incoming {
 //!                         let reply = Reply { seq: request.seq, server: "a".into() };
@@ -109,10 +128,11 @@
 //!     });
 //!
 //!     // Edge "edge-1": dial server "a" and heartbeat once.
-//!     let edge_identity = ca.issue_identity("edge-1", CertKind::Client)?;
+//!     let edge_identity = ca.issue_identity("edge-1", CertRole::Edge)?;
 //!     let edge = QuicTransport::<EdgeLink>::bind(loopback, edge_identity, Settings::default())?;
 //!     let link = edge.connect(server_addr, "a").await?;
 //!     assert_eq!(link.peer().as_str(), "a");
+//!     assert_eq!(link.peer().role(), CertRole::Server);
 //!     let reply = link.request(&Heartbeat { seq: 1 }).await?;
 //!     assert_eq!(reply, Reply { seq: 1, server: "a".into() });
 //!     Ok(())
@@ -123,14 +143,17 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use vcodr_core::codec::WireMessage;
+use vcodr_core::CertRole;
 
 pub mod certs;
 mod error;
 mod link;
+mod log_limit;
 pub mod mem;
 pub mod quic;
 pub mod reconnect;
 mod rng;
+mod roles;
 mod settings;
 
 pub use error::{
@@ -145,13 +168,28 @@ pub use settings::{
     QuicDriver, Settings, SettingsError, MAX_FRAME_BYTES_LIMIT, QUEUE_LEN_LIMIT, TIMEOUT_LIMIT,
 };
 
-/// A kind of link and the messages it carries. Implemented by a unit type
-/// per link kind (peer link, edge link).
+/// A kind of link and the messages it carries, and who may take each side
+/// of it. Implemented by a unit type per link kind (peer link, edge link).
+///
+/// The roles are part of the link kind, like its ALPN, not of
+/// [`Settings`]: they are fixed at compile time, the same on both ends (so a
+/// dialler refused for its role can name what the listener accepts), and no
+/// configuration file or settings mistake can open the peer port to edges.
 pub trait Protocol: Send + Sync + 'static {
     /// The protocol's name, used as the TLS ALPN: an edge that dials the
     /// peer port is refused in the handshake. Keep it short and versionless
     /// (versions are negotiated by the hello).
     const NAME: &'static str;
+    /// The roles whose certificates may dial a listener of this protocol:
+    /// `[CertRole::Server]` for the peer link, `[CertRole::Edge,
+    /// CertRole::Gateway]` for the edge link. Any other certificate of the
+    /// deployment CA is refused in the TLS handshake
+    /// ([`Refusal::WrongRole`]). Must not be empty.
+    const ACCEPTS: &'static [CertRole];
+    /// The role a listener's certificate must carry: a dialler refuses any
+    /// other in the handshake, so a stolen edge certificate can never serve.
+    /// Every vcodr link is served by servers, hence the default.
+    const SERVES: CertRole = CertRole::Server;
     /// What a requester sends.
     type Request: WireMessage;
     /// What answers a request.

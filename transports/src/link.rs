@@ -10,30 +10,89 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{mpsc, oneshot};
 use vcodr_core::codec::{self, DecodeError, EncodeError, FRAME_HEADER_LEN};
+use vcodr_core::{CertRole, PeerIdentity};
 
-use crate::error::{CloseReason, LinkClosed, RequestError, RespondError, SendError};
+use crate::error::{CloseReason, LinkClosed, Refusal, RequestError, RespondError, SendError};
+use crate::log_limit::RefusalLog;
 use crate::Protocol;
 
-/// A peer's authenticated identity: the first DNS name of its verified
-/// certificate (a server's name such as `a`, or an edge's client id).
-/// Never taken from a message.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PeerId(String);
+/// A peer's authenticated identity, read from its verified certificate
+/// (never from a message): its name (the first DNS name: a server's name
+/// such as `a`, or an edge's client id), its role, and its public key.
+///
+/// Cheap to clone (one shared allocation, a pointer in every [`LinkInfo`]
+/// and error), and nothing else of the certificate is kept.
+/// [`Display`](fmt::Display) and [`as_str`](Self::as_str) give the name
+/// alone.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerId(Arc<Proven>);
+
+/// What a [`PeerId`] shares between its clones.
+#[derive(PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Proven {
+    name: Box<str>,
+    role: CertRole,
+    public_key: Box<[u8]>,
+}
 
 impl PeerId {
-    pub(crate) fn new(name: impl Into<String>) -> Self {
-        PeerId(name.into())
+    pub(crate) fn new(role: CertRole, name: impl Into<String>, public_key: Vec<u8>) -> Self {
+        PeerId(Arc::new(Proven {
+            name: name.into().into_boxed_str(),
+            role,
+            public_key: public_key.into_boxed_slice(),
+        }))
     }
 
-    /// The identity as text.
+    /// The name, as the certificate carries it.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.0.name
+    }
+
+    /// The role the certificate carries, which the handshake checked
+    /// against the link's [`Protocol::ACCEPTS`] or [`Protocol::SERVES`].
+    pub fn role(&self) -> CertRole {
+        self.0.role
+    }
+
+    /// The certificate's SubjectPublicKeyInfo, DER: what pairing pins and
+    /// epoch proofs are verified against. (On [`mem`](crate::mem) links, a
+    /// stand-in: see [`MemTransport::with_public_key`](crate::mem::MemTransport::with_public_key).)
+    pub fn public_key(&self) -> &[u8] {
+        &self.0.public_key
+    }
+
+    /// SHA-256 of [`public_key`](Self::public_key), 64 lower-case hex
+    /// digits: what operators compare.
+    pub fn fingerprint(&self) -> String {
+        crate::certs::key_fingerprint(&self.0.public_key)
+    }
+
+    /// The identity as the core pins it (name and public key).
+    pub fn to_core(&self) -> PeerIdentity {
+        PeerIdentity {
+            name: self.0.name.to_string(),
+            public_key: self.0.public_key.to_vec(),
+        }
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fingerprint = self.fingerprint();
+        write!(
+            f,
+            "PeerId({} `{}`, key {}…)",
+            self.0.role,
+            self.0.name,
+            &fingerprint[..16]
+        )
     }
 }
 
 impl fmt::Display for PeerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.0.name)
     }
 }
 
@@ -596,22 +655,103 @@ impl<P: Protocol> Connection<P> {
     }
 }
 
-/// Counters of a listener, for tests, metrics and logs.
-#[derive(Debug, Default)]
+/// Why a listener refused a connection, as it counts and logs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The certificate's role may not dial this link.
+    WrongRole,
+    /// The certificate names no role.
+    NoRole,
+    /// The certificate is not of the deployment CA.
+    UnknownCa,
+    /// The certificate is expired or not yet valid.
+    Expired,
+    /// The dialler presented no certificate.
+    NoCertificate,
+    /// Another application protocol (ALPN).
+    WrongProtocol,
+    /// The certificate names no identity.
+    NoIdentity,
+    /// The TLS handshake did not finish within the handshake timeout.
+    TimedOut,
+    /// Any other TLS or connection failure before the link was authenticated.
+    OtherTls,
+    /// Authenticated, but the hello was missing, late or malformed.
+    NoHello,
+    /// Authenticated, but no protocol version in common.
+    VersionMismatch,
+}
+
+impl Refused {
+    /// What counts a TLS refusal falls under.
+    pub(crate) fn of(refusal: &Refusal) -> Self {
+        match refusal {
+            Refusal::WrongRole { .. } => Refused::WrongRole,
+            Refusal::NoRole { .. } => Refused::NoRole,
+            Refusal::UnknownCa => Refused::UnknownCa,
+            Refusal::Expired => Refused::Expired,
+            Refusal::NoCertificate => Refused::NoCertificate,
+            Refusal::NoIdentity => Refused::NoIdentity,
+            Refusal::WrongProtocol { .. } => Refused::WrongProtocol,
+            Refusal::WrongName { .. } | Refusal::Other(_) => Refused::OtherTls,
+        }
+    }
+
+    /// The label logs count it under.
+    fn label(self) -> &'static str {
+        match self {
+            Refused::WrongRole => "wrong role",
+            Refused::NoRole => "no role",
+            Refused::UnknownCa => "unknown CA",
+            Refused::Expired => "expired certificate",
+            Refused::NoCertificate => "no certificate",
+            Refused::WrongProtocol => "wrong protocol",
+            Refused::NoIdentity => "no identity",
+            Refused::TimedOut => "handshake timeout",
+            Refused::OtherTls => "other TLS failure",
+            Refused::NoHello => "no hello",
+            Refused::VersionMismatch => "version mismatch",
+        }
+    }
+}
+
+/// Counters of a listener, for tests, metrics and logs, and its log of
+/// refusals.
+#[derive(Debug)]
 pub(crate) struct ListenerStats {
     pub(crate) accepted: AtomicU64,
-    pub(crate) refused_handshakes: AtomicU64,
-    pub(crate) version_mismatches: AtomicU64,
-    pub(crate) failed_hellos: AtomicU64,
+    refused_handshakes: AtomicU64,
+    refused_wrong_role: AtomicU64,
+    refused_no_role: AtomicU64,
+    refused_unknown_ca: AtomicU64,
+    refused_no_certificate: AtomicU64,
+    refused_expired: AtomicU64,
+    refused_timed_out: AtomicU64,
+    version_mismatches: AtomicU64,
+    failed_hellos: AtomicU64,
+    log: RefusalLog,
 }
 
 /// What a listener has accepted and refused so far ([`Listener::counts`]).
+/// The `refused_*` counts are parts of `refused_handshakes`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenerCounts {
     /// Links authenticated and handed to `accept`.
     pub accepted: u64,
-    /// TLS handshakes refused (certificate, name, protocol) or timed out.
+    /// TLS handshakes refused (certificate, role, name, protocol) or timed out.
     pub refused_handshakes: u64,
+    /// ... of them, certificates whose role may not dial this link.
+    pub refused_wrong_role: u64,
+    /// ... of them, certificates that name no role.
+    pub refused_no_role: u64,
+    /// ... of them, certificates not of the deployment CA.
+    pub refused_unknown_ca: u64,
+    /// ... of them, diallers without a certificate.
+    pub refused_no_certificate: u64,
+    /// ... of them, certificates expired or not yet valid.
+    pub refused_expired: u64,
+    /// ... of them, handshakes that did not finish in time.
+    pub refused_timed_out: u64,
     /// Peers refused for sharing no protocol version.
     pub version_mismatches: u64,
     /// Authenticated peers whose hello was missing, late or malformed.
@@ -619,17 +759,77 @@ pub struct ListenerCounts {
 }
 
 impl ListenerStats {
+    /// The counters of the listener of `protocol` at `addr` (named in logs).
+    pub(crate) fn new(protocol: &str, addr: SocketAddr) -> Self {
+        ListenerStats {
+            accepted: AtomicU64::new(0),
+            refused_handshakes: AtomicU64::new(0),
+            refused_wrong_role: AtomicU64::new(0),
+            refused_no_role: AtomicU64::new(0),
+            refused_unknown_ca: AtomicU64::new(0),
+            refused_no_certificate: AtomicU64::new(0),
+            refused_expired: AtomicU64::new(0),
+            refused_timed_out: AtomicU64::new(0),
+            version_mismatches: AtomicU64::new(0),
+            failed_hellos: AtomicU64::new(0),
+            log: RefusalLog::new(protocol, addr),
+        }
+    }
+
     fn snapshot(&self) -> ListenerCounts {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         ListenerCounts {
-            accepted: self.accepted.load(Ordering::Relaxed),
-            refused_handshakes: self.refused_handshakes.load(Ordering::Relaxed),
-            version_mismatches: self.version_mismatches.load(Ordering::Relaxed),
-            failed_hellos: self.failed_hellos.load(Ordering::Relaxed),
+            accepted: get(&self.accepted),
+            refused_handshakes: get(&self.refused_handshakes),
+            refused_wrong_role: get(&self.refused_wrong_role),
+            refused_no_role: get(&self.refused_no_role),
+            refused_unknown_ca: get(&self.refused_unknown_ca),
+            refused_no_certificate: get(&self.refused_no_certificate),
+            refused_expired: get(&self.refused_expired),
+            refused_timed_out: get(&self.refused_timed_out),
+            version_mismatches: get(&self.version_mismatches),
+            failed_hellos: get(&self.failed_hellos),
         }
     }
 
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a refused connection from `from` and logs it, rate-limited
+    /// ([`crate::log_limit`]). `name` is the certificate's name when TLS
+    /// verified it (never an unverified one); `detail` says what was wrong.
+    pub(crate) fn refused(
+        &self,
+        why: Refused,
+        from: SocketAddr,
+        name: Option<&str>,
+        detail: &dyn fmt::Display,
+    ) {
+        let part = match why {
+            Refused::WrongRole => Some(&self.refused_wrong_role),
+            Refused::NoRole => Some(&self.refused_no_role),
+            Refused::UnknownCa => Some(&self.refused_unknown_ca),
+            Refused::NoCertificate => Some(&self.refused_no_certificate),
+            Refused::Expired => Some(&self.refused_expired),
+            Refused::TimedOut => Some(&self.refused_timed_out),
+            Refused::WrongProtocol | Refused::NoIdentity | Refused::OtherTls => None,
+            Refused::NoHello => {
+                Self::bump(&self.failed_hellos);
+                None
+            }
+            Refused::VersionMismatch => {
+                Self::bump(&self.version_mismatches);
+                None
+            }
+        };
+        if !matches!(why, Refused::NoHello | Refused::VersionMismatch) {
+            Self::bump(&self.refused_handshakes);
+        }
+        if let Some(part) = part {
+            Self::bump(part);
+        }
+        self.log.refused(why.label(), from, name, detail);
     }
 }
 
@@ -771,5 +971,72 @@ pub(crate) struct PendingSlot<'a, A> {
 impl<A> Drop for PendingSlot<'_, A> {
     fn drop(&mut self) {
         self.requests.lock().remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_id_is_one_pointer_and_shows_its_role_name_and_key() {
+        assert_eq!(std::mem::size_of::<PeerId>(), std::mem::size_of::<usize>());
+        let peer = PeerId::new(CertRole::Edge, "edge-1", vec![1, 2, 3]);
+        assert_eq!(peer.to_string(), "edge-1");
+        assert_eq!(peer.as_str(), "edge-1");
+        assert_eq!(
+            (peer.role(), peer.public_key()),
+            (CertRole::Edge, &[1, 2, 3][..])
+        );
+        let debug = format!("{peer:?}");
+        assert!(debug.starts_with("PeerId(edge `edge-1`, key "), "{debug}");
+        assert_eq!(peer.clone(), peer);
+        assert_ne!(PeerId::new(CertRole::Edge, "edge-1", vec![4]), peer);
+        assert_ne!(
+            PeerId::new(CertRole::Gateway, "edge-1", vec![1, 2, 3]),
+            peer
+        );
+        let pinned = peer.to_core();
+        assert_eq!(
+            (pinned.name.as_str(), pinned.public_key),
+            ("edge-1", vec![1, 2, 3])
+        );
+    }
+
+    #[test]
+    fn refusals_are_counted_under_their_reason() {
+        let stats = ListenerStats::new("vcodr-peer", "127.0.0.1:7443".parse().unwrap());
+        let from = "10.0.0.9:5555".parse().unwrap();
+        for why in [
+            Refused::WrongRole,
+            Refused::WrongRole,
+            Refused::NoRole,
+            Refused::UnknownCa,
+            Refused::Expired,
+            Refused::NoCertificate,
+            Refused::TimedOut,
+            Refused::WrongProtocol,
+            Refused::OtherTls,
+            Refused::NoIdentity,
+            Refused::NoHello,
+            Refused::VersionMismatch,
+        ] {
+            stats.refused(why, from, Some("edge-00001"), &"detail");
+        }
+        assert_eq!(
+            stats.snapshot(),
+            ListenerCounts {
+                accepted: 0,
+                refused_handshakes: 10,
+                refused_wrong_role: 2,
+                refused_no_role: 1,
+                refused_unknown_ca: 1,
+                refused_no_certificate: 1,
+                refused_expired: 1,
+                refused_timed_out: 1,
+                version_mismatches: 1,
+                failed_hellos: 1,
+            }
+        );
     }
 }

@@ -17,6 +17,18 @@
 //!   across a partition times out after the handshake timeout;
 //! - **crash** of a host: its links reset, its listener vanishes.
 //!
+//! # Identities and roles
+//! A host's identity is a name, as its certificate would carry. Its role
+//! is, unless [`MemTransport::with_role`] sets one, the role its protocol
+//! expects of it: [`Protocol::SERVES`] when it listens, the first of
+//! [`Protocol::ACCEPTS`] when it dials (so a server on the peer link is a
+//! server, an edge on the edge link an edge). The roles rule is the QUIC
+//! transport's: a dialler of another role is refused
+//! ([`Refusal::WrongRole`]), and a listener of another role than
+//! `SERVES` cannot start. Its public key is a stand-in, stable per trust
+//! domain and name, unless [`MemTransport::with_public_key`] sets one; it
+//! is not a key anything can verify a signature with.
+//!
 //! # Virtual time and determinism
 //! All timers are tokio's. Under a paused clock (`#[tokio::test(start_paused =
 //! true)]`, current-thread runtime) time is virtual: it jumps to the next
@@ -37,12 +49,13 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 use vcodr_core::codec::{negotiate, Hello};
+use vcodr_core::CertRole;
 
 use crate::error::{CloseReason, ConnectError, Refusal, SetupError};
 use crate::link::{
     decode_whole_frame, whole_frame_payload, Backend, Connection, Incoming, IncomingTx, LinkInfo,
-    Listener, ListenerGuard, ListenerStats, PeerId, PendingRequests, RequestFailure, Responder,
-    ResponderInner,
+    Listener, ListenerGuard, ListenerStats, PeerId, PendingRequests, Refused, RequestFailure,
+    Responder, ResponderInner,
 };
 use crate::rng::SplitMix64;
 use crate::settings::{Settings, SettingsError};
@@ -129,6 +142,7 @@ pub struct MemCounts {
 
 struct ListenerSlot {
     identity: String,
+    public_key: Arc<[u8]>,
     trust_domain: String,
     protocol: &'static str,
     hello: Hello,
@@ -251,6 +265,8 @@ impl MemNetwork {
             net: self.clone(),
             addr,
             identity: identity.to_string(),
+            role: None,
+            public_key: None,
             trust_domain: "deployment".to_string(),
             settings: Arc::new(settings),
             _protocol: std::marker::PhantomData,
@@ -359,6 +375,8 @@ pub struct MemTransport<P: Protocol> {
     net: MemNetwork,
     addr: SocketAddr,
     identity: String,
+    role: Option<CertRole>,
+    public_key: Option<Arc<[u8]>>,
     trust_domain: String,
     settings: Arc<Settings>,
     _protocol: std::marker::PhantomData<fn() -> P>,
@@ -370,6 +388,8 @@ impl<P: Protocol> Clone for MemTransport<P> {
             net: self.net.clone(),
             addr: self.addr,
             identity: self.identity.clone(),
+            role: self.role,
+            public_key: self.public_key.clone(),
             trust_domain: self.trust_domain.clone(),
             settings: self.settings.clone(),
             _protocol: std::marker::PhantomData,
@@ -382,6 +402,7 @@ impl<P: Protocol> std::fmt::Debug for MemTransport<P> {
         f.debug_struct("MemTransport")
             .field("addr", &self.addr)
             .field("identity", &self.identity)
+            .field("role", &self.role)
             .finish_non_exhaustive()
     }
 }
@@ -394,9 +415,34 @@ impl<P: Protocol> MemTransport<P> {
         self
     }
 
+    /// Gives this host's certificate `role`, whether it dials or listens
+    /// (by default: the role its protocol expects, see the module doc).
+    pub fn with_role(mut self, role: CertRole) -> Self {
+        self.role = Some(role);
+        self
+    }
+
+    /// Gives this host's certificate the public key `spki`, as its peers
+    /// see it in [`PeerId::public_key`] (to simulate a certificate
+    /// reissued under the same name, or to use real keys).
+    pub fn with_public_key(mut self, spki: Vec<u8>) -> Self {
+        self.public_key = Some(spki.into());
+        self
+    }
+
     /// This host's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The public key peers see: the one set, or a stand-in per trust
+    /// domain and name.
+    fn public_key(&self) -> Arc<[u8]> {
+        self.public_key.clone().unwrap_or_else(|| {
+            format!("vcodr-mem-key:{}:{}", self.trust_domain, self.identity)
+                .into_bytes()
+                .into()
+        })
     }
 
     fn one_way_delay(&self, state: &mut NetState, from: SocketAddr, to: SocketAddr) -> Duration {
@@ -413,6 +459,7 @@ enum Dial<P: Protocol> {
     Found {
         accept: mpsc::Sender<Connection<P>>,
         identity: String,
+        public_key: Arc<[u8]>,
         trust_domain: String,
         protocol: &'static str,
         hello: Hello,
@@ -458,6 +505,7 @@ impl<P: Protocol> Transport<P> for MemTransport<P> {
                         Some((accept, max_frame)) if slot.protocol == P::NAME => Dial::Found {
                             accept: accept.clone(),
                             identity: slot.identity.clone(),
+                            public_key: slot.public_key.clone(),
                             trust_domain: slot.trust_domain.clone(),
                             protocol: slot.protocol,
                             hello: slot.hello.clone(),
@@ -470,63 +518,88 @@ impl<P: Protocol> Transport<P> for MemTransport<P> {
                 }
             }
         };
-        let (accept, identity, hello, server_max_frame, stats, round_trip) = match dial {
-            Dial::Partitioned => {
-                tokio::time::sleep(timeout).await;
-                return Err(ConnectError::TimedOut {
-                    addr,
-                    server_name: name,
-                    after: timeout,
-                });
-            }
-            Dial::Nobody => {
-                return Err(ConnectError::Failed {
-                    addr,
-                    server_name: name,
-                    reason: "nothing listens there".into(),
-                })
-            }
-            Dial::WrongProtocol(theirs, stats) => {
-                ListenerStats::bump(&stats.refused_handshakes);
-                warn!(remote = %self.addr, ours = theirs, theirs = P::NAME, "refused TLS handshake: wrong protocol");
-                return Err(refused(Refusal::WrongProtocol { expected: P::NAME }));
-            }
-            Dial::Found {
-                accept,
-                identity,
-                trust_domain,
-                protocol,
-                hello,
-                settings_max_frame,
-                stats,
-                round_trip,
-            } => {
-                debug_assert_eq!(protocol, P::NAME);
-                if trust_domain != self.trust_domain {
-                    ListenerStats::bump(&stats.refused_handshakes);
-                    warn!(remote = %self.addr, "refused TLS handshake: certificate not signed by the deployment CA");
-                    return Err(refused(Refusal::UnknownCa));
+        let (accept, identity, server_key, dial_role, hello, server_max_frame, stats, round_trip) =
+            match dial {
+                Dial::Partitioned => {
+                    tokio::time::sleep(timeout).await;
+                    return Err(ConnectError::TimedOut {
+                        addr,
+                        server_name: name,
+                        after: timeout,
+                    });
                 }
-                if identity != server_name {
-                    return Err(refused(Refusal::WrongName {
-                        expected: server_name.to_string(),
-                    }));
+                Dial::Nobody => {
+                    return Err(ConnectError::Failed {
+                        addr,
+                        server_name: name,
+                        reason: "nothing listens there".into(),
+                    })
                 }
-                (
+                Dial::WrongProtocol(theirs, stats) => {
+                    let detail = format!("peer speaks `{}`, not `{theirs}`", P::NAME);
+                    stats.refused(Refused::WrongProtocol, self.addr, None, &detail);
+                    return Err(refused(Refusal::WrongProtocol { expected: P::NAME }));
+                }
+                Dial::Found {
                     accept,
                     identity,
+                    public_key,
+                    trust_domain,
+                    protocol,
                     hello,
                     settings_max_frame,
                     stats,
                     round_trip,
-                )
-            }
-        };
+                } => {
+                    debug_assert_eq!(protocol, P::NAME);
+                    if trust_domain != self.trust_domain {
+                        let refusal = Refusal::UnknownCa;
+                        stats.refused(Refused::UnknownCa, self.addr, None, &refusal);
+                        return Err(refused(refusal));
+                    }
+                    if identity != server_name {
+                        return Err(refused(Refusal::WrongName {
+                            expected: server_name.to_string(),
+                        }));
+                    }
+                    // The listener's verifier: the dialler's role must be accepted.
+                    let role = match self.role.or_else(|| P::ACCEPTS.first().copied()) {
+                        Some(role) if P::ACCEPTS.contains(&role) => Ok(role),
+                        Some(role) => Err(Refusal::WrongRole {
+                            name: self.identity.clone(),
+                            role,
+                            accepted: P::ACCEPTS.to_vec(),
+                        }),
+                        None => Err(Refusal::NoRole {
+                            name: self.identity.clone(),
+                        }),
+                    };
+                    let role = match role {
+                        Ok(role) => role,
+                        Err(refusal) => {
+                            let why = Refused::of(&refusal);
+                            stats.refused(why, self.addr, Some(&self.identity), &refusal);
+                            return Err(refused(refusal));
+                        }
+                    };
+                    (
+                        accept,
+                        identity,
+                        public_key,
+                        role,
+                        hello,
+                        settings_max_frame,
+                        stats,
+                        round_trip,
+                    )
+                }
+            };
         let version = match negotiate(&self.settings.hello, &hello) {
             Ok(version) => version,
             Err(mismatch) => {
-                ListenerStats::bump(&stats.version_mismatches);
-                warn!(peer = %self.identity, remote = %self.addr, %mismatch, "refused peer: no common protocol version");
+                let detail = format!("no common protocol version: {mismatch}");
+                let me = Some(self.identity.as_str());
+                stats.refused(Refused::VersionMismatch, self.addr, me, &detail);
                 return Err(ConnectError::VersionMismatch {
                     addr,
                     server_name: name,
@@ -556,13 +629,13 @@ impl<P: Protocol> Transport<P> for MemTransport<P> {
         let client_end = End::new(&self.settings);
         let server_end = End::new(&self.settings);
         let client_info = LinkInfo {
-            peer: PeerId::new(identity),
+            peer: PeerId::new(P::SERVES, identity, server_key.to_vec()),
             addr,
             version,
             protocol: P::NAME,
         };
         let server_info = LinkInfo {
-            peer: PeerId::new(self.identity.clone()),
+            peer: PeerId::new(dial_role, self.identity.clone(), self.public_key().to_vec()),
             addr: self.addr,
             version,
             protocol: P::NAME,
@@ -622,8 +695,9 @@ impl<P: Protocol> Transport<P> for MemTransport<P> {
     }
 
     fn listen(&self) -> Result<Listener<P>, SetupError> {
+        crate::roles::check_listener::<P>(&self.identity, Some(self.role.unwrap_or(P::SERVES)))?;
         let (tx, rx) = mpsc::channel::<Connection<P>>(self.settings.max_pending_accepts);
-        let stats = Arc::new(ListenerStats::default());
+        let stats = Arc::new(ListenerStats::new(P::NAME, self.addr));
         let generation = {
             let mut state = self.net.state();
             if state.listeners.contains_key(&self.addr) {
@@ -635,6 +709,7 @@ impl<P: Protocol> Transport<P> for MemTransport<P> {
                 self.addr,
                 ListenerSlot {
                     identity: self.identity.clone(),
+                    public_key: self.public_key(),
                     trust_domain: self.trust_domain.clone(),
                     protocol: P::NAME,
                     hello: self.settings.hello.clone(),

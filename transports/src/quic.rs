@@ -1,5 +1,14 @@
 //! QUIC (quinn 0.11) with mutual TLS (rustls 0.23, ring provider).
 //!
+//! # The handshake
+//! TLS 1.3 only, ALPN [`Protocol::NAME`]. Both sides verify the other's
+//! certificate chain against the deployment CA (and the dialler the
+//! server's name), then its role ([`Protocol::ACCEPTS`] on the listening
+//! side, [`Protocol::SERVES`] on the dialling side): see
+//! [`server_tls_config`] and [`client_tls_config`], which both drivers use.
+//! The link's [`PeerId`] is read from the verified leaf certificate: name,
+//! role and public key, nothing else of it kept.
+//!
 //! # Streams of a connection
 //! - The client opens the first bidirectional stream and sends its [`Hello`];
 //!   the server answers with its own. Both call [`negotiate`]; on a mismatch
@@ -23,6 +32,7 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, ReadError, ReadExactError, RecvStream, SendStream, VarInt};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
@@ -31,13 +41,14 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
 use vcodr_core::codec::{self, negotiate, DecodeError, Hello, FRAME_HEADER_LEN};
 
-use crate::certs::{identity_of, TlsIdentity};
+use crate::certs::{role_of, spki_of, TlsIdentity};
 use crate::error::{CloseReason, ConnectError, Refusal, SetupError};
 use crate::link::{
     decode_whole_frame, whole_frame_payload, Backend, Connection, Incoming, IncomingTx, LinkInfo,
-    Listener, ListenerGuard, ListenerStats, PeerId, PendingRequests, RequestFailure, Responder,
-    ResponderInner,
+    Listener, ListenerGuard, ListenerStats, PeerId, PendingRequests, Refused, RequestFailure,
+    Responder, ResponderInner,
 };
+use crate::roles::{refusal_in_text, RoleClientVerifier, RoleServerVerifier};
 use crate::settings::{QuicDriver, Settings};
 use crate::{Protocol, Transport};
 
@@ -54,7 +65,8 @@ pub mod code {
     pub const PROTOCOL_VIOLATION: VarInt = VarInt::from_u32(1);
     /// The two ends share no protocol version.
     pub const VERSION_MISMATCH: VarInt = VarInt::from_u32(2);
-    /// The certificate carries no identity.
+    /// The certificate carries no identity or no role (the verifiers
+    /// refuse such certificates first; kept as a second line of defence).
     pub const NO_IDENTITY: VarInt = VarInt::from_u32(3);
     /// The listener is gone or the endpoint shuts down.
     pub const SHUTDOWN: VarInt = VarInt::from_u32(4);
@@ -95,19 +107,22 @@ fn root_store(identity: &TlsIdentity) -> Result<RootCertStore, SetupError> {
     Ok(roots)
 }
 
-/// The rustls server configuration: TLS 1.3 only, client certificates
-/// required and verified against the deployment CA, ALPN `alpn`.
-pub fn server_tls_config(
+/// The rustls server configuration of a listener of `P`: TLS 1.3 only,
+/// client certificates required, verified against the deployment CA and
+/// refused unless their role is one of [`Protocol::ACCEPTS`]; ALPN
+/// [`Protocol::NAME`]. Refuses an identity whose own role is not
+/// [`Protocol::SERVES`].
+pub fn server_tls_config<P: Protocol>(
     identity: &TlsIdentity,
-    alpn: &[u8],
 ) -> Result<rustls::ServerConfig, SetupError> {
     let name = identity.name();
     let provider = crypto_provider();
     let (chain, key) = identity.certified().ok_or_else(|| SetupError::Tls {
         name: name.to_string(),
-        reason: "a server needs a certificate".into(),
+        reason: "a listener needs a certificate".into(),
     })?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(
+    crate::roles::check_listener::<P>(name, identity.role())?;
+    let webpki = WebPkiClientVerifier::builder_with_provider(
         Arc::new(root_store(identity)?),
         provider.clone(),
     )
@@ -116,34 +131,47 @@ pub fn server_tls_config(
         name: name.to_string(),
         reason: e.to_string(),
     })?;
+    let verifier = Arc::new(RoleClientVerifier::new::<P>(webpki));
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err(name))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(tls_err(name))?;
-    config.alpn_protocols = vec![alpn.to_vec()];
+    config.alpn_protocols = vec![P::NAME.as_bytes().to_vec()];
     Ok(config)
 }
 
-/// The rustls client configuration: TLS 1.3 only, server verified against
-/// the deployment CA and the expected name, our certificate presented.
-pub fn client_tls_config(
+/// The rustls client configuration of a dialler of `P`: TLS 1.3 only, the
+/// server verified against the deployment CA and the expected name and
+/// refused unless its role is [`Protocol::SERVES`], our certificate
+/// presented (if any), ALPN [`Protocol::NAME`].
+pub fn client_tls_config<P: Protocol>(
     identity: &TlsIdentity,
-    alpn: &[u8],
 ) -> Result<rustls::ClientConfig, SetupError> {
     let name = identity.name();
-    let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
+    let provider = crypto_provider();
+    let webpki = WebPkiServerVerifier::builder_with_provider(
+        Arc::new(root_store(identity)?),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| SetupError::Tls {
+        name: name.to_string(),
+        reason: e.to_string(),
+    })?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err(name))?
-        .with_root_certificates(root_store(identity)?);
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(RoleServerVerifier::new::<P>(webpki)));
     let mut config = match identity.certified() {
         Some((chain, key)) => builder
             .with_client_auth_cert(chain, key)
             .map_err(tls_err(name))?,
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![alpn.to_vec()];
+    config.alpn_protocols = vec![P::NAME.as_bytes().to_vec()];
     Ok(config)
 }
 
@@ -169,12 +197,11 @@ fn transport_config(settings: &Settings) -> Result<Arc<quinn::TransportConfig>, 
     Ok(Arc::new(transport))
 }
 
-pub(crate) fn quinn_client_config(
+pub(crate) fn quinn_client_config<P: Protocol>(
     identity: &TlsIdentity,
-    alpn: &[u8],
     settings: &Settings,
 ) -> Result<quinn::ClientConfig, SetupError> {
-    let tls = client_tls_config(identity, alpn)?;
+    let tls = client_tls_config::<P>(identity)?;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| SetupError::Tls {
         name: identity.name().to_string(),
         reason: e.to_string(),
@@ -184,12 +211,11 @@ pub(crate) fn quinn_client_config(
     Ok(config)
 }
 
-fn quinn_server_config(
+fn quinn_server_config<P: Protocol>(
     identity: &TlsIdentity,
-    alpn: &[u8],
     settings: &Settings,
 ) -> Result<quinn::ServerConfig, SetupError> {
-    let tls = server_tls_config(identity, alpn)?;
+    let tls = server_tls_config::<P>(identity)?;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| SetupError::Tls {
         name: identity.name().to_string(),
         reason: e.to_string(),
@@ -286,7 +312,7 @@ impl<P: Protocol> QuicTransport<P> {
         settings: Settings,
     ) -> Result<Self, SetupError> {
         settings.validate()?;
-        let client_config = quinn_client_config(&identity, P::NAME.as_bytes(), &settings)?;
+        let client_config = quinn_client_config::<P>(&identity, &settings)?;
         let socket = udp_socket(addr, settings.udp_buffer_bytes)
             .map_err(|source| SetupError::Bind { addr, source })?;
         let settings = Arc::new(settings);
@@ -330,7 +356,7 @@ impl<P: Protocol> QuicTransport<P> {
 
     /// A transport on the same socket that dials as `identity`.
     pub fn with_identity(&self, identity: TlsIdentity) -> Result<Self, SetupError> {
-        let client_config = quinn_client_config(&identity, P::NAME.as_bytes(), &self.settings)?;
+        let client_config = quinn_client_config::<P>(&identity, &self.settings)?;
         Ok(QuicTransport {
             shared: self.shared.clone(),
             identity: Arc::new(identity),
@@ -420,16 +446,15 @@ impl<P: Protocol> Transport<P> for QuicTransport<P> {
         if self.shared.listening.swap(true, Ordering::SeqCst) {
             return Err(SetupError::AlreadyListening { addr });
         }
-        let server_config =
-            match quinn_server_config(&self.identity, P::NAME.as_bytes(), &self.settings) {
-                Ok(config) => config,
-                Err(e) => {
-                    self.shared.listening.store(false, Ordering::SeqCst);
-                    return Err(e);
-                }
-            };
+        let server_config = match quinn_server_config::<P>(&self.identity, &self.settings) {
+            Ok(config) => config,
+            Err(e) => {
+                self.shared.listening.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
         let (accepted_tx, accepted_rx) = mpsc::channel(self.settings.max_pending_accepts);
-        let stats = Arc::new(ListenerStats::default());
+        let stats = Arc::new(ListenerStats::new(P::NAME, addr));
         let guard = match &self.shared.driver {
             Driver::Quinn(endpoint) => {
                 endpoint.set_server_config(Some(server_config));
@@ -510,42 +535,41 @@ async fn accept_one<P: Protocol>(
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
         Err(e) => {
-            ListenerStats::bump(&stats.refused_handshakes);
-            warn!(%remote, reason = %e, "refused connection attempt");
+            let detail = format!("connection attempt refused: {e}");
+            stats.refused(Refused::OtherTls, remote, None, &detail);
             return;
         }
     };
     let conn = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            ListenerStats::bump(&stats.refused_handshakes);
-            warn!(%remote, reason = %describe_refusal(&e), "refused TLS handshake");
+            let (why, name, detail) = classify_refusal(&e);
+            stats.refused(why, remote, name.as_deref(), &detail);
             return;
         }
         Err(_) => {
-            ListenerStats::bump(&stats.refused_handshakes);
-            warn!(%remote, ?timeout, "TLS handshake timed out");
+            let detail = format!("TLS handshake not done within {timeout:?}");
+            stats.refused(Refused::TimedOut, remote, None, &detail);
             return;
         }
     };
     let Some(peer) = peer_id(&conn) else {
-        ListenerStats::bump(&stats.refused_handshakes);
-        warn!(%remote, "refused: certificate names no identity");
-        conn.close(code::NO_IDENTITY, b"certificate names no identity");
+        stats.refused(Refused::NoIdentity, remote, None, &NO_IDENTITY);
+        conn.close(code::NO_IDENTITY, NO_IDENTITY.as_bytes());
         return;
     };
     let hello = tokio::time::timeout(timeout, read_hello(&conn, settings.max_frame_bytes)).await;
     let (mut send, theirs) = match hello {
         Ok(Ok(pair)) => pair,
         Ok(Err(reason)) => {
-            ListenerStats::bump(&stats.failed_hellos);
-            warn!(%peer, %remote, %reason, "no valid hello; connection closed");
+            let detail = format!("no valid hello ({reason}); connection closed");
+            stats.refused(Refused::NoHello, remote, Some(peer.as_str()), &detail);
             conn.close(code::PROTOCOL_VIOLATION, reason.as_bytes());
             return;
         }
         Err(_) => {
-            ListenerStats::bump(&stats.failed_hellos);
-            warn!(%peer, %remote, ?timeout, "no hello within the handshake timeout; connection closed");
+            let detail = format!("no hello within {timeout:?}; connection closed");
+            stats.refused(Refused::NoHello, remote, Some(peer.as_str()), &detail);
             conn.close(
                 code::PROTOCOL_VIOLATION,
                 b"no hello within the handshake timeout",
@@ -565,8 +589,13 @@ async fn accept_one<P: Protocol>(
     let version = match negotiate(&settings.hello, &theirs) {
         Ok(version) => version,
         Err(mismatch) => {
-            ListenerStats::bump(&stats.version_mismatches);
-            warn!(%peer, %remote, %mismatch, "refused peer: no common protocol version");
+            let detail = format!("no common protocol version: {mismatch}");
+            stats.refused(
+                Refused::VersionMismatch,
+                remote,
+                Some(peer.as_str()),
+                &detail,
+            );
             if send.write_all(&ours).await.is_ok() && send.finish().is_ok() {
                 // Let the client read our hello and close; then close anyway.
                 let _ = tokio::time::timeout(timeout, conn.closed()).await;
@@ -589,8 +618,8 @@ async fn accept_one<P: Protocol>(
     }
     .await
     {
-        ListenerStats::bump(&stats.failed_hellos);
-        warn!(%peer, %remote, reason = %e, "could not answer the hello");
+        let detail = format!("could not answer the hello: {e}");
+        stats.refused(Refused::NoHello, remote, Some(peer.as_str()), &detail);
         return;
     }
     debug!(%peer, %remote, version, "link up (accepted)");
@@ -626,7 +655,7 @@ async fn client_hello<P: Protocol>(
         reason,
     };
     let Some(peer) = peer_id(&conn) else {
-        conn.close(code::NO_IDENTITY, b"certificate names no identity");
+        conn.close(code::NO_IDENTITY, NO_IDENTITY.as_bytes());
         return Err(ConnectError::HandshakeRefused {
             addr,
             server_name: server_name.to_string(),
@@ -685,11 +714,18 @@ fn peer_id(conn: &quinn::Connection) -> Option<PeerId> {
     identity_from(conn.peer_identity())
 }
 
-/// The identity named by a verified certificate chain (as rustls hands it
-/// to quinn).
+/// Why a connection whose certificate verified has no [`PeerId`]: the
+/// verifiers refuse such certificates first, so only a bug gets here.
+pub(crate) const NO_IDENTITY: &str = "certificate names no identity or no role";
+
+/// The identity proven by a verified certificate chain (as rustls hands it
+/// to quinn): the leaf's name, role and public key, and nothing else of it.
 fn identity_from(chain: Option<Box<dyn std::any::Any>>) -> Option<PeerId> {
     let chain = chain?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    identity_of(chain.first()?).map(PeerId::new)
+    let leaf = chain.first()?;
+    let (role, name) = role_of(leaf)?;
+    let public_key = spki_of(leaf)?;
+    Some(PeerId::new(role, name, public_key))
 }
 
 const TLS_ALERT_BAD_CERTIFICATE: u8 = 42;
@@ -708,7 +744,9 @@ fn tls_alert(code: quinn::TransportErrorCode) -> Option<u8> {
 
 /// Reads what rustls reported locally into a [`Refusal`].
 fn refusal_from_text(text: &str, expected: &str) -> Option<Refusal> {
-    if text.contains("UnknownIssuer") {
+    if let Some(refusal) = refusal_in_text(text) {
+        Some(refusal)
+    } else if text.contains("UnknownIssuer") {
         Some(Refusal::UnknownCa)
     } else if text.contains("not valid for name") || text.contains("NotValidForName") {
         Some(Refusal::WrongName {
@@ -729,6 +767,11 @@ fn refusal_from_text(text: &str, expected: &str) -> Option<Refusal> {
 }
 
 fn refusal_from_alert(alert: u8, reason: &str) -> Refusal {
+    // The peer's close carries its TLS error text: a role refusal names
+    // the certificate, its role and the accepted roles.
+    if let Some(refusal) = refusal_in_text(reason) {
+        return refusal;
+    }
     match alert {
         TLS_ALERT_UNKNOWN_CA => Refusal::UnknownCa,
         TLS_ALERT_CERTIFICATE_EXPIRED => Refusal::Expired,
@@ -752,10 +795,37 @@ fn refusal_of(e: &ConnectionError, expected: &str) -> Option<Refusal> {
     }
 }
 
-fn describe_refusal(e: &ConnectionError) -> String {
+/// How a listener counts and logs a handshake that failed with `e`: the
+/// reason, the certificate's name if our verifier read it (role
+/// refusals), and what to log.
+///
+/// Only our own TLS errors count under a certificate reason: a refusal the
+/// dialler sent us is about *our* certificate (it refused our name, CA or
+/// role), and its text is of the dialler's choosing.
+pub(crate) fn classify_refusal(e: &ConnectionError) -> (Refused, Option<String>, String) {
+    if let ConnectionError::ConnectionClosed(_) = e {
+        return (
+            Refused::OtherTls,
+            None,
+            format!("the dialler refused the handshake ({e})"),
+        );
+    }
     match refusal_of(e, "") {
-        Some(refusal) => format!("{refusal} ({e})"),
-        None => e.to_string(),
+        Some(refusal) => {
+            let (name, detail) = match &refusal {
+                // The refusal says it all; rustls' text repeats it.
+                Refusal::WrongRole { name, .. } | Refusal::NoRole { name } => {
+                    (Some(name.clone()), refusal.to_string())
+                }
+                _ => (None, format!("{refusal} ({e})")),
+            };
+            (Refused::of(&refusal), name, detail)
+        }
+        None => (
+            Refused::OtherTls,
+            None,
+            format!("TLS handshake failed: {e}"),
+        ),
     }
 }
 
@@ -1320,5 +1390,46 @@ async fn accept_ordered<P: Protocol>(
             conn.close(code::PROTOCOL_VIOLATION, reason.as_bytes());
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROLE_TEXT: &str = "invalid peer certificate: Other(OtherError(certificate `edge-9` \
+        has role `edge`, which may not dial the `vcodr-peer` link (accepted: server); use a \
+        certificate of an accepted role))";
+
+    /// Our verifier's refusal names the certificate; the same text in a
+    /// dialler's close is the dialler's word about our certificate, and
+    /// counts as nothing more.
+    #[test]
+    fn only_our_own_role_refusals_name_a_certificate() {
+        let local = ConnectionError::TransportError(quinn_proto::TransportError {
+            code: quinn_proto::TransportErrorCode::crypto(TLS_ALERT_CERTIFICATE_UNKNOWN),
+            frame: None,
+            reason: ROLE_TEXT.into(),
+        });
+        let (why, name, detail) = classify_refusal(&local);
+        assert_eq!((why, name.as_deref()), (Refused::WrongRole, Some("edge-9")));
+        assert!(detail.contains("accepted: server"), "{detail}");
+
+        let remote = ConnectionError::ConnectionClosed(quinn_proto::ConnectionClose {
+            error_code: quinn_proto::TransportErrorCode::crypto(TLS_ALERT_CERTIFICATE_UNKNOWN),
+            frame_type: None,
+            reason: ROLE_TEXT.as_bytes().to_vec().into(),
+        });
+        let (why, name, _) = classify_refusal(&remote);
+        assert_eq!((why, name), (Refused::OtherTls, None));
+        // The dialler, refused by a listener, reads the role refusal back.
+        assert_eq!(
+            refusal_of(&remote, "a"),
+            Some(Refusal::WrongRole {
+                name: "edge-9".into(),
+                role: vcodr_core::CertRole::Edge,
+                accepted: vec![vcodr_core::CertRole::Server],
+            })
+        );
     }
 }

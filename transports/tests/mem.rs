@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use vcodr_core::codec::Hello;
+use vcodr_core::CertRole;
 use vcodr_transport::mem::{Faults, MemCounts, MemNetwork};
 use vcodr_transport::{CloseReason, ConnectError, Incoming, Refusal, Settings, Transport};
 
@@ -323,5 +324,121 @@ fn link_down_events_carry_their_reason() {
         let reply = link.request(&TestRequest::Status).await.unwrap();
         assert_eq!(reply, TestResponse::Echo(b"Status".to_vec()));
         answer.await.unwrap();
+    });
+}
+
+fn refusal<P: vcodr_transport::Protocol>(
+    result: Result<vcodr_transport::Connection<P>, ConnectError>,
+) -> Refusal {
+    match result {
+        Err(ConnectError::HandshakeRefused { refusal, .. }) => refusal,
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(link) => panic!("expected a refusal, got a link to {}", link.link()),
+    }
+}
+
+/// The roles rule of QUIC, on the in-memory network: hosts take the role
+/// their protocol expects unless told otherwise, a dialler of a role the
+/// protocol does not accept is refused, only servers listen, and the
+/// accepted link names the proven role and (stand-in) key.
+#[test]
+fn mem_links_follow_the_roles_rule() {
+    virtual_runtime().block_on(async {
+        let net = MemNetwork::new(11);
+        let host = |port: u16| addr(&format!("127.0.0.1:{port}"));
+        // The peer link: servers only.
+        let a = net
+            .transport::<PeerTestProto>(host(9001), "a", settings())
+            .unwrap();
+        let mut peer_listener = a.listen().unwrap();
+        let b = net
+            .transport::<PeerTestProto>(host(9002), "b", settings())
+            .unwrap();
+        let link = b.connect(host(9001), "a").await.unwrap();
+        let accepted = peer_listener.accept().await.unwrap();
+        assert_eq!(link.peer().role(), CertRole::Server);
+        assert_eq!(accepted.peer().role(), CertRole::Server);
+        assert_eq!(accepted.peer().as_str(), "b");
+        let stand_in = accepted.peer().public_key().to_vec();
+        assert!(!stand_in.is_empty());
+        assert_eq!(accepted.peer().fingerprint().len(), 64);
+        drop((link, accepted));
+        // Stable per name: the next link has the same key.
+        let _again = b.connect(host(9001), "a").await.unwrap();
+        assert_eq!(
+            peer_listener.accept().await.unwrap().peer().public_key(),
+            &stand_in[..]
+        );
+        // A certificate reissued under the same name has another key.
+        let reissued = net
+            .transport::<PeerTestProto>(host(9003), "b", settings())
+            .unwrap()
+            .with_public_key(vec![1, 2, 3]);
+        let _link = reissued.connect(host(9001), "a").await.unwrap();
+        let accepted = peer_listener.accept().await.unwrap();
+        assert_eq!(accepted.peer().public_key(), &[1, 2, 3]);
+        assert_eq!(accepted.peer().to_core().public_key, vec![1, 2, 3]);
+
+        for (port, name, role) in [
+            (9004, "edge-1", CertRole::Edge),
+            (9005, "gw-1", CertRole::Gateway),
+        ] {
+            let stolen = net
+                .transport::<PeerTestProto>(host(port), name, settings())
+                .unwrap()
+                .with_role(role);
+            assert_eq!(
+                refusal(stolen.connect(host(9001), "a").await),
+                Refusal::WrongRole {
+                    name: name.into(),
+                    role,
+                    accepted: vec![CertRole::Server],
+                }
+            );
+            // An edge cannot listen either.
+            let err = stolen.listen().unwrap_err().to_string();
+            assert!(err.contains("must have role `server`"), "{err}");
+        }
+        let counts = peer_listener.counts();
+        assert_eq!(
+            (counts.refused_wrong_role, counts.refused_handshakes),
+            (2, 2)
+        );
+
+        // The edge link: edges by default, gateways too, servers not.
+        let edge_port = net
+            .transport::<EdgeTestProto>(host(9101), "a", settings())
+            .unwrap();
+        let mut edge_listener = edge_port.listen().unwrap();
+        let edge = net
+            .transport::<EdgeTestProto>(host(9102), "edge-2", settings())
+            .unwrap();
+        let _edge_link = edge.connect(host(9101), "a").await.unwrap();
+        assert_eq!(
+            edge_listener.accept().await.unwrap().peer().role(),
+            CertRole::Edge
+        );
+        let gateway = net
+            .transport::<EdgeTestProto>(host(9103), "gw-2", settings())
+            .unwrap()
+            .with_role(CertRole::Gateway);
+        let _gateway_link = gateway.connect(host(9101), "a").await.unwrap();
+        assert_eq!(
+            edge_listener.accept().await.unwrap().peer().role(),
+            CertRole::Gateway
+        );
+        let server = net
+            .transport::<EdgeTestProto>(host(9104), "c", settings())
+            .unwrap()
+            .with_role(CertRole::Server);
+        assert_eq!(
+            refusal(server.connect(host(9101), "a").await),
+            Refusal::WrongRole {
+                name: "c".into(),
+                role: CertRole::Server,
+                accepted: vec![CertRole::Edge, CertRole::Gateway],
+            }
+        );
+        assert_eq!(edge_listener.counts().refused_wrong_role, 1);
     });
 }

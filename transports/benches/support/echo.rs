@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
-use vcodr_transport::certs::{CertKind, CertificateAuthority};
+use vcodr_transport::certs::{CertRole, CertificateAuthority};
 use vcodr_transport::quic::QuicTransport;
 use vcodr_transport::{Incoming, Protocol, Settings, Transport};
 
@@ -17,6 +17,7 @@ pub struct Pong(pub u64);
 pub struct Rtt;
 impl Protocol for Rtt {
     const NAME: &'static str = "vcodr-rtt";
+    const ACCEPTS: &'static [CertRole] = &[CertRole::Edge];
     type Request = Ping;
     type Response = Pong;
     type Message = ();
@@ -33,7 +34,7 @@ pub fn echo_server(
 ) -> Result<(QuicTransport<Rtt>, SocketAddr), Box<dyn std::error::Error>> {
     let server = QuicTransport::<Rtt>::bind(
         loopback(),
-        ca.issue_identity("a", CertKind::Server)?,
+        ca.issue_identity("a", CertRole::Server)?,
         settings,
     )?;
     let mut listener = server.listen()?;

@@ -36,13 +36,13 @@ use tracing::{debug, warn};
 use vcodr_core::codec::{self, negotiate, DecodeError, Hello, FRAME_HEADER_LEN};
 
 use super::{
-    close_reason_of, code, connect_failure, describe_refusal, dgram, identity_from,
-    stream_code_name,
+    classify_refusal, close_reason_of, code, connect_failure, dgram, identity_from,
+    stream_code_name, NO_IDENTITY,
 };
 use crate::error::{CloseReason, ConnectError, Refusal, SetupError};
 use crate::link::{
     decode_whole_frame, whole_frame_payload, Backend, Connection, Incoming, IncomingTx, LinkInfo,
-    ListenerStats, PeerId, RequestFailure, Responder, ResponderInner,
+    ListenerStats, PeerId, Refused, RequestFailure, Responder, ResponderInner,
 };
 use crate::settings::Settings;
 use crate::Protocol;
@@ -865,8 +865,8 @@ impl<P: Protocol> Hub<P> {
                 self.insert(h, proto, remote, Phase::Accepting, Some(deadline));
             }
             Err(e) => {
-                ListenerStats::bump(&stats.refused_handshakes);
-                warn!(%remote, reason = %e.cause, "refused connection attempt");
+                let detail = format!("connection attempt refused: {}", e.cause);
+                stats.refused(Refused::OtherTls, remote, None, &detail);
                 if let Some(t) = e.response {
                     self.io.send(&t, &buf[..t.size]);
                 }
@@ -1120,16 +1120,17 @@ impl<P: Protocol> Hub<P> {
                 }
                 Phase::Accepting => {
                     if let Some(l) = &ctx.listen {
-                        ListenerStats::bump(&l.stats.refused_handshakes);
+                        let detail = format!("TLS handshake not done within {timeout:?}");
+                        l.stats.refused(Refused::TimedOut, remote, None, &detail);
                     }
-                    warn!(%remote, ?timeout, "TLS handshake timed out");
                     (code::CLOSED, "TLS handshake timed out".to_string())
                 }
                 Phase::ServerHello { peer, .. } => {
                     if let Some(l) = &ctx.listen {
-                        ListenerStats::bump(&l.stats.failed_hellos);
+                        let detail = format!("no hello within {timeout:?}; connection closed");
+                        l.stats
+                            .refused(Refused::NoHello, remote, Some(peer.as_str()), &detail);
                     }
-                    warn!(%peer, %remote, ?timeout, "no hello within the handshake timeout; connection closed");
                     (
                         code::PROTOCOL_VIOLATION,
                         "no hello within the handshake timeout".to_string(),
@@ -1558,17 +1559,18 @@ fn settle<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, error: &ConnectionE
         Phase::Accepting => {
             if !matches!(error, ConnectionError::LocallyClosed) {
                 if let Some(l) = &ctx.listen {
-                    ListenerStats::bump(&l.stats.refused_handshakes);
+                    let (why, name, detail) = classify_refusal(error);
+                    l.stats.refused(why, remote, name.as_deref(), &detail);
                 }
-                warn!(%remote, reason = %describe_refusal(error), "refused TLS handshake");
             }
         }
         Phase::ServerHello { peer, .. } => {
             if !matches!(error, ConnectionError::LocallyClosed) {
                 if let Some(l) = &ctx.listen {
-                    ListenerStats::bump(&l.stats.failed_hellos);
+                    let detail = format!("no valid hello ({error}); connection closed");
+                    l.stats
+                        .refused(Refused::NoHello, remote, Some(peer.as_str()), &detail);
                 }
-                warn!(%peer, %remote, reason = %error, "no valid hello; connection closed");
             }
         }
         Phase::Up(mut link) => {
@@ -1701,7 +1703,6 @@ fn link_up<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant) {
 fn on_connected<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant) {
     let remote = conn.remote;
     let peer = peer_of(&conn.proto);
-    let no_identity = "certificate names no identity";
     match std::mem::replace(&mut conn.phase, Phase::Gone) {
         Phase::Dialling { reply, server_name } => {
             if reply.is_closed() {
@@ -1710,7 +1711,7 @@ fn on_connected<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant)
                 return;
             }
             let Some(peer) = peer else {
-                shut(ctx, conn, code::NO_IDENTITY, no_identity);
+                shut(ctx, conn, code::NO_IDENTITY, NO_IDENTITY);
                 let _ = reply.send(Err(ConnectError::HandshakeRefused {
                     addr: remote,
                     server_name,
@@ -1755,10 +1756,10 @@ fn on_connected<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant)
         Phase::Accepting => {
             let Some(peer) = peer else {
                 if let Some(l) = &ctx.listen {
-                    ListenerStats::bump(&l.stats.refused_handshakes);
+                    l.stats
+                        .refused(Refused::NoIdentity, remote, None, &NO_IDENTITY);
                 }
-                warn!(%remote, "refused: certificate names no identity");
-                shut(ctx, conn, code::NO_IDENTITY, no_identity);
+                shut(ctx, conn, code::NO_IDENTITY, NO_IDENTITY);
                 return;
             };
             conn.deadline = Some(now + ctx.settings.handshake_timeout);
@@ -2021,8 +2022,8 @@ fn server_hello_done<P: Protocol>(
     let theirs = match outcome {
         Ok(hello) => hello,
         Err(reason) => {
-            ListenerStats::bump(&stats.failed_hellos);
-            warn!(%peer, %remote, %reason, "no valid hello; connection closed");
+            let detail = format!("no valid hello ({reason}); connection closed");
+            stats.refused(Refused::NoHello, remote, Some(peer.as_str()), &detail);
             let local = CloseReason::Protocol(reason.clone());
             shut_as(ctx, conn, code::PROTOCOL_VIOLATION, &reason, local);
             return;
@@ -2042,8 +2043,8 @@ fn server_hello_done<P: Protocol>(
     let done = match out.pump(&mut conn.proto, stream) {
         Ok(done) => done,
         Err(reason) => {
-            ListenerStats::bump(&stats.failed_hellos);
-            warn!(%peer, %remote, %reason, "could not answer the hello");
+            let detail = format!("could not answer the hello: {reason}");
+            stats.refused(Refused::NoHello, remote, Some(peer.as_str()), &detail);
             let local = CloseReason::Local(format!("could not answer the hello: {reason}"));
             shut_as(ctx, conn, code::PROTOCOL_VIOLATION, "no hello", local);
             return;
@@ -2051,8 +2052,13 @@ fn server_hello_done<P: Protocol>(
     };
     match negotiate(&ctx.settings.hello, &theirs) {
         Err(mismatch) => {
-            ListenerStats::bump(&stats.version_mismatches);
-            warn!(%peer, %remote, %mismatch, "refused peer: no common protocol version");
+            let detail = format!("no common protocol version: {mismatch}");
+            stats.refused(
+                Refused::VersionMismatch,
+                remote,
+                Some(peer.as_str()),
+                &detail,
+            );
             // Let the client read our hello and close; then close anyway.
             conn.deadline = Some(now + ctx.settings.handshake_timeout);
             conn.phase = Phase::Mismatch {

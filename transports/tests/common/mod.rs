@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use vcodr_core::CertRole;
 use vcodr_transport::reconnect::{connect_with_backoff, Backoff};
 use vcodr_transport::{Connection, Incoming, Listener, Protocol, Transport};
 
@@ -45,12 +46,39 @@ pub enum LogMessage {
     Ack { up_to: u64 },
 }
 
-/// The test link kind.
+/// The test link kind. It accepts diallers of every role, since the tests
+/// use it both between servers and from edges to servers;
+/// [`PeerTestProto`] and [`EdgeTestProto`] hold the roles of the real ones.
 #[derive(Debug)]
 pub struct TestProto;
 
 impl Protocol for TestProto {
     const NAME: &'static str = "vcodr-test";
+    const ACCEPTS: &'static [CertRole] = &CertRole::ALL;
+    type Request = TestRequest;
+    type Response = TestResponse;
+    type Message = LogMessage;
+}
+
+/// The test protocol with the peer link's roles: only servers dial it.
+#[derive(Debug)]
+pub struct PeerTestProto;
+
+impl Protocol for PeerTestProto {
+    const NAME: &'static str = "vcodr-test-peer";
+    const ACCEPTS: &'static [CertRole] = &[CertRole::Server];
+    type Request = TestRequest;
+    type Response = TestResponse;
+    type Message = LogMessage;
+}
+
+/// The test protocol with the edge link's roles: edges and gateways dial it.
+#[derive(Debug)]
+pub struct EdgeTestProto;
+
+impl Protocol for EdgeTestProto {
+    const NAME: &'static str = "vcodr-test-edge";
+    const ACCEPTS: &'static [CertRole] = &[CertRole::Edge, CertRole::Gateway];
     type Request = TestRequest;
     type Response = TestResponse;
     type Message = LogMessage;

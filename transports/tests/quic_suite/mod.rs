@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use super::common::*;
 use super::DRIVER;
 use vcodr_core::codec::{self, Hello};
-use vcodr_transport::certs::{CertKind, CertificateAuthority, TlsIdentity};
+use vcodr_transport::certs::{CertRole, CertificateAuthority, TlsIdentity};
 use vcodr_transport::quic::{self, QuicTransport};
 use vcodr_transport::reconnect::{connect_with_backoff, Backoff};
 use vcodr_transport::{
@@ -59,7 +59,7 @@ fn start_server(
     settings: Settings,
 ) -> Result<Server, SetupError> {
     let identity = ca
-        .issue_identity(name, CertKind::Server)
+        .issue_identity(name, CertRole::Server)
         .expect("certificate");
     let transport = QuicTransport::<TestProto>::bind(bind, identity, settings)?;
     let listener = transport.listen()?;
@@ -74,17 +74,17 @@ fn start_server(
     })
 }
 
-fn client(ca: &CertificateAuthority, name: &str, kind: CertKind) -> QuicTransport<TestProto> {
-    client_on(ca, name, kind, DRIVER)
+fn client(ca: &CertificateAuthority, name: &str, role: CertRole) -> QuicTransport<TestProto> {
+    client_on(ca, name, role, DRIVER)
 }
 
 fn client_on(
     ca: &CertificateAuthority,
     name: &str,
-    kind: CertKind,
+    role: CertRole,
     driver: QuicDriver,
 ) -> QuicTransport<TestProto> {
-    let identity = ca.issue_identity(name, kind).expect("certificate");
+    let identity = ca.issue_identity(name, role).expect("certificate");
     QuicTransport::bind(loopback(), identity, quick_settings_on(driver))
         .expect("bind a client socket")
 }
@@ -93,7 +93,7 @@ fn client_on(
 async fn edge_request_response_round_trip() {
     let ca = CertificateAuthority::new().unwrap();
     let server = start_server(&ca, "a", loopback(), quick_settings()).unwrap();
-    let edge = client(&ca, "edge-1", CertKind::Client);
+    let edge = client(&ca, "edge-1", CertRole::Edge);
     let link = within("connect", TEST_LIMIT, edge.connect(server.addr, "a"))
         .await
         .unwrap();
@@ -136,7 +136,7 @@ async fn stream_credit_comes_back_after_every_request() {
     };
     let ca = CertificateAuthority::new().unwrap();
     let server = start_server(&ca, "a", loopback(), tight.clone()).unwrap();
-    let identity = ca.issue_identity("edge-1", CertKind::Client).unwrap();
+    let identity = ca.issue_identity("edge-1", CertRole::Edge).unwrap();
     let edge = QuicTransport::<TestProto>::bind(loopback(), identity, tight).unwrap();
     let link = within("connect", TEST_LIMIT, edge.connect(server.addr, "a"))
         .await
@@ -173,13 +173,13 @@ async fn ten_thousand_ordered_log_messages_arrive_exactly_once_in_order() {
     let ca = CertificateAuthority::new().unwrap();
     let standby = QuicTransport::<TestProto>::bind(
         loopback(),
-        ca.issue_identity("b", CertKind::Server).unwrap(),
+        ca.issue_identity("b", CertRole::Server).unwrap(),
         quick_settings(),
     )
     .unwrap();
     let mut listener = standby.listen().unwrap();
     let addr = listener.local_addr();
-    let active = client(&ca, "a", CertKind::Server);
+    let active = client(&ca, "a", CertRole::Server);
 
     let receiver = tokio::spawn(async move {
         let mut link = listener.accept().await.expect("the active's link");
@@ -234,7 +234,7 @@ async fn ten_thousand_ordered_log_messages_arrive_exactly_once_in_order() {
 async fn replication_scenario_over_quic() {
     let ca = CertificateAuthority::new().unwrap();
     let server = start_server(&ca, "b", loopback(), quick_settings()).unwrap();
-    let active = client(&ca, "a", CertKind::Server);
+    let active = client(&ca, "a", CertRole::Server);
     let limits = ScenarioLimits {
         window: 256,
         ack_timeout: Duration::from_secs(5),
@@ -253,7 +253,7 @@ async fn replication_scenario_over_quic() {
     assert_eq!(state.entries_received, 2_000);
 }
 
-fn refusal(result: Result<Connection<TestProto>, ConnectError>) -> Refusal {
+fn refusal<P: Protocol>(result: Result<Connection<P>, ConnectError>) -> Refusal {
     match result {
         Err(ConnectError::HandshakeRefused { refusal, .. }) => refusal,
         Err(other) => panic!("expected a handshake refusal, got: {other}"),
@@ -267,7 +267,7 @@ fn refusal(result: Result<Connection<TestProto>, ConnectError>) -> Refusal {
 #[tokio::test]
 async fn bad_certificates_and_names_are_refused_before_any_protocol_message() {
     let ca = CertificateAuthority::new().unwrap();
-    let identity = ca.issue_identity("a", CertKind::Server).unwrap();
+    let identity = ca.issue_identity("a", CertRole::Server).unwrap();
     let server = QuicTransport::<TestProto>::bind(loopback(), identity, quick_settings()).unwrap();
     let mut listener = server.listen().unwrap();
     let addr = listener.local_addr();
@@ -275,7 +275,7 @@ async fn bad_certificates_and_names_are_refused_before_any_protocol_message() {
     // A certificate from another deployment's CA.
     let other_ca = CertificateAuthority::new().unwrap();
     // It trusts our CA, so only the server can refuse it.
-    let issued = other_ca.issue("edge-1", CertKind::Client).unwrap();
+    let issued = other_ca.issue("edge-1", CertRole::Edge).unwrap();
     let stranger = TlsIdentity::from_pem(&issued.cert_pem, &issued.key_pem, ca.cert_pem()).unwrap();
     let stranger =
         QuicTransport::<TestProto>::bind(loopback(), stranger, quick_settings()).unwrap();
@@ -293,7 +293,7 @@ async fn bad_certificates_and_names_are_refused_before_any_protocol_message() {
     let day = Duration::from_secs(86_400);
     let now = SystemTime::now();
     let expired = ca
-        .issue_valid("edge-2", CertKind::Client, now - 30 * day, now - day)
+        .issue_valid("edge-2", CertRole::Edge, now - 30 * day, now - day)
         .unwrap();
     let expired = QuicTransport::<TestProto>::bind(
         loopback(),
@@ -305,7 +305,7 @@ async fn bad_certificates_and_names_are_refused_before_any_protocol_message() {
     assert_eq!(got, Refusal::Expired, "{got}");
 
     // A good client expecting another server: refused by the client itself.
-    let edge = client(&ca, "edge-3", CertKind::Client);
+    let edge = client(&ca, "edge-3", CertRole::Edge);
     let got = refusal(within("wrong name", TEST_LIMIT, edge.connect(addr, "b")).await);
     assert_eq!(
         got,
@@ -318,7 +318,7 @@ async fn bad_certificates_and_names_are_refused_before_any_protocol_message() {
     // A server whose certificate comes from another CA: the client refuses it.
     let impostor = QuicTransport::<TestProto>::bind(
         loopback(),
-        other_ca.issue_identity("a", CertKind::Server).unwrap(),
+        other_ca.issue_identity("a", CertRole::Server).unwrap(),
         quick_settings(),
     )
     .unwrap();
@@ -348,8 +348,19 @@ async fn bad_certificates_and_names_are_refused_before_any_protocol_message() {
         (0, 0, 0),
         "{counts:?}"
     );
+    // ...each counted under its reason.
+    assert_eq!(
+        (
+            counts.refused_unknown_ca,
+            counts.refused_no_certificate,
+            counts.refused_expired,
+            counts.refused_wrong_role
+        ),
+        (1, 1, 1, 0),
+        "{counts:?}"
+    );
     // ...and the first link it yields is the good client's.
-    let good = client(&ca, "edge-4", CertKind::Client);
+    let good = client(&ca, "edge-4", CertRole::Edge);
     let _link = within("good client", TEST_LIMIT, good.connect(addr, "a"))
         .await
         .unwrap();
@@ -359,10 +370,372 @@ async fn bad_certificates_and_names_are_refused_before_any_protocol_message() {
     assert_eq!(first.peer().as_str(), "edge-4");
 }
 
+/// Binds `name` (a certificate of `role`) and listens for `P`.
+fn listen_as<P: Protocol>(
+    ca: &CertificateAuthority,
+    name: &str,
+    role: CertRole,
+) -> (QuicTransport<P>, Listener<P>) {
+    let identity = ca.issue_identity(name, role).unwrap();
+    let transport = QuicTransport::<P>::bind(loopback(), identity, quick_settings()).unwrap();
+    let listener = transport.listen().unwrap();
+    (transport, listener)
+}
+
+/// A transport of this suite's driver that dials `P` as `identity`.
+fn dialler<P: Protocol>(identity: TlsIdentity) -> QuicTransport<P> {
+    QuicTransport::<P>::bind(loopback(), identity, quick_settings()).unwrap()
+}
+
+#[tokio::test]
+async fn edge_and_gateway_certificates_are_refused_by_the_peer_listener_in_the_handshake() {
+    let ca = CertificateAuthority::new().unwrap();
+    let (_server, mut listener) = listen_as::<PeerTestProto>(&ca, "a", CertRole::Server);
+    let addr = listener.local_addr();
+    for (name, role) in [("edge-1", CertRole::Edge), ("gw-1", CertRole::Gateway)] {
+        let stolen = dialler::<PeerTestProto>(ca.issue_identity(name, role).unwrap());
+        let result = within(name, TEST_LIMIT, stolen.connect(addr, "a")).await;
+        let err = result
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let got = refusal(result);
+        assert_eq!(
+            got,
+            Refusal::WrongRole {
+                name: name.into(),
+                role,
+                accepted: vec![CertRole::Server],
+            },
+            "{got}"
+        );
+        for part in [name, role.as_str(), "accepted: server"] {
+            assert!(err.contains(part), "{part:?} missing from: {err}");
+        }
+    }
+    // The listener refused both in TLS: no hello read, nothing accepted.
+    wait_until("two refused handshakes", TEST_LIMIT, || {
+        listener.counts().refused_wrong_role >= 2
+    })
+    .await;
+    let counts = listener.counts();
+    assert_eq!(
+        (
+            counts.refused_handshakes,
+            counts.refused_wrong_role,
+            counts.accepted,
+            counts.failed_hellos
+        ),
+        (2, 2, 0, 0),
+        "{counts:?}"
+    );
+    // The standby's own peer gets through, and is a server.
+    let peer = dialler::<PeerTestProto>(ca.issue_identity("b", CertRole::Server).unwrap());
+    let (dialled, accepted) = within("the peer", TEST_LIMIT, async {
+        tokio::join!(peer.connect(addr, "a"), listener.accept())
+    })
+    .await;
+    assert_eq!(dialled.unwrap().peer().role(), CertRole::Server);
+    let accepted = accepted.unwrap();
+    assert_eq!(
+        (accepted.peer().as_str(), accepted.peer().role()),
+        ("b", CertRole::Server)
+    );
+}
+
+#[tokio::test]
+async fn the_edge_listener_refuses_servers_and_accepts_edges_and_gateways() {
+    let ca = CertificateAuthority::new().unwrap();
+    let (_server, mut listener) = listen_as::<EdgeTestProto>(&ca, "a", CertRole::Server);
+    let addr = listener.local_addr();
+    // Another server (or a third server certificate of the CA) is no edge.
+    let server = dialler::<EdgeTestProto>(ca.issue_identity("b", CertRole::Server).unwrap());
+    let got = refusal(within("server", TEST_LIMIT, server.connect(addr, "a")).await);
+    assert_eq!(
+        got,
+        Refusal::WrongRole {
+            name: "b".into(),
+            role: CertRole::Server,
+            accepted: vec![CertRole::Edge, CertRole::Gateway],
+        },
+        "{got}"
+    );
+    for (name, role) in [("gw-1", CertRole::Gateway), ("edge-1", CertRole::Edge)] {
+        let client = dialler::<EdgeTestProto>(ca.issue_identity(name, role).unwrap());
+        let (dialled, accepted) = within(name, TEST_LIMIT, async {
+            tokio::join!(client.connect(addr, "a"), listener.accept())
+        })
+        .await;
+        let dialled = dialled.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(dialled.peer().role(), CertRole::Server, "{name}");
+        let accepted = accepted.unwrap();
+        assert_eq!(accepted.peer().as_str(), name);
+        assert_eq!(accepted.peer().role(), role);
+    }
+    let counts = listener.counts();
+    assert_eq!(
+        (counts.refused_wrong_role, counts.accepted),
+        (1, 2),
+        "{counts:?}"
+    );
+}
+
+/// A certificate of `ca` made by hand with rcgen, as another tool (or an
+/// older vcodr) would: DNS names `dns`, URI names `uris`, and the server
+/// and client usages if `serves`, else the client usage only.
+fn hand_made(
+    ca: &CertificateAuthority,
+    dns: &[&str],
+    uris: &[&str],
+    serves: bool,
+) -> (String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    };
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "vcodr-hand-made-{}-{}",
+        std::process::id(),
+        MADE.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    ca.write(&dir).unwrap();
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key")).unwrap()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let mut ca_params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    let ca_name = vcodr_transport::certs::common_name_of(&ca.cert_der().unwrap()).unwrap();
+    dn.push(DnType::CommonName, ca_name);
+    ca_params.distinguished_name = dn;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut params =
+        CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap();
+    for uri in uris {
+        let uri = rcgen::string::Ia5String::try_from(uri.to_string()).unwrap();
+        params.subject_alt_names.push(SanType::URI(uri));
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = if serves {
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ]
+    } else {
+        vec![ExtendedKeyUsagePurpose::ClientAuth]
+    };
+    params.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn a_certificate_of_our_ca_without_a_role_is_refused() {
+    let ca = CertificateAuthority::new().unwrap();
+    // Every role may dial this listener: only the missing role is wrong.
+    let (_server, listener) = listen_as::<TestProto>(&ca, "a", CertRole::Server);
+    let addr = listener.local_addr();
+    for (name, uris) in [
+        ("old-1", &[][..]),
+        // A role URI naming another identity gives no role either.
+        ("edge-5", &["urn:vcodr:server:a"][..]),
+    ] {
+        let (cert, key) = hand_made(&ca, &[name], uris, false);
+        let identity = TlsIdentity::from_pem(&cert, &key, ca.cert_pem()).unwrap();
+        assert_eq!((identity.name(), identity.role()), (name, None));
+        let result = within(
+            name,
+            TEST_LIMIT,
+            dialler::<TestProto>(identity).connect(addr, "a"),
+        )
+        .await;
+        let err = result
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            refusal(result),
+            Refusal::NoRole { name: name.into() },
+            "{err}"
+        );
+        assert!(err.contains("reissue"), "{err}");
+    }
+    wait_until("two refused handshakes", TEST_LIMIT, || {
+        listener.counts().refused_no_role >= 2
+    })
+    .await;
+    let counts = listener.counts();
+    assert_eq!(
+        (counts.refused_handshakes, counts.accepted),
+        (2, 0),
+        "{counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_peer_id_carries_the_proven_role_and_public_key() {
+    let ca = CertificateAuthority::new().unwrap();
+    let server_identity = ca.issue_identity("a", CertRole::Server).unwrap();
+    let server_key = server_identity.public_key().unwrap();
+    let server =
+        QuicTransport::<TestProto>::bind(loopback(), server_identity, quick_settings()).unwrap();
+    let mut listener = server.listen().unwrap();
+    let addr = listener.local_addr();
+    let edge_identity = ca.issue_identity("edge-1", CertRole::Edge).unwrap();
+    let edge_key = edge_identity.public_key().unwrap();
+    let edge = dialler::<TestProto>(edge_identity);
+    let mut fingerprints = Vec::new();
+    let mut first = None;
+    for round in 0..2 {
+        let (dialled, accepted) = within("link up", TEST_LIMIT, async {
+            tokio::join!(edge.connect(addr, "a"), listener.accept())
+        })
+        .await;
+        let (dialled, accepted) = (dialled.unwrap(), accepted.unwrap());
+        let peer = accepted.peer();
+        assert_eq!(peer.public_key(), &edge_key[..], "round {round}");
+        assert_eq!(peer.role(), CertRole::Edge);
+        assert_eq!(peer.to_string(), "edge-1");
+        let fingerprint = peer.fingerprint();
+        assert_eq!(fingerprint.len(), 64);
+        assert!(fingerprint
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+        assert_eq!(
+            fingerprint,
+            vcodr_transport::certs::key_fingerprint(&edge_key)
+        );
+        fingerprints.push(fingerprint);
+        first.get_or_insert_with(|| peer.clone());
+        let pinned = peer.to_core();
+        assert_eq!(
+            (pinned.name.as_str(), &pinned.public_key[..]),
+            ("edge-1", &edge_key[..])
+        );
+        // And the dialler sees the server's key.
+        assert_eq!(dialled.peer().public_key(), &server_key[..]);
+        assert_eq!(dialled.peer().role(), CertRole::Server);
+    }
+    assert_eq!(fingerprints[0], fingerprints[1], "stable across links");
+    // Another certificate of the same name has another key.
+    let twin = dialler::<TestProto>(ca.issue_identity("edge-1", CertRole::Edge).unwrap());
+    let (_dialled, accepted) = within("twin", TEST_LIMIT, async {
+        tokio::join!(twin.connect(addr, "a"), listener.accept())
+    })
+    .await;
+    let accepted = accepted.unwrap();
+    assert_eq!(accepted.peer().as_str(), "edge-1");
+    assert_ne!(accepted.peer().fingerprint(), fingerprints[0]);
+    assert_ne!(
+        accepted.peer(),
+        &first.expect("two links were up"),
+        "same name, other key"
+    );
+}
+
+#[tokio::test]
+async fn only_server_certificates_can_serve() {
+    let ca = CertificateAuthority::new().unwrap();
+    // Our own API refuses to listen with an edge certificate...
+    let edge_identity = ca.issue_identity("edge-1", CertRole::Edge).unwrap();
+    let err = quic::server_tls_config::<TestProto>(&edge_identity).unwrap_err();
+    assert!(err.to_string().contains("role `edge`"), "{err}");
+    let edge_transport = dialler::<TestProto>(edge_identity);
+    let err = edge_transport.listen().unwrap_err();
+    assert!(
+        matches!(err, SetupError::Tls { .. })
+            && err.to_string().contains("must have role `server`"),
+        "{err}"
+    );
+    // ...and a listener made by hand (a holder of a stolen edge
+    // certificate, or a certificate without a role) is refused by every
+    // dialler, whatever the key usages say.
+    let plain_edge = ca.issue("edge-2", CertRole::Edge).unwrap();
+    let edge_with_server_usage = hand_made(&ca, &["edge-6"], &["urn:vcodr:edge:edge-6"], true);
+    let roleless_server = hand_made(&ca, &["a"], &[], true);
+    let cases = [
+        (
+            "a plain edge certificate",
+            (plain_edge.cert_pem, plain_edge.key_pem),
+            "edge-2",
+            None,
+        ),
+        (
+            "an edge certificate with the server usage",
+            edge_with_server_usage,
+            "edge-6",
+            Some(Refusal::WrongRole {
+                name: "edge-6".into(),
+                role: CertRole::Edge,
+                accepted: vec![CertRole::Server],
+            }),
+        ),
+        (
+            "a server certificate without a role",
+            roleless_server,
+            "a",
+            Some(Refusal::NoRole { name: "a".into() }),
+        ),
+    ];
+    let client = dialler::<TestProto>(ca.issue_identity("b", CertRole::Server).unwrap());
+    for (what, (cert, key), name, expected) in cases {
+        let (_endpoint, addr) = hand_made_listener(&cert, &key);
+        let got = refusal(within(what, TEST_LIMIT, client.connect(addr, name)).await);
+        match expected {
+            Some(expected) => assert_eq!(got, expected, "{what}: {got}"),
+            // webpki refuses it first: no server usage.
+            None => assert!(
+                got.to_string().contains("extended key usage for server"),
+                "{what}: {got}"
+            ),
+        }
+    }
+}
+
+/// A QUIC listener for [`TestProto`] made with quinn and rustls directly,
+/// presenting `cert_pem` and asking for no client certificate: what the
+/// holder of a stolen certificate could run.
+fn hand_made_listener(cert_pem: &str, key_pem: &str) -> (quinn::Endpoint, SocketAddr) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let mut tls = rustls::ServerConfig::builder_with_provider(quic::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    tls.alpn_protocols = vec![TestProto::NAME.as_bytes().to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+    let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let endpoint = quinn::Endpoint::server(config, loopback()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let accepting = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accepting.accept().await {
+            tokio::spawn(async move {
+                if let Ok(conn) = incoming.await {
+                    conn.closed().await;
+                }
+            });
+        }
+    });
+    (endpoint, addr)
+}
+
 /// A link kind with another ALPN: an edge dialling the peer port.
 struct OtherProto;
 impl Protocol for OtherProto {
     const NAME: &'static str = "vcodr-other";
+    const ACCEPTS: &'static [CertRole] = &CertRole::ALL;
     type Request = TestRequest;
     type Response = TestResponse;
     type Message = LogMessage;
@@ -374,7 +747,7 @@ async fn wrong_protocol_is_refused_in_the_handshake() {
     let server = start_server(&ca, "a", loopback(), quick_settings()).unwrap();
     let other = QuicTransport::<OtherProto>::bind(
         loopback(),
-        ca.issue_identity("edge-1", CertKind::Client).unwrap(),
+        ca.issue_identity("edge-1", CertRole::Edge).unwrap(),
         quick_settings(),
     )
     .unwrap();
@@ -405,7 +778,7 @@ fn edge_speaking(
         },
         ..quick_settings()
     };
-    let identity = ca.issue_identity(name, CertKind::Client).unwrap();
+    let identity = ca.issue_identity(name, CertRole::Edge).unwrap();
     QuicTransport::bind(loopback(), identity, settings).unwrap()
 }
 
@@ -422,7 +795,7 @@ async fn version_mismatch_is_refused_naming_both_versions() {
     };
     let server = QuicTransport::<TestProto>::bind(
         loopback(),
-        ca.issue_identity("a", CertKind::Server).unwrap(),
+        ca.issue_identity("a", CertRole::Server).unwrap(),
         server_settings,
     )
     .unwrap();
@@ -462,8 +835,8 @@ async fn raw_link(
     name: &str,
     server: SocketAddr,
 ) -> (quinn::Endpoint, quinn::Connection) {
-    let identity = ca.issue_identity(name, CertKind::Client).unwrap();
-    let tls = quic::client_tls_config(&identity, TestProto::NAME.as_bytes()).unwrap();
+    let identity = ca.issue_identity(name, CertRole::Edge).unwrap();
+    let tls = quic::client_tls_config::<TestProto>(&identity).unwrap();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client(loopback()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
@@ -546,7 +919,7 @@ async fn bad_frames_close_only_their_stream_or_connection() {
         other => panic!("expected a protocol-violation close, got {other}"),
     }
     // The listener serves everyone else.
-    let edge = client(&ca, "edge-ok", CertKind::Client);
+    let edge = client(&ca, "edge-ok", CertRole::Edge);
     let link = within(
         "connect after violation",
         TEST_LIMIT,
@@ -583,7 +956,7 @@ async fn bad_frames_close_only_their_stream_or_connection() {
     // With the same cap, the client refuses to send it at all, naming the peer.
     let capped = QuicTransport::<TestProto>::bind(
         loopback(),
-        ca.issue_identity("edge-capped", CertKind::Client).unwrap(),
+        ca.issue_identity("edge-capped", CertRole::Edge).unwrap(),
         Settings {
             max_frame_bytes: 64 * 1024,
             ..quick_settings()
@@ -607,7 +980,7 @@ where
 {
     let server = QuicTransport::<TestProto>::bind(
         loopback(),
-        ca.issue_identity("a", CertKind::Server).unwrap(),
+        ca.issue_identity("a", CertRole::Server).unwrap(),
         quick_settings(),
     )
     .unwrap();
@@ -629,7 +1002,7 @@ async fn dropped_responder_tells_the_requester_at_once() {
             drop(incoming); // never answer
         }
     });
-    let edge = client(&ca, "edge-1", CertKind::Client);
+    let edge = client(&ca, "edge-1", CertRole::Edge);
     let link = edge.connect(addr, "a").await.unwrap();
     let err = within(
         "request",
@@ -674,7 +1047,7 @@ async fn thousand_concurrent_clients_each_complete_a_round_trip() {
     let sockets: Vec<QuicTransport<TestProto>> = (0..SOCKETS)
         .map(|i| {
             let identity = ca
-                .issue_identity(&format!("edge-sock-{i}"), CertKind::Client)
+                .issue_identity(&format!("edge-sock-{i}"), CertRole::Edge)
                 .unwrap();
             QuicTransport::bind(loopback(), identity, settings.clone()).unwrap()
         })
@@ -683,7 +1056,7 @@ async fn thousand_concurrent_clients_each_complete_a_round_trip() {
         .map(|i| {
             sockets[i % SOCKETS]
                 .with_identity(
-                    ca.issue_identity(&format!("edge-{i:05}"), CertKind::Client)
+                    ca.issue_identity(&format!("edge-{i:05}"), CertRole::Edge)
                         .unwrap(),
                 )
                 .unwrap()
@@ -793,7 +1166,7 @@ async fn reconnects_after_the_listener_restarts() {
     let edge = Counting {
         inner: QuicTransport::<TestProto>::bind(
             loopback(),
-            ca.issue_identity("edge-1", CertKind::Client).unwrap(),
+            ca.issue_identity("edge-1", CertRole::Edge).unwrap(),
             settings.clone(),
         )
         .unwrap(),
@@ -871,7 +1244,7 @@ async fn settings_are_validated() {
     };
     let err = QuicTransport::<TestProto>::bind(
         loopback(),
-        ca.issue_identity("a", CertKind::Server).unwrap(),
+        ca.issue_identity("a", CertRole::Server).unwrap(),
         bad,
     )
     .unwrap_err();
@@ -886,7 +1259,7 @@ async fn settings_are_validated() {
 async fn datagram_requests_round_trip_fall_back_to_streams_and_survive_garbage() {
     let ca = CertificateAuthority::new().unwrap();
     let server = start_server(&ca, "a", loopback(), quick_settings()).unwrap();
-    let edge = client(&ca, "edge-1", CertKind::Client);
+    let edge = client(&ca, "edge-1", CertRole::Edge);
     let link = within("connect", TEST_LIMIT, edge.connect(server.addr, "a"))
         .await
         .unwrap();
@@ -965,7 +1338,7 @@ async fn a_datagram_request_ends_when_its_connection_closes() {
             std::mem::forget(responder);
         }
     });
-    let edge = client(&ca, "edge-1", CertKind::Client);
+    let edge = client(&ca, "edge-1", CertRole::Edge);
     let link = edge.connect(addr, "a").await.unwrap();
     // Well inside the 5 s request timeout.
     let err = within(
@@ -1102,13 +1475,13 @@ async fn drivers_interoperate_both_ways() {
         let what = format!("{client_driver:?} client, {server_driver:?} server");
         let server = QuicTransport::<TestProto>::bind(
             loopback(),
-            ca.issue_identity("a", CertKind::Server).unwrap(),
+            ca.issue_identity("a", CertRole::Server).unwrap(),
             quick_settings_on(server_driver),
         )
         .unwrap();
         assert_eq!(server.settings().driver, server_driver);
         let mut listener = server.listen().unwrap();
-        let edge = client_on(&ca, "edge-1", CertKind::Client, client_driver);
+        let edge = client_on(&ca, "edge-1", CertRole::Edge, client_driver);
         assert_eq!(edge.settings().driver, client_driver);
         // The client asks and the server answers, then the other way round.
         for client_asks in [true, false] {
@@ -1148,14 +1521,14 @@ async fn linked_pair(
     let ca = CertificateAuthority::new().unwrap();
     let server = QuicTransport::<TestProto>::bind(
         loopback(),
-        ca.issue_identity("a", CertKind::Server).unwrap(),
+        ca.issue_identity("a", CertRole::Server).unwrap(),
         server_settings,
     )
     .unwrap();
     let mut listener = server.listen().unwrap();
     let client = QuicTransport::<TestProto>::bind(
         loopback(),
-        ca.issue_identity("edge-1", CertKind::Client).unwrap(),
+        ca.issue_identity("edge-1", CertRole::Edge).unwrap(),
         client_settings,
     )
     .unwrap();
