@@ -25,6 +25,8 @@ pub struct AdminState {
     pub handle: Handle,
     pub token: Arc<String>,
     pub name: Arc<String>,
+    /// Unauthorized calls are logged as counts per interval.
+    pub throttle: Arc<crate::throttle::LogThrottle>,
 }
 
 /// Compares two tokens in time independent of where they differ.
@@ -52,7 +54,13 @@ fn rpc_response(id: Value, r: Result<Value, RpcError>) -> Value {
 
 async fn portal(State(st): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
     if !authorized(&headers, &st.token) {
-        tracing::info!(target: "vcodr::admin", event = "unauthorized", "admin call refused: missing or wrong token");
+        st.handle
+            .metrics
+            .admin_unauthorized
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        st.throttle.note("admin_unauthorized", || {
+            "admin call refused: missing or wrong token".to_string()
+        });
         let e = RpcError::new(
             rpc::code::UNAUTHORIZED,
             "unauthorized: send `Authorization: Token <token>` with the admin token",

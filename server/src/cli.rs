@@ -90,7 +90,9 @@ pub enum Cmd {
 
 #[derive(Debug, Subcommand)]
 pub enum CertsCmd {
-    /// A deployment CA, a certificate for each server and edge, and the admin token.
+    /// A deployment CA, a certificate for each server, edge and gateway, and
+    /// the admin token. Every certificate names its role (server, edge,
+    /// gateway), which the servers enforce.
     Init {
         #[arg(long)]
         out: PathBuf,
@@ -100,6 +102,9 @@ pub enum CertsCmd {
         /// Edge client certificates to make: edge-1 … edge-N.
         #[arg(long, default_value_t = 0)]
         edges: usize,
+        /// Gateway client certificates to make: gateway-1 … gateway-N.
+        #[arg(long, default_value_t = 0)]
+        gateways: usize,
     },
 }
 
@@ -146,8 +151,14 @@ pub enum CtlCmd {
         #[arg(long)]
         force: bool,
     },
-    /// Unconfigure DR on this server (and, best effort, its peer).
-    RemoveStandby,
+    /// Unconfigure DR on this server (and, best effort, its peer). On a
+    /// zombie: leave the pair and run alone with its data.
+    RemoveStandby {
+        /// On a zombie: even though another server holds a higher epoch
+        /// (only when that server is gone for good; see the runbook).
+        #[arg(long)]
+        force: bool,
+    },
     /// Turn this zombie into the standby of the promoted server.
     Rejoin,
     /// Read a configuration document.
@@ -257,12 +268,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     out,
                     servers,
                     edges,
+                    gateways,
                 },
         } => {
             let clients: Vec<String> = (1..=edges).map(|i| format!("edge-{i}")).collect();
             certs_init(&out, &servers, &clients)?;
+            let ca = vcodr_transport::certs::CertificateAuthority::load(&out)
+                .with_context(|| format!("reading the new CA in {}", out.display()))?;
+            for i in 1..=gateways {
+                let name = format!("gateway-{i}");
+                let issued = ca
+                    .issue(&name, vcodr_transport::certs::CertRole::Gateway)
+                    .with_context(|| format!("issuing {name}"))?;
+                vcodr_transport::certs::write_issued(&out, &issued)
+                    .with_context(|| format!("writing {name} in {}", out.display()))?;
+            }
             println!(
-                "wrote {}: ca.pem, {} server and {} edge certificates, admin.token",
+                "wrote {}: ca.pem, {} server, {} edge and {gateways} gateway certificates, admin.token",
                 out.display(),
                 servers.len(),
                 clients.len()
@@ -324,7 +346,9 @@ async fn ctl_main(a: CtlArgs) -> anyhow::Result<i32> {
             json!({"force": force}),
         ),
         CtlCmd::Demote { force } => ("disasterRecovery/demoteActive", json!({"force": force})),
-        CtlCmd::RemoveStandby => ("disasterRecovery/removeStandby", json!({})),
+        CtlCmd::RemoveStandby { force } => {
+            ("disasterRecovery/removeStandby", json!({"force": force}))
+        }
         CtlCmd::Rejoin => ("disasterRecovery/rejoinAsStandby", json!({})),
         CtlCmd::Get { key } => ("configuration/get", json!({"key": key})),
         CtlCmd::Put { key, value } => {

@@ -112,6 +112,57 @@ impl ProcCluster {
         })
     }
 
+    /// Sets a top-level key of server `i`'s config file (before its first
+    /// table), e.g. `advertise_peer`. Takes effect at the next start.
+    pub fn set_key(&self, i: usize, key: &str, toml_value: &str) -> anyhow::Result<()> {
+        let path = &self.servers[i].config;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let line = format!("{key} = {toml_value}\n");
+        let mut out = String::new();
+        let mut placed = false;
+        for l in text.lines() {
+            if l.starts_with(&format!("{key} ")) || l.starts_with(&format!("{key}=")) {
+                continue;
+            }
+            if !placed && l.starts_with('[') {
+                out += &line;
+                placed = true;
+            }
+            out += l;
+            out.push('\n');
+        }
+        if !placed {
+            out += &line;
+        }
+        std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Resident memory of server `i` in KiB (Linux `/proc`), if it runs.
+    pub fn rss_kib(&self, i: usize) -> Option<u64> {
+        let pid = self.servers[i].pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to server `i`'s process.
+    pub fn signal(&self, i: usize, signal: &str) -> anyhow::Result<()> {
+        let pid = self.servers[i]
+            .pid()
+            .ok_or_else(|| anyhow!("{} is not running", self.servers[i].name))?;
+        let st = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        if !st.success() {
+            bail!("kill -{signal} {pid} failed");
+        }
+        Ok(())
+    }
+
     /// Starts server `i` and waits for its "serving" line.
     pub fn start(&mut self, i: usize) -> anyhow::Result<()> {
         let s = &mut self.servers[i];
@@ -299,4 +350,95 @@ pub fn temp_dir(prefix: &str) -> anyhow::Result<PathBuf> {
     ));
     std::fs::create_dir_all(&d)?;
     Ok(d)
+}
+
+/// The value of the Prometheus sample `name` (with its labels, e.g.
+/// `vcodr_peer_messages_refused_total{reason="not_pinned_peer"}`) in `text`.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A UDP forwarder on 127.0.0.1 in front of `target`, that a test can cut
+/// (both directions, silently, as a partition would) and heal: loopback has
+/// no netem, and a proxy touches nothing outside the test.
+#[derive(Debug)]
+pub struct UdpProxy {
+    pub addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Clients one proxy forwards for (each gets its own upstream socket).
+pub const UDP_PROXY_CLIENTS_MAX: usize = 64;
+
+impl UdpProxy {
+    pub async fn start(target: std::net::SocketAddr) -> anyhow::Result<UdpProxy> {
+        use std::sync::atomic::Ordering::Relaxed;
+        use std::sync::Arc;
+        let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await?);
+        let addr = front.local_addr()?;
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = cut.clone();
+        let task = tokio::spawn(async move {
+            let mut upstreams: std::collections::HashMap<
+                std::net::SocketAddr,
+                Arc<tokio::net::UdpSocket>,
+            > = std::collections::HashMap::new();
+            // Dropped (and so aborted) with this task.
+            let mut backs = tokio::task::JoinSet::new();
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                let Ok((n, from)) = front.recv_from(&mut buf).await else {
+                    return;
+                };
+                if c.load(Relaxed) {
+                    continue;
+                }
+                let up = match upstreams.get(&from) {
+                    Some(u) => u.clone(),
+                    None if upstreams.len() < UDP_PROXY_CLIENTS_MAX => {
+                        let Ok(u) = tokio::net::UdpSocket::bind("127.0.0.1:0").await else {
+                            continue;
+                        };
+                        if u.connect(target).await.is_err() {
+                            continue;
+                        }
+                        let u = Arc::new(u);
+                        upstreams.insert(from, u.clone());
+                        let (back, front, c) = (u.clone(), front.clone(), c.clone());
+                        backs.spawn(async move {
+                            let mut buf = vec![0u8; 65_536];
+                            while let Ok(n) = back.recv(&mut buf).await {
+                                if !c.load(Relaxed) {
+                                    let _ = front.send_to(&buf[..n], from).await;
+                                }
+                            }
+                        });
+                        u
+                    }
+                    None => continue,
+                };
+                let _ = up.send(&buf[..n]).await;
+            }
+        });
+        Ok(UdpProxy { addr, cut, task })
+    }
+
+    /// Drops everything in both directions from now on.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Forwards again.
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for UdpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

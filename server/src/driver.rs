@@ -11,12 +11,13 @@ use crate::links::EdgeLink;
 use crate::metrics::Metrics;
 use crate::rpc::{self, ApiCall, RpcError};
 use crate::storage::Storage;
+use crate::throttle::LogThrottle;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use vcodr_core::*;
 use vcodr_transport::Responder;
 
@@ -82,10 +83,16 @@ pub enum DriverMsg {
     },
     Edge {
         client: ClientId,
+        client_type: ClientType,
         msg: EdgeMsg,
         reply: Responder<EdgeLink>,
     },
-    Peer(PeerEnvelope),
+    /// A peer message, with the identity TLS proved for its sender and its link.
+    Peer {
+        link: PeerLinkId,
+        from: PeerIdentity,
+        env: PeerEnvelope,
+    },
     Persisted {
         up_to: PersistSeq,
         entries: u64,
@@ -98,9 +105,15 @@ pub enum DriverMsg {
 
 /// Where the driver sends peer messages (the peer-link layer).
 pub trait PeerSink: Send + 'static {
-    /// Queue `msg` for the server at `to`; may drop it when the link's queue
-    /// is full (the core retransmits).
+    /// Queue `msg` for the server at `to` (dialled if need be); may drop it
+    /// when the link's queue is full (the core retransmits).
     fn send(&mut self, to: &str, msg: PeerEnvelope);
+    /// Answer on the link `link` a message came in on (never dialled).
+    fn reply(&mut self, link: PeerLinkId, msg: PeerEnvelope);
+    /// Close link `link`: its sender may not use the peer link.
+    fn close(&mut self, link: PeerLinkId, reason: &str);
+    /// Addresses dialled now (a gauge: the core names only its peer).
+    fn dial_targets(&self) -> usize;
 }
 
 /// A cheap, cloneable way to talk to the driver.
@@ -154,12 +167,14 @@ impl Handle {
     pub async fn edge_request(
         &self,
         client: ClientId,
+        client_type: ClientType,
         msg: EdgeMsg,
         responder: Responder<EdgeLink>,
     ) -> bool {
         self.tx
             .send(DriverMsg::Edge {
                 client,
+                client_type,
                 msg,
                 reply: responder,
             })
@@ -167,9 +182,14 @@ impl Handle {
             .is_ok()
     }
 
-    /// Delivers a peer message (dropped if the driver is overloaded: peers retransmit).
-    pub fn peer(&self, env: PeerEnvelope) {
-        if self.tx.try_send(DriverMsg::Peer(env)).is_err() {
+    /// Delivers a peer message that came in on `link` from the server TLS
+    /// proved to be `from` (dropped if the driver is overloaded: peers retransmit).
+    pub fn peer(&self, link: PeerLinkId, from: PeerIdentity, env: PeerEnvelope) {
+        if self
+            .tx
+            .try_send(DriverMsg::Peer { link, from, env })
+            .is_err()
+        {
             self.metrics.peer_dropped.fetch_add(1, Relaxed);
         }
     }
@@ -191,27 +211,50 @@ pub struct DriverSettings {
     pub queue_len: usize,
 }
 
-/// Starts the storage thread and the driver task.
+/// What the driver task reads: made with its [`Handle`] by [`channel`], so
+/// that the links can be given the handle before the driver starts.
+#[allow(missing_debug_implementations)] // a channel end
+pub struct Inbox(mpsc::Receiver<DriverMsg>);
+
+/// The driver's queue ([`DriverSettings::queue_len`]) and a handle to it.
+pub fn channel(settings: &DriverSettings, metrics: Arc<Metrics>) -> (Handle, Inbox) {
+    let (tx, rx) = mpsc::channel(settings.queue_len);
+    let handle = Handle {
+        tx,
+        metrics,
+        write_timeout: settings.write_timeout,
+    };
+    (handle, Inbox(rx))
+}
+
+/// What the driver publishes for the I/O layer around it.
+#[derive(Debug)]
+pub struct Published {
+    /// The peer identity the core pinned (the peer links give it priority).
+    pub pinned: watch::Sender<Option<PeerIdentity>>,
+    /// Rate limit of the log lines outsiders cause.
+    pub throttle: Arc<LogThrottle>,
+}
+
+/// Starts the storage thread and the driver task, reading `inbox`.
 pub fn spawn(
+    handle: &Handle,
+    inbox: Inbox,
     core: Server,
     storage: Box<dyn Storage>,
     peers: Box<dyn PeerSink>,
     settings: DriverSettings,
-    metrics: Arc<Metrics>,
-) -> (Handle, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(settings.queue_len);
+    published: Published,
+) -> tokio::task::JoinHandle<()> {
+    let metrics = handle.metrics.clone();
+    let rx = inbox.0;
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<StorageJob>();
-    let back = tx.clone();
+    let back = handle.tx.clone();
     let storage_metrics = metrics.clone();
     std::thread::Builder::new()
         .name("vcodr-storage".into())
         .spawn(move || storage_thread(storage, jobs_rx, back, storage_metrics))
         .expect("spawning the storage thread");
-    let handle = Handle {
-        tx,
-        metrics: metrics.clone(),
-        write_timeout: settings.write_timeout,
-    };
     let mut d = Driver {
         core,
         clock: Clock::new(),
@@ -228,9 +271,9 @@ pub fn spawn(
         shutdown: None,
         observed_at: Instant::now() - Duration::from_secs(1),
         observed_key: (Role::Standalone, DrState::Unconfigured, 0),
+        published,
     };
-    let task = tokio::spawn(async move { d.run(rx).await });
-    (handle, task)
+    tokio::spawn(async move { d.run(rx).await })
 }
 
 fn storage_thread(
@@ -333,6 +376,7 @@ struct Driver {
     /// When the metrics gauges were last refreshed from the core.
     observed_at: Instant,
     observed_key: (Role, DrState, Epoch),
+    published: Published,
 }
 
 impl Driver {
@@ -387,7 +431,12 @@ impl Driver {
     fn on_msg(&mut self, m: DriverMsg) -> bool {
         match m {
             DriverMsg::Api { call, reply } => self.on_api(call, reply),
-            DriverMsg::Edge { client, msg, reply } => {
+            DriverMsg::Edge {
+                client,
+                client_type,
+                msg,
+                reply,
+            } => {
                 match &msg {
                     EdgeMsg::Heartbeat(hb) => {
                         let c = if hb.client_type == ClientType::Edge {
@@ -411,12 +460,13 @@ impl Driver {
                 self.input(Input::Edge {
                     reply_to: id,
                     client,
+                    client_type,
                     msg,
                 });
             }
-            DriverMsg::Peer(env) => {
+            DriverMsg::Peer { link, from, env } => {
                 self.metrics.peer_received.fetch_add(1, Relaxed);
-                self.input(Input::Peer(env));
+                self.input(Input::Peer { link, from, env });
             }
             DriverMsg::Persisted {
                 up_to,
@@ -572,6 +622,10 @@ impl Driver {
                     self.metrics.peer_sent.fetch_add(1, Relaxed);
                     self.peers.send(&to, msg);
                 }
+                Output::ReplyPeer { link, msg } => {
+                    self.metrics.peer_sent.fetch_add(1, Relaxed);
+                    self.peers.reply(link, msg);
+                }
                 Output::ReplyEdge { reply_to, msg } => {
                     if let Some(w) = self.edge_waiters.remove(&reply_to) {
                         answer_edge(w, msg);
@@ -604,7 +658,19 @@ impl Driver {
                         let _ = w.send(result.map(|r| rpc::reply_json(&r)).map_err(RpcError::from));
                     }
                 }
-                Output::Event(e) => crate::log::event(&e, &self.metrics),
+                Output::Event(e) => {
+                    if let Event::PeerRefused {
+                        link,
+                        reason: PeerRefusal::NotPinnedPeer | PeerRefusal::NotPaired,
+                        ..
+                    } = &e
+                    {
+                        // Nothing this sender says will be taken: end its link.
+                        self.peers
+                            .close(*link, "this server does not take peer messages from you");
+                    }
+                    crate::log::event(&e, &self.metrics, &self.published.throttle)
+                }
             }
         }
         // Gauges cost O(clients) (the client counts): refresh a few times a second, not per input.
@@ -613,6 +679,14 @@ impl Driver {
             self.observed_key = key;
             self.observed_at = Instant::now();
             self.metrics.observe(&self.core);
+            self.metrics
+                .peer_dial_targets
+                .store(self.peers.dial_targets() as u64, Relaxed);
+        }
+        let pin = self.core.peer_identity();
+        if self.published.pinned.borrow().as_ref() != pin {
+            let pin = pin.cloned();
+            self.published.pinned.send_replace(pin);
         }
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Semaphore};
 use vcodr_core::rng::Rng;
 use vcodr_core::*;
-use vcodr_transport::certs::{CertKind, CertificateAuthority};
+use vcodr_transport::certs::{CertRole, CertificateAuthority};
 use vcodr_transport::quic::QuicTransport;
 use vcodr_transport::reconnect::Backoff;
 use vcodr_transport::{Connection, QuicDriver, RequestError, Settings, Transport};
@@ -295,7 +295,7 @@ impl EdgeSim {
         // One UDP socket (quinn endpoint, whose receive loop is one task) per
         // `EDGES_PER_SOCKET` edges, so that receiving spreads over the cores.
         let sockets = settings.count.div_ceil(EDGES_PER_SOCKET).max(1);
-        let first = ca.issue_identity(&format!("{}-sim", settings.id_prefix), CertKind::Client)?;
+        let first = ca.issue_identity(&format!("{}-sim", settings.id_prefix), CertRole::Edge)?;
         let bases = (0..sockets)
             .map(|_| {
                 QuicTransport::<EdgeLink>::bind(
@@ -315,16 +315,21 @@ impl EdgeSim {
         let mut rng = Rng::new(settings.seed);
         for i in 0..settings.count {
             let id = format!("{}-{}", settings.id_prefix, i + 1);
-            let identity = ca
-                .issue_identity(&id, CertKind::Client)
-                .with_context(|| format!("issuing a certificate for {id}"))?;
-            let transport = bases[i / EDGES_PER_SOCKET].with_identity(identity)?;
             let client_type = if settings.gateway_every > 0 && (i + 1) % settings.gateway_every == 0
             {
                 ClientType::Gateway
             } else {
                 ClientType::Edge
             };
+            // A gateway's certificate says so: servers check the type against it.
+            let role = match client_type {
+                ClientType::Edge => CertRole::Edge,
+                ClientType::Gateway => CertRole::Gateway,
+            };
+            let identity = ca
+                .issue_identity(&id, role)
+                .with_context(|| format!("issuing a certificate for {id}"))?;
+            let transport = bases[i / EDGES_PER_SOCKET].with_identity(identity)?;
             let mut cfg = EdgeConfig::new(id, client_type, settings.servers.clone());
             cfg.heartbeat_interval_ms = settings.heartbeat_interval_ms;
             cfg.cache_max_bytes = settings.cache_bytes;

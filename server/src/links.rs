@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use vcodr_core::{EdgeMsg, PeerEnvelope, ServerMsg};
+use vcodr_core::{CertRole, EdgeMsg, PeerEnvelope, ServerMsg};
 use vcodr_transport::{Protocol, QuicDriver, Settings};
 
 /// Server ↔ server: each side sends its peer messages on the ordered stream
@@ -12,6 +12,8 @@ pub struct PeerLink;
 
 impl Protocol for PeerLink {
     const NAME: &'static str = "vcodr-peer";
+    /// Only servers: an edge or gateway certificate is refused in the handshake.
+    const ACCEPTS: &'static [CertRole] = &[CertRole::Server];
     type Request = ();
     type Response = ();
     type Message = PeerEnvelope;
@@ -35,6 +37,8 @@ pub const EDGE_LINK_REQUESTS: u32 = 8;
 
 impl Protocol for EdgeLink {
     const NAME: &'static str = "vcodr-edge";
+    /// Edges and gateways; a server certificate is refused in the handshake.
+    const ACCEPTS: &'static [CertRole] = &[CertRole::Edge, CertRole::Gateway];
     type Request = EdgeMsg;
     type Response = ServerMsg;
     type Message = ();

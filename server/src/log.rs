@@ -1,6 +1,7 @@
 //! One log line per DR event (SPEC §7), text or JSON (`--log-format json`).
 
 use crate::metrics::Metrics;
+use crate::throttle::LogThrottle;
 use std::sync::atomic::Ordering::Relaxed;
 use vcodr_core::Event;
 
@@ -24,8 +25,10 @@ pub fn init(format: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs a core event and counts what metrics need.
-pub fn event(e: &Event, metrics: &Metrics) {
+/// Logs a core event and counts what metrics need. Events an outsider can
+/// cause (refused peer messages, forged epoch claims, refused clients) go
+/// through `throttle`: counts per interval, never a line each.
+pub fn event(e: &Event, metrics: &Metrics, throttle: &LogThrottle) {
     match e {
         Event::Transition(t) => tracing::info!(
             target: "vcodr::dr",
@@ -81,7 +84,44 @@ pub fn event(e: &Event, metrics: &Metrics) {
             tracing::debug!(target: "vcodr::dr", event = "samples_deduplicated", client = %client, count, "discarded {count} re-sent samples")
         }
         Event::ClientRefused { client, reason } => {
-            tracing::info!(target: "vcodr::dr", event = "client_refused", client = %client, reason = %reason, "client {client} refused: {reason}")
+            metrics.clients_refused.fetch_add(1, Relaxed);
+            throttle.note("client_refused", || {
+                format!("client {client} refused: {reason}")
+            });
+        }
+        Event::PeerRefused {
+            link,
+            from,
+            kind,
+            reason,
+        } => {
+            metrics.peer_refused(*reason);
+            throttle.note(reason.as_str(), || {
+                format!(
+                    "refused a peer {kind} from {from} on link {link}: {}",
+                    match reason {
+                        vcodr_core::PeerRefusal::NotPinnedPeer => "not the peer pinned at pairing",
+                        vcodr_core::PeerRefusal::NotPaired =>
+                            "this server is not paired and it is not a pairing step",
+                        vcodr_core::PeerRefusal::OtherPair => "it names another pair",
+                        vcodr_core::PeerRefusal::PairingRefused =>
+                            "a pairing step with the wrong token, server or state",
+                    }
+                )
+            });
+        }
+        Event::PeerPinned { identity, how } => {
+            tracing::warn!(target: "vcodr::dr", event = "peer_pinned", identity = %identity, how, "pinned the peer {identity}: {how}")
+        }
+        Event::ForgedEpochClaim {
+            client,
+            claimed,
+            why,
+        } => {
+            metrics.forged_epoch_claims.fetch_add(1, Relaxed);
+            throttle.note("forged_epoch_claim", || {
+                format!("client {client} claimed epoch {claimed} and fenced nobody: {why}")
+            });
         }
     }
 }

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
-use vcodr_core::{Role, Server};
+use vcodr_core::{PeerRefusal, Role, Server};
 
 /// Bucket upper bounds of the commit latency histogram, in seconds.
 const LATENCY_BUCKETS_S: [f64; 12] = [
@@ -64,6 +64,21 @@ pub struct Metrics {
     pub persist_requests: AtomicU64,
     pub persisted_entries: AtomicU64,
     pub fenced: AtomicU64,
+    /// Peer messages refused at admission, by [`PeerRefusal`] (in `PeerRefusal::ALL` order).
+    pub peer_messages_refused: [AtomicU64; PeerRefusal::ALL.len()],
+    /// Heartbeats that claimed a higher epoch without a valid proof.
+    pub forged_epoch_claims: AtomicU64,
+    /// Peer links closed or refused beyond `MAX_ACCEPTED_PEER_LINKS`.
+    pub peer_links_refused: AtomicU64,
+    /// Peer addresses dialled now.
+    pub peer_dial_targets: AtomicU64,
+    /// Edge requests refused (identity mismatch, full contact table).
+    pub clients_refused: AtomicU64,
+    /// Admin calls without the right token.
+    pub admin_unauthorized: AtomicU64,
+    /// TLS handshakes refused by the peer and edge listeners (from the transport).
+    pub handshakes_refused_peer: AtomicU64,
+    pub handshakes_refused_edge: AtomicU64,
     pub commit_latency: Histogram,
     /// Gauges from the core.
     pub role: AtomicI64,
@@ -81,6 +96,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts a peer message refused at admission.
+    pub fn peer_refused(&self, reason: PeerRefusal) {
+        if let Some(i) = PeerRefusal::ALL.iter().position(|r| *r == reason) {
+            self.peer_messages_refused[i].fetch_add(1, Relaxed);
+        }
+    }
+
     /// Refreshes the gauges from the core.
     pub fn observe(&self, s: &Server) {
         let st = s.status();
@@ -269,6 +291,54 @@ impl Metrics {
             "vcodr_fenced_total",
             "Times this server learned a higher epoch and fenced itself.",
             self.fenced.load(Relaxed),
+        );
+        let _ = writeln!(o, "# HELP vcodr_peer_messages_refused_total Peer messages refused at admission (sender not allowed to send them).
+# TYPE vcodr_peer_messages_refused_total counter");
+        for (i, r) in PeerRefusal::ALL.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "vcodr_peer_messages_refused_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.peer_messages_refused[i].load(Relaxed)
+            );
+        }
+        counter(
+            &mut o,
+            "vcodr_forged_epoch_claims_total",
+            "Heartbeats claiming a higher epoch without a valid proof (fenced nobody).",
+            self.forged_epoch_claims.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "vcodr_peer_links_refused_total",
+            "Peer links refused or closed beyond the limit of open peer links.",
+            self.peer_links_refused.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "vcodr_peer_dial_targets",
+            "Peer addresses this server dials (its configured or pinned peer only).",
+            self.peer_dial_targets.load(Relaxed).to_string(),
+        );
+        counter(
+            &mut o,
+            "vcodr_clients_refused_total",
+            "Edge requests refused (certificate mismatch, full contact table).",
+            self.clients_refused.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "vcodr_admin_unauthorized_total",
+            "Admin API calls without the right token.",
+            self.admin_unauthorized.load(Relaxed),
+        );
+        let _ = writeln!(o, "# HELP vcodr_handshakes_refused_total TLS handshakes refused (wrong role, unknown CA, no certificate, timeouts).
+# TYPE vcodr_handshakes_refused_total counter");
+        let _ = writeln!(
+            o,
+            "vcodr_handshakes_refused_total{{listener=\"peer\"}} {}\nvcodr_handshakes_refused_total{{listener=\"edge\"}} {}",
+            self.handshakes_refused_peer.load(Relaxed),
+            self.handshakes_refused_edge.load(Relaxed)
         );
         self.commit_latency.render(
             &mut o,

@@ -320,7 +320,9 @@ pub fn parse_call(method: &str, params: &Value) -> Result<ApiCall, RpcError> {
         "disasterRecovery/demoteActive" => ApiCall::Core(Command::DemoteActive {
             force: boolean(p, "force")?,
         }),
-        "disasterRecovery/removeStandby" => ApiCall::Core(Command::RemoveStandby),
+        "disasterRecovery/removeStandby" => ApiCall::Core(Command::RemoveStandby {
+            force: boolean(p, "force")?,
+        }),
         "disasterRecovery/rejoinAsStandby" => ApiCall::Core(Command::Rejoin),
         "disasterRecovery/getDivergenceArchive" => ApiCall::DivergenceArchive {
             offset: number(p, "offset", 0, u64::MAX)?,
@@ -439,6 +441,18 @@ pub fn status_json(s: &Status) -> Value {
             "name": p.name, "uuid": hex128(p.uuid), "peerAddress": p.peer_address,
             "edgeAddress": p.edge_address, "adminAddress": p.admin_address,
         })),
+        // Pinned at pairing: only this certificate's messages are taken.
+        "peerIdentity": s.peer_identity.as_ref().map(|i| json!({
+            "name": i.name,
+            "keyFingerprint": vcodr_transport::certs::key_fingerprint(&i.public_key),
+        })),
+        "epochProof": s.epoch_proof.as_ref().map(|p| json!({
+            "epoch": p.claim.epoch,
+            "pairId": hex128(p.claim.pair_id),
+            "holderUuid": hex128(p.claim.holder),
+            "holderName": p.claim.holder_name,
+            "holderEdgeAddress": p.claim.holder_edge_address,
+        })),
         "standbyList": standby_list,
         "replication": {
             "mode": replication_mode,
@@ -498,6 +512,8 @@ pub fn contact_json(c: &ClientContact) -> Value {
         "cachedSamples": c.cached_samples,
         "droppedSamples": c.dropped_samples,
         "modified": c.modified_ms,
+        // Heartbeats that claimed a higher epoch without a valid proof.
+        "forgedEpochClaims": c.forged_epoch_claims,
     })
 }
 

@@ -3,22 +3,22 @@
 
 use crate::admin::{self, AdminState};
 use crate::config::FileConfig;
-use crate::driver::{self, DriverSettings, Handle, PeerSink};
-use crate::links::{edge_link_settings, EdgeLink, PeerLink, ANY_SERVER_NAME};
+use crate::driver::{self, DriverSettings, Handle, Published};
+use crate::links::{edge_link_settings, EdgeLink, PeerLink};
 use crate::metrics::Metrics;
+use crate::peers::PeerLinks;
 use crate::storage::{RedbStorage, Storage};
+use crate::throttle::{LogThrottle, THROTTLE_INTERVAL};
 use anyhow::Context;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
-use vcodr_core::{PeerEnvelope, Server, ServerInfo};
-use vcodr_transport::certs::TlsIdentity;
+use tokio::sync::watch;
+use vcodr_core::{Keys, Server, ServerInfo};
+use vcodr_transport::certs::{CertKeys, TlsIdentity};
 use vcodr_transport::quic::QuicTransport;
-use vcodr_transport::reconnect::Backoff;
 use vcodr_transport::{Incoming, Settings, Transport};
 
 /// Addresses a running server actually bound (port 0 resolved).
@@ -60,88 +60,6 @@ pub fn random_u128() -> anyhow::Result<u128> {
         .fill(&mut b)
         .map_err(|_| anyhow::anyhow!("the OS random source failed"))?;
     Ok(u128::from_le_bytes(b))
-}
-
-/// Sends peer messages over QUIC: one dialled connection per destination,
-/// reconnecting with capped exponential backoff and jitter.
-struct QuicPeers {
-    transport: Arc<QuicTransport<PeerLink>>,
-    links: HashMap<String, mpsc::Sender<PeerEnvelope>>,
-    metrics: Arc<Metrics>,
-}
-
-impl PeerSink for QuicPeers {
-    fn send(&mut self, to: &str, msg: PeerEnvelope) {
-        let tx = self
-            .links
-            .entry(to.to_string())
-            .or_insert_with(|| spawn_peer_link(self.transport.clone(), to.to_string()));
-        if tx.try_send(msg).is_err() {
-            self.metrics.peer_dropped.fetch_add(1, Relaxed);
-        }
-    }
-}
-
-fn spawn_peer_link(
-    transport: Arc<QuicTransport<PeerLink>>,
-    to: String,
-) -> mpsc::Sender<PeerEnvelope> {
-    let (tx, mut rx) = mpsc::channel::<PeerEnvelope>(4096);
-    tokio::spawn(async move {
-        let mut backoff = Backoff::standard();
-        let mut logged = false;
-        loop {
-            let addr = match tokio::net::lookup_host(&to)
-                .await
-                .ok()
-                .and_then(|mut a| a.next())
-            {
-                Some(a) => a,
-                None => {
-                    if !logged {
-                        tracing::warn!(peer = %to, "cannot resolve the peer address");
-                        logged = true;
-                    }
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    continue;
-                }
-            };
-            match transport.connect(addr, ANY_SERVER_NAME).await {
-                Ok(conn) => {
-                    backoff.reset();
-                    logged = false;
-                    tracing::info!(peer = %to, name = %conn.peer(), "peer link up");
-                    loop {
-                        tokio::select! {
-                            m = rx.recv() => match m {
-                                Some(m) => {
-                                    if let Err(e) = conn.send(&m).await {
-                                        tracing::info!(peer = %to, error = %e, "peer link down");
-                                        break;
-                                    }
-                                }
-                                None => return,
-                            },
-                            reason = conn.closed() => {
-                                tracing::info!(peer = %to, reason = %reason, "peer link closed");
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    if !logged {
-                        tracing::warn!(peer = %to, error = %e, "cannot reach the peer; retrying with backoff");
-                        logged = true;
-                    }
-                    // Messages queued meanwhile are stale; the core retransmits what matters.
-                    while rx.try_recv().is_ok() {}
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-            }
-        }
-    });
-    tx
 }
 
 /// A running server.
@@ -195,6 +113,10 @@ fn peer_settings(cfg: &FileConfig) -> Settings {
     }
 }
 
+/// Inputs the driver's queue holds (admin calls, edge and peer messages):
+/// beyond it edge links wait and peer messages are dropped (and resent).
+pub const DRIVER_QUEUE_LEN: usize = 65_536;
+
 /// Starts a server from its validated configuration.
 pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&cfg.data_dir)
@@ -225,7 +147,7 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
         Duration::from_millis(cfg.edges.heartbeat_interval_ms),
         cfg.edges.driver(),
     );
-    let edge_t = QuicTransport::<EdgeLink>::bind(cfg.edge_listen, identity, edge_settings)
+    let edge_t = QuicTransport::<EdgeLink>::bind(cfg.edge_listen, identity.clone(), edge_settings)
         .with_context(|| format!("binding edge_listen {}", cfg.edge_listen))?;
     let admin_l = tokio::net::TcpListener::bind(cfg.admin_listen)
         .await
@@ -252,7 +174,16 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
     let mut core_cfg = cfg.core.clone();
     core_cfg.seed = random_u128()? as u64;
     let now = driver::Clock::new().now();
-    let mut core = Server::restore(core_cfg, me.clone(), restored, now);
+    // Promotions are signed with the key of this server's certificate.
+    let keys = CertKeys::new(&identity).with_context(|| {
+        format!(
+            "the key of certificate `{}` in {} cannot sign epoch proofs",
+            cfg.name,
+            cfg.tls_dir.display()
+        )
+    })?;
+    let mut core =
+        Server::restore(core_cfg, me.clone(), restored, now).with_keys(Keys::new(Arc::new(keys)));
     core.restore_contacts(contacts);
     tracing::info!(
         target: "vcodr::dr",
@@ -272,51 +203,50 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
     );
 
     let metrics = Arc::new(Metrics::default());
-    let peers = QuicPeers {
-        transport: peer_t.clone(),
-        links: HashMap::new(),
-        metrics: metrics.clone(),
-    };
+    let throttle = Arc::new(LogThrottle::default());
+    let admin_throttle = throttle.clone();
     let dsettings = DriverSettings {
         write_timeout: Duration::from_millis(cfg.limits.write_timeout_ms),
         contact_save_interval: Duration::from_millis(cfg.edges.contact_save_interval_ms),
-        queue_len: 65_536,
+        queue_len: DRIVER_QUEUE_LEN,
     };
-    let (handle, driver) = driver::spawn(
+    let (handle, inbox) = driver::channel(&dsettings, metrics.clone());
+    let (pinned, pinned_rx) = watch::channel(core.peer_identity().cloned());
+    let peer_links = PeerLinks::new(peer_t.clone(), metrics.clone(), throttle.clone(), pinned_rx);
+    let driver = driver::spawn(
+        &handle,
+        inbox,
         core,
         Box::new(storage),
-        Box::new(peers),
+        peer_links.sink(handle.clone()),
         dsettings,
-        metrics.clone(),
+        Published {
+            pinned,
+            throttle: throttle.clone(),
+        },
     );
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    // Peer listener: every message of an accepted link goes to the driver.
-    let mut peer_l = peer_t.listen()?;
-    let h = handle.clone();
-    tasks.push(tokio::spawn(async move {
-        while let Some(mut conn) = peer_l.accept().await {
-            let h = h.clone();
-            tokio::spawn(async move {
-                loop {
-                    match conn.recv().await {
-                        Ok(Incoming::Message(env)) => h.peer(env),
-                        Ok(Incoming::Request { .. }) => {}
-                        Err(_) => return,
-                    }
-                }
-            });
-        }
-    }));
+    // Peer listener: every message of an accepted link goes to the driver,
+    // with the identity its sender proved; the core decides.
+    let peer_l = peer_t.listen()?;
+    let peer_refused = peer_l.counts_handle();
+    tasks.push(tokio::spawn(peer_links.accept_loop(peer_l, handle.clone())));
     // Edge listener: each request is answered by the core.
     let mut edge_l = edge_t.listen()?;
+    let edge_refused = edge_l.counts_handle();
     let h = handle.clone();
     tasks.push(tokio::spawn(async move {
         let _keep = edge_t;
         while let Some(mut conn) = edge_l.accept().await {
             let h = h.clone();
-            let client = conn.peer().to_string();
+            let client = conn.peer().as_str().to_string();
+            // The transport admits only edge and gateway certificates here.
+            let Some(client_type) = conn.peer().role().client_type() else {
+                conn.close("only edge and gateway certificates may use the edge link");
+                continue;
+            };
             tokio::spawn(async move {
                 loop {
                     match conn.recv().await {
@@ -324,8 +254,12 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
                             // Boxed: this task lives as long as the edge's
                             // link (10,000 of them), and this future, held
                             // only while a request is handed over, is large.
-                            let handed =
-                                Box::pin(h.edge_request(client.clone(), request, responder));
+                            let handed = Box::pin(h.edge_request(
+                                client.clone(),
+                                client_type,
+                                request,
+                                responder,
+                            ));
                             if !handed.await {
                                 return;
                             }
@@ -337,6 +271,19 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
             });
         }
     }));
+    // Summaries of throttled log lines, and the listeners' refusal counts.
+    let m = metrics.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(THROTTLE_INTERVAL / 10);
+        loop {
+            tick.tick().await;
+            throttle.flush();
+            m.handshakes_refused_peer
+                .store(peer_refused.counts().refused_handshakes, Relaxed);
+            m.handshakes_refused_edge
+                .store(edge_refused.counts().refused_handshakes, Relaxed);
+        }
+    }));
     // Admin API.
     let tls = admin::tls_config(&cfg.tls_dir, &cfg.name)?;
     let token = cfg
@@ -346,6 +293,7 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
         handle: handle.clone(),
         token: Arc::new(token),
         name: Arc::new(cfg.name.clone()),
+        throttle: admin_throttle,
     });
     tasks.push(tokio::spawn(admin::serve(
         admin_l,

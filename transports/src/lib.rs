@@ -161,8 +161,8 @@ pub use error::{
     SetupError,
 };
 pub use link::{
-    Connection, Incoming, LinkInfo, LinkReceiver, LinkSender, Listener, ListenerCounts, PeerId,
-    Responder,
+    Connection, Incoming, LinkInfo, LinkReceiver, LinkSender, Listener, ListenerCounts,
+    ListenerCountsHandle, PeerId, Responder,
 };
 pub use settings::{
     QuicDriver, Settings, SettingsError, MAX_FRAME_BYTES_LIMIT, QUEUE_LEN_LIMIT, TIMEOUT_LIMIT,

@@ -891,6 +891,31 @@ impl<P: Protocol> Listener<P> {
     pub fn counts(&self) -> ListenerCounts {
         self.stats.snapshot()
     }
+
+    /// A handle that reads [`Listener::counts`] after the listener was moved
+    /// into its accept loop (for metrics).
+    pub fn counts_handle(&self) -> ListenerCountsHandle {
+        ListenerCountsHandle(self.stats.clone())
+    }
+}
+
+/// Reads a listener's counts from elsewhere ([`Listener::counts_handle`]).
+#[derive(Clone)]
+pub struct ListenerCountsHandle(Arc<ListenerStats>);
+
+impl fmt::Debug for ListenerCountsHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ListenerCountsHandle")
+            .field(&self.0.snapshot())
+            .finish()
+    }
+}
+
+impl ListenerCountsHandle {
+    /// What the listener has accepted and refused so far.
+    pub fn counts(&self) -> ListenerCounts {
+        self.0.snapshot()
+    }
 }
 
 /// Decodes a whole frame held in one buffer, refusing trailing bytes.

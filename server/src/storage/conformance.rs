@@ -31,8 +31,9 @@ use super::{
 use std::collections::BTreeMap;
 use vcodr_core::rng::Rng;
 use vcodr_core::{
-    ClientContact, ClientType, Doc, DrState, DurableMeta, Entry, Index, MemStore, OnStandbyLoss,
-    Op, PersistOp, PersistSeq, Restored, Role, Sample, ServerInfo, Snapshot, Transition, ViewEntry,
+    ClientContact, ClientType, Doc, DrState, DurableMeta, Entry, EpochClaim, EpochProof, Index,
+    MemStore, OnStandbyLoss, Op, PeerIdentity, PersistOp, PersistSeq, Restored, Role, Sample,
+    ServerInfo, Snapshot, Transition, ViewEntry,
 };
 
 /// Makes and restarts stores of the implementation under test.
@@ -108,7 +109,7 @@ pub fn refused_batch_leaves_nothing(h: &mut dyn Harness) {
         (
             3,
             vec![
-                PersistOp::Meta(meta_sample(7)),
+                PersistOp::Meta(Box::new(meta_sample(7))),
                 PersistOp::History(transition_sample(7)),
                 PersistOp::Append((5..=6).map(|i| put_entry(1, i)).collect()),
                 PersistOp::Commit(5),
@@ -164,7 +165,7 @@ pub fn commit_over_a_hole_is_refused(h: &mut dyn Harness) {
 pub fn unordered_batch_is_refused(h: &mut dyn Harness) {
     let mut s = h.fresh();
     let batch: Vec<(PersistSeq, Vec<PersistOp>)> = vec![
-        (2, vec![PersistOp::Meta(meta_sample(1))]),
+        (2, vec![PersistOp::Meta(Box::new(meta_sample(1)))]),
         (1, vec![PersistOp::History(transition_sample(1))]),
     ];
     match s.commit(&batch) {
@@ -548,7 +549,7 @@ impl OpGen {
             }
             35..=58 if last > commit => vec![PersistOp::Commit(self.rng.range(commit + 1, last))],
             35..=58 => vec![PersistOp::Commit(commit)],
-            59..=65 => vec![PersistOp::Meta(self.meta())],
+            59..=65 => vec![PersistOp::Meta(Box::new(self.meta()))],
             66..=74 => vec![PersistOp::History(self.transition())],
             75..=81 if last > commit => {
                 // A standby meets a conflicting suffix from a new epoch.
@@ -591,7 +592,7 @@ impl OpGen {
                     op: Op::EpochStart,
                 };
                 vec![
-                    PersistOp::Meta(self.meta()),
+                    PersistOp::Meta(Box::new(self.meta())),
                     PersistOp::History(self.transition()),
                     PersistOp::Append(vec![entry]),
                 ]
@@ -740,6 +741,20 @@ pub fn meta_sample(n: u64) -> DurableMeta {
             edge_address: "10.0.0.2:7444".into(),
             admin_address: "10.0.0.2:8443".into(),
         }),
+        peer_identity: Some(PeerIdentity {
+            name: format!("peer-{n}"),
+            public_key: vec![n as u8; 91],
+        }),
+        epoch_proof: Some(std::sync::Arc::new(EpochProof {
+            claim: EpochClaim {
+                pair_id: 7,
+                epoch: n + 1,
+                holder: u128::from(n) + 1,
+                holder_name: format!("peer-{n}"),
+                holder_edge_address: "10.0.0.2:7444".into(),
+            },
+            signature: vec![0x30; 72],
+        })),
         pairing_token: None,
         policy: OnStandbyLoss::Block,
         synced: true,
@@ -792,5 +807,6 @@ pub fn contact_sample(n: u64) -> ClientContact {
         cached_samples: n,
         dropped_samples: n / 2,
         modified_ms: 1_700_000_000_000 + n,
+        forged_epoch_claims: n % 3,
     }
 }

@@ -33,6 +33,7 @@
 //! ```
 
 pub mod conformance;
+mod legacy;
 mod mem;
 mod redb;
 #[cfg(test)]
@@ -293,6 +294,24 @@ struct ContactRecord {
     cached_samples: u64,
     dropped_samples: u64,
     modified_ms: Millis,
+    forged_epoch_claims: u64,
+}
+
+impl From<legacy::ContactRecordV2> for ContactRecord {
+    fn from(c: legacy::ContactRecordV2) -> Self {
+        ContactRecord {
+            client_id: c.client_id,
+            client_type: c.client_type,
+            view: c.view,
+            following: c.following,
+            config_epoch: c.config_epoch,
+            config_version: c.config_version,
+            cached_samples: c.cached_samples,
+            dropped_samples: c.dropped_samples,
+            modified_ms: c.modified_ms,
+            forged_epoch_claims: 0,
+        }
+    }
 }
 
 impl From<&ClientContact> for ContactRecord {
@@ -307,6 +326,7 @@ impl From<&ClientContact> for ContactRecord {
             cached_samples: c.cached_samples,
             dropped_samples: c.dropped_samples,
             modified_ms: c.modified_ms,
+            forged_epoch_claims: c.forged_epoch_claims,
         }
     }
 }
@@ -323,6 +343,7 @@ impl From<ContactRecord> for ClientContact {
             cached_samples: c.cached_samples,
             dropped_samples: c.dropped_samples,
             modified_ms: c.modified_ms,
+            forged_epoch_claims: c.forged_epoch_claims,
         }
     }
 }

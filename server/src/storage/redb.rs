@@ -16,6 +16,9 @@
 //!
 //! Structured values are postcard-encoded. Every [`Storage::commit`] is one
 //! write transaction with [`Durability::Immediate`]: one fsync per batch.
+//!
+//! A file of schema [`MIGRATES_FROM`] is migrated at open, in one transaction
+//! (see [`super::legacy`]); older or newer ones are refused, naming both versions.
 
 use super::{
     check_batch_shape, commit_hole, truncate_refused, ArchivedEntry, ContactRecord, SampleSummary,
@@ -37,7 +40,11 @@ use vcodr_core::{
 };
 
 /// On-disk format version written at creation and checked at every open.
-pub const SCHEMA_VERSION: u64 = 2;
+/// 3: the DR metadata pins the peer's identity and holds an epoch proof;
+/// contact rows count forged epoch claims.
+pub const SCHEMA_VERSION: u64 = 3;
+/// The one older schema migrated at open.
+pub const MIGRATES_FROM: u64 = 2;
 
 const SCHEMA_TABLE: &str = "vcodr_schema";
 const SCHEMA: TableDefinition<&str, u64> = TableDefinition::new(SCHEMA_TABLE);
@@ -185,6 +192,11 @@ impl RedbStorage {
             .map(|v| v.value());
         match found {
             Some(SCHEMA_VERSION) => Ok(()),
+            Some(MIGRATES_FROM) => {
+                drop(table);
+                drop(read);
+                self.migrate_from_2()
+            }
             Some(found) => Err(StorageError::SchemaVersion {
                 path: self.path.clone(),
                 found,
@@ -195,6 +207,63 @@ impl RedbStorage {
                 why: format!("the `{SCHEMA_TABLE}` table has no `{KEY_VERSION}` row"),
             }),
         }
+    }
+
+    /// Schema 2 → 3, in one write transaction: the DR metadata and the
+    /// contact rows are rewritten in the current layout; nothing else changes.
+    fn migrate_from_2(&self) -> Result<(), StorageError> {
+        let txn = self.begin_write()?;
+        let contacts;
+        {
+            let mut state = txn
+                .open_table(STATE)
+                .map_err(self.db_err(STATE_NAME, "open"))?;
+            let old = state
+                .get(KEY_META)
+                .map_err(self.db_err(STATE_NAME, "read meta"))?
+                .map(|g| g.value().to_vec());
+            if let Some(bytes) = old {
+                let v2: super::legacy::DurableMetaV2 = self.decode(STATE_NAME, KEY_META, &bytes)?;
+                let meta = DurableMeta::from(v2);
+                let bytes = self.encode(STATE_NAME, "meta", &meta)?;
+                state
+                    .insert(KEY_META, bytes.as_slice())
+                    .map_err(self.db_err(STATE_NAME, "write meta"))?;
+            }
+            let mut table = txn
+                .open_table(CONTACTS)
+                .map_err(self.db_err(CONTACTS_NAME, "open"))?;
+            let mut rows = Vec::new();
+            for item in table.iter().map_err(self.db_err(CONTACTS_NAME, "read"))? {
+                let (k, v) = item.map_err(self.db_err(CONTACTS_NAME, "read"))?;
+                let old: super::legacy::ContactRecordV2 =
+                    self.decode(CONTACTS_NAME, k.value(), v.value())?;
+                rows.push((k.value().to_string(), ContactRecord::from(old)));
+            }
+            for (k, row) in &rows {
+                let bytes = self.encode(CONTACTS_NAME, "contact", row)?;
+                table
+                    .insert(k.as_str(), bytes.as_slice())
+                    .map_err(self.db_err(CONTACTS_NAME, "write"))?;
+            }
+            contacts = rows.len();
+            let mut schema = txn
+                .open_table(SCHEMA)
+                .map_err(self.db_err(SCHEMA_TABLE, "open"))?;
+            schema
+                .insert(KEY_VERSION, SCHEMA_VERSION)
+                .map_err(self.db_err(SCHEMA_TABLE, "write version"))?;
+        }
+        txn.commit()
+            .map_err(self.db_err(SCHEMA_TABLE, "commit the migration"))?;
+        tracing::info!(
+            path = %self.path.display(),
+            from = MIGRATES_FROM,
+            to = SCHEMA_VERSION,
+            contacts,
+            "migrated the storage file: the peer is pinned again on its first contact by the certificate name recorded at pairing"
+        );
+        Ok(())
     }
 
     fn init_schema(&self) -> Result<(), StorageError> {

@@ -310,7 +310,7 @@ fn crash_batch(b: u64) -> Vec<(PersistSeq, Vec<PersistOp>)> {
         index: b,
         op,
     };
-    let mut last = vec![PersistOp::Meta(conformance::meta_sample(b))];
+    let mut last = vec![PersistOp::Meta(Box::new(conformance::meta_sample(b)))];
     if b % 50 == 0 {
         last.push(PersistOp::Compact { below: b - 10 });
     }
