@@ -14,8 +14,9 @@
 //! `target/dr-page-clients.png` (its client table), `target/dr-page-login-error.png`, `target/dr-page-promoted.png`,
 //! `target/dr-page-zombie.png`.
 //!
-//! Needs `apt-get install -y chromium chromium-driver` (`.ci/run` installs them);
-//! without them the test fails and says so.
+//! Needs Debian's `chromium` and `chromium-driver`: `vcodr_testkit::require`
+//! installs them when missing and the test runs as root; otherwise the test
+//! fails, naming the packages and the command that installs them.
 
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
@@ -37,15 +38,6 @@ const EDGES: usize = 6;
 
 fn artifact(name: &str) -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")).join(name)
-}
-
-/// `name` on `PATH`, or in /usr/bin.
-fn find_exe(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// Polls `f` every 100 ms until it gives `Some`, or fails after `timeout`
@@ -492,14 +484,8 @@ fn status_of(rt: &tokio::runtime::Runtime, c: &ProcCluster, i: usize) -> anyhow:
 #[test]
 fn dr_page_in_headless_chromium() -> anyhow::Result<()> {
     let started = Instant::now();
-    let (Some(chromium), Some(chromedriver)) = (find_exe("chromium"), find_exe("chromedriver"))
-    else {
-        panic!(
-            "this test drives the DR page in a real headless browser and needs Debian's \
-             chromium and chromedriver: run `apt-get install -y chromium chromium-driver` \
-             (.ci/run installs them when missing)"
-        );
-    };
+    let tools = vcodr_testkit::require(&["chromium", "chromium-driver"])
+        .context("the DR page test drives a real headless browser")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -562,7 +548,7 @@ fn dr_page_in_headless_chromium() -> anyhow::Result<()> {
         .trim()
         .to_string();
 
-    let browser = Browser::start(&chromedriver, &chromium, &dir)?;
+    let browser = Browser::start(tools.path("chromedriver"), tools.path("chromium"), &dir)?;
     let b_url = format!("{}/", cluster.servers[1].url());
 
     // 2a. A wrong token: the login error, the app stays hidden, nothing changes.
