@@ -13,6 +13,11 @@
 //! role (last from 10.0.0.9:5555, `edge-00001`), 34 unknown CA (last from 10.0.0.7:4444)
 //! ```
 //!
+//! The same holds for bad frames from authenticated peers (a stolen edge
+//! certificate can send malformed datagrams and requests as fast as it
+//! likes): [`frame_log`] keeps one such log per link kind, counting
+//! rejected frames instead of refused connections.
+//!
 //! A reason quiet for a whole interval is forgotten, so its next refusal is
 //! logged at once again. At most [`MAX_REASONS`] reasons are kept; refusals
 //! of further ones are only counted ("of other reasons"). So a listener logs
@@ -59,6 +64,9 @@ pub(crate) struct Outcome {
 pub(crate) struct Limiter {
     /// Where, for the summary: protocol and address of the listener.
     place: String,
+    /// What is counted: `refused … connection` or `rejected … frame`.
+    verb: &'static str,
+    noun: &'static str,
     interval: Duration,
     /// Start of the current summary interval; `None` while quiet.
     since: Option<Instant>,
@@ -70,8 +78,20 @@ pub(crate) struct Limiter {
 
 impl Limiter {
     pub(crate) fn new(place: String, interval: Duration) -> Self {
+        Self::counting(place, interval, "refused", "connection")
+    }
+
+    /// A limiter whose lines say `{verb} N more {noun}s`.
+    pub(crate) fn counting(
+        place: String,
+        interval: Duration,
+        verb: &'static str,
+        noun: &'static str,
+    ) -> Self {
         Limiter {
             place,
+            verb,
+            noun,
             interval,
             since: None,
             reasons: Vec::new(),
@@ -147,8 +167,10 @@ impl Limiter {
         let mut counted: Vec<&Reason> = self.reasons.iter().filter(|r| r.count > 0).collect();
         counted.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(b.reason)));
         let mut line = format!(
-            "refused {} more connection{} in the last {} s on {}:",
+            "{} {} more {}{} in the last {} s on {}:",
+            self.verb,
             thousands(total),
+            self.noun,
             if total == 1 { "" } else { "s" },
             thousands(elapsed.as_secs().max(1)),
             self.place
@@ -216,6 +238,18 @@ impl RefusalLog {
         }
     }
 
+    /// A log of frames rejected on links of `protocol`.
+    fn frames(protocol: &str) -> Self {
+        RefusalLog {
+            limiter: Arc::new(Mutex::new(Limiter::counting(
+                format!("{protocol} links"),
+                SUMMARY_INTERVAL,
+                "rejected",
+                "frame",
+            ))),
+        }
+    }
+
     /// Logs (at once or in the next summary) one refusal: `reason` is the
     /// short, fixed label it is counted under, `detail` what was refused.
     pub(crate) fn refused(
@@ -225,11 +259,11 @@ impl RefusalLog {
         name: Option<&str>,
         detail: &dyn fmt::Display,
     ) {
-        let (outcome, place) = {
+        let (outcome, place, verb, noun) = {
             let mut limiter = locked(&self.limiter);
             let outcome = limiter.record(Instant::now(), reason, from, name);
             let place = outcome.log_now.then(|| limiter.place.clone());
-            (outcome, place)
+            (outcome, place, limiter.verb, limiter.noun)
         };
         if let Some(summary) = outcome.summary {
             warn!("{summary}");
@@ -240,7 +274,7 @@ impl RefusalLog {
                 remote = %from,
                 peer = name,
                 reason,
-                "refused a connection on {place} from {from}: {detail} (further refusals for \
+                "{verb} a {noun} on {place} from {from}: {detail} (further ones for \
                  `{reason}` are summed up every {} s)",
                 SUMMARY_INTERVAL.as_secs()
             );
@@ -260,6 +294,33 @@ impl RefusalLog {
             }
         }
     }
+}
+
+/// Link kinds with a frame log (one per [`crate::Protocol::NAME`]); a
+/// process has two, the bound only guards against misuse.
+const MAX_FRAME_LOGS: usize = 8;
+
+/// The log of bad frames received on links of `protocol`, shared by every
+/// link of that kind in the process.
+pub(crate) fn frame_log(protocol: &'static str) -> Arc<RefusalLog> {
+    type Logs = Mutex<Vec<(&'static str, Arc<RefusalLog>)>>;
+    static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+    let logs = LOGS.get_or_init(|| Mutex::new(Vec::new()));
+    let mut logs = logs.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, log)) = logs.iter().find(|(p, _)| *p == protocol) {
+        return log.clone();
+    }
+    let log = Arc::new(RefusalLog::frames(protocol));
+    if logs.len() < MAX_FRAME_LOGS {
+        logs.push((protocol, log.clone()));
+    }
+    log
+}
+
+/// Logs (at once or in the next summary) a bad frame received on `link`:
+/// `reason` is the fixed label it is counted under.
+pub(crate) fn bad_frame(link: &crate::LinkInfo, reason: &'static str, detail: &dyn fmt::Display) {
+    frame_log(link.protocol).refused(reason, link.addr, Some(link.peer.as_str()), detail);
 }
 
 #[cfg(test)]
@@ -369,5 +430,31 @@ mod tests {
         );
         assert!(summary.ends_with(", 8 of other reasons"), "{summary}");
         assert!(log.reasons.len() <= MAX_REASONS);
+    }
+
+    #[test]
+    fn bad_frames_of_authenticated_peers_are_counted_per_link_kind() {
+        let t0 = Instant::now();
+        let mut log = Limiter::counting(
+            "vcodr-edge links".into(),
+            SUMMARY_INTERVAL,
+            "rejected",
+            "frame",
+        );
+        assert!(log.record(t0, "short datagram", addr(1), Some("edge-7")).log_now);
+        for _ in 0..1_000 {
+            assert!(!log.record(t0, "short datagram", addr(1), Some("edge-7")).log_now);
+        }
+        let summary = log
+            .flush_if_due(t0 + SUMMARY_INTERVAL)
+            .expect("a summary fell due");
+        assert_eq!(
+            summary,
+            "rejected 1,000 more frames in the last 10 s on vcodr-edge links: 1,000 short \
+             datagram (last from 10.0.0.9:1, `edge-7`)"
+        );
+        let a = frame_log("vcodr-edge");
+        assert!(Arc::ptr_eq(&a, &frame_log("vcodr-edge")), "one log per link kind");
+        assert!(!Arc::ptr_eq(&a, &frame_log("vcodr-peer")));
     }
 }

@@ -1257,7 +1257,14 @@ async fn read_datagrams<P: Protocol>(
 ) {
     while let Ok(d) = conn.read_datagram().await {
         let Some((kind, id, frame)) = dgram::decode(&d) else {
-            warn!(link = %info, len = d.len(), "dropped a datagram shorter than its header");
+            crate::log_limit::bad_frame(
+                &info,
+                "short datagram",
+                &format_args!(
+                    "dropped a datagram of {} bytes, shorter than its header",
+                    d.len()
+                ),
+            );
             continue;
         };
         match kind {
@@ -1280,20 +1287,32 @@ async fn read_datagrams<P: Protocol>(
                     }
                 }
                 Err(e) => {
-                    warn!(link = %info, reason = %e, "rejected a datagram request; the link stays up");
+                    crate::log_limit::bad_frame(
+                        &info,
+                        "bad datagram request",
+                        &format_args!("rejected a datagram request ({e}); the link stays up"),
+                    );
                     let _ = conn.send_datagram(dgram::encode(dgram::REFUSED, id, &[]));
                 }
             },
             dgram::RESPONSE => match whole_frame_payload(frame, max_frame_bytes) {
                 Ok(payload) => requests.answer(id, DatagramAnswer::Response(payload.to_vec())),
                 Err(e) => {
-                    warn!(link = %info, reason = %e, "dropped a malformed datagram response");
+                    crate::log_limit::bad_frame(
+                        &info,
+                        "bad datagram response",
+                        &format_args!("dropped a malformed datagram response ({e})"),
+                    );
                 }
             },
             dgram::REFUSED => requests.answer(id, DatagramAnswer::Refused),
             dgram::TOO_LARGE => requests.answer(id, DatagramAnswer::TooLarge),
             other => {
-                warn!(link = %info, kind = other, "dropped a datagram of unknown kind");
+                crate::log_limit::bad_frame(
+                    &info,
+                    "unknown datagram",
+                    &format_args!("dropped a datagram of unknown kind {other}"),
+                );
             }
         }
     }
@@ -1350,7 +1369,13 @@ async fn serve_request<P: Protocol>(
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("request not received within {:?}", settings.request_timeout),
     };
-    warn!(link = %info, reason = %failure, "rejected a request frame; that stream is reset, the link stays up");
+    crate::log_limit::bad_frame(
+        &info,
+        "bad request frame",
+        &format_args!(
+            "rejected a request frame ({failure}); that stream is reset, the link stays up"
+        ),
+    );
     let _ = recv.stop(code::FRAME_REJECTED);
     let _ = send.reset(code::FRAME_REJECTED);
 }
@@ -1384,7 +1409,13 @@ async fn accept_ordered<P: Protocol>(
                 }
                 Err(e) => e.to_string(),
             };
-            warn!(link = %info, reason = %failure, "bad frame on the ordered stream; closing this connection only");
+            crate::log_limit::bad_frame(
+                &info,
+                "bad ordered frame",
+                &format_args!(
+                    "bad frame on the ordered stream ({failure}); closing this connection only"
+                ),
+            );
             let reason = format!("bad frame on the ordered stream: {failure}");
             let _ = local_close.set(CloseReason::Protocol(reason.clone()));
             conn.close(code::PROTOCOL_VIOLATION, reason.as_bytes());

@@ -1162,7 +1162,13 @@ impl<P: Protocol> Hub<P> {
                 "request not received within {:?}",
                 ctx.settings.request_timeout
             );
-            warn!(link = %link.info, %reason, "rejected a request frame; that stream is reset, the link stays up");
+            crate::log_limit::bad_frame(
+                &link.info,
+                "bad request frame",
+                &format_args!(
+                    "rejected a request frame ({reason}); that stream is reset, the link stays up"
+                ),
+            );
             let _ = conn.proto.recv_stream(s).stop(code::FRAME_REJECTED);
             let _ = conn.proto.send_stream(s).reset(code::FRAME_REJECTED);
         }
@@ -2233,7 +2239,13 @@ fn read_stream<P: Protocol>(proto: &mut proto::Connection, link: &mut LinkCtl<P>
                 },
                 Err(e) => e,
             };
-            warn!(link = %link.info, reason = %failure, "rejected a request frame; that stream is reset, the link stays up");
+            crate::log_limit::bad_frame(
+                &link.info,
+                "bad request frame",
+                &format_args!(
+                    "rejected a request frame ({failure}); that stream is reset, the link stays up"
+                ),
+            );
             let _ = proto.recv_stream(s).stop(code::FRAME_REJECTED);
             let _ = proto.send_stream(s).reset(code::FRAME_REJECTED);
         }
@@ -2255,7 +2267,13 @@ fn read_stream<P: Protocol>(proto: &mut proto::Connection, link: &mut LinkCtl<P>
                 }
             }
             if let Some(failure) = failure {
-                warn!(link = %link.info, reason = %failure, "bad frame on the ordered stream; closing this connection only");
+                crate::log_limit::bad_frame(
+                    &link.info,
+                    "bad ordered frame",
+                    &format_args!(
+                        "bad frame on the ordered stream ({failure}); closing this connection only"
+                    ),
+                );
                 link.violation = Some(format!("bad frame on the ordered stream: {failure}"));
                 return;
             }
@@ -2276,7 +2294,14 @@ fn on_app_datagram<P: Protocol>(conn: &mut Conn<P>, d: &[u8]) {
         return;
     };
     let Some((kind, id, frame)) = dgram::decode(d) else {
-        warn!(link = %link.info, len = d.len(), "dropped a datagram shorter than its header");
+        crate::log_limit::bad_frame(
+            &link.info,
+            "short datagram",
+            &format_args!(
+                "dropped a datagram of {} bytes, shorter than its header",
+                d.len()
+            ),
+        );
         return;
     };
     match kind {
@@ -2288,7 +2313,11 @@ fn on_app_datagram<P: Protocol>(conn: &mut Conn<P>, d: &[u8]) {
                 }
             }
             Err(e) => {
-                warn!(link = %link.info, reason = %e, "rejected a datagram request; the link stays up");
+                crate::log_limit::bad_frame(
+                    &link.info,
+                    "bad datagram request",
+                    &format_args!("rejected a datagram request ({e}); the link stays up"),
+                );
                 let _ = conn
                     .proto
                     .datagrams()
@@ -2301,9 +2330,11 @@ fn on_app_datagram<P: Protocol>(conn: &mut Conn<P>, d: &[u8]) {
                     let _ = r.answer.send(Ok(payload.to_vec()));
                 }
             }
-            Err(e) => {
-                warn!(link = %link.info, reason = %e, "dropped a malformed datagram response")
-            }
+            Err(e) => crate::log_limit::bad_frame(
+                &link.info,
+                "bad datagram response",
+                &format_args!("dropped a malformed datagram response ({e})"),
+            ),
         },
         dgram::REFUSED => {
             if let Some(r) = link.datagrams.remove(&id) {
@@ -2318,7 +2349,11 @@ fn on_app_datagram<P: Protocol>(conn: &mut Conn<P>, d: &[u8]) {
                 open_requests(&mut conn.proto, link);
             }
         }
-        other => warn!(link = %link.info, kind = other, "dropped a datagram of unknown kind"),
+        other => crate::log_limit::bad_frame(
+            &link.info,
+            "unknown datagram",
+            &format_args!("dropped a datagram of unknown kind {other}"),
+        ),
     }
 }
 
