@@ -38,6 +38,7 @@ pub fn identity(name: &str) -> PeerIdentity {
     PeerIdentity {
         name: name.to_string(),
         public_key: public_key(name),
+        key_fingerprint: format!("test-key-of-{name}"),
     }
 }
 

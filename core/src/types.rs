@@ -281,37 +281,26 @@ impl fmt::Display for CertRole {
 /// the name its certificate carries and its public key. It travels with every
 /// peer input into the core (never taken from a message), and pairing pins
 /// it durably: afterwards a peer message from any other identity is refused.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PeerIdentity {
     /// The certificate's name (a server's `name`, e.g. `a`).
     pub name: String,
     /// The certificate's SubjectPublicKeyInfo, DER: epoch proofs signed by
     /// this server are verified against it.
     pub public_key: Vec<u8>,
-}
-
-impl PeerIdentity {
-    /// A short, stable rendering of the key for logs (not a cryptographic
-    /// fingerprint: the I/O layer shows a SHA-256 one to operators).
-    pub fn key_tag(&self) -> String {
-        // FNV-1a 64: enough to tell keys apart in a log line.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in &self.public_key {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("{h:016x}")
-    }
-}
-
-impl fmt::Debug for PeerIdentity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PeerIdentity({} key {})", self.name, self.key_tag())
-    }
+    /// How operators see the key: the SHA-256 of `public_key` in hex, made
+    /// by the I/O layer (the core has no hash function). Shown in logs,
+    /// the state history, the API and the DR page alike.
+    pub key_fingerprint: String,
 }
 
 impl fmt::Display for PeerIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "`{}` (key {})", self.name, self.key_tag())
+        let short = self
+            .key_fingerprint
+            .get(..16)
+            .unwrap_or(&self.key_fingerprint);
+        write!(f, "`{}` (key {short}…)", self.name)
     }
 }
 

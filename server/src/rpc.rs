@@ -444,7 +444,7 @@ pub fn status_json(s: &Status) -> Value {
         // Pinned at pairing: only this certificate's messages are taken.
         "peerIdentity": s.peer_identity.as_ref().map(|i| json!({
             "name": i.name,
-            "keyFingerprint": vcodr_transport::certs::key_fingerprint(&i.public_key),
+            "keyFingerprint": i.key_fingerprint,
         })),
         "epochProof": s.epoch_proof.as_ref().map(|p| json!({
             "epoch": p.claim.epoch,

@@ -68,11 +68,12 @@ impl PeerId {
         crate::certs::key_fingerprint(&self.0.public_key)
     }
 
-    /// The identity as the core pins it (name and public key).
+    /// The identity as the core pins it (name, public key, its fingerprint).
     pub fn to_core(&self) -> PeerIdentity {
         PeerIdentity {
             name: self.0.name.to_string(),
             public_key: self.0.public_key.to_vec(),
+            key_fingerprint: self.fingerprint(),
         }
     }
 }

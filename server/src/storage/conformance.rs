@@ -744,6 +744,7 @@ pub fn meta_sample(n: u64) -> DurableMeta {
         peer_identity: Some(PeerIdentity {
             name: format!("peer-{n}"),
             public_key: vec![n as u8; 91],
+            key_fingerprint: format!("{n:064x}"),
         }),
         epoch_proof: Some(std::sync::Arc::new(EpochProof {
             claim: EpochClaim {
