@@ -3317,7 +3317,11 @@ impl Server {
             .proof
             .as_ref()
             .filter(|p| p.claim.pair_id == pair && p.claim.epoch > self.epoch);
-        if let Some(p) = relayed {
+        if let Some(p) = relayed.filter(|p| self.epoch_proof.as_ref() == Some(*p)) {
+            // The proof this server already holds (a zombie hears it from
+            // every edge): nothing to verify or learn again.
+            proven = p.claim.epoch;
+        } else if let Some(p) = relayed {
             let marked = self
                 .contacts
                 .get(client)
