@@ -27,6 +27,7 @@
 //! What is and is not covered, the abstractions and the measured figures are
 //! in this crate's README.
 
+pub mod hostile;
 pub mod model;
 pub mod nodes;
 pub mod properties;

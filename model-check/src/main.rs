@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use std::time::Duration;
 use vcodr_core::Mutant;
+use vcodr_model_check::hostile::Menu;
 use vcodr_model_check::model::{CutScope, Durability, ModelCfg, Start};
 use vcodr_model_check::report::{mutant_names, run, RunOpts};
 use vcodr_model_check::DrModel;
@@ -29,12 +30,22 @@ struct Args {
     #[arg(long)]
     serve: Option<String>,
     /// Model: `ci`/`failover` (default), `crash`, `edges`, `setup` (pairing
-    /// from scratch; give --depth) or `deep`.
+    /// from scratch), `hostile-peer`, `hostile-edge`, `hostile-setup` (the
+    /// hostile actor), `hostile` (both of its menus at once: beyond the CI
+    /// budget, give --timeout-s) or `deep`.
     #[arg(long, default_value = "ci")]
     model: String,
     /// Configuration writes.
     #[arg(long)]
     writes: Option<u8>,
+    /// Messages the hostile actor `x` may forge (0: no hostile actor).
+    #[arg(long)]
+    forgeries: Option<u8>,
+    /// What `x` forges: `all`, `peer` (peer-link messages), `edge`
+    /// (heartbeat views) or a comma-separated list such as
+    /// `append-ack,view-unproven`; default: the model's, or `all` with --forgeries.
+    #[arg(long)]
+    forge: Option<String>,
     /// Server crashes.
     #[arg(long)]
     crashes: Option<u8>,
@@ -87,9 +98,16 @@ fn config(a: &Args) -> Result<ModelCfg> {
         "ci" | "failover" => ModelCfg::ci(),
         "crash" => ModelCfg::ci_crash(),
         "edges" => ModelCfg::ci_edges(),
+        "hostile" => ModelCfg::hostile(),
+        "hostile-peer" => ModelCfg::hostile_peer(),
+        "hostile-edge" => ModelCfg::hostile_edge(),
+        "hostile-setup" => ModelCfg::hostile_setup(),
         "setup" => ModelCfg::setup(),
         "deep" => ModelCfg::deep(),
-        other => bail!("unknown --model {other}: use ci, setup or deep"),
+        other => bail!(
+            "unknown --model {other}: use ci, crash, edges, setup, hostile-peer, \
+             hostile-edge, hostile-setup, hostile or deep"
+        ),
     };
     if let Some(e) = a.edges {
         if e > 2 {
@@ -99,6 +117,15 @@ fn config(a: &Args) -> Result<ModelCfg> {
     }
     if let Some(v) = a.writes {
         c.writes = v;
+    }
+    if let Some(v) = a.forgeries {
+        c.forgeries = v;
+        if c.forge_menu.is_empty() {
+            c.forge_menu = Menu::all();
+        }
+    }
+    if let Some(f) = &a.forge {
+        c.forge_menu = Menu::parse(f).map_err(anyhow::Error::msg)?;
     }
     if let Some(v) = a.crashes {
         c.crashes = v;

@@ -2,6 +2,7 @@
 //! loses, duplicates and reorders, partitions, crashes and storage flushes —
 //! all as nondeterministic actions around the unmodified `vcodr-core` machines.
 
+use crate::hostile::{self, Forgery, Menu};
 use crate::nodes::*;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -94,6 +95,11 @@ pub struct ModelCfg {
     pub max_persist_seq: PersistSeq,
     /// Cap on pending (unflushed) persist requests per server.
     pub max_pending: usize,
+    /// Messages the hostile actor `x` may forge (see [`crate::hostile`]); 0: no
+    /// hostile actor. A forgery that changes nothing is not counted.
+    pub forgeries: u8,
+    /// Which forgeries `x` chooses from.
+    pub forge_menu: Menu,
     /// Deliberate bug switched on in the core.
     pub mutant: Mutant,
 }
@@ -126,6 +132,8 @@ impl ModelCfg {
             edge_ticks: Some(2),
             max_persist_seq: 32,
             max_pending: 3,
+            forgeries: 0,
+            forge_menu: Menu::NONE,
             mutant: Mutant::None,
         }
     }
@@ -170,6 +178,60 @@ impl ModelCfg {
             pairings: 1,
             peer_ticks: Some(1),
             ..ModelCfg::ci()
+        }
+    }
+
+    /// The hostile actor `x` at full strength: the `edges` situation (a
+    /// disaster failover, the old active fenced through an edge) with one
+    /// write, and `x` choosing from every forgery, twice. Beyond the CI budget
+    /// (over 3 M states, see the README); CI splits it into
+    /// [`ModelCfg::hostile_peer`] and [`ModelCfg::hostile_edge`].
+    pub fn hostile() -> Self {
+        ModelCfg {
+            edges: 1,
+            writes: 1,
+            cuts: 0,
+            planned: false,
+            edge_ticks: Some(1),
+            forgeries: 2,
+            forge_menu: Menu::all(),
+            ..ModelCfg::ci()
+        }
+    }
+
+    /// CI model "hostile-peer": the `ci` failover model (a write, a partition,
+    /// degrade, a disaster or planned promotion) with `x` forging two peer-link
+    /// messages of every kind, at any moment, to either server.
+    pub fn hostile_peer() -> Self {
+        ModelCfg {
+            forgeries: 2,
+            forge_menu: Menu::peer(),
+            ..ModelCfg::ci()
+        }
+    }
+
+    /// CI model "hostile-setup": the `setup` model (pairing from scratch, a
+    /// write, a crash) with `x` forging two peer-link messages of every kind:
+    /// the pairing steps are the only peer messages admitted before a peer is
+    /// pinned, so this is where guessed tokens are tried.
+    pub fn hostile_setup() -> Self {
+        ModelCfg {
+            forgeries: 2,
+            forge_menu: Menu::peer(),
+            ..ModelCfg::setup()
+        }
+    }
+
+    /// CI model "hostile-edge": an edge heartbeating both servers through a
+    /// disaster failover and the fencing of the old active through it (the
+    /// `edges` model with one heartbeat tick), with `x` sending two forged
+    /// heartbeat views, each proof variant, at any moment, to either server.
+    pub fn hostile_edge() -> Self {
+        ModelCfg {
+            edge_ticks: Some(1),
+            forgeries: 2,
+            forge_menu: Menu::edge(),
+            ..ModelCfg::ci_edges()
         }
     }
 
@@ -275,6 +337,10 @@ pub mod milestone {
     pub const REJOINED: u16 = 1 << 3;
     pub const UNPROTECTED_ACK: u16 = 1 << 4;
     pub const CUT: u16 = 1 << 5;
+    /// A forged peer message reached a server and was refused at admission.
+    pub const FORGED_PEER_REFUSED: u16 = 1 << 6;
+    /// A forged heartbeat claim reached a server and was refused (counted, client marked).
+    pub const FORGED_VIEW_REFUSED: u16 = 1 << 7;
 }
 
 /// What happened so far that the properties look at.
@@ -286,6 +352,11 @@ pub struct History {
     /// Promotions that reported `dataLossBound: 0`: (server, pair, new epoch).
     pub zero_loss_promotions: Vec<(ServerIx, Option<PairId>, Epoch)>,
     pub milestones: u16,
+    /// The highest epoch a genuine server has held (its `epoch()` after any
+    /// step) or asked its peer to hand over (a planned switchover's
+    /// `DemoteRequest`, after which the old active is fenced by an epoch its
+    /// peer holds only once the handover is done).
+    pub max_epoch: Epoch,
 }
 
 /// Budgets used so far.
@@ -298,6 +369,7 @@ pub struct Used {
     pub configures: u8,
     pub crashes: u8,
     pub cuts: u8,
+    pub forgeries: u8,
 }
 
 /// A state of the whole system.
@@ -362,6 +434,8 @@ pub enum Action {
     Configure(ServerIx),
     /// An edge produces a monitoring sample.
     Sample(EdgeIx),
+    /// The hostile actor sends this forgery to this server (delivered at once).
+    Forge(ServerIx, Forgery),
 }
 
 const REQ_PROMOTE_DISASTER: RequestId = 1000;
@@ -430,6 +504,11 @@ impl DrModel {
             for out in outs {
                 match out {
                     Output::SendPeer { to, msg } => {
+                        if let PeerMsg::DemoteRequest { new_epoch } = msg.body {
+                            if new_epoch > st.hist.max_epoch {
+                                st.hist_mut().max_epoch = new_epoch;
+                            }
+                        }
                         if let Some(d) = server_by_peer_address(&to) {
                             if !self.is_cut(st, Link::Peer) && d != s {
                                 st.net.insert(Envelope {
@@ -532,6 +611,16 @@ impl DrModel {
                             _ => {}
                         }
                         replies.push((req, result));
+                    }
+                    Output::Event(Event::PeerRefused { link, .. })
+                        if link == hostile::HOSTILE_LINK =>
+                    {
+                        st.hist_mut().milestones |= milestone::FORGED_PEER_REFUSED;
+                    }
+                    Output::Event(Event::ForgedEpochClaim { client, .. })
+                        if client == hostile::HOSTILE_CLIENT =>
+                    {
+                        st.hist_mut().milestones |= milestone::FORGED_VIEW_REFUSED;
                     }
                     Output::Event(_) => {}
                 }
@@ -785,7 +874,16 @@ impl DrModel {
             st.srv_mut(s).ticks = 0;
         }
         st.hist = Arc::new(History::default());
+        self.note_epochs(&mut st);
         st
+    }
+
+    /// Raises `History::max_epoch` to every up server's epoch.
+    fn note_epochs(&self, st: &mut State) {
+        let held = st.up().map(|(_, v)| v.epoch()).max().unwrap_or(0);
+        if held > st.hist.max_epoch {
+            st.hist_mut().max_epoch = held;
+        }
     }
 
     /// Carries out `action`; `None` when it changes nothing.
@@ -899,7 +997,21 @@ impl DrModel {
                 }
                 st.used.configures += 1;
             }
+            Action::Forge(s, f) => {
+                let m = hostile::forge(st.server(s)?, s, f)?;
+                self.feed_server(&mut st, s, Some(hostile::input(m)));
+                let untouched = last.servers == st.servers
+                    && last.net == st.net
+                    && last.hist.violations == st.hist.violations;
+                if untouched && last.hist == st.hist {
+                    return None;
+                }
+                if !untouched {
+                    st.used.forgeries += 1;
+                }
+            }
         }
+        self.note_epochs(&mut st);
         Some(st)
     }
 
@@ -974,6 +1086,11 @@ impl DrModel {
                 out.push(Action::Sample(e));
             }
         }
+        if st.used.forgeries < c.forgeries {
+            for (s, _) in st.up() {
+                out.extend(c.forge_menu.iter().map(|f| Action::Forge(s, f)));
+            }
+        }
         for l in c.links() {
             let allowed = c.net.cut_scope == CutScope::All || l == Link::Peer;
             if st.cut.contains(&l) {
@@ -1046,7 +1163,9 @@ impl ModelCfg {
 }
 
 /// The configuration a mutant run uses: `base`, with what the mutant needs to
-/// show (an edge for `follow-zombie`, a promotion for the promotion mutants).
+/// show (an edge for `follow-zombie`, a promotion for the promotion mutants,
+/// the hostile actor with its peer-link forgeries for `trust-envelope-from`
+/// and its heartbeat views for `unproven-epoch`).
 pub fn mutant_cfg(m: Mutant, base: &ModelCfg) -> ModelCfg {
     let mut c = base.clone();
     c.mutant = m;
@@ -1065,8 +1184,17 @@ pub fn mutant_cfg(m: Mutant, base: &ModelCfg) -> ModelCfg {
             c.writes = c.writes.max(1);
         }
         Mutant::StandbyServesConfig => c.writes = c.writes.max(1),
-        // The hostile actor is what these two let in (see the `hostile` model).
-        Mutant::TrustEnvelopeFrom | Mutant::UnprovenEpoch => {}
+        // What these two let in is the hostile actor (see `crate::hostile`).
+        Mutant::TrustEnvelopeFrom => {
+            c.forgeries = c.forgeries.max(1);
+            c.forge_menu = c.forge_menu.with(Menu::peer());
+            c.promotions = c.promotions.max(1);
+            c.writes = c.writes.max(1);
+        }
+        Mutant::UnprovenEpoch => {
+            c.forgeries = c.forgeries.max(1);
+            c.forge_menu = c.forge_menu.with(Menu::edge());
+        }
         Mutant::None => {}
     }
     c

@@ -2,6 +2,7 @@
 //! are safety invariants (a discovery is a counterexample); `Sometimes`
 //! properties prove the model reaches what the invariants talk about.
 
+use crate::hostile::Channel;
 use crate::model::*;
 use crate::nodes::*;
 use stateright::{Expectation, Property};
@@ -195,6 +196,87 @@ pub fn acked_samples_kept(_: &DrModel, st: &State) -> bool {
         })
 }
 
+/// §2 / §6 No forged view or message fences a server: no server has heard of,
+/// or is fenced by, an epoch above the highest one a genuine server has held
+/// (or asked its peer to hand over in a planned switchover). Only the pinned
+/// peer and valid proofs can raise them; the hostile actor has neither.
+pub fn no_forged_fencing(_: &DrModel, st: &State) -> bool {
+    let max = st.hist.max_epoch;
+    (0..2u8).all(|s| {
+        let (seen, fenced) = match st.server(s) {
+            Some(v) => (v.highest_epoch_seen(), v.status().fenced_by),
+            None => st.servers[usize::from(s)]
+                .store
+                .meta
+                .as_ref()
+                .map_or((0, None), |m| (m.epoch, m.fenced_by)),
+        };
+        seen <= max && fenced.is_none_or(|f| f <= max)
+    })
+}
+
+/// §6 Forged writes are never stored: the key of the hostile actor's forged
+/// `Append` is in no server's log, applied state, durable store or divergence
+/// archive (no operator writes it, so it can only come from the forgery).
+pub fn forged_writes_never_stored(_: &DrModel, st: &State) -> bool {
+    use crate::hostile::{FORGED_KEY, FORGED_VALUE};
+    st.servers.iter().all(|n| {
+        let in_memory = n.server.as_ref().is_some_and(|v| {
+            v.applied().docs.contains_key(FORGED_KEY)
+                || v.log()
+                    .iter_after(0)
+                    .any(|e| matches!(&e.op, Op::Put { key, .. } if key == FORGED_KEY))
+        });
+        !in_memory
+            && !n.store.contains_put(FORGED_KEY, FORGED_VALUE)
+            && !n.store.archived_put(FORGED_KEY, FORGED_VALUE)
+    })
+}
+
+/// §2 Every epoch proof a server or an edge holds is genuine: signed with the
+/// key of the server it names as holder, which is `a` or `b` under its own
+/// uuid. (Servers relay the proof they hold to edges; a forged one accepted
+/// once would travel on to fence elsewhere.)
+pub fn only_genuine_proofs_held(_: &DrModel, st: &State) -> bool {
+    let genuine = |p: &EpochProof| {
+        (0..2u8).any(|s| {
+            let info = server_info(s);
+            p.claim.holder == info.uuid
+                && p.claim.holder_name == info.name
+                && server_keys(s).verify(&server_identity(s).public_key, p)
+        })
+    };
+    st.up().all(|(_, v)| v.epoch_proof().is_none_or(genuine))
+        && st.edges.iter().all(|e| e.edge.proof().is_none_or(genuine))
+}
+
+/// §2 / §9.6 A genuine edge is never taken for a forger: no server marks one
+/// of the model's edges as having claimed an epoch without a valid proof. A
+/// marked client's proofs are no longer checked, so a genuine edge marked by
+/// mistake could no longer fence an old active (convergence, §9.6).
+pub fn genuine_edges_never_marked(_: &DrModel, st: &State) -> bool {
+    st.up().all(|(_, v)| {
+        v.contacts()
+            .all(|c| c.client_id == crate::hostile::HOSTILE_CLIENT || c.forged_epoch_claims == 0)
+    })
+}
+
+/// Non-vacuity: a forged heartbeat claim refused, and yet every edge follows
+/// the promoted server and the old active is fenced (genuine fencing works
+/// alongside the forgeries).
+pub fn converged_despite_forgery(m: &DrModel, st: &State) -> bool {
+    forged_view_refused(m, st) && converged_after_promotion(m, st)
+}
+
+/// Non-vacuity: a forged peer message reached a server and was refused at admission.
+pub fn forged_peer_message_refused(_: &DrModel, st: &State) -> bool {
+    st.hist.milestones & milestone::FORGED_PEER_REFUSED != 0
+}
+/// Non-vacuity: a forged heartbeat claim reached a server and was refused.
+pub fn forged_view_refused(_: &DrModel, st: &State) -> bool {
+    st.hist.milestones & milestone::FORGED_VIEW_REFUSED != 0
+}
+
 /// Non-vacuity: a write is acknowledged.
 pub fn write_acknowledged(_: &DrModel, st: &State) -> bool {
     !st.hist.acks.is_empty()
@@ -283,6 +365,11 @@ pub fn safety() -> Vec<Property<DrModel>> {
         Property::always("6 edges follow only writers", edges_follow_only_writers),
         Property::always("7 samples stored at most once", samples_at_most_once),
         Property::always("7 acked samples kept", acked_samples_kept),
+        Property::always(
+            "3 fencing only by an epoch held (no forgery fences)",
+            no_forged_fencing,
+        ),
+        Property::always("2 forged writes never stored", forged_writes_never_stored),
     ]
 }
 
@@ -326,6 +413,28 @@ pub fn for_config(cfg: &ModelCfg) -> Vec<Property<DrModel>> {
         "6 converged after promotion",
         converged_after_promotion,
         cfg.edges > 0 && cfg.promotions > 0,
+    );
+    let hostile = cfg.forgeries > 0;
+    some(
+        "forged peer message refused",
+        forged_peer_message_refused,
+        hostile && cfg.forge_menu.iter().any(|f| f.channel() == Channel::Peer),
+    );
+    some(
+        "forged heartbeat claim refused",
+        forged_view_refused,
+        hostile
+            && cfg.start == Start::Paired
+            && cfg.forge_menu.iter().any(|f| f.channel() == Channel::Edge),
+    );
+    some(
+        "6 converged after promotion despite forged claims",
+        converged_despite_forgery,
+        hostile
+            && cfg.start == Start::Paired
+            && cfg.edges > 0
+            && cfg.promotions > 0
+            && cfg.forge_menu.iter().any(|f| f.channel() == Channel::Edge),
     );
     let want = expected_reach(cfg);
     v.extend(

@@ -254,6 +254,15 @@ pub fn describe_action_plain(a: &Action) -> String {
             server_name(s)
         ),
         Action::Sample(e) => format!("{}: new monitoring sample", edge_client(e)),
+        Action::Forge(s, f) => format!(
+            "HOSTILE x -> {} ({} link): forged {}",
+            server_name(s),
+            match f.channel() {
+                crate::hostile::Channel::Peer => "peer",
+                crate::hostile::Channel::Edge => "edge",
+            },
+            f.name()
+        ),
     }
 }
 
@@ -279,6 +288,36 @@ pub fn describe_step(st: &State, a: &Action) -> String {
         Action::Put(s) => {
             let (k, _) = write_kv(st.used.writes + 1);
             format!("operator: configuration/put {k} on {}", server_name(s))
+        }
+        Action::Forge(s, f) => {
+            let what = st
+                .server(s)
+                .and_then(|v| crate::hostile::forge(v, s, f))
+                .map(|m| match m {
+                    crate::hostile::Forged::Peer(env) => {
+                        format!(
+                            "{} (from {:#x})",
+                            describe_msg(&Msg::Peer(env.clone())),
+                            env.from
+                        )
+                    }
+                    crate::hostile::Forged::Edge(m) => {
+                        let proof = match &m {
+                            EdgeMsg::Heartbeat(hb) => {
+                                hb.proof.as_ref().map_or(", no proof".to_string(), |p| {
+                                    format!(
+                                        ", proof: {} holds e{} (signed by x)",
+                                        p.claim.holder_name, p.claim.epoch
+                                    )
+                                })
+                            }
+                            _ => String::new(),
+                        };
+                        format!("{}{proof}", describe_msg(&Msg::ToServer(m)))
+                    }
+                })
+                .unwrap_or_default();
+            format!("{}: {what}", describe_action_plain(a))
         }
         _ => describe_action_plain(a),
     }

@@ -7,6 +7,7 @@
 //! about 10x slower).
 
 use vcodr_core::Mutant;
+use vcodr_model_check::hostile::{Forgery, Menu};
 use vcodr_model_check::model::{mutant_cfg, ModelCfg};
 use vcodr_model_check::report::{reach_covers_spec, run, Report, RunOpts};
 
@@ -51,6 +52,26 @@ fn edges_model() {
 }
 
 #[test]
+fn hostile_peer_model() {
+    check(ModelCfg::hostile_peer(), HOSTILE_PEER_STATES);
+}
+
+#[test]
+fn hostile_edge_model() {
+    check(ModelCfg::hostile_edge(), 644_439);
+}
+
+#[test]
+fn hostile_setup_model() {
+    check(ModelCfg::hostile_setup(), HOSTILE_SETUP_STATES);
+}
+
+/// Every peer forgery is refused at admission and changes nothing but the
+/// "refused" milestone: exactly twice the states of the model without `x`.
+const HOSTILE_PEER_STATES: usize = 2 * 60_874;
+const HOSTILE_SETUP_STATES: usize = 2 * 22_042;
+
+#[test]
 fn setup_model() {
     check(ModelCfg::setup(), 22_042);
 }
@@ -62,12 +83,19 @@ fn ci_models_together_reach_every_spec_drstate() {
         ModelCfg::ci_crash(),
         ModelCfg::ci_edges(),
         ModelCfg::setup(),
+        ModelCfg::hostile_peer(),
+        ModelCfg::hostile_edge(),
+        ModelCfg::hostile_setup(),
     ]);
     assert!(missing.is_empty(), "no CI model expects {missing:?}");
 }
 
-fn caught(m: Mutant) {
-    let cfg = mutant_cfg(m, &ModelCfg::ci());
+fn caught(m: Mutant) -> Report {
+    caught_in(mutant_cfg(m, &ModelCfg::ci()))
+}
+
+fn caught_in(cfg: ModelCfg) -> Report {
+    let m = cfg.mutant;
     let r = run(
         cfg,
         &RunOpts {
@@ -77,6 +105,7 @@ fn caught(m: Mutant) {
     );
     println!("{}", r.render(false));
     assert!(r.failures().count() > 0, "mutant {m:?} was not caught");
+    r
 }
 
 #[test]
@@ -105,10 +134,50 @@ fn mutant_promote_without_catchup_is_caught() {
 }
 
 #[test]
-fn every_mutant_has_a_test() {
-    assert_eq!(
-        Mutant::ALL.len(),
-        5,
-        "a new mutant needs its own test above"
+fn mutant_trust_envelope_from_is_caught() {
+    caught(Mutant::TrustEnvelopeFrom);
+}
+
+/// SPEC §9.2 is what a forged `AppendAck` breaks when admission believes the
+/// envelope: the active acknowledges a write its standby never had, and the
+/// standby is then promoted without it.
+#[test]
+fn mutant_trust_envelope_from_forged_append_ack_breaks_rpo() {
+    let cfg = ModelCfg {
+        mutant: Mutant::TrustEnvelopeFrom,
+        forgeries: 1,
+        forge_menu: Menu::of(&[Forgery::AppendAck]),
+        ..ModelCfg::ci()
+    };
+    let r = caught_in(cfg);
+    let caught: Vec<&str> = r.failures().map(|v| v.name).collect();
+    assert!(
+        caught.iter().any(|n| n.starts_with("2 RPO 0")),
+        "a forged AppendAck should break RPO 0, caught by {caught:?}"
     );
+}
+
+#[test]
+fn mutant_unproven_epoch_is_caught() {
+    caught(Mutant::UnprovenEpoch);
+}
+
+#[test]
+fn every_mutant_has_a_test() {
+    // The mutants with a `mutant_*_is_caught` test above.
+    let tested = [
+        Mutant::AckBeforeStandby,
+        Mutant::NoEpochFencing,
+        Mutant::FollowZombie,
+        Mutant::StandbyServesConfig,
+        Mutant::PromoteWithoutCatchup,
+        Mutant::TrustEnvelopeFrom,
+        Mutant::UnprovenEpoch,
+    ];
+    for (m, name) in Mutant::ALL {
+        assert!(
+            tested.contains(&m),
+            "mutant {name} needs its own test above"
+        );
+    }
 }
