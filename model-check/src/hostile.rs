@@ -82,7 +82,9 @@ pub enum Forgery {
     /// `Append` of one entry, a `Put` of [`FORGED_KEY`], right after `s`'s
     /// last entry, committed at once.
     Append,
-    /// `Rejoin` naming `x`'s addresses as the new standby.
+    /// `Rejoin` from "a zombie of the epoch before `s`'s": the other server's
+    /// uuid and name, but `x`'s peer and edge addresses (where `s` would then
+    /// replicate to).
     Rejoin,
     /// `Pair` with a guessed token, `x` as the active.
     Pair,
@@ -164,7 +166,7 @@ impl Forgery {
             Forgery::DemoteRequest => "DemoteRequest",
             Forgery::Unpair => "Unpair",
             Forgery::Append => "Append of a forged Put",
-            Forgery::Rejoin => "Rejoin naming x",
+            Forgery::Rejoin => "Rejoin (the peer, at x's addresses)",
             Forgery::Pair => "Pair (guessed token)",
             Forgery::PairAccepted => "PairAccepted (guessed token)",
             Forgery::Refused => "Refused (guessed token)",
@@ -340,14 +342,23 @@ pub fn forge(srv: &Server, target: ServerIx, f: Forgery) -> Option<Forged> {
                 },
             )
         }
-        Forgery::Rejoin => env(
-            epoch,
-            PeerMsg::Rejoin {
-                last_index: srv.last_index(),
-                last_epoch: srv.log().last_epoch(),
-                standby: x,
-            },
-        ),
+        Forgery::Rejoin => {
+            // A zombie of an older epoch asking back in: the other server's
+            // uuid and name (what the pin would be checked against), x's addresses.
+            let zombie_epoch = epoch.saturating_sub(1);
+            env(
+                zombie_epoch,
+                PeerMsg::Rejoin {
+                    last_index: srv.last_index(),
+                    last_epoch: zombie_epoch,
+                    standby: ServerInfo {
+                        peer_address: x.peer_address.clone(),
+                        edge_address: x.edge_address.clone(),
+                        ..other.clone()
+                    },
+                },
+            )
+        }
         Forgery::Pair => env(
             epoch,
             PeerMsg::Pair {

@@ -2,7 +2,7 @@
 //! loses, duplicates and reorders, partitions, crashes and storage flushes —
 //! all as nondeterministic actions around the unmodified `vcodr-core` machines.
 
-use crate::hostile::{self, Forgery, Menu};
+use crate::hostile::{self, Channel, Forgery, Menu};
 use crate::nodes::*;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -327,6 +327,8 @@ pub enum Violation {
         applied: Epoch,
         seen: Epoch,
     },
+    /// A server sent a peer message to an address that is neither `a`'s nor `b`'s.
+    DialedStranger { server: ServerIx, to: String },
 }
 
 /// Milestones, for `Sometimes` properties (non-vacuity).
@@ -357,6 +359,9 @@ pub struct History {
     /// `DemoteRequest`, after which the old active is fenced by an epoch its
     /// peer holds only once the handover is done).
     pub max_epoch: Epoch,
+    /// The pair each server first joined durably (the model never runs
+    /// `removeStandby`, so it must keep it).
+    pub paired: [Option<PairId>; 2],
 }
 
 /// Budgets used so far.
@@ -507,6 +512,16 @@ impl DrModel {
                         if let PeerMsg::DemoteRequest { new_epoch } = msg.body {
                             if new_epoch > st.hist.max_epoch {
                                 st.hist_mut().max_epoch = new_epoch;
+                            }
+                        }
+                        if server_by_peer_address(&to).is_none() {
+                            // SPEC §6: never an address taken from an unauthenticated message.
+                            let v = Violation::DialedStranger {
+                                server: s,
+                                to: to.clone(),
+                            };
+                            if !st.hist.violations.contains(&v) {
+                                st.hist_mut().violations.push(v);
                             }
                         }
                         if let Some(d) = server_by_peer_address(&to) {
@@ -878,11 +893,20 @@ impl DrModel {
         st
     }
 
-    /// Raises `History::max_epoch` to every up server's epoch.
+    /// Raises `History::max_epoch` to every up server's epoch and records
+    /// the pair each server first joins durably (`History::paired`).
     fn note_epochs(&self, st: &mut State) {
         let held = st.up().map(|(_, v)| v.epoch()).max().unwrap_or(0);
         if held > st.hist.max_epoch {
             st.hist_mut().max_epoch = held;
+        }
+        for i in 0..2 {
+            if st.hist.paired[i].is_none() {
+                let durable = st.servers[i].store.meta.as_ref().and_then(|m| m.pair_id);
+                if durable.is_some() {
+                    st.hist_mut().paired[i] = durable;
+                }
+            }
         }
     }
 
@@ -1165,7 +1189,8 @@ impl ModelCfg {
 /// The configuration a mutant run uses: `base`, with what the mutant needs to
 /// show (an edge for `follow-zombie`, a promotion for the promotion mutants,
 /// the hostile actor with its peer-link forgeries for `trust-envelope-from`
-/// and its heartbeat views for `unproven-epoch`).
+/// and its heartbeat views for `unproven-epoch`, unless `base` already
+/// offers some of that kind: `--forge append-ack` stays what it says).
 pub fn mutant_cfg(m: Mutant, base: &ModelCfg) -> ModelCfg {
     let mut c = base.clone();
     c.mutant = m;
@@ -1187,13 +1212,17 @@ pub fn mutant_cfg(m: Mutant, base: &ModelCfg) -> ModelCfg {
         // What these two let in is the hostile actor (see `crate::hostile`).
         Mutant::TrustEnvelopeFrom => {
             c.forgeries = c.forgeries.max(1);
-            c.forge_menu = c.forge_menu.with(Menu::peer());
+            if !c.forge_menu.iter().any(|f| f.channel() == Channel::Peer) {
+                c.forge_menu = c.forge_menu.with(Menu::peer());
+            }
             c.promotions = c.promotions.max(1);
             c.writes = c.writes.max(1);
         }
         Mutant::UnprovenEpoch => {
             c.forgeries = c.forgeries.max(1);
-            c.forge_menu = c.forge_menu.with(Menu::edge());
+            if !c.forge_menu.iter().any(|f| f.channel() == Channel::Edge) {
+                c.forge_menu = c.forge_menu.with(Menu::edge());
+            }
         }
         Mutant::None => {}
     }

@@ -233,6 +233,33 @@ pub fn forged_writes_never_stored(_: &DrModel, st: &State) -> bool {
     })
 }
 
+/// §6 A server dials only its configured or pinned peer, never an address
+/// taken from an unauthenticated message: every peer message goes to `a` or `b`.
+pub fn dials_only_peers(_: &DrModel, st: &State) -> bool {
+    !st.hist
+        .violations
+        .iter()
+        .any(|v| matches!(v, Violation::DialedStranger { .. }))
+}
+
+/// §3 / §6 A pair is left only by the operator (`removeStandby`, which the
+/// model never runs): a server that joined a pair durably keeps its pair id,
+/// in memory and on disk.
+pub fn pair_left_only_by_operator(_: &DrModel, st: &State) -> bool {
+    (0..2u8).all(|s| {
+        let i = usize::from(s);
+        let Some(pair) = st.hist.paired[i] else {
+            return true;
+        };
+        let node = &st.servers[i];
+        node.store.meta.as_ref().and_then(|m| m.pair_id) == Some(pair)
+            && node
+                .server
+                .as_ref()
+                .is_none_or(|v| v.pair_id() == Some(pair))
+    })
+}
+
 /// §2 Every epoch proof a server or an edge holds is genuine: signed with the
 /// key of the server it names as holder, which is `a` or `b` under its own
 /// uuid. (Servers relay the proof they hold to edges; a forged one accepted
@@ -366,10 +393,20 @@ pub fn safety() -> Vec<Property<DrModel>> {
         Property::always("7 samples stored at most once", samples_at_most_once),
         Property::always("7 acked samples kept", acked_samples_kept),
         Property::always(
-            "3 fencing only by an epoch held (no forgery fences)",
+            "T fenced only by an epoch a server held (no forgery fences)",
             no_forged_fencing,
         ),
-        Property::always("2 forged writes never stored", forged_writes_never_stored),
+        Property::always("T forged writes never stored", forged_writes_never_stored),
+        Property::always("T only genuine epoch proofs held", only_genuine_proofs_held),
+        Property::always(
+            "T genuine edges never marked as forging",
+            genuine_edges_never_marked,
+        ),
+        Property::always("T servers dial only their peer", dials_only_peers),
+        Property::always(
+            "T a pair is left only by the operator",
+            pair_left_only_by_operator,
+        ),
     ]
 }
 

@@ -138,23 +138,49 @@ fn mutant_trust_envelope_from_is_caught() {
     caught(Mutant::TrustEnvelopeFrom);
 }
 
-/// SPEC §9.2 is what a forged `AppendAck` breaks when admission believes the
-/// envelope: the active acknowledges a write its standby never had, and the
-/// standby is then promoted without it.
+/// Each forgery that does harm once its defence is off, alone on the menu,
+/// and the property that then fails. With admission believing the envelope
+/// (`trust-envelope-from`), a forged `AppendAck` breaks RPO 0 (the active
+/// acknowledges a write its standby never had, and the standby is promoted
+/// without it). `Pair`, `PairAccepted`, `Refused` and `Join` are not listed:
+/// they carry a guessed token, which the pairing steps still check.
 #[test]
-fn mutant_trust_envelope_from_forged_append_ack_breaks_rpo() {
-    let cfg = ModelCfg {
-        mutant: Mutant::TrustEnvelopeFrom,
-        forgeries: 1,
-        forge_menu: Menu::of(&[Forgery::AppendAck]),
-        ..ModelCfg::ci()
-    };
-    let r = caught_in(cfg);
-    let caught: Vec<&str> = r.failures().map(|v| v.name).collect();
-    assert!(
-        caught.iter().any(|n| n.starts_with("2 RPO 0")),
-        "a forged AppendAck should break RPO 0, caught by {caught:?}"
-    );
+fn each_forgery_is_caught_when_its_defence_is_off() {
+    use Forgery::*;
+    let cases: [(Mutant, Forgery, &str); 10] = [
+        (Mutant::TrustEnvelopeFrom, AppendAck, "2 RPO 0"),
+        (Mutant::TrustEnvelopeFrom, NewEpochUnproven, "T fenced only"),
+        (
+            Mutant::TrustEnvelopeFrom,
+            NewEpochSignedByX,
+            "T fenced only",
+        ),
+        (Mutant::TrustEnvelopeFrom, DemoteRequest, "T fenced only"),
+        (Mutant::TrustEnvelopeFrom, Unpair, "T a pair is left only"),
+        (Mutant::TrustEnvelopeFrom, Append, "T forged writes"),
+        (Mutant::TrustEnvelopeFrom, Rejoin, "T servers dial only"),
+        (Mutant::UnprovenEpoch, ViewUnproven, "T fenced only"),
+        (Mutant::UnprovenEpoch, ViewSignedByX, "T fenced only"),
+        (
+            Mutant::UnprovenEpoch,
+            ViewPeerClaimSignedByX,
+            "T fenced only",
+        ),
+    ];
+    for (mutant, forgery, property) in cases {
+        let cfg = ModelCfg {
+            mutant,
+            forgeries: 1,
+            forge_menu: Menu::of(&[forgery]),
+            ..ModelCfg::ci()
+        };
+        let r = caught_in(cfg);
+        let caught: Vec<&str> = r.failures().map(|v| v.name).collect();
+        assert!(
+            caught.iter().any(|n| n.starts_with(property)),
+            "{mutant:?} with a forged {forgery:?}: expected \"{property}…\" to fail, got {caught:?}"
+        );
+    }
 }
 
 #[test]
