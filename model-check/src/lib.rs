@@ -11,7 +11,9 @@
 //!   (the reference [`vcodr_core::MemStore`], unflushed persist requests, armed
 //!   timers). They feed inputs and carry out outputs; no protocol logic.
 //! - [`model`]: the model's state, actions and budgets.
-//! - [`properties`]: SPEC §9.1–§9.8, one function each.
+//! - [`hostile`]: the hostile actor `x`, a holder of a valid CA certificate
+//!   that forges peer messages and heartbeat views (SPEC §6).
+//! - [`properties`]: SPEC §9.1–§9.8 and the trust boundary, one function each.
 //! - [`report`]: running the checker and printing verdicts and counterexamples.
 //!
 //! ```
