@@ -1715,11 +1715,8 @@ impl Server {
                 }
                 _ => (self.peer.as_ref().map(|p| p.edge_address.clone()), None),
             };
-            if let PeerMsg::NewEpoch { active, .. } = &env.body {
-                if active.name == from.name {
-                    self.peer = Some(active.clone());
-                }
-            }
+            // The peer's addresses stay those learned at pairing: a message,
+            // even the pinned peer's, never changes where this server dials.
             let accepting_rejoin =
                 self.role == Role::Zombie && matches!(env.body, PeerMsg::RejoinAccepted { .. });
             if !accepting_rejoin {
@@ -2611,7 +2608,22 @@ impl Server {
             .min();
         let ours = starts_after_its_epoch.unwrap_or(self.log.last_index());
         let keep_index = last_index.min(ours);
-        self.peer = Some(standby);
+        // Addresses stay those learned at pairing (defence in depth: even
+        // a wrongly admitted Rejoin could not redirect replication).
+        if self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.peer_address != standby.peer_address)
+        {
+            self.event(Event::PeerIgnored {
+                kind: "Rejoin",
+                reason: format!(
+                    "names peer address {}; this server keeps {} from the pairing",
+                    standby.peer_address,
+                    self.peer_name()
+                ),
+            });
+        }
         self.zombie_to_notify = false;
         if self.role == Role::Standalone {
             self.replica = Some(Replica::new(true, self.log.last_index()));
@@ -2675,7 +2687,8 @@ impl Server {
         self.highest_epoch_seen = self.highest_epoch_seen.max(epoch);
         self.fenced_by = None;
         self.redirect_edge = None;
-        self.peer = Some(active);
+        // `active` is the pinned peer (admission, name checked above); its
+        // addresses stay those learned at pairing.
         self.synced = false;
         self.active_heard = true;
         self.active_missed_ticks = 0;
