@@ -1,6 +1,6 @@
 //! The command line (SPEC §8).
 
-use crate::ctl::{self, ApiError, Client};
+use crate::ctl::{self, ApiError, ArchiveItem, Client};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
@@ -169,8 +169,20 @@ pub enum CtlCmd {
     Delete { key: String },
     /// List configuration documents and their versions.
     List,
-    /// Entries archived at rejoin because the promoted server lacked them.
-    Archive,
+    /// Entries archived at rejoin because the promoted server lacked them:
+    /// all of them by default (read page by page), with the total.
+    Archive {
+        /// Start at this position of the archive (0 is the oldest entry).
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// At most this many entries (default: every one from --offset on).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Write the entries to FILE as JSON lines (one entry per line),
+        /// atomically, instead of printing them.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -325,6 +337,144 @@ pub fn certs_init(
     Ok(())
 }
 
+/// Exit code 3 for an error the server answered (printed, as JSON too with
+/// `--json`); any other error goes up.
+fn api_failure(e: anyhow::Error, json: bool) -> anyhow::Result<i32> {
+    match e.downcast_ref::<ApiError>() {
+        Some(api) => {
+            if json {
+                println!(
+                    "{}",
+                    json!({"error": {"code": api.code, "message": api.message, "data": api.data}})
+                );
+            }
+            eprintln!("error: {}", api.message);
+            Ok(3)
+        }
+        None => Err(e),
+    }
+}
+
+/// `vcodr ctl archive`: every entry from `offset` (or `limit` of them),
+/// printed as it arrives, as one JSON document with `--json`, or exported to
+/// `out` as JSON lines; always with the total.
+async fn ctl_archive(
+    client: &Client,
+    offset: u64,
+    limit: Option<u64>,
+    out: Option<&std::path::Path>,
+    json_out: bool,
+) -> anyhow::Result<i32> {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let r = match out {
+        Some(path) => {
+            let mut file = ctl::AtomicFile::create(path)?;
+            let read = ctl::read_archive(client, offset, limit, |item| match item {
+                ArchiveItem::Total(_) => Ok(()),
+                ArchiveItem::Entry(e) => file.write_line(&serde_json::to_string(e)?),
+            })
+            .await;
+            match read {
+                Ok(read) => {
+                    file.finish()?;
+                    Ok((read, Some(path)))
+                }
+                Err(e) => Err(e),
+            }
+        }
+        None if json_out => {
+            // One JSON document, streamed: `{"total":…,"entries":[…],"count":…,"next":…}`.
+            let mut lock = stdout.lock();
+            let mut first = true;
+            let read = ctl::read_archive(client, offset, limit, |item| match item {
+                ArchiveItem::Total(total) => Ok(write!(
+                    lock,
+                    "{{\"total\":{total},\"offset\":{offset},\"entries\":["
+                )?),
+                ArchiveItem::Entry(e) => {
+                    let sep = if std::mem::take(&mut first) {
+                        "\n"
+                    } else {
+                        ",\n"
+                    };
+                    Ok(write!(lock, "{sep}{}", serde_json::to_string(e)?)?)
+                }
+            })
+            .await;
+            if let Ok(read) = &read {
+                writeln!(
+                    lock,
+                    "\n],\"count\":{},\"next\":{}}}",
+                    read.count,
+                    read.next.map_or("null".to_string(), |n| n.to_string())
+                )?;
+            }
+            read.map(|r| (r, None))
+        }
+        None => {
+            let mut lock = stdout.lock();
+            let read = ctl::read_archive(client, offset, limit, |item| match item {
+                ArchiveItem::Total(total) => Ok(writeln!(
+                    lock,
+                    "divergence archive of {}: {total} entries",
+                    client.address
+                )?),
+                ArchiveItem::Entry(d) => Ok(write!(lock, "{}", archive_line(d))?),
+            })
+            .await;
+            read.map(|r| (r, None))
+        }
+    };
+    let (read, file) = match r {
+        Ok(x) => x,
+        Err(e) => return api_failure(e, json_out),
+    };
+    let span = if read.count == 0 {
+        "no entries".to_string()
+    } else {
+        format!(
+            "positions {}..={}",
+            read.offset,
+            read.offset + read.count - 1
+        )
+    };
+    let rest = match read.next {
+        Some(n) => format!("; more from --offset {n}"),
+        None => String::new(),
+    };
+    match file {
+        Some(path) if json_out => println!(
+            "{}",
+            json!({"total": read.total, "offset": read.offset, "count": read.count, "next": read.next, "out": path})
+        ),
+        Some(path) => println!(
+            "wrote {} of {} entries ({span}) to {} as JSON lines{rest}",
+            read.count,
+            read.total,
+            path.display()
+        ),
+        None if json_out => {}
+        None => println!(
+            "{} of {} entries listed ({span}){rest}",
+            read.count, read.total
+        ),
+    }
+    Ok(0)
+}
+
+/// One archived entry as `vcodr ctl archive` prints it.
+fn archive_line(d: &Value) -> String {
+    format!(
+        "{:>8} index {} epoch {}  {}  ({})\n",
+        d["position"],
+        d["index"],
+        d["epoch"],
+        d["entry"],
+        d["reason"].as_str().unwrap_or("")
+    )
+}
+
 async fn ctl_main(a: CtlArgs) -> anyhow::Result<i32> {
     let client = Client::from_files(&a.server, &a.token_file, a.ca.as_deref())?;
     let (method, params) = match &a.cmd {
@@ -359,7 +509,9 @@ async fn ctl_main(a: CtlArgs) -> anyhow::Result<i32> {
         }
         CtlCmd::Delete { key } => ("configuration/delete", json!({"key": key})),
         CtlCmd::List => ("configuration/list", json!({})),
-        CtlCmd::Archive => ("disasterRecovery/getDivergenceArchive", json!({})),
+        CtlCmd::Archive { offset, limit, out } => {
+            return ctl_archive(&client, *offset, *limit, out.as_deref(), a.json).await
+        }
     };
     match client.call(method, params).await {
         Ok(v) => {
@@ -370,19 +522,7 @@ async fn ctl_main(a: CtlArgs) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Err(e) => match e.downcast_ref::<ApiError>() {
-            Some(api) => {
-                if a.json {
-                    println!(
-                        "{}",
-                        json!({"error": {"code": api.code, "message": api.message, "data": api.data}})
-                    );
-                }
-                eprintln!("error: {}", api.message);
-                Ok(3)
-            }
-            None => Err(e),
-        },
+        Err(e) => api_failure(e, a.json),
     }
 }
 
@@ -440,22 +580,6 @@ fn human(cmd: &CtlCmd, v: &Value) -> String {
             .map(|a| {
                 a.iter()
                     .map(|d| format!("{:<40} {}\n", d["key"].as_str().unwrap_or(""), d["version"]))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        CtlCmd::Archive => v
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|d| {
-                        format!(
-                            "{:>8} epoch {}  {}  ({})\n",
-                            d["index"],
-                            d["epoch"],
-                            d["entry"],
-                            d["reason"].as_str().unwrap_or("")
-                        )
-                    })
                     .collect()
             })
             .unwrap_or_default(),
