@@ -58,9 +58,14 @@ pub enum Cmd {
         /// Every Nth client is a gateway (0: none).
         #[arg(long, default_value_t = 10)]
         gateway_every: usize,
-        /// Stop after this many seconds (default: until ctrl-c).
+        /// Stop after this many seconds (default: until SIGINT/ctrl-c or SIGTERM).
         #[arg(long)]
         duration_s: Option<u64>,
+        /// Bind the simulator's UDP sockets here (default: 0.0.0.0:0, or
+        /// [::]:0 for IPv6 servers: the OS picks the source address of the
+        /// route to each server).
+        #[arg(long, value_name = "IP:PORT")]
+        bind: Option<std::net::SocketAddr>,
         /// Heartbeat round trips of the first this many seconds (the
         /// connection ramp) are left out of the reported percentiles.
         #[arg(long, default_value_t = 0)]
@@ -238,6 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             sample_interval_ms,
             gateway_every,
             duration_s,
+            bind,
             warmup_s,
             json,
             quic_driver,
@@ -252,6 +258,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 sample_interval_ms,
                 gateway_every,
                 quic_driver,
+                bind,
                 ..Default::default()
             };
             let summary = crate::edge_sim::run_cli(
