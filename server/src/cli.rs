@@ -33,12 +33,17 @@ pub enum Cmd {
         /// Concurrent writers.
         #[arg(long, default_value_t = 16)]
         writers: usize,
-        /// Leave the pair running at the end and print its URLs and token.
+        /// Leave the pair running at the end and print its URLs, PIDs and
+        /// token, until SIGINT (ctrl-c) or SIGTERM.
         #[arg(long)]
         keep_running: bool,
         /// Put the deployment here instead of a temp dir (kept afterwards).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Keep the temp dir (certificates, configs, data, logs) at the end;
+        /// by default it is removed, except after a failed run.
+        #[arg(long)]
+        keep_dir: bool,
     },
     /// Many simulated edges over QUIC, with monitoring traffic.
     EdgeSim {
@@ -225,6 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             writers,
             keep_running,
             dir,
+            keep_dir,
         } => {
             crate::demo::main(crate::demo::DemoOptions {
                 edges,
@@ -232,6 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 writers,
                 keep_running,
                 dir,
+                keep_dir,
             })
             .await
         }
