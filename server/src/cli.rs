@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use std::path::PathBuf;
+use vcodr_transport::certs::ServerSpec;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -106,8 +107,12 @@ pub enum CertsCmd {
     Init {
         #[arg(long)]
         out: PathBuf,
-        /// Server names, comma-separated (each names a certificate and a `name =` in a config).
-        #[arg(long, value_delimiter = ',', default_value = "a,b")]
+        /// The servers: `a,b` (names, each a certificate and a `name =` in a
+        /// config), or one server per `--servers` with the DNS names and IP
+        /// addresses it is reached by: `--servers a=vco-a.example.net,10.0.0.1
+        /// --servers b=vco-b.example.net,10.0.0.2`. Every server
+        /// certificate also names `localhost` and `127.0.0.1`.
+        #[arg(long, action = clap::ArgAction::Append, default_value = "a,b", value_name = "NAME[,NAME…]|NAME=SAN[,SAN…]")]
         servers: Vec<String>,
         /// Edge client certificates to make: edge-1 … edge-N.
         #[arg(long, default_value_t = 0)]
@@ -115,6 +120,36 @@ pub enum CertsCmd {
         /// Gateway client certificates to make: gateway-1 … gateway-N.
         #[arg(long, default_value_t = 0)]
         gateways: usize,
+    },
+    /// One more server certificate from the existing CA (DIR/ca.key), e.g.
+    /// `c=vco-c.example.net,10.0.0.3`. Existing files are never overwritten.
+    AddServer {
+        /// The directory with ca.pem and ca.key.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// NAME, or NAME=SAN[,SAN…] with the DNS names and IP addresses it is reached by.
+        #[arg(value_name = "NAME[=SAN,…]")]
+        server: String,
+    },
+    /// More edge certificates from the existing CA, numbered after the
+    /// highest existing <prefix>-N. Existing files are never overwritten.
+    AddEdges {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value = "edge")]
+        prefix: String,
+    },
+    /// More gateway certificates from the existing CA, numbered after the
+    /// highest existing <prefix>-N. Existing files are never overwritten.
+    AddGateways {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value = "gateway")]
+        prefix: String,
     },
 }
 
@@ -288,45 +323,114 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             crate::serve::run(cfg).await?;
             Ok(0)
         }
-        Cmd::Certs {
-            cmd:
-                CertsCmd::Init {
-                    out,
-                    servers,
-                    edges,
-                    gateways,
-                },
+        Cmd::Certs { cmd } => certs_main(cmd),
+        Cmd::Ctl(args) => ctl_main(args).await,
+    }
+}
+
+/// The servers of every `--servers` value ([`ServerSpec::parse`]).
+fn parse_servers(values: &[String]) -> anyhow::Result<Vec<ServerSpec>> {
+    let mut specs = Vec::new();
+    for v in values {
+        specs.extend(ServerSpec::parse(v).with_context(|| format!("--servers {v}"))?);
+    }
+    Ok(specs)
+}
+
+/// One line per server certificate: its name and what it is valid for.
+fn server_line(spec: &ServerSpec) -> String {
+    let mut names = vec![spec.name.as_str(), "localhost", "127.0.0.1"];
+    names.extend(spec.sans.iter().map(String::as_str));
+    format!(
+        "  {}.pem: server, valid for {}",
+        spec.name,
+        names.join(", ")
+    )
+}
+
+fn certs_main(cmd: CertsCmd) -> anyhow::Result<i32> {
+    use vcodr_transport::certs::{add_clients, add_server, CertRole};
+    match cmd {
+        CertsCmd::Init {
+            out,
+            servers,
+            edges,
+            gateways,
         } => {
+            let servers = parse_servers(&servers)?;
             let clients: Vec<String> = (1..=edges).map(|i| format!("edge-{i}")).collect();
             certs_init(&out, &servers, &clients)?;
-            let ca = vcodr_transport::certs::CertificateAuthority::load(&out)
-                .with_context(|| format!("reading the new CA in {}", out.display()))?;
-            for i in 1..=gateways {
-                let name = format!("gateway-{i}");
-                let issued = ca
-                    .issue(&name, vcodr_transport::certs::CertRole::Gateway)
-                    .with_context(|| format!("issuing {name}"))?;
-                vcodr_transport::certs::write_issued(&out, &issued)
-                    .with_context(|| format!("writing {name} in {}", out.display()))?;
-            }
+            add_clients(&out, CertRole::Gateway, "gateway", gateways)
+                .with_context(|| format!("issuing gateway certificates in {}", out.display()))?;
             println!(
                 "wrote {}: ca.pem, {} server, {} edge and {gateways} gateway certificates, admin.token",
                 out.display(),
                 servers.len(),
                 clients.len()
             );
-            Ok(0)
+            for spec in &servers {
+                println!("{}", server_line(spec));
+            }
         }
-        Cmd::Ctl(args) => ctl_main(args).await,
+        CertsCmd::AddServer { dir, server } => {
+            let spec = match ServerSpec::parse(&server)
+                .with_context(|| format!("server {server:?}"))?
+                .as_slice()
+            {
+                [one] => one.clone(),
+                _ => anyhow::bail!(
+                    "add-server takes one server, NAME or NAME=SAN[,SAN…], not {server:?}"
+                ),
+            };
+            add_server(&dir, &spec).with_context(|| {
+                format!(
+                    "adding the server certificate `{}` in {}",
+                    spec.name,
+                    dir.display()
+                )
+            })?;
+            println!("wrote {}:", dir.display());
+            println!("{}", server_line(&spec));
+        }
+        CertsCmd::AddEdges { dir, count, prefix } => {
+            let names = add_clients(&dir, CertRole::Edge, &prefix, count)
+                .with_context(|| format!("adding edge certificates in {}", dir.display()))?;
+            println!("{}", added_line(&dir, "edge", &names));
+        }
+        CertsCmd::AddGateways { dir, count, prefix } => {
+            let names = add_clients(&dir, CertRole::Gateway, &prefix, count)
+                .with_context(|| format!("adding gateway certificates in {}", dir.display()))?;
+            println!("{}", added_line(&dir, "gateway", &names));
+        }
+    }
+    Ok(0)
+}
+
+fn added_line(dir: &std::path::Path, what: &str, names: &[String]) -> String {
+    match names {
+        [] => format!("no {what} certificate asked for; nothing written"),
+        [one] => format!("wrote {}: {one} ({what})", dir.display()),
+        [first, .., last] => format!(
+            "wrote {}: {} {what} certificates, {first} … {last}",
+            dir.display(),
+            names.len()
+        ),
     }
 }
 
 /// `vcodr certs init`: the CA, the certificates and a fresh admin token.
 pub fn certs_init(
     out: &std::path::Path,
-    servers: &[String],
+    servers: &[ServerSpec],
     clients: &[String],
 ) -> anyhow::Result<()> {
+    let path = out.join("admin.token");
+    if path.exists() {
+        anyhow::bail!(
+            "{} exists already: `certs init` makes a new deployment in an empty directory (add certificates with `vcodr certs add-server`/`add-edges`)",
+            path.display()
+        );
+    }
     vcodr_transport::certs::init_dir(out, servers, clients)
         .with_context(|| format!("making certificates in {}", out.display()))?;
     let token = format!(
@@ -334,7 +438,6 @@ pub fn certs_init(
         crate::serve::random_u128()?,
         crate::serve::random_u128()?
     );
-    let path = out.join("admin.token");
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create_new(true);
     #[cfg(unix)]

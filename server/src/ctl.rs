@@ -204,12 +204,11 @@ impl Client {
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from(self.host.clone())
             .map_err(|e| anyhow!("server name {:?}: {e}", self.host))?;
-        let tls = self.tls.connect(name, tcp).await.with_context(|| {
-            format!(
-                "TLS with {} (is --ca the deployment's ca.pem?)",
-                self.address
-            )
-        })?;
+        let tls = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| tls_error(&self.address, &self.host, e))?;
         let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
         tokio::spawn(async move {
@@ -250,6 +249,31 @@ impl Client {
             json!({ "with": ["clientContact", "clientCount", "stateHistory", "storageInfo"] }),
         )
         .await
+    }
+}
+
+/// What went wrong in the TLS handshake with `address`, and what to do.
+fn tls_error(address: &str, host: &str, e: std::io::Error) -> anyhow::Error {
+    use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(rustls::Error::InvalidCertificate(
+            NotValidForName | NotValidForNameContext { .. },
+        )) => {
+            anyhow!(
+                "TLS with {address}: the server's certificate is not valid for `{host}` \
+                 (server certificates name the server, localhost, 127.0.0.1 and the names \
+                 given to `vcodr certs init --servers NAME=SAN,…`); reissue it naming `{host}`: \
+                 move that server's NAME.pem and NAME.key aside, run \
+                 `vcodr certs add-server --dir DIR NAME={host}` and restart it, \
+                 or use an address it is valid for"
+            )
+        }
+        _ => anyhow::Error::new(e).context(format!(
+            "TLS with {address} (is --ca the deployment's ca.pem?)"
+        )),
     }
 }
 
