@@ -134,20 +134,26 @@ pub enum CertsCmd {
     /// More edge certificates from the existing CA, numbered after the
     /// highest existing <prefix>-N. Existing files are never overwritten.
     AddEdges {
+        /// The directory with ca.pem and ca.key.
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
+        /// How many to make.
         #[arg(long)]
         count: usize,
+        /// Names are <prefix>-<n>.
         #[arg(long, default_value = "edge")]
         prefix: String,
     },
     /// More gateway certificates from the existing CA, numbered after the
     /// highest existing <prefix>-N. Existing files are never overwritten.
     AddGateways {
+        /// The directory with ca.pem and ca.key.
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
+        /// How many to make.
         #[arg(long)]
         count: usize,
+        /// Names are <prefix>-<n>.
         #[arg(long, default_value = "gateway")]
         prefix: String,
     },
