@@ -486,11 +486,10 @@ pub async fn main(opts: DemoOptions) -> anyhow::Result<i32> {
         Some(d) => (d.clone(), false),
         None => (crate::cluster::temp_dir("vcodr-demo")?, true),
     };
-    let signal = crate::serve::wait_for_signal();
-    tokio::pin!(signal);
+    let mut signals = crate::serve::StopSignals::new();
     let outcome = tokio::select! {
         r = run(&exe, &opts, &dir) => Ok(r),
-        sig = &mut signal => Err(sig),
+        sig = signals.recv() => Err(sig),
     };
     let (report, deployment) = match outcome {
         Ok(r) => r,
@@ -506,7 +505,7 @@ pub async fn main(opts: DemoOptions) -> anyhow::Result<i32> {
     if let Some(d) = deployment {
         if opts.keep_running {
             d.print_running()?;
-            let sig = (&mut signal).await;
+            let sig = signals.recv().await;
             println!("{sig}: stopping both servers");
         }
         d.stop().await;

@@ -688,6 +688,7 @@ pub async fn run_cli(
     warmup: Duration,
     json: bool,
 ) -> anyhow::Result<Summary> {
+    let mut signals = crate::serve::StopSignals::new();
     let ca = CertificateAuthority::load(certs)
         .with_context(|| format!("loading the CA (ca.pem + ca.key) from {}", certs.display()))?;
     let servers = settings.servers.clone();
@@ -699,8 +700,6 @@ pub async fn run_cli(
     );
     let deadline = duration.map(|d| Instant::now() + d);
     let mut warmup_ends = (!warmup.is_zero()).then(|| Instant::now() + warmup);
-    let signal = crate::serve::wait_for_signal();
-    tokio::pin!(signal);
     loop {
         if warmup_ends.is_some_and(|t| Instant::now() >= t) {
             sim.stats.rtt.reset();
@@ -709,7 +708,7 @@ pub async fn run_cli(
         let tick = tokio::time::sleep(Duration::from_secs(1));
         tokio::select! {
             _ = tick => {}
-            _ = &mut signal => break,
+            _ = signals.recv() => break,
         }
         let line = sim.summary().line(&servers);
         if json {
