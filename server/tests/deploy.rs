@@ -29,6 +29,21 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A fresh directory, removed when the test ends, passed or not.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> TempDir {
+        TempDir(temp_dir(prefix).unwrap())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Metrics Prometheus makes itself for every target (not in `/metrics`).
 const SYNTHETIC: [&str; 1] = ["up"];
 
@@ -145,14 +160,15 @@ fn promql_metric_names_are_found_and_nothing_else() {
 /// The sample names of a running server's `/metrics` (a single server,
 /// standalone: every metric is rendered whatever the role).
 fn exported_metrics() -> BTreeSet<String> {
-    let dir = temp_dir("vcodr-deploy").unwrap();
+    let dir = TempDir::new("vcodr-deploy");
+    let dir = &dir.0;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
     let text = {
-        let mut cl = ProcCluster::create(vcodr(), &dir, &["a"], FAST_TIMERS).unwrap();
+        let mut cl = ProcCluster::create(vcodr(), dir, &["a"], FAST_TIMERS).unwrap();
         cl.start(0).unwrap();
         let (status, text) = rt
             .block_on(async {
@@ -164,7 +180,6 @@ fn exported_metrics() -> BTreeSet<String> {
         cl.stop_all();
         text
     };
-    let _ = std::fs::remove_dir_all(&dir);
     let names: BTreeSet<String> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
@@ -224,7 +239,8 @@ fn alert_rules_pass_promtool_and_use_only_metrics_a_server_exports() {
     assert!(out.contains("SUCCESS"), "{out}");
     promtool(&tools, &["test", "rules", "vcodr-alerts.test.yml"], &prom);
     // The scrape config, with its CA at a path that exists here.
-    let scratch = temp_dir("vcodr-promtool").unwrap();
+    let scratch = TempDir::new("vcodr-promtool");
+    let scratch = &scratch.0;
     let ca = scratch.join("vcodr-ca.pem");
     std::fs::write(&ca, "").unwrap();
     let config = read("prometheus/prometheus.yml")
@@ -236,8 +252,7 @@ fn alert_rules_pass_promtool_and_use_only_metrics_a_server_exports() {
         scratch.join("vcodr-alerts.yml"),
     )
     .unwrap();
-    promtool(&tools, &["check", "config", "prometheus.yml"], &scratch);
-    let _ = std::fs::remove_dir_all(&scratch);
+    promtool(&tools, &["check", "config", "prometheus.yml"], scratch);
 
     let rules = read("prometheus/vcodr-alerts.yml");
     let exprs = rule_exprs(&rules);
@@ -363,7 +378,8 @@ fn the_systemd_unit_restarts_on_failure_and_runs_what_vcodr_accepts() {
     // The example config, with its directories and addresses moved to this
     // test's own (nothing else changed), runs a server that stops cleanly
     // on SIGTERM, as systemd stops it.
-    let dir = temp_dir("vcodr-unit").unwrap();
+    let dir = TempDir::new("vcodr-unit");
+    let dir = &dir.0;
     let certs = dir.join("certs");
     vcodr_server::cli::certs_init(
         &certs,
@@ -446,5 +462,4 @@ fn the_systemd_unit_restarts_on_failure_and_runs_what_vcodr_accepts() {
         "a clean stop exits 0, which Restart=on-failure leaves stopped"
     );
     drop(child);
-    let _ = std::fs::remove_dir_all(&dir);
 }
