@@ -441,9 +441,15 @@ mod tests {
             "rejected",
             "frame",
         );
-        assert!(log.record(t0, "short datagram", addr(1), Some("edge-7")).log_now);
+        assert!(
+            log.record(t0, "short datagram", addr(1), Some("edge-7"))
+                .log_now
+        );
         for _ in 0..1_000 {
-            assert!(!log.record(t0, "short datagram", addr(1), Some("edge-7")).log_now);
+            assert!(
+                !log.record(t0, "short datagram", addr(1), Some("edge-7"))
+                    .log_now
+            );
         }
         let summary = log
             .flush_if_due(t0 + SUMMARY_INTERVAL)
@@ -454,7 +460,10 @@ mod tests {
              datagram (last from 10.0.0.9:1, `edge-7`)"
         );
         let a = frame_log("vcodr-edge");
-        assert!(Arc::ptr_eq(&a, &frame_log("vcodr-edge")), "one log per link kind");
+        assert!(
+            Arc::ptr_eq(&a, &frame_log("vcodr-edge")),
+            "one log per link kind"
+        );
         assert!(!Arc::ptr_eq(&a, &frame_log("vcodr-peer")));
     }
 }
