@@ -206,7 +206,7 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
     let throttle = Arc::new(LogThrottle::default());
     let admin_throttle = throttle.clone();
     let dsettings = DriverSettings {
-        write_timeout: Duration::from_millis(cfg.limits.write_timeout_ms),
+        write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         contact_save_interval: Duration::from_millis(cfg.edges.contact_save_interval_ms),
         queue_len: DRIVER_QUEUE_LEN,
     };
