@@ -114,8 +114,23 @@ pub struct LimitsSection {
     pub max_frame_bytes: usize,
     /// Most writes waiting for durability.
     pub max_pending_writes: usize,
-    /// Most concurrent admin API requests.
+    /// Most admin API requests in flight at once (a request holds one from
+    /// its headers to its response; an idle keep-alive connection none).
+    /// The probes `/healthz` and `/readyz` hold none.
     pub max_admin_requests: usize,
+    /// Most open admin connections; a connection beyond it is closed at
+    /// once, counted and logged as counts per interval.
+    pub max_admin_connections: usize,
+    /// Longest a new admin connection may take to complete its TLS handshake.
+    pub admin_handshake_timeout_ms: u64,
+    /// Longest a request's headers may take to arrive, counted from when the
+    /// connection is ready for a request (after the handshake or the
+    /// previous response; hyper's `header_read_timeout`); its body has as
+    /// long again once the headers are in.
+    pub admin_header_timeout_ms: u64,
+    /// An admin connection with no request in flight that receives nothing
+    /// for this long is closed.
+    pub admin_idle_timeout_ms: u64,
     /// Longest an admin write waits for its acknowledgement before the
     /// caller is told the outcome is unknown. Unset: long enough for the
     /// grace to decide first ([`default_write_timeout_ms`]).
@@ -128,6 +143,10 @@ impl Default for LimitsSection {
             max_frame_bytes: vcodr_core::codec::DEFAULT_MAX_FRAME_BYTES,
             max_pending_writes: ServerConfig::default().max_pending_writes,
             max_admin_requests: 256,
+            max_admin_connections: 1024,
+            admin_handshake_timeout_ms: 5_000,
+            admin_header_timeout_ms: 10_000,
+            admin_idle_timeout_ms: 5_000,
             write_timeout_ms: None,
         }
     }
@@ -136,8 +155,14 @@ impl Default for LimitsSection {
 /// Upper bounds of the server's own keys (the core's are in
 /// `vcodr_core::config::bounds`).
 pub mod bounds {
-    /// `limits.max_admin_requests`.
-    pub const ADMIN_REQUESTS_MAX: usize = 65_536;
+    /// `limits.max_admin_requests` and `limits.max_admin_connections`.
+    pub const ADMIN_CONNECTIONS_MAX: usize = 65_536;
+    /// `limits.admin_handshake_timeout_ms`.
+    pub const ADMIN_HANDSHAKE_TIMEOUT_MS_MAX: u64 = 60_000;
+    /// `limits.admin_header_timeout_ms`.
+    pub const ADMIN_HEADER_TIMEOUT_MS_MAX: u64 = 300_000;
+    /// The smallest admin timeout: below it a loopback TLS handshake fails.
+    pub const ADMIN_TIMEOUT_MS_MIN: u64 = 100;
     /// `limits.write_timeout_ms`: three hours (the grace is at most one).
     pub const WRITE_TIMEOUT_MS_MAX: u64 = 10_800_000;
     /// `edges.contact_save_interval_ms`: one hour.
@@ -161,6 +186,36 @@ pub fn grace_decides_within_ms(c: &ServerConfig) -> u64 {
 /// for a lost standby is answered by `on_standby_loss`, not by the timeout.
 pub fn default_write_timeout_ms(c: &ServerConfig) -> u64 {
     grace_decides_within_ms(c).saturating_add(WRITE_TIMEOUT_MARGIN_MS)
+}
+
+/// The admin listener's limits, from `[limits]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminLimits {
+    pub max_requests: usize,
+    pub max_connections: usize,
+    pub handshake_timeout: std::time::Duration,
+    pub header_timeout: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        LimitsSection::default().admin()
+    }
+}
+
+impl LimitsSection {
+    /// The admin listener's limits.
+    pub fn admin(&self) -> AdminLimits {
+        let ms = std::time::Duration::from_millis;
+        AdminLimits {
+            max_requests: self.max_admin_requests,
+            max_connections: self.max_admin_connections,
+            handshake_timeout: ms(self.admin_handshake_timeout_ms),
+            header_timeout: ms(self.admin_header_timeout_ms),
+            idle_timeout: ms(self.admin_idle_timeout_ms),
+        }
+    }
 }
 
 /// The file as written.
@@ -331,13 +386,65 @@ impl FileConfig {
                 ),
             ));
         }
+        let conns = bounds::ADMIN_CONNECTIONS_MAX as u64;
+        range(
+            "limits.max_admin_connections",
+            l.max_admin_connections as u64,
+            1,
+            conns,
+            "",
+        )?;
         range(
             "limits.max_admin_requests",
             l.max_admin_requests as u64,
             1,
-            bounds::ADMIN_REQUESTS_MAX as u64,
+            conns,
             "",
         )?;
+        if l.max_admin_requests > l.max_admin_connections {
+            return Err(invalid(
+                "limits.max_admin_requests",
+                format!(
+                    "{} is above limits.max_admin_connections ({}): each request needs a connection of \
+                     its own (HTTP/1.1), so lower it or raise max_admin_connections",
+                    l.max_admin_requests, l.max_admin_connections
+                ),
+            ));
+        }
+        let t_min = bounds::ADMIN_TIMEOUT_MS_MIN;
+        range(
+            "limits.admin_handshake_timeout_ms",
+            l.admin_handshake_timeout_ms,
+            t_min,
+            bounds::ADMIN_HANDSHAKE_TIMEOUT_MS_MAX,
+            "ms",
+        )?;
+        range(
+            "limits.admin_header_timeout_ms",
+            l.admin_header_timeout_ms,
+            t_min,
+            bounds::ADMIN_HEADER_TIMEOUT_MS_MAX,
+            "ms",
+        )?;
+        range(
+            "limits.admin_idle_timeout_ms",
+            l.admin_idle_timeout_ms,
+            t_min,
+            bounds::ADMIN_HEADER_TIMEOUT_MS_MAX,
+            "ms",
+        )?;
+        if l.admin_idle_timeout_ms > l.admin_header_timeout_ms {
+            // hyper's header timer also runs while a connection waits for
+            // its next request: a longer idle timeout would never apply.
+            return Err(invalid(
+                "limits.admin_idle_timeout_ms",
+                format!(
+                    "{} ms is above limits.admin_header_timeout_ms ({} ms), which also bounds how long a \
+                     connection may wait for its next request; lower it or raise the header timeout",
+                    l.admin_idle_timeout_ms, l.admin_header_timeout_ms
+                ),
+            ));
+        }
         let write_timeout_ms = l
             .write_timeout_ms
             .unwrap_or_else(|| default_write_timeout_ms(&core));
@@ -661,6 +768,48 @@ mod tests {
             ),
             (
                 "limits",
+                "max_admin_connections = 0",
+                "limits.max_admin_connections",
+                "0 is outside the allowed range 1..=65536",
+            ),
+            (
+                "limits",
+                "max_admin_connections = 65537",
+                "limits.max_admin_connections",
+                "65537 is outside the allowed range 1..=65536",
+            ),
+            (
+                "limits",
+                "admin_handshake_timeout_ms = 99",
+                "limits.admin_handshake_timeout_ms",
+                "99 ms is outside the allowed range 100..=60000 ms",
+            ),
+            (
+                "limits",
+                "admin_handshake_timeout_ms = 60001",
+                "limits.admin_handshake_timeout_ms",
+                "60001 ms is outside the allowed range 100..=60000 ms",
+            ),
+            (
+                "limits",
+                "admin_header_timeout_ms = 99",
+                "limits.admin_header_timeout_ms",
+                "99 ms is outside the allowed range 100..=300000 ms",
+            ),
+            (
+                "limits",
+                "admin_header_timeout_ms = 300001",
+                "limits.admin_header_timeout_ms",
+                "300001 ms is outside the allowed range 100..=300000 ms",
+            ),
+            (
+                "limits",
+                "admin_idle_timeout_ms = 99",
+                "limits.admin_idle_timeout_ms",
+                "99 ms is outside the allowed range 100..=300000 ms",
+            ),
+            (
+                "limits",
                 "write_timeout_ms = 999",
                 "limits.write_timeout_ms",
                 "999 ms is outside the allowed range 1000..=10800000 ms",
@@ -715,6 +864,28 @@ mod tests {
             err.contains("at least twice replication.max_batch_bytes (1048576)"),
             "{err}"
         );
+        // A request needs a connection.
+        let err = refused(&dir, "limits", "max_admin_connections = 100");
+        assert!(
+            err.contains(
+                "key `limits.max_admin_requests`: 256 is above limits.max_admin_connections (100)"
+            ),
+            "{err}"
+        );
+        // The idle timeout is within the header timeout, which also bounds the wait for a request.
+        let err = refused(&dir, "limits", "admin_idle_timeout_ms = 10001");
+        assert!(err.contains("key `limits.admin_idle_timeout_ms`: 10001 ms is above limits.admin_header_timeout_ms (10000 ms)"), "{err}");
+        let c = FileConfig::parse(
+            &path,
+            &format!(
+                "{MINIMAL}[limits]\nadmin_idle_timeout_ms = 10000\nmax_admin_connections = 256\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            c.limits.admin().idle_timeout,
+            std::time::Duration::from_secs(10)
+        );
     }
 
     #[test]
@@ -725,6 +896,7 @@ mod tests {
             ("replication", "peer_heartbeat_interval_ms", "10..=60000 ms"),
             ("edges", "heartbeat_interval_ms", "10..=600000 ms"),
             ("limits", "write_timeout_ms", "1000..=10800000 ms"),
+            ("limits", "admin_header_timeout_ms", "100..=300000 ms"),
         ] {
             let err = refused(&dir, section, &format!("{key} = 18446744073709551615"));
             assert!(

@@ -99,6 +99,8 @@ pub enum DriverMsg {
         started: Instant,
     },
     StorageFailed(String),
+    /// A liveness or readiness probe: the driver answers with the core's state.
+    Probe(oneshot::Sender<crate::health::Probe>),
     /// Finish in-flight commits, then stop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -122,6 +124,9 @@ pub struct Handle {
     tx: mpsc::Sender<DriverMsg>,
     pub metrics: Arc<Metrics>,
     write_timeout: Duration,
+    /// Set once, by the driver, when a storage commit failed: the server is
+    /// not ready from then on.
+    storage_failed: Arc<watch::Sender<Option<String>>>,
 }
 
 impl std::fmt::Debug for Handle {
@@ -157,6 +162,28 @@ impl Handle {
                      check with configuration/get before retrying",
                     wait.as_millis()
                 ),
+            )),
+        }
+    }
+
+    /// Why storage failed, once it has.
+    pub fn storage_failure(&self) -> Option<String> {
+        self.storage_failed.borrow().clone()
+    }
+
+    /// Asks the driver for the core's state, within `deadline` (the probes).
+    pub async fn probe(&self, deadline: Duration) -> Result<crate::health::Probe, String> {
+        let (tx, rx) = oneshot::channel();
+        let asked = async {
+            self.tx.send(DriverMsg::Probe(tx)).await.ok()?;
+            rx.await.ok()
+        };
+        match tokio::time::timeout(deadline, asked).await {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => Err("the driver has stopped".into()),
+            Err(_) => Err(format!(
+                "the driver did not answer within {} ms",
+                deadline.as_millis()
             )),
         }
     }
@@ -223,6 +250,7 @@ pub fn channel(settings: &DriverSettings, metrics: Arc<Metrics>) -> (Handle, Inb
         tx,
         metrics,
         write_timeout: settings.write_timeout,
+        storage_failed: Arc::new(watch::channel(None).0),
     };
     (handle, Inbox(rx))
 }
@@ -256,6 +284,7 @@ pub fn spawn(
         .spawn(move || storage_thread(storage, jobs_rx, back, storage_metrics))
         .expect("spawning the storage thread");
     let mut d = Driver {
+        storage_failed: handle.storage_failed.clone(),
         core,
         clock: Clock::new(),
         timers: BTreeMap::new(),
@@ -377,6 +406,8 @@ struct Driver {
     observed_at: Instant,
     observed_key: (Role, DrState, Epoch),
     published: Published,
+    /// Shared with every [`Handle`]: set when a commit failed.
+    storage_failed: Arc<watch::Sender<Option<String>>>,
 }
 
 impl Driver {
@@ -479,6 +510,8 @@ impl Driver {
                 self.input(Input::Persisted { up_to });
             }
             DriverMsg::StorageFailed(why) => {
+                // Not ready from now on.
+                self.storage_failed.send_replace(Some(why.clone()));
                 for (_, w) in self.api_waiters.drain() {
                     let _ = w.send(Err(RpcError::new(
                         rpc::code::INTERNAL,
@@ -486,6 +519,9 @@ impl Driver {
                     )));
                 }
                 return false;
+            }
+            DriverMsg::Probe(answer) => {
+                let _ = answer.send(crate::health::probe(&self.core));
             }
             DriverMsg::Shutdown(done) => {
                 if self.persisted_up_to >= self.last_seq {

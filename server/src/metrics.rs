@@ -79,6 +79,15 @@ pub struct Metrics {
     /// TLS handshakes refused by the peer and edge listeners (from the transport).
     pub handshakes_refused_peer: AtomicU64,
     pub handshakes_refused_edge: AtomicU64,
+    /// Admin connections open now (gauge), refused beyond
+    /// `limits.max_admin_connections`, and closed by a timeout (by phase:
+    /// handshake, header, idle; see `admin::TIMEOUT_PHASES`).
+    pub admin_connections_open: AtomicU64,
+    pub admin_connections_refused: AtomicU64,
+    pub admin_connections_timed_out: [AtomicU64; 3],
+    /// Admin requests in flight now (gauge), and refused for want of a permit.
+    pub admin_requests_in_flight: AtomicU64,
+    pub admin_requests_refused: AtomicU64,
     pub commit_latency: Histogram,
     /// Gauges from the core.
     pub role: AtomicI64,
@@ -339,6 +348,38 @@ impl Metrics {
             "vcodr_handshakes_refused_total{{listener=\"peer\"}} {}\nvcodr_handshakes_refused_total{{listener=\"edge\"}} {}",
             self.handshakes_refused_peer.load(Relaxed),
             self.handshakes_refused_edge.load(Relaxed)
+        );
+        gauge(
+            &mut o,
+            "vcodr_admin_connections_open",
+            "Admin API connections open now.",
+            self.admin_connections_open.load(Relaxed).to_string(),
+        );
+        counter(
+            &mut o,
+            "vcodr_admin_connections_refused_total",
+            "Admin API connections closed at once because limits.max_admin_connections were open.",
+            self.admin_connections_refused.load(Relaxed),
+        );
+        let _ = writeln!(o, "# HELP vcodr_admin_connections_timed_out_total Admin API connections closed by a timeout: TLS handshake, request headers or body, idle.\n# TYPE vcodr_admin_connections_timed_out_total counter");
+        for (i, phase) in crate::admin::TIMEOUT_PHASES.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "vcodr_admin_connections_timed_out_total{{phase=\"{phase}\"}} {}",
+                self.admin_connections_timed_out[i].load(Relaxed)
+            );
+        }
+        gauge(
+            &mut o,
+            "vcodr_admin_requests_in_flight",
+            "Admin API requests being handled now.",
+            self.admin_requests_in_flight.load(Relaxed).to_string(),
+        );
+        counter(
+            &mut o,
+            "vcodr_admin_requests_refused_total",
+            "Admin API requests answered 503: limits.max_admin_requests were in flight.",
+            self.admin_requests_refused.load(Relaxed),
         );
         self.commit_latency.render(
             &mut o,

@@ -68,6 +68,8 @@ pub struct Running {
     pub handle: Handle,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The admin listener: stopped last, so in-flight calls get their answers.
+    admin: tokio::task::JoinHandle<()>,
     driver: tokio::task::JoinHandle<()>,
 }
 
@@ -80,12 +82,20 @@ impl std::fmt::Debug for Running {
 }
 
 impl Running {
-    /// Graceful stop: stop accepting, finish in-flight commits, close links.
+    /// Graceful stop: stop accepting, finish in-flight commits, answer what
+    /// is left, let the admin connections write their last responses, close links.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         self.handle.shutdown().await;
-        let _ = self.driver.await;
-        for t in self.tasks {
+        let Running {
+            driver,
+            admin,
+            tasks,
+            ..
+        } = self;
+        let _ = driver.await;
+        let _ = admin.await;
+        for t in tasks {
             t.abort();
         }
     }
@@ -293,23 +303,55 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
         handle: handle.clone(),
         token: Arc::new(token),
         name: Arc::new(cfg.name.clone()),
-        throttle: admin_throttle,
+        throttle: admin_throttle.clone(),
     });
-    tasks.push(tokio::spawn(admin::serve(
+    let limits = cfg.limits.admin();
+    warn_if_descriptors_short(limits.max_connections);
+    let admin = tokio::spawn(admin::serve(
         admin_l,
         tls,
         app,
-        cfg.limits.max_admin_requests,
+        limits,
+        metrics.clone(),
+        admin_throttle,
         shutdown_rx,
-    )));
+    ));
     let _keep_peer = peer_t;
     Ok(Running {
         bound,
         handle,
         shutdown,
         tasks,
+        admin,
         driver,
     })
+}
+
+/// Descriptors the process needs beside its admin connections (storage,
+/// sockets, the runtime), for [`warn_if_descriptors_short`].
+const DESCRIPTORS_BESIDE_ADMIN: u64 = 256;
+
+/// Warns when the open-file limit (`ulimit -n`) cannot hold
+/// `limits.max_admin_connections`: beyond it accepts fail instead of being
+/// refused and counted.
+fn warn_if_descriptors_short(max_connections: usize) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok());
+    let need = max_connections as u64 + DESCRIPTORS_BESIDE_ADMIN;
+    if let Some(soft) = soft.filter(|s| *s < need) {
+        tracing::warn!(
+            soft_limit = soft,
+            needed = need,
+            "the open-file limit ({soft}) is below limits.max_admin_connections + {DESCRIPTORS_BESIDE_ADMIN} \
+             ({need}): raise it (ulimit -n, LimitNOFILE=) or lower max_admin_connections"
+        );
+    }
 }
 
 /// `vcodr serve --config FILE`: runs until SIGTERM or ctrl-c.
