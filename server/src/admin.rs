@@ -598,6 +598,179 @@ async fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::{self, DriverSettings, PeerSink, Published};
+    use crate::storage::{MemStorage, Storage, StorageError};
+    use std::sync::atomic::AtomicBool;
+    use vcodr_core::*;
+
+    /// [`MemStorage`] whose commits fail with ENOSPC once `full` is set.
+    struct FillingDisk {
+        inner: MemStorage,
+        full: Arc<AtomicBool>,
+    }
+
+    impl Storage for FillingDisk {
+        fn load(&self) -> Result<Restored, StorageError> {
+            self.inner.load()
+        }
+        fn commit(&mut self, batch: &[(PersistSeq, Vec<PersistOp>)]) -> Result<(), StorageError> {
+            if self.full.load(Relaxed) {
+                return Err(StorageError::Io {
+                    path: "/data/a/vcodr.redb".into(),
+                    action: "commit the batch durably",
+                    source: std::io::Error::from_raw_os_error(28),
+                });
+            }
+            self.inner.commit(batch)
+        }
+        fn get_doc(&self, key: &str) -> Result<Option<Doc>, StorageError> {
+            self.inner.get_doc(key)
+        }
+        fn list_docs(&self) -> Result<Vec<(String, Index)>, StorageError> {
+            self.inner.list_docs()
+        }
+        fn samples(
+            &self,
+            client: &str,
+            after_seq: u64,
+            limit: usize,
+        ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+            self.inner.samples(client, after_seq, limit)
+        }
+        fn sample_summary(&self) -> Result<Vec<crate::storage::SampleSummary>, StorageError> {
+            self.inner.sample_summary()
+        }
+        fn archive(
+            &self,
+            offset: u64,
+            limit: usize,
+        ) -> Result<Vec<crate::storage::ArchivedEntry>, StorageError> {
+            self.inner.archive(offset, limit)
+        }
+        fn history(&self, limit: usize) -> Result<Vec<Transition>, StorageError> {
+            self.inner.history(limit)
+        }
+        fn info(&self) -> Result<crate::storage::StorageInfo, StorageError> {
+            self.inner.info()
+        }
+        fn save_contacts(&mut self, contacts: &[ClientContact]) -> Result<(), StorageError> {
+            self.inner.save_contacts(contacts)
+        }
+        fn load_contacts(&self) -> Result<Vec<ClientContact>, StorageError> {
+            self.inner.load_contacts()
+        }
+    }
+
+    struct NoPeer;
+
+    impl PeerSink for NoPeer {
+        fn send(&mut self, _: &str, _: PeerEnvelope) {}
+        fn reply(&mut self, _: PeerLinkId, _: PeerEnvelope) {}
+        fn close(&mut self, _: PeerLinkId, _: &str) {}
+        fn dial_targets(&self) -> usize {
+            0
+        }
+    }
+
+    async fn get(app: &Router, path: &str) -> (u16, String) {
+        let req = Request::get(path).body(axum::body::Body::empty()).unwrap();
+        let r = app.clone().oneshot(req).await.unwrap();
+        let code = r.status().as_u16();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (code, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_makes_the_server_not_ready_at_once_and_answers_in_flight_writes() {
+        let metrics = Arc::new(Metrics::default());
+        let settings = DriverSettings {
+            write_timeout: Duration::from_secs(10),
+            contact_save_interval: Duration::from_secs(3600),
+            queue_len: 64,
+        };
+        let (handle, inbox) = driver::channel(&settings, metrics.clone());
+        let me = ServerInfo {
+            uuid: 1,
+            name: "a".into(),
+            peer_address: "127.0.0.1:1".into(),
+            edge_address: "127.0.0.1:2".into(),
+            admin_address: "127.0.0.1:3".into(),
+        };
+        let core = Server::new(ServerConfig::default(), me, Now::at(0));
+        let full = Arc::new(AtomicBool::new(false));
+        let disk = FillingDisk {
+            inner: MemStorage::new(),
+            full: full.clone(),
+        };
+        let throttle = Arc::new(LogThrottle::default());
+        let _driver = driver::spawn(
+            &handle,
+            inbox,
+            core,
+            Box::new(disk),
+            Box::new(NoPeer),
+            settings,
+            Published {
+                pinned: watch::channel(None).0,
+                throttle: throttle.clone(),
+            },
+        );
+        let app = router(AdminState {
+            handle: handle.clone(),
+            token: Arc::new("0123456789abcdef".into()),
+            name: Arc::new("a".into()),
+            throttle,
+        });
+        let put =
+            |k: &str| rpc::parse_call("configuration/put", &json!({"key": k, "value": 1})).unwrap();
+        assert_eq!(
+            get(&app, "/readyz").await,
+            (
+                200,
+                "ready a STANDALONE UNCONFIGURED: takes writes\n".into()
+            )
+        );
+        assert_eq!(
+            get(&app, "/healthz").await,
+            (200, "ok a STANDALONE\n".into())
+        );
+        assert!(handle.api(put("before")).await.is_ok());
+
+        full.store(true, Relaxed);
+        let e = handle.api(put("in-flight")).await.unwrap_err();
+        assert_eq!(e.code, rpc::code::OUTCOME_UNKNOWN, "{e:?}");
+        for says in [
+            "outcome unknown: storage failed on this server",
+            "No space left on device (os error 28)",
+            "may or may not be durable",
+            "exits (code 74)",
+            "check with configuration/get after its restart",
+        ] {
+            assert!(e.message.contains(says), "{says:?} not in {}", e.message);
+        }
+        // Not ready, not live, at once; the next call is not carried out.
+        let (code, body) = get(&app, "/readyz").await;
+        assert_eq!(code, 503);
+        assert!(
+            body.starts_with("not ready a storage failed (storage file /data/a/vcodr.redb: commit the batch durably failed: No space left on device (os error 28))"),
+            "{body}"
+        );
+        assert_eq!(body.lines().count(), 1, "{body}");
+        let (code, body) = get(&app, "/healthz").await;
+        assert_eq!(code, 503, "{body}");
+        let e = handle.api(put("after")).await.unwrap_err();
+        assert!(
+            e.message
+                .starts_with("not carried out: storage failed on this server"),
+            "{e:?}"
+        );
+        let text = metrics.render();
+        assert!(text.contains("\nvcodr_storage_failed 1\n"), "{text}");
+        assert!(
+            text.contains("\nvcodr_writes_outcome_unknown_total 1\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn token_comparison() {

@@ -88,6 +88,10 @@ pub struct Metrics {
     /// Admin requests in flight now (gauge), and refused for want of a permit.
     pub admin_requests_in_flight: AtomicU64,
     pub admin_requests_refused: AtomicU64,
+    /// 1 once a storage commit failed (the server is fail-stop).
+    pub storage_failed: AtomicU64,
+    /// Calls answered "outcome unknown" (write timeout, storage failure, shutdown).
+    pub writes_outcome_unknown: AtomicU64,
     pub commit_latency: Histogram,
     /// Gauges from the core.
     pub role: AtomicI64,
@@ -348,6 +352,18 @@ impl Metrics {
             "vcodr_handshakes_refused_total{{listener=\"peer\"}} {}\nvcodr_handshakes_refused_total{{listener=\"edge\"}} {}",
             self.handshakes_refused_peer.load(Relaxed),
             self.handshakes_refused_edge.load(Relaxed)
+        );
+        counter(
+            &mut o,
+            "vcodr_writes_outcome_unknown_total",
+            "Admin calls answered 'outcome unknown' (no acknowledgement within write_timeout_ms, storage failure, shutdown).",
+            self.writes_outcome_unknown.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "vcodr_storage_failed",
+            "1 once a storage commit failed: the server is fail-stop and exits for its supervisor to restart it.",
+            self.storage_failed.load(Relaxed).to_string(),
         );
         gauge(
             &mut o,

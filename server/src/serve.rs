@@ -62,6 +62,17 @@ pub fn random_u128() -> anyhow::Result<u128> {
     Ok(u128::from_le_bytes(b))
 }
 
+/// Exit code of `vcodr serve` after a storage failure (`EX_IOERR` of
+/// sysexits.h): the server stopped on purpose (fail-stop) for its supervisor
+/// to restart it; at the restart it recovers from its storage file.
+pub const EXIT_STORAGE_FAILED: i32 = 74;
+
+/// `vcodr serve` stopped because a storage commit failed (see
+/// [`EXIT_STORAGE_FAILED`]).
+#[derive(Debug, thiserror::Error)]
+#[error("storage failed: {0}; stopped (fail-stop) so that a restart recovers from disk")]
+pub struct StorageFailed(pub String);
+
 /// A running server.
 pub struct Running {
     pub bound: Bound,
@@ -96,6 +107,23 @@ impl Running {
         let _ = driver.await;
         let _ = admin.await;
         for t in tasks {
+            t.abort();
+        }
+    }
+
+    /// After a storage failure (the driver has stopped and answered every
+    /// call in flight): the admin connections write those answers, then
+    /// everything stops.
+    pub async fn stop_after_storage_failure(self) {
+        let _ = self.shutdown.send(true);
+        self.finish().await;
+    }
+
+    async fn finish(self) {
+        // The admin listener drains for at most `admin::ADMIN_DRAIN_MAX`.
+        let _ = self.admin.await;
+        self.driver.abort();
+        for t in self.tasks {
             t.abort();
         }
     }
@@ -354,7 +382,10 @@ fn warn_if_descriptors_short(max_connections: usize) {
     }
 }
 
-/// `vcodr serve --config FILE`: runs until SIGTERM or ctrl-c.
+/// `vcodr serve --config FILE`: runs until SIGTERM or ctrl-c, or until a
+/// storage commit fails: then it answers the calls in flight as outcome
+/// unknown and returns [`StorageFailed`] (the process exits with
+/// [`EXIT_STORAGE_FAILED`]).
 pub async fn run(cfg: FileConfig) -> anyhow::Result<()> {
     let running = start(&cfg).await?;
     let b = &running.bound;
@@ -364,10 +395,28 @@ pub async fn run(cfg: FileConfig) -> anyhow::Result<()> {
         "vcodr {} serving admin=https://{} peer={} edge={}",
         cfg.name, b.admin, b.peer, b.edge
     );
-    wait_for_signal().await;
-    tracing::info!("shutting down: finishing in-flight commits");
-    running.stop().await;
-    Ok(())
+    let mut failed = running.handle.watch_storage_failure();
+    let why = tokio::select! {
+        _ = wait_for_signal() => None,
+        f = failed.wait_for(Option::is_some) => f.ok().and_then(|f| f.clone()),
+    };
+    match why {
+        None => {
+            tracing::info!("shutting down: finishing in-flight commits");
+            running.stop().await;
+            Ok(())
+        }
+        Some(why) => {
+            tracing::error!(
+                target: "vcodr::storage",
+                exit_code = EXIT_STORAGE_FAILED,
+                "storage failed ({why}): answered the calls in flight as outcome unknown; exiting with code \
+                 {EXIT_STORAGE_FAILED} for the supervisor to restart this server, which then recovers from disk"
+            );
+            running.stop_after_storage_failure().await;
+            Err(StorageFailed(why).into())
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -1,22 +1,25 @@
 //! Operable under load and faults, on real processes (127.0.0.1, free
 //! ports): the admin API stays usable while hundreds of idle or half-sent
-//! connections are held; an out-of-range setting keeps `vcodr serve` from
-//! starting. Every wait has a deadline; every process a test makes is
-//! removed by a guard, also on failure.
+//! connections are held; a full disk stops the server (fail-stop), which
+//! recovers from disk at its restart; an out-of-range setting keeps
+//! `vcodr serve` from starting. Every wait has a deadline; every process and
+//! mount a test makes is removed by a guard, also on failure.
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
-use serde_json::json;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use vcodr_server::cluster::{metric, temp_dir, ProcCluster};
-use vcodr_server::ctl::Client;
+use vcodr_server::cluster::{metric, temp_dir, ProcCluster, FAST_TIMERS};
+use vcodr_server::ctl::{ApiError, Client};
 
 const A: usize = 0;
+const B: usize = 1;
 const T: Duration = Duration::from_secs(30);
 
 fn vcodr() -> &'static Path {
@@ -259,6 +262,222 @@ async fn idle_and_half_sent_connections_lock_no_one_out() {
         "refusals are logged as counts per interval, not one line each: {refusal_lines} lines"
     );
     cl.stop_all();
+}
+
+/// A tmpfs mounted by the test; unmounted (lazily if busy) and its mount
+/// point removed when dropped, also when the test fails.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("running mount");
+        assert!(
+            st.success(),
+            "mount -t tmpfs at {} failed: {st}",
+            at.display()
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Writes `path` until its filesystem is full.
+fn fill(path: &Path) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0xa5u8; 64 * 1024];
+    let mut written = 0u64;
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(28), "{e}");
+                break;
+            }
+        }
+    }
+    let _ = f.sync_all();
+    written
+}
+
+fn api_error(e: &anyhow::Error) -> Option<&ApiError> {
+    e.downcast_ref::<ApiError>()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_server_which_comes_back_with_every_acknowledged_write() {
+    vcodr_testkit::require_root("mount a small tmpfs as a server's data_dir").unwrap();
+    let dir = TempDir(temp_dir("vcodr-full-disk").unwrap());
+    let data_a = dir.0.join("data/a");
+    let disk = Tmpfs::mount(&data_a, "32m");
+    let mut cl = ProcCluster::create(vcodr(), &dir.0, &["a", "b"], FAST_TIMERS).unwrap();
+    cl.start(A).unwrap();
+    cl.start(B).unwrap();
+    cl.pair(A, B, T).await.unwrap();
+    let a = cl.client(A).clone();
+    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 0..20 {
+        let k = format!("small/{i}");
+        let r = a
+            .call("configuration/put", json!({"key": k, "value": i}))
+            .await
+            .unwrap();
+        acked.insert(k, r["version"].as_u64().unwrap());
+    }
+
+    // Eight writers, each with its own connection already open, so that
+    // eight writes are in flight when the disk is full.
+    let url = cl.servers[A].url();
+    let mut writers = Vec::new();
+    for j in 0..8 {
+        let w = Client::from_files(&url, &cl.token_file, None).unwrap();
+        let k = format!("warm/{j}");
+        let r = w
+            .call("configuration/put", json!({"key": k, "value": j}))
+            .await;
+        acked.insert(k, r.unwrap()["version"].as_u64().unwrap());
+        writers.push(w);
+    }
+
+    // The disk fills up beside the storage file; then writes fail.
+    let filler = data_a.join("filler");
+    let t = Instant::now();
+    let filled = fill(&filler);
+    eprintln!("filled {filled} bytes in {:?}", t.elapsed());
+    let big = Value::String("x".repeat(64 * 1024));
+    let mut failures: Vec<(String, anyhow::Error)> = Vec::new();
+    for round in 0..400 {
+        let mut puts = tokio::task::JoinSet::new();
+        for (j, w) in writers.iter().enumerate() {
+            let (a, big) = (w.clone(), big.clone());
+            let k = format!("big/{round}/{j}");
+            puts.spawn(async move {
+                let r = a
+                    .call("configuration/put", json!({"key": k, "value": big}))
+                    .await;
+                (k, r)
+            });
+        }
+        while let Some(r) = puts.join_next().await {
+            match r.unwrap() {
+                (k, Ok(v)) => {
+                    acked.insert(k, v["version"].as_u64().unwrap());
+                }
+                (k, Err(e)) => failures.push((k, e)),
+            }
+        }
+        if !failures.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        !failures.is_empty(),
+        "writes kept succeeding on a full disk"
+    );
+    // The writes in flight at the failure are told the truth: outcome unknown.
+    let unknown: Vec<&ApiError> = failures
+        .iter()
+        .filter_map(|(_, e)| api_error(e))
+        .filter(|e| e.code == -32006)
+        .collect();
+    assert!(
+        !unknown.is_empty(),
+        "no in-flight write was answered outcome unknown: {failures:?}"
+    );
+    for e in &unknown {
+        for says in [
+            "outcome unknown",
+            "may or may not be durable",
+            "configuration/get after its restart",
+        ] {
+            assert!(e.message.contains(says), "{says:?} not in {e}");
+        }
+    }
+    // Any other failure says it was not carried out, or is the exit itself.
+    for (k, e) in &failures {
+        if let Some(api) = api_error(e) {
+            assert!(
+                api.code == -32006 || api.message.starts_with("not carried out: storage failed"),
+                "{k}: {api}"
+            );
+        }
+    }
+    for (k, e) in &failures {
+        eprintln!("{k}: {e:#}");
+    }
+    eprintln!(
+        "{} acknowledged, {} outcome unknown, {} other failures",
+        acked.len(),
+        unknown.len(),
+        failures.len() - unknown.len()
+    );
+
+    // The process exits with the documented code; its log names the file and the OS error.
+    assert_eq!(cl.wait_exit(A, T).unwrap(), Some(74));
+    let log = std::fs::read_to_string(&cl.servers[A].log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("storage commit failed"))
+        .unwrap_or_else(|| panic!("no failed commit logged:\n{log}"));
+    assert!(line.contains("vcodr.redb"), "{line}");
+    assert!(line.contains("No space left on device"), "{line}");
+    assert!(log.contains("exiting with code 74"), "{log}");
+
+    // Space freed, the supervisor restarts it: it comes back in its role,
+    // with every acknowledged write, on both servers.
+    std::fs::remove_file(&filler).unwrap();
+    cl.start(A).unwrap();
+    cl.wait_state(A, "ACTIVE", "STANDBY_RUNNING", T)
+        .await
+        .unwrap();
+    cl.wait_state(B, "STANDBY", "STANDBY_RUNNING", T)
+        .await
+        .unwrap();
+    let (code, body) = a.get("/readyz").await.unwrap();
+    assert_eq!(
+        (code, body.trim()),
+        (200, "ready a ACTIVE STANDBY_RUNNING: takes writes")
+    );
+    for (k, version) in &acked {
+        let d = a
+            .call("configuration/get", json!({"key": k}))
+            .await
+            .unwrap_or_else(|e| panic!("{k} acknowledged, then lost: {e:#}"));
+        assert_eq!(d["version"].as_u64(), Some(*version), "{k}");
+    }
+    // Writes resume, and the standby has every acknowledged one too.
+    let after = a
+        .call("configuration/put", json!({"key": "after", "value": 1}))
+        .await
+        .unwrap();
+    assert!(after["version"].as_u64().unwrap() > *acked.values().max().unwrap());
+    let want = acked.len() as u64 + 1;
+    cl.wait_status(B, "every acknowledged document", T, |s| {
+        s["documents"].as_u64().is_some_and(|n| n >= want)
+    })
+    .await
+    .unwrap();
+    cl.stop_all();
+    drop(cl);
+    drop(disk);
 }
 
 /// Runs `vcodr serve --config <config>` and waits (with a deadline) for it
