@@ -762,7 +762,12 @@ impl Driver {
                         Ok(Reply::Written { .. } | Reply::Deleted { .. }) => {
                             self.metrics.writes_acknowledged.fetch_add(1, Relaxed);
                         }
-                        Err(e) => tracing::info!(request = req, error = %e, "request refused"),
+                        Err(e) => {
+                            if matches!(e, CommandError::NotAcknowledged { .. }) {
+                                self.metrics.writes_not_acknowledged.fetch_add(1, Relaxed);
+                            }
+                            tracing::info!(request = req, error = %e, "request refused")
+                        }
                         _ => {}
                     }
                     if let Some(w) = self.api_waiters.remove(&req) {
