@@ -260,6 +260,28 @@ pub struct Status {
 /// - Timers: [`Output::SetTimer`] arms or re-arms, [`Output::CancelTimer`]
 ///   disarms; an expired timer comes back as [`Input::Timeout`].
 /// - The machine never reads a clock, a socket or a file, and never blocks.
+///
+/// # Writes while the standby is lost
+/// An active whose standby misses `peer_failure_threshold` peer ticks shows
+/// `FAILURE_GET_STANDBY_STATUS`; writes wait (they are acknowledged if the
+/// standby answers) until `standby_grace_ms` runs out. Then, at once:
+/// - `degrade`: every waiting write is acknowledged without the standby as
+///   soon as the count of unprotected writes covering it is durable;
+/// - `block`: every waiting write is answered
+///   [`CommandError::NotAcknowledged`] and new ones
+///   [`CommandError::WritesBlocked`]. The waiting ones stay in the log,
+///   uncommitted: they were not acknowledged, yet may still take effect —
+///   replicated and applied if the standby comes back while this server is
+///   active, archived at rejoin if the standby is promoted instead. They are
+///   not truncated: the standby may hold them already, at the same epoch and
+///   index, and a different entry there would break the log's matching.
+///
+/// An active that restarted and has not heard its standby since refuses
+/// writes the moment the standby is declared lost (at once if it was lost
+/// before the restart), whatever the policy — the standby may have been
+/// promoted meanwhile and degrading could make two writers — with a message
+/// naming the ways out (wait for the standby; `removeStandby` once sure it
+/// was not promoted). Writes resume as soon as the standby is heard.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Server {
     cfg: ServerConfig,
