@@ -257,9 +257,11 @@ async fn idle_and_half_sent_connections_lock_no_one_out() {
         .lines()
         .filter(|l| l.contains("admin_connection_refused"))
         .count();
+    // At most a first line and a summary per throttle interval (the burst
+    // may straddle two), for 20 or more refusals.
     assert!(
-        (1..=2).contains(&refusal_lines),
-        "refusals are logged as counts per interval, not one line each: {refusal_lines} lines"
+        (1..=4).contains(&refusal_lines),
+        "{refused} refusals are logged as counts per interval, not one line each: {refusal_lines} lines"
     );
     cl.stop_all();
 }
