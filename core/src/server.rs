@@ -2105,7 +2105,10 @@ impl Server {
             DrState::Zombie,
             format!("fenced: epoch {epoch} learned from {source}"),
         );
-        self.fail_pending(&format!("this server was fenced by epoch {epoch}"));
+        self.fail_pending(&format!(
+            "this server was fenced by epoch {epoch}; the write may still exist on the promoted \
+             server if it was replicated before the promotion: check there with configuration/get"
+        ));
     }
 
     fn send_pair(&mut self) {

@@ -422,7 +422,9 @@ fn an_edge_relaying_a_valid_epoch_proof_fences_the_active_at_once() {
         req: 5,
         result: Err(CommandError::NotAcknowledged {
             index: 1,
-            reason: "this server was fenced by epoch 2".into()
+            reason: "this server was fenced by epoch 2; the write may still exist on the promoted \
+                     server if it was replicated before the promotion: check there with configuration/get"
+                .into()
         })
     }));
     let reply = out.iter().find_map(|o| match o {

@@ -106,6 +106,8 @@ pub struct Metrics {
     /// 1 while writes are refused because the standby is lost.
     pub writes_blocked: AtomicU64,
     pub clients_following: AtomicU64,
+    /// Edges and gateways whose last heartbeat said they follow nobody.
+    pub clients_following_nobody: AtomicU64,
     pub clients_known: AtomicU64,
     pub commit_index: AtomicU64,
     pub samples_stored: AtomicU64,
@@ -139,6 +141,8 @@ impl Metrics {
         self.commit_index.store(st.commit_index, Relaxed);
         self.samples_stored.store(st.samples_stored, Relaxed);
         let c = st.client_count;
+        self.clients_following_nobody
+            .store(c.following_none_count, Relaxed);
         self.clients_following.store(
             c.current_active_edge_count + c.current_active_gateway_count,
             Relaxed,
@@ -213,6 +217,12 @@ impl Metrics {
             "vcodr_clients_following",
             "Edges and gateways following this server.",
             self.clients_following.load(Relaxed).to_string(),
+        );
+        gauge(
+            &mut o,
+            "vcodr_clients_following_nobody",
+            "Edges and gateways whose last heartbeat said they follow no server (they cache monitoring).",
+            self.clients_following_nobody.load(Relaxed).to_string(),
         );
         gauge(
             &mut o,
