@@ -74,6 +74,8 @@ pub struct Metrics {
     pub peer_dial_targets: AtomicU64,
     /// Edge requests refused (identity mismatch, full contact table).
     pub clients_refused: AtomicU64,
+    /// Edge links closed because their client opened more than `MAX_EDGE_LINKS_PER_CLIENT`.
+    pub edge_links_replaced: AtomicU64,
     /// Admin calls without the right token.
     pub admin_unauthorized: AtomicU64,
     /// TLS handshakes refused by the peer and edge listeners (from the transport).
@@ -355,6 +357,12 @@ impl Metrics {
             "vcodr_clients_refused_total",
             "Edge requests refused (certificate mismatch, full contact table).",
             self.clients_refused.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "vcodr_edge_links_replaced_total",
+            "Edge links closed because their client (one certificate) opened more than allowed at once.",
+            self.edge_links_replaced.load(Relaxed),
         );
         counter(
             &mut o,
