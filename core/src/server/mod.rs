@@ -35,6 +35,7 @@ mod status;
 mod switchover;
 mod tick;
 
+pub use crate::api::Now;
 pub use edges::{ClientContact, MAX_CLIENT_TEXT_BYTES, PROOF_RECHECK_MS};
 pub use fencing::MAX_REJECTED_PROOFS;
 pub use status::{ClientCount, Status};
@@ -55,24 +56,6 @@ use replication_standby::SnapshotRx;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use switchover::{Demotion, Promotion};
-
-/// The time of an input: a monotonic clock for timeouts and lag, and wall-clock
-/// time for timestamps shown to operators. Neither has to agree with the peer's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Now {
-    pub mono_ms: Millis,
-    pub wall_ms: Millis,
-}
-
-impl Now {
-    /// Both clocks at `ms` (tests and simulations).
-    pub fn at(ms: Millis) -> Self {
-        Now {
-            mono_ms: ms,
-            wall_ms: ms,
-        }
-    }
-}
 
 /// The DR state machine of one server (SPEC §2–§5).
 ///
