@@ -58,19 +58,12 @@ pub fn gate(
     kind: RequestKind,
     method: &str,
     to: &Redirects,
-    mutant: crate::config::Mutant,
 ) -> Result<(), CommandError> {
     use RequestKind::*;
     let dr = matches!(kind, DrStatus | DrHeartbeat | DrOperation | Login);
     match role {
         Role::Standalone | Role::Active => Ok(()),
         Role::Standby if dr => Ok(()),
-        Role::Standby
-            if mutant == crate::config::Mutant::StandbyServesConfig
-                && matches!(kind, ConfigRead | ConfigWrite) =>
-        {
-            Ok(())
-        }
         Role::Standby => Err(CommandError::StandbyRefuses {
             method: method.to_string(),
             state,

@@ -73,7 +73,9 @@ pub mod testing;
 pub mod types;
 
 pub use api::*;
-pub use config::{ConfigError, EdgeConfig, Mutant, ServerConfig};
+#[cfg(feature = "mutants")]
+pub use config::Mutant;
+pub use config::{ConfigError, EdgeConfig, ServerConfig};
 pub use durable::{MemStore, Restored};
 pub use edge::{Edge, EdgeEvent, EdgeInput, EdgeOutput, EdgeTimer, ServerSlot};
 pub use msg::*;

@@ -45,7 +45,10 @@ where
 }
 
 /// Deliberate bugs the model checker switches on to prove its properties have
-/// teeth. Not reachable from the server's configuration file.
+/// teeth (cargo feature `mutants`, which only the model checker and the
+/// core's own tests enable). Not reachable from the server's configuration
+/// file, and not even compiled into it.
+#[cfg(feature = "mutants")]
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Mutant {
@@ -67,6 +70,7 @@ pub enum Mutant {
     UnprovenEpoch,
 }
 
+#[cfg(feature = "mutants")]
 impl Mutant {
     /// Every mutant with its command-line name.
     pub const ALL: [(Mutant, &'static str); 7] = [
@@ -87,6 +91,23 @@ impl Mutant {
             .map(|(m, _)| *m)
     }
 }
+
+/// Whether the deliberate bug `Mutant::$m` is switched on in the
+/// configuration `$cfg`: always `false` without the `mutants` feature, so a
+/// production build has no mutant and no check for one.
+#[cfg(feature = "mutants")]
+macro_rules! mutant {
+    ($cfg:expr, $m:ident) => {
+        $cfg.mutant == $crate::config::Mutant::$m
+    };
+}
+#[cfg(not(feature = "mutants"))]
+macro_rules! mutant {
+    ($cfg:expr, $m:ident) => {
+        false
+    };
+}
+pub(crate) use mutant;
 
 /// Upper bounds of [`ServerConfig`] and [`EdgeConfig`] (lower bounds are in
 /// `validate`). They keep every timer, queue and table finite and every
@@ -180,6 +201,7 @@ pub struct ServerConfig {
     pub switchover_max_ticks: u32,
     /// Seed of the server's random numbers (pairing tokens, pair ids).
     pub seed: u64,
+    #[cfg(feature = "mutants")]
     #[doc(hidden)]
     pub mutant: Mutant,
 }
@@ -206,6 +228,7 @@ impl Default for ServerConfig {
             history_entries: 64,
             switchover_max_ticks: 20,
             seed: 0,
+            #[cfg(feature = "mutants")]
             mutant: Mutant::None,
         }
     }
@@ -403,6 +426,7 @@ pub struct EdgeConfig {
     pub batch_max_samples: usize,
     /// Seed of the heartbeat jitter.
     pub seed: u64,
+    #[cfg(feature = "mutants")]
     #[doc(hidden)]
     pub mutant: Mutant,
 }
@@ -424,6 +448,7 @@ impl EdgeConfig {
             cache_max_bytes: 1024 * 1024,
             batch_max_samples: 256,
             seed: 0,
+            #[cfg(feature = "mutants")]
             mutant: Mutant::None,
         }
     }

@@ -3,7 +3,7 @@
 //! follows, never of a lower epoch than it has seen.
 
 use super::{Edge, EdgeEvent};
-use crate::config::Mutant;
+use crate::config::mutant;
 use crate::msg::*;
 use crate::proof::EpochProof;
 use crate::types::*;
@@ -104,7 +104,7 @@ impl Edge {
     /// The follow rule: the reachable ACTIVE or STANDALONE server with the highest
     /// epoch, never below one already seen; never a standby or a zombie.
     pub(super) fn refollow(&mut self) {
-        let follow_zombie = self.cfg.mutant == Mutant::FollowZombie;
+        let follow_zombie = mutant!(self.cfg, FollowZombie);
         let current = self.following;
         let best = (0..2)
             .filter(|&i| {

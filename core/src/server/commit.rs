@@ -5,7 +5,7 @@
 use super::persist::AfterDurable;
 use super::Server;
 use crate::api::*;
-use crate::config::Mutant;
+use crate::config::mutant;
 use crate::durable::apply_entry;
 use crate::msg::*;
 use crate::types::*;
@@ -33,7 +33,7 @@ impl Server {
         match (&self.replica, self.role) {
             (_, Role::Standalone) => self.durable_index,
             (Some(r), Role::Active) => {
-                if self.cfg.mutant == Mutant::AckBeforeStandby {
+                if mutant!(self.cfg, AckBeforeStandby) {
                     self.durable_index
                 } else if r.degraded {
                     // Unprotected writes are acknowledged once their count is durable.

@@ -4,7 +4,7 @@
 use super::replication_active::Replica;
 use super::Server;
 use crate::api::*;
-use crate::config::Mutant;
+use crate::config::mutant;
 use crate::msg::*;
 use crate::proof::EpochProof;
 use crate::types::*;
@@ -106,7 +106,7 @@ impl Server {
             }
             return;
         }
-        if self.cfg.mutant == Mutant::NoEpochFencing {
+        if mutant!(self.cfg, NoEpochFencing) {
             return;
         }
         self.fenced_by = Some(epoch);
@@ -322,7 +322,7 @@ impl Server {
             .iter()
             .filter(|v| v.pair_id == Some(pair) && v.role.is_some_and(Role::is_writer))
             .max_by_key(|v| v.epoch)?;
-        if self.cfg.mutant == Mutant::UnprovenEpoch {
+        if mutant!(self.cfg, UnprovenEpoch) {
             // The bug this mutant plants: believing the claim itself.
             if claimed.epoch > self.epoch {
                 let (epoch, address) = (claimed.epoch, claimed.address.clone());

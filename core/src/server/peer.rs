@@ -3,7 +3,7 @@
 
 use super::Server;
 use crate::api::*;
-use crate::config::Mutant;
+use crate::config::mutant;
 use crate::msg::*;
 use crate::types::*;
 
@@ -62,7 +62,7 @@ impl Server {
 
     /// Whether the proven sender is the peer pinned at pairing.
     fn sent_by_pinned_peer(&self, from: &PeerIdentity, env: &PeerEnvelope) -> bool {
-        if self.cfg.mutant == Mutant::TrustEnvelopeFrom {
+        if mutant!(self.cfg, TrustEnvelopeFrom) {
             // The bug this mutant plants: believing what the message says of itself.
             return self.peer.as_ref().is_some_and(|p| p.uuid == env.from);
         }

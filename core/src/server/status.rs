@@ -4,6 +4,7 @@
 
 use super::Server;
 use crate::api::*;
+use crate::config::mutant;
 use crate::msg::*;
 use crate::proof::EpochProof;
 use crate::types::*;
@@ -165,6 +166,11 @@ impl Server {
 
     /// The role gate for an API call of `kind` (SPEC §3, §9.5).
     pub fn gate(&self, kind: RequestKind, method: &str) -> Result<(), CommandError> {
+        let config_call = matches!(kind, RequestKind::ConfigRead | RequestKind::ConfigWrite);
+        if mutant!(self.cfg, StandbyServesConfig) && self.role == Role::Standby && config_call {
+            // The bug this mutant plants: a standby serving configuration calls.
+            return Ok(());
+        }
         gate(
             self.role,
             self.dr_state,
@@ -172,7 +178,6 @@ impl Server {
             kind,
             method,
             &self.redirects(),
-            self.cfg.mutant,
         )
     }
 }

@@ -4,7 +4,7 @@
 use super::persist::AfterDurable;
 use super::Server;
 use crate::api::*;
-use crate::config::Mutant;
+use crate::config::mutant;
 use crate::msg::*;
 use crate::proof::EpochClaim;
 use crate::types::*;
@@ -70,7 +70,7 @@ impl Server {
         let Some(d) = &self.demotion else { return };
         let last = self.log.last_index();
         let standby_has_all = self.replica.as_ref().is_some_and(|r| r.match_index >= last);
-        let skip = self.cfg.mutant == Mutant::PromoteWithoutCatchup;
+        let skip = mutant!(self.cfg, PromoteWithoutCatchup);
         if !(self.durable_index >= last && (standby_has_all || skip)) {
             return;
         }
@@ -119,7 +119,7 @@ impl Server {
                 .log
                 .epoch_at(last_index)
                 .is_none_or(|e| e == last_epoch);
-        if !has_all && self.cfg.mutant != Mutant::PromoteWithoutCatchup {
+        if !has_all && !mutant!(self.cfg, PromoteWithoutCatchup) {
             // Cannot happen when the active waited for our durable ack; refuse loudly.
             let (req, resume) = (p.req, p.resume);
             self.promotion = None;
