@@ -58,7 +58,7 @@ fn hostile_peer_model() {
 
 #[test]
 fn hostile_edge_model() {
-    check(ModelCfg::hostile_edge(), 644_439);
+    check(ModelCfg::hostile_edge(), 700_553);
 }
 
 #[test]
