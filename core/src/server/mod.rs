@@ -360,6 +360,7 @@ impl Server {
         };
         if role != self.role {
             self.role_timestamp_ms = self.now.wall_ms;
+            self.forget_role_state();
         }
         self.state_timestamp_ms = self.now.wall_ms;
         self.role = role;
@@ -376,6 +377,28 @@ impl Server {
         self.history.push_back(t.clone());
         self.staged.push(PersistOp::History(t.clone()));
         self.event(Event::Transition(t));
+    }
+
+    /// Forgets what only the role being left held: nothing of it is read
+    /// in another role, and a role entered starts from its own defaults.
+    fn forget_role_state(&mut self) {
+        match self.role {
+            Role::Standalone => self.zombie_to_notify = false,
+            Role::Active => {
+                debug_assert!(self.replica.is_none() && self.demotion.is_none());
+            }
+            Role::Standby => {
+                debug_assert!(self.promotion.is_none() && self.snapshot_rx.is_none());
+                self.synced = false;
+                self.active_heard = false;
+                self.active_missed_ticks = 0;
+                self.join_target = false;
+            }
+            Role::Zombie => {
+                debug_assert!(self.fenced_by.is_none() && self.redirect_edge.is_none());
+                self.rejoin_requested = false;
+            }
+        }
     }
 
     /// The peer address of the paired server, for messages.
