@@ -8,6 +8,7 @@
 //! | module | concern |
 //! |---|---|
 //! | `restore` | building a server from its storage after a restart |
+//! | `role` | the role and what only it holds; the one way out of a role |
 //! | `status` | `getReplicationStatus`, redirects, the role gate of API calls |
 //! | `persist` | staging durable changes, persist marks, what runs once durable |
 //! | `commit` | the commit point, applying entries, waiting writes and samples |
@@ -31,6 +32,7 @@ mod persist;
 mod replication_active;
 mod replication_standby;
 mod restore;
+mod role;
 mod status;
 mod switchover;
 mod tick;
@@ -51,11 +53,9 @@ use crate::types::*;
 use commit::{PendingSampleAck, PendingWrite};
 use edges::ClientLimits;
 use persist::{AfterDurable, PersistMark};
-use replication_active::Replica;
-use replication_standby::SnapshotRx;
+use role::RoleState;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use switchover::{Demotion, Promotion};
 
 /// The DR state machine of one server (SPEC §2–§5).
 ///
@@ -99,7 +99,8 @@ pub struct Server {
     now: Now,
     rng: Rng,
 
-    role: Role,
+    /// The role, with what only that role holds (see `role`).
+    role: RoleState,
     dr_state: DrState,
     epoch: Epoch,
     highest_epoch_seen: Epoch,
@@ -123,14 +124,10 @@ pub struct Server {
     client_limits: BTreeMap<ClientId, ClientLimits>,
     pairing_token: Option<u128>,
     policy: OnStandbyLoss,
-    synced: bool,
-    fenced_by: Option<Epoch>,
-    redirect_edge: Option<String>,
     unprotected_writes: u64,
     last_dr_protected_ms: Option<Millis>,
     role_timestamp_ms: Millis,
     state_timestamp_ms: Millis,
-    zombie_to_notify: bool,
     failure: Option<String>,
     history: VecDeque<Transition>,
     persisted_meta: Option<DurableMeta>,
@@ -144,15 +141,6 @@ pub struct Server {
     staged: Vec<PersistOp>,
     staged_after: Vec<AfterDurable>,
     marks: VecDeque<PersistMark>,
-
-    replica: Option<Replica>,
-    active_heard: bool,
-    active_missed_ticks: u32,
-    snapshot_rx: Option<SnapshotRx>,
-    join_target: bool,
-    rejoin_requested: bool,
-    demotion: Option<Demotion>,
-    promotion: Option<Promotion>,
 
     writes: VecDeque<PendingWrite>,
     sample_acks: VecDeque<PendingSampleAck>,
@@ -183,7 +171,7 @@ impl Server {
     // ----------------------------------------------------------------- accessors
 
     pub fn role(&self) -> Role {
-        self.role
+        self.role.kind()
     }
 
     pub fn dr_state(&self) -> DrState {
@@ -250,14 +238,16 @@ impl Server {
 
     /// Whether this server currently acknowledges configuration writes.
     pub fn takes_writes(&self) -> bool {
-        self.role.is_writer()
-            && self.demotion.is_none()
-            && !self.replica.as_ref().is_some_and(|r| r.blocked)
+        match &self.role {
+            RoleState::Standalone(_) => true,
+            RoleState::Active(a) => a.demotion.is_none() && !a.replica.blocked,
+            RoleState::Standby(_) | RoleState::Zombie(_) => false,
+        }
     }
 
     /// Whether acknowledged writes are all on the standby too (RPO 0).
     pub fn protected(&self) -> bool {
-        self.role == Role::Active && !self.replica.as_ref().is_some_and(|r| r.degraded)
+        self.role.replica().is_some_and(|r| !r.degraded)
     }
 
     // ---------------------------------------------------------------- the contract
@@ -334,70 +324,9 @@ impl Server {
     pub(super) fn wrong_state(&self, method: &str, why: impl Into<String>) -> CommandError {
         CommandError::WrongState {
             method: method.to_string(),
-            role: self.role,
+            role: self.role(),
             state: self.dr_state,
             why: why.into(),
-        }
-    }
-
-    /// Records a role/drState change: event, in-memory and durable history.
-    pub(super) fn transition(&mut self, role: Role, to: DrState, reason: String) {
-        debug_assert!(
-            DrState::allowed_for(role).contains(&to),
-            "{role} cannot be in {to}"
-        );
-        if role == self.role && to == self.dr_state {
-            return;
-        }
-        let t = Transition {
-            from_role: self.role,
-            from: self.dr_state,
-            to_role: role,
-            to,
-            epoch: self.epoch,
-            timestamp_ms: self.now.wall_ms,
-            reason,
-        };
-        if role != self.role {
-            self.role_timestamp_ms = self.now.wall_ms;
-            self.forget_role_state();
-        }
-        self.state_timestamp_ms = self.now.wall_ms;
-        self.role = role;
-        self.dr_state = to;
-        if !matches!(
-            to,
-            DrState::FailureGetActiveStatus | DrState::FailureGetStandbyStatus
-        ) {
-            self.failure = None;
-        }
-        if self.history.len() >= self.cfg.history_entries {
-            self.history.pop_front();
-        }
-        self.history.push_back(t.clone());
-        self.staged.push(PersistOp::History(t.clone()));
-        self.event(Event::Transition(t));
-    }
-
-    /// Forgets what only the role being left held: nothing of it is read
-    /// in another role, and a role entered starts from its own defaults.
-    fn forget_role_state(&mut self) {
-        match self.role {
-            Role::Standalone => self.zombie_to_notify = false,
-            Role::Active => {
-                debug_assert!(self.replica.is_none() && self.demotion.is_none());
-            }
-            Role::Standby => {
-                debug_assert!(self.promotion.is_none() && self.snapshot_rx.is_none());
-                self.synced = false;
-                self.active_heard = false;
-                self.active_missed_ticks = 0;
-                self.join_target = false;
-            }
-            Role::Zombie => {
-                debug_assert!(self.fenced_by.is_none() && self.redirect_edge.is_none());
-                self.rejoin_requested = false;
-            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! Staging what must become durable, the persist marks that wait for
 //! [`Input::Persisted`], and what runs once a mark is durable.
 
+use super::role::RoleState;
 use super::Server;
 use crate::api::*;
 use crate::msg::*;
@@ -64,7 +65,7 @@ impl Server {
     /// wall-clock "last protected" stamp changes on every input while
     /// protected; it is persisted along with the next real change.
     fn meta_differs(&self, m: &DurableMeta) -> bool {
-        m.role != self.role
+        m.role != self.role()
             || m.dr_state != self.dr_state
             || m.epoch != self.epoch
             || m.pair_id != self.pair_id
@@ -73,18 +74,18 @@ impl Server {
             || m.epoch_proof != self.epoch_proof
             || m.pairing_token != self.pairing_token
             || m.policy != self.policy
-            || m.synced != self.synced
-            || m.fenced_by != self.fenced_by
-            || m.redirect_edge != self.redirect_edge
+            || m.synced != self.role.synced()
+            || m.fenced_by != self.role.fenced_by()
+            || m.redirect_edge.as_ref() != self.role.redirect_edge()
             || m.unprotected_writes != self.unprotected_writes
             || m.role_timestamp_ms != self.role_timestamp_ms
             || m.state_timestamp_ms != self.state_timestamp_ms
-            || m.zombie_to_notify != self.zombie_to_notify
+            || m.zombie_to_notify != self.role.zombie_to_notify()
     }
 
     fn durable_meta(&self) -> DurableMeta {
         DurableMeta {
-            role: self.role,
+            role: self.role(),
             dr_state: self.dr_state,
             epoch: self.epoch,
             pair_id: self.pair_id,
@@ -93,14 +94,14 @@ impl Server {
             epoch_proof: self.epoch_proof.clone(),
             pairing_token: self.pairing_token,
             policy: self.policy,
-            synced: self.synced,
-            fenced_by: self.fenced_by,
-            redirect_edge: self.redirect_edge.clone(),
+            synced: self.role.synced(),
+            fenced_by: self.role.fenced_by(),
+            redirect_edge: self.role.redirect_edge().cloned(),
             unprotected_writes: self.unprotected_writes,
             last_dr_protected_ms: self.last_dr_protected_ms,
             role_timestamp_ms: self.role_timestamp_ms,
             state_timestamp_ms: self.state_timestamp_ms,
-            zombie_to_notify: self.zombie_to_notify,
+            zombie_to_notify: self.role.zombie_to_notify(),
         }
     }
 
@@ -135,15 +136,15 @@ impl Server {
             self.run_after(a);
         }
         if self.durable_index != before {
-            match self.role {
-                Role::Standby if self.snapshot_rx.is_none() && self.synced => {
+            match &self.role {
+                RoleState::Standby(s) if s.snapshot_rx.is_none() && s.synced => {
                     let durable_index = self.durable_index;
                     self.send_peer(PeerMsg::AppendAck {
                         durable_index,
                         ok: true,
                     });
                 }
-                Role::Active | Role::Standalone => {
+                RoleState::Active(_) | RoleState::Standalone(_) => {
                     self.advance_commit();
                     self.replicate();
                 }
@@ -169,7 +170,7 @@ impl Server {
             AfterDurable::GrantDemotion => self.send_demote_granted(),
             AfterDurable::FinishPromotion => self.finish_promotion(),
             AfterDurable::UnprotectedCounted(upto) => {
-                if let Some(r) = self.replica.as_mut() {
+                if let Some(r) = self.role.replica_mut() {
                     r.unprotected_durable_upto = r.unprotected_durable_upto.max(upto);
                 }
                 self.advance_commit();

@@ -81,10 +81,10 @@ impl Replica {
 impl Server {
     /// Sends the standby what it lacks: snapshot chunks or locally durable entries.
     pub(super) fn replicate(&mut self) {
-        if self.role != Role::Active || self.dr_state == DrState::ActiveConfiguring {
+        if self.role() != Role::Active || self.dr_state == DrState::ActiveConfiguring {
             return;
         }
-        let Some(r) = self.replica.as_mut() else {
+        let Some(r) = self.role.replica_mut() else {
             return;
         };
         if r.snapshot.is_some() {
@@ -131,7 +131,7 @@ impl Server {
 
     /// An empty append: heartbeat and probe of where the standby is.
     pub(super) fn send_heartbeat_append(&mut self) {
-        let Some(r) = self.replica.as_ref() else {
+        let Some(r) = self.role.replica() else {
             return;
         };
         if r.snapshot.is_some() || r.need_snapshot {
@@ -194,7 +194,7 @@ impl Server {
             })
             .collect();
         let first = chunks[0].clone();
-        if let Some(r) = self.replica.as_mut() {
+        if let Some(r) = self.role.replica_mut() {
             r.need_snapshot = false;
             r.snapshot = Some(SnapshotTx {
                 index: snap.index,
@@ -209,7 +209,6 @@ impl Server {
         });
         if self.dr_state == DrState::StandbyRunning {
             self.transition(
-                Role::Active,
                 DrState::StandbySync,
                 "standby needs a snapshot: the log it lacks was compacted".into(),
             );
@@ -219,8 +218,8 @@ impl Server {
 
     pub(super) fn resend_snapshot_chunk(&mut self) {
         let chunk = self
-            .replica
-            .as_ref()
+            .role
+            .replica()
             .and_then(|r| r.snapshot.as_ref())
             .and_then(|s| s.chunks.get(s.next as usize).cloned());
         if let Some(c) = chunk {
@@ -229,7 +228,11 @@ impl Server {
     }
 
     pub(super) fn on_snapshot_ack(&mut self, index: Index, chunk: u32) {
-        let Some(r) = self.replica.as_mut() else {
+        if self.role() != Role::Active {
+            return self.not_expected("SnapshotAck");
+        }
+        self.on_standby_heard();
+        let Some(r) = self.role.replica_mut() else {
             return;
         };
         let Some(tx) = r.snapshot.as_mut() else {
@@ -250,7 +253,6 @@ impl Server {
         r.next_index = idx + 1;
         if self.dr_state == DrState::ActiveWaitStandby {
             self.transition(
-                Role::Active,
                 DrState::StandbySync,
                 format!("standby installed the snapshot at index {idx}"),
             );
@@ -262,8 +264,12 @@ impl Server {
     }
 
     pub(super) fn on_append_ack(&mut self, durable_index: Index, ok: bool) {
+        if self.role() != Role::Active {
+            return self.not_expected("AppendAck");
+        }
+        self.on_standby_heard();
         let durable = self.durable_index;
-        let Some(r) = self.replica.as_mut() else {
+        let Some(r) = self.role.replica_mut() else {
             return;
         };
         if r.snapshot.is_some() {
@@ -306,7 +312,7 @@ impl Server {
     fn after_standby_progress(&mut self) {
         let durable = self.durable_index;
         let now = self.now.mono_ms;
-        let Some(r) = self.replica.as_mut() else {
+        let Some(r) = self.role.replica_mut() else {
             return;
         };
         let caught_up = r.match_index >= durable;
@@ -325,7 +331,6 @@ impl Server {
         }
         if caught_up && self.dr_state == DrState::StandbySync {
             self.transition(
-                Role::Active,
                 DrState::StandbyRunning,
                 format!("standby caught up at index {m}"),
             );
@@ -335,7 +340,7 @@ impl Server {
     }
 
     pub(super) fn on_standby_heard(&mut self) {
-        let Some(r) = self.replica.as_mut() else {
+        let Some(r) = self.role.replica_mut() else {
             return;
         };
         r.heard = true;
@@ -347,8 +352,8 @@ impl Server {
             r.blocked = false;
             self.out(Output::CancelTimer(Timer::StandbyGrace));
             let to = if self
-                .replica
-                .as_ref()
+                .role
+                .replica()
                 .is_some_and(|r| r.match_index >= self.durable_index && r.snapshot.is_none())
             {
                 DrState::StandbyRunning
@@ -356,7 +361,7 @@ impl Server {
                 DrState::StandbySync
             };
             if self.dr_state == DrState::FailureGetStandbyStatus {
-                self.transition(Role::Active, to, "standby reachable again".into());
+                self.transition(to, "standby reachable again".into());
             }
         }
     }
@@ -367,14 +372,14 @@ impl Server {
     /// the count is durable); `block` answers every waiting write at once as
     /// not acknowledged and refuses new ones (see [`Server::block_writes`]).
     pub(super) fn on_grace_expired(&mut self) {
-        if self.role != Role::Active {
+        if self.role() != Role::Active {
             return;
         }
         let policy = self.policy;
         let commit = self.applied.index;
         let grace = self.cfg.standby_grace_ms;
         let peer = self.peer_address();
-        let Some(r) = self.replica.as_mut() else {
+        let Some(r) = self.role.replica_mut() else {
             return;
         };
         if !r.lost {
@@ -442,7 +447,7 @@ impl Server {
     /// would be unsafe: the standby may hold them already). Writes resume
     /// when the standby is heard again ([`Server::on_standby_heard`]).
     fn block_writes(&mut self, failure: String, pending_reason: &str) {
-        let Some(r) = self.replica.as_mut() else {
+        let Some(r) = self.role.replica_mut() else {
             return;
         };
         if r.blocked {

@@ -3,6 +3,7 @@
 //! re-established with the peer after a restart.
 
 use super::replication_active::Replica;
+use super::role::*;
 use super::Server;
 use super::{Now, FIRST_EPOCH};
 use crate::api::*;
@@ -45,7 +46,7 @@ impl Server {
             me,
             now,
             rng,
-            role: Role::Standalone,
+            role: RoleState::Standalone(StandaloneState::default()),
             dr_state: DrState::Unconfigured,
             epoch: FIRST_EPOCH,
             highest_epoch_seen: FIRST_EPOCH,
@@ -58,14 +59,10 @@ impl Server {
             client_limits: BTreeMap::new(),
             pairing_token: None,
             policy: cfg.on_standby_loss,
-            synced: false,
-            fenced_by: None,
-            redirect_edge: None,
             unprotected_writes: 0,
             last_dr_protected_ms: None,
             role_timestamp_ms: now.wall_ms,
             state_timestamp_ms: now.wall_ms,
-            zombie_to_notify: false,
             failure: None,
             history,
             persisted_meta: r.meta.clone(),
@@ -78,14 +75,6 @@ impl Server {
             staged: Vec::new(),
             staged_after: Vec::new(),
             marks: VecDeque::new(),
-            replica: None,
-            active_heard: false,
-            active_missed_ticks: 0,
-            snapshot_rx: None,
-            join_target: false,
-            rejoin_requested: false,
-            demotion: None,
-            promotion: None,
             writes: VecDeque::new(),
             sample_acks: VecDeque::new(),
             samples_stored: 0,
@@ -102,7 +91,31 @@ impl Server {
             }
         }
         if let Some(m) = r.meta {
-            s.role = m.role;
+            s.role = match m.role {
+                Role::Standalone => RoleState::Standalone(StandaloneState {
+                    zombie_to_notify: m.zombie_to_notify,
+                }),
+                Role::Active => {
+                    let need_snapshot = m.dr_state == DrState::ActiveWaitStandby;
+                    let mut replica = Replica::new(need_snapshot, s.log.last_index());
+                    replica.lag_since_ms = Some(now.mono_ms);
+                    replica.unheard_since_restart = true;
+                    RoleState::Active(ActiveState {
+                        replica,
+                        demotion: None,
+                    })
+                }
+                Role::Standby => RoleState::Standby(StandbyState {
+                    synced: m.synced,
+                    join_target: m.dr_state == DrState::StandbyCandidate && m.peer.is_some(),
+                    ..StandbyState::default()
+                }),
+                Role::Zombie => RoleState::Zombie(ZombieState {
+                    fenced_by: m.fenced_by,
+                    redirect_edge: m.redirect_edge.clone(),
+                    rejoin_requested: false,
+                }),
+            };
             s.epoch = m.epoch;
             s.highest_epoch_seen = m.fenced_by.unwrap_or(m.epoch).max(m.epoch);
             s.pair_id = m.pair_id;
@@ -111,14 +124,10 @@ impl Server {
             s.epoch_proof = m.epoch_proof.clone();
             s.pairing_token = m.pairing_token;
             s.policy = m.policy;
-            s.synced = m.synced;
-            s.fenced_by = m.fenced_by;
-            s.redirect_edge = m.redirect_edge;
             s.unprotected_writes = m.unprotected_writes;
             s.last_dr_protected_ms = m.last_dr_protected_ms;
             s.role_timestamp_ms = m.role_timestamp_ms;
             s.state_timestamp_ms = m.state_timestamp_ms;
-            s.zombie_to_notify = m.zombie_to_notify;
             s.dr_state = m.dr_state;
             let promoted_durably = m.role == Role::Standby
                 && m.dr_state == DrState::PendingStandbyPromotion
@@ -127,32 +136,19 @@ impl Server {
                     .is_some_and(|e| e.op == Op::EpochStart && e.epoch == m.epoch);
             if promoted_durably {
                 // The first entry of the new epoch was durable: the promotion happened.
-                s.zombie_to_notify = true;
                 let last = s.log.last_index();
                 s.apply_upto(last);
-                s.transition(
-                    Role::Standalone,
+                s.change_role(
+                    RoleState::Standalone(StandaloneState {
+                        zombie_to_notify: true,
+                    }),
                     DrState::StandbyPromoted,
                     format!("restarted: promotion to epoch {} was durable", m.epoch),
                 );
             }
             let resumed = s.state_after_restart(s.dr_state);
-            match s.role {
-                Role::Active => {
-                    let mut rep =
-                        Replica::new(m.dr_state == DrState::ActiveWaitStandby, s.log.last_index());
-                    rep.lag_since_ms = Some(now.mono_ms);
-                    rep.unheard_since_restart = true;
-                    s.replica = Some(rep);
-                }
-                Role::Standby if m.dr_state == DrState::StandbyCandidate && m.peer.is_some() => {
-                    s.join_target = true;
-                }
-                _ => {}
-            }
             if resumed != s.dr_state {
                 s.transition(
-                    s.role,
                     resumed,
                     "restarted: state re-established with the peer".into(),
                 );
@@ -161,8 +157,8 @@ impl Server {
         // Entries durable in the log but not yet recorded as committed.
         s.advance_commit();
         s.set_timer(Timer::PeerTick, s.cfg.peer_heartbeat_interval_ms);
-        if s.role == Role::Active && s.dr_state == DrState::FailureGetStandbyStatus {
-            if let Some(r) = s.replica.as_mut() {
+        if s.role() == Role::Active && s.dr_state == DrState::FailureGetStandbyStatus {
+            if let Some(r) = s.role.replica_mut() {
                 r.lost = true;
             }
             s.set_timer(Timer::StandbyGrace, s.cfg.standby_grace_ms);
@@ -175,11 +171,11 @@ impl Server {
 
     fn state_after_restart(&self, st: DrState) -> DrState {
         use DrState::*;
-        match (self.role, st) {
+        match (self.role(), st) {
             (Role::Active, ActiveConfiguring | ActiveWaitStandby | FailureGetStandbyStatus) => st,
             (Role::Active, _) => StandbySync,
             (Role::Standby, StandbyCandidate | StandbyConfiguring) => st,
-            (Role::Standby, _) if self.synced => StandbySync,
+            (Role::Standby, _) if self.role.synced() => StandbySync,
             (Role::Standby, _) => StandbyConfiguring,
             _ => st,
         }

@@ -68,7 +68,7 @@ pub struct Status {
 impl Server {
     /// `getReplicationStatus`.
     pub fn status(&self) -> Status {
-        let rep = self.replica.as_ref();
+        let rep = self.role.replica();
         let standby_acked = rep.map(|r| r.match_index);
         let lag_entries = rep.map_or(0, |r| self.durable_index.saturating_sub(r.match_index));
         let lag_ms = rep
@@ -77,7 +77,7 @@ impl Server {
             .map_or(0, |t| self.now.mono_ms.saturating_sub(t));
         let redirects = self.redirects();
         Status {
-            role: self.role,
+            role: self.role(),
             dr_state: self.dr_state,
             failure_description: self.failure.clone(),
             role_timestamp_ms: self.role_timestamp_ms,
@@ -102,7 +102,7 @@ impl Server {
             unprotected_writes: self.unprotected_writes,
             degraded: rep.is_some_and(|r| r.degraded),
             writes_blocked: rep.is_some_and(|r| r.blocked),
-            fenced_by: self.fenced_by,
+            fenced_by: self.role.fenced_by(),
             pending_writes: self.writes.len(),
             documents: self.applied.docs.len(),
             samples_stored: self.samples_stored,
@@ -112,7 +112,7 @@ impl Server {
 
     /// Where callers refused by this server should go.
     pub fn redirects(&self) -> Redirects {
-        match self.role {
+        match self.role() {
             Role::Standalone | Role::Active => Redirects {
                 admin: Some(self.me.admin_address.clone()),
                 edge: Some(self.me.edge_address.clone()),
@@ -131,8 +131,8 @@ impl Server {
             },
             Role::Zombie => {
                 let peer_edge = self.peer.as_ref().map(|p| p.edge_address.clone());
-                let promoted_is_peer =
-                    self.redirect_edge.is_none() || self.redirect_edge == peer_edge;
+                let redirect_edge = self.role.redirect_edge().cloned();
+                let promoted_is_peer = redirect_edge.is_none() || redirect_edge == peer_edge;
                 Redirects {
                     admin: self
                         .peer
@@ -140,11 +140,7 @@ impl Server {
                         .filter(|_| promoted_is_peer)
                         .map(|p| p.admin_address.clone())
                         .filter(|a| !a.is_empty()),
-                    edge: self
-                        .redirect_edge
-                        .clone()
-                        .or(peer_edge)
-                        .filter(|a| !a.is_empty()),
+                    edge: redirect_edge.or(peer_edge).filter(|a| !a.is_empty()),
                 }
             }
         }
@@ -152,7 +148,7 @@ impl Server {
 
     /// Edge address of the server that takes writes (what `redirects().edge` says, cheaper).
     pub(super) fn active_edge_address(&self) -> Option<String> {
-        match self.role {
+        match self.role() {
             Role::Standalone | Role::Active => Some(self.me.edge_address.clone()),
             Role::Standby => self
                 .peer
@@ -167,14 +163,14 @@ impl Server {
     /// The role gate for an API call of `kind` (SPEC §3, §9.5).
     pub fn gate(&self, kind: RequestKind, method: &str) -> Result<(), CommandError> {
         let config_call = matches!(kind, RequestKind::ConfigRead | RequestKind::ConfigWrite);
-        if mutant!(self.cfg, StandbyServesConfig) && self.role == Role::Standby && config_call {
+        if mutant!(self.cfg, StandbyServesConfig) && self.role() == Role::Standby && config_call {
             // The bug this mutant plants: a standby serving configuration calls.
             return Ok(());
         }
         gate(
-            self.role,
+            self.role(),
             self.dr_state,
-            self.fenced_by.unwrap_or(self.highest_epoch_seen),
+            self.role.fenced_by().unwrap_or(self.highest_epoch_seen),
             kind,
             method,
             &self.redirects(),
