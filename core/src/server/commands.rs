@@ -93,7 +93,7 @@ impl Server {
                     "a planned switchover is in progress; retry on the new active".into(),
                 ));
             }
-            if a.replica.blocked {
+            if a.replica.blocked() {
                 return Err(CommandError::WritesBlocked(
                     self.failure
                         .clone()

@@ -36,7 +36,7 @@ impl Server {
             RoleState::Active(ActiveState { replica: r, .. }) => {
                 if mutant!(self.cfg, AckBeforeStandby) {
                     self.durable_index
-                } else if r.degraded {
+                } else if r.degraded() {
                     // Unprotected writes are acknowledged once their count is durable.
                     self.durable_index
                         .min(r.match_index.max(r.unprotected_durable_upto))
@@ -55,7 +55,7 @@ impl Server {
         }
         let applied = self.applied.index;
         let upto = self.durable_index.min(self.log.last_index());
-        if let Some(r) = self.role.replica_mut().filter(|r| r.degraded) {
+        if let Some(r) = self.role.replica_mut().filter(|r| r.degraded()) {
             // Count what degrade will acknowledge; the count goes to disk with
             // the next persist, and the writes are acknowledged after it.
             let from = applied.max(r.match_index).max(r.unprotected_counted_upto);

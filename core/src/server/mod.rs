@@ -240,14 +240,14 @@ impl Server {
     pub fn takes_writes(&self) -> bool {
         match &self.role {
             RoleState::Standalone(_) => true,
-            RoleState::Active(a) => a.demotion.is_none() && !a.replica.blocked,
+            RoleState::Active(a) => a.demotion.is_none() && !a.replica.blocked(),
             RoleState::Standby(_) | RoleState::Zombie(_) => false,
         }
     }
 
     /// Whether acknowledged writes are all on the standby too (RPO 0).
     pub fn protected(&self) -> bool {
-        self.role.replica().is_some_and(|r| !r.degraded)
+        self.role.replica().is_some_and(|r| !r.degraded())
     }
 
     // ---------------------------------------------------------------- the contract

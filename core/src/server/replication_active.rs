@@ -17,6 +17,26 @@ pub(super) struct SnapshotTx {
     pub(super) next: u32,
 }
 
+/// Where the active stands with a standby it cannot reach (SPEC §4,
+/// `on_standby_loss`): the machine behind `FAILURE_GET_STANDBY_STATUS` and
+/// the policy applied at the grace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum StandbyLoss {
+    /// The standby answers, or has missed fewer than `peer_failure_threshold` ticks.
+    Reachable,
+    /// Missed `peer_failure_threshold` ticks in a row: writes wait for it
+    /// until `standby_grace` runs out.
+    Lost,
+    /// Lost beyond the grace where writes may not go on without it
+    /// (`block`, or degrading would risk two writers): writes are refused
+    /// until it is heard again.
+    Blocked,
+    /// Lost beyond the grace with `degrade`: writes are acknowledged without
+    /// it until it holds all that was acknowledged, also once it answers
+    /// again (`lost: false`) and catches up.
+    Degraded { lost: bool },
+}
+
 /// The active's view of its standby.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct Replica {
@@ -39,13 +59,7 @@ pub(super) struct Replica {
     /// when the standby is heard.
     pub(super) unheard_since_restart: bool,
     pub(super) missed_ticks: u32,
-    /// Missed `peer_failure_threshold` ticks in a row.
-    pub(super) lost: bool,
-    /// Lost for longer than `standby_grace` with `on_standby_loss = degrade`:
-    /// writes are acknowledged without the standby until it has them all.
-    pub(super) degraded: bool,
-    /// Lost for longer than `standby_grace` with `on_standby_loss = block`.
-    pub(super) blocked: bool,
+    pub(super) loss: StandbyLoss,
     /// Degraded: entries up to here are counted in `unprotected_writes`...
     pub(super) unprotected_counted_upto: Index,
     /// ...and up to here that count is durable, so they may be acknowledged.
@@ -69,12 +83,39 @@ impl Replica {
             unprotected_counted_upto: 0,
             unprotected_durable_upto: 0,
             missed_ticks: 0,
-            lost: false,
-            degraded: false,
-            blocked: false,
+            loss: StandbyLoss::Reachable,
             match_at_tick: 0,
             lag_since_ms: None,
         }
+    }
+
+    /// Missed `peer_failure_threshold` ticks in a row, and not heard since.
+    pub(super) fn lost(&self) -> bool {
+        matches!(
+            self.loss,
+            StandbyLoss::Lost | StandbyLoss::Blocked | StandbyLoss::Degraded { lost: true }
+        )
+    }
+
+    /// Writes are acknowledged without the standby.
+    pub(super) fn degraded(&self) -> bool {
+        matches!(self.loss, StandbyLoss::Degraded { .. })
+    }
+
+    /// Writes are refused until the standby is heard.
+    pub(super) fn blocked(&self) -> bool {
+        self.loss == StandbyLoss::Blocked
+    }
+
+    /// Missed `peer_failure_threshold` ticks: true if it was not lost before.
+    pub(super) fn declare_lost(&mut self) -> bool {
+        let was = self.loss;
+        self.loss = match was {
+            StandbyLoss::Reachable => StandbyLoss::Lost,
+            StandbyLoss::Degraded { .. } => StandbyLoss::Degraded { lost: true },
+            StandbyLoss::Lost | StandbyLoss::Blocked => was,
+        };
+        self.loss != was
     }
 }
 
@@ -321,10 +362,17 @@ impl Server {
         } else {
             r.lag_since_ms.or(Some(now))
         };
-        let ended_degrade = r.degraded && r.match_index >= self.applied.index;
-        if ended_degrade {
-            r.degraded = false;
-        }
+        let ended_degrade = match r.loss {
+            StandbyLoss::Degraded { lost } if r.match_index >= self.applied.index => {
+                r.loss = if lost {
+                    StandbyLoss::Lost
+                } else {
+                    StandbyLoss::Reachable
+                };
+                true
+            }
+            _ => false,
+        };
         let m = r.match_index;
         if ended_degrade {
             self.event(Event::Protected { at_index: m });
@@ -347,9 +395,11 @@ impl Server {
         r.heard_since_start = true;
         r.unheard_since_restart = false;
         r.missed_ticks = 0;
-        if r.lost {
-            r.lost = false;
-            r.blocked = false;
+        if r.lost() {
+            r.loss = match r.loss {
+                StandbyLoss::Degraded { .. } => StandbyLoss::Degraded { lost: false },
+                _ => StandbyLoss::Reachable,
+            };
             self.out(Output::CancelTimer(Timer::StandbyGrace));
             let to = if self
                 .role
@@ -382,7 +432,7 @@ impl Server {
         let Some(r) = self.role.replica_mut() else {
             return;
         };
-        if !r.lost {
+        if !r.lost() {
             return;
         }
         if r.unheard_since_restart {
@@ -406,8 +456,9 @@ impl Server {
                 self.block_writes(failure, &pending);
             }
             OnStandbyLoss::Degrade => {
-                if !r.degraded {
-                    r.degraded = true;
+                if !r.degraded() {
+                    debug_assert_eq!(r.loss, StandbyLoss::Lost, "never blocked once heard");
+                    r.loss = StandbyLoss::Degraded { lost: true };
                     self.failure = Some(format!(
                         "standby unreachable for longer than standby_grace ({grace} ms); writes are acknowledged \
                          WITHOUT the standby (on_standby_loss = degrade) and counted as unprotected"
@@ -450,10 +501,11 @@ impl Server {
         let Some(r) = self.role.replica_mut() else {
             return;
         };
-        if r.blocked {
+        if r.blocked() {
             return;
         }
-        r.blocked = true;
+        debug_assert_eq!(r.loss, StandbyLoss::Lost, "never degraded when blocking");
+        r.loss = StandbyLoss::Blocked;
         self.failure = Some(failure.clone());
         let refused_pending = self.writes.len() as u64;
         self.fail_pending(pending_reason);

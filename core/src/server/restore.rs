@@ -159,7 +159,7 @@ impl Server {
         s.set_timer(Timer::PeerTick, s.cfg.peer_heartbeat_interval_ms);
         if s.role() == Role::Active && s.dr_state == DrState::FailureGetStandbyStatus {
             if let Some(r) = s.role.replica_mut() {
-                r.lost = true;
+                r.declare_lost();
             }
             s.set_timer(Timer::StandbyGrace, s.cfg.standby_grace_ms);
             // Lost before the restart and not heard since: refused at once.

@@ -29,10 +29,7 @@ impl Server {
             r.missed_ticks = (r.missed_ticks + 1).min(threshold);
         }
         r.heard = false;
-        let newly_lost = !r.lost && r.missed_ticks >= threshold;
-        if newly_lost {
-            r.lost = true;
-        }
+        let newly_lost = r.missed_ticks >= threshold && r.declare_lost();
         let restarted_alone = newly_lost && r.unheard_since_restart;
         // Stalled stream: rewind and resend from what the standby has.
         let stalled = r.match_index == r.match_at_tick && r.next_index > r.match_index + 1;
