@@ -137,7 +137,23 @@ impl ServerConfig {
             "replication.peer_failure_threshold",
             || "must be at least 1 missed heartbeat".into(),
         )?;
-        let detect_ms = self.peer_heartbeat_interval_ms * u64::from(self.peer_failure_threshold);
+        // Both factors come from the config file: a product past u64 is an
+        // error, not a wrap to a small detection time that passes the check.
+        let detect_ms = self
+            .peer_heartbeat_interval_ms
+            .checked_mul(u64::from(self.peer_failure_threshold));
+        check(
+            detect_ms.is_some(),
+            "replication.peer_heartbeat_interval_ms",
+            || {
+                format!(
+                    "{} ms × peer_failure_threshold {} overflows; failure detection must be a \
+                     number of milliseconds",
+                    self.peer_heartbeat_interval_ms, self.peer_failure_threshold
+                )
+            },
+        )?;
+        let detect_ms = detect_ms.unwrap_or(Millis::MAX);
         check(
             self.standby_grace_ms >= detect_ms,
             "replication.standby_grace_ms",
@@ -306,6 +322,18 @@ mod tests {
             err.to_string().contains("shorter than failure detection"),
             "{err}"
         );
+        // Found while writing the config fuzz target (regression input:
+        // fuzz/regressions/config_toml/): this product overflowed, a panic
+        // with overflow checks and in release a wrap to 0 that accepted a
+        // heartbeat interval of 2^62 ms.
+        let huge = ServerConfig {
+            peer_heartbeat_interval_ms: 1 << 62,
+            peer_failure_threshold: 4,
+            ..ServerConfig::default()
+        };
+        let err = huge.validate().unwrap_err();
+        assert_eq!(err.key, "replication.peer_heartbeat_interval_ms");
+        assert!(err.to_string().contains("overflows"), "{err}");
         let edge = EdgeConfig::new("e1", ClientType::Edge, ["a".into(), "a".into()]);
         assert_eq!(edge.validate().unwrap_err().key, "servers");
     }

@@ -306,6 +306,14 @@ pub fn config_toml(data: &[u8]) {
                 .validate()
                 .expect("an accepted file has valid core settings");
             assert!(config.limits.max_frame_bytes >= MIN_MAX_FRAME_BYTES);
+            // Checked without overflow checks too (release replay): failure
+            // detection fits in milliseconds and within the standby grace.
+            let core = &config.core;
+            let detect_ms = core
+                .peer_heartbeat_interval_ms
+                .checked_mul(u64::from(core.peer_failure_threshold))
+                .expect("an accepted failure detection time is a number of ms");
+            assert!(detect_ms <= core.standby_grace_ms);
         }
         Err(e) => {
             let _ = e.to_string();
