@@ -21,6 +21,29 @@ fn check(ok: bool, key: &'static str, why: impl FnOnce() -> String) -> Result<()
     }
 }
 
+/// Checks that `value` of `key` lies in `min..=max`; the error names the
+/// key, the value and the allowed range, in `unit` (`"ms"`, `"bytes"`, or
+/// `""` for a count).
+pub fn check_range<T>(
+    key: &'static str,
+    value: T,
+    min: T,
+    max: T,
+    unit: &str,
+) -> Result<(), ConfigError>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    let u = if unit.is_empty() {
+        String::new()
+    } else {
+        format!(" {unit}")
+    };
+    check(value >= min && value <= max, key, || {
+        format!("{value}{u} is outside the allowed range {min}..={max}{u}")
+    })
+}
+
 /// Deliberate bugs the model checker switches on to prove its properties have
 /// teeth. Not reachable from the server's configuration file.
 #[doc(hidden)]
@@ -65,6 +88,52 @@ impl Mutant {
     }
 }
 
+/// Upper bounds of [`ServerConfig`] and [`EdgeConfig`] (lower bounds are in
+/// `validate`). They keep every timer, queue and table finite and every
+/// product of them far from overflow: a deadline is `now + at most a few
+/// hours`, never `u64::MAX`.
+pub mod bounds {
+    use crate::types::Millis;
+
+    /// `replication.peer_heartbeat_interval_ms`: one minute.
+    pub const PEER_HEARTBEAT_INTERVAL_MS_MAX: Millis = 60_000;
+    /// `replication.peer_failure_threshold`.
+    pub const PEER_FAILURE_THRESHOLD_MAX: u32 = 100;
+    /// `replication.standby_grace_ms`: one hour. Writes wait this long for a
+    /// lost standby; beyond it an operator must decide, not a timer.
+    pub const STANDBY_GRACE_MS_MAX: Millis = 3_600_000;
+    /// `replication.max_batch_entries`.
+    pub const MAX_BATCH_ENTRIES_MAX: usize = 65_536;
+    /// `replication.max_inflight_entries`.
+    pub const MAX_INFLIGHT_ENTRIES_MAX: u64 = 1_048_576;
+    /// `replication.log_window_entries` (entries held in memory).
+    pub const LOG_WINDOW_ENTRIES_MAX: usize = 1_000_000;
+    /// `limits.max_pending_writes`.
+    pub const MAX_PENDING_WRITES_MAX: usize = 1_000_000;
+    /// `edges.max_clients`.
+    pub const MAX_CLIENTS_MAX: usize = 10_000_000;
+    /// State-history transitions kept in memory.
+    pub const HISTORY_ENTRIES_MAX: usize = 100_000;
+    /// `replication.switchover_max_ticks`.
+    pub const SWITCHOVER_MAX_TICKS_MAX: u32 = 10_000;
+    /// `edges.heartbeat_interval_ms`: ten minutes.
+    pub const EDGE_HEARTBEAT_INTERVAL_MS_MAX: Millis = 600_000;
+    /// `edges.missed_threshold`.
+    pub const EDGE_MISSED_THRESHOLD_MAX: u32 = 100;
+    /// `edges.monitoring_cache`: 1 GiB.
+    pub const EDGE_CACHE_MAX_BYTES_MAX: usize = 1 << 30;
+    /// `edges.batch_max_samples`.
+    pub const EDGE_BATCH_MAX_SAMPLES_MAX: usize = 65_536;
+    /// `replication.log_window_bytes`, `max_inflight_bytes`, `max_pending_bytes`: 4 GiB.
+    pub const LOG_BYTES_MAX: u64 = 4 << 30;
+    /// `monitoring.max_sample_bytes`: one sample's payload.
+    pub const MAX_SAMPLE_BYTES_MAX: usize = 1 << 20;
+    /// `monitoring.max_sample_bytes_per_s`: one client's monitoring rate, 64 MiB/s.
+    pub const MAX_SAMPLE_RATE_MAX: u64 = 64 << 20;
+    /// `monitoring.retain_samples_per_client`.
+    pub const RETAIN_SAMPLES_MAX: u64 = 1 << 32;
+}
+
 /// Settings of a [`crate::Server`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ServerConfig {
@@ -84,6 +153,23 @@ pub struct ServerConfig {
     pub max_inflight_entries: u64,
     /// Committed entries kept in memory for catching a standby up; older ones need a snapshot.
     pub log_window_entries: usize,
+    /// The same window's bound in bytes ([`crate::Entry::approx_size`]).
+    pub log_window_bytes: u64,
+    /// Bytes of entries sent to the standby and not yet acknowledged.
+    pub max_inflight_bytes: u64,
+    /// Bytes of entries appended and not yet committed (waiting for
+    /// durability or the standby); beyond it writes and samples are refused
+    /// as overloaded until some commit.
+    pub max_pending_bytes: u64,
+    /// `monitoring.max_sample_bytes`: the largest sample payload taken.
+    pub max_sample_bytes: usize,
+    /// `monitoring.max_sample_bytes_per_s`: each client's monitoring rate
+    /// (a token bucket holding up to one batch, [`ServerConfig::max_sample_batch_bytes`]);
+    /// beyond it a batch is refused and the edge keeps it cached.
+    pub max_sample_bytes_per_s: u64,
+    /// `monitoring.retain_samples_per_client`: stored samples kept per
+    /// client; older ones are dropped from storage as newer ones commit.
+    pub retain_samples_per_client: u64,
     /// Most writes waiting for durability; more are refused until some complete.
     pub max_pending_writes: usize,
     /// Most clients in the contact table.
@@ -109,6 +195,12 @@ impl Default for ServerConfig {
             max_batch_bytes: 1024 * 1024,
             max_inflight_entries: 8192,
             log_window_entries: 20_000,
+            log_window_bytes: 64 << 20,
+            max_inflight_bytes: 16 << 20,
+            max_pending_bytes: 64 << 20,
+            max_sample_bytes: 4096,
+            max_sample_bytes_per_s: 256 << 10,
+            retain_samples_per_client: 10_000,
             max_pending_writes: 20_000,
             max_clients: 200_000,
             history_entries: 64,
@@ -120,66 +212,76 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// Checks each setting and the relations between them.
+    /// The most bytes of samples one monitoring batch may carry (a write's
+    /// value has the same bound): an entry always fits an `Append`.
+    pub fn max_sample_batch_bytes(&self) -> usize {
+        self.max_batch_bytes / 2
+    }
+
+    /// Peer failure detection: how long an unreachable peer takes to be
+    /// declared lost (`peer_heartbeat_interval_ms × peer_failure_threshold`).
+    pub fn failure_detection_ms(&self) -> Millis {
+        self.peer_heartbeat_interval_ms
+            .saturating_mul(Millis::from(self.peer_failure_threshold))
+    }
+
+    /// Checks each setting against its range (the error names the key, the
+    /// value and the range) and the relations between them.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check(
-            self.peer_heartbeat_interval_ms >= 10,
+        use bounds::*;
+        check_range(
             "replication.peer_heartbeat_interval_ms",
-            || {
-                format!(
-                    "{} ms is below the 10 ms minimum",
-                    self.peer_heartbeat_interval_ms
-                )
-            },
+            self.peer_heartbeat_interval_ms,
+            10,
+            PEER_HEARTBEAT_INTERVAL_MS_MAX,
+            "ms",
         )?;
-        check(
-            self.peer_failure_threshold >= 1,
+        check_range(
             "replication.peer_failure_threshold",
-            || "must be at least 1 missed heartbeat".into(),
+            self.peer_failure_threshold,
+            1,
+            PEER_FAILURE_THRESHOLD_MAX,
+            "",
         )?;
-        // Both factors come from the config file: a product past u64 is an
-        // error, not a wrap to a small detection time that passes the check.
-        let detect_ms = self
-            .peer_heartbeat_interval_ms
-            .checked_mul(u64::from(self.peer_failure_threshold));
-        check(
-            detect_ms.is_some(),
-            "replication.peer_heartbeat_interval_ms",
-            || {
-                format!(
-                    "{} ms × peer_failure_threshold {} overflows; failure detection must be a \
-                     number of milliseconds",
-                    self.peer_heartbeat_interval_ms, self.peer_failure_threshold
-                )
-            },
+        check_range(
+            "replication.standby_grace_ms",
+            self.standby_grace_ms,
+            10,
+            STANDBY_GRACE_MS_MAX,
+            "ms",
         )?;
-        let detect_ms = detect_ms.unwrap_or(Millis::MAX);
+        let detect_ms = self.failure_detection_ms();
         check(
             self.standby_grace_ms >= detect_ms,
             "replication.standby_grace_ms",
             || {
                 format!(
-                "{} ms is shorter than failure detection ({} ms = peer_heartbeat_interval_ms × \
-                 peer_failure_threshold); raise it",
-                self.standby_grace_ms, detect_ms
-            )
-            },
-        )?;
-        check(
-            self.max_batch_entries >= 1,
-            "replication.max_batch_entries",
-            || "must be ≥ 1".into(),
-        )?;
-        check(
-            self.max_batch_bytes >= 1024
-                && self.max_batch_bytes <= crate::codec::DEFAULT_MAX_FRAME_BYTES / 2,
-            "replication.max_batch_bytes",
-            || {
-                format!(
-                    "{} is outside 1024..=half the 16 MiB frame cap",
-                    self.max_batch_bytes
+                    "{} ms is shorter than failure detection ({} ms = peer_heartbeat_interval_ms × \
+                     peer_failure_threshold); raise it",
+                    self.standby_grace_ms, detect_ms
                 )
             },
+        )?;
+        check_range(
+            "replication.max_batch_entries",
+            self.max_batch_entries,
+            1,
+            MAX_BATCH_ENTRIES_MAX,
+            "",
+        )?;
+        check_range(
+            "replication.max_batch_bytes",
+            self.max_batch_bytes,
+            1024,
+            crate::codec::DEFAULT_MAX_FRAME_BYTES / 2,
+            "bytes",
+        )?;
+        check_range(
+            "replication.max_inflight_entries",
+            self.max_inflight_entries,
+            1,
+            MAX_INFLIGHT_ENTRIES_MAX,
+            "",
         )?;
         check(
             self.max_inflight_entries >= self.max_batch_entries as u64,
@@ -191,6 +293,13 @@ impl ServerConfig {
                 )
             },
         )?;
+        check_range(
+            "replication.log_window_entries",
+            self.log_window_entries,
+            1,
+            LOG_WINDOW_ENTRIES_MAX,
+            "",
+        )?;
         check(
             self.log_window_entries >= self.max_batch_entries,
             "replication.log_window_entries",
@@ -201,21 +310,76 @@ impl ServerConfig {
                 )
             },
         )?;
-        check(
-            self.max_pending_writes >= 1,
-            "limits.max_pending_writes",
-            || "must be ≥ 1".into(),
+        let batch = self.max_batch_bytes as u64;
+        check_range(
+            "replication.log_window_bytes",
+            self.log_window_bytes,
+            2 * batch,
+            LOG_BYTES_MAX,
+            "bytes",
         )?;
-        check(self.max_clients >= 1, "limits.max_clients", || {
-            "must be ≥ 1".into()
-        })?;
-        check(self.history_entries >= 1, "limits.history_entries", || {
-            "must be ≥ 1".into()
-        })?;
-        check(
-            self.switchover_max_ticks >= 2,
+        check_range(
+            "replication.max_inflight_bytes",
+            self.max_inflight_bytes,
+            batch,
+            LOG_BYTES_MAX,
+            "bytes",
+        )?;
+        check_range(
+            "replication.max_pending_bytes",
+            self.max_pending_bytes,
+            batch,
+            LOG_BYTES_MAX,
+            "bytes",
+        )?;
+        check_range(
+            "monitoring.max_sample_bytes",
+            self.max_sample_bytes,
+            16,
+            MAX_SAMPLE_BYTES_MAX.min(self.max_sample_batch_bytes()),
+            "bytes",
+        )?;
+        check_range(
+            "monitoring.max_sample_bytes_per_s",
+            self.max_sample_bytes_per_s,
+            1024,
+            MAX_SAMPLE_RATE_MAX,
+            "bytes/s",
+        )?;
+        check_range(
+            "monitoring.retain_samples_per_client",
+            self.retain_samples_per_client,
+            1,
+            RETAIN_SAMPLES_MAX,
+            "",
+        )?;
+        check_range(
+            "limits.max_pending_writes",
+            self.max_pending_writes,
+            1,
+            MAX_PENDING_WRITES_MAX,
+            "",
+        )?;
+        check_range(
+            "edges.max_clients",
+            self.max_clients,
+            1,
+            MAX_CLIENTS_MAX,
+            "",
+        )?;
+        check_range(
+            "limits.history_entries",
+            self.history_entries,
+            1,
+            HISTORY_ENTRIES_MAX,
+            "",
+        )?;
+        check_range(
             "replication.switchover_max_ticks",
-            || "must be ≥ 2".into(),
+            self.switchover_max_ticks,
+            2,
+            SWITCHOVER_MAX_TICKS_MAX,
+            "",
         )?;
         Ok(())
     }
@@ -275,31 +439,35 @@ impl EdgeConfig {
                 self.servers[0]
             )
         })?;
-        check(
-            self.heartbeat_interval_ms >= 10,
+        use bounds::*;
+        check_range(
             "edges.heartbeat_interval_ms",
-            || {
-                format!(
-                    "{} ms is below the 10 ms minimum",
-                    self.heartbeat_interval_ms
-                )
-            },
+            self.heartbeat_interval_ms,
+            10,
+            EDGE_HEARTBEAT_INTERVAL_MS_MAX,
+            "ms",
         )?;
-        check(self.jitter_percent <= 50, "edges.jitter_percent", || {
-            "must be ≤ 50".into()
-        })?;
-        check(self.missed_threshold >= 1, "edges.missed_threshold", || {
-            "must be ≥ 1".into()
-        })?;
-        check(
-            self.cache_max_bytes >= 1024,
+        check_range("edges.jitter_percent", self.jitter_percent, 0, 50, "%")?;
+        check_range(
+            "edges.missed_threshold",
+            self.missed_threshold,
+            1,
+            EDGE_MISSED_THRESHOLD_MAX,
+            "",
+        )?;
+        check_range(
             "edges.monitoring_cache",
-            || "must be ≥ 1024 bytes".into(),
+            self.cache_max_bytes,
+            1024,
+            EDGE_CACHE_MAX_BYTES_MAX,
+            "bytes",
         )?;
-        check(
-            self.batch_max_samples >= 1,
+        check_range(
             "edges.batch_max_samples",
-            || "must be ≥ 1".into(),
+            self.batch_max_samples,
+            1,
+            EDGE_BATCH_MAX_SAMPLES_MAX,
+            "",
         )?;
         Ok(())
     }
@@ -322,19 +490,425 @@ mod tests {
             err.to_string().contains("shorter than failure detection"),
             "{err}"
         );
-        // Found while writing the config fuzz target (regression input:
-        // fuzz/regressions/config_toml/): this product overflowed, a panic
-        // with overflow checks and in release a wrap to 0 that accepted a
-        // heartbeat interval of 2^62 ms.
-        let huge = ServerConfig {
-            peer_heartbeat_interval_ms: 1 << 62,
-            peer_failure_threshold: 4,
-            ..ServerConfig::default()
-        };
-        let err = huge.validate().unwrap_err();
-        assert_eq!(err.key, "replication.peer_heartbeat_interval_ms");
-        assert!(err.to_string().contains("overflows"), "{err}");
         let edge = EdgeConfig::new("e1", ClientType::Edge, ["a".into(), "a".into()]);
         assert_eq!(edge.validate().unwrap_err().key, "servers");
+    }
+
+    /// One setting out of its range: the error names the key, the value and the range.
+    fn refused(cfg: ServerConfig, key: &str, value: &str, range: &str) {
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(err.key, key, "{err}");
+        let text = err.to_string();
+        assert!(text.contains(value), "{key}: {text}");
+        assert!(text.contains(range), "{key}: {text}");
+    }
+
+    #[test]
+    fn every_server_setting_has_both_bounds() {
+        let d = ServerConfig::default;
+        let cases: Vec<(ServerConfig, &str, &str, &str)> = vec![
+            (
+                ServerConfig {
+                    peer_heartbeat_interval_ms: 9,
+                    ..d()
+                },
+                "replication.peer_heartbeat_interval_ms",
+                "9 ms",
+                "10..=60000 ms",
+            ),
+            (
+                ServerConfig {
+                    peer_heartbeat_interval_ms: 60_001,
+                    standby_grace_ms: 3_600_000,
+                    ..d()
+                },
+                "replication.peer_heartbeat_interval_ms",
+                "60001 ms",
+                "10..=60000 ms",
+            ),
+            (
+                ServerConfig {
+                    peer_heartbeat_interval_ms: u64::MAX,
+                    ..d()
+                },
+                "replication.peer_heartbeat_interval_ms",
+                "18446744073709551615 ms",
+                "10..=60000 ms",
+            ),
+            (
+                ServerConfig {
+                    peer_failure_threshold: 0,
+                    ..d()
+                },
+                "replication.peer_failure_threshold",
+                "0 is",
+                "1..=100",
+            ),
+            (
+                ServerConfig {
+                    peer_failure_threshold: 101,
+                    ..d()
+                },
+                "replication.peer_failure_threshold",
+                "101 is",
+                "1..=100",
+            ),
+            (
+                ServerConfig {
+                    standby_grace_ms: 3_600_001,
+                    ..d()
+                },
+                "replication.standby_grace_ms",
+                "3600001 ms",
+                "10..=3600000 ms",
+            ),
+            (
+                ServerConfig {
+                    standby_grace_ms: u64::MAX,
+                    ..d()
+                },
+                "replication.standby_grace_ms",
+                "18446744073709551615 ms",
+                "10..=3600000 ms",
+            ),
+            (
+                ServerConfig {
+                    standby_grace_ms: 0,
+                    ..d()
+                },
+                "replication.standby_grace_ms",
+                "0 ms",
+                "10..=3600000 ms",
+            ),
+            (
+                ServerConfig {
+                    max_batch_entries: 0,
+                    ..d()
+                },
+                "replication.max_batch_entries",
+                "0 is",
+                "1..=65536",
+            ),
+            (
+                ServerConfig {
+                    max_batch_entries: 65_537,
+                    max_inflight_entries: 1 << 20,
+                    log_window_entries: 1 << 20,
+                    ..d()
+                },
+                "replication.max_batch_entries",
+                "65537",
+                "1..=65536",
+            ),
+            (
+                ServerConfig {
+                    max_batch_bytes: 1023,
+                    ..d()
+                },
+                "replication.max_batch_bytes",
+                "1023 bytes",
+                "1024..=8388608 bytes",
+            ),
+            (
+                ServerConfig {
+                    max_batch_bytes: usize::MAX,
+                    ..d()
+                },
+                "replication.max_batch_bytes",
+                "is outside",
+                "1024..=8388608 bytes",
+            ),
+            (
+                ServerConfig {
+                    max_inflight_entries: 0,
+                    ..d()
+                },
+                "replication.max_inflight_entries",
+                "0 is",
+                "1..=1048576",
+            ),
+            (
+                ServerConfig {
+                    max_inflight_entries: u64::MAX,
+                    ..d()
+                },
+                "replication.max_inflight_entries",
+                "18446744073709551615",
+                "1..=1048576",
+            ),
+            (
+                ServerConfig {
+                    log_window_entries: 0,
+                    ..d()
+                },
+                "replication.log_window_entries",
+                "0 is",
+                "1..=1000000",
+            ),
+            (
+                ServerConfig {
+                    log_window_entries: 1_000_001,
+                    ..d()
+                },
+                "replication.log_window_entries",
+                "1000001",
+                "1..=1000000",
+            ),
+            (
+                ServerConfig {
+                    max_pending_writes: 0,
+                    ..d()
+                },
+                "limits.max_pending_writes",
+                "0 is",
+                "1..=1000000",
+            ),
+            (
+                ServerConfig {
+                    max_pending_writes: usize::MAX,
+                    ..d()
+                },
+                "limits.max_pending_writes",
+                "is outside",
+                "1..=1000000",
+            ),
+            (
+                ServerConfig {
+                    max_clients: 0,
+                    ..d()
+                },
+                "edges.max_clients",
+                "0 is",
+                "1..=10000000",
+            ),
+            (
+                ServerConfig {
+                    max_clients: 10_000_001,
+                    ..d()
+                },
+                "edges.max_clients",
+                "10000001",
+                "1..=10000000",
+            ),
+            (
+                ServerConfig {
+                    history_entries: 0,
+                    ..d()
+                },
+                "limits.history_entries",
+                "0 is",
+                "1..=100000",
+            ),
+            (
+                ServerConfig {
+                    history_entries: 100_001,
+                    ..d()
+                },
+                "limits.history_entries",
+                "100001",
+                "1..=100000",
+            ),
+            (
+                ServerConfig {
+                    switchover_max_ticks: 1,
+                    ..d()
+                },
+                "replication.switchover_max_ticks",
+                "1 is",
+                "2..=10000",
+            ),
+            (
+                ServerConfig {
+                    switchover_max_ticks: u32::MAX,
+                    ..d()
+                },
+                "replication.switchover_max_ticks",
+                "4294967295",
+                "2..=10000",
+            ),
+        ];
+        for (cfg, key, value, range) in cases {
+            refused(cfg, key, value, range);
+        }
+        // The largest values of every range are valid together.
+        ServerConfig {
+            peer_heartbeat_interval_ms: 36_000,
+            peer_failure_threshold: 100,
+            standby_grace_ms: 3_600_000,
+            max_batch_entries: 65_536,
+            max_batch_bytes: crate::codec::DEFAULT_MAX_FRAME_BYTES / 2,
+            max_inflight_entries: 1_048_576,
+            log_window_entries: 1_000_000,
+            max_pending_writes: 1_000_000,
+            max_clients: 10_000_000,
+            history_entries: 100_000,
+            switchover_max_ticks: 10_000,
+            ..d()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn relations_between_server_settings_are_checked() {
+        let d = ServerConfig::default;
+        // The grace must cover failure detection (500 ms × 4 by default).
+        let err = ServerConfig {
+            standby_grace_ms: 1_999,
+            ..d()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.key, "replication.standby_grace_ms");
+        assert!(
+            err.why
+                .contains("1999 ms is shorter than failure detection (2000 ms"),
+            "{err}"
+        );
+        ServerConfig {
+            standby_grace_ms: 2_000,
+            ..d()
+        }
+        .validate()
+        .unwrap();
+        // The largest heartbeat and threshold detect in 100 minutes: no grace covers it.
+        let err = ServerConfig {
+            peer_heartbeat_interval_ms: 60_000,
+            peer_failure_threshold: 100,
+            standby_grace_ms: 3_600_000,
+            ..d()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.why.contains("failure detection (6000000 ms"), "{err}");
+        // Batches fit the in-flight window and the in-memory log window.
+        let err = ServerConfig {
+            max_inflight_entries: 1023,
+            ..d()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.key, "replication.max_inflight_entries");
+        assert!(err.why.contains("below max_batch_entries (1024)"), "{err}");
+        let err = ServerConfig {
+            log_window_entries: 1023,
+            ..d()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.key, "replication.log_window_entries");
+        assert_eq!(d().failure_detection_ms(), 2_000);
+        let huge = ServerConfig {
+            peer_heartbeat_interval_ms: u64::MAX,
+            peer_failure_threshold: u32::MAX,
+            ..d()
+        };
+        assert_eq!(
+            huge.failure_detection_ms(),
+            u64::MAX,
+            "saturates, never wraps"
+        );
+    }
+
+    #[test]
+    fn every_edge_setting_has_both_bounds() {
+        let d = || EdgeConfig::new("e1", ClientType::Edge, ["a".into(), "b".into()]);
+        d().validate().unwrap();
+        let cases: Vec<(EdgeConfig, &str, &str, &str)> = vec![
+            (
+                EdgeConfig {
+                    heartbeat_interval_ms: 9,
+                    ..d()
+                },
+                "edges.heartbeat_interval_ms",
+                "9 ms",
+                "10..=600000 ms",
+            ),
+            (
+                EdgeConfig {
+                    heartbeat_interval_ms: u64::MAX,
+                    ..d()
+                },
+                "edges.heartbeat_interval_ms",
+                "18446744073709551615 ms",
+                "10..=600000 ms",
+            ),
+            (
+                EdgeConfig {
+                    jitter_percent: 51,
+                    ..d()
+                },
+                "edges.jitter_percent",
+                "51 %",
+                "0..=50 %",
+            ),
+            (
+                EdgeConfig {
+                    missed_threshold: 0,
+                    ..d()
+                },
+                "edges.missed_threshold",
+                "0 is",
+                "1..=100",
+            ),
+            (
+                EdgeConfig {
+                    missed_threshold: 101,
+                    ..d()
+                },
+                "edges.missed_threshold",
+                "101 is",
+                "1..=100",
+            ),
+            (
+                EdgeConfig {
+                    cache_max_bytes: 1023,
+                    ..d()
+                },
+                "edges.monitoring_cache",
+                "1023 bytes",
+                "1024..=1073741824 bytes",
+            ),
+            (
+                EdgeConfig {
+                    cache_max_bytes: usize::MAX,
+                    ..d()
+                },
+                "edges.monitoring_cache",
+                "is outside",
+                "1024..=1073741824 bytes",
+            ),
+            (
+                EdgeConfig {
+                    batch_max_samples: 0,
+                    ..d()
+                },
+                "edges.batch_max_samples",
+                "0 is",
+                "1..=65536",
+            ),
+            (
+                EdgeConfig {
+                    batch_max_samples: 65_537,
+                    ..d()
+                },
+                "edges.batch_max_samples",
+                "65537",
+                "1..=65536",
+            ),
+        ];
+        for (cfg, key, value, range) in cases {
+            let err = cfg.validate().unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            assert!(
+                err.why.contains(value) && err.why.contains(range),
+                "{key}: {err}"
+            );
+        }
+        let empty = EdgeConfig {
+            client_id: String::new(),
+            ..d()
+        };
+        assert_eq!(empty.validate().unwrap_err().key, "client_id");
     }
 }

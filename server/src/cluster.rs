@@ -75,7 +75,10 @@ impl ProcCluster {
     ) -> anyhow::Result<ProcCluster> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let certs = dir.join("certs");
-        let servers: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let servers: Vec<vcodr_transport::certs::ServerSpec> = names
+            .iter()
+            .map(|s| vcodr_transport::certs::ServerSpec::named(s))
+            .collect();
         crate::cli::certs_init(&certs, &servers, &[])?;
         let token_file = certs.join("admin.token");
         let mut out = Vec::new();
@@ -245,6 +248,27 @@ impl ProcCluster {
                     "{} did not stop within 30 s of SIGTERM",
                     self.servers[i].name
                 );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (up to `timeout`) for server `i` to exit on its own; returns
+    /// its exit code (`None` if a signal ended it). Fails if it still runs.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let name = self.servers[i].name.clone();
+        let c = self.servers[i]
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow!("{name} is not running"))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = c.try_wait()? {
+                self.servers[i].child = None;
+                return Ok(st.code());
+            }
+            if Instant::now() > deadline {
+                bail!("{name} still runs {timeout:?} later");
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -4,7 +4,7 @@
 use crate::admin::{self, AdminState};
 use crate::config::FileConfig;
 use crate::driver::{self, DriverSettings, Handle, Published};
-use crate::links::{edge_link_settings, EdgeLink, PeerLink};
+use crate::links::{edge_link_settings, EdgeLink, EdgeLinks, PeerLink};
 use crate::metrics::Metrics;
 use crate::peers::PeerLinks;
 use crate::storage::{RedbStorage, Storage};
@@ -62,12 +62,25 @@ pub fn random_u128() -> anyhow::Result<u128> {
     Ok(u128::from_le_bytes(b))
 }
 
+/// Exit code of `vcodr serve` after a storage failure (`EX_IOERR` of
+/// sysexits.h): the server stopped on purpose (fail-stop) for its supervisor
+/// to restart it; at the restart it recovers from its storage file.
+pub const EXIT_STORAGE_FAILED: i32 = 74;
+
+/// `vcodr serve` stopped because a storage commit failed (see
+/// [`EXIT_STORAGE_FAILED`]).
+#[derive(Debug, thiserror::Error)]
+#[error("storage failed: {0}; stopped (fail-stop) so that a restart recovers from disk")]
+pub struct StorageFailed(pub String);
+
 /// A running server.
 pub struct Running {
     pub bound: Bound,
     pub handle: Handle,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The admin listener: stopped last, so in-flight calls get their answers.
+    admin: tokio::task::JoinHandle<()>,
     driver: tokio::task::JoinHandle<()>,
 }
 
@@ -80,11 +93,36 @@ impl std::fmt::Debug for Running {
 }
 
 impl Running {
-    /// Graceful stop: stop accepting, finish in-flight commits, close links.
+    /// Graceful stop: stop accepting, finish in-flight commits, answer what
+    /// is left, let the admin connections write their last responses, close links.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         self.handle.shutdown().await;
-        let _ = self.driver.await;
+        let Running {
+            driver,
+            admin,
+            tasks,
+            ..
+        } = self;
+        let _ = driver.await;
+        let _ = admin.await;
+        for t in tasks {
+            t.abort();
+        }
+    }
+
+    /// After a storage failure (the driver has stopped and answered every
+    /// call in flight): the admin connections write those answers, then
+    /// everything stops.
+    pub async fn stop_after_storage_failure(self) {
+        let _ = self.shutdown.send(true);
+        self.finish().await;
+    }
+
+    async fn finish(self) {
+        // The admin listener drains for at most `admin::ADMIN_DRAIN_MAX`.
+        let _ = self.admin.await;
+        self.driver.abort();
         for t in self.tasks {
             t.abort();
         }
@@ -117,6 +155,15 @@ fn peer_settings(cfg: &FileConfig) -> Settings {
         keep_alive_interval: idle / 4,
         request_timeout: idle,
         ..transport_settings(cfg)
+    }
+}
+
+/// Forgets an edge link in [`EdgeLinks`] when its task ends, however it ends.
+struct ForgetOnDrop<'a>(&'a EdgeLinks, &'a str, u64);
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.closed(self.1, self.2);
     }
 }
 
@@ -213,7 +260,7 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
     let throttle = Arc::new(LogThrottle::default());
     let admin_throttle = throttle.clone();
     let dsettings = DriverSettings {
-        write_timeout: Duration::from_millis(cfg.limits.write_timeout_ms),
+        write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         contact_save_interval: Duration::from_millis(cfg.edges.contact_save_interval_ms),
         queue_len: DRIVER_QUEUE_LEN,
     };
@@ -244,6 +291,7 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
     let mut edge_l = edge_t.listen()?;
     let edge_refused = edge_l.counts_handle();
     let h = handle.clone();
+    let edge_links = Arc::new(EdgeLinks::default());
     tasks.push(tokio::spawn(async move {
         let _keep = edge_t;
         while let Some(mut conn) = edge_l.accept().await {
@@ -254,7 +302,13 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
                 conn.close("only edge and gateway certificates may use the edge link");
                 continue;
             };
+            let (link_id, replaced) = edge_links.opened(&client, conn.sender());
+            if replaced {
+                h.metrics.edge_links_replaced.fetch_add(1, Relaxed);
+            }
+            let links = edge_links.clone();
             tokio::spawn(async move {
+                let _forget = ForgetOnDrop(&links, &client, link_id);
                 loop {
                     match conn.recv().await {
                         Ok(Incoming::Request { request, responder }) => {
@@ -300,27 +354,65 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
         handle: handle.clone(),
         token: Arc::new(token),
         name: Arc::new(cfg.name.clone()),
-        throttle: admin_throttle,
+        throttle: admin_throttle.clone(),
     });
-    tasks.push(tokio::spawn(admin::serve(
+    let limits = cfg.limits.admin();
+    warn_if_descriptors_short(limits.max_connections);
+    let admin = tokio::spawn(admin::serve(
         admin_l,
         tls,
         app,
-        cfg.limits.max_admin_requests,
+        limits,
+        metrics.clone(),
+        admin_throttle,
         shutdown_rx,
-    )));
+    ));
     let _keep_peer = peer_t;
     Ok(Running {
         bound,
         handle,
         shutdown,
         tasks,
+        admin,
         driver,
     })
 }
 
-/// `vcodr serve --config FILE`: runs until SIGTERM or ctrl-c.
+/// Descriptors the process needs beside its admin connections (storage,
+/// sockets, the runtime), for [`warn_if_descriptors_short`].
+const DESCRIPTORS_BESIDE_ADMIN: u64 = 256;
+
+/// Warns when the open-file limit (`ulimit -n`) cannot hold
+/// `limits.max_admin_connections`: beyond it accepts fail instead of being
+/// refused and counted.
+fn warn_if_descriptors_short(max_connections: usize) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok());
+    let need = max_connections as u64 + DESCRIPTORS_BESIDE_ADMIN;
+    if let Some(soft) = soft.filter(|s| *s < need) {
+        tracing::warn!(
+            soft_limit = soft,
+            needed = need,
+            "the open-file limit ({soft}) is below limits.max_admin_connections + {DESCRIPTORS_BESIDE_ADMIN} \
+             ({need}): raise it (ulimit -n, LimitNOFILE=) or lower max_admin_connections"
+        );
+    }
+}
+
+/// `vcodr serve --config FILE`: runs until SIGTERM or ctrl-c, or until a
+/// storage commit fails: then it answers the calls in flight as outcome
+/// unknown and returns [`StorageFailed`] (the process exits with
+/// [`EXIT_STORAGE_FAILED`]).
 pub async fn run(cfg: FileConfig) -> anyhow::Result<()> {
+    // Listening before the "serving" line: a SIGTERM right after it stops
+    // the server cleanly instead of killing it.
+    let mut signals = StopSignals::new();
     let running = start(&cfg).await?;
     let b = &running.bound;
     tracing::info!(admin = %b.admin, peer = %b.peer, edge = %b.edge, "serving");
@@ -329,28 +421,93 @@ pub async fn run(cfg: FileConfig) -> anyhow::Result<()> {
         "vcodr {} serving admin=https://{} peer={} edge={}",
         cfg.name, b.admin, b.peer, b.edge
     );
-    wait_for_signal().await;
-    tracing::info!("shutting down: finishing in-flight commits");
-    running.stop().await;
-    Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    let mut failed = running.handle.watch_storage_failure();
+    let why = tokio::select! {
+        _ = signals.recv() => None,
+        f = failed.wait_for(Option::is_some) => f.ok().and_then(|f| f.clone()),
+    };
+    match why {
+        None => {
+            tracing::info!("shutting down: finishing in-flight commits");
+            running.stop().await;
+            Ok(())
+        }
+        Some(why) => {
+            tracing::error!(
+                target: "vcodr::storage",
+                exit_code = EXIT_STORAGE_FAILED,
+                "storage failed ({why}): answered the calls in flight as outcome unknown; exiting with code \
+                 {EXIT_STORAGE_FAILED} for the supervisor to restart this server, which then recovers from disk"
+            );
+            running.stop_after_storage_failure().await;
+            Err(StorageFailed(why).into())
         }
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// SIGTERM (what systemd and `kill` send) and SIGINT (ctrl-c), handled
+/// alike, listened to from [`StopSignals::new`] on: a signal that arrives
+/// before [`recv`](StopSignals::recv) is polled is kept, not lost to the
+/// default action (which would kill the process uncleanly). `serve`, `demo`
+/// and `edge-sim` stop on it.
+#[derive(Debug)]
+pub struct StopSignals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Starts listening (within a tokio runtime). Should the OS refuse a
+    /// handler, that signal keeps its default action, logged.
+    pub fn new() -> StopSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot handle {name}; it stops this process uncleanly");
+                    None
+                }
+            };
+            StopSignals {
+                term: listen(SignalKind::terminate(), "SIGTERM"),
+                int: listen(SignalKind::interrupt(), "SIGINT"),
+            }
+        }
+        #[cfg(not(unix))]
+        StopSignals {}
+    }
+
+    /// Waits for the first of them; returns its name.
+    pub async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = next(&mut self.term) => "SIGTERM",
+                () = next(&mut self.int) => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "ctrl-c"
+        }
+    }
+}
+
+impl Default for StopSignals {
+    fn default() -> Self {
+        Self::new()
+    }
 }
