@@ -525,7 +525,7 @@ async fn request(
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,
                     [(header::RETRY_AFTER, "1")],
-                    axum::Json(rpc_response(Value::Null, Err(e))),
+                    axum::Json(rpc::response(Value::Null, Err(e))),
                 )
                     .into_response();
             }
