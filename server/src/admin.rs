@@ -571,6 +571,7 @@ mod tests {
     use super::*;
     use crate::driver::{self, DriverSettings, PeerSink, Published};
     use crate::storage::{MemStorage, Storage, StorageError};
+    use serde_json::json;
     use std::sync::atomic::AtomicBool;
     use vcodr_core::*;
 
