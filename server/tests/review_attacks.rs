@@ -677,7 +677,9 @@ fn fnv_second_preimage(start: u64, target: u64) -> Vec<u8> {
     assert_eq!(root.0, 0);
     // Walk down to the 16 leaves: leaf j holds (c_{2j+1}, c_{2j+2}).
     let mut cs = vec![0u64; N];
-    fn walk(tree: &[Vec<Vec<(u64, u32, u32)>>], lvl: usize, list: usize, idx: u32, cs: &mut [u64]) {
+    /// One level of the tree: per list, its `(hash, left, right)` entries.
+    type Level = Vec<Vec<(u64, u32, u32)>>;
+    fn walk(tree: &[Level], lvl: usize, list: usize, idx: u32, cs: &mut [u64]) {
         let e = tree[lvl][list][idx as usize];
         if lvl == 0 {
             cs[2 * list] = u64::from(e.1);
