@@ -14,7 +14,7 @@
 //!   (SPEC §2), operator commands ([`Command`]), replication to the standby
 //!   with group commit, snapshots and catch-up, promotion (planned and
 //!   disaster), epoch fencing (from the peer or from any edge's heartbeat),
-//!   rejoin with a divergence archive, the role gate ([`gate`]) and the client
+//!   rejoin with a divergence archive, the role gate ([`gate()`]) and the client
 //!   contact table.
 //! - [`Edge`]: heartbeats to both servers, the follow rule, configuration pulls
 //!   by version, and the bounded monitoring cache flushed in order.
@@ -62,6 +62,7 @@ pub mod codec;
 pub mod config;
 pub mod durable;
 pub mod edge;
+pub mod gate;
 pub mod log;
 pub mod msg;
 pub mod proof;
@@ -72,10 +73,12 @@ pub mod testing;
 pub mod types;
 
 pub use api::*;
-pub use config::{ConfigError, EdgeConfig, Mutant, ServerConfig};
+#[cfg(feature = "mutants")]
+pub use config::Mutant;
+pub use config::{ConfigError, EdgeConfig, ServerConfig};
 pub use durable::{MemStore, Restored};
 pub use edge::{Edge, EdgeEvent, EdgeInput, EdgeOutput, EdgeTimer, ServerSlot};
 pub use msg::*;
 pub use proof::{EpochClaim, EpochProof, Keys, ProofKeys};
-pub use server::{ClientContact, ClientCount, Now, Server, Status};
+pub use server::{ClientContact, ClientCount, Server, Status};
 pub use types::*;

@@ -1,6 +1,14 @@
 //! The state machine of an edge or gateway (SPEC §5).
+//!
+//! [`Edge`] is defined here with its inputs, outputs, calling contract and the
+//! heartbeat to both servers; `follow` holds the follow rule, relayed epoch
+//! proofs and configuration pulls; `monitoring` the bounded sample cache and
+//! its in-order flush to the followed server.
 
-use crate::config::{EdgeConfig, Mutant};
+mod follow;
+mod monitoring;
+
+use crate::config::EdgeConfig;
 use crate::msg::*;
 use crate::proof::EpochProof;
 use crate::rng::Rng;
@@ -213,7 +221,7 @@ impl Edge {
         }
     }
 
-    fn send(&mut self, server: usize, msg: EdgeMsg) {
+    pub(super) fn send(&mut self, server: usize, msg: EdgeMsg) {
         let address = self.cfg.servers[server].clone();
         self.outputs.push_back(EdgeOutput::Send {
             server,
@@ -222,7 +230,7 @@ impl Edge {
         });
     }
 
-    fn event(&mut self, e: EdgeEvent) {
+    pub(super) fn event(&mut self, e: EdgeEvent) {
         self.outputs.push_back(EdgeOutput::Event(e));
     }
 
@@ -246,7 +254,7 @@ impl Edge {
         }
     }
 
-    fn heartbeat(&mut self, i: usize) {
+    pub(super) fn heartbeat(&mut self, i: usize) {
         let hb = Heartbeat {
             client_id: self.cfg.client_id.clone(),
             client_type: self.cfg.client_type,
@@ -289,185 +297,19 @@ impl Edge {
         }
         self.arm_heartbeat();
     }
-
     fn on_reply(&mut self, i: usize, msg: ServerMsg) {
         match msg {
-            ServerMsg::HeartbeatReply(r) => {
-                if let Some(sent) = self.slots[i].awaiting_since_ms.take() {
-                    let rtt_ms = self.now_ms.saturating_sub(sent);
-                    self.event(EdgeEvent::HeartbeatRtt { server: i, rtt_ms });
-                }
-                let s = &mut self.slots[i];
-                s.missed = 0;
-                s.reachable = true;
-                s.view.role = Some(r.role);
-                s.view.epoch = r.epoch;
-                s.view.pair_id = r.pair_id;
-                s.view.last_response_ms = Some(self.now_ms);
-                s.dr_state = Some(r.dr_state);
-                s.config_version = r.config_version;
-                s.redirect = r.redirect.clone();
-                if r.role.is_writer() {
-                    self.max_epoch_seen = self.max_epoch_seen.max(r.epoch);
-                }
-                // Only a proof of the pair the replying server is in.
-                if let Some(p) = r.proof.filter(|p| Some(p.claim.pair_id) == r.pair_id) {
-                    self.learn_proof(i, p);
-                }
-                if let Some(to) = r.redirect {
-                    // Confirm the redirect by the target's own reply before following it.
-                    match self.cfg.servers.iter().position(|a| *a == to) {
-                        Some(j) if j != i => self.heartbeat(j),
-                        Some(_) => {}
-                        None => {
-                            let from = self.cfg.servers[i].clone();
-                            self.event(EdgeEvent::RedirectIgnored { from, to });
-                        }
-                    }
-                }
-                self.refollow();
-                if self.following == Some(i)
-                    && !self.pull_inflight
-                    && (r.epoch, r.config_version) != self.config
-                {
-                    self.pull_inflight = true;
-                    let (have_epoch, have_version) = self.config;
-                    self.send(
-                        i,
-                        EdgeMsg::ConfigPull {
-                            have_epoch,
-                            have_version,
-                        },
-                    );
-                }
-            }
+            ServerMsg::HeartbeatReply(r) => self.on_heartbeat_reply(i, r),
             ServerMsg::Config {
                 epoch,
                 version,
                 docs,
-            } => {
-                self.pull_inflight = false;
-                if self.following == Some(i)
-                    && epoch >= self.max_epoch_seen
-                    && (epoch, version) != self.config
-                {
-                    self.config = (epoch, version);
-                    self.event(EdgeEvent::ConfigApplied {
-                        epoch,
-                        version,
-                        docs,
-                    });
-                }
-            }
-            ServerMsg::MonitoringAck { up_to_seq, .. } => {
-                if self.following != Some(i) {
-                    return;
-                }
-                while self.cache.front().is_some_and(|s| s.seq <= up_to_seq) {
-                    // `front()` was just checked.
-                    let s = self.cache.pop_front().expect("checked");
-                    self.cache_bytes -= s.payload.len();
-                }
-                if self.inflight.is_some_and(|(last, _)| last <= up_to_seq) {
-                    self.inflight = None;
-                }
-                self.event(EdgeEvent::SamplesAcked { up_to_seq });
-                self.flush_samples();
-            }
+            } => self.on_config(i, epoch, version, docs),
+            ServerMsg::MonitoringAck { up_to_seq, .. } => self.on_monitoring_ack(i, up_to_seq),
             ServerMsg::Refused { .. } => {
                 // The server will not take it now; the next heartbeat tells why.
                 self.pull_inflight = false;
             }
         }
-    }
-
-    /// Keeps the highest proof and, when it is new, relays it at once to the
-    /// other server if that one last showed a lower epoch: an old active is
-    /// then fenced within one heartbeat of the promotion, not two.
-    fn learn_proof(&mut self, from: usize, p: Arc<EpochProof>) {
-        if self
-            .proof
-            .as_ref()
-            .is_some_and(|have| have.claim.epoch >= p.claim.epoch)
-        {
-            return;
-        }
-        let epoch = p.claim.epoch;
-        self.proof = Some(p);
-        let other = 1 - from;
-        let s = &self.slots[other];
-        if s.reachable && s.view.epoch < epoch {
-            self.heartbeat(other);
-        }
-    }
-
-    /// The follow rule: the reachable ACTIVE or STANDALONE server with the highest
-    /// epoch, never below one already seen; never a standby or a zombie.
-    fn refollow(&mut self) {
-        let follow_zombie = self.cfg.mutant == Mutant::FollowZombie;
-        let current = self.following;
-        let best = (0..2)
-            .filter(|&i| {
-                let s = &self.slots[i];
-                let ok_role = s
-                    .view
-                    .role
-                    .is_some_and(|r| r.is_writer() || (follow_zombie && r == Role::Zombie));
-                s.reachable && ok_role && (s.view.epoch >= self.max_epoch_seen || follow_zombie)
-            })
-            .max_by_key(|&i| {
-                let s = &self.slots[i];
-                (
-                    s.view.epoch,
-                    s.view.role == Some(Role::Active),
-                    current == Some(i),
-                    i == 0,
-                )
-            });
-        if best != current {
-            let from = self.following_address().map(str::to_string);
-            self.following = best;
-            let to = self.following_address().map(str::to_string);
-            self.event(EdgeEvent::Following { from, to });
-            self.inflight = None;
-            self.pull_inflight = false;
-            self.flush_samples();
-        }
-    }
-
-    fn on_sample(&mut self, payload: Vec<u8>) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.cache_bytes += payload.len();
-        self.cache.push_back(Sample { seq, payload });
-        let mut dropped = 0;
-        while self.cache_bytes > self.cfg.cache_max_bytes {
-            // The cache holds at least the sample just pushed.
-            let s = self.cache.pop_front().expect("non-empty");
-            self.cache_bytes -= s.payload.len();
-            dropped += 1;
-        }
-        if dropped > 0 {
-            self.dropped += dropped;
-            self.event(EdgeEvent::SamplesDropped { count: dropped });
-        }
-        self.flush_samples();
-    }
-
-    /// Sends the oldest cached samples to the followed server, one batch at a time.
-    fn flush_samples(&mut self) {
-        let Some(i) = self.following else { return };
-        if self.inflight.is_some() || self.cache.is_empty() {
-            return;
-        }
-        let samples: Vec<Sample> = self
-            .cache
-            .iter()
-            .take(self.cfg.batch_max_samples)
-            .cloned()
-            .collect();
-        let last = samples.last().map_or(0, |s| s.seq);
-        self.inflight = Some((last, 0));
-        self.send(i, EdgeMsg::Monitoring { samples });
     }
 }

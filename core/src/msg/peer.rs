@@ -1,0 +1,123 @@
+//! Server ↔ server messages on the peer link (SPEC §3, §4).
+
+use super::OnStandbyLoss;
+use crate::proof::EpochProof;
+use crate::types::*;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Header of every peer message.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PeerEnvelope {
+    /// Sender's `vcoUuid`, as the sender says: informational only. Who sent
+    /// a message is what TLS proved ([`crate::Input::Peer`]'s `from`).
+    pub from: ServerId,
+    /// The pair this message belongs to (`None` before pairing).
+    pub pair_id: Option<PairId>,
+    /// Sender's epoch.
+    pub epoch: Epoch,
+    pub body: PeerMsg,
+}
+
+/// Server ↔ server messages on the peer link.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PeerMsg {
+    /// Active → candidate: become my standby (configureActiveForReplication).
+    Pair {
+        token: u128,
+        standby_uuid: ServerId,
+        active: ServerInfo,
+        policy: OnStandbyLoss,
+    },
+    /// Candidate → active: pairing accepted and durable on the standby.
+    /// `token` echoes the pairing token: only the server the active sent its
+    /// `Pair` to knows it, so the active pins whoever echoes it.
+    PairAccepted { standby: ServerInfo, token: u128 },
+    /// Would-be standby → would-be active (transitionToStandby with a blob).
+    Join { token: u128, standby: ServerInfo },
+    /// Either side: a request was refused; names why. A refusal of a pairing
+    /// step echoes its token (`in_reply_to`), so that the server that sent
+    /// it, having no pinned peer yet, can tell it from a forgery.
+    Refused {
+        reason: String,
+        in_reply_to: Option<u128>,
+    },
+    /// Active → standby: one chunk of a snapshot; chunks are sent one at a time.
+    SnapshotChunk {
+        index: Index,
+        snapshot_epoch: Epoch,
+        chunk: u32,
+        last: bool,
+        docs: Vec<(String, Doc)>,
+        sample_seq: Vec<(ClientId, u64)>,
+        epoch_starts: Vec<(Epoch, Index)>,
+        /// The snapshot's `config_index` (meaningful in the last chunk).
+        config_index: Index,
+    },
+    /// Standby → active: chunk received (and, for the last one, installed durably).
+    SnapshotAck { index: Index, chunk: u32 },
+    /// Active → standby: entries after `(prev_index, prev_epoch)`; empty is the heartbeat.
+    Append {
+        prev_index: Index,
+        prev_epoch: Epoch,
+        entries: Vec<Entry>,
+        commit_index: Index,
+        /// The active's locally durable last index, so the standby knows it caught up.
+        active_durable: Index,
+    },
+    /// Standby → active: the standby's log is durable up to `durable_index`
+    /// (`ok == false`: the append did not fit; `durable_index` is a hint to resend from).
+    AppendAck { durable_index: Index, ok: bool },
+    /// Standby → active: stop taking writes and hand over (planned switchover).
+    DemoteRequest { new_epoch: Epoch },
+    /// Old active (now a durable zombie) → standby: everything up to `last_index`.
+    DemoteGranted {
+        new_epoch: Epoch,
+        last_index: Index,
+        last_epoch: Epoch,
+    },
+    /// Promoted server → old active: `epoch` exists and is held by `active`,
+    /// which proves it.
+    NewEpoch {
+        active: ServerInfo,
+        proof: Option<Arc<EpochProof>>,
+    },
+    /// Zombie → promoted server: fenced, stop telling me.
+    ZombieAck,
+    /// Zombie → promoted server: make me your standby.
+    Rejoin {
+        last_index: Index,
+        last_epoch: Epoch,
+        standby: ServerInfo,
+    },
+    /// Promoted server → zombie: keep your log up to `keep_index`, archive the rest.
+    RejoinAccepted {
+        keep_index: Index,
+        active: ServerInfo,
+    },
+    /// Either side: DR removed (removeStandby).
+    Unpair,
+}
+
+impl PeerMsg {
+    /// Short name for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PeerMsg::Pair { .. } => "Pair",
+            PeerMsg::PairAccepted { .. } => "PairAccepted",
+            PeerMsg::Join { .. } => "Join",
+            PeerMsg::Refused { .. } => "Refused",
+            PeerMsg::SnapshotChunk { .. } => "SnapshotChunk",
+            PeerMsg::SnapshotAck { .. } => "SnapshotAck",
+            PeerMsg::Append { .. } => "Append",
+            PeerMsg::AppendAck { .. } => "AppendAck",
+            PeerMsg::DemoteRequest { .. } => "DemoteRequest",
+            PeerMsg::DemoteGranted { .. } => "DemoteGranted",
+            PeerMsg::NewEpoch { .. } => "NewEpoch",
+            PeerMsg::ZombieAck => "ZombieAck",
+            PeerMsg::Rejoin { .. } => "Rejoin",
+            PeerMsg::RejoinAccepted { .. } => "RejoinAccepted",
+            PeerMsg::Unpair => "Unpair",
+        }
+    }
+}

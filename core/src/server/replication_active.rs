@@ -1,0 +1,482 @@
+//! The active's side of replication (SPEC §4): streaming entries and
+//! snapshots to the standby, its acknowledgements, losing and regaining it,
+//! and the `on_standby_loss` policy at the grace.
+
+use super::Server;
+use crate::api::*;
+use crate::msg::*;
+use crate::types::*;
+
+/// A snapshot being sent, one chunk at a time.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct SnapshotTx {
+    pub(super) index: Index,
+    pub(super) epoch: Epoch,
+    pub(super) chunks: Vec<PeerMsg>,
+    /// Next chunk to be acknowledged.
+    pub(super) next: u32,
+}
+
+/// The active's view of its standby.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Replica {
+    /// Highest index durable on the standby.
+    pub(super) match_index: Index,
+    /// Next index to send.
+    pub(super) next_index: Index,
+    /// The standby needs a snapshot before any entry.
+    pub(super) need_snapshot: bool,
+    pub(super) snapshot: Option<SnapshotTx>,
+    /// Heard from the standby since the last tick.
+    pub(super) heard: bool,
+    /// Heard from the standby at all since this process started: until then
+    /// the standby may have been promoted while we were down, so degrading
+    /// would risk two writers (the peers' classic "old primary restarts alone").
+    pub(super) heard_since_start: bool,
+    /// This server restarted as active and has not heard the standby since.
+    /// Once the standby is also declared lost, writes are refused at once,
+    /// whatever the policy (see [`Server::block_restarted_alone`]). Cleared
+    /// when the standby is heard.
+    pub(super) unheard_since_restart: bool,
+    pub(super) missed_ticks: u32,
+    /// Missed `peer_failure_threshold` ticks in a row.
+    pub(super) lost: bool,
+    /// Lost for longer than `standby_grace` with `on_standby_loss = degrade`:
+    /// writes are acknowledged without the standby until it has them all.
+    pub(super) degraded: bool,
+    /// Lost for longer than `standby_grace` with `on_standby_loss = block`.
+    pub(super) blocked: bool,
+    /// Degraded: entries up to here are counted in `unprotected_writes`...
+    pub(super) unprotected_counted_upto: Index,
+    /// ...and up to here that count is durable, so they may be acknowledged.
+    pub(super) unprotected_durable_upto: Index,
+    /// Match index at the previous tick, to detect a stalled stream.
+    pub(super) match_at_tick: Index,
+    /// Monotonic time since which the standby lags, for `lagMs`.
+    pub(super) lag_since_ms: Option<Millis>,
+}
+
+impl Replica {
+    pub(super) fn new(need_snapshot: bool, last_index: Index) -> Self {
+        Replica {
+            match_index: 0,
+            next_index: last_index + 1,
+            need_snapshot,
+            snapshot: None,
+            heard: false,
+            heard_since_start: false,
+            unheard_since_restart: false,
+            unprotected_counted_upto: 0,
+            unprotected_durable_upto: 0,
+            missed_ticks: 0,
+            lost: false,
+            degraded: false,
+            blocked: false,
+            match_at_tick: 0,
+            lag_since_ms: None,
+        }
+    }
+}
+
+impl Server {
+    /// Sends the standby what it lacks: snapshot chunks or locally durable entries.
+    pub(super) fn replicate(&mut self) {
+        if self.role != Role::Active || self.dr_state == DrState::ActiveConfiguring {
+            return;
+        }
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        if r.snapshot.is_some() {
+            return;
+        }
+        if r.need_snapshot || r.next_index <= self.log.base_index() {
+            self.start_snapshot();
+            return;
+        }
+        let mut sends = Vec::new();
+        let commit = self.applied.index;
+        while r.next_index <= self.durable_index
+            && r.next_index - r.match_index - 1 < self.cfg.max_inflight_entries
+            && self.log.bytes_after(r.match_index) - self.log.bytes_after(r.next_index - 1)
+                < self.cfg.max_inflight_bytes
+        {
+            let room = self.cfg.max_inflight_entries - (r.next_index - r.match_index - 1);
+            let max = (self.cfg.max_batch_entries as u64).min(room) as usize;
+            let entries = self.log.batch(
+                r.next_index,
+                self.durable_index,
+                max,
+                self.cfg.max_batch_bytes,
+            );
+            if entries.is_empty() {
+                break;
+            }
+            let prev_index = r.next_index - 1;
+            // `prev_index >= base_index` because `next_index > base_index` was checked.
+            let prev_epoch = self.log.epoch_at(prev_index).unwrap_or(0);
+            r.next_index += entries.len() as u64;
+            sends.push(PeerMsg::Append {
+                prev_index,
+                prev_epoch,
+                entries,
+                commit_index: commit,
+                active_durable: self.durable_index,
+            });
+        }
+        for m in sends {
+            self.send_peer(m);
+        }
+    }
+
+    /// An empty append: heartbeat and probe of where the standby is.
+    pub(super) fn send_heartbeat_append(&mut self) {
+        let Some(r) = self.replica.as_ref() else {
+            return;
+        };
+        if r.snapshot.is_some() || r.need_snapshot {
+            return;
+        }
+        let prev_index = r.next_index - 1;
+        let Some(prev_epoch) = self.log.epoch_at(prev_index) else {
+            return;
+        };
+        let m = PeerMsg::Append {
+            prev_index,
+            prev_epoch,
+            entries: Vec::new(),
+            commit_index: self.applied.index,
+            active_durable: self.durable_index,
+        };
+        self.send_peer(m);
+    }
+
+    fn start_snapshot(&mut self) {
+        let snap = self.applied.clone();
+        let mut chunks = Vec::new();
+        let mut docs = Vec::new();
+        let mut bytes = 0usize;
+        let max = self.cfg.max_batch_bytes;
+        for (k, d) in &snap.docs {
+            let size = k.len() + d.value.len() + 16;
+            if bytes + size > max && !docs.is_empty() {
+                chunks.push(std::mem::take(&mut docs));
+                bytes = 0;
+            }
+            bytes += size;
+            docs.push((k.clone(), d.clone()));
+        }
+        chunks.push(docs);
+        let n = chunks.len() as u32;
+        let chunks: Vec<PeerMsg> = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, docs)| {
+                let last = i as u32 + 1 == n;
+                PeerMsg::SnapshotChunk {
+                    index: snap.index,
+                    snapshot_epoch: snap.epoch,
+                    chunk: i as u32,
+                    last,
+                    docs,
+                    sample_seq: if last {
+                        snap.sample_seq.clone().into_iter().collect()
+                    } else {
+                        Vec::new()
+                    },
+                    epoch_starts: if last {
+                        snap.epoch_starts.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    config_index: snap.config_index,
+                }
+            })
+            .collect();
+        let first = chunks[0].clone();
+        if let Some(r) = self.replica.as_mut() {
+            r.need_snapshot = false;
+            r.snapshot = Some(SnapshotTx {
+                index: snap.index,
+                epoch: snap.epoch,
+                chunks,
+                next: 0,
+            });
+        }
+        self.event(Event::SnapshotSent {
+            index: snap.index,
+            chunks: n,
+        });
+        if self.dr_state == DrState::StandbyRunning {
+            self.transition(
+                Role::Active,
+                DrState::StandbySync,
+                "standby needs a snapshot: the log it lacks was compacted".into(),
+            );
+        }
+        self.send_peer(first);
+    }
+
+    pub(super) fn resend_snapshot_chunk(&mut self) {
+        let chunk = self
+            .replica
+            .as_ref()
+            .and_then(|r| r.snapshot.as_ref())
+            .and_then(|s| s.chunks.get(s.next as usize).cloned());
+        if let Some(c) = chunk {
+            self.send_peer(c);
+        }
+    }
+
+    pub(super) fn on_snapshot_ack(&mut self, index: Index, chunk: u32) {
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        let Some(tx) = r.snapshot.as_mut() else {
+            return;
+        };
+        if tx.index != index || tx.next != chunk {
+            return;
+        }
+        tx.next += 1;
+        if (tx.next as usize) < tx.chunks.len() {
+            let c = tx.chunks[tx.next as usize].clone();
+            self.send_peer(c);
+            return;
+        }
+        let (idx, _epoch) = (tx.index, tx.epoch);
+        r.snapshot = None;
+        r.match_index = r.match_index.max(idx);
+        r.next_index = idx + 1;
+        if self.dr_state == DrState::ActiveWaitStandby {
+            self.transition(
+                Role::Active,
+                DrState::StandbySync,
+                format!("standby installed the snapshot at index {idx}"),
+            );
+        }
+        self.after_standby_progress();
+        self.replicate();
+        // Tell the standby at once where the log ends, so it sees it caught up.
+        self.send_heartbeat_append();
+    }
+
+    pub(super) fn on_append_ack(&mut self, durable_index: Index, ok: bool) {
+        let durable = self.durable_index;
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        if r.snapshot.is_some() {
+            return;
+        }
+        let mut resend = true;
+        let mut regressed = None;
+        if ok {
+            r.match_index = r.match_index.max(durable_index.min(durable));
+            r.next_index = r.next_index.max(r.match_index + 1);
+        } else {
+            if durable_index < r.match_index {
+                // The standby says it holds less than it acknowledged: believe it
+                // (its disk is the truth) and say so loudly.
+                regressed = Some(r.match_index);
+                r.match_index = durable_index;
+            }
+            // The standby lacks what we sent after its hint: resend from there,
+            // once — a repeated refusal waits for the next tick.
+            let next = (durable_index + 1).max(r.match_index + 1).min(r.next_index);
+            resend = next != r.next_index;
+            r.next_index = next;
+        }
+        if let Some(acked) = regressed {
+            let reason = format!(
+                "standby reports durable index {durable_index} below the {acked} it acknowledged"
+            );
+            self.event(Event::PeerIgnored {
+                kind: "AppendAck",
+                reason,
+            });
+        }
+        self.after_standby_progress();
+        if resend {
+            self.replicate();
+        }
+    }
+
+    /// After the standby acknowledged something: lag, states, protection, commit.
+    fn after_standby_progress(&mut self) {
+        let durable = self.durable_index;
+        let now = self.now.mono_ms;
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        let caught_up = r.match_index >= durable;
+        r.lag_since_ms = if caught_up {
+            None
+        } else {
+            r.lag_since_ms.or(Some(now))
+        };
+        let ended_degrade = r.degraded && r.match_index >= self.applied.index;
+        if ended_degrade {
+            r.degraded = false;
+        }
+        let m = r.match_index;
+        if ended_degrade {
+            self.event(Event::Protected { at_index: m });
+        }
+        if caught_up && self.dr_state == DrState::StandbySync {
+            self.transition(
+                Role::Active,
+                DrState::StandbyRunning,
+                format!("standby caught up at index {m}"),
+            );
+        }
+        self.advance_commit();
+        self.check_demotion_ready();
+    }
+
+    pub(super) fn on_standby_heard(&mut self) {
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        r.heard = true;
+        r.heard_since_start = true;
+        r.unheard_since_restart = false;
+        r.missed_ticks = 0;
+        if r.lost {
+            r.lost = false;
+            r.blocked = false;
+            self.out(Output::CancelTimer(Timer::StandbyGrace));
+            let to = if self
+                .replica
+                .as_ref()
+                .is_some_and(|r| r.match_index >= self.durable_index && r.snapshot.is_none())
+            {
+                DrState::StandbyRunning
+            } else {
+                DrState::StandbySync
+            };
+            if self.dr_state == DrState::FailureGetStandbyStatus {
+                self.transition(Role::Active, to, "standby reachable again".into());
+            }
+        }
+    }
+
+    /// `standby_grace` ran out with the standby still lost: the policy
+    /// decides about the writes waiting now and those to come. `degrade`
+    /// acknowledges them without the standby (counted as unprotected, once
+    /// the count is durable); `block` answers every waiting write at once as
+    /// not acknowledged and refuses new ones (see [`Server::block_writes`]).
+    pub(super) fn on_grace_expired(&mut self) {
+        if self.role != Role::Active {
+            return;
+        }
+        let policy = self.policy;
+        let commit = self.applied.index;
+        let grace = self.cfg.standby_grace_ms;
+        let peer = self.peer_address();
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        if !r.lost {
+            return;
+        }
+        if r.unheard_since_restart {
+            // Blocked when the standby was declared lost.
+            self.block_restarted_alone();
+            return;
+        }
+        match policy {
+            OnStandbyLoss::Degrade if !r.heard_since_start => {
+                let failure = format!(
+                    "the standby {peer} has not answered since replication was configured, for longer than \
+                     standby_grace ({grace} ms): writes are refused rather than degraded. They resume once \
+                     it answers; to run alone, removeStandby"
+                );
+                let pending = format!(
+                    "the standby {peer} has not answered since replication was configured, and this server \
+                     acknowledges no write without it before it has answered once. The write is in this \
+                     server's log only: it takes effect if the standby answers while this server is still \
+                     active; check with configuration/get before retrying"
+                );
+                self.block_writes(failure, &pending);
+            }
+            OnStandbyLoss::Degrade => {
+                if !r.degraded {
+                    r.degraded = true;
+                    self.failure = Some(format!(
+                        "standby unreachable for longer than standby_grace ({grace} ms); writes are acknowledged \
+                         WITHOUT the standby (on_standby_loss = degrade) and counted as unprotected"
+                    ));
+                    self.event(Event::Degraded {
+                        since_index: commit + 1,
+                    });
+                    // The writes waiting now are acknowledged as unprotected
+                    // too, as soon as their count is durable.
+                    self.advance_commit();
+                }
+            }
+            OnStandbyLoss::Block => {
+                let failure = format!(
+                    "standby unreachable for longer than standby_grace ({grace} ms); writes are refused \
+                     (on_standby_loss = block) so that RPO stays 0"
+                );
+                let pending = format!(
+                    "the standby has been unreachable for longer than standby_grace ({grace} ms) and \
+                     on_standby_loss = block acknowledges no write without it (RPO stays 0). The write is in \
+                     this server's log but not confirmed by the standby, so it may still take effect: it is \
+                     replicated and applied if the standby comes back while this server is active, and not \
+                     if the standby is promoted instead (it is then archived here at rejoin). Check with \
+                     configuration/get before retrying"
+                );
+                self.block_writes(failure, &pending);
+            }
+        }
+    }
+
+    /// Stops acknowledging writes while the standby is lost: new writes are
+    /// refused with `failure` (`WritesBlocked`), and every write already
+    /// waiting is answered at once as not acknowledged, with `pending_reason`.
+    /// Those stay in the log, uncommitted: the truth for their clients is
+    /// that they were not acknowledged and will not be by this call, yet may
+    /// still take effect if the standby returns (truncating them instead
+    /// would be unsafe: the standby may hold them already). Writes resume
+    /// when the standby is heard again ([`Server::on_standby_heard`]).
+    fn block_writes(&mut self, failure: String, pending_reason: &str) {
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        if r.blocked {
+            return;
+        }
+        r.blocked = true;
+        self.failure = Some(failure.clone());
+        let refused_pending = self.writes.len() as u64;
+        self.fail_pending(pending_reason);
+        self.event(Event::WritesBlocked {
+            refused_pending,
+            why: failure,
+        });
+    }
+
+    /// An active that restarted and has not heard its standby since, once
+    /// the standby is declared lost: the standby may have been promoted while
+    /// this server was down, so acknowledging writes without it (degrade)
+    /// could make two writers. Writes are refused at once — not when the
+    /// grace runs out — whatever the policy, naming the ways out.
+    pub(super) fn block_restarted_alone(&mut self) {
+        let peer = self.peer_address();
+        let failure = format!(
+            "restarted without reaching the standby {peer} since: it may have been promoted while this server \
+             was down, so writes are refused (whatever on_standby_loss says) rather than risk two writers. \
+             They resume as soon as the standby answers; to run alone for good, first make sure it was not \
+             promoted, then removeStandby"
+        );
+        let pending = format!(
+            "this server restarted and has not reached its standby {peer} since, and acknowledges no write \
+             without it (it may have been promoted meanwhile). The write is in this server's log only: it takes \
+             effect if the standby answers while this server is still active, and not if the standby was \
+             promoted. Check with configuration/get before retrying"
+        );
+        self.block_writes(failure, &pending);
+    }
+}

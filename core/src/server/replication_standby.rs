@@ -1,0 +1,226 @@
+//! The standby's side of replication (SPEC §4): snapshots and entries from
+//! the active, made durable and acknowledged.
+
+use super::persist::AfterDurable;
+use super::Server;
+use crate::api::*;
+use crate::log::Log;
+use crate::msg::*;
+use crate::types::*;
+
+/// A snapshot being received.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct SnapshotRx {
+    pub(super) snapshot: Snapshot,
+    pub(super) next: u32,
+}
+
+impl Server {
+    fn on_active_heard(&mut self) {
+        self.active_heard = true;
+        self.active_missed_ticks = 0;
+        if self.dr_state == DrState::FailureGetActiveStatus {
+            let to = if self.synced {
+                DrState::StandbySync
+            } else {
+                DrState::StandbyConfiguring
+            };
+            self.transition(Role::Standby, to, "active reachable again".into());
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_snapshot_chunk(
+        &mut self,
+        epoch: Epoch,
+        index: Index,
+        snapshot_epoch: Epoch,
+        chunk: u32,
+        last: bool,
+        docs: Vec<(String, Doc)>,
+        sample_seq: Vec<(ClientId, u64)>,
+        epoch_starts: Vec<(Epoch, Index)>,
+        config_index: Index,
+    ) {
+        if self.role != Role::Standby
+            || epoch != self.epoch
+            || self.dr_state == DrState::StandbyCandidate
+        {
+            return;
+        }
+        self.on_active_heard();
+        // A snapshot of a point this standby already holds (a restarted active
+        // probing from scratch): acknowledge it without going back in time.
+        let covered = self.synced
+            && self.snapshot_rx.is_none()
+            && (index <= self.applied.index || self.log.epoch_at(index) == Some(snapshot_epoch));
+        if covered && index <= self.durable_index {
+            self.send_peer(PeerMsg::SnapshotAck { index, chunk });
+            if last {
+                let durable_index = self.durable_index;
+                self.send_peer(PeerMsg::AppendAck {
+                    durable_index,
+                    ok: true,
+                });
+            }
+            return;
+        }
+        if chunk == 0
+            && self
+                .snapshot_rx
+                .as_ref()
+                .is_none_or(|rx| rx.snapshot.index != index || rx.next > 1)
+        {
+            let snapshot = Snapshot {
+                index,
+                epoch: snapshot_epoch,
+                ..Snapshot::default()
+            };
+            self.snapshot_rx = Some(SnapshotRx { snapshot, next: 0 });
+        }
+        let Some(rx) = self.snapshot_rx.as_mut() else {
+            return;
+        };
+        if rx.snapshot.index != index {
+            return;
+        }
+        if chunk < rx.next {
+            // A repeat of a chunk we already have: acknowledge it again.
+            if !last {
+                self.send_peer(PeerMsg::SnapshotAck { index, chunk });
+            }
+            return;
+        }
+        if chunk > rx.next {
+            return;
+        }
+        rx.snapshot.docs.extend(docs);
+        rx.next += 1;
+        if !last {
+            self.send_peer(PeerMsg::SnapshotAck { index, chunk });
+            return;
+        }
+        // `snapshot_rx` was just checked to be `Some`.
+        let mut rx = self.snapshot_rx.take().expect("checked");
+        rx.snapshot.sample_seq = sample_seq.into_iter().collect();
+        rx.snapshot.epoch_starts = epoch_starts;
+        rx.snapshot.config_index = config_index;
+        let snap = rx.snapshot;
+        self.fail_pending("replaced by a snapshot");
+        self.log = Log::starting_after(snap.index, snap.epoch);
+        self.durable_index = snap.index;
+        self.pending_sample_seq = snap.sample_seq.clone();
+        self.applied = snap.clone();
+        self.storage_compacted_below = snap.index;
+        self.staged.push(PersistOp::InstallSnapshot(snap));
+        self.synced = true;
+        if self.dr_state != DrState::StandbySync {
+            self.transition(
+                Role::Standby,
+                DrState::StandbySync,
+                format!("snapshot at index {index} installed"),
+            );
+        }
+        self.staged_after
+            .push(AfterDurable::AckSnapshot { index, chunk });
+    }
+
+    pub(super) fn on_append(
+        &mut self,
+        epoch: Epoch,
+        prev_index: Index,
+        prev_epoch: Epoch,
+        entries: Vec<Entry>,
+        commit_index: Index,
+        active_durable: Index,
+    ) {
+        if self.role != Role::Standby
+            || epoch != self.epoch
+            || self.dr_state == DrState::StandbyCandidate
+        {
+            return;
+        }
+        self.on_active_heard();
+        if self.snapshot_rx.is_some() || !self.synced {
+            return;
+        }
+        let last = self.log.last_index();
+        if prev_index > last {
+            let durable_index = self.durable_index.min(last);
+            self.send_peer(PeerMsg::AppendAck {
+                durable_index,
+                ok: false,
+            });
+            return;
+        }
+        let base = self.log.base_index();
+        let mut entries = entries;
+        let mut prev = (prev_index, prev_epoch);
+        if prev_index < base {
+            // Entries at or below our window's base are committed and identical.
+            entries.retain(|e| e.index > base);
+            prev = (base, self.log.epoch_at(base).unwrap_or(0));
+        }
+        if entries.first().is_some_and(|e| e.index != prev.0 + 1) {
+            return;
+        }
+        if self.log.epoch_at(prev.0) != Some(prev.1) {
+            let durable_index = self.applied.index;
+            self.send_peer(PeerMsg::AppendAck {
+                durable_index,
+                ok: false,
+            });
+            return;
+        }
+        for e in entries {
+            match self.log.epoch_at(e.index) {
+                Some(ep) if ep == e.epoch => continue,
+                Some(_) => {
+                    let at = e.index - 1;
+                    if at < self.applied.index {
+                        self.event(Event::PeerIgnored {
+                            kind: "Append",
+                            reason: format!("conflicts with committed entry {}", e.index),
+                        });
+                        return;
+                    }
+                    self.log.truncate_after(at);
+                    self.durable_index = self.durable_index.min(at);
+                    self.staged.push(PersistOp::TruncateAfter(at));
+                    self.stage_append(e);
+                }
+                None => self.stage_append(e),
+            }
+        }
+        for e in self.log.iter_after(self.applied.index) {
+            if let Op::Samples { client, samples } = &e.op {
+                if let Some(last) = samples.last() {
+                    let seq = self.pending_sample_seq.entry(client.clone()).or_insert(0);
+                    *seq = (*seq).max(last.seq);
+                }
+            }
+        }
+        let new_commit = commit_index.min(self.log.last_index());
+        self.apply_upto(new_commit);
+        let last = self.log.last_index();
+        if last >= active_durable && self.dr_state == DrState::StandbySync {
+            self.transition(
+                Role::Standby,
+                DrState::StandbyRunning,
+                format!("caught up with the active at index {last}"),
+            );
+        }
+        if self.durable_index >= last
+            && !self
+                .staged
+                .iter()
+                .any(|o| matches!(o, PersistOp::Append(_)))
+        {
+            let durable_index = self.durable_index;
+            self.send_peer(PeerMsg::AppendAck {
+                durable_index,
+                ok: true,
+            });
+        }
+    }
+}

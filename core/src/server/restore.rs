@@ -1,0 +1,187 @@
+//! Building a server from what its storage holds: the role and epoch it
+//! had (SPEC §2), the log replayed up to the commit point, and the state
+//! re-established with the peer after a restart.
+
+use super::replication_active::Replica;
+use super::Server;
+use super::{Now, FIRST_EPOCH};
+use crate::api::*;
+use crate::config::ServerConfig;
+use crate::durable::{apply_entry, Restored};
+use crate::log::Log;
+use crate::proof::Keys;
+use crate::rng::Rng;
+use crate::types::*;
+use std::collections::{BTreeMap, VecDeque};
+
+impl Server {
+    /// A server restarting from what its storage holds: it comes back in the
+    /// role and epoch it had (SPEC §2).
+    pub fn restore(cfg: ServerConfig, me: ServerInfo, r: Restored, now: Now) -> Self {
+        debug_assert!(cfg.validate().is_ok(), "validate the configuration first");
+        let rng = Rng::new(cfg.seed ^ (me.uuid as u64) ^ ((me.uuid >> 64) as u64));
+        let mut applied = r.applied;
+        let mut log = Log::starting_after(applied.index, applied.epoch);
+        // Replay committed entries beyond the applied state, then keep the rest.
+        let applied_index = applied.index;
+        let mut entries = r
+            .log
+            .into_iter()
+            .skip_while(|e| e.index <= applied_index)
+            .peekable();
+        while let Some(e) = entries.next_if(|e| e.index <= r.commit) {
+            apply_entry(&mut applied, &e);
+            log.push(e);
+        }
+        for e in entries {
+            if e.index == log.last_index() + 1 {
+                log.push(e);
+            }
+        }
+        let commit = applied.index;
+        log.trim_front(cfg.log_window_entries, cfg.log_window_bytes, commit);
+        let history: VecDeque<Transition> = r.history.into_iter().collect();
+        let mut s = Server {
+            me,
+            now,
+            rng,
+            role: Role::Standalone,
+            dr_state: DrState::Unconfigured,
+            epoch: FIRST_EPOCH,
+            highest_epoch_seen: FIRST_EPOCH,
+            pair_id: None,
+            peer: None,
+            peer_identity: None,
+            epoch_proof: None,
+            keys: Keys::default(),
+            rejected_proofs: VecDeque::new(),
+            client_limits: BTreeMap::new(),
+            pairing_token: None,
+            policy: cfg.on_standby_loss,
+            synced: false,
+            fenced_by: None,
+            redirect_edge: None,
+            unprotected_writes: 0,
+            last_dr_protected_ms: None,
+            role_timestamp_ms: now.wall_ms,
+            state_timestamp_ms: now.wall_ms,
+            zombie_to_notify: false,
+            failure: None,
+            history,
+            persisted_meta: r.meta.clone(),
+            durable_index: log.last_index(),
+            storage_compacted_below: 0,
+            log,
+            pending_sample_seq: applied.sample_seq.clone(),
+            applied,
+            next_seq: 1,
+            staged: Vec::new(),
+            staged_after: Vec::new(),
+            marks: VecDeque::new(),
+            replica: None,
+            active_heard: false,
+            active_missed_ticks: 0,
+            snapshot_rx: None,
+            join_target: false,
+            rejoin_requested: false,
+            demotion: None,
+            promotion: None,
+            writes: VecDeque::new(),
+            sample_acks: VecDeque::new(),
+            samples_stored: 0,
+            contacts: BTreeMap::new(),
+            outputs: VecDeque::new(),
+            cfg,
+        };
+        for e in s.log.iter_after(s.applied.index) {
+            if let Op::Samples { client, samples } = &e.op {
+                if let Some(last) = samples.last() {
+                    let seq = s.pending_sample_seq.entry(client.clone()).or_insert(0);
+                    *seq = (*seq).max(last.seq);
+                }
+            }
+        }
+        if let Some(m) = r.meta {
+            s.role = m.role;
+            s.epoch = m.epoch;
+            s.highest_epoch_seen = m.fenced_by.unwrap_or(m.epoch).max(m.epoch);
+            s.pair_id = m.pair_id;
+            s.peer = m.peer.clone();
+            s.peer_identity = m.peer_identity.clone();
+            s.epoch_proof = m.epoch_proof.clone();
+            s.pairing_token = m.pairing_token;
+            s.policy = m.policy;
+            s.synced = m.synced;
+            s.fenced_by = m.fenced_by;
+            s.redirect_edge = m.redirect_edge;
+            s.unprotected_writes = m.unprotected_writes;
+            s.last_dr_protected_ms = m.last_dr_protected_ms;
+            s.role_timestamp_ms = m.role_timestamp_ms;
+            s.state_timestamp_ms = m.state_timestamp_ms;
+            s.zombie_to_notify = m.zombie_to_notify;
+            s.dr_state = m.dr_state;
+            let promoted_durably = m.role == Role::Standby
+                && m.dr_state == DrState::PendingStandbyPromotion
+                && s.log
+                    .get(s.log.last_index())
+                    .is_some_and(|e| e.op == Op::EpochStart && e.epoch == m.epoch);
+            if promoted_durably {
+                // The first entry of the new epoch was durable: the promotion happened.
+                s.zombie_to_notify = true;
+                let last = s.log.last_index();
+                s.apply_upto(last);
+                s.transition(
+                    Role::Standalone,
+                    DrState::StandbyPromoted,
+                    format!("restarted: promotion to epoch {} was durable", m.epoch),
+                );
+            }
+            let resumed = s.state_after_restart(s.dr_state);
+            match s.role {
+                Role::Active => {
+                    let mut rep =
+                        Replica::new(m.dr_state == DrState::ActiveWaitStandby, s.log.last_index());
+                    rep.lag_since_ms = Some(now.mono_ms);
+                    rep.unheard_since_restart = true;
+                    s.replica = Some(rep);
+                }
+                Role::Standby if m.dr_state == DrState::StandbyCandidate && m.peer.is_some() => {
+                    s.join_target = true;
+                }
+                _ => {}
+            }
+            if resumed != s.dr_state {
+                s.transition(
+                    s.role,
+                    resumed,
+                    "restarted: state re-established with the peer".into(),
+                );
+            }
+        }
+        // Entries durable in the log but not yet recorded as committed.
+        s.advance_commit();
+        s.set_timer(Timer::PeerTick, s.cfg.peer_heartbeat_interval_ms);
+        if s.role == Role::Active && s.dr_state == DrState::FailureGetStandbyStatus {
+            if let Some(r) = s.replica.as_mut() {
+                r.lost = true;
+            }
+            s.set_timer(Timer::StandbyGrace, s.cfg.standby_grace_ms);
+            // Lost before the restart and not heard since: refused at once.
+            s.block_restarted_alone();
+        }
+        s.flush();
+        s
+    }
+
+    fn state_after_restart(&self, st: DrState) -> DrState {
+        use DrState::*;
+        match (self.role, st) {
+            (Role::Active, ActiveConfiguring | ActiveWaitStandby | FailureGetStandbyStatus) => st,
+            (Role::Active, _) => StandbySync,
+            (Role::Standby, StandbyCandidate | StandbyConfiguring) => st,
+            (Role::Standby, _) if self.synced => StandbySync,
+            (Role::Standby, _) => StandbyConfiguring,
+            _ => st,
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The peer tick: failure counting, retransmission and the switchover
+//! deadlines, per role.
+
+use super::Server;
+use crate::api::*;
+use crate::msg::*;
+use crate::types::*;
+
+impl Server {
+    pub(super) fn on_tick(&mut self) {
+        self.set_timer(Timer::PeerTick, self.cfg.peer_heartbeat_interval_ms);
+        match self.role {
+            Role::Active => self.tick_active(),
+            Role::Standby => self.tick_standby(),
+            Role::Standalone if self.zombie_to_notify => self.send_new_epoch(),
+            Role::Zombie if self.rejoin_requested => self.send_rejoin(),
+            _ => {}
+        }
+    }
+
+    fn tick_active(&mut self) {
+        let threshold = self.cfg.peer_failure_threshold;
+        let durable = self.durable_index;
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        if !r.heard {
+            r.missed_ticks = (r.missed_ticks + 1).min(threshold);
+        }
+        r.heard = false;
+        let newly_lost = !r.lost && r.missed_ticks >= threshold;
+        if newly_lost {
+            r.lost = true;
+        }
+        let restarted_alone = newly_lost && r.unheard_since_restart;
+        // Stalled stream: rewind and resend from what the standby has.
+        let stalled = r.match_index == r.match_at_tick && r.next_index > r.match_index + 1;
+        if stalled {
+            r.next_index = r.match_index + 1;
+        }
+        r.match_at_tick = r.match_index;
+        let lag = durable.saturating_sub(r.match_index);
+        if newly_lost {
+            self.failure = Some(format!(
+                "standby {} unreachable: no answer to {threshold} peer heartbeats; writes wait up to \
+                 standby_grace ({} ms), then on_standby_loss = {} applies",
+                self.peer.as_ref().map_or("?", |p| p.peer_address.as_str()),
+                self.cfg.standby_grace_ms,
+                self.policy.as_str()
+            ));
+            if matches!(
+                self.dr_state,
+                DrState::StandbySync | DrState::StandbyRunning | DrState::ActiveWaitStandby
+            ) {
+                self.transition(
+                    Role::Active,
+                    DrState::FailureGetStandbyStatus,
+                    format!("standby unreachable for {threshold} heartbeats (lag {lag} entries)"),
+                );
+            }
+            self.set_timer(Timer::StandbyGrace, self.cfg.standby_grace_ms);
+        }
+        if restarted_alone {
+            self.block_restarted_alone();
+        }
+        if let Some(d) = self.demotion.as_mut() {
+            d.ticks += 1;
+            if d.ticks > self.cfg.switchover_max_ticks {
+                let resume = d.resume;
+                self.demotion = None;
+                self.transition(
+                    Role::Active,
+                    resume,
+                    "planned switchover abandoned: the standby did not catch up in time; writes resume".into(),
+                );
+            }
+        }
+        match self.dr_state {
+            DrState::ActiveConfiguring => self.send_pair(),
+            _ if self.replica.as_ref().is_some_and(|r| r.snapshot.is_some()) => {
+                self.resend_snapshot_chunk()
+            }
+            _ => {
+                self.replicate();
+                self.send_heartbeat_append();
+            }
+        }
+    }
+
+    fn tick_standby(&mut self) {
+        let threshold = self.cfg.peer_failure_threshold;
+        if self.join_target && self.dr_state == DrState::StandbyCandidate {
+            self.send_join();
+        }
+        if !self.active_heard {
+            self.active_missed_ticks = (self.active_missed_ticks + 1).min(threshold);
+        }
+        self.active_heard = false;
+        if let Some(p) = self.promotion.as_mut() {
+            if p.planned && p.granted_last.is_none() {
+                p.ticks += 1;
+                if p.ticks > self.cfg.switchover_max_ticks {
+                    let (req, resume) = (p.req, p.resume);
+                    self.promotion = None;
+                    let why = format!(
+                        "the active did not confirm its demotion within {} peer heartbeats; nothing changed, \
+                         the active keeps serving",
+                        self.cfg.switchover_max_ticks
+                    );
+                    self.transition(
+                        Role::Standby,
+                        resume,
+                        format!("planned switchover abandoned: {why}"),
+                    );
+                    self.reply(req, Err(CommandError::SwitchoverAbandoned(why)));
+                } else {
+                    let new_epoch = self.epoch + 1;
+                    self.send_peer(PeerMsg::DemoteRequest { new_epoch });
+                }
+            }
+        }
+        let watching = matches!(
+            self.dr_state,
+            DrState::StandbyConfiguring | DrState::StandbySync | DrState::StandbyRunning
+        );
+        if watching && self.active_missed_ticks >= threshold {
+            let missed = self.active_missed_ticks;
+            self.failure = Some(format!(
+                "active {} unreachable: nothing heard for {missed} peer heartbeats; promoteStandbyToActive \
+                 is possible",
+                self.peer.as_ref().map_or("?", |p| p.peer_address.as_str())
+            ));
+            self.transition(
+                Role::Standby,
+                DrState::FailureGetActiveStatus,
+                format!("active unreachable for {missed} heartbeats"),
+            );
+        }
+    }
+}
