@@ -382,6 +382,11 @@ pub enum Event {
     Fenced { epoch: Epoch, learned_from: String },
     /// Writes are being acknowledged without the standby (degrade policy).
     Degraded { since_index: Index },
+    /// Writes are refused while the standby is lost (`block` at the grace,
+    /// or an active restarted without reaching its standby): the
+    /// `refused_pending` writes that were waiting were answered at once as
+    /// not acknowledged.
+    WritesBlocked { refused_pending: u64, why: String },
     /// RPO is 0 again: the standby has every acknowledged write.
     Protected { at_index: Index },
     /// A snapshot is being sent to the standby.

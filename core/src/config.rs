@@ -21,6 +21,29 @@ fn check(ok: bool, key: &'static str, why: impl FnOnce() -> String) -> Result<()
     }
 }
 
+/// Checks that `value` of `key` lies in `min..=max`; the error names the
+/// key, the value and the allowed range, in `unit` (`"ms"`, `"bytes"`, or
+/// `""` for a count).
+pub fn check_range<T>(
+    key: &'static str,
+    value: T,
+    min: T,
+    max: T,
+    unit: &str,
+) -> Result<(), ConfigError>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    let u = if unit.is_empty() {
+        String::new()
+    } else {
+        format!(" {unit}")
+    };
+    check(value >= min && value <= max, key, || {
+        format!("{value}{u} is outside the allowed range {min}..={max}{u}")
+    })
+}
+
 /// Deliberate bugs the model checker switches on to prove its properties have
 /// teeth. Not reachable from the server's configuration file.
 #[doc(hidden)]
@@ -63,6 +86,44 @@ impl Mutant {
             .find(|(_, n)| *n == name)
             .map(|(m, _)| *m)
     }
+}
+
+/// Upper bounds of [`ServerConfig`] and [`EdgeConfig`] (lower bounds are in
+/// `validate`). They keep every timer, queue and table finite and every
+/// product of them far from overflow: a deadline is `now + at most a few
+/// hours`, never `u64::MAX`.
+pub mod bounds {
+    use crate::types::Millis;
+
+    /// `replication.peer_heartbeat_interval_ms`: one minute.
+    pub const PEER_HEARTBEAT_INTERVAL_MS_MAX: Millis = 60_000;
+    /// `replication.peer_failure_threshold`.
+    pub const PEER_FAILURE_THRESHOLD_MAX: u32 = 100;
+    /// `replication.standby_grace_ms`: one hour. Writes wait this long for a
+    /// lost standby; beyond it an operator must decide, not a timer.
+    pub const STANDBY_GRACE_MS_MAX: Millis = 3_600_000;
+    /// `replication.max_batch_entries`.
+    pub const MAX_BATCH_ENTRIES_MAX: usize = 65_536;
+    /// `replication.max_inflight_entries`.
+    pub const MAX_INFLIGHT_ENTRIES_MAX: u64 = 1_048_576;
+    /// `replication.log_window_entries` (entries held in memory).
+    pub const LOG_WINDOW_ENTRIES_MAX: usize = 1_000_000;
+    /// `limits.max_pending_writes`.
+    pub const MAX_PENDING_WRITES_MAX: usize = 1_000_000;
+    /// `edges.max_clients`.
+    pub const MAX_CLIENTS_MAX: usize = 10_000_000;
+    /// State-history transitions kept in memory.
+    pub const HISTORY_ENTRIES_MAX: usize = 100_000;
+    /// `replication.switchover_max_ticks`.
+    pub const SWITCHOVER_MAX_TICKS_MAX: u32 = 10_000;
+    /// `edges.heartbeat_interval_ms`: ten minutes.
+    pub const EDGE_HEARTBEAT_INTERVAL_MS_MAX: Millis = 600_000;
+    /// `edges.missed_threshold`.
+    pub const EDGE_MISSED_THRESHOLD_MAX: u32 = 100;
+    /// `edges.monitoring_cache`: 1 GiB.
+    pub const EDGE_CACHE_MAX_BYTES_MAX: usize = 1 << 30;
+    /// `edges.batch_max_samples`.
+    pub const EDGE_BATCH_MAX_SAMPLES_MAX: usize = 65_536;
 }
 
 /// Settings of a [`crate::Server`].
@@ -120,50 +181,70 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// Checks each setting and the relations between them.
+    /// Peer failure detection: how long an unreachable peer takes to be
+    /// declared lost (`peer_heartbeat_interval_ms × peer_failure_threshold`).
+    pub fn failure_detection_ms(&self) -> Millis {
+        self.peer_heartbeat_interval_ms
+            .saturating_mul(Millis::from(self.peer_failure_threshold))
+    }
+
+    /// Checks each setting against its range (the error names the key, the
+    /// value and the range) and the relations between them.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check(
-            self.peer_heartbeat_interval_ms >= 10,
+        use bounds::*;
+        check_range(
             "replication.peer_heartbeat_interval_ms",
-            || {
-                format!(
-                    "{} ms is below the 10 ms minimum",
-                    self.peer_heartbeat_interval_ms
-                )
-            },
+            self.peer_heartbeat_interval_ms,
+            10,
+            PEER_HEARTBEAT_INTERVAL_MS_MAX,
+            "ms",
         )?;
-        check(
-            self.peer_failure_threshold >= 1,
+        check_range(
             "replication.peer_failure_threshold",
-            || "must be at least 1 missed heartbeat".into(),
+            self.peer_failure_threshold,
+            1,
+            PEER_FAILURE_THRESHOLD_MAX,
+            "",
         )?;
-        let detect_ms = self.peer_heartbeat_interval_ms * u64::from(self.peer_failure_threshold);
+        check_range(
+            "replication.standby_grace_ms",
+            self.standby_grace_ms,
+            10,
+            STANDBY_GRACE_MS_MAX,
+            "ms",
+        )?;
+        let detect_ms = self.failure_detection_ms();
         check(
             self.standby_grace_ms >= detect_ms,
             "replication.standby_grace_ms",
             || {
                 format!(
-                "{} ms is shorter than failure detection ({} ms = peer_heartbeat_interval_ms × \
-                 peer_failure_threshold); raise it",
-                self.standby_grace_ms, detect_ms
-            )
-            },
-        )?;
-        check(
-            self.max_batch_entries >= 1,
-            "replication.max_batch_entries",
-            || "must be ≥ 1".into(),
-        )?;
-        check(
-            self.max_batch_bytes >= 1024
-                && self.max_batch_bytes <= crate::codec::DEFAULT_MAX_FRAME_BYTES / 2,
-            "replication.max_batch_bytes",
-            || {
-                format!(
-                    "{} is outside 1024..=half the 16 MiB frame cap",
-                    self.max_batch_bytes
+                    "{} ms is shorter than failure detection ({} ms = peer_heartbeat_interval_ms × \
+                     peer_failure_threshold); raise it",
+                    self.standby_grace_ms, detect_ms
                 )
             },
+        )?;
+        check_range(
+            "replication.max_batch_entries",
+            self.max_batch_entries,
+            1,
+            MAX_BATCH_ENTRIES_MAX,
+            "",
+        )?;
+        check_range(
+            "replication.max_batch_bytes",
+            self.max_batch_bytes,
+            1024,
+            crate::codec::DEFAULT_MAX_FRAME_BYTES / 2,
+            "bytes",
+        )?;
+        check_range(
+            "replication.max_inflight_entries",
+            self.max_inflight_entries,
+            1,
+            MAX_INFLIGHT_ENTRIES_MAX,
+            "",
         )?;
         check(
             self.max_inflight_entries >= self.max_batch_entries as u64,
@@ -175,6 +256,13 @@ impl ServerConfig {
                 )
             },
         )?;
+        check_range(
+            "replication.log_window_entries",
+            self.log_window_entries,
+            1,
+            LOG_WINDOW_ENTRIES_MAX,
+            "",
+        )?;
         check(
             self.log_window_entries >= self.max_batch_entries,
             "replication.log_window_entries",
@@ -185,21 +273,33 @@ impl ServerConfig {
                 )
             },
         )?;
-        check(
-            self.max_pending_writes >= 1,
+        check_range(
             "limits.max_pending_writes",
-            || "must be ≥ 1".into(),
+            self.max_pending_writes,
+            1,
+            MAX_PENDING_WRITES_MAX,
+            "",
         )?;
-        check(self.max_clients >= 1, "limits.max_clients", || {
-            "must be ≥ 1".into()
-        })?;
-        check(self.history_entries >= 1, "limits.history_entries", || {
-            "must be ≥ 1".into()
-        })?;
-        check(
-            self.switchover_max_ticks >= 2,
+        check_range(
+            "edges.max_clients",
+            self.max_clients,
+            1,
+            MAX_CLIENTS_MAX,
+            "",
+        )?;
+        check_range(
+            "limits.history_entries",
+            self.history_entries,
+            1,
+            HISTORY_ENTRIES_MAX,
+            "",
+        )?;
+        check_range(
             "replication.switchover_max_ticks",
-            || "must be ≥ 2".into(),
+            self.switchover_max_ticks,
+            2,
+            SWITCHOVER_MAX_TICKS_MAX,
+            "",
         )?;
         Ok(())
     }
@@ -259,31 +359,35 @@ impl EdgeConfig {
                 self.servers[0]
             )
         })?;
-        check(
-            self.heartbeat_interval_ms >= 10,
+        use bounds::*;
+        check_range(
             "edges.heartbeat_interval_ms",
-            || {
-                format!(
-                    "{} ms is below the 10 ms minimum",
-                    self.heartbeat_interval_ms
-                )
-            },
+            self.heartbeat_interval_ms,
+            10,
+            EDGE_HEARTBEAT_INTERVAL_MS_MAX,
+            "ms",
         )?;
-        check(self.jitter_percent <= 50, "edges.jitter_percent", || {
-            "must be ≤ 50".into()
-        })?;
-        check(self.missed_threshold >= 1, "edges.missed_threshold", || {
-            "must be ≥ 1".into()
-        })?;
-        check(
-            self.cache_max_bytes >= 1024,
+        check_range("edges.jitter_percent", self.jitter_percent, 0, 50, "%")?;
+        check_range(
+            "edges.missed_threshold",
+            self.missed_threshold,
+            1,
+            EDGE_MISSED_THRESHOLD_MAX,
+            "",
+        )?;
+        check_range(
             "edges.monitoring_cache",
-            || "must be ≥ 1024 bytes".into(),
+            self.cache_max_bytes,
+            1024,
+            EDGE_CACHE_MAX_BYTES_MAX,
+            "bytes",
         )?;
-        check(
-            self.batch_max_samples >= 1,
+        check_range(
             "edges.batch_max_samples",
-            || "must be ≥ 1".into(),
+            self.batch_max_samples,
+            1,
+            EDGE_BATCH_MAX_SAMPLES_MAX,
+            "",
         )?;
         Ok(())
     }
@@ -308,5 +412,423 @@ mod tests {
         );
         let edge = EdgeConfig::new("e1", ClientType::Edge, ["a".into(), "a".into()]);
         assert_eq!(edge.validate().unwrap_err().key, "servers");
+    }
+
+    /// One setting out of its range: the error names the key, the value and the range.
+    fn refused(cfg: ServerConfig, key: &str, value: &str, range: &str) {
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(err.key, key, "{err}");
+        let text = err.to_string();
+        assert!(text.contains(value), "{key}: {text}");
+        assert!(text.contains(range), "{key}: {text}");
+    }
+
+    #[test]
+    fn every_server_setting_has_both_bounds() {
+        let d = ServerConfig::default;
+        let cases: Vec<(ServerConfig, &str, &str, &str)> = vec![
+            (
+                ServerConfig {
+                    peer_heartbeat_interval_ms: 9,
+                    ..d()
+                },
+                "replication.peer_heartbeat_interval_ms",
+                "9 ms",
+                "10..=60000 ms",
+            ),
+            (
+                ServerConfig {
+                    peer_heartbeat_interval_ms: 60_001,
+                    standby_grace_ms: 3_600_000,
+                    ..d()
+                },
+                "replication.peer_heartbeat_interval_ms",
+                "60001 ms",
+                "10..=60000 ms",
+            ),
+            (
+                ServerConfig {
+                    peer_heartbeat_interval_ms: u64::MAX,
+                    ..d()
+                },
+                "replication.peer_heartbeat_interval_ms",
+                "18446744073709551615 ms",
+                "10..=60000 ms",
+            ),
+            (
+                ServerConfig {
+                    peer_failure_threshold: 0,
+                    ..d()
+                },
+                "replication.peer_failure_threshold",
+                "0 is",
+                "1..=100",
+            ),
+            (
+                ServerConfig {
+                    peer_failure_threshold: 101,
+                    ..d()
+                },
+                "replication.peer_failure_threshold",
+                "101 is",
+                "1..=100",
+            ),
+            (
+                ServerConfig {
+                    standby_grace_ms: 3_600_001,
+                    ..d()
+                },
+                "replication.standby_grace_ms",
+                "3600001 ms",
+                "10..=3600000 ms",
+            ),
+            (
+                ServerConfig {
+                    standby_grace_ms: u64::MAX,
+                    ..d()
+                },
+                "replication.standby_grace_ms",
+                "18446744073709551615 ms",
+                "10..=3600000 ms",
+            ),
+            (
+                ServerConfig {
+                    standby_grace_ms: 0,
+                    ..d()
+                },
+                "replication.standby_grace_ms",
+                "0 ms",
+                "10..=3600000 ms",
+            ),
+            (
+                ServerConfig {
+                    max_batch_entries: 0,
+                    ..d()
+                },
+                "replication.max_batch_entries",
+                "0 is",
+                "1..=65536",
+            ),
+            (
+                ServerConfig {
+                    max_batch_entries: 65_537,
+                    max_inflight_entries: 1 << 20,
+                    log_window_entries: 1 << 20,
+                    ..d()
+                },
+                "replication.max_batch_entries",
+                "65537",
+                "1..=65536",
+            ),
+            (
+                ServerConfig {
+                    max_batch_bytes: 1023,
+                    ..d()
+                },
+                "replication.max_batch_bytes",
+                "1023 bytes",
+                "1024..=8388608 bytes",
+            ),
+            (
+                ServerConfig {
+                    max_batch_bytes: usize::MAX,
+                    ..d()
+                },
+                "replication.max_batch_bytes",
+                "is outside",
+                "1024..=8388608 bytes",
+            ),
+            (
+                ServerConfig {
+                    max_inflight_entries: 0,
+                    ..d()
+                },
+                "replication.max_inflight_entries",
+                "0 is",
+                "1..=1048576",
+            ),
+            (
+                ServerConfig {
+                    max_inflight_entries: u64::MAX,
+                    ..d()
+                },
+                "replication.max_inflight_entries",
+                "18446744073709551615",
+                "1..=1048576",
+            ),
+            (
+                ServerConfig {
+                    log_window_entries: 0,
+                    ..d()
+                },
+                "replication.log_window_entries",
+                "0 is",
+                "1..=1000000",
+            ),
+            (
+                ServerConfig {
+                    log_window_entries: 1_000_001,
+                    ..d()
+                },
+                "replication.log_window_entries",
+                "1000001",
+                "1..=1000000",
+            ),
+            (
+                ServerConfig {
+                    max_pending_writes: 0,
+                    ..d()
+                },
+                "limits.max_pending_writes",
+                "0 is",
+                "1..=1000000",
+            ),
+            (
+                ServerConfig {
+                    max_pending_writes: usize::MAX,
+                    ..d()
+                },
+                "limits.max_pending_writes",
+                "is outside",
+                "1..=1000000",
+            ),
+            (
+                ServerConfig {
+                    max_clients: 0,
+                    ..d()
+                },
+                "edges.max_clients",
+                "0 is",
+                "1..=10000000",
+            ),
+            (
+                ServerConfig {
+                    max_clients: 10_000_001,
+                    ..d()
+                },
+                "edges.max_clients",
+                "10000001",
+                "1..=10000000",
+            ),
+            (
+                ServerConfig {
+                    history_entries: 0,
+                    ..d()
+                },
+                "limits.history_entries",
+                "0 is",
+                "1..=100000",
+            ),
+            (
+                ServerConfig {
+                    history_entries: 100_001,
+                    ..d()
+                },
+                "limits.history_entries",
+                "100001",
+                "1..=100000",
+            ),
+            (
+                ServerConfig {
+                    switchover_max_ticks: 1,
+                    ..d()
+                },
+                "replication.switchover_max_ticks",
+                "1 is",
+                "2..=10000",
+            ),
+            (
+                ServerConfig {
+                    switchover_max_ticks: u32::MAX,
+                    ..d()
+                },
+                "replication.switchover_max_ticks",
+                "4294967295",
+                "2..=10000",
+            ),
+        ];
+        for (cfg, key, value, range) in cases {
+            refused(cfg, key, value, range);
+        }
+        // The largest values of every range are valid together.
+        ServerConfig {
+            peer_heartbeat_interval_ms: 36_000,
+            peer_failure_threshold: 100,
+            standby_grace_ms: 3_600_000,
+            max_batch_entries: 65_536,
+            max_batch_bytes: crate::codec::DEFAULT_MAX_FRAME_BYTES / 2,
+            max_inflight_entries: 1_048_576,
+            log_window_entries: 1_000_000,
+            max_pending_writes: 1_000_000,
+            max_clients: 10_000_000,
+            history_entries: 100_000,
+            switchover_max_ticks: 10_000,
+            ..d()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn relations_between_server_settings_are_checked() {
+        let d = ServerConfig::default;
+        // The grace must cover failure detection (500 ms × 4 by default).
+        let err = ServerConfig {
+            standby_grace_ms: 1_999,
+            ..d()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.key, "replication.standby_grace_ms");
+        assert!(
+            err.why
+                .contains("1999 ms is shorter than failure detection (2000 ms"),
+            "{err}"
+        );
+        ServerConfig {
+            standby_grace_ms: 2_000,
+            ..d()
+        }
+        .validate()
+        .unwrap();
+        // The largest heartbeat and threshold detect in 100 minutes: no grace covers it.
+        let err = ServerConfig {
+            peer_heartbeat_interval_ms: 60_000,
+            peer_failure_threshold: 100,
+            standby_grace_ms: 3_600_000,
+            ..d()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.why.contains("failure detection (6000000 ms"), "{err}");
+        // Batches fit the in-flight window and the in-memory log window.
+        let err = ServerConfig {
+            max_inflight_entries: 1023,
+            ..d()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.key, "replication.max_inflight_entries");
+        assert!(err.why.contains("below max_batch_entries (1024)"), "{err}");
+        let err = ServerConfig {
+            log_window_entries: 1023,
+            ..d()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.key, "replication.log_window_entries");
+        assert_eq!(d().failure_detection_ms(), 2_000);
+        let huge = ServerConfig {
+            peer_heartbeat_interval_ms: u64::MAX,
+            peer_failure_threshold: u32::MAX,
+            ..d()
+        };
+        assert_eq!(
+            huge.failure_detection_ms(),
+            u64::MAX,
+            "saturates, never wraps"
+        );
+    }
+
+    #[test]
+    fn every_edge_setting_has_both_bounds() {
+        let d = || EdgeConfig::new("e1", ClientType::Edge, ["a".into(), "b".into()]);
+        d().validate().unwrap();
+        let cases: Vec<(EdgeConfig, &str, &str, &str)> = vec![
+            (
+                EdgeConfig {
+                    heartbeat_interval_ms: 9,
+                    ..d()
+                },
+                "edges.heartbeat_interval_ms",
+                "9 ms",
+                "10..=600000 ms",
+            ),
+            (
+                EdgeConfig {
+                    heartbeat_interval_ms: u64::MAX,
+                    ..d()
+                },
+                "edges.heartbeat_interval_ms",
+                "18446744073709551615 ms",
+                "10..=600000 ms",
+            ),
+            (
+                EdgeConfig {
+                    jitter_percent: 51,
+                    ..d()
+                },
+                "edges.jitter_percent",
+                "51 %",
+                "0..=50 %",
+            ),
+            (
+                EdgeConfig {
+                    missed_threshold: 0,
+                    ..d()
+                },
+                "edges.missed_threshold",
+                "0 is",
+                "1..=100",
+            ),
+            (
+                EdgeConfig {
+                    missed_threshold: 101,
+                    ..d()
+                },
+                "edges.missed_threshold",
+                "101 is",
+                "1..=100",
+            ),
+            (
+                EdgeConfig {
+                    cache_max_bytes: 1023,
+                    ..d()
+                },
+                "edges.monitoring_cache",
+                "1023 bytes",
+                "1024..=1073741824 bytes",
+            ),
+            (
+                EdgeConfig {
+                    cache_max_bytes: usize::MAX,
+                    ..d()
+                },
+                "edges.monitoring_cache",
+                "is outside",
+                "1024..=1073741824 bytes",
+            ),
+            (
+                EdgeConfig {
+                    batch_max_samples: 0,
+                    ..d()
+                },
+                "edges.batch_max_samples",
+                "0 is",
+                "1..=65536",
+            ),
+            (
+                EdgeConfig {
+                    batch_max_samples: 65_537,
+                    ..d()
+                },
+                "edges.batch_max_samples",
+                "65537",
+                "1..=65536",
+            ),
+        ];
+        for (cfg, key, value, range) in cases {
+            let err = cfg.validate().unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            assert!(
+                err.why.contains(value) && err.why.contains(range),
+                "{key}: {err}"
+            );
+        }
+        let empty = EdgeConfig {
+            client_id: String::new(),
+            ..d()
+        };
+        assert_eq!(empty.validate().unwrap_err().key, "client_id");
     }
 }

@@ -106,6 +106,11 @@ struct Replica {
     /// the standby may have been promoted while we were down, so degrading
     /// would risk two writers (the peers' classic "old primary restarts alone").
     heard_since_start: bool,
+    /// This server restarted as active and has not heard the standby since.
+    /// Once the standby is also declared lost, writes are refused at once,
+    /// whatever the policy (see [`Server::block_restarted_alone`]). Cleared
+    /// when the standby is heard.
+    unheard_since_restart: bool,
     missed_ticks: u32,
     /// Missed `peer_failure_threshold` ticks in a row.
     lost: bool,
@@ -133,6 +138,7 @@ impl Replica {
             snapshot: None,
             heard: false,
             heard_since_start: false,
+            unheard_since_restart: false,
             unprotected_counted_upto: 0,
             unprotected_durable_upto: 0,
             missed_ticks: 0,
@@ -254,6 +260,28 @@ pub struct Status {
 /// - Timers: [`Output::SetTimer`] arms or re-arms, [`Output::CancelTimer`]
 ///   disarms; an expired timer comes back as [`Input::Timeout`].
 /// - The machine never reads a clock, a socket or a file, and never blocks.
+///
+/// # Writes while the standby is lost
+/// An active whose standby misses `peer_failure_threshold` peer ticks shows
+/// `FAILURE_GET_STANDBY_STATUS`; writes wait (they are acknowledged if the
+/// standby answers) until `standby_grace_ms` runs out. Then, at once:
+/// - `degrade`: every waiting write is acknowledged without the standby as
+///   soon as the count of unprotected writes covering it is durable;
+/// - `block`: every waiting write is answered
+///   [`CommandError::NotAcknowledged`] and new ones
+///   [`CommandError::WritesBlocked`]. The waiting ones stay in the log,
+///   uncommitted: they were not acknowledged, yet may still take effect —
+///   replicated and applied if the standby comes back while this server is
+///   active, archived at rejoin if the standby is promoted instead. They are
+///   not truncated: the standby may hold them already, at the same epoch and
+///   index, and a different entry there would break the log's matching.
+///
+/// An active that restarted and has not heard its standby since refuses
+/// writes the moment the standby is declared lost (at once if it was lost
+/// before the restart), whatever the policy — the standby may have been
+/// promoted meanwhile and degrading could make two writers — with a message
+/// naming the ways out (wait for the standby; `removeStandby` once sure it
+/// was not promoted). Writes resume as soon as the standby is heard.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Server {
     cfg: ServerConfig,
@@ -455,6 +483,7 @@ impl Server {
                     let mut rep =
                         Replica::new(m.dr_state == DrState::ActiveWaitStandby, s.log.last_index());
                     rep.lag_since_ms = Some(now.mono_ms);
+                    rep.unheard_since_restart = true;
                     s.replica = Some(rep);
                 }
                 Role::Standby if m.dr_state == DrState::StandbyCandidate && m.peer.is_some() => {
@@ -478,6 +507,8 @@ impl Server {
                 r.lost = true;
             }
             s.set_timer(Timer::StandbyGrace, s.cfg.standby_grace_ms);
+            // Lost before the restart and not heard since: refused at once.
+            s.block_restarted_alone();
         }
         s.flush();
         s
@@ -1398,6 +1429,7 @@ impl Server {
         };
         r.heard = true;
         r.heard_since_start = true;
+        r.unheard_since_restart = false;
         r.missed_ticks = 0;
         if r.lost {
             r.lost = false;
@@ -1418,51 +1450,130 @@ impl Server {
         }
     }
 
+    /// `standby_grace` ran out with the standby still lost: the policy
+    /// decides about the writes waiting now and those to come. `degrade`
+    /// acknowledges them without the standby (counted as unprotected, once
+    /// the count is durable); `block` answers every waiting write at once as
+    /// not acknowledged and refuses new ones (see [`Server::block_writes`]).
     fn on_grace_expired(&mut self) {
         if self.role != Role::Active {
             return;
         }
         let policy = self.policy;
         let commit = self.applied.index;
+        let grace = self.cfg.standby_grace_ms;
+        let peer = self.peer_address();
         let Some(r) = self.replica.as_mut() else {
             return;
         };
         if !r.lost {
             return;
         }
+        if r.unheard_since_restart {
+            // Blocked when the standby was declared lost.
+            self.block_restarted_alone();
+            return;
+        }
         match policy {
             OnStandbyLoss::Degrade if !r.heard_since_start => {
-                r.blocked = true;
-                self.failure = Some(format!(
-                    "restarted without reaching the standby for standby_grace ({} ms): it may have been \
-                     promoted meanwhile, so writes are refused rather than degraded. Once the standby \
-                     answers they resume; to run alone for good, removeStandby",
-                    self.cfg.standby_grace_ms
-                ));
+                let failure = format!(
+                    "the standby {peer} has not answered since replication was configured, for longer than \
+                     standby_grace ({grace} ms): writes are refused rather than degraded. They resume once \
+                     it answers; to run alone, removeStandby"
+                );
+                let pending = format!(
+                    "the standby {peer} has not answered since replication was configured, and this server \
+                     acknowledges no write without it before it has answered once. The write is in this \
+                     server's log only: it takes effect if the standby answers while this server is still \
+                     active; check with configuration/get before retrying"
+                );
+                self.block_writes(failure, &pending);
             }
             OnStandbyLoss::Degrade => {
                 if !r.degraded {
                     r.degraded = true;
                     self.failure = Some(format!(
-                        "standby unreachable for longer than standby_grace ({} ms); writes are acknowledged \
-                         WITHOUT the standby (on_standby_loss = degrade) and counted as unprotected",
-                        self.cfg.standby_grace_ms
+                        "standby unreachable for longer than standby_grace ({grace} ms); writes are acknowledged \
+                         WITHOUT the standby (on_standby_loss = degrade) and counted as unprotected"
                     ));
                     self.event(Event::Degraded {
                         since_index: commit + 1,
                     });
+                    // The writes waiting now are acknowledged as unprotected
+                    // too, as soon as their count is durable.
                     self.advance_commit();
                 }
             }
             OnStandbyLoss::Block => {
-                r.blocked = true;
-                self.failure = Some(format!(
-                    "standby unreachable for longer than standby_grace ({} ms); writes are refused \
-                     (on_standby_loss = block) so that RPO stays 0",
-                    self.cfg.standby_grace_ms
-                ));
+                let failure = format!(
+                    "standby unreachable for longer than standby_grace ({grace} ms); writes are refused \
+                     (on_standby_loss = block) so that RPO stays 0"
+                );
+                let pending = format!(
+                    "the standby has been unreachable for longer than standby_grace ({grace} ms) and \
+                     on_standby_loss = block acknowledges no write without it (RPO stays 0). The write is in \
+                     this server's log but not confirmed by the standby, so it may still take effect: it is \
+                     replicated and applied if the standby comes back while this server is active, and not \
+                     if the standby is promoted instead (it is then archived here at rejoin). Check with \
+                     configuration/get before retrying"
+                );
+                self.block_writes(failure, &pending);
             }
         }
+    }
+
+    /// Stops acknowledging writes while the standby is lost: new writes are
+    /// refused with `failure` (`WritesBlocked`), and every write already
+    /// waiting is answered at once as not acknowledged, with `pending_reason`.
+    /// Those stay in the log, uncommitted: the truth for their clients is
+    /// that they were not acknowledged and will not be by this call, yet may
+    /// still take effect if the standby returns (truncating them instead
+    /// would be unsafe: the standby may hold them already). Writes resume
+    /// when the standby is heard again ([`Server::on_standby_heard`]).
+    fn block_writes(&mut self, failure: String, pending_reason: &str) {
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        if r.blocked {
+            return;
+        }
+        r.blocked = true;
+        self.failure = Some(failure.clone());
+        let refused_pending = self.writes.len() as u64;
+        self.fail_pending(pending_reason);
+        self.event(Event::WritesBlocked {
+            refused_pending,
+            why: failure,
+        });
+    }
+
+    /// An active that restarted and has not heard its standby since, once
+    /// the standby is declared lost: the standby may have been promoted while
+    /// this server was down, so acknowledging writes without it (degrade)
+    /// could make two writers. Writes are refused at once — not when the
+    /// grace runs out — whatever the policy, naming the ways out.
+    fn block_restarted_alone(&mut self) {
+        let peer = self.peer_address();
+        let failure = format!(
+            "restarted without reaching the standby {peer} since: it may have been promoted while this server \
+             was down, so writes are refused (whatever on_standby_loss says) rather than risk two writers. \
+             They resume as soon as the standby answers; to run alone for good, first make sure it was not \
+             promoted, then removeStandby"
+        );
+        let pending = format!(
+            "this server restarted and has not reached its standby {peer} since, and acknowledges no write \
+             without it (it may have been promoted meanwhile). The write is in this server's log only: it takes \
+             effect if the standby answers while this server is still active, and not if the standby was \
+             promoted. Check with configuration/get before retrying"
+        );
+        self.block_writes(failure, &pending);
+    }
+
+    /// The peer address of the paired server, for messages.
+    fn peer_address(&self) -> String {
+        self.peer
+            .as_ref()
+            .map_or_else(|| "?".to_string(), |p| p.peer_address.clone())
     }
 
     // ---------------------------------------------------------------- the peer tick
@@ -1492,6 +1603,7 @@ impl Server {
         if newly_lost {
             r.lost = true;
         }
+        let restarted_alone = newly_lost && r.unheard_since_restart;
         // Stalled stream: rewind and resend from what the standby has.
         let stalled = r.match_index == r.match_at_tick && r.next_index > r.match_index + 1;
         if stalled {
@@ -1518,6 +1630,9 @@ impl Server {
                 );
             }
             self.set_timer(Timer::StandbyGrace, self.cfg.standby_grace_ms);
+        }
+        if restarted_alone {
+            self.block_restarted_alone();
         }
         if let Some(d) = self.demotion.as_mut() {
             d.ticks += 1;

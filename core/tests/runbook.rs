@@ -485,30 +485,53 @@ fn degrade_mode_counts_unprotected_writes_and_rejoin_archives_the_divergent_ones
 fn block_mode_refuses_writes_after_the_grace_and_resumes_when_the_standby_returns() {
     let mut sim = standby_running_pair(6, OnStandbyLoss::Block, 0);
     sim.cut(Node::Server(A), Node::Server(B));
+    let cut_at = sim.now_ms;
     let held = burst(&mut sim, A, "held", 3);
     assert!(sim.run_until(3_000, |s| s.servers[A].s().status().writes_blocked));
+    // The writes waiting at the grace are answered then, not at write_timeout:
+    // not acknowledged, and told that they may still take effect.
+    let grace = sim.servers[A].cfg.standby_grace_ms;
+    for (r, _, _) in &held {
+        let Some(Err(CommandError::NotAcknowledged { reason, .. })) = sim.reply(A, *r) else {
+            panic!("{:?}", sim.reply(A, *r))
+        };
+        assert!(reason.contains("may still take effect"), "{reason}");
+    }
+    assert!(
+        sim.now_ms - cut_at <= grace + 1_000,
+        "answered at the grace"
+    );
+    let st = sim.servers[A].s().status();
+    assert_eq!((st.pending_writes, st.unprotected_writes), (0, 0));
     let err = sim.call(A, put("refused", "1"), 100).unwrap_err();
     assert!(
         matches!(&err, CommandError::WritesBlocked(m) if m.contains("on_standby_loss = block")),
         "{err}"
     );
-    assert!(
-        held.iter().all(|(r, _, _)| sim.reply(A, *r).is_none()),
-        "held writes are not acknowledged"
-    );
-    assert_eq!(sim.servers[A].s().status().unprotected_writes, 0);
+    assert!(sim.servers[A].events.iter().any(|e| matches!(
+        e,
+        Event::WritesBlocked {
+            refused_pending: 3,
+            ..
+        }
+    )));
     sim.heal_all();
-    assert!(sim.run_until(5_000, |s| held
-        .iter()
-        .all(|(r, _, _)| s.reply(A, *r).is_some())));
-    assert!(sim.is(A, Role::Active, DrState::StandbyRunning));
+    assert!(sim.run_until(5_000, |s| s.is(A, Role::Active, DrState::StandbyRunning)));
     assert!(matches!(
         sim.call(A, put("after", "1"), 1_000),
         Ok(Reply::Written { .. })
     ));
+    // The refused writes were still in a's log: the standby came back, so
+    // they took effect, on both servers, as their refusal said they might.
     for (_, k, v) in &held {
-        assert!(sim.servers[B].store.contains_put(k, v.as_bytes()));
+        assert!(sim.servers[B].store.contains_put(k, v.as_bytes()), "{k}");
+        let got = sim.call(A, Command::Get { key: k.clone() }, 100);
+        assert!(
+            matches!(&got, Ok(Reply::Doc { value, .. }) if value == v.as_bytes()),
+            "{got:?}"
+        );
     }
+    assert!(!sim.servers[B].store.contains_put("refused", b"1"));
 }
 
 #[test]
@@ -786,15 +809,25 @@ fn an_old_active_restarting_alone_refuses_writes_instead_of_degrading() {
     // a comes back without any way to hear of epoch 2 (no edges, peer link cut).
     sim.cut(Node::Server(A), Node::Server(B));
     sim.restart(A);
+    let restarted_at = sim.now_ms;
     let held = sim.command(A, put("split-brain", "1"));
+    // Refused as soon as the standby is declared lost, not at the grace.
+    let cfg = sim.servers[A].cfg.clone();
+    let detection = cfg.peer_heartbeat_interval_ms * u64::from(cfg.peer_failure_threshold + 1);
     assert!(
-        sim.run_until(10_000, |s| s.servers[A].s().status().writes_blocked),
+        sim.run_until(detection, |s| s.servers[A].s().status().writes_blocked),
         "{}",
         sim.describe()
     );
-    assert_eq!(sim.reply(A, held), None, "held, never acknowledged");
+    assert!(sim.now_ms - restarted_at < cfg.standby_grace_ms);
+    assert!(
+        matches!(sim.reply(A, held), Some(Err(CommandError::NotAcknowledged { reason, .. })) if reason.contains("restarted")),
+        "answered at once, never acknowledged: {:?}",
+        sim.reply(A, held)
+    );
     let err = sim.call(A, put("refused", "1"), 100).unwrap_err();
     assert!(err.to_string().contains("may have been promoted"), "{err}");
+    assert!(err.to_string().contains("removeStandby"), "{err}");
     let st = sim.servers[A].s().status();
     assert_eq!((st.degraded, st.unprotected_writes), (false, 0));
     // The link heals: the promoted server fences it.

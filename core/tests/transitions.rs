@@ -1091,3 +1091,318 @@ fn the_configuration_version_moves_with_documents_not_with_samples() {
     assert_eq!(s.status().commit_index, 4);
     assert_eq!(versions(&mut s, 14), vec![4, 4], "a delete moves it");
 }
+
+/// A pair on `policy` whose peer link is cut after `n` writes were issued on
+/// the active (0): it has declared its standby lost, and the writes wait,
+/// durable locally only. Returns the simulation and the writes' requests.
+fn standby_lost_with_waiting_writes(policy: OnStandbyLoss, n: usize) -> (Sim, Vec<RequestId>) {
+    let mut sim = Sim::new(31, policy, 0);
+    sim.pair(0, 1);
+    sim.run_for(50);
+    sim.cut(Node::Server(0), Node::Server(1));
+    let reqs: Vec<RequestId> = (0..n)
+        .map(|i| {
+            sim.command(
+                0,
+                Command::Put {
+                    key: format!("waiting/{i}"),
+                    value: b"1".to_vec(),
+                },
+            )
+        })
+        .collect();
+    assert!(sim.run_until(1_000, |s| s.is(
+        0,
+        Role::Active,
+        DrState::FailureGetStandbyStatus
+    )));
+    let st = sim.servers[0].s().status();
+    assert_eq!(st.pending_writes, n, "the writes wait for the grace");
+    assert_eq!(st.durable_index, st.last_index, "durable locally");
+    assert!(reqs.iter().all(|r| sim.reply(0, *r).is_none()));
+    (sim, reqs)
+}
+
+#[test]
+fn at_the_grace_block_answers_every_waiting_write_at_once_as_not_acknowledged() {
+    let (sim, reqs) = standby_lost_with_waiting_writes(OnStandbyLoss::Block, 2);
+    let mut a = sim.servers[0].s().clone();
+    let last = a.last_index();
+    a.handle_input(Now::at(sim.now_ms), Input::Timeout(Timer::StandbyGrace));
+    let out = drain(&mut a);
+    assert_eq!(out.len(), 3, "{out:#?}");
+    for (i, (o, req)) in out.iter().zip(&reqs).enumerate() {
+        let Output::Reply {
+            req: r,
+            result: Err(CommandError::NotAcknowledged { index, reason }),
+        } = o
+        else {
+            panic!("expected a refusal, got {o:?}")
+        };
+        assert_eq!((*r, *index), (*req, last - 1 + i as u64));
+        for says in [
+            "on_standby_loss = block acknowledges no write without it",
+            "not confirmed by the standby, so it may still take effect",
+            "replicated and applied if the standby comes back",
+            "archived here at rejoin",
+            "Check with configuration/get before retrying",
+        ] {
+            assert!(reason.contains(says), "{says:?} not in {reason:?}");
+        }
+    }
+    let Output::Event(Event::WritesBlocked {
+        refused_pending,
+        why,
+    }) = &out[2]
+    else {
+        panic!("expected WritesBlocked, got {:?}", out[2])
+    };
+    assert_eq!(*refused_pending, 2);
+    assert!(why.contains("on_standby_loss = block"), "{why}");
+    let st = a.status();
+    assert_eq!((st.pending_writes, st.writes_blocked), (0, true));
+    assert_eq!(st.unprotected_writes, 0);
+    // The next write is refused before it is logged.
+    a.handle_input(
+        Now::at(sim.now_ms),
+        Input::Command {
+            req: 99,
+            cmd: Command::Put {
+                key: "late".into(),
+                value: b"1".to_vec(),
+            },
+        },
+    );
+    let out = drain(&mut a);
+    assert!(
+        matches!(&out[..], [Output::Reply { req: 99, result: Err(CommandError::WritesBlocked(m)) }] if m.contains("RPO stays 0")),
+        "{out:?}"
+    );
+    assert_eq!(a.last_index(), last);
+}
+
+#[test]
+fn at_the_grace_degrade_acknowledges_every_waiting_write_as_unprotected() {
+    let (sim, reqs) = standby_lost_with_waiting_writes(OnStandbyLoss::Degrade, 2);
+    let mut a = sim.servers[0].s().clone();
+    let last = a.last_index();
+    let commit = a.commit_index();
+    a.handle_input(Now::at(sim.now_ms), Input::Timeout(Timer::StandbyGrace));
+    let out = drain(&mut a);
+    // The count of the two unprotected writes goes to disk first...
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert_eq!(
+        out[0],
+        Output::Event(Event::Degraded {
+            since_index: commit + 1
+        })
+    );
+    let Output::Persist { seq, ops } = &out[1] else {
+        panic!("expected a persist, got {:?}", out[1])
+    };
+    let [PersistOp::Meta(m)] = &ops[..] else {
+        panic!("expected the metadata alone, got {ops:?}")
+    };
+    assert_eq!(m.unprotected_writes, 2);
+    assert_eq!(
+        a.status().pending_writes,
+        2,
+        "not yet acknowledged: the count is not durable"
+    );
+    // ...then both are acknowledged, and committed.
+    a.handle_input(Now::at(sim.now_ms), Input::Persisted { up_to: *seq });
+    let out = drain(&mut a);
+    assert_eq!(
+        out[..2],
+        [
+            Output::Reply {
+                req: reqs[0],
+                result: Ok(Reply::Written {
+                    key: "waiting/0".into(),
+                    version: last - 1
+                })
+            },
+            Output::Reply {
+                req: reqs[1],
+                result: Ok(Reply::Written {
+                    key: "waiting/1".into(),
+                    version: last
+                })
+            },
+        ],
+        "{out:#?}"
+    );
+    assert!(
+        matches!(&out[2..], [Output::Persist { ops, .. }] if ops.contains(&PersistOp::Commit(last))),
+        "{out:#?}"
+    );
+    let st = a.status();
+    assert_eq!(
+        (st.pending_writes, st.unprotected_writes, st.degraded),
+        (0, 2, true)
+    );
+}
+
+/// The durable store of the active of a pair that crashed; the standby
+/// (server 1) is gone too. `lost_before` makes the active declare its
+/// standby lost before the crash.
+fn active_store_after_crash(lost_before: bool) -> (MemStore, ServerConfig) {
+    let mut sim = Sim::new(32, OnStandbyLoss::Degrade, 0);
+    sim.pair(0, 1);
+    sim.run_for(50);
+    assert!(matches!(
+        sim.call(
+            0,
+            Command::Put {
+                key: "before".into(),
+                value: b"1".to_vec()
+            },
+            1_000
+        ),
+        Ok(Reply::Written { .. })
+    ));
+    sim.crash(1);
+    if lost_before {
+        assert!(sim.run_until(1_000, |s| s.is(
+            0,
+            Role::Active,
+            DrState::FailureGetStandbyStatus
+        )));
+        // The new drState reaches the disk.
+        sim.run_for(100);
+    }
+    sim.crash(0);
+    (sim.servers[0].store.clone(), sim.servers[0].cfg.clone())
+}
+
+fn put_cmd(s: &mut Server, now: u64, req: RequestId, key: &str) -> Vec<Output> {
+    s.handle_input(
+        Now::at(now),
+        Input::Command {
+            req,
+            cmd: Command::Put {
+                key: key.into(),
+                value: b"1".to_vec(),
+            },
+        },
+    );
+    drain(s)
+}
+
+#[test]
+fn an_active_restarted_alone_refuses_writes_as_soon_as_its_standby_is_declared_lost() {
+    let (store, cfg) = active_store_after_crash(false);
+    let threshold = cfg.peer_failure_threshold;
+    let mut a = Server::restore(cfg, info(0), store.restored(), Now::at(10_000));
+    drain(&mut a);
+    assert_eq!(
+        (a.role(), a.dr_state()),
+        (Role::Active, DrState::StandbySync)
+    );
+    // Before the standby is declared lost a write waits: it would be
+    // acknowledged if the standby answered.
+    let out = put_cmd(&mut a, 10_001, 1, "waiting");
+    let seq = match &out[..] {
+        [Output::Persist { seq, .. }] => *seq,
+        other => panic!("{other:?}"),
+    };
+    assert!(drain_after(&mut a, 10_002, Input::Persisted { up_to: seq })
+        .iter()
+        .all(|o| !matches!(o, Output::Reply { .. })));
+    let mut t = 10_100;
+    for _ in 1..threshold {
+        let out = drain_after(&mut a, t, Input::Timeout(Timer::PeerTick));
+        assert!(
+            out.iter().all(|o| !matches!(o, Output::Reply { .. })),
+            "{out:?}"
+        );
+        t += 100;
+    }
+    // The tick that declares it lost answers the waiting write at once...
+    let out = drain_after(&mut a, t, Input::Timeout(Timer::PeerTick));
+    let replies: Vec<&Output> = out
+        .iter()
+        .filter(|o| matches!(o, Output::Reply { .. }))
+        .collect();
+    let [Output::Reply {
+        req: 1,
+        result: Err(CommandError::NotAcknowledged { reason, .. }),
+    }] = &replies[..]
+    else {
+        panic!("{out:#?}")
+    };
+    assert!(
+        reason.contains("restarted and has not reached its standby")
+            && reason.contains("configuration/get"),
+        "{reason}"
+    );
+    assert!(out.contains(&Output::SetTimer {
+        timer: Timer::StandbyGrace,
+        after_ms: 2_000
+    }));
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Event(Event::WritesBlocked {
+            refused_pending: 1,
+            ..
+        })
+    )));
+    assert_eq!(a.dr_state(), DrState::FailureGetStandbyStatus);
+    // ...and the next write is refused before it is logged, naming the ways out.
+    let last = a.last_index();
+    let out = put_cmd(&mut a, t + 1, 2, "refused");
+    let [Output::Reply {
+        req: 2,
+        result: Err(CommandError::WritesBlocked(m)),
+    }] = &out[..]
+    else {
+        panic!("{out:#?}")
+    };
+    for says in [
+        "may have been promoted",
+        "whatever on_standby_loss says",
+        "resume as soon as the standby answers",
+        "removeStandby",
+    ] {
+        assert!(m.contains(says), "{says:?} not in {m:?}");
+    }
+    assert_eq!(a.last_index(), last);
+    // The grace changes nothing: never degraded.
+    drain_after(&mut a, t + 2_000, Input::Timeout(Timer::StandbyGrace));
+    let st = a.status();
+    assert_eq!(
+        (st.degraded, st.writes_blocked, st.unprotected_writes),
+        (false, true, 0)
+    );
+}
+
+#[test]
+fn an_active_restarted_with_its_standby_already_lost_refuses_writes_at_once() {
+    let (store, cfg) = active_store_after_crash(true);
+    let mut a = Server::restore(cfg, info(0), store.restored(), Now::at(10_000));
+    let out = drain(&mut a);
+    assert_eq!(
+        (a.role(), a.dr_state()),
+        (Role::Active, DrState::FailureGetStandbyStatus)
+    );
+    assert!(
+        out.iter().any(|o| matches!(
+            o,
+            Output::Event(Event::WritesBlocked {
+                refused_pending: 0,
+                ..
+            })
+        )),
+        "{out:#?}"
+    );
+    let out = put_cmd(&mut a, 10_001, 1, "refused");
+    assert!(
+        matches!(&out[..], [Output::Reply { req: 1, result: Err(CommandError::WritesBlocked(m)) }] if m.contains("removeStandby")),
+        "{out:#?}"
+    );
+}
+
+fn drain_after(s: &mut Server, now: u64, input: Input) -> Vec<Output> {
+    s.handle_input(Now::at(now), input);
+    drain(s)
+}

@@ -259,8 +259,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Serve { config } => {
             let cfg = crate::config::FileConfig::load(&config)?;
-            crate::serve::run(cfg).await?;
-            Ok(0)
+            match crate::serve::run(cfg).await {
+                Ok(()) => Ok(0),
+                Err(e) if e.is::<crate::serve::StorageFailed>() => {
+                    eprintln!("error: {e:#}");
+                    Ok(crate::serve::EXIT_STORAGE_FAILED)
+                }
+                Err(e) => Err(e),
+            }
         }
         Cmd::Certs {
             cmd:

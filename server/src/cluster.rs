@@ -250,6 +250,27 @@ impl ProcCluster {
         }
     }
 
+    /// Waits (up to `timeout`) for server `i` to exit on its own; returns
+    /// its exit code (`None` if a signal ended it). Fails if it still runs.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let name = self.servers[i].name.clone();
+        let c = self.servers[i]
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow!("{name} is not running"))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = c.try_wait()? {
+                self.servers[i].child = None;
+                return Ok(st.code());
+            }
+            if Instant::now() > deadline {
+                bail!("{name} still runs {timeout:?} later");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn stop_all(&mut self) {
         for i in 0..self.servers.len() {
             let _ = self.stop(i);

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
+use vcodr_core::config::check_range;
 use vcodr_core::{OnStandbyLoss, ServerConfig};
 use vcodr_transport::QuicDriver;
 
@@ -113,11 +114,27 @@ pub struct LimitsSection {
     pub max_frame_bytes: usize,
     /// Most writes waiting for durability.
     pub max_pending_writes: usize,
-    /// Most concurrent admin API requests.
+    /// Most admin API requests in flight at once (a request holds one from
+    /// its headers to its response; an idle keep-alive connection none).
+    /// The probes `/healthz` and `/readyz` hold none.
     pub max_admin_requests: usize,
+    /// Most open admin connections; a connection beyond it is closed at
+    /// once, counted and logged as counts per interval.
+    pub max_admin_connections: usize,
+    /// Longest a new admin connection may take to complete its TLS handshake.
+    pub admin_handshake_timeout_ms: u64,
+    /// Longest a request's headers may take to arrive, counted from when the
+    /// connection is ready for a request (after the handshake or the
+    /// previous response; hyper's `header_read_timeout`); its body has as
+    /// long again once the headers are in.
+    pub admin_header_timeout_ms: u64,
+    /// An admin connection with no request in flight that receives nothing
+    /// for this long is closed.
+    pub admin_idle_timeout_ms: u64,
     /// Longest an admin write waits for its acknowledgement before the
-    /// caller is told the outcome is unknown.
-    pub write_timeout_ms: u64,
+    /// caller is told the outcome is unknown. Unset: long enough for the
+    /// grace to decide first ([`default_write_timeout_ms`]).
+    pub write_timeout_ms: Option<u64>,
 }
 
 impl Default for LimitsSection {
@@ -126,7 +143,77 @@ impl Default for LimitsSection {
             max_frame_bytes: vcodr_core::codec::DEFAULT_MAX_FRAME_BYTES,
             max_pending_writes: ServerConfig::default().max_pending_writes,
             max_admin_requests: 256,
-            write_timeout_ms: 30_000,
+            max_admin_connections: 1024,
+            admin_handshake_timeout_ms: 5_000,
+            admin_header_timeout_ms: 10_000,
+            admin_idle_timeout_ms: 5_000,
+            write_timeout_ms: None,
+        }
+    }
+}
+
+/// Upper bounds of the server's own keys (the core's are in
+/// `vcodr_core::config::bounds`).
+pub mod bounds {
+    /// `limits.max_admin_requests` and `limits.max_admin_connections`.
+    pub const ADMIN_CONNECTIONS_MAX: usize = 65_536;
+    /// `limits.admin_handshake_timeout_ms`.
+    pub const ADMIN_HANDSHAKE_TIMEOUT_MS_MAX: u64 = 60_000;
+    /// `limits.admin_header_timeout_ms`.
+    pub const ADMIN_HEADER_TIMEOUT_MS_MAX: u64 = 300_000;
+    /// The smallest admin timeout: below it a loopback TLS handshake fails.
+    pub const ADMIN_TIMEOUT_MS_MIN: u64 = 100;
+    /// `limits.write_timeout_ms`: three hours (the grace is at most one).
+    pub const WRITE_TIMEOUT_MS_MAX: u64 = 10_800_000;
+    /// `edges.contact_save_interval_ms`: one hour.
+    pub const CONTACT_SAVE_INTERVAL_MS_MAX: u64 = 3_600_000;
+}
+
+/// Margin of [`default_write_timeout_ms`] beyond the worst wait for the grace.
+pub const WRITE_TIMEOUT_MARGIN_MS: u64 = 10_000;
+
+/// The longest a write can wait before the grace decides about it: its
+/// standby is declared lost up to `peer_failure_threshold + 1` peer ticks
+/// after its last answer, then `standby_grace_ms` runs.
+pub fn grace_decides_within_ms(c: &ServerConfig) -> u64 {
+    c.peer_heartbeat_interval_ms
+        .saturating_mul(u64::from(c.peer_failure_threshold) + 1)
+        .saturating_add(c.standby_grace_ms)
+}
+
+/// `limits.write_timeout_ms` when unset: [`grace_decides_within_ms`] plus
+/// [`WRITE_TIMEOUT_MARGIN_MS`] (72.5 s with the defaults), so a write waiting
+/// for a lost standby is answered by `on_standby_loss`, not by the timeout.
+pub fn default_write_timeout_ms(c: &ServerConfig) -> u64 {
+    grace_decides_within_ms(c).saturating_add(WRITE_TIMEOUT_MARGIN_MS)
+}
+
+/// The admin listener's limits, from `[limits]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminLimits {
+    pub max_requests: usize,
+    pub max_connections: usize,
+    pub handshake_timeout: std::time::Duration,
+    pub header_timeout: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        LimitsSection::default().admin()
+    }
+}
+
+impl LimitsSection {
+    /// The admin listener's limits.
+    pub fn admin(&self) -> AdminLimits {
+        let ms = std::time::Duration::from_millis;
+        AdminLimits {
+            max_requests: self.max_admin_requests,
+            max_connections: self.max_admin_connections,
+            handshake_timeout: ms(self.admin_handshake_timeout_ms),
+            header_timeout: ms(self.admin_header_timeout_ms),
+            idle_timeout: ms(self.admin_idle_timeout_ms),
         }
     }
 }
@@ -181,6 +268,8 @@ pub struct FileConfig {
     pub replication: ReplicationSection,
     pub edges: EdgesSection,
     pub limits: LimitsSection,
+    /// `limits.write_timeout_ms`, or its default.
+    pub write_timeout_ms: u64,
     /// The core's settings derived from the sections above.
     pub core: ServerConfig,
 }
@@ -277,10 +366,18 @@ impl FileConfig {
             ..ServerConfig::default()
         };
         core.validate().map_err(|e| invalid(e.key, e.why))?;
+        let range = |key: &'static str, v: u64, min: u64, max: u64, unit: &str| {
+            check_range(key, v, min, max, unit).map_err(|e| invalid(e.key, e.why))
+        };
         let l = &raw.limits;
-        if l.max_frame_bytes < vcodr_core::codec::MIN_MAX_FRAME_BYTES
-            || l.max_frame_bytes < 2 * r.max_batch_bytes
-        {
+        range(
+            "limits.max_frame_bytes",
+            l.max_frame_bytes as u64,
+            vcodr_core::codec::MIN_MAX_FRAME_BYTES as u64,
+            vcodr_transport::MAX_FRAME_BYTES_LIMIT as u64,
+            "bytes",
+        )?;
+        if l.max_frame_bytes < 2 * r.max_batch_bytes {
             return Err(invalid(
                 "limits.max_frame_bytes",
                 format!(
@@ -289,26 +386,118 @@ impl FileConfig {
                 ),
             ));
         }
-        if l.max_admin_requests == 0 {
+        let conns = bounds::ADMIN_CONNECTIONS_MAX as u64;
+        range(
+            "limits.max_admin_connections",
+            l.max_admin_connections as u64,
+            1,
+            conns,
+            "",
+        )?;
+        range(
+            "limits.max_admin_requests",
+            l.max_admin_requests as u64,
+            1,
+            conns,
+            "",
+        )?;
+        if l.max_admin_requests > l.max_admin_connections {
             return Err(invalid(
                 "limits.max_admin_requests",
-                "must be at least 1".into(),
+                format!(
+                    "{} is above limits.max_admin_connections ({}): each request needs a connection of \
+                     its own (HTTP/1.1), so lower it or raise max_admin_connections",
+                    l.max_admin_requests, l.max_admin_connections
+                ),
             ));
         }
-        if l.write_timeout_ms < r.peer_heartbeat_interval_ms {
+        let t_min = bounds::ADMIN_TIMEOUT_MS_MIN;
+        range(
+            "limits.admin_handshake_timeout_ms",
+            l.admin_handshake_timeout_ms,
+            t_min,
+            bounds::ADMIN_HANDSHAKE_TIMEOUT_MS_MAX,
+            "ms",
+        )?;
+        range(
+            "limits.admin_header_timeout_ms",
+            l.admin_header_timeout_ms,
+            t_min,
+            bounds::ADMIN_HEADER_TIMEOUT_MS_MAX,
+            "ms",
+        )?;
+        range(
+            "limits.admin_idle_timeout_ms",
+            l.admin_idle_timeout_ms,
+            t_min,
+            bounds::ADMIN_HEADER_TIMEOUT_MS_MAX,
+            "ms",
+        )?;
+        if l.admin_idle_timeout_ms > l.admin_header_timeout_ms {
+            // hyper's header timer also runs while a connection waits for
+            // its next request: a longer idle timeout would never apply.
+            return Err(invalid(
+                "limits.admin_idle_timeout_ms",
+                format!(
+                    "{} ms is above limits.admin_header_timeout_ms ({} ms), which also bounds how long a \
+                     connection may wait for its next request; lower it or raise the header timeout",
+                    l.admin_idle_timeout_ms, l.admin_header_timeout_ms
+                ),
+            ));
+        }
+        let write_timeout_ms = l
+            .write_timeout_ms
+            .unwrap_or_else(|| default_write_timeout_ms(&core));
+        range(
+            "limits.write_timeout_ms",
+            write_timeout_ms,
+            1_000,
+            bounds::WRITE_TIMEOUT_MS_MAX,
+            "ms",
+        )?;
+        let grace_within = grace_decides_within_ms(&core);
+        if write_timeout_ms <= grace_within {
             return Err(invalid(
                 "limits.write_timeout_ms",
-                "must be at least one peer heartbeat interval".into(),
+                format!(
+                    "{write_timeout_ms} ms does not exceed the longest wait for the grace ({grace_within} ms \
+                     = replication.standby_grace_ms + (peer_failure_threshold + 1) × \
+                     peer_heartbeat_interval_ms): writes waiting for a lost standby would time out as \
+                     \"outcome unknown\" before on_standby_loss decides; raise it (or leave it unset: \
+                     {} ms) or lower the grace",
+                    default_write_timeout_ms(&core)
+                ),
+            ));
+        }
+        let switchover_ms = core
+            .peer_heartbeat_interval_ms
+            .saturating_mul(u64::from(core.switchover_max_ticks));
+        if write_timeout_ms <= switchover_ms {
+            return Err(invalid(
+                "limits.write_timeout_ms",
+                format!(
+                    "{write_timeout_ms} ms does not exceed a planned switchover's longest run ({switchover_ms} ms \
+                     = replication.switchover_max_ticks × peer_heartbeat_interval_ms): \
+                     promoteStandbyToActive {{force}} would time out before it ends"
+                ),
             ));
         }
         parse_quic_driver(&raw.edges.quic_driver)
             .map_err(|why| invalid("edges.quic_driver", why))?;
-        if raw.edges.heartbeat_interval_ms < 10 || raw.edges.contact_save_interval_ms < 100 {
-            return Err(invalid(
-                "edges",
-                "heartbeat_interval_ms ≥ 10 and contact_save_interval_ms ≥ 100".into(),
-            ));
-        }
+        range(
+            "edges.heartbeat_interval_ms",
+            raw.edges.heartbeat_interval_ms,
+            10,
+            vcodr_core::config::bounds::EDGE_HEARTBEAT_INTERVAL_MS_MAX,
+            "ms",
+        )?;
+        range(
+            "edges.contact_save_interval_ms",
+            raw.edges.contact_save_interval_ms,
+            100,
+            bounds::CONTACT_SAVE_INTERVAL_MS_MAX,
+            "ms",
+        )?;
         let tls_dir = resolve(&raw.tls_dir);
         for file in [
             "ca.pem".to_string(),
@@ -371,6 +560,7 @@ impl FileConfig {
             replication: raw.replication,
             edges: raw.edges,
             limits: raw.limits,
+            write_timeout_ms,
             core,
         })
     }
@@ -441,5 +631,280 @@ mod tests {
         assert!(err.to_string().contains("colour"), "{err}");
         let err = FileConfig::parse(&path, "peer_listen = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(err.to_string().contains("name"), "{err}");
+    }
+
+    /// `[section] key = value` on top of the minimal file: the error.
+    fn refused(dir: &tempfile::TempDir, section: &str, kv: &str) -> String {
+        let path = dir.path().join("a.toml");
+        match FileConfig::parse(&path, &format!("{MINIMAL}[{section}]\n{kv}\n")) {
+            Ok(_) => panic!("[{section}] {kv} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn every_key_has_both_bounds_and_the_error_names_key_value_and_range() {
+        let dir = setup();
+        let cases = [
+            (
+                "replication",
+                "standby_grace_ms = 9223372036854775807",
+                "replication.standby_grace_ms",
+                "9223372036854775807 ms is outside the allowed range 10..=3600000 ms",
+            ),
+            (
+                "replication",
+                "peer_heartbeat_interval_ms = 9223372036854775807",
+                "replication.peer_heartbeat_interval_ms",
+                "9223372036854775807 ms is outside the allowed range 10..=60000 ms",
+            ),
+            (
+                "replication",
+                "peer_heartbeat_interval_ms = 5",
+                "replication.peer_heartbeat_interval_ms",
+                "5 ms is outside the allowed range 10..=60000 ms",
+            ),
+            (
+                "replication",
+                "peer_failure_threshold = 1000",
+                "replication.peer_failure_threshold",
+                "1000 is outside the allowed range 1..=100",
+            ),
+            (
+                "replication",
+                "max_batch_entries = 1000000",
+                "replication.max_batch_entries",
+                "1000000 is outside the allowed range 1..=65536",
+            ),
+            (
+                "replication",
+                "max_batch_bytes = 100",
+                "replication.max_batch_bytes",
+                "100 bytes is outside the allowed range 1024..=8388608 bytes",
+            ),
+            (
+                "replication",
+                "max_inflight_entries = 9223372036854775807",
+                "replication.max_inflight_entries",
+                "9223372036854775807 is outside the allowed range 1..=1048576",
+            ),
+            (
+                "replication",
+                "log_window_entries = 9223372036854775807",
+                "replication.log_window_entries",
+                "is outside the allowed range 1..=1000000",
+            ),
+            (
+                "replication",
+                "switchover_max_ticks = 4294967295",
+                "replication.switchover_max_ticks",
+                "4294967295 is outside the allowed range 2..=10000",
+            ),
+            (
+                "edges",
+                "heartbeat_interval_ms = 9223372036854775807",
+                "edges.heartbeat_interval_ms",
+                "9223372036854775807 ms is outside the allowed range 10..=600000 ms",
+            ),
+            (
+                "edges",
+                "heartbeat_interval_ms = 9",
+                "edges.heartbeat_interval_ms",
+                "9 ms is outside the allowed range 10..=600000 ms",
+            ),
+            (
+                "edges",
+                "contact_save_interval_ms = 99",
+                "edges.contact_save_interval_ms",
+                "99 ms is outside the allowed range 100..=3600000 ms",
+            ),
+            (
+                "edges",
+                "contact_save_interval_ms = 9223372036854775807",
+                "edges.contact_save_interval_ms",
+                "is outside the allowed range 100..=3600000 ms",
+            ),
+            (
+                "edges",
+                "max_clients = 0",
+                "edges.max_clients",
+                "0 is outside the allowed range 1..=10000000",
+            ),
+            (
+                "edges",
+                "max_clients = 9223372036854775807",
+                "edges.max_clients",
+                "is outside the allowed range 1..=10000000",
+            ),
+            (
+                "limits",
+                "max_frame_bytes = 100",
+                "limits.max_frame_bytes",
+                "100 bytes is outside the allowed range 4096..=1073741824 bytes",
+            ),
+            (
+                "limits",
+                "max_frame_bytes = 9223372036854775807",
+                "limits.max_frame_bytes",
+                "is outside the allowed range 4096..=1073741824 bytes",
+            ),
+            (
+                "limits",
+                "max_pending_writes = 0",
+                "limits.max_pending_writes",
+                "0 is outside the allowed range 1..=1000000",
+            ),
+            (
+                "limits",
+                "max_pending_writes = 9223372036854775807",
+                "limits.max_pending_writes",
+                "is outside the allowed range 1..=1000000",
+            ),
+            (
+                "limits",
+                "max_admin_requests = 0",
+                "limits.max_admin_requests",
+                "0 is outside the allowed range 1..=65536",
+            ),
+            (
+                "limits",
+                "max_admin_connections = 0",
+                "limits.max_admin_connections",
+                "0 is outside the allowed range 1..=65536",
+            ),
+            (
+                "limits",
+                "max_admin_connections = 65537",
+                "limits.max_admin_connections",
+                "65537 is outside the allowed range 1..=65536",
+            ),
+            (
+                "limits",
+                "admin_handshake_timeout_ms = 99",
+                "limits.admin_handshake_timeout_ms",
+                "99 ms is outside the allowed range 100..=60000 ms",
+            ),
+            (
+                "limits",
+                "admin_handshake_timeout_ms = 60001",
+                "limits.admin_handshake_timeout_ms",
+                "60001 ms is outside the allowed range 100..=60000 ms",
+            ),
+            (
+                "limits",
+                "admin_header_timeout_ms = 99",
+                "limits.admin_header_timeout_ms",
+                "99 ms is outside the allowed range 100..=300000 ms",
+            ),
+            (
+                "limits",
+                "admin_header_timeout_ms = 300001",
+                "limits.admin_header_timeout_ms",
+                "300001 ms is outside the allowed range 100..=300000 ms",
+            ),
+            (
+                "limits",
+                "admin_idle_timeout_ms = 99",
+                "limits.admin_idle_timeout_ms",
+                "99 ms is outside the allowed range 100..=300000 ms",
+            ),
+            (
+                "limits",
+                "write_timeout_ms = 999",
+                "limits.write_timeout_ms",
+                "999 ms is outside the allowed range 1000..=10800000 ms",
+            ),
+            (
+                "limits",
+                "write_timeout_ms = 9223372036854775807",
+                "limits.write_timeout_ms",
+                "9223372036854775807 ms is outside the allowed range 1000..=10800000 ms",
+            ),
+        ];
+        for (section, kv, key, says) in cases {
+            let err = refused(&dir, section, kv);
+            assert!(err.contains(&format!("key `{key}`")), "{kv}: {err}");
+            assert!(err.contains(says), "{kv}: {err}");
+        }
+    }
+
+    #[test]
+    fn relations_between_timeouts_and_limits_are_checked() {
+        let dir = setup();
+        let path = dir.path().join("a.toml");
+        // The grace covers failure detection (core).
+        let err = refused(&dir, "replication", "standby_grace_ms = 1000");
+        assert!(
+            err.contains("shorter than failure detection (2000 ms"),
+            "{err}"
+        );
+        // The write timeout outlasts the wait for the grace: unset, it follows the grace.
+        let c = FileConfig::parse(&path, MINIMAL).unwrap();
+        assert_eq!(c.write_timeout_ms, 60_000 + 5 * 500 + 10_000);
+        let c = FileConfig::parse(&path, &format!("{MINIMAL}[replication]\nstandby_grace_ms = 3000\npeer_heartbeat_interval_ms = 200\npeer_failure_threshold = 3\n")).unwrap();
+        assert_eq!(c.write_timeout_ms, 3_000 + 4 * 200 + 10_000);
+        let err = refused(&dir, "limits", "write_timeout_ms = 62500");
+        assert!(err.contains("key `limits.write_timeout_ms`: 62500 ms does not exceed the longest wait for the grace (62500 ms"), "{err}");
+        assert!(err.contains("leave it unset: 72500 ms"), "{err}");
+        FileConfig::parse(
+            &path,
+            &format!("{MINIMAL}[limits]\nwrite_timeout_ms = 62501\n"),
+        )
+        .unwrap();
+        // ...and a planned switchover.
+        let text = format!("{MINIMAL}[replication]\nswitchover_max_ticks = 10000\npeer_heartbeat_interval_ms = 1000\nstandby_grace_ms = 10000\n[limits]\nwrite_timeout_ms = 9000000\n");
+        let err = FileConfig::parse(&path, &text).unwrap_err().to_string();
+        assert!(
+            err.contains("a planned switchover's longest run (10000000 ms"),
+            "{err}"
+        );
+        // Frames hold two batches.
+        let err = refused(&dir, "limits", "max_frame_bytes = 1048576");
+        assert!(
+            err.contains("at least twice replication.max_batch_bytes (1048576)"),
+            "{err}"
+        );
+        // A request needs a connection.
+        let err = refused(&dir, "limits", "max_admin_connections = 100");
+        assert!(
+            err.contains(
+                "key `limits.max_admin_requests`: 256 is above limits.max_admin_connections (100)"
+            ),
+            "{err}"
+        );
+        // The idle timeout is within the header timeout, which also bounds the wait for a request.
+        let err = refused(&dir, "limits", "admin_idle_timeout_ms = 10001");
+        assert!(err.contains("key `limits.admin_idle_timeout_ms`: 10001 ms is above limits.admin_header_timeout_ms (10000 ms)"), "{err}");
+        let c = FileConfig::parse(
+            &path,
+            &format!(
+                "{MINIMAL}[limits]\nadmin_idle_timeout_ms = 10000\nmax_admin_connections = 256\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            c.limits.admin().idle_timeout,
+            std::time::Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn the_largest_u64_is_refused_by_its_range() {
+        let dir = setup();
+        for (section, key, range) in [
+            ("replication", "standby_grace_ms", "10..=3600000 ms"),
+            ("replication", "peer_heartbeat_interval_ms", "10..=60000 ms"),
+            ("edges", "heartbeat_interval_ms", "10..=600000 ms"),
+            ("limits", "write_timeout_ms", "1000..=10800000 ms"),
+            ("limits", "admin_header_timeout_ms", "100..=300000 ms"),
+        ] {
+            let err = refused(&dir, section, &format!("{key} = 18446744073709551615"));
+            assert!(
+                err.ends_with(&format!(
+                    "key `{section}.{key}`: 18446744073709551615 ms is outside the allowed range {range}"
+                )),
+                "{err}"
+            );
+        }
     }
 }

@@ -38,12 +38,18 @@ pub struct Client {
     token: Arc<String>,
     next_id: Arc<AtomicU64>,
     timeout: Duration,
-    /// Idle keep-alive connections.
-    pool: Arc<std::sync::Mutex<Vec<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>>,
+    /// Idle keep-alive connections, with when each went idle.
+    pool: Arc<std::sync::Mutex<Vec<(Sender, std::time::Instant)>>>,
 }
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// Idle connections kept per client.
 const POOL_MAX: usize = 64;
+/// A pooled connection idle for longer is not reused: the server closes
+/// idle admin connections (`limits.admin_idle_timeout_ms`, 5 s by
+/// default), and a request sent as it closes one would be lost.
+const POOL_IDLE_MAX: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -148,8 +154,8 @@ impl Client {
             let pooled = {
                 let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
                 let mut found = None;
-                while let Some(s) = pool.pop() {
-                    if !s.is_closed() {
+                while let Some((s, idle_since)) = pool.pop() {
+                    if !s.is_closed() && idle_since.elapsed() < POOL_IDLE_MAX {
                         found = Some(s);
                         break;
                     }
@@ -161,6 +167,7 @@ impl Client {
                 Some(mut s) => s.ready().await.ok().map(|()| s),
                 None => None,
             };
+            let reused = ready.is_some();
             let mut sender = match ready {
                 Some(s) => s,
                 None => self.connect().await?,
@@ -175,17 +182,32 @@ impl Client {
                     format!("Token {}", self.token),
                 )
                 .body(Full::new(Bytes::from(body)))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .with_context(|| format!("{method} {path} on {}", self.address))?;
+            let resp = match sender.try_send_request(req).await {
+                Ok(r) => r,
+                Err(mut e) => match e.take_message() {
+                    // Never sent: the pooled connection closed first. Once
+                    // more on a fresh one (a request that may have been
+                    // sent is never repeated).
+                    Some(req) if reused => {
+                        sender = self.connect().await?;
+                        sender
+                            .send_request(req)
+                            .await
+                            .with_context(|| format!("{method} {path} on {}", self.address))?
+                    }
+                    _ => {
+                        return Err(anyhow::Error::new(e.into_error())
+                            .context(format!("{method} {path} on {}", self.address)))
+                    }
+                },
+            };
             let status = resp.status().as_u16();
             let reuse = sender;
             let bytes = resp.into_body().collect().await?.to_bytes();
             if !reuse.is_closed() {
                 let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
                 if pool.len() < POOL_MAX {
-                    pool.push(reuse);
+                    pool.push((reuse, std::time::Instant::now()));
                 }
             }
             anyhow::Ok((status, bytes))
@@ -195,9 +217,7 @@ impl Client {
             .map_err(|_| anyhow!("{} did not answer within {:?}", self.address, self.timeout))?
     }
 
-    async fn connect(
-        &self,
-    ) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    async fn connect(&self) -> anyhow::Result<Sender> {
         let tcp = tokio::net::TcpStream::connect(&self.address)
             .await
             .with_context(|| format!("connecting to {}", self.address))?;

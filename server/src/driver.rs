@@ -21,6 +21,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use vcodr_core::*;
 use vcodr_transport::Responder;
 
+/// What calls still unanswered when the driver stops are told.
+const SHUTDOWN_UNFINISHED: &str =
+    "outcome unknown: the server is shutting down and this call had not \
+     finished; a write may or may not be durable: check with configuration/get after its restart";
+
 /// Time as the core takes it.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
@@ -99,6 +104,8 @@ pub enum DriverMsg {
         started: Instant,
     },
     StorageFailed(String),
+    /// A liveness or readiness probe: the driver answers with the core's state.
+    Probe(oneshot::Sender<crate::health::Probe>),
     /// Finish in-flight commits, then stop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -122,6 +129,9 @@ pub struct Handle {
     tx: mpsc::Sender<DriverMsg>,
     pub metrics: Arc<Metrics>,
     write_timeout: Duration,
+    /// Set once, by the driver, when a storage commit failed: the server is
+    /// fail-stop from then on (not ready, in-flight calls answered, exit).
+    storage_failed: Arc<watch::Sender<Option<String>>>,
 }
 
 impl std::fmt::Debug for Handle {
@@ -134,14 +144,18 @@ impl std::fmt::Debug for Handle {
 
 impl Handle {
     /// Runs an admin API call.
+    ///
+    /// A call the driver never took (it stopped first) is refused as not
+    /// carried out. One it took but could not finish within the write
+    /// timeout, or when storage failed or the server stopped, is answered
+    /// [`rpc::code::OUTCOME_UNKNOWN`]: a write may or may not be durable.
     pub async fn api(&self, call: ApiCall) -> Result<Value, RpcError> {
         let is_write = matches!(call.kind(), RequestKind::ConfigWrite)
             || matches!(call, ApiCall::Core(Command::Promote { .. }));
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(DriverMsg::Api { call, reply })
-            .await
-            .map_err(|_| RpcError::new(rpc::code::INTERNAL, "the server is shutting down"))?;
+        if self.tx.send(DriverMsg::Api { call, reply }).await.is_err() {
+            return Err(self.not_carried_out());
+        }
         let wait = if is_write {
             self.write_timeout
         } else {
@@ -149,14 +163,67 @@ impl Handle {
         };
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(RpcError::new(rpc::code::INTERNAL, "the server is shutting down")),
+            // Dropped unanswered: the driver stopped before it took the call.
+            Ok(Err(_)) => Err(self.not_carried_out()),
+            Err(_) if is_write => {
+                self.metrics.writes_outcome_unknown.fetch_add(1, Relaxed);
+                Err(RpcError::new(
+                    rpc::code::OUTCOME_UNKNOWN,
+                    format!(
+                        "outcome unknown: no acknowledgement within {} ms (limits.write_timeout_ms); the \
+                         write may or may not take effect (the standby has not confirmed it); check with \
+                         configuration/get before retrying",
+                        wait.as_millis()
+                    ),
+                ))
+            }
             Err(_) => Err(RpcError::new(
-                rpc::code::NOT_ACKNOWLEDGED,
+                rpc::code::INTERNAL,
+                format!("no answer within {} ms; retry", wait.as_millis()),
+            )),
+        }
+    }
+
+    fn not_carried_out(&self) -> RpcError {
+        match self.storage_failure() {
+            Some(why) => RpcError::new(
+                rpc::code::INTERNAL,
                 format!(
-                    "no acknowledgement within {} ms: the outcome is unknown (the standby has not confirmed); \
-                     check with configuration/get before retrying",
-                    wait.as_millis()
+                    "not carried out: storage failed on this server ({why}); it exits (code {}) for its \
+                     supervisor to restart it and recover from disk; retry after the restart",
+                    crate::serve::EXIT_STORAGE_FAILED
                 ),
+            ),
+            None => RpcError::new(
+                rpc::code::INTERNAL,
+                "not carried out: the server is shutting down; retry after its restart",
+            ),
+        }
+    }
+
+    /// Why storage failed, once it has (the server is then fail-stop).
+    pub fn storage_failure(&self) -> Option<String> {
+        self.storage_failed.borrow().clone()
+    }
+
+    /// Turns `Some` when storage fails.
+    pub fn watch_storage_failure(&self) -> watch::Receiver<Option<String>> {
+        self.storage_failed.subscribe()
+    }
+
+    /// Asks the driver for the core's state, within `deadline` (the probes).
+    pub async fn probe(&self, deadline: Duration) -> Result<crate::health::Probe, String> {
+        let (tx, rx) = oneshot::channel();
+        let asked = async {
+            self.tx.send(DriverMsg::Probe(tx)).await.ok()?;
+            rx.await.ok()
+        };
+        match tokio::time::timeout(deadline, asked).await {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => Err("the driver has stopped".into()),
+            Err(_) => Err(format!(
+                "the driver did not answer within {} ms",
+                deadline.as_millis()
             )),
         }
     }
@@ -223,6 +290,7 @@ pub fn channel(settings: &DriverSettings, metrics: Arc<Metrics>) -> (Handle, Inb
         tx,
         metrics,
         write_timeout: settings.write_timeout,
+        storage_failed: Arc::new(watch::channel(None).0),
     };
     (handle, Inbox(rx))
 }
@@ -256,6 +324,7 @@ pub fn spawn(
         .spawn(move || storage_thread(storage, jobs_rx, back, storage_metrics))
         .expect("spawning the storage thread");
     let mut d = Driver {
+        storage_failed: handle.storage_failed.clone(),
         core,
         clock: Clock::new(),
         timers: BTreeMap::new(),
@@ -332,8 +401,17 @@ fn storage_thread(
                     }
                 }
                 Err(e) => {
-                    // Nothing after a failed commit may be acknowledged: stop here.
-                    tracing::error!(error = %e, "storage commit failed; the server stops acknowledging writes");
+                    // Nothing after a failed commit may be acknowledged, and
+                    // what the disk holds is no longer what the core believes
+                    // (the batch may be durable or not): fail-stop.
+                    let os_error = os_error(&e);
+                    tracing::error!(
+                        target: "vcodr::storage",
+                        error = %e,
+                        os_error = %os_error.as_deref().unwrap_or("none"),
+                        persist_requests = batch.len(),
+                        "storage commit failed: {e}; the server stops (fail-stop) and recovers from disk at its restart"
+                    );
                     let _ = back.blocking_send(DriverMsg::StorageFailed(e.to_string()));
                     return;
                 }
@@ -358,6 +436,19 @@ fn storage_thread(
     }
 }
 
+/// The operating-system error under a storage error, if any (e.g. `No space
+/// left on device (os error 28)`).
+fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.to_string());
+        }
+        cur = err.source();
+    }
+    None
+}
+
 struct Driver {
     core: Server,
     clock: Clock,
@@ -377,6 +468,8 @@ struct Driver {
     observed_at: Instant,
     observed_key: (Role, DrState, Epoch),
     published: Published,
+    /// Shared with every [`Handle`]: set when a commit failed.
+    storage_failed: Arc<watch::Sender<Option<String>>>,
 }
 
 impl Driver {
@@ -410,10 +503,21 @@ impl Driver {
             self.drain();
             if self.persisted_up_to >= self.last_seq {
                 if let Some(done) = self.shutdown.take() {
+                    self.answer_unfinished(SHUTDOWN_UNFINISHED);
                     let _ = done.send(());
                     return;
                 }
             }
+        }
+    }
+
+    /// Answers every call the core took and has not answered: the driver
+    /// stops. A write among them may or may not be durable.
+    fn answer_unfinished(&mut self, why: &str) {
+        let n = self.api_waiters.len() as u64;
+        self.metrics.writes_outcome_unknown.fetch_add(n, Relaxed);
+        for (_, w) in self.api_waiters.drain() {
+            let _ = w.send(Err(RpcError::new(rpc::code::OUTCOME_UNKNOWN, why)));
         }
     }
 
@@ -479,16 +583,23 @@ impl Driver {
                 self.input(Input::Persisted { up_to });
             }
             DriverMsg::StorageFailed(why) => {
-                for (_, w) in self.api_waiters.drain() {
-                    let _ = w.send(Err(RpcError::new(
-                        rpc::code::INTERNAL,
-                        format!("storage failed: {why}"),
-                    )));
-                }
+                // Not ready from now on, before anyone is answered.
+                self.storage_failed.send_replace(Some(why.clone()));
+                self.metrics.storage_failed.store(1, Relaxed);
+                self.answer_unfinished(&format!(
+                    "outcome unknown: storage failed on this server ({why}) while this call was in flight; \
+                     the write may or may not be durable. The server exits (code {}) to recover from disk: \
+                     check with configuration/get after its restart",
+                    crate::serve::EXIT_STORAGE_FAILED
+                ));
                 return false;
+            }
+            DriverMsg::Probe(answer) => {
+                let _ = answer.send(crate::health::probe(&self.core));
             }
             DriverMsg::Shutdown(done) => {
                 if self.persisted_up_to >= self.last_seq {
+                    self.answer_unfinished(SHUTDOWN_UNFINISHED);
                     let _ = done.send(());
                     return false;
                 }
@@ -651,7 +762,12 @@ impl Driver {
                         Ok(Reply::Written { .. } | Reply::Deleted { .. }) => {
                             self.metrics.writes_acknowledged.fetch_add(1, Relaxed);
                         }
-                        Err(e) => tracing::info!(request = req, error = %e, "request refused"),
+                        Err(e) => {
+                            if matches!(e, CommandError::NotAcknowledged { .. }) {
+                                self.metrics.writes_not_acknowledged.fetch_add(1, Relaxed);
+                            }
+                            tracing::info!(request = req, error = %e, "request refused")
+                        }
                         _ => {}
                     }
                     if let Some(w) = self.api_waiters.remove(&req) {

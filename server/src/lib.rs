@@ -11,6 +11,7 @@ pub mod ctl;
 pub mod demo;
 pub mod driver;
 pub mod edge_sim;
+pub mod health;
 pub mod links;
 pub mod log;
 pub mod metrics;

@@ -59,6 +59,16 @@ pub fn event(e: &Event, metrics: &Metrics, throttle: &LogThrottle) {
             since_index,
             "standby lost beyond standby_grace: acknowledging writes WITHOUT the standby from index {since_index} (RPO > 0)"
         ),
+        Event::WritesBlocked {
+            refused_pending,
+            why,
+        } => tracing::warn!(
+            target: "vcodr::dr",
+            event = "writes_blocked",
+            refused_pending,
+            why = %why,
+            "writes blocked: {why}; {refused_pending} waiting writes answered as not acknowledged"
+        ),
         Event::Protected { at_index } => {
             tracing::info!(target: "vcodr::dr", event = "protected", at_index, "RPO is 0 again: the standby has every write up to {at_index}")
         }

@@ -79,6 +79,22 @@ pub struct Metrics {
     /// TLS handshakes refused by the peer and edge listeners (from the transport).
     pub handshakes_refused_peer: AtomicU64,
     pub handshakes_refused_edge: AtomicU64,
+    /// Admin connections open now (gauge), refused beyond
+    /// `limits.max_admin_connections`, and closed by a timeout (by phase:
+    /// handshake, header, idle; see `admin::TIMEOUT_PHASES`).
+    pub admin_connections_open: AtomicU64,
+    pub admin_connections_refused: AtomicU64,
+    pub admin_connections_timed_out: [AtomicU64; 3],
+    /// Admin requests in flight now (gauge), and refused for want of a permit.
+    pub admin_requests_in_flight: AtomicU64,
+    pub admin_requests_refused: AtomicU64,
+    /// 1 once a storage commit failed (the server is fail-stop).
+    pub storage_failed: AtomicU64,
+    /// Writes logged, then answered as not acknowledged (fenced, demoted,
+    /// blocked at the grace).
+    pub writes_not_acknowledged: AtomicU64,
+    /// Calls answered "outcome unknown" (write timeout, storage failure, shutdown).
+    pub writes_outcome_unknown: AtomicU64,
     pub commit_latency: Histogram,
     /// Gauges from the core.
     pub role: AtomicI64,
@@ -87,6 +103,8 @@ pub struct Metrics {
     pub lag_ms: AtomicU64,
     pub unprotected_writes: AtomicU64,
     pub protected: AtomicU64,
+    /// 1 while writes are refused because the standby is lost.
+    pub writes_blocked: AtomicU64,
     pub clients_following: AtomicU64,
     pub clients_known: AtomicU64,
     pub commit_index: AtomicU64,
@@ -116,6 +134,8 @@ impl Metrics {
         self.unprotected_writes
             .store(st.unprotected_writes, Relaxed);
         self.protected.store(u64::from(s.protected()), Relaxed);
+        self.writes_blocked
+            .store(u64::from(st.writes_blocked), Relaxed);
         self.commit_index.store(st.commit_index, Relaxed);
         self.samples_stored.store(st.samples_stored, Relaxed);
         let c = st.client_count;
@@ -340,6 +360,62 @@ impl Metrics {
             self.handshakes_refused_peer.load(Relaxed),
             self.handshakes_refused_edge.load(Relaxed)
         );
+        gauge(
+            &mut o,
+            "vcodr_writes_blocked",
+            "1 while writes are refused because the standby is lost (block policy after the grace, or restarted without reaching it).",
+            self.writes_blocked.load(Relaxed).to_string(),
+        );
+        counter(
+            &mut o,
+            "vcodr_writes_not_acknowledged_total",
+            "Writes logged, then answered as not acknowledged (fenced, demoted, blocked at the grace); they may still take effect.",
+            self.writes_not_acknowledged.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "vcodr_writes_outcome_unknown_total",
+            "Admin calls answered 'outcome unknown' (no acknowledgement within write_timeout_ms, storage failure, shutdown).",
+            self.writes_outcome_unknown.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "vcodr_storage_failed",
+            "1 once a storage commit failed: the server is fail-stop and exits for its supervisor to restart it.",
+            self.storage_failed.load(Relaxed).to_string(),
+        );
+        gauge(
+            &mut o,
+            "vcodr_admin_connections_open",
+            "Admin API connections open now.",
+            self.admin_connections_open.load(Relaxed).to_string(),
+        );
+        counter(
+            &mut o,
+            "vcodr_admin_connections_refused_total",
+            "Admin API connections closed at once because limits.max_admin_connections were open.",
+            self.admin_connections_refused.load(Relaxed),
+        );
+        let _ = writeln!(o, "# HELP vcodr_admin_connections_timed_out_total Admin API connections closed by a timeout: TLS handshake, request headers or body, idle.\n# TYPE vcodr_admin_connections_timed_out_total counter");
+        for (i, phase) in crate::admin::TIMEOUT_PHASES.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "vcodr_admin_connections_timed_out_total{{phase=\"{phase}\"}} {}",
+                self.admin_connections_timed_out[i].load(Relaxed)
+            );
+        }
+        gauge(
+            &mut o,
+            "vcodr_admin_requests_in_flight",
+            "Admin API requests being handled now.",
+            self.admin_requests_in_flight.load(Relaxed).to_string(),
+        );
+        counter(
+            &mut o,
+            "vcodr_admin_requests_refused_total",
+            "Admin API requests answered 503: limits.max_admin_requests were in flight.",
+            self.admin_requests_refused.load(Relaxed),
+        );
         self.commit_latency.render(
             &mut o,
             "vcodr_commit_seconds",
@@ -365,6 +441,38 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').expect("name value");
             assert!(!name.is_empty() && value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+
+    #[test]
+    fn every_metric_has_help_and_type() {
+        let text = Metrics::default().render();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or("");
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|f| text.contains(&format!("# TYPE {f} histogram")))
+                .unwrap_or(name);
+            let help = format!("# HELP {family} ");
+            assert!(text.contains(&help), "{family} has no HELP");
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family} has no TYPE"
+            );
+        }
+        for name in [
+            "vcodr_admin_connections_open",
+            "vcodr_admin_connections_refused_total",
+            "vcodr_admin_connections_timed_out_total",
+            "vcodr_admin_requests_in_flight",
+            "vcodr_admin_requests_refused_total",
+            "vcodr_storage_failed",
+            "vcodr_writes_outcome_unknown_total",
+            "vcodr_writes_not_acknowledged_total",
+            "vcodr_writes_blocked",
+        ] {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
         }
     }
 }

@@ -15,10 +15,18 @@ pub mod code {
     /// Not served in this role (standby, zombie) or drState.
     pub const WRONG_ROLE: i64 = -32001;
     pub const NOT_FOUND: i64 = -32002;
-    /// Writes blocked, overloaded or not acknowledged.
+    /// The write was not acknowledged and this call will not acknowledge
+    /// it: refused before it was logged (blocked, overloaded: no effect), or
+    /// logged but answered without its acknowledgement (fenced, demoted,
+    /// blocked at the grace: the message says whether it may still take effect).
     pub const NOT_ACKNOWLEDGED: i64 = -32003;
     pub const UNAUTHORIZED: i64 = -32004;
     pub const PAIRING: i64 = -32005;
+    /// This server cannot tell whether the write is or will be durable: no
+    /// acknowledgement within `limits.write_timeout_ms`, storage failed
+    /// while it was in flight, or the server stopped meanwhile. Check with
+    /// `configuration/get` (after the restart) before retrying.
+    pub const OUTCOME_UNKNOWN: i64 = -32006;
 }
 
 /// A JSON-RPC error object.

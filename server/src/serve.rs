@@ -62,12 +62,25 @@ pub fn random_u128() -> anyhow::Result<u128> {
     Ok(u128::from_le_bytes(b))
 }
 
+/// Exit code of `vcodr serve` after a storage failure (`EX_IOERR` of
+/// sysexits.h): the server stopped on purpose (fail-stop) for its supervisor
+/// to restart it; at the restart it recovers from its storage file.
+pub const EXIT_STORAGE_FAILED: i32 = 74;
+
+/// `vcodr serve` stopped because a storage commit failed (see
+/// [`EXIT_STORAGE_FAILED`]).
+#[derive(Debug, thiserror::Error)]
+#[error("storage failed: {0}; stopped (fail-stop) so that a restart recovers from disk")]
+pub struct StorageFailed(pub String);
+
 /// A running server.
 pub struct Running {
     pub bound: Bound,
     pub handle: Handle,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The admin listener: stopped last, so in-flight calls get their answers.
+    admin: tokio::task::JoinHandle<()>,
     driver: tokio::task::JoinHandle<()>,
 }
 
@@ -80,11 +93,36 @@ impl std::fmt::Debug for Running {
 }
 
 impl Running {
-    /// Graceful stop: stop accepting, finish in-flight commits, close links.
+    /// Graceful stop: stop accepting, finish in-flight commits, answer what
+    /// is left, let the admin connections write their last responses, close links.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         self.handle.shutdown().await;
-        let _ = self.driver.await;
+        let Running {
+            driver,
+            admin,
+            tasks,
+            ..
+        } = self;
+        let _ = driver.await;
+        let _ = admin.await;
+        for t in tasks {
+            t.abort();
+        }
+    }
+
+    /// After a storage failure (the driver has stopped and answered every
+    /// call in flight): the admin connections write those answers, then
+    /// everything stops.
+    pub async fn stop_after_storage_failure(self) {
+        let _ = self.shutdown.send(true);
+        self.finish().await;
+    }
+
+    async fn finish(self) {
+        // The admin listener drains for at most `admin::ADMIN_DRAIN_MAX`.
+        let _ = self.admin.await;
+        self.driver.abort();
         for t in self.tasks {
             t.abort();
         }
@@ -206,7 +244,7 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
     let throttle = Arc::new(LogThrottle::default());
     let admin_throttle = throttle.clone();
     let dsettings = DriverSettings {
-        write_timeout: Duration::from_millis(cfg.limits.write_timeout_ms),
+        write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         contact_save_interval: Duration::from_millis(cfg.edges.contact_save_interval_ms),
         queue_len: DRIVER_QUEUE_LEN,
     };
@@ -293,26 +331,61 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
         handle: handle.clone(),
         token: Arc::new(token),
         name: Arc::new(cfg.name.clone()),
-        throttle: admin_throttle,
+        throttle: admin_throttle.clone(),
     });
-    tasks.push(tokio::spawn(admin::serve(
+    let limits = cfg.limits.admin();
+    warn_if_descriptors_short(limits.max_connections);
+    let admin = tokio::spawn(admin::serve(
         admin_l,
         tls,
         app,
-        cfg.limits.max_admin_requests,
+        limits,
+        metrics.clone(),
+        admin_throttle,
         shutdown_rx,
-    )));
+    ));
     let _keep_peer = peer_t;
     Ok(Running {
         bound,
         handle,
         shutdown,
         tasks,
+        admin,
         driver,
     })
 }
 
-/// `vcodr serve --config FILE`: runs until SIGTERM or ctrl-c.
+/// Descriptors the process needs beside its admin connections (storage,
+/// sockets, the runtime), for [`warn_if_descriptors_short`].
+const DESCRIPTORS_BESIDE_ADMIN: u64 = 256;
+
+/// Warns when the open-file limit (`ulimit -n`) cannot hold
+/// `limits.max_admin_connections`: beyond it accepts fail instead of being
+/// refused and counted.
+fn warn_if_descriptors_short(max_connections: usize) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok());
+    let need = max_connections as u64 + DESCRIPTORS_BESIDE_ADMIN;
+    if let Some(soft) = soft.filter(|s| *s < need) {
+        tracing::warn!(
+            soft_limit = soft,
+            needed = need,
+            "the open-file limit ({soft}) is below limits.max_admin_connections + {DESCRIPTORS_BESIDE_ADMIN} \
+             ({need}): raise it (ulimit -n, LimitNOFILE=) or lower max_admin_connections"
+        );
+    }
+}
+
+/// `vcodr serve --config FILE`: runs until SIGTERM or ctrl-c, or until a
+/// storage commit fails: then it answers the calls in flight as outcome
+/// unknown and returns [`StorageFailed`] (the process exits with
+/// [`EXIT_STORAGE_FAILED`]).
 pub async fn run(cfg: FileConfig) -> anyhow::Result<()> {
     let running = start(&cfg).await?;
     let b = &running.bound;
@@ -322,10 +395,28 @@ pub async fn run(cfg: FileConfig) -> anyhow::Result<()> {
         "vcodr {} serving admin=https://{} peer={} edge={}",
         cfg.name, b.admin, b.peer, b.edge
     );
-    wait_for_signal().await;
-    tracing::info!("shutting down: finishing in-flight commits");
-    running.stop().await;
-    Ok(())
+    let mut failed = running.handle.watch_storage_failure();
+    let why = tokio::select! {
+        _ = wait_for_signal() => None,
+        f = failed.wait_for(Option::is_some) => f.ok().and_then(|f| f.clone()),
+    };
+    match why {
+        None => {
+            tracing::info!("shutting down: finishing in-flight commits");
+            running.stop().await;
+            Ok(())
+        }
+        Some(why) => {
+            tracing::error!(
+                target: "vcodr::storage",
+                exit_code = EXIT_STORAGE_FAILED,
+                "storage failed ({why}): answered the calls in flight as outcome unknown; exiting with code \
+                 {EXIT_STORAGE_FAILED} for the supervisor to restart this server, which then recovers from disk"
+            );
+            running.stop_after_storage_failure().await;
+            Err(StorageFailed(why).into())
+        }
+    }
 }
 
 async fn wait_for_signal() {

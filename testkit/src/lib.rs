@@ -24,6 +24,9 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 //!
+//! Tests that need root for something other than packages (mounting a tmpfs)
+//! say so with [`require_root`].
+//!
 //! For tests only: crates take it as a dev-dependency.
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -242,6 +245,33 @@ fn missing_message(missing: &[Missing], why: &str) -> String {
         names.join(" ")
     );
     msg
+}
+
+/// Fails unless this process runs as root (effective uid 0), naming what the
+/// test does that needs it (`needs_it_to`, e.g. `"mount a tmpfs"`). CI runs
+/// as root; a test that calls it with `?` or `.expect` fails elsewhere, it
+/// never passes without root.
+///
+/// ```no_run
+/// vcodr_testkit::require_root("mount a small tmpfs for a full disk")?;
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+pub fn require_root(needs_it_to: &str) -> Result<()> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    root_or_why(effective_uid(&status), needs_it_to)
+}
+
+fn root_or_why(uid: Option<u32>, needs_it_to: &str) -> Result<()> {
+    match uid {
+        Some(0) => Ok(()),
+        Some(uid) => bail!(
+            "this test needs root to {needs_it_to}, and runs as effective uid {uid}; CI runs as \
+             root: run it as root (e.g. `sudo -E cargo test …`)"
+        ),
+        None => bail!(
+            "no `Uid:` line in /proc/self/status: cannot tell whether this test may {needs_it_to}"
+        ),
+    }
 }
 
 /// The effective uid from the text of `/proc/<pid>/status`
@@ -560,6 +590,17 @@ mod tests {
         assert_eq!(effective_uid("Name:\tx\n"), None);
         let mine = fs::read_to_string("/proc/self/status").unwrap();
         assert!(effective_uid(&mine).is_some());
+    }
+
+    #[test]
+    fn root_is_required_by_name() {
+        assert!(root_or_why(Some(0), "mount a tmpfs").is_ok());
+        assert_eq!(
+            root_or_why(Some(1000), "mount a tmpfs").unwrap_err().to_string(),
+            "this test needs root to mount a tmpfs, and runs as effective uid 1000; CI runs as root: \
+             run it as root (e.g. `sudo -E cargo test …`)"
+        );
+        assert!(root_or_why(None, "x").is_err());
     }
 
     #[test]
