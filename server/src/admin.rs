@@ -647,6 +647,9 @@ mod tests {
         ) -> Result<Vec<crate::storage::ArchivedEntry>, StorageError> {
             self.inner.archive(offset, limit)
         }
+        fn archive_len(&self) -> Result<u64, StorageError> {
+            self.inner.archive_len()
+        }
         fn history(&self, limit: usize) -> Result<Vec<Transition>, StorageError> {
             self.inner.history(limit)
         }

@@ -1,10 +1,11 @@
 //! The command line (SPEC §8).
 
-use crate::ctl::{self, ApiError, Client};
+use crate::ctl::{self, ApiError, ArchiveItem, Client};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use std::path::PathBuf;
+use vcodr_transport::certs::ServerSpec;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,12 +34,17 @@ pub enum Cmd {
         /// Concurrent writers.
         #[arg(long, default_value_t = 16)]
         writers: usize,
-        /// Leave the pair running at the end and print its URLs and token.
+        /// Leave the pair running at the end and print its URLs, PIDs and
+        /// token, until SIGINT (ctrl-c) or SIGTERM.
         #[arg(long)]
         keep_running: bool,
         /// Put the deployment here instead of a temp dir (kept afterwards).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Keep the temp dir (certificates, configs, data, logs) at the end;
+        /// by default it is removed, except after a failed run.
+        #[arg(long)]
+        keep_dir: bool,
     },
     /// Many simulated edges over QUIC, with monitoring traffic.
     EdgeSim {
@@ -58,9 +64,14 @@ pub enum Cmd {
         /// Every Nth client is a gateway (0: none).
         #[arg(long, default_value_t = 10)]
         gateway_every: usize,
-        /// Stop after this many seconds (default: until ctrl-c).
+        /// Stop after this many seconds (default: until SIGINT/ctrl-c or SIGTERM).
         #[arg(long)]
         duration_s: Option<u64>,
+        /// Bind the simulator's UDP sockets here (default: 0.0.0.0:0, or
+        /// [::]:0 for IPv6 servers: the OS picks the source address of the
+        /// route to each server).
+        #[arg(long, value_name = "IP:PORT")]
+        bind: Option<std::net::SocketAddr>,
         /// Heartbeat round trips of the first this many seconds (the
         /// connection ramp) are left out of the reported percentiles.
         #[arg(long, default_value_t = 0)]
@@ -96,8 +107,12 @@ pub enum CertsCmd {
     Init {
         #[arg(long)]
         out: PathBuf,
-        /// Server names, comma-separated (each names a certificate and a `name =` in a config).
-        #[arg(long, value_delimiter = ',', default_value = "a,b")]
+        /// The servers: `a,b` (names, each a certificate and a `name =` in a
+        /// config), or one server per `--servers` with the DNS names and IP
+        /// addresses it is reached by: `--servers a=vco-a.example.net,10.0.0.1
+        /// --servers b=vco-b.example.net,10.0.0.2`. Every server
+        /// certificate also names `localhost` and `127.0.0.1`.
+        #[arg(long, action = clap::ArgAction::Append, default_value = "a,b", value_name = "NAME[,NAME…]|NAME=SAN[,SAN…]")]
         servers: Vec<String>,
         /// Edge client certificates to make: edge-1 … edge-N.
         #[arg(long, default_value_t = 0)]
@@ -105,6 +120,42 @@ pub enum CertsCmd {
         /// Gateway client certificates to make: gateway-1 … gateway-N.
         #[arg(long, default_value_t = 0)]
         gateways: usize,
+    },
+    /// One more server certificate from the existing CA (DIR/ca.key), e.g.
+    /// `c=vco-c.example.net,10.0.0.3`. Existing files are never overwritten.
+    AddServer {
+        /// The directory with ca.pem and ca.key.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// NAME, or NAME=SAN[,SAN…] with the DNS names and IP addresses it is reached by.
+        #[arg(value_name = "NAME[=SAN,…]")]
+        server: String,
+    },
+    /// More edge certificates from the existing CA, numbered after the
+    /// highest existing <prefix>-N. Existing files are never overwritten.
+    AddEdges {
+        /// The directory with ca.pem and ca.key.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// How many to make.
+        #[arg(long)]
+        count: usize,
+        /// Names are <prefix>-<n>.
+        #[arg(long, default_value = "edge")]
+        prefix: String,
+    },
+    /// More gateway certificates from the existing CA, numbered after the
+    /// highest existing <prefix>-N. Existing files are never overwritten.
+    AddGateways {
+        /// The directory with ca.pem and ca.key.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// How many to make.
+        #[arg(long)]
+        count: usize,
+        /// Names are <prefix>-<n>.
+        #[arg(long, default_value = "gateway")]
+        prefix: String,
     },
 }
 
@@ -169,8 +220,20 @@ pub enum CtlCmd {
     Delete { key: String },
     /// List configuration documents and their versions.
     List,
-    /// Entries archived at rejoin because the promoted server lacked them.
-    Archive,
+    /// Entries archived at rejoin because the promoted server lacked them:
+    /// all of them by default (read page by page), with the total.
+    Archive {
+        /// Start at this position of the archive (0 is the oldest entry).
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// At most this many entries (default: every one from --offset on).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Write the entries to FILE as JSON lines (one entry per line),
+        /// atomically, instead of printing them.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -208,6 +271,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             writers,
             keep_running,
             dir,
+            keep_dir,
         } => {
             crate::demo::main(crate::demo::DemoOptions {
                 edges,
@@ -215,6 +279,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 writers,
                 keep_running,
                 dir,
+                keep_dir,
             })
             .await
         }
@@ -226,6 +291,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             sample_interval_ms,
             gateway_every,
             duration_s,
+            bind,
             warmup_s,
             json,
             quic_driver,
@@ -240,6 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 sample_interval_ms,
                 gateway_every,
                 quic_driver,
+                bind,
                 ..Default::default()
             };
             let summary = crate::edge_sim::run_cli(
@@ -268,45 +335,114 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 Err(e) => Err(e),
             }
         }
-        Cmd::Certs {
-            cmd:
-                CertsCmd::Init {
-                    out,
-                    servers,
-                    edges,
-                    gateways,
-                },
+        Cmd::Certs { cmd } => certs_main(cmd),
+        Cmd::Ctl(args) => ctl_main(args).await,
+    }
+}
+
+/// The servers of every `--servers` value ([`ServerSpec::parse`]).
+fn parse_servers(values: &[String]) -> anyhow::Result<Vec<ServerSpec>> {
+    let mut specs = Vec::new();
+    for v in values {
+        specs.extend(ServerSpec::parse(v).with_context(|| format!("--servers {v}"))?);
+    }
+    Ok(specs)
+}
+
+/// One line per server certificate: its name and what it is valid for.
+fn server_line(spec: &ServerSpec) -> String {
+    let mut names = vec![spec.name.as_str(), "localhost", "127.0.0.1"];
+    names.extend(spec.sans.iter().map(String::as_str));
+    format!(
+        "  {}.pem: server, valid for {}",
+        spec.name,
+        names.join(", ")
+    )
+}
+
+fn certs_main(cmd: CertsCmd) -> anyhow::Result<i32> {
+    use vcodr_transport::certs::{add_clients, add_server, CertRole};
+    match cmd {
+        CertsCmd::Init {
+            out,
+            servers,
+            edges,
+            gateways,
         } => {
+            let servers = parse_servers(&servers)?;
             let clients: Vec<String> = (1..=edges).map(|i| format!("edge-{i}")).collect();
             certs_init(&out, &servers, &clients)?;
-            let ca = vcodr_transport::certs::CertificateAuthority::load(&out)
-                .with_context(|| format!("reading the new CA in {}", out.display()))?;
-            for i in 1..=gateways {
-                let name = format!("gateway-{i}");
-                let issued = ca
-                    .issue(&name, vcodr_transport::certs::CertRole::Gateway)
-                    .with_context(|| format!("issuing {name}"))?;
-                vcodr_transport::certs::write_issued(&out, &issued)
-                    .with_context(|| format!("writing {name} in {}", out.display()))?;
-            }
+            add_clients(&out, CertRole::Gateway, "gateway", gateways)
+                .with_context(|| format!("issuing gateway certificates in {}", out.display()))?;
             println!(
                 "wrote {}: ca.pem, {} server, {} edge and {gateways} gateway certificates, admin.token",
                 out.display(),
                 servers.len(),
                 clients.len()
             );
-            Ok(0)
+            for spec in &servers {
+                println!("{}", server_line(spec));
+            }
         }
-        Cmd::Ctl(args) => ctl_main(args).await,
+        CertsCmd::AddServer { dir, server } => {
+            let spec = match ServerSpec::parse(&server)
+                .with_context(|| format!("server {server:?}"))?
+                .as_slice()
+            {
+                [one] => one.clone(),
+                _ => anyhow::bail!(
+                    "add-server takes one server, NAME or NAME=SAN[,SAN…], not {server:?}"
+                ),
+            };
+            add_server(&dir, &spec).with_context(|| {
+                format!(
+                    "adding the server certificate `{}` in {}",
+                    spec.name,
+                    dir.display()
+                )
+            })?;
+            println!("wrote {}:", dir.display());
+            println!("{}", server_line(&spec));
+        }
+        CertsCmd::AddEdges { dir, count, prefix } => {
+            let names = add_clients(&dir, CertRole::Edge, &prefix, count)
+                .with_context(|| format!("adding edge certificates in {}", dir.display()))?;
+            println!("{}", added_line(&dir, "edge", &names));
+        }
+        CertsCmd::AddGateways { dir, count, prefix } => {
+            let names = add_clients(&dir, CertRole::Gateway, &prefix, count)
+                .with_context(|| format!("adding gateway certificates in {}", dir.display()))?;
+            println!("{}", added_line(&dir, "gateway", &names));
+        }
+    }
+    Ok(0)
+}
+
+fn added_line(dir: &std::path::Path, what: &str, names: &[String]) -> String {
+    match names {
+        [] => format!("no {what} certificate asked for; nothing written"),
+        [one] => format!("wrote {}: {one} ({what})", dir.display()),
+        [first, .., last] => format!(
+            "wrote {}: {} {what} certificates, {first} … {last}",
+            dir.display(),
+            names.len()
+        ),
     }
 }
 
 /// `vcodr certs init`: the CA, the certificates and a fresh admin token.
 pub fn certs_init(
     out: &std::path::Path,
-    servers: &[String],
+    servers: &[ServerSpec],
     clients: &[String],
 ) -> anyhow::Result<()> {
+    let path = out.join("admin.token");
+    if path.exists() {
+        anyhow::bail!(
+            "{} exists already: `certs init` makes a new deployment in an empty directory (add certificates with `vcodr certs add-server`/`add-edges`)",
+            path.display()
+        );
+    }
     vcodr_transport::certs::init_dir(out, servers, clients)
         .with_context(|| format!("making certificates in {}", out.display()))?;
     let token = format!(
@@ -314,7 +450,6 @@ pub fn certs_init(
         crate::serve::random_u128()?,
         crate::serve::random_u128()?
     );
-    let path = out.join("admin.token");
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create_new(true);
     #[cfg(unix)]
@@ -329,6 +464,144 @@ pub fn certs_init(
     writeln!(f, "{token}")?;
     f.sync_all()?;
     Ok(())
+}
+
+/// Exit code 3 for an error the server answered (printed, as JSON too with
+/// `--json`); any other error goes up.
+fn api_failure(e: anyhow::Error, json: bool) -> anyhow::Result<i32> {
+    match e.downcast_ref::<ApiError>() {
+        Some(api) => {
+            if json {
+                println!(
+                    "{}",
+                    json!({"error": {"code": api.code, "message": api.message, "data": api.data}})
+                );
+            }
+            eprintln!("error: {}", api.message);
+            Ok(3)
+        }
+        None => Err(e),
+    }
+}
+
+/// `vcodr ctl archive`: every entry from `offset` (or `limit` of them),
+/// printed as it arrives, as one JSON document with `--json`, or exported to
+/// `out` as JSON lines; always with the total.
+async fn ctl_archive(
+    client: &Client,
+    offset: u64,
+    limit: Option<u64>,
+    out: Option<&std::path::Path>,
+    json_out: bool,
+) -> anyhow::Result<i32> {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let r = match out {
+        Some(path) => {
+            let mut file = ctl::AtomicFile::create(path)?;
+            let read = ctl::read_archive(client, offset, limit, |item| match item {
+                ArchiveItem::Total(_) => Ok(()),
+                ArchiveItem::Entry(e) => file.write_line(&serde_json::to_string(e)?),
+            })
+            .await;
+            match read {
+                Ok(read) => {
+                    file.finish()?;
+                    Ok((read, Some(path)))
+                }
+                Err(e) => Err(e),
+            }
+        }
+        None if json_out => {
+            // One JSON document, streamed: `{"total":…,"entries":[…],"count":…,"next":…}`.
+            let mut lock = stdout.lock();
+            let mut first = true;
+            let read = ctl::read_archive(client, offset, limit, |item| match item {
+                ArchiveItem::Total(total) => Ok(write!(
+                    lock,
+                    "{{\"total\":{total},\"offset\":{offset},\"entries\":["
+                )?),
+                ArchiveItem::Entry(e) => {
+                    let sep = if std::mem::take(&mut first) {
+                        "\n"
+                    } else {
+                        ",\n"
+                    };
+                    Ok(write!(lock, "{sep}{}", serde_json::to_string(e)?)?)
+                }
+            })
+            .await;
+            if let Ok(read) = &read {
+                writeln!(
+                    lock,
+                    "\n],\"count\":{},\"next\":{}}}",
+                    read.count,
+                    read.next.map_or("null".to_string(), |n| n.to_string())
+                )?;
+            }
+            read.map(|r| (r, None))
+        }
+        None => {
+            let mut lock = stdout.lock();
+            let read = ctl::read_archive(client, offset, limit, |item| match item {
+                ArchiveItem::Total(total) => Ok(writeln!(
+                    lock,
+                    "divergence archive of {}: {total} entries",
+                    client.address
+                )?),
+                ArchiveItem::Entry(d) => Ok(write!(lock, "{}", archive_line(d))?),
+            })
+            .await;
+            read.map(|r| (r, None))
+        }
+    };
+    let (read, file) = match r {
+        Ok(x) => x,
+        Err(e) => return api_failure(e, json_out),
+    };
+    let span = if read.count == 0 {
+        "no entries".to_string()
+    } else {
+        format!(
+            "positions {}..={}",
+            read.offset,
+            read.offset + read.count - 1
+        )
+    };
+    let rest = match read.next {
+        Some(n) => format!("; more from --offset {n}"),
+        None => String::new(),
+    };
+    match file {
+        Some(path) if json_out => println!(
+            "{}",
+            json!({"total": read.total, "offset": read.offset, "count": read.count, "next": read.next, "out": path})
+        ),
+        Some(path) => println!(
+            "wrote {} of {} entries ({span}) to {} as JSON lines{rest}",
+            read.count,
+            read.total,
+            path.display()
+        ),
+        None if json_out => {}
+        None => println!(
+            "{} of {} entries listed ({span}){rest}",
+            read.count, read.total
+        ),
+    }
+    Ok(0)
+}
+
+/// One archived entry as `vcodr ctl archive` prints it.
+fn archive_line(d: &Value) -> String {
+    format!(
+        "{:>8} index {} epoch {}  {}  ({})\n",
+        d["position"],
+        d["index"],
+        d["epoch"],
+        d["entry"],
+        d["reason"].as_str().unwrap_or("")
+    )
 }
 
 async fn ctl_main(a: CtlArgs) -> anyhow::Result<i32> {
@@ -365,7 +638,9 @@ async fn ctl_main(a: CtlArgs) -> anyhow::Result<i32> {
         }
         CtlCmd::Delete { key } => ("configuration/delete", json!({"key": key})),
         CtlCmd::List => ("configuration/list", json!({})),
-        CtlCmd::Archive => ("disasterRecovery/getDivergenceArchive", json!({})),
+        CtlCmd::Archive { offset, limit, out } => {
+            return ctl_archive(&client, *offset, *limit, out.as_deref(), a.json).await
+        }
     };
     match client.call(method, params).await {
         Ok(v) => {
@@ -376,19 +651,7 @@ async fn ctl_main(a: CtlArgs) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Err(e) => match e.downcast_ref::<ApiError>() {
-            Some(api) => {
-                if a.json {
-                    println!(
-                        "{}",
-                        json!({"error": {"code": api.code, "message": api.message, "data": api.data}})
-                    );
-                }
-                eprintln!("error: {}", api.message);
-                Ok(3)
-            }
-            None => Err(e),
-        },
+        Err(e) => api_failure(e, a.json),
     }
 }
 
@@ -446,22 +709,6 @@ fn human(cmd: &CtlCmd, v: &Value) -> String {
             .map(|a| {
                 a.iter()
                     .map(|d| format!("{:<40} {}\n", d["key"].as_str().unwrap_or(""), d["version"]))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        CtlCmd::Archive => v
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|d| {
-                        format!(
-                            "{:>8} epoch {}  {}  ({})\n",
-                            d["index"],
-                            d["epoch"],
-                            d["entry"],
-                            d["reason"].as_str().unwrap_or("")
-                        )
-                    })
                     .collect()
             })
             .unwrap_or_default(),

@@ -75,7 +75,10 @@ impl ProcCluster {
     ) -> anyhow::Result<ProcCluster> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let certs = dir.join("certs");
-        let servers: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let servers: Vec<vcodr_transport::certs::ServerSpec> = names
+            .iter()
+            .map(|s| vcodr_transport::certs::ServerSpec::named(s))
+            .collect();
         crate::cli::certs_init(&certs, &servers, &[])?;
         let token_file = certs.join("admin.token");
         let mut out = Vec::new();

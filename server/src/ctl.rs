@@ -224,12 +224,11 @@ impl Client {
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from(self.host.clone())
             .map_err(|e| anyhow!("server name {:?}: {e}", self.host))?;
-        let tls = self.tls.connect(name, tcp).await.with_context(|| {
-            format!(
-                "TLS with {} (is --ca the deployment's ca.pem?)",
-                self.address
-            )
-        })?;
+        let tls = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| tls_error(&self.address, &self.host, e))?;
         let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
         tokio::spawn(async move {
@@ -270,6 +269,31 @@ impl Client {
             json!({ "with": ["clientContact", "clientCount", "stateHistory", "storageInfo"] }),
         )
         .await
+    }
+}
+
+/// What went wrong in the TLS handshake with `address`, and what to do.
+fn tls_error(address: &str, host: &str, e: std::io::Error) -> anyhow::Error {
+    use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(rustls::Error::InvalidCertificate(
+            NotValidForName | NotValidForNameContext { .. },
+        )) => {
+            anyhow!(
+                "TLS with {address}: the server's certificate is not valid for `{host}` \
+                 (server certificates name the server, localhost, 127.0.0.1 and the names \
+                 given to `vcodr certs init --servers NAME=SAN,…`); reissue it naming `{host}`: \
+                 move that server's NAME.pem and NAME.key aside, run \
+                 `vcodr certs add-server --dir DIR NAME={host}` and restart it, \
+                 or use an address it is valid for"
+            )
+        }
+        _ => anyhow::Error::new(e).context(format!(
+            "TLS with {address} (is --ca the deployment's ca.pem?)"
+        )),
     }
 }
 
@@ -314,4 +338,200 @@ pub fn status_table(s: &Value) -> String {
         out += &format!("{k:<22} {}\n", g(p));
     }
     out
+}
+
+/// Rows `vcodr ctl archive` asks for per `getDivergenceArchive` call.
+pub const ARCHIVE_FETCH_ROWS: usize = 1_000;
+
+/// What [`read_archive`] read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchiveRead {
+    /// Rows in the archive, as its last page said.
+    pub total: u64,
+    /// Position of the first row read.
+    pub offset: u64,
+    /// Rows handed to the callback.
+    pub count: u64,
+    /// Position of the first row not read, if the archive holds more.
+    pub next: Option<u64>,
+}
+
+/// What [`read_archive`] hands its callback, in this order.
+#[derive(Clone, Copy, Debug)]
+pub enum ArchiveItem<'a> {
+    /// Once, first: rows in the archive.
+    Total(u64),
+    /// Each entry, oldest first.
+    Entry(&'a Value),
+}
+
+/// Reads the divergence archive from `offset`, `limit` rows at most (all
+/// of them if `None`), page by page ([`ARCHIVE_FETCH_ROWS`] per call),
+/// handing the total and then each entry to `each` as it arrives: memory
+/// stays bounded however long the archive is.
+pub async fn read_archive(
+    client: &Client,
+    offset: u64,
+    limit: Option<u64>,
+    mut each: impl FnMut(ArchiveItem<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<ArchiveRead> {
+    let mut read = ArchiveRead {
+        total: 0,
+        offset,
+        count: 0,
+        next: Some(offset),
+    };
+    let mut at = offset;
+    let mut first = true;
+    loop {
+        let want = match limit {
+            Some(l) => (l - read.count).min(ARCHIVE_FETCH_ROWS as u64),
+            None => ARCHIVE_FETCH_ROWS as u64,
+        };
+        if want == 0 && !first {
+            break;
+        }
+        let page = client
+            .call(
+                "disasterRecovery/getDivergenceArchive",
+                json!({ "offset": at, "limit": want }),
+            )
+            .await?;
+        let bad = |what: &str| {
+            anyhow!(
+                "{} answered getDivergenceArchive {{offset: {at}, limit: {want}}} without {what}: {page}",
+                client.address
+            )
+        };
+        let total = page["total"]
+            .as_u64()
+            .ok_or_else(|| bad("a `total` (a server older than this ctl?)"))?;
+        let entries = page["entries"]
+            .as_array()
+            .ok_or_else(|| bad("an `entries` array"))?;
+        let next = match &page["next"] {
+            Value::Null => None,
+            v => Some(v.as_u64().ok_or_else(|| bad("a numeric `next`"))?),
+        };
+        read.total = total;
+        if first {
+            each(ArchiveItem::Total(total))?;
+            first = false;
+        }
+        for e in entries {
+            each(ArchiveItem::Entry(e))?;
+        }
+        read.count += entries.len() as u64;
+        at += entries.len() as u64;
+        read.next = next;
+        match next {
+            None => break,
+            Some(n) if n != at || (entries.is_empty() && want > 0) => {
+                anyhow::bail!(
+                    "{}: the archive page at offset {} held {} rows and points to offset {n}: it changed under us or the server is wrong; read it again",
+                    client.address,
+                    at - entries.len() as u64,
+                    entries.len()
+                )
+            }
+            Some(_) => {}
+        }
+        if limit.is_some_and(|l| read.count >= l) {
+            break;
+        }
+    }
+    Ok(read)
+}
+
+/// Writes `lines` to `path` atomically: a temporary file beside it, fsync,
+/// rename over `path`, fsync of the directory. Nobody ever sees half a file;
+/// on error the temporary file is removed and `path` is left as it was.
+pub struct AtomicFile {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl std::fmt::Debug for AtomicFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtomicFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> anyhow::Result<AtomicFile> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| anyhow!("--out {}: not a file name", path.display()))?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .with_context(|| {
+                format!("creating {} (for --out {})", tmp.display(), path.display())
+            })?;
+        Ok(AtomicFile {
+            path: path.to_path_buf(),
+            tmp,
+            file: Some(std::io::BufWriter::new(file)),
+        })
+    }
+
+    pub fn write_line(&mut self, line: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| anyhow!("{} is already finished", self.path.display()))?;
+        writeln!(f, "{line}").with_context(|| format!("writing {}", self.tmp.display()))
+    }
+
+    /// Makes the file durable and puts it in place.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        let f = self
+            .file
+            .take()
+            .ok_or_else(|| anyhow!("{} is already finished", self.path.display()))?;
+        let placed = f
+            .into_inner()
+            .map_err(|e| anyhow!("writing {}: {}", self.tmp.display(), e.error()))
+            .and_then(|f| {
+                f.sync_all()
+                    .with_context(|| format!("syncing {}", self.tmp.display()))
+            })
+            .and_then(|()| {
+                std::fs::rename(&self.tmp, &self.path).with_context(|| {
+                    format!("renaming {} to {}", self.tmp.display(), self.path.display())
+                })
+            });
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(e);
+        }
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("syncing the directory {}", dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }

@@ -20,8 +20,52 @@ pub struct DemoOptions {
     pub writes: usize,
     pub writers: usize,
     pub keep_running: bool,
-    /// Where to put the deployment (default: a fresh temp dir).
+    /// Where to put the deployment (default: a fresh temp dir). A directory
+    /// given here is never removed.
     pub dir: Option<std::path::PathBuf>,
+    /// Keep the temp dir (certificates, configs, data, logs) at the end.
+    pub keep_dir: bool,
+}
+
+/// What the story leaves running: the pair and the edges.
+struct Deployment {
+    cl: ProcCluster,
+    sim: EdgeSim,
+}
+
+impl Deployment {
+    /// Prints how to reach the pair, the server PIDs and where it lives.
+    fn print_running(&self) -> anyhow::Result<()> {
+        let cl = &self.cl;
+        let token = std::fs::read_to_string(&cl.token_file)
+            .with_context(|| format!("reading {}", cl.token_file.display()))?;
+        println!("\nThe pair keeps running:");
+        for s in &cl.servers {
+            println!(
+                "  {}: pid {}  DR page {}  (CA {})  log {}",
+                s.name,
+                s.pid().map_or("-".to_string(), |p| p.to_string()),
+                s.url(),
+                cl.certs.join("ca.pem").display(),
+                s.log.display()
+            );
+        }
+        println!("  admin token: {}", token.trim());
+        println!(
+            "  vcodr ctl --server {} --token-file {} status",
+            cl.servers[1].url(),
+            cl.token_file.display()
+        );
+        println!("  deployment in {}", cl.dir.display());
+        println!("running: ctrl-c or SIGTERM stops both servers");
+        Ok(())
+    }
+
+    /// Stops the edges, then each server gracefully (SIGTERM, wait).
+    async fn stop(mut self) {
+        let _ = self.sim.stop().await;
+        self.cl.stop_all();
+    }
 }
 
 /// One line of the final report.
@@ -177,12 +221,14 @@ async fn wait_for<F: Fn() -> bool>(timeout: Duration, f: F) -> bool {
     f()
 }
 
-/// Runs the demo; the report says whether every check passed.
-pub async fn run(exe: &std::path::Path, opts: DemoOptions) -> anyhow::Result<Report> {
-    let dir = match &opts.dir {
-        Some(d) => d.clone(),
-        None => crate::cluster::temp_dir("vcodr-demo")?,
-    };
+/// Runs the demo in `dir`; the report says whether every check passed.
+/// The pair and the edges are left running when the story reached its end.
+async fn run(
+    exe: &std::path::Path,
+    opts: &DemoOptions,
+    dir: &std::path::Path,
+) -> (Report, Option<Deployment>) {
+    let dir = dir.to_path_buf();
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(Duration::from_millis(120));
     let mut ph = Phases {
@@ -194,14 +240,17 @@ pub async fn run(exe: &std::path::Path, opts: DemoOptions) -> anyhow::Result<Rep
             ..Report::default()
         },
     };
-    let r = story(exe, &opts, &dir, &mut ph).await;
+    let r = story(exe, opts, &dir, &mut ph).await;
     ph.end();
     ph.bar.finish_and_clear();
-    if let Err(e) = r {
-        ph.report
-            .check("the story ran to the end", false, format!("{e:#}"));
+    match r {
+        Ok(d) => (ph.report, Some(d)),
+        Err(e) => {
+            ph.report
+                .check("the story ran to the end", false, format!("{e:#}"));
+            (ph.report, None)
+        }
     }
-    Ok(ph.report)
 }
 
 async fn story(
@@ -209,7 +258,7 @@ async fn story(
     opts: &DemoOptions,
     dir: &std::path::Path,
     ph: &mut Phases,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Deployment> {
     const A: usize = 0;
     const B: usize = 1;
     let t = Duration::from_secs(30);
@@ -409,45 +458,70 @@ async fn story(
         "b ACTIVE / STANDBY_RUNNING, a STANDBY / STANDBY_RUNNING".into(),
     );
     ph.end();
-    if opts.keep_running {
-        let token = std::fs::read_to_string(&cl.token_file)?;
-        println!("\nThe pair keeps running (ctrl-c to stop):");
-        for s in &cl.servers {
-            println!(
-                "  {}: DR page {}  (CA {})",
-                s.name,
-                s.url(),
-                cl.certs.join("ca.pem").display()
-            );
-        }
-        println!("  admin token: {}", token.trim());
-        println!(
-            "  vcodr ctl --server {} --token-file {} status",
-            cl.servers[B].url(),
-            cl.token_file.display()
-        );
-        let _ = tokio::signal::ctrl_c().await;
+    Ok(Deployment { cl, sim })
+}
+
+/// Exit code of a demo stopped by `signal` before its story ended (128 + the
+/// signal's number, as shells report it).
+fn signal_exit_code(signal: &str) -> i32 {
+    match signal {
+        "SIGTERM" => 128 + 15,
+        _ => 128 + 2,
     }
-    let _ = sim.stop().await;
-    cl.stop_all();
-    Ok(())
 }
 
 /// `vcodr demo`: prints the report; exit code 0 only if every check passed.
+///
+/// SIGTERM and SIGINT (ctrl-c) are handled alike, at any moment: the
+/// servers it started are stopped (killed mid-story, gracefully once the
+/// story is over, e.g. with `--keep-running`) and the temp dir it made is
+/// removed unless `--keep-dir` (a failed run keeps it for its logs; a
+/// `--dir` is never removed).
 pub async fn main(opts: DemoOptions) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("locating the vcodr binary")?;
     if opts.edges == 0 || opts.writes == 0 {
         bail!("--edges and --writes must be at least 1");
     }
-    let report = run(&exe, opts.clone()).await?;
+    let (dir, made_here) = match &opts.dir {
+        Some(d) => (d.clone(), false),
+        None => (crate::cluster::temp_dir("vcodr-demo")?, true),
+    };
+    let mut signals = crate::serve::StopSignals::new();
+    let outcome = tokio::select! {
+        r = run(&exe, &opts, &dir) => Ok(r),
+        sig = signals.recv() => Err(sig),
+    };
+    let (report, deployment) = match outcome {
+        Ok(r) => r,
+        Err(sig) => {
+            // The story's future is gone, and with it the cluster: its Drop
+            // killed both servers and waited for them.
+            println!("\n{sig}: demo interrupted; both servers stopped");
+            keep_or_remove(&dir, made_here && !opts.keep_dir);
+            return Ok(signal_exit_code(sig));
+        }
+    };
     print!("{}", report.render());
-    if report.passed() && opts.dir.is_none() && !opts.keep_running {
-        let _ = std::fs::remove_dir_all(&report.dir);
-    } else {
-        println!(
-            "deployment, configs and logs kept in {}",
-            report.dir.display()
-        );
+    if let Some(d) = deployment {
+        if opts.keep_running {
+            d.print_running()?;
+            let sig = signals.recv().await;
+            println!("{sig}: stopping both servers");
+        }
+        d.stop().await;
     }
+    keep_or_remove(&dir, made_here && !opts.keep_dir && report.passed());
     Ok(if report.passed() { 0 } else { 1 })
+}
+
+/// Removes the deployment directory, or says where it is kept.
+fn keep_or_remove(dir: &std::path::Path, remove: bool) {
+    if remove {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) => println!("could not remove {}: {e}", dir.display()),
+        }
+    } else {
+        println!("deployment, configs and logs kept in {}", dir.display());
+    }
 }

@@ -656,21 +656,18 @@ impl Driver {
                 }
             }
             ApiCall::DivergenceArchive { offset, limit } => {
-                let _ = self.jobs.send(StorageJob::Read(Box::new(move |s: &dyn Storage| {
-                    let r = s
-                        .archive(offset, limit)
-                        .map(|rows| {
-                            Value::Array(
-                                rows.iter()
-                                    .map(|a| {
-                                        json!({ "index": a.index, "epoch": a.epoch, "reason": a.reason, "entry": rpc::op_json(&a.op) })
-                                    })
-                                    .collect(),
-                            )
-                        })
-                        .map_err(|e| RpcError::new(rpc::code::INTERNAL, e.to_string()));
-                    let _ = reply.send(r);
-                })));
+                let _ = self
+                    .jobs
+                    .send(StorageJob::Read(Box::new(move |s: &dyn Storage| {
+                        let r = s
+                            .archive_len()
+                            .and_then(|total| Ok((total, s.archive(offset, limit)?)))
+                            .map(|(total, rows)| {
+                                rpc::archive_page_json(total, offset, limit, &rows)
+                            })
+                            .map_err(|e| RpcError::new(rpc::code::INTERNAL, e.to_string()));
+                        let _ = reply.send(r);
+                    })));
             }
             ApiCall::ClientSamples {
                 client_id,

@@ -40,7 +40,34 @@ pub struct SimSettings {
     pub handshake_concurrency: usize,
     /// Who drives the simulator's QUIC connections.
     pub quic_driver: QuicDriver,
+    /// Where the simulator's UDP sockets bind (port 0: any). `None`: the
+    /// unspecified address of the servers' family ([`bind_address_for`]), so
+    /// that the OS picks the source address of the route to each server.
+    pub bind: Option<SocketAddr>,
     pub seed: u64,
+}
+
+/// The address a client socket binds to reach `servers`: `0.0.0.0:0` for
+/// IPv4 servers, `[::]:0` (dual stack) if any is IPv6. Never a loopback
+/// address: a socket bound to `127.0.0.1` cannot send anywhere else (every
+/// send fails with `EINVAL`).
+pub fn bind_address_for(servers: &[SocketAddr]) -> SocketAddr {
+    if servers.iter().any(SocketAddr::is_ipv6) {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+    }
+}
+
+/// `server` as a dual-stack IPv6 socket reaches it: an IPv4 address as
+/// `::ffff:a.b.c.d`, when the socket is IPv6.
+fn dial_address(server: SocketAddr, bound: SocketAddr) -> SocketAddr {
+    match (server, bound) {
+        (SocketAddr::V4(v4), SocketAddr::V6(_)) => {
+            SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port()))
+        }
+        _ => server,
+    }
 }
 
 impl Default for SimSettings {
@@ -56,6 +83,7 @@ impl Default for SimSettings {
             cache_bytes: 1024 * 1024,
             handshake_concurrency: 48,
             quic_driver: QuicDriver::Hub,
+            bind: None,
             seed: 1,
         }
     }
@@ -178,6 +206,7 @@ mod tests {
 pub struct Stats {
     pub heartbeats: AtomicU64,
     pub rtt: RttHistogram,
+    /// Requests that failed otherwise (the link broke): the edge redials.
     pub request_errors: AtomicU64,
     /// Heartbeats (datagrams) or their replies lost: the edge counts a miss.
     pub heartbeats_lost: AtomicU64,
@@ -218,6 +247,9 @@ pub struct Summary {
     pub request_errors: u64,
     pub heartbeats_lost: u64,
     pub connect_failures: u64,
+    /// UDP sends the OS refused (every packet of a socket that cannot reach
+    /// the servers, e.g. one bound to loopback: `EINVAL`).
+    pub send_failures: u64,
     pub configs_applied: u64,
     pub follow_changes: u64,
 }
@@ -226,7 +258,7 @@ impl Summary {
     /// The live one-line summary.
     pub fn line(&self, servers: &[String; 2]) -> String {
         format!(
-            "edges {} | following {}: {} | {}: {} | nobody: {} | cached {} dropped {} | hb {} p50 {:.2} ms p99 {:.2} ms lost {} | errors {}",
+            "edges {} | following {}: {} | {}: {} | nobody: {} | cached {} dropped {} | hb {} p50 {:.2} ms p99 {:.2} ms lost {} | errors {} | connect failures {} | send failures {}",
             self.edges,
             servers[0],
             self.following[0],
@@ -239,7 +271,9 @@ impl Summary {
             self.heartbeat_p50_us as f64 / 1000.0,
             self.heartbeat_p99_us as f64 / 1000.0,
             self.heartbeats_lost,
-            self.request_errors
+            self.request_errors,
+            self.connect_failures,
+            self.send_failures
         )
     }
 }
@@ -258,7 +292,7 @@ pub struct EdgeSim {
     views: Arc<Vec<EdgeView>>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _sockets: Vec<QuicTransport<EdgeLink>>,
+    sockets: Vec<QuicTransport<EdgeLink>>,
 }
 
 impl std::fmt::Debug for EdgeSim {
@@ -279,10 +313,12 @@ impl EdgeSim {
             .servers
             .iter()
             .map(|s| {
-                s.parse()
-                    .with_context(|| format!("--servers: {s:?} is not host:port"))
+                s.parse().with_context(|| {
+                    format!("--servers: {s:?} is not IP:port (the edge_listen a server advertises)")
+                })
             })
             .collect::<Result<_, _>>()?;
+        let bind = settings.bind.unwrap_or_else(|| bind_address_for(&servers));
         let tsettings = edge_link_settings(
             Settings {
                 udp_buffer_bytes: 16 * 1024 * 1024,
@@ -298,12 +334,10 @@ impl EdgeSim {
         let first = ca.issue_identity(&format!("{}-sim", settings.id_prefix), CertRole::Edge)?;
         let bases = (0..sockets)
             .map(|_| {
-                QuicTransport::<EdgeLink>::bind(
-                    "127.0.0.1:0".parse()?,
-                    first.clone(),
-                    tsettings.clone(),
-                )
-                .context("binding one of the edge simulator's UDP sockets")
+                QuicTransport::<EdgeLink>::bind(bind, first.clone(), tsettings.clone())
+                    .with_context(|| {
+                        format!("binding one of the edge simulator's UDP sockets to {bind}")
+                    })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let stats = Arc::new(Stats::default());
@@ -340,7 +374,7 @@ impl EdgeSim {
             let ctx = EdgeCtx {
                 index: i,
                 cfg,
-                servers: [servers[0], servers[1]],
+                servers: [servers[0], servers[1]].map(|a| dial_address(a, bind)),
                 transport: Arc::new(transport),
                 stats: stats.clone(),
                 views: views.clone(),
@@ -364,7 +398,7 @@ impl EdgeSim {
             views,
             stop,
             tasks,
-            _sockets: bases,
+            sockets: bases,
         })
     }
 
@@ -383,6 +417,7 @@ impl EdgeSim {
             request_errors: self.stats.request_errors.load(Relaxed),
             heartbeats_lost: self.stats.heartbeats_lost.load(Relaxed),
             connect_failures: self.stats.connect_failures.load(Relaxed),
+            send_failures: self.sockets.iter().map(|t| t.udp_send_failures()).sum(),
             configs_applied: self.stats.configs_applied.load(Relaxed),
             follow_changes: self.stats.follow_changes.load(Relaxed),
         };
@@ -645,7 +680,7 @@ fn note(ctx: &EdgeCtx, e: &EdgeEvent) {
     }
 }
 
-/// `vcodr edge-sim`: runs until `duration` passes (or ctrl-c), printing a live line.
+/// `vcodr edge-sim`: runs until `duration` passes (or SIGINT/SIGTERM), printing a live line.
 pub async fn run_cli(
     certs: &std::path::Path,
     settings: SimSettings,
@@ -653,6 +688,7 @@ pub async fn run_cli(
     warmup: Duration,
     json: bool,
 ) -> anyhow::Result<Summary> {
+    let mut signals = crate::serve::StopSignals::new();
     let ca = CertificateAuthority::load(certs)
         .with_context(|| format!("loading the CA (ca.pem + ca.key) from {}", certs.display()))?;
     let servers = settings.servers.clone();
@@ -672,7 +708,7 @@ pub async fn run_cli(
         let tick = tokio::time::sleep(Duration::from_secs(1));
         tokio::select! {
             _ = tick => {}
-            _ = tokio::signal::ctrl_c() => break,
+            _ = signals.recv() => break,
         }
         let line = sim.summary().line(&servers);
         if json {

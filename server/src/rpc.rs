@@ -334,7 +334,12 @@ pub fn parse_call(method: &str, params: &Value) -> Result<ApiCall, RpcError> {
         "disasterRecovery/rejoinAsStandby" => ApiCall::Core(Command::Rejoin),
         "disasterRecovery/getDivergenceArchive" => ApiCall::DivergenceArchive {
             offset: number(p, "offset", 0, u64::MAX)?,
-            limit: number(p, "limit", 100, 10_000)? as usize,
+            limit: number(
+                p,
+                "limit",
+                ARCHIVE_PAGE_DEFAULT as u64,
+                ARCHIVE_PAGE_MAX as u64,
+            )? as usize,
         },
         "configuration/get" => ApiCall::Core(Command::Get {
             key: string(p, "key")?,
@@ -534,6 +539,44 @@ pub fn transition_json(t: &Transition) -> Value {
     })
 }
 
+/// Rows of a `getDivergenceArchive` page when `limit` is not given.
+pub const ARCHIVE_PAGE_DEFAULT: usize = 100;
+/// The largest `limit` of a `getDivergenceArchive` page.
+pub const ARCHIVE_PAGE_MAX: usize = crate::storage::READ_ROWS_MAX;
+
+/// One page of `getDivergenceArchive` (SPEC §7): `{total, offset, limit,
+/// entries, next}`. `total` counts every archived row; `next` is the
+/// `offset` of the following page, or null once `entries` reach the end.
+/// Each entry carries its `position` in the archive (0 is the oldest).
+pub fn archive_page_json(
+    total: u64,
+    offset: u64,
+    limit: usize,
+    rows: &[crate::storage::ArchivedEntry],
+) -> Value {
+    let entries: Vec<Value> = rows
+        .iter()
+        .zip(offset..)
+        .map(|(a, position)| {
+            json!({
+                "position": position,
+                "index": a.index,
+                "epoch": a.epoch,
+                "reason": a.reason,
+                "entry": op_json(&a.op),
+            })
+        })
+        .collect();
+    let end = offset.saturating_add(rows.len() as u64);
+    json!({
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+        "entries": entries,
+        "next": (end < total).then_some(end),
+    })
+}
+
 /// A log entry's operation, for the divergence archive.
 pub fn op_json(op: &Op) -> Value {
     match op {
@@ -591,6 +634,54 @@ mod tests {
             version: 3,
         });
         assert_eq!(doc, json!({"key":"k","value":{"a":[1,2]},"version":3}));
+    }
+
+    #[test]
+    fn archive_pages_say_the_total_and_where_the_next_one_starts() {
+        let call = |params: Value| parse_call("disasterRecovery/getDivergenceArchive", &params);
+        assert_eq!(
+            call(json!({})),
+            Ok(ApiCall::DivergenceArchive {
+                offset: 0,
+                limit: ARCHIVE_PAGE_DEFAULT
+            })
+        );
+        assert_eq!(
+            call(json!({"offset": 200, "limit": 10_000})),
+            Ok(ApiCall::DivergenceArchive {
+                offset: 200,
+                limit: 10_000
+            })
+        );
+        let e = call(json!({"limit": 10_001})).unwrap_err();
+        assert!(
+            e.message.contains("`limit`") && e.message.contains("10000"),
+            "{}",
+            e.message
+        );
+        let row = |index| crate::storage::ArchivedEntry {
+            index,
+            epoch: 1,
+            op: Op::Delete {
+                key: format!("k{index}"),
+            },
+            reason: "rejoin".into(),
+        };
+        let rows: Vec<_> = (11..=12).map(row).collect();
+        let page = archive_page_json(5, 2, 2, &rows);
+        assert_eq!(
+            page,
+            json!({
+                "total": 5, "offset": 2, "limit": 2, "next": 4,
+                "entries": [
+                    {"position": 2, "index": 11, "epoch": 1, "reason": "rejoin", "entry": {"op": "delete", "key": "k11"}},
+                    {"position": 3, "index": 12, "epoch": 1, "reason": "rejoin", "entry": {"op": "delete", "key": "k12"}},
+                ],
+            })
+        );
+        assert_eq!(archive_page_json(4, 2, 2, &rows)["next"], Value::Null);
+        assert_eq!(archive_page_json(0, 0, 100, &[])["next"], Value::Null);
+        assert_eq!(archive_page_json(3, 7, 100, &[])["next"], Value::Null);
     }
 
     #[test]

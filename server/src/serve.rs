@@ -387,6 +387,9 @@ fn warn_if_descriptors_short(max_connections: usize) {
 /// unknown and returns [`StorageFailed`] (the process exits with
 /// [`EXIT_STORAGE_FAILED`]).
 pub async fn run(cfg: FileConfig) -> anyhow::Result<()> {
+    // Listening before the "serving" line: a SIGTERM right after it stops
+    // the server cleanly instead of killing it.
+    let mut signals = StopSignals::new();
     let running = start(&cfg).await?;
     let b = &running.bound;
     tracing::info!(admin = %b.admin, peer = %b.peer, edge = %b.edge, "serving");
@@ -397,7 +400,7 @@ pub async fn run(cfg: FileConfig) -> anyhow::Result<()> {
     );
     let mut failed = running.handle.watch_storage_failure();
     let why = tokio::select! {
-        _ = wait_for_signal() => None,
+        _ = signals.recv() => None,
         f = failed.wait_for(Option::is_some) => f.ok().and_then(|f| f.clone()),
     };
     match why {
@@ -419,22 +422,69 @@ pub async fn run(cfg: FileConfig) -> anyhow::Result<()> {
     }
 }
 
-async fn wait_for_signal() {
+/// SIGTERM (what systemd and `kill` send) and SIGINT (ctrl-c), handled
+/// alike, listened to from [`StopSignals::new`] on: a signal that arrives
+/// before [`recv`](StopSignals::recv) is polled is kept, not lost to the
+/// default action (which would kill the process uncleanly). `serve`, `demo`
+/// and `edge-sim` stop on it.
+#[derive(Debug)]
+pub struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Starts listening (within a tokio runtime). Should the OS refuse a
+    /// handler, that signal keeps its default action, logged.
+    pub fn new() -> StopSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot handle {name}; it stops this process uncleanly");
+                    None
+                }
+            };
+            StopSignals {
+                term: listen(SignalKind::terminate(), "SIGTERM"),
+                int: listen(SignalKind::interrupt(), "SIGINT"),
             }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        }
+        #[cfg(not(unix))]
+        StopSignals {}
+    }
+
+    /// Waits for the first of them; returns its name.
+    pub async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = next(&mut self.term) => "SIGTERM",
+                () = next(&mut self.int) => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "ctrl-c"
         }
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+}
+
+impl Default for StopSignals {
+    fn default() -> Self {
+        Self::new()
+    }
 }

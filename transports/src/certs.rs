@@ -13,9 +13,11 @@
 //!   (certificates made before roles existed must be reissued).
 //!
 //! Server certificates also name `localhost` and `127.0.0.1` so that
-//! loopback tools can reach them, and carry both the server and the client
-//! extended key usage (a server dials its peer); edge and gateway
-//! certificates carry the client usage only.
+//! loopback tools can reach them, and any further DNS names and IP
+//! addresses the operator gives ([`ServerSpec`]: `a=vco-a.example.net,10.0.0.1`),
+//! by which `vcodr ctl` and browsers reach the admin API on other hosts. They
+//! carry both the server and the client extended key usage (a server dials
+//! its peer); edge and gateway certificates carry the client usage only.
 //!
 //! # Why a role URI, not an intermediate CA per role
 //! - One CA file to distribute and trust (`ca.pem`) and one key to keep
@@ -40,7 +42,9 @@
 //! Files, as `vcodr certs init --out DIR` writes them ([`init_dir`]):
 //! `DIR/ca.pem`, `DIR/ca.key` (keep it offline once every certificate is
 //! issued), and `DIR/<name>.pem` + `DIR/<name>.key` per server and edge.
-//! Keys are written with mode 0600.
+//! Keys are written with mode 0600. More certificates come later from the
+//! same CA ([`add_server`], [`add_clients`]). No function here overwrites an
+//! existing file, except [`write_issued`], which says so.
 
 use std::fs;
 use std::io::Write;
@@ -144,6 +148,121 @@ pub fn validate_name(name: &str) -> Result<(), CertError> {
         Ok(_) => bad("it must be a DNS name, not an IP address"),
         Err(_) => bad("it is not a valid DNS name"),
     }
+}
+
+/// Extra subject alternative names one server certificate may carry.
+pub const SERVER_SANS_MAX: usize = 32;
+
+/// Checks a subject alternative name a server is reached by: an IP address
+/// or a DNS name (any case; a `*.` wildcard is refused).
+pub fn validate_san(san: &str) -> Result<(), CertError> {
+    let bad = |reason| {
+        Err(CertError::InvalidName {
+            name: san.to_string(),
+            reason,
+        })
+    };
+    if san.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if san.contains('*') {
+        return bad("wildcard names are not issued: name each host");
+    }
+    if san.is_empty() || san.len() > 253 {
+        return bad("a DNS name must be 1 to 253 characters long");
+    }
+    if !san
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        return bad("not an IP address, and a DNS name holds only a-z, 0-9, '-' and '.'");
+    }
+    match ServerName::try_from(san) {
+        Ok(ServerName::DnsName(_)) => Ok(()),
+        _ => bad("not an IP address nor a valid DNS name"),
+    }
+}
+
+/// A server certificate to make: the server's name (its identity, `name =`
+/// in its config) and the further DNS names and IP addresses clients reach
+/// it by (beside `localhost` and `127.0.0.1`, which every server
+/// certificate names).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSpec {
+    /// The identity.
+    pub name: String,
+    /// Extra DNS names and IP addresses, in the order given.
+    pub sans: Vec<String>,
+}
+
+impl ServerSpec {
+    /// A server reached by its name only (and loopback).
+    pub fn named(name: &str) -> Self {
+        ServerSpec {
+            name: name.to_string(),
+            sans: Vec::new(),
+        }
+    }
+
+    /// Parses one `--servers` value: either `NAME=SAN[,SAN…]` (one server
+    /// and the names it is reached by: `a=vco-a.example.net,10.0.0.1`) or
+    /// `NAME[,NAME…]` (servers reached by their names: `a,b`).
+    pub fn parse(arg: &str) -> Result<Vec<ServerSpec>, CertError> {
+        let specs = match arg.split_once('=') {
+            Some((name, sans)) => {
+                let sans: Vec<String> = sans
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                if sans.is_empty() {
+                    return Err(CertError::InvalidName {
+                        name: arg.to_string(),
+                        reason: "give the names after `=` (NAME=SAN[,SAN…]) or drop the `=`",
+                    });
+                }
+                vec![ServerSpec {
+                    name: name.trim().to_string(),
+                    sans,
+                }]
+            }
+            None => arg
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(ServerSpec::named)
+                .collect(),
+        };
+        for spec in &specs {
+            spec.validate()?;
+        }
+        Ok(specs)
+    }
+
+    /// Checks the name and every extra name.
+    pub fn validate(&self) -> Result<(), CertError> {
+        validate_file_name(&self.name)?;
+        if self.sans.len() > SERVER_SANS_MAX {
+            return Err(CertError::InvalidName {
+                name: self.name.clone(),
+                reason: "too many extra names (at most 32 per server)",
+            });
+        }
+        self.sans.iter().try_for_each(|s| validate_san(s))
+    }
+}
+
+/// A valid identity that is not the CA's own file name.
+fn validate_file_name(name: &str) -> Result<(), CertError> {
+    validate_name(name)?;
+    if name == "ca" {
+        return Err(CertError::InvalidName {
+            name: name.to_string(),
+            reason: "`ca` is the CA's file name",
+        });
+    }
+    Ok(())
 }
 
 /// Start of the role URI every certificate carries: `urn:vcodr:<role>:<name>`.
@@ -275,6 +394,22 @@ impl CertificateAuthority {
         self.issue_valid(name, role, now - CLOCK_SKEW_ALLOWANCE, now + LEAF_VALIDITY)
     }
 
+    /// Issues a server certificate for `spec`: its name, `localhost`,
+    /// `127.0.0.1` and the extra DNS names and IP addresses it lists.
+    pub fn issue_server(&self, spec: &ServerSpec) -> Result<IssuedCert, CertError> {
+        spec.validate()?;
+        let now = SystemTime::now();
+        let key = KeyPair::generate().map_err(gen_err(&spec.name))?;
+        self.issue_with_key(
+            &spec.name,
+            CertRole::Server,
+            now - CLOCK_SKEW_ALLOWANCE,
+            now + LEAF_VALIDITY,
+            key,
+            &spec.sans,
+        )
+    }
+
     /// Issues a certificate valid from `not_before` to `not_after` (tests use
     /// it to make expired certificates).
     pub fn issue_valid(
@@ -285,9 +420,11 @@ impl CertificateAuthority {
         not_after: SystemTime,
     ) -> Result<IssuedCert, CertError> {
         let key = KeyPair::generate().map_err(gen_err(name))?;
-        self.issue_with_key(name, role, not_before, not_after, key)
+        self.issue_with_key(name, role, not_before, not_after, key, &[])
     }
 
+    /// `extra_sans` (servers only) come after the name, which stays the
+    /// first DNS name: the identity ([`identity_of`]).
     fn issue_with_key(
         &self,
         name: &str,
@@ -295,16 +432,29 @@ impl CertificateAuthority {
         not_before: SystemTime,
         not_after: SystemTime,
         key: KeyPair,
+        extra_sans: &[String],
     ) -> Result<IssuedCert, CertError> {
         validate_name(name)?;
+        if role != CertRole::Server && !extra_sans.is_empty() {
+            return Err(CertError::InvalidName {
+                name: name.to_string(),
+                reason: "only server certificates carry extra names",
+            });
+        }
         let mut sans = vec![name.to_string()];
         if role == CertRole::Server {
-            for extra in ["localhost", "127.0.0.1"] {
-                if extra != name {
+            for extra in ["localhost", "127.0.0.1"]
+                .into_iter()
+                .chain(extra_sans.iter().map(String::as_str))
+            {
+                validate_san(extra)?;
+                // DNS names compare without case; keep one of each.
+                if !sans.iter().any(|s| s.eq_ignore_ascii_case(extra)) {
                     sans.push(extra.to_string());
                 }
             }
         }
+        // rcgen makes an IP address SAN of what parses as one, a DNS name of the rest.
         let mut params = CertificateParams::new(sans).map_err(gen_err(name))?;
         let uri = Ia5String::try_from(role_uri(role, name)).map_err(gen_err(name))?;
         params.subject_alt_names.push(SanType::URI(uri));
@@ -356,7 +506,8 @@ impl CertificateAuthority {
     }
 }
 
-/// Writes `DIR/<name>.pem` and `DIR/<name>.key` (mode 0600).
+/// Writes `DIR/<name>.pem` and `DIR/<name>.key` (mode 0600), replacing
+/// them if they exist (tests; `vcodr certs` uses [`write_issued_new`]).
 pub fn write_issued(dir: &Path, issued: &IssuedCert) -> Result<(), CertError> {
     write_file(
         &dir.join(format!("{}.pem", issued.name)),
@@ -370,48 +521,170 @@ pub fn write_issued(dir: &Path, issued: &IssuedCert) -> Result<(), CertError> {
     )
 }
 
+/// The files a certificate for `name` lives in: `DIR/<name>.pem`, `DIR/<name>.key`.
+pub fn cert_files(dir: &Path, name: &str) -> [PathBuf; 2] {
+    [
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    ]
+}
+
+/// Refuses when `path` exists: certificates and keys are never overwritten.
+fn refuse_existing(path: &Path, what: &str) -> Result<(), CertError> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(CertError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Ok(_) => Err(CertError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("exists already; {what}"),
+            ),
+        }),
+    }
+}
+
+/// Like [`write_issued`], but refuses (before writing anything) if either
+/// file exists, and creates them exclusively.
+pub fn write_issued_new(dir: &Path, issued: &IssuedCert) -> Result<(), CertError> {
+    let [pem, key] = cert_files(dir, &issued.name);
+    for path in [&pem, &key] {
+        refuse_existing(
+            path,
+            "certificates are never overwritten: choose another name or remove it yourself",
+        )?;
+    }
+    write_new_file(&pem, issued.cert_pem.as_bytes(), false)?;
+    write_new_file(&key, issued.key_pem.as_bytes(), true)
+}
+
 /// Makes a CA, a certificate for each server (role `server`) and each edge
 /// (role `edge`; `clients`), and writes them all to `dir` (created if
-/// missing). Gateways: [`CertificateAuthority::issue`] with
-/// [`CertRole::Gateway`], then [`write_issued`]. Refuses to overwrite an existing
-/// `ca.pem`, so a deployment's CA is never replaced by accident.
+/// missing). Gateways: [`add_clients`] with [`CertRole::Gateway`]. Refuses,
+/// before writing anything, if `ca.pem`, `ca.key` or any certificate file
+/// exists, so a deployment's CA is never replaced by accident.
 pub fn init_dir(
     dir: &Path,
-    servers: &[String],
+    servers: &[ServerSpec],
     clients: &[String],
 ) -> Result<CertificateAuthority, CertError> {
     fs::create_dir_all(dir).map_err(|source| CertError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
-    let ca_path = dir.join("ca.pem");
-    if ca_path.exists() {
-        return Err(CertError::Io {
-            path: ca_path,
-            source: std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "a deployment CA exists already; remove the directory to start over",
-            ),
-        });
+    for path in [dir.join("ca.pem"), dir.join("ca.key")] {
+        refuse_existing(
+            &path,
+            "a deployment CA exists already: add certificates with `vcodr certs add-server`/`add-edges`, or remove the directory to start over",
+        )?;
     }
-    for name in servers.iter().chain(clients) {
-        validate_name(name)?;
-        if name == "ca" {
+    let mut names = std::collections::BTreeSet::new();
+    for spec in servers {
+        spec.validate()?;
+    }
+    for name in servers.iter().map(|s| &s.name).chain(clients) {
+        validate_file_name(name)?;
+        if !names.insert(name.as_str()) {
             return Err(CertError::InvalidName {
                 name: name.clone(),
-                reason: "`ca` is the CA's file name",
+                reason: "named twice",
             });
+        }
+        for path in cert_files(dir, name) {
+            refuse_existing(
+                &path,
+                "certificates are never overwritten: use an empty directory",
+            )?;
         }
     }
     let ca = CertificateAuthority::new()?;
-    ca.write(dir)?;
-    for name in servers {
-        write_issued(dir, &ca.issue(name, CertRole::Server)?)?;
+    write_new_file(&dir.join("ca.pem"), ca.cert_pem.as_bytes(), false)?;
+    write_new_file(&dir.join("ca.key"), ca.key.serialize_pem().as_bytes(), true)?;
+    for spec in servers {
+        write_issued_new(dir, &ca.issue_server(spec)?)?;
     }
     for name in clients {
-        write_issued(dir, &ca.issue(name, CertRole::Edge)?)?;
+        write_issued_new(dir, &ca.issue(name, CertRole::Edge)?)?;
     }
     Ok(ca)
+}
+
+/// Issues a server certificate for `spec` from the CA in `dir` (`ca.pem`,
+/// `ca.key`) and writes it there; refuses if its files exist.
+pub fn add_server(dir: &Path, spec: &ServerSpec) -> Result<IssuedCert, CertError> {
+    spec.validate()?;
+    for path in cert_files(dir, &spec.name) {
+        refuse_existing(
+            &path,
+            "certificates are never overwritten: choose another name or remove it yourself",
+        )?;
+    }
+    let ca = CertificateAuthority::load(dir)?;
+    let issued = ca.issue_server(spec)?;
+    write_issued_new(dir, &issued)?;
+    Ok(issued)
+}
+
+/// Client certificates `add_clients` makes in one call at most.
+pub const ADD_CLIENTS_MAX: usize = 100_000;
+
+/// Issues `count` client certificates of `role` (edge or gateway) from the
+/// CA in `dir` and writes them there, named `<prefix>-<n>` from the number
+/// after the highest `<prefix>-<n>.pem` or `.key` already in `dir` (from 1
+/// in a fresh one): existing files are never touched. Returns the names.
+pub fn add_clients(
+    dir: &Path,
+    role: CertRole,
+    prefix: &str,
+    count: usize,
+) -> Result<Vec<String>, CertError> {
+    if role == CertRole::Server {
+        return Err(CertError::InvalidName {
+            name: prefix.to_string(),
+            reason: "server certificates are made one by one (add_server)",
+        });
+    }
+    if count > ADD_CLIENTS_MAX {
+        return Err(CertError::InvalidName {
+            name: prefix.to_string(),
+            reason: "at most 100000 certificates at once",
+        });
+    }
+    validate_file_name(&format!("{prefix}-1"))?;
+    let ca = CertificateAuthority::load(dir)?;
+    let entries = fs::read_dir(dir).map_err(|source| CertError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut highest = 0u64;
+    for entry in entries {
+        let entry = entry.map_err(|source| CertError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        let stem = file
+            .strip_suffix(".pem")
+            .or_else(|| file.strip_suffix(".key"));
+        if let Some(n) = stem
+            .and_then(|s| s.strip_prefix(prefix))
+            .and_then(|s| s.strip_prefix('-'))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            highest = highest.max(n);
+        }
+    }
+    let mut names = Vec::with_capacity(count);
+    for n in (highest + 1..).take(count) {
+        let name = format!("{prefix}-{n}");
+        write_issued_new(dir, &ca.issue(&name, role)?)?;
+        names.push(name);
+    }
+    Ok(names)
 }
 
 fn read_text(path: &Path) -> Result<String, CertError> {
@@ -419,6 +692,26 @@ fn read_text(path: &Path) -> Result<String, CertError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Writes a file that must not exist yet (`create_new`).
+fn write_new_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), CertError> {
+    let io = |source| CertError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut file = options.open(path).map_err(io)?;
+    file.write_all(contents).map_err(io)?;
+    file.sync_all().map_err(io)
 }
 
 fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), CertError> {
@@ -1082,7 +1375,7 @@ mod tests {
         let now = SystemTime::now();
         let key = KeyPair::generate_for(algorithm).unwrap();
         let issued = ca
-            .issue_with_key(name, CertRole::Server, now, now + LEAF_VALIDITY, key)
+            .issue_with_key(name, CertRole::Server, now, now + LEAF_VALIDITY, key, &[])
             .unwrap();
         ca.identity(&issued).unwrap()
     }
@@ -1243,6 +1536,178 @@ mod tests {
         assert!(!a.verify(b.public_key(), &forged), "another epoch");
     }
 
+    /// Whether webpki, as rustls uses it, accepts `der` for `name`.
+    fn valid_for(der: &CertificateDer<'_>, name: &str) -> bool {
+        let cert = webpki::EndEntityCert::try_from(der).unwrap();
+        let name = ServerName::try_from(name.to_string()).unwrap();
+        cert.verify_is_valid_for_subject_name(&name).is_ok()
+    }
+
+    #[test]
+    fn server_certificates_name_the_extra_dns_names_and_addresses() {
+        let ca = CertificateAuthority::new().unwrap();
+        let spec = ServerSpec {
+            name: "a".into(),
+            sans: vec![
+                "vco-a.example.net".into(),
+                "10.99.0.10".into(),
+                "fd00::10".into(),
+                "LOCALHOST".into(),
+            ],
+        };
+        let issued = ca.issue_server(&spec).unwrap();
+        let der = der_of(&issued);
+        for name in [
+            "a",
+            "localhost",
+            "127.0.0.1",
+            "vco-a.example.net",
+            "10.99.0.10",
+            "fd00::10",
+        ] {
+            assert!(valid_for(&der, name), "{name}");
+        }
+        for name in ["b", "10.99.0.11", "vco-b.example.net", "example.net"] {
+            assert!(!valid_for(&der, name), "{name}");
+        }
+        // The identity and the role are those of a plain server certificate.
+        assert_eq!(identity_of(&der).as_deref(), Some("a"));
+        assert_eq!(role_of(&der), Some((CertRole::Server, "a".into())));
+        let plain = der_of(&ca.issue("a", CertRole::Server).unwrap());
+        assert!(valid_for(&plain, "127.0.0.1") && !valid_for(&plain, "10.99.0.10"));
+        // Extra names are for servers only, and must be names or addresses.
+        let now = SystemTime::now();
+        let key = KeyPair::generate().unwrap();
+        let e = ca
+            .issue_with_key(
+                "edge-1",
+                CertRole::Edge,
+                now,
+                now,
+                key,
+                &["x.example".into()],
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("only server"), "{e}");
+        for bad in ["*.example.net", "a b", "", "10.0.0.1/24", "ex_ample.net"] {
+            let spec = ServerSpec {
+                name: "a".into(),
+                sans: vec![bad.into()],
+            };
+            let e = ca.issue_server(&spec).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{bad}`")), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn server_specs_parse_one_server_with_names_or_a_list_of_names() {
+        let spec = |name: &str, sans: &[&str]| ServerSpec {
+            name: name.into(),
+            sans: sans.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(
+            ServerSpec::parse("a,b").unwrap(),
+            [spec("a", &[]), spec("b", &[])]
+        );
+        assert_eq!(
+            ServerSpec::parse("a=vco-a.example.net,10.0.0.1").unwrap(),
+            [spec("a", &["vco-a.example.net", "10.0.0.1"])]
+        );
+        assert_eq!(
+            ServerSpec::parse("b=10.0.0.2").unwrap(),
+            [spec("b", &["10.0.0.2"])]
+        );
+        for (bad, part) in [
+            ("a=", "give the names after `=`"),
+            ("A", "lower case"),
+            ("ca", "CA's file name"),
+            ("a=10.0.0.1,b=10.0.0.2", "`b=10.0.0.2`"),
+            ("10.0.0.1", "not an IP address"),
+        ] {
+            let e = ServerSpec::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(part), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn certificates_are_added_later_and_never_overwritten() {
+        let dir = std::env::temp_dir().join(format!("vcodr-certs-add-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        // A stale certificate file stops init before it writes anything.
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("b.key"), "old").unwrap();
+        let e = init_dir(&dir, &[ServerSpec::named("a"), ServerSpec::named("b")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("b.key") && e.contains("never overwritten"),
+            "{e}"
+        );
+        assert!(!dir.join("ca.pem").exists() && !dir.join("a.pem").exists());
+        fs::remove_file(dir.join("b.key")).unwrap();
+        let e = init_dir(&dir, &[ServerSpec::named("a")], &["a".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("named twice"), "{e}");
+        init_dir(&dir, &[ServerSpec::named("a")], &["edge-1".into()]).unwrap();
+        let ca_pem = fs::read(dir.join("ca.pem")).unwrap();
+
+        // More servers from the same CA; an existing one is refused untouched.
+        let c = ServerSpec::parse("c=vco-c.example.net,10.0.0.3").unwrap();
+        add_server(&dir, &c[0]).unwrap();
+        let loaded = TlsIdentity::load(&dir, "c").unwrap();
+        assert_eq!(loaded.role(), Some(CertRole::Server));
+        let der = CertificateDer::from_pem_slice(&fs::read(dir.join("c.pem")).unwrap()).unwrap();
+        assert!(valid_for(&der, "10.0.0.3") && valid_for(&der, "vco-c.example.net"));
+        let a_before = fs::read(dir.join("a.pem")).unwrap();
+        let e = add_server(&dir, &ServerSpec::named("a"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("a.pem") && e.contains("never overwritten"),
+            "{e}"
+        );
+        assert_eq!(fs::read(dir.join("a.pem")).unwrap(), a_before);
+
+        // Edges and gateways numbered after the highest existing one.
+        assert_eq!(
+            add_clients(&dir, CertRole::Edge, "edge", 2).unwrap(),
+            ["edge-2", "edge-3"]
+        );
+        fs::write(dir.join("edge-9.key"), "stray").unwrap();
+        assert_eq!(
+            add_clients(&dir, CertRole::Edge, "edge", 1).unwrap(),
+            ["edge-10"]
+        );
+        assert_eq!(fs::read_to_string(dir.join("edge-9.key")).unwrap(), "stray");
+        assert_eq!(
+            add_clients(&dir, CertRole::Gateway, "gw", 2).unwrap(),
+            ["gw-1", "gw-2"]
+        );
+        assert_eq!(
+            TlsIdentity::load(&dir, "gw-2").unwrap().role(),
+            Some(CertRole::Gateway)
+        );
+        assert_eq!(
+            TlsIdentity::load(&dir, "edge-10").unwrap().role(),
+            Some(CertRole::Edge)
+        );
+        assert!(add_clients(&dir, CertRole::Server, "x", 1).is_err());
+        assert!(add_clients(&dir, CertRole::Edge, "Bad", 1).is_err());
+        // Without the CA key nothing is issued, and the error names the file.
+        let other = dir.join("no-ca");
+        fs::create_dir_all(&other).unwrap();
+        let e = add_clients(&other, CertRole::Edge, "edge", 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ca.pem"), "{e}");
+        // The CA is the same one throughout, and init refuses to replace it.
+        assert_eq!(fs::read(dir.join("ca.pem")).unwrap(), ca_pem);
+        let e = init_dir(&dir, &[], &[]).unwrap_err().to_string();
+        assert!(e.contains("ca.pem") && e.contains("add-server"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn names_are_validated() {
         assert!(validate_name("edge-1").is_ok());
@@ -1256,7 +1721,12 @@ mod tests {
     fn init_dir_writes_and_loads() {
         let dir = std::env::temp_dir().join(format!("vcodr-certs-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        init_dir(&dir, &["a".into(), "b".into()], &["edge-1".into()]).unwrap();
+        init_dir(
+            &dir,
+            &[ServerSpec::named("a"), ServerSpec::named("b")],
+            &["edge-1".into()],
+        )
+        .unwrap();
         for file in [
             "ca.pem",
             "ca.key",

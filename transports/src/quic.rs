@@ -26,7 +26,7 @@
 //! against `max_frame_bytes` before the payload buffer is allocated.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -225,6 +225,111 @@ fn quinn_server_config<P: Protocol>(
     Ok(config)
 }
 
+/// quinn's tokio UDP socket, except that a send the OS refuses is counted
+/// (quinn's own socket logs it and carries on): quinn-udp's `try_send`
+/// instead of `send`, and the error turned into a lost packet here.
+#[derive(Debug)]
+struct CountingSocket {
+    io: tokio::net::UdpSocket,
+    state: quinn::udp::UdpSocketState,
+    send_failures: Arc<AtomicU64>,
+    /// Failures logged so far (at powers of two, as the hub does).
+    logged: AtomicU64,
+}
+
+impl CountingSocket {
+    fn new(socket: std::net::UdpSocket, send_failures: Arc<AtomicU64>) -> std::io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        Ok(CountingSocket {
+            state: quinn::udp::UdpSocketState::new((&socket).into())?,
+            io: tokio::net::UdpSocket::from_std(socket)?,
+            send_failures,
+            logged: AtomicU64::new(0),
+        })
+    }
+}
+
+/// Waits until the socket can send (quinn's poller, on tokio's readiness).
+#[derive(Debug)]
+struct CountingPoller(Arc<CountingSocket>);
+
+impl quinn::UdpPoller for CountingPoller {
+    fn poll_writable(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.0.io.poll_send_ready(cx)
+    }
+}
+
+impl quinn::AsyncUdpSocket for CountingSocket {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        Box::pin(CountingPoller(self))
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit<'_>) -> std::io::Result<()> {
+        let sent = self.io.try_io(tokio::io::Interest::WRITABLE, || {
+            self.state.try_send((&self.io).into(), transmit)
+        });
+        match sent {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(e),
+            Err(e) if !is_send_failure(&e) => Ok(()),
+            Err(e) => {
+                let n = self.send_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() && self.logged.fetch_max(n, Ordering::Relaxed) < n {
+                    debug!(dest = %transmit.destination, error = %e, failures = n, "UDP send failed; the packet counts as lost");
+                }
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.io.poll_recv_ready(cx))?;
+            if let Ok(n) = self.io.try_io(tokio::io::Interest::READABLE, || {
+                self.state.recv((&self.io).into(), bufs, meta)
+            }) {
+                return std::task::Poll::Ready(Ok(n));
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.io.local_addr()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.state.may_fragment()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.state.gro_segments()
+    }
+}
+
+/// `EMSGSIZE` on Linux (x86, arm, riscv; std has no constant for it).
+const EMSGSIZE: i32 = 90;
+
+/// Whether a refused UDP send counts in
+/// [`QuicTransport::udp_send_failures`]: every error but `EMSGSIZE`, which
+/// path MTU discovery provokes on purpose with its probes (quinn-udp passes
+/// it over too). A would-block is one where the driver drops the packet (the
+/// hub); quinn's driver waits instead and never asks.
+pub(crate) fn is_send_failure(e: &std::io::Error) -> bool {
+    e.raw_os_error() != Some(EMSGSIZE)
+}
+
 /// A UDP socket bound to `addr` with buffers of `buffer_bytes` asked for.
 fn udp_socket(addr: SocketAddr, buffer_bytes: usize) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol as IpProtocol, Socket, Type};
@@ -257,6 +362,8 @@ struct EndpointShared<P: Protocol> {
     driver: Driver<P>,
     local_addr: SocketAddr,
     listening: AtomicBool,
+    /// UDP sends the OS refused ([`QuicTransport::udp_send_failures`]).
+    send_failures: Arc<AtomicU64>,
 }
 
 /// Who drives the socket's connections ([`crate::QuicDriver`]).
@@ -316,15 +423,22 @@ impl<P: Protocol> QuicTransport<P> {
         let socket = udp_socket(addr, settings.udp_buffer_bytes)
             .map_err(|source| SetupError::Bind { addr, source })?;
         let settings = Arc::new(settings);
+        let send_failures = Arc::new(AtomicU64::new(0));
         let (driver, local_addr) = match settings.driver {
             QuicDriver::Quinn => {
                 let runtime = quinn::default_runtime().ok_or_else(|| SetupError::Bind {
                     addr,
                     source: std::io::Error::other("no async runtime: call within tokio"),
                 })?;
-                let endpoint =
-                    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-                        .map_err(|source| SetupError::Bind { addr, source })?;
+                let socket = CountingSocket::new(socket, send_failures.clone())
+                    .map_err(|source| SetupError::Bind { addr, source })?;
+                let endpoint = quinn::Endpoint::new_with_abstract_socket(
+                    quinn::EndpointConfig::default(),
+                    None,
+                    Arc::new(socket),
+                    runtime,
+                )
+                .map_err(|source| SetupError::Bind { addr, source })?;
                 let local_addr = endpoint
                     .local_addr()
                     .map_err(|source| SetupError::Bind { addr, source })?;
@@ -337,7 +451,8 @@ impl<P: Protocol> QuicTransport<P> {
                         source: std::io::Error::other("no async runtime: call within tokio"),
                     });
                 }
-                let (hub, local_addr) = hub::HubHandle::start(socket, settings.clone())?;
+                let (hub, local_addr) =
+                    hub::HubHandle::start(socket, settings.clone(), send_failures.clone())?;
                 (Driver::Hub(hub), local_addr)
             }
         };
@@ -346,6 +461,7 @@ impl<P: Protocol> QuicTransport<P> {
                 driver,
                 local_addr,
                 listening: AtomicBool::new(false),
+                send_failures,
             }),
             identity: Arc::new(identity),
             client_config,
@@ -369,6 +485,16 @@ impl<P: Protocol> QuicTransport<P> {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
+    }
+
+    /// UDP sends of this socket (every identity sharing it) that the OS
+    /// refused since it was bound: a full send buffer where the driver drops
+    /// the packet (the hub), and errors that lose every packet — `EINVAL`
+    /// when a socket bound to `127.0.0.1` sends to another address, `EPERM`
+    /// from a firewall, `ENETUNREACH`. QUIC treats each as a lost packet;
+    /// this count is how a caller sees that the packets never left.
+    pub fn udp_send_failures(&self) -> u64 {
+        self.shared.send_failures.load(Ordering::Relaxed)
     }
 
     /// The settings in force.

@@ -441,6 +441,25 @@ pub fn check_readers(s: &dyn Storage, reference: &MemStore, ctx: &str) {
     assert_eq!(ok(s.archive(0, usize::MAX), ctx), archive, "{ctx}: archive");
     let page: Vec<ArchivedEntry> = archive.iter().skip(1).take(2).cloned().collect();
     assert_eq!(ok(s.archive(1, 2), ctx), page, "{ctx}: archive(1, 2)");
+    assert_eq!(
+        ok(s.archive_len(), ctx),
+        archive.len() as u64,
+        "{ctx}: archive_len"
+    );
+    // Pages of any size, from any position, cover the archive exactly once.
+    let mut paged = Vec::new();
+    loop {
+        let rows = ok(s.archive(paged.len() as u64, 3), ctx);
+        if rows.is_empty() {
+            break;
+        }
+        paged.extend(rows);
+    }
+    assert_eq!(paged, archive, "{ctx}: archive read in pages of 3");
+    assert!(
+        ok(s.archive(archive.len() as u64, 10), ctx).is_empty(),
+        "{ctx}: archive past its end"
+    );
 
     let h = &reference.history;
     let tail: Vec<Transition> = h.iter().skip(h.len().saturating_sub(5)).cloned().collect();

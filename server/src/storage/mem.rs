@@ -156,6 +156,10 @@ impl Storage for MemStorage {
             .collect())
     }
 
+    fn archive_len(&self) -> Result<u64, StorageError> {
+        Ok(self.store.archive.len() as u64)
+    }
+
     fn history(&self, limit: usize) -> Result<Vec<Transition>, StorageError> {
         let h = &self.store.history;
         let n = limit.min(READ_ROWS_MAX).min(h.len());

@@ -118,6 +118,10 @@ pub trait Storage: Send + 'static {
     /// The divergence archive from position `offset` (0 is the oldest), at most `limit` rows.
     fn archive(&self, offset: u64, limit: usize) -> Result<Vec<ArchivedEntry>, StorageError>;
 
+    /// How many rows the divergence archive holds (positions `0..len`), without
+    /// reading them: the `total` of every `getDivergenceArchive` page.
+    fn archive_len(&self) -> Result<u64, StorageError>;
+
     /// The most recent `limit` state-history transitions, newest last.
     fn history(&self, limit: usize) -> Result<Vec<Transition>, StorageError>;
 

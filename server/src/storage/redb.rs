@@ -862,6 +862,16 @@ impl Storage for RedbStorage {
         Ok(out)
     }
 
+    /// redb keeps each table's length in its B-tree header: no scan.
+    fn archive_len(&self) -> Result<u64, StorageError> {
+        let txn = self.begin_read()?;
+        count(
+            self,
+            &self.read_table(&txn, ARCHIVE, ARCHIVE_NAME)?,
+            ARCHIVE_NAME,
+        )
+    }
+
     fn history(&self, limit: usize) -> Result<Vec<Transition>, StorageError> {
         let txn = self.begin_read()?;
         self.history_in(&txn, limit)

@@ -132,9 +132,11 @@ pub(crate) struct HubHandle<P: Protocol> {
 
 impl<P: Protocol> HubHandle<P> {
     /// Binds the hub to `socket` and starts its task.
+    /// Every UDP send the OS refuses is counted in `send_failures`.
     pub(crate) fn start(
         socket: std::net::UdpSocket,
         settings: Arc<Settings>,
+        send_failures: Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<(Self, SocketAddr), SetupError> {
         let addr = socket.local_addr().map_err(|source| SetupError::Bind {
             addr: "0.0.0.0:0".parse().expect("literal address"),
@@ -158,6 +160,7 @@ impl<P: Protocol> HubHandle<P> {
                 send_buf: Vec::with_capacity(64 * 1024),
                 response_buf: Vec::new(),
                 send_drops: 0,
+                send_failures,
             },
             endpoint: proto::Endpoint::new(
                 Arc::new(proto::EndpointConfig::default()),
@@ -626,6 +629,8 @@ struct Io {
     send_buf: Vec<u8>,
     response_buf: Vec<u8>,
     send_drops: u64,
+    /// `send_drops` shared with the transport ([`crate::quic::QuicTransport::udp_send_failures`]).
+    send_failures: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Io {
@@ -641,7 +646,14 @@ impl Io {
             Ok(()) => {}
             Err(e) => {
                 // QUIC recovers lost packets; a full socket buffer is loss.
+                // Other errors (EINVAL from a socket bound to loopback sending
+                // elsewhere, EPERM from a firewall) lose every packet: counted
+                // for whoever shows the transport's health.
                 self.send_drops += 1;
+                if super::is_send_failure(&e) {
+                    self.send_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 if self.send_drops.is_power_of_two() {
                     debug!(dest = %t.destination, error = %e, drops = self.send_drops, "UDP send failed; the packet counts as lost");
                 }

@@ -1711,3 +1711,49 @@ async fn twelve_megabytes_of_large_messages_arrive_whole() {
         COUNT
     );
 }
+
+/// A socket bound to 127.0.0.1 cannot send to another address (`EINVAL`,
+/// or `ENETUNREACH` without a route): every packet is refused by the OS,
+/// and the transport counts each instead of losing them silently. A
+/// working link counts none.
+#[tokio::test]
+async fn refused_udp_sends_are_counted() {
+    let ca = CertificateAuthority::new().unwrap();
+    let server = start_server(&ca, "a", loopback(), quick_settings()).unwrap();
+    let edge = client(&ca, "edge-1", CertRole::Edge);
+    let link = within("connect", TEST_LIMIT, edge.connect(server.addr, "a"))
+        .await
+        .unwrap();
+    within(
+        "heartbeat",
+        TEST_LIMIT,
+        link.request(&TestRequest::Heartbeat { seq: 1 }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(edge.udp_send_failures(), 0, "loopback to loopback works");
+    assert_eq!(server.transport.udp_send_failures(), 0);
+
+    let stranded = QuicTransport::<TestProto>::bind(
+        loopback(),
+        ca.issue_identity("edge-2", CertRole::Edge).unwrap(),
+        Settings {
+            handshake_timeout: Duration::from_millis(500),
+            ..quick_settings()
+        },
+    )
+    .unwrap();
+    // TEST-NET-1 (RFC 5737): never a local address.
+    let elsewhere: SocketAddr = "192.0.2.1:7444".parse().unwrap();
+    let r = within(
+        "connect elsewhere",
+        TEST_LIMIT,
+        stranded.connect(elsewhere, "a"),
+    )
+    .await;
+    assert!(r.is_err(), "nothing can answer");
+    assert!(
+        stranded.udp_send_failures() >= 1,
+        "the refused handshake packets are counted, not silently lost"
+    );
+}
