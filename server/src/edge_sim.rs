@@ -228,6 +228,8 @@ struct EdgeView {
     acked_seq: AtomicU64,
     /// Seq of the last sample generated (samples are numbered from 1).
     generated: AtomicU64,
+    /// Replies received from each server.
+    replies: [AtomicU64; 2],
     /// The edge has seen the pause and will generate no further sample.
     paused: AtomicBool,
 }
@@ -297,9 +299,12 @@ pub struct EdgeReport {
     pub dropped: u64,
     /// It has seen the pause and generates no more samples.
     pub paused: bool,
+    /// Replies it received from each server (0 and 1, as in `--servers`):
+    /// a count that grows says the edge reaches that server now.
+    pub replies: [u64; 2],
 }
 
-/// Heartbeats lost in a row (each after the request timeout) before an edge
+/// Heartbeats lost in a row (each unanswered for one heartbeat interval) before an edge
 /// drops its connection to that server and dials it again.
 const LOST_HEARTBEATS_BEFORE_REDIAL: u32 = 3;
 
@@ -506,6 +511,7 @@ impl EdgeSim {
                 cached: v.cached.load(Relaxed),
                 dropped: v.dropped.load(Relaxed),
                 paused: v.paused.load(Acquire),
+                replies: [v.replies[0].load(Relaxed), v.replies[1].load(Relaxed)],
             })
             .collect()
     }
@@ -571,12 +577,24 @@ async fn run_edge(ctx: EdgeCtx, mut stop: watch::Receiver<bool>) {
                         let tx = tx.clone();
                         let stats = ctx.stats.clone();
                         let hb = matches!(msg, EdgeMsg::Heartbeat(_));
+                        let hb_wait = Duration::from_millis(ctx.cfg.heartbeat_interval_ms);
                         tokio::spawn(async move {
                             let t0 = Instant::now();
+                            // `Err(None)`: a heartbeat unanswered within one
+                            // interval, a missed one. The link's request
+                            // timeout (10 s) is far longer, and a server that
+                            // restarted answers nothing on the old connection:
+                            // waiting it out kept edges from redialling for
+                            // three times that.
                             let answer = if hb {
-                                conn.request_datagram(&msg).await
+                                match tokio::time::timeout(hb_wait, conn.request_datagram(&msg))
+                                    .await
+                                {
+                                    Ok(r) => r.map_err(Some),
+                                    Err(_) => Err(None),
+                                }
                             } else {
-                                conn.request(&msg).await
+                                conn.request(&msg).await.map_err(Some)
                             };
                             match answer {
                                 Ok(reply) => {
@@ -587,11 +605,14 @@ async fn run_edge(ctx: EdgeCtx, mut stop: watch::Receiver<bool>) {
                                     let _ = tx.send(Event::Reply(server, reply)).await;
                                 }
                                 // A lost datagram is a missed heartbeat, not yet a dead link.
-                                Err(RequestError::TimedOut { .. }) if hb => {
+                                Err(None | Some(RequestError::TimedOut { .. })) if hb => {
                                     stats.heartbeats_lost.fetch_add(1, Relaxed);
                                     let _ = tx.send(Event::HeartbeatLost(server)).await;
                                 }
-                                Err(_) => {
+                                Err(e) => {
+                                    if let Some(e) = e {
+                                        tracing::debug!(server, heartbeat = hb, error = %e, "edge request failed");
+                                    }
                                     stats.request_errors.fetch_add(1, Relaxed);
                                     let _ = tx.send(Event::LinkFailed(server)).await;
                                 }
@@ -642,6 +663,7 @@ async fn run_edge(ctx: EdgeCtx, mut stop: watch::Receiver<bool>) {
             ev = rx.recv() => match ev {
                 Some(Event::Reply(server, msg)) => {
                     lost_in_a_row[server] = 0;
+                    ctx.views[ctx.index].replies[server].fetch_add(1, Relaxed);
                     edge.handle_input(ms(started), EdgeInput::Reply { server, msg });
                 }
                 Some(Event::HeartbeatLost(server)) => {
