@@ -103,6 +103,9 @@ pub enum PersistOp {
     Archive { after: Index, reason: String },
     /// Entries below `below` are committed and replicated; storage may drop them.
     Compact { below: Index },
+    /// Retention: drop the stored monitoring samples of `client` whose seq is
+    /// below `below_seq` (`monitoring.retain_samples_per_client`).
+    PruneSamples { client: ClientId, below_seq: u64 },
 }
 
 /// The DR state that survives a restart (SPEC §2).
@@ -277,6 +280,8 @@ pub enum CommandError {
     WritesBlocked(String),
     #[error("{waiting} writes are already waiting for durability (limit {limit}); retry shortly")]
     Overloaded { waiting: usize, limit: usize },
+    #[error("{waiting} bytes of writes and samples are already waiting to commit (limit {limit}, replication.max_pending_bytes); retry shortly")]
+    PendingBytes { waiting: u64, limit: u64 },
     #[error("write at index {index} was not acknowledged: {reason}")]
     NotAcknowledged { index: Index, reason: String },
     #[error("invalid parameter `{param}`: {why}")]

@@ -124,6 +124,14 @@ pub mod bounds {
     pub const EDGE_CACHE_MAX_BYTES_MAX: usize = 1 << 30;
     /// `edges.batch_max_samples`.
     pub const EDGE_BATCH_MAX_SAMPLES_MAX: usize = 65_536;
+    /// `replication.log_window_bytes`, `max_inflight_bytes`, `max_pending_bytes`: 4 GiB.
+    pub const LOG_BYTES_MAX: u64 = 4 << 30;
+    /// `monitoring.max_sample_bytes`: one sample's payload.
+    pub const MAX_SAMPLE_BYTES_MAX: usize = 1 << 20;
+    /// `monitoring.max_sample_bytes_per_s`: one client's monitoring rate, 64 MiB/s.
+    pub const MAX_SAMPLE_RATE_MAX: u64 = 64 << 20;
+    /// `monitoring.retain_samples_per_client`.
+    pub const RETAIN_SAMPLES_MAX: u64 = 1 << 32;
 }
 
 /// Settings of a [`crate::Server`].
@@ -145,6 +153,23 @@ pub struct ServerConfig {
     pub max_inflight_entries: u64,
     /// Committed entries kept in memory for catching a standby up; older ones need a snapshot.
     pub log_window_entries: usize,
+    /// The same window's bound in bytes ([`crate::Entry::approx_size`]).
+    pub log_window_bytes: u64,
+    /// Bytes of entries sent to the standby and not yet acknowledged.
+    pub max_inflight_bytes: u64,
+    /// Bytes of entries appended and not yet committed (waiting for
+    /// durability or the standby); beyond it writes and samples are refused
+    /// as overloaded until some commit.
+    pub max_pending_bytes: u64,
+    /// `monitoring.max_sample_bytes`: the largest sample payload taken.
+    pub max_sample_bytes: usize,
+    /// `monitoring.max_sample_bytes_per_s`: each client's monitoring rate
+    /// (a token bucket holding up to one batch, [`ServerConfig::max_sample_batch_bytes`]);
+    /// beyond it a batch is refused and the edge keeps it cached.
+    pub max_sample_bytes_per_s: u64,
+    /// `monitoring.retain_samples_per_client`: stored samples kept per
+    /// client; older ones are dropped from storage as newer ones commit.
+    pub retain_samples_per_client: u64,
     /// Most writes waiting for durability; more are refused until some complete.
     pub max_pending_writes: usize,
     /// Most clients in the contact table.
@@ -170,6 +195,12 @@ impl Default for ServerConfig {
             max_batch_bytes: 1024 * 1024,
             max_inflight_entries: 8192,
             log_window_entries: 20_000,
+            log_window_bytes: 64 << 20,
+            max_inflight_bytes: 16 << 20,
+            max_pending_bytes: 64 << 20,
+            max_sample_bytes: 4096,
+            max_sample_bytes_per_s: 256 << 10,
+            retain_samples_per_client: 10_000,
             max_pending_writes: 20_000,
             max_clients: 200_000,
             history_entries: 64,
@@ -181,6 +212,12 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// The most bytes of samples one monitoring batch may carry (a write's
+    /// value has the same bound): an entry always fits an `Append`.
+    pub fn max_sample_batch_bytes(&self) -> usize {
+        self.max_batch_bytes / 2
+    }
+
     /// Peer failure detection: how long an unreachable peer takes to be
     /// declared lost (`peer_heartbeat_interval_ms × peer_failure_threshold`).
     pub fn failure_detection_ms(&self) -> Millis {
@@ -272,6 +309,49 @@ impl ServerConfig {
                     self.log_window_entries, self.max_batch_entries
                 )
             },
+        )?;
+        let batch = self.max_batch_bytes as u64;
+        check_range(
+            "replication.log_window_bytes",
+            self.log_window_bytes,
+            2 * batch,
+            LOG_BYTES_MAX,
+            "bytes",
+        )?;
+        check_range(
+            "replication.max_inflight_bytes",
+            self.max_inflight_bytes,
+            batch,
+            LOG_BYTES_MAX,
+            "bytes",
+        )?;
+        check_range(
+            "replication.max_pending_bytes",
+            self.max_pending_bytes,
+            batch,
+            LOG_BYTES_MAX,
+            "bytes",
+        )?;
+        check_range(
+            "monitoring.max_sample_bytes",
+            self.max_sample_bytes,
+            16,
+            MAX_SAMPLE_BYTES_MAX.min(self.max_sample_batch_bytes()),
+            "bytes",
+        )?;
+        check_range(
+            "monitoring.max_sample_bytes_per_s",
+            self.max_sample_bytes_per_s,
+            1024,
+            MAX_SAMPLE_RATE_MAX,
+            "bytes/s",
+        )?;
+        check_range(
+            "monitoring.retain_samples_per_client",
+            self.retain_samples_per_client,
+            1,
+            RETAIN_SAMPLES_MAX,
+            "",
         )?;
         check_range(
             "limits.max_pending_writes",

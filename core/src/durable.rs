@@ -156,6 +156,18 @@ impl MemStore {
                     reason: reason.clone(),
                 }));
             }
+            PersistOp::PruneSamples { client, below_seq } => {
+                let from = (client.clone(), 0);
+                let to = (client.clone(), *below_seq);
+                let gone: Vec<(ClientId, u64)> = self
+                    .samples
+                    .range(from..to)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in gone {
+                    self.samples.remove(&k);
+                }
+            }
             PersistOp::Compact { below } => {
                 let keep_from = (*below).min(self.commit + 1).min(self.applied.index + 1);
                 self.log.retain(|e| e.index >= keep_from);

@@ -310,7 +310,8 @@ impl Edge {
                 if r.role.is_writer() {
                     self.max_epoch_seen = self.max_epoch_seen.max(r.epoch);
                 }
-                if let Some(p) = r.proof {
+                // Only a proof of the pair the replying server is in.
+                if let Some(p) = r.proof.filter(|p| Some(p.claim.pair_id) == r.pair_id) {
                     self.learn_proof(i, p);
                 }
                 if let Some(to) = r.redirect {

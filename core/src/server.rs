@@ -302,9 +302,15 @@ pub struct Server {
     epoch_proof: Option<Arc<EpochProof>>,
     /// Signs this server's epoch proofs and verifies the peer's.
     keys: Keys,
-    /// Digests of proofs that failed verification, newest last (at most
-    /// [`MAX_REJECTED_PROOFS`]), so a replayed forgery costs no second check.
-    rejected_proofs: VecDeque<u64>,
+    /// Proofs that failed verification, newest last (at most
+    /// [`MAX_REJECTED_PROOFS`]), so a replayed forgery costs no second
+    /// check. Kept whole and compared whole: a digest could be made to
+    /// collide with a genuine proof and get it refused unchecked.
+    rejected_proofs: VecDeque<Arc<EpochProof>>,
+    /// Per-client limits an edge certificate holder cannot escape: its
+    /// monitoring rate and how often its relayed proofs are verified (at
+    /// most one entry per known client: `max_clients`).
+    client_limits: BTreeMap<ClientId, ClientLimits>,
     pairing_token: Option<u128>,
     policy: OnStandbyLoss,
     synced: bool,
@@ -348,8 +354,26 @@ pub struct Server {
 }
 
 const FIRST_EPOCH: Epoch = 1;
-/// Forged proofs remembered by digest (see `rejected_proofs`).
+/// Forged proofs remembered (see `rejected_proofs`).
 pub const MAX_REJECTED_PROOFS: usize = 64;
+/// A client that relayed a forged epoch claim has its later proofs verified
+/// at most once per this many milliseconds (monotonic): a signature check
+/// costs ~0.1 ms, so one certificate cannot make a server verify at line rate.
+pub const PROOF_RECHECK_MS: Millis = 10_000;
+/// Longest address or text an edge may report in a heartbeat (its view and
+/// `following`): they are stored in the contact table and shown to operators.
+pub const MAX_CLIENT_TEXT_BYTES: usize = 256;
+
+/// What one client may still do, refilled over (monotonic) time.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+struct ClientLimits {
+    /// Monitoring bytes it may send now (a token bucket of one batch).
+    sample_tokens: u64,
+    /// When `sample_tokens` was last refilled.
+    refilled_ms: Millis,
+    /// When a proof it relayed was last verified (while it is marked).
+    proof_checked_ms: Option<Millis>,
+}
 
 impl Server {
     /// A server that has never run: STANDALONE / UNCONFIGURED at epoch 1.
@@ -381,7 +405,7 @@ impl Server {
             }
         }
         let commit = applied.index;
-        log.trim_front(cfg.log_window_entries, commit);
+        log.trim_front(cfg.log_window_entries, cfg.log_window_bytes, commit);
         let history: VecDeque<Transition> = r.history.into_iter().collect();
         let mut s = Server {
             me,
@@ -397,6 +421,7 @@ impl Server {
             epoch_proof: None,
             keys: Keys::default(),
             rejected_proofs: VecDeque::new(),
+            client_limits: BTreeMap::new(),
             pairing_token: None,
             policy: cfg.on_standby_loss,
             synced: false,
@@ -1082,21 +1107,33 @@ impl Server {
             .take_while(|e| e.index <= target)
             .cloned()
             .collect();
+        let retain = self.cfg.retain_samples_per_client;
+        let mut prune = Vec::new();
         for e in &entries {
-            if let Op::Samples { samples, .. } = &e.op {
+            if let Op::Samples { client, samples } = &e.op {
                 self.samples_stored += samples.len() as u64;
+                // Retention: older samples of this client leave storage.
+                if let Some(last) = samples.last().filter(|s| s.seq > retain) {
+                    prune.push(PersistOp::PruneSamples {
+                        client: client.clone(),
+                        below_seq: last.seq - retain + 1,
+                    });
+                }
             }
             apply_entry(&mut self.applied, e);
         }
         self.staged.push(PersistOp::Commit(self.applied.index));
+        self.staged.extend(prune);
         self.trim_window();
     }
 
     fn trim_window(&mut self) {
         let before = self.log.base_index();
-        let base = self
-            .log
-            .trim_front(self.cfg.log_window_entries, self.applied.index);
+        let base = self.log.trim_front(
+            self.cfg.log_window_entries,
+            self.cfg.log_window_bytes,
+            self.applied.index,
+        );
         if base == before {
             return;
         }
@@ -1189,6 +1226,8 @@ impl Server {
         let commit = self.applied.index;
         while r.next_index <= self.durable_index
             && r.next_index - r.match_index - 1 < self.cfg.max_inflight_entries
+            && self.log.bytes_after(r.match_index) - self.log.bytes_after(r.next_index - 1)
+                < self.cfg.max_inflight_bytes
         {
             let room = self.cfg.max_inflight_entries - (r.next_index - r.match_index - 1);
             let max = (self.cfg.max_batch_entries as u64).min(room) as usize;
@@ -2032,8 +2071,16 @@ impl Server {
         if let Some(why) = proof.shape_error() {
             return Err(why);
         }
-        let digest = proof.digest();
-        if self.rejected_proofs.contains(&digest) {
+        // The claim this server already verified, under another signature
+        // (ECDSA signatures are malleable): nothing more to learn from it.
+        if self
+            .epoch_proof
+            .as_ref()
+            .is_some_and(|held| held.claim == *claim)
+        {
+            return Ok(());
+        }
+        if self.rejected_proofs.iter().any(|r| **r == *proof) {
             return Err("the same forged proof was refused before".into());
         }
         if self.keys.verify(&pin.public_key, proof) {
@@ -2042,7 +2089,7 @@ impl Server {
         if self.rejected_proofs.len() >= MAX_REJECTED_PROOFS {
             self.rejected_proofs.pop_front();
         }
-        self.rejected_proofs.push_back(digest);
+        self.rejected_proofs.push_back(Arc::new(proof.clone()));
         Err(format!(
             "its signature does not verify against the pinned key of {pin}"
         ))
@@ -2105,7 +2152,10 @@ impl Server {
             DrState::Zombie,
             format!("fenced: epoch {epoch} learned from {source}"),
         );
-        self.fail_pending(&format!("this server was fenced by epoch {epoch}"));
+        self.fail_pending(&format!(
+            "this server was fenced by epoch {epoch}; the write may still exist on the promoted \
+             server if it was replicated before the promotion: check there with configuration/get"
+        ));
     }
 
     fn send_pair(&mut self) {
@@ -3207,6 +3257,17 @@ impl Server {
         Ok(None)
     }
 
+    /// Refuses an append of about `size` bytes when the entries waiting to
+    /// commit already hold `max_pending_bytes` (the standby is slow or lost):
+    /// memory for uncommitted entries stays bounded in bytes, not only in count.
+    fn pending_bytes_error(&self, size: usize) -> Option<CommandError> {
+        let waiting = self.log.bytes_after(self.applied.index);
+        (waiting + size as u64 > self.cfg.max_pending_bytes).then_some(CommandError::PendingBytes {
+            waiting,
+            limit: self.cfg.max_pending_bytes,
+        })
+    }
+
     fn send_rejoin(&mut self) {
         let m = PeerMsg::Rejoin {
             last_index: self.log.last_index(),
@@ -3229,14 +3290,11 @@ impl Server {
             });
         }
         if let Some(v) = &value {
-            if v.len() > self.cfg.max_batch_bytes / 2 {
+            let limit = self.cfg.max_sample_batch_bytes();
+            if v.len() > limit {
                 return Err(CommandError::InvalidParam {
                     param: "value".into(),
-                    why: format!(
-                        "{} bytes is above the {} byte limit",
-                        v.len(),
-                        self.cfg.max_batch_bytes / 2
-                    ),
+                    why: format!("{} bytes is above the {limit} byte limit", v.len()),
                 });
             }
         }
@@ -3259,6 +3317,10 @@ impl Server {
                 waiting: self.writes.len(),
                 limit: self.cfg.max_pending_writes,
             });
+        }
+        let size = key.len() + value.as_ref().map_or(0, Vec::len);
+        if let Some(e) = self.pending_bytes_error(size) {
+            return Err(e);
         }
         let delete = value.is_none();
         if delete && !self.applied.docs.contains_key(&key) {
@@ -3331,6 +3393,16 @@ impl Server {
                 "heartbeat says {} but the certificate of {client:?} is a {} certificate",
                 hb.client_type.as_str(),
                 client_type.as_str()
+            ))
+        } else if hb
+            .view
+            .iter()
+            .map(|v| v.address.len())
+            .chain(hb.following.as_ref().map(String::len))
+            .any(|n| n > MAX_CLIENT_TEXT_BYTES)
+        {
+            Some(format!(
+                "heartbeat reports an address longer than {MAX_CLIENT_TEXT_BYTES} bytes"
             ))
         } else {
             None
@@ -3405,9 +3477,48 @@ impl Server {
             active_address,
             redirect,
             config_version: self.applied.config_index,
-            proof: self.epoch_proof.clone(),
+            // Not before the promotion is durable: a standby that crashes
+            // first never held the epoch its proof would claim.
+            proof: self
+                .epoch_proof
+                .clone()
+                .filter(|_| self.role != Role::Standby),
         });
         self.out(Output::ReplyEdge { reply_to, msg });
+    }
+
+    /// Whether a proof `client` relays may cost a signature verification now:
+    /// a client that relayed a forged claim gets one check per
+    /// [`PROOF_RECHECK_MS`], and one outside a full contact table none.
+    fn may_verify_proof_of(&mut self, client: &ClientId) -> Result<(), String> {
+        let marked = match self.contacts.get(client) {
+            Some(c) => c.forged_epoch_claims > 0,
+            None if self.contacts.len() >= self.cfg.max_clients => {
+                return Err(format!(
+                    "the contact table is full ({} clients): proofs of clients outside it are not checked",
+                    self.cfg.max_clients
+                ));
+            }
+            None => false,
+        };
+        if !marked {
+            return Ok(());
+        }
+        let now = self.now.mono_ms;
+        let Some(limits) = self.client_limits_mut(client) else {
+            return Err("too many clients tracked to check this one's proofs".into());
+        };
+        if limits
+            .proof_checked_ms
+            .is_some_and(|t| now < t.saturating_add(PROOF_RECHECK_MS))
+        {
+            return Err(format!(
+                "this client relayed a forged epoch claim; its proofs are checked at most once per {} s",
+                PROOF_RECHECK_MS / 1000
+            ));
+        }
+        limits.proof_checked_ms = Some(now);
+        Ok(())
     }
 
     /// Fencing through edges (SPEC §2): a heartbeat relays the highest epoch
@@ -3450,14 +3561,9 @@ impl Server {
             // every edge): nothing to verify or learn again.
             proven = p.claim.epoch;
         } else if let Some(p) = relayed {
-            let marked = self
-                .contacts
-                .get(client)
-                .is_some_and(|c| c.forged_epoch_claims > 0);
-            let verdict = if marked && self.epoch_proof.as_ref() != Some(p) {
-                Err("this client relayed a forged epoch claim before; its proofs are no longer checked".into())
-            } else {
-                self.proof_verdict(p)
+            let verdict = match self.may_verify_proof_of(client) {
+                Ok(()) => self.proof_verdict(p),
+                Err(why) => Err(why),
             };
             if let Err(why) = verdict {
                 return Some((p.claim.epoch, format!("epoch proof refused: {why}")));
@@ -3482,6 +3588,70 @@ impl Server {
         })
     }
 
+    /// The bounds one client's monitoring must keep (SPEC §4: an edge may
+    /// send its own samples, and nothing lets it fill the servers): each
+    /// sample at most `max_sample_bytes`, a batch at most one entry's worth,
+    /// the uncommitted log within `max_pending_bytes`, and the client's rate
+    /// within `max_sample_bytes_per_s`. Charges the batch when it passes.
+    fn sample_limits_refusal(&mut self, client: &ClientId, samples: &[Sample]) -> Option<String> {
+        let max = self.cfg.max_sample_bytes;
+        if let Some(big) = samples.iter().find(|s| s.payload.len() > max) {
+            return Some(format!(
+                "sample {} has {} bytes, above monitoring.max_sample_bytes ({max}); it is never taken",
+                big.seq,
+                big.payload.len()
+            ));
+        }
+        let bytes: usize = samples.iter().map(|s| s.payload.len() + 10).sum();
+        let batch = self.cfg.max_sample_batch_bytes();
+        if bytes > batch {
+            return Some(format!(
+                "a batch of {bytes} bytes is above the {batch} bytes one batch may hold; send fewer samples at once"
+            ));
+        }
+        if let Some(e) = self.pending_bytes_error(bytes) {
+            return Some(e.to_string());
+        }
+        let now = self.now.mono_ms;
+        let rate = self.cfg.max_sample_bytes_per_s;
+        let Some(limits) = self.client_limits_mut(client) else {
+            return Some(format!(
+                "{} clients are tracked already (edges.max_clients); retry later",
+                self.cfg.max_clients
+            ));
+        };
+        let refill = now.saturating_sub(limits.refilled_ms).saturating_mul(rate) / 1000;
+        limits.sample_tokens = limits
+            .sample_tokens
+            .saturating_add(refill)
+            .min(batch as u64);
+        limits.refilled_ms = now;
+        if (bytes as u64) > limits.sample_tokens {
+            return Some(format!(
+                "monitoring above {rate} bytes/s for this client (monitoring.max_sample_bytes_per_s); keep the samples and retry"
+            ));
+        }
+        limits.sample_tokens -= bytes as u64;
+        None
+    }
+
+    /// The limits of `client`, made on first use with a full sample bucket;
+    /// `None` when `max_clients` clients are tracked already.
+    fn client_limits_mut(&mut self, client: &ClientId) -> Option<&mut ClientLimits> {
+        if !self.client_limits.contains_key(client) {
+            if self.client_limits.len() >= self.cfg.max_clients {
+                return None;
+            }
+            let limits = ClientLimits {
+                sample_tokens: self.cfg.max_sample_batch_bytes() as u64,
+                refilled_ms: self.now.mono_ms,
+                proof_checked_ms: None,
+            };
+            self.client_limits.insert(client.clone(), limits);
+        }
+        self.client_limits.get_mut(client)
+    }
+
     fn on_samples(&mut self, reply_to: ReplyTo, client: ClientId, samples: Vec<Sample>) {
         let refuse = match self.gate(RequestKind::MonitoringWrite, "monitoring") {
             Err(e) => Some(e.to_string()),
@@ -3494,7 +3664,7 @@ impl Server {
             Ok(()) if samples.windows(2).any(|w| w[1].seq <= w[0].seq) => {
                 Some("samples are not in increasing seq order".into())
             }
-            Ok(()) => None,
+            Ok(()) => self.sample_limits_refusal(&client, &samples),
         };
         if let Some(reason) = refuse {
             let m = self.refused_msg(reason);

@@ -422,7 +422,9 @@ fn an_edge_relaying_a_valid_epoch_proof_fences_the_active_at_once() {
         req: 5,
         result: Err(CommandError::NotAcknowledged {
             index: 1,
-            reason: "this server was fenced by epoch 2".into()
+            reason: "this server was fenced by epoch 2; the write may still exist on the promoted \
+                     server if it was replicated before the promotion: check there with configuration/get"
+                .into()
         })
     }));
     let reply = out.iter().find_map(|o| match o {
@@ -712,11 +714,31 @@ fn a_claimed_epoch_without_a_valid_proof_fences_nobody_and_marks_the_client() {
         }
         assert_eq!(forged_claims, 4);
         if role == Role::Active {
-            // A marked client's later proofs are not checked again, even a genuine one...
+            // A marked client gets one check per PROOF_RECHECK_MS: its next
+            // forgery is checked (and refused)...
+            let mut again = (*proof_by(peer, pair_id, 3)).clone();
+            again.signature.clear();
+            let out = claim(&mut srv, "edge-667", 3, Some(std::sync::Arc::new(again)));
+            assert!(
+                out.iter().any(
+                    |o| matches!(o, Output::Event(Event::ForgedEpochClaim { why, .. })
+                    if why.contains("does not verify"))
+                ),
+                "{out:?}"
+            );
+            // ...and within the interval even a genuine proof from it is not
+            // checked, so a flood from one certificate costs one check per 10 s...
             let real = proof_by(peer, pair_id, 2);
             let out = claim(&mut srv, "edge-667", 2, Some(real.clone()));
             assert_eq!(srv.role(), role, "{out:?}");
-            // ...while an honest edge relaying it fences the active.
+            assert!(
+                out.iter().any(
+                    |o| matches!(o, Output::Event(Event::ForgedEpochClaim { why, .. })
+                    if why.contains("at most once per 10 s"))
+                ),
+                "{out:?}"
+            );
+            // ...while an honest edge relaying it fences the active at once.
             let out = claim(&mut srv, "edge-1", 2, Some(real));
             assert_eq!(srv.role(), Role::Zombie, "{out:?}");
         }
@@ -1405,4 +1427,227 @@ fn an_active_restarted_with_its_standby_already_lost_refuses_writes_at_once() {
 fn drain_after(s: &mut Server, now: u64, input: Input) -> Vec<Output> {
     s.handle_input(Now::at(now), input);
     drain(s)
+}
+
+/// One monitoring batch of `client` at `at_ms`: `n` samples of `bytes` each, from seq `from`.
+fn samples(
+    s: &mut Server,
+    at_ms: Millis,
+    client: &str,
+    from: u64,
+    n: u64,
+    bytes: usize,
+) -> Vec<Output> {
+    s.handle_input(
+        Now::at(at_ms),
+        Input::Edge {
+            reply_to: 1,
+            client: client.into(),
+            client_type: ClientType::Edge,
+            msg: EdgeMsg::Monitoring {
+                samples: (from..from + n)
+                    .map(|seq| Sample {
+                        seq,
+                        payload: vec![7; bytes],
+                    })
+                    .collect(),
+            },
+        },
+    );
+    drain(s)
+}
+
+fn refusal_of(out: &[Output]) -> Option<String> {
+    out.iter().find_map(|o| match o {
+        Output::ReplyEdge {
+            msg: ServerMsg::Refused { reason, .. },
+            ..
+        } => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn one_client_cannot_fill_the_servers_with_monitoring() {
+    let cfg = ServerConfig {
+        max_sample_bytes: 1024,
+        max_sample_bytes_per_s: 10_000,
+        ..sim_server_config(OnStandbyLoss::Block, 1)
+    };
+    let mut s = Server::new(cfg.clone(), info(0), Now::at(1_000));
+    drain(&mut s);
+    // A sample above monitoring.max_sample_bytes is never taken.
+    let why = refusal_of(&samples(&mut s, 1_000, "e", 1, 1, 1025)).expect("refused");
+    assert!(
+        why.contains("above monitoring.max_sample_bytes (1024)"),
+        "{why}"
+    );
+    // A batch above what one entry may hold.
+    let batch = cfg.max_sample_batch_bytes();
+    let n = (batch / 1000) as u64 + 1;
+    let why = refusal_of(&samples(&mut s, 1_000, "e", 1, n, 990)).expect("refused");
+    assert!(why.contains("one batch may hold"), "{why}");
+    // The rate: the bucket holds one batch; once spent, 10,000 bytes/s refill it.
+    let full = (batch / 1010) as u64;
+    assert_eq!(
+        refusal_of(&samples(&mut s, 1_000, "e", 1, full, 1000)),
+        None
+    );
+    let why = refusal_of(&samples(&mut s, 1_000, "e", full + 1, 10, 1000)).expect("refused");
+    assert!(why.contains("monitoring above 10000 bytes/s"), "{why}");
+    // Another client has its own bucket.
+    assert_eq!(refusal_of(&samples(&mut s, 1_000, "f", 1, 1, 1000)), None);
+    // Two seconds later 20,000 bytes were refilled: ten more samples pass.
+    assert_eq!(
+        refusal_of(&samples(&mut s, 3_000, "e", full + 1, 10, 1000)),
+        None
+    );
+}
+
+#[test]
+fn uncommitted_entries_are_bounded_in_bytes() {
+    let cfg = ServerConfig {
+        max_pending_bytes: 1 << 20,
+        ..sim_server_config(OnStandbyLoss::Block, 1)
+    };
+    let mut s = Server::new(cfg, info(0), Now::at(1_000));
+    drain(&mut s);
+    let value = vec![b'x'; 300_000];
+    for req in 1..=3 {
+        let out = cmd(
+            &mut s,
+            req,
+            Command::Put {
+                key: format!("k{req}"),
+                value: value.clone(),
+            },
+        );
+        assert!(matches!(&out[..], [Output::Persist { .. }]), "{out:?}");
+    }
+    // Nothing is durable yet: a fourth would go past 1 MiB waiting.
+    let out = cmd(
+        &mut s,
+        4,
+        Command::Put {
+            key: "k4".into(),
+            value,
+        },
+    );
+    let Some(Output::Reply {
+        result: Err(CommandError::PendingBytes { waiting, limit }),
+        ..
+    }) = out.first()
+    else {
+        panic!("{out:?}")
+    };
+    assert!(*waiting > 900_000 && *limit == 1 << 20, "{out:?}");
+    // Once the first ones commit, writes are taken again.
+    let _ = persisted(&mut s, 100);
+    let out = cmd(
+        &mut s,
+        5,
+        Command::Put {
+            key: "k5".into(),
+            value: vec![1],
+        },
+    );
+    assert!(matches!(&out[..], [Output::Persist { .. }]), "{out:?}");
+}
+
+#[test]
+fn stored_samples_are_kept_per_client_up_to_the_retention() {
+    let cfg = ServerConfig {
+        retain_samples_per_client: 5,
+        ..sim_server_config(OnStandbyLoss::Block, 1)
+    };
+    let mut s = Server::new(cfg, info(0), Now::at(1_000));
+    let mut store = MemStore::new(10);
+    let apply = |s: &mut Server, out: Vec<Output>, store: &mut MemStore| {
+        for o in out {
+            if let Output::Persist { seq, ops } = o {
+                store.apply(&ops);
+                let more = persisted(s, seq);
+                for o in more {
+                    if let Output::Persist { ops, .. } = o {
+                        store.apply(&ops);
+                    }
+                }
+            }
+        }
+    };
+    let out = drain(&mut s);
+    apply(&mut s, out, &mut store);
+    for from in [1, 4, 7] {
+        let out = samples(&mut s, 1_000 + from, "e", from, 3, 10);
+        apply(&mut s, out, &mut store);
+    }
+    // Nine stored, the newest five kept: seqs 5..=9.
+    let kept: Vec<u64> = store.samples.keys().map(|(_, q)| *q).collect();
+    assert_eq!(kept, vec![5, 6, 7, 8, 9]);
+}
+
+#[test]
+fn a_malleated_copy_of_the_proof_a_zombie_holds_costs_no_verification() {
+    let mut sim = running_pair();
+    let mut s = sim.servers[0].server.take().expect("running");
+    drain(&mut s);
+    let pair_id = s.pair_id().expect("paired");
+    let proof = proof_by(1, pair_id, 2);
+    let _ = claim(&mut s, "edge-1", 2, Some(proof.clone()));
+    assert_eq!(s.role(), Role::Zombie);
+    // Same claim, another signature (ECDSA allows two): known, not verified,
+    // not a forgery.
+    let mut twin = (*proof).clone();
+    twin.signature.reverse();
+    let out = claim(&mut s, "edge-2", 2, Some(std::sync::Arc::new(twin)));
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::Event(Event::ForgedEpochClaim { .. }))),
+        "{out:?}"
+    );
+    assert_eq!(
+        s.contacts()
+            .find(|c| c.client_id == "edge-2")
+            .map(|c| c.forged_epoch_claims),
+        Some(0)
+    );
+}
+
+#[test]
+fn a_heartbeat_with_an_oversized_address_is_refused() {
+    let mut s = fresh();
+    let long = ViewEntry {
+        address: "x".repeat(257),
+        role: None,
+        epoch: 0,
+        pair_id: None,
+        last_response_ms: None,
+    };
+    let hb = Heartbeat {
+        client_id: "e".into(),
+        client_type: ClientType::Edge,
+        seq: 1,
+        view: [long.clone(), long],
+        following: None,
+        config_epoch: 0,
+        config_version: 0,
+        cached_samples: 0,
+        dropped_samples: 0,
+        proof: None,
+    };
+    s.handle_input(
+        Now::at(10),
+        Input::Edge {
+            reply_to: 1,
+            client: "e".into(),
+            client_type: ClientType::Edge,
+            msg: EdgeMsg::Heartbeat(hb),
+        },
+    );
+    let out = drain(&mut s);
+    assert!(
+        refusal_of(&out).is_some_and(|r| r.contains("longer than 256 bytes")),
+        "{out:?}"
+    );
+    assert_eq!(s.contacts().count(), 0, "nothing stored");
 }

@@ -203,7 +203,9 @@ pub fn tls_config(dir: &Path, name: &str) -> anyhow::Result<rustls::ServerConfig
         .map_err(|e| anyhow::anyhow!("{}: {e}", key_path.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        // TLS 1.3 only: the server's certificate key also signs epoch proofs,
+        // and TLS 1.2 would let a client choose part of what that key signs.
+        .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| anyhow::anyhow!("{}: {e}", cert_path.display()))?;

@@ -41,6 +41,12 @@ pub struct ReplicationSection {
     pub max_batch_bytes: usize,
     pub max_inflight_entries: u64,
     pub log_window_entries: usize,
+    /// The in-memory log window's bound in bytes.
+    pub log_window_bytes: u64,
+    /// Bytes sent to the standby and not yet acknowledged.
+    pub max_inflight_bytes: u64,
+    /// Bytes of writes and samples appended and not yet committed.
+    pub max_pending_bytes: u64,
     pub switchover_max_ticks: u32,
 }
 
@@ -56,7 +62,33 @@ impl Default for ReplicationSection {
             max_batch_bytes: c.max_batch_bytes,
             max_inflight_entries: c.max_inflight_entries,
             log_window_entries: c.log_window_entries,
+            log_window_bytes: c.log_window_bytes,
+            max_inflight_bytes: c.max_inflight_bytes,
+            max_pending_bytes: c.max_pending_bytes,
             switchover_max_ticks: c.switchover_max_ticks,
+        }
+    }
+}
+
+/// `[monitoring]`: what each edge or gateway may send and what is kept.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitoringSection {
+    /// The largest sample payload taken, in bytes.
+    pub max_sample_bytes: usize,
+    /// Each client's monitoring rate, in bytes per second (a bucket of one batch).
+    pub max_sample_bytes_per_s: u64,
+    /// Stored samples kept per client; older ones are dropped as newer ones commit.
+    pub retain_samples_per_client: u64,
+}
+
+impl Default for MonitoringSection {
+    fn default() -> Self {
+        let c = ServerConfig::default();
+        MonitoringSection {
+            max_sample_bytes: c.max_sample_bytes,
+            max_sample_bytes_per_s: c.max_sample_bytes_per_s,
+            retain_samples_per_client: c.retain_samples_per_client,
         }
     }
 }
@@ -240,6 +272,8 @@ struct RawConfig {
     #[serde(default)]
     edges: EdgesSection,
     #[serde(default)]
+    monitoring: MonitoringSection,
+    #[serde(default)]
     limits: LimitsSection,
 }
 
@@ -360,6 +394,12 @@ impl FileConfig {
             max_batch_bytes: r.max_batch_bytes,
             max_inflight_entries: r.max_inflight_entries,
             log_window_entries: r.log_window_entries,
+            log_window_bytes: r.log_window_bytes,
+            max_inflight_bytes: r.max_inflight_bytes,
+            max_pending_bytes: r.max_pending_bytes,
+            max_sample_bytes: raw.monitoring.max_sample_bytes,
+            max_sample_bytes_per_s: raw.monitoring.max_sample_bytes_per_s,
+            retain_samples_per_client: raw.monitoring.retain_samples_per_client,
             max_pending_writes: raw.limits.max_pending_writes,
             max_clients: raw.edges.max_clients,
             switchover_max_ticks: r.switchover_max_ticks,

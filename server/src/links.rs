@@ -75,3 +75,53 @@ pub fn edge_link_settings(
         ..base
     }
 }
+
+/// Edge links one client (one certificate) may hold on a server at once: an
+/// edge needs one; a reconnection overlaps its old link for a while.
+pub const MAX_EDGE_LINKS_PER_CLIENT: usize = 4;
+
+/// The edge links open on a server, by client, so that one certificate
+/// cannot open thousands (each costs the server ~20 KiB): beyond
+/// [`MAX_EDGE_LINKS_PER_CLIENT`] its oldest link is closed.
+#[derive(Debug, Default)]
+pub struct EdgeLinks {
+    next: std::sync::atomic::AtomicU64,
+    by_client: std::sync::Mutex<std::collections::HashMap<String, ClientLinks>>,
+}
+
+/// One client's open links, oldest first, by id.
+type ClientLinks = Vec<(u64, vcodr_transport::LinkSender<EdgeLink>)>;
+
+impl EdgeLinks {
+    /// Registers `link` of `client`; returns its id (for [`EdgeLinks::closed`])
+    /// and whether an older link of the same client was closed for it.
+    pub fn opened(&self, client: &str, link: vcodr_transport::LinkSender<EdgeLink>) -> (u64, bool) {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut map = self
+            .by_client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let links = map.entry(client.to_string()).or_default();
+        links.push((id, link));
+        let replaced = links.len() > MAX_EDGE_LINKS_PER_CLIENT;
+        if replaced {
+            let (_, oldest) = links.remove(0);
+            oldest.close("replaced by a newer link of the same client");
+        }
+        (id, replaced)
+    }
+
+    /// Forgets link `id` of `client`, which has closed.
+    pub fn closed(&self, client: &str, id: u64) {
+        let mut map = self
+            .by_client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(links) = map.get_mut(client) {
+            links.retain(|(i, _)| *i != id);
+            if links.is_empty() {
+                map.remove(client);
+            }
+        }
+    }
+}

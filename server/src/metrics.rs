@@ -74,6 +74,8 @@ pub struct Metrics {
     pub peer_dial_targets: AtomicU64,
     /// Edge requests refused (identity mismatch, full contact table).
     pub clients_refused: AtomicU64,
+    /// Edge links closed because their client opened more than `MAX_EDGE_LINKS_PER_CLIENT`.
+    pub edge_links_replaced: AtomicU64,
     /// Admin calls without the right token.
     pub admin_unauthorized: AtomicU64,
     /// TLS handshakes refused by the peer and edge listeners (from the transport).
@@ -106,6 +108,8 @@ pub struct Metrics {
     /// 1 while writes are refused because the standby is lost.
     pub writes_blocked: AtomicU64,
     pub clients_following: AtomicU64,
+    /// Edges and gateways whose last heartbeat said they follow nobody.
+    pub clients_following_nobody: AtomicU64,
     pub clients_known: AtomicU64,
     pub commit_index: AtomicU64,
     pub samples_stored: AtomicU64,
@@ -139,6 +143,8 @@ impl Metrics {
         self.commit_index.store(st.commit_index, Relaxed);
         self.samples_stored.store(st.samples_stored, Relaxed);
         let c = st.client_count;
+        self.clients_following_nobody
+            .store(c.following_none_count, Relaxed);
         self.clients_following.store(
             c.current_active_edge_count + c.current_active_gateway_count,
             Relaxed,
@@ -213,6 +219,12 @@ impl Metrics {
             "vcodr_clients_following",
             "Edges and gateways following this server.",
             self.clients_following.load(Relaxed).to_string(),
+        );
+        gauge(
+            &mut o,
+            "vcodr_clients_following_nobody",
+            "Edges and gateways whose last heartbeat said they follow no server (they cache monitoring).",
+            self.clients_following_nobody.load(Relaxed).to_string(),
         );
         gauge(
             &mut o,
@@ -345,6 +357,12 @@ impl Metrics {
             "vcodr_clients_refused_total",
             "Edge requests refused (certificate mismatch, full contact table).",
             self.clients_refused.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "vcodr_edge_links_replaced_total",
+            "Edge links closed because their client (one certificate) opened more than allowed at once.",
+            self.edge_links_replaced.load(Relaxed),
         );
         counter(
             &mut o,

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use vcodr_core::{PeerEnvelope, PeerIdentity, PeerLinkId};
 use vcodr_transport::quic::QuicTransport;
 use vcodr_transport::reconnect::Backoff;
-use vcodr_transport::{Connection, Incoming, LinkSender, Listener, Transport};
+use vcodr_transport::{Connection, Incoming, LinkSender, Listener, SendError, Transport};
 
 /// Links other servers dialled to this one, open at once.
 pub const MAX_ACCEPTED_PEER_LINKS: usize = 8;
@@ -37,6 +37,8 @@ pub const MAX_DIAL_TARGETS: usize = 4;
 pub const PEER_SEND_QUEUE: usize = 4096;
 /// Replies (refusals) queued for one accepted link.
 pub const PEER_REPLY_QUEUE: usize = 16;
+/// A dialled link that stayed up this long resets the redial backoff.
+pub const LINK_STABLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One accepted link: where its replies go, who proved to be at the other end.
 struct Accepted {
@@ -273,21 +275,30 @@ impl PeerLinks {
                         continue;
                     }
                 };
-                backoff.reset();
                 logged = false;
+                let up_at = std::time::Instant::now();
                 let id = links.id();
                 let who = conn.peer().to_core();
-                tracing::info!(peer = %to, identity = %who, "peer link up");
+                links
+                    .throttle
+                    .info("peer_link_up", || format!("peer link up to {to}, {who}"));
                 let (sender, mut receiver) = conn.split();
                 links.registry().dialled.insert(id, sender.clone());
                 let ended = loop {
                     tokio::select! {
                         m = rx.recv() => match m {
-                            Some(m) => {
-                                if let Err(e) = sender.send(&m).await {
-                                    break format!("{e}");
+                            Some(m) => match sender.send(&m).await {
+                                Ok(()) => {}
+                                // The core never sends what cannot fit; should it,
+                                // dropping it keeps the link (and everything behind it) alive.
+                                Err(e @ (SendError::TooLarge { .. } | SendError::Encode { .. })) => {
+                                    links.metrics.peer_dropped.fetch_add(1, Relaxed);
+                                    links.throttle.note("peer_message_too_large", || {
+                                        format!("dropped a peer {} that cannot be sent: {e}", m.body.kind())
+                                    });
                                 }
-                            }
+                                Err(e) => break format!("{e}"),
+                            },
                             None => {
                                 links.registry().dialled.remove(&id);
                                 return;
@@ -301,7 +312,16 @@ impl PeerLinks {
                     }
                 };
                 links.registry().dialled.remove(&id);
-                tracing::info!(peer = %to, reason = %ended, "peer link down");
+                links.throttle.info("peer_link_down", || {
+                    format!("peer link down to {to}: {ended}")
+                });
+                // A link that dies at once (the peer closes it, refusing us)
+                // is redialled with backoff, not in a loop of handshakes.
+                if up_at.elapsed() >= LINK_STABLE {
+                    backoff.reset();
+                } else {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
             }
         });
         tx

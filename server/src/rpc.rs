@@ -73,6 +73,7 @@ impl From<CommandError> for RpcError {
             CommandError::InvalidParam { .. } => code::INVALID_PARAMS,
             CommandError::WritesBlocked(_)
             | CommandError::Overloaded { .. }
+            | CommandError::PendingBytes { .. }
             | CommandError::NotAcknowledged { .. }
             | CommandError::SwitchoverAbandoned(_) => code::NOT_ACKNOWLEDGED,
         };

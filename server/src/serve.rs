@@ -4,7 +4,7 @@
 use crate::admin::{self, AdminState};
 use crate::config::FileConfig;
 use crate::driver::{self, DriverSettings, Handle, Published};
-use crate::links::{edge_link_settings, EdgeLink, PeerLink};
+use crate::links::{edge_link_settings, EdgeLink, EdgeLinks, PeerLink};
 use crate::metrics::Metrics;
 use crate::peers::PeerLinks;
 use crate::storage::{RedbStorage, Storage};
@@ -151,6 +151,15 @@ fn peer_settings(cfg: &FileConfig) -> Settings {
     }
 }
 
+/// Forgets an edge link in [`EdgeLinks`] when its task ends, however it ends.
+struct ForgetOnDrop<'a>(&'a EdgeLinks, &'a str, u64);
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.closed(self.1, self.2);
+    }
+}
+
 /// Inputs the driver's queue holds (admin calls, edge and peer messages):
 /// beyond it edge links wait and peer messages are dropped (and resent).
 pub const DRIVER_QUEUE_LEN: usize = 65_536;
@@ -275,6 +284,7 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
     let mut edge_l = edge_t.listen()?;
     let edge_refused = edge_l.counts_handle();
     let h = handle.clone();
+    let edge_links = Arc::new(EdgeLinks::default());
     tasks.push(tokio::spawn(async move {
         let _keep = edge_t;
         while let Some(mut conn) = edge_l.accept().await {
@@ -285,7 +295,13 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
                 conn.close("only edge and gateway certificates may use the edge link");
                 continue;
             };
+            let (link_id, replaced) = edge_links.opened(&client, conn.sender());
+            if replaced {
+                h.metrics.edge_links_replaced.fetch_add(1, Relaxed);
+            }
+            let links = edge_links.clone();
             tokio::spawn(async move {
+                let _forget = ForgetOnDrop(&links, &client, link_id);
                 loop {
                     match conn.recv().await {
                         Ok(Incoming::Request { request, responder }) => {

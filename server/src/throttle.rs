@@ -71,9 +71,24 @@ impl LogThrottle {
         self.window.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One occurrence of `what`; `detail` says what happened (who, why).
-    /// Returns whether this occurrence was logged (the first of its interval).
+    /// One occurrence of `what` at warning level; `detail` says what
+    /// happened (who, why). Returns whether this occurrence was logged (the
+    /// first of its interval).
     pub fn note(&self, what: &'static str, detail: impl FnOnce() -> String) -> bool {
+        self.record(what, tracing::Level::WARN, detail)
+    }
+
+    /// As [`LogThrottle::note`], at info level (events of our own links).
+    pub fn info(&self, what: &'static str, detail: impl FnOnce() -> String) -> bool {
+        self.record(what, tracing::Level::INFO, detail)
+    }
+
+    fn record(
+        &self,
+        what: &'static str,
+        level: tracing::Level,
+        detail: impl FnOnce() -> String,
+    ) -> bool {
         let mut w = self.lock();
         self.roll(&mut w, Instant::now());
         let i = match w.kinds.iter().position(|k| k.what == what) {
@@ -104,12 +119,12 @@ impl LogThrottle {
         k.count += 1;
         let detail = clip(detail());
         if k.count == 1 {
-            tracing::warn!(
-                target: "vcodr::refused",
-                kind = k.what,
-                "{detail} (more of these are counted and summarized every {} s)",
-                self.interval.as_secs()
-            );
+            let secs = self.interval.as_secs();
+            if level == tracing::Level::WARN {
+                tracing::warn!(target: "vcodr::refused", kind = k.what, "{detail} (more of these are counted and summarized every {secs} s)");
+            } else {
+                tracing::info!(target: "vcodr::links", kind = k.what, "{detail} (more of these are counted and summarized every {secs} s)");
+            }
             return true;
         }
         k.last = detail;

@@ -264,7 +264,7 @@ fn alert_rules_pass_promtool_and_use_only_metrics_a_server_exports() {
         "vcodr_dr_protected",
         "vcodr_unprotected_writes_total",
         "vcodr_dr_state",
-        "vcodr_clients_following",
+        "vcodr_clients_following_nobody",
         "vcodr_forged_epoch_claims_total",
         "vcodr_peer_messages_refused_total",
         "vcodr_handshakes_refused_total",

@@ -301,6 +301,7 @@ pub fn generator_covers_every_op(seed: u64, requests: u64) {
                 PersistOp::InstallSnapshot(_) => "InstallSnapshot",
                 PersistOp::Archive { .. } => "Archive",
                 PersistOp::Compact { .. } => "Compact",
+                PersistOp::PruneSamples { .. } => "PruneSamples",
             });
         }
         compacted |=
@@ -308,7 +309,7 @@ pub fn generator_covers_every_op(seed: u64, requests: u64) {
         samples_stored = samples_stored.max(reference.samples.len());
         samples_dropped_by_snapshot |= reference.samples.len() < samples_before;
     }
-    assert_eq!(kinds.len(), 8, "seed {seed}: op kinds generated: {kinds:?}");
+    assert_eq!(kinds.len(), 9, "seed {seed}: op kinds generated: {kinds:?}");
     assert!(compacted, "seed {seed}: no compaction dropped an entry");
     assert!(
         !reference.archive.is_empty(),
@@ -586,9 +587,16 @@ impl OpGen {
                 }
             }
             82..=84 => vec![PersistOp::TruncateAfter(self.rng.range(commit, last))],
-            85..=93 => vec![PersistOp::Compact {
+            85..=90 => vec![PersistOp::Compact {
                 below: self.rng.range(0, last + 2),
             }],
+            91..=93 => {
+                // Retention of one client's stored samples.
+                let client = self.pick(&CLIENTS).to_string();
+                let next = self.next_sample.get(&client).copied().unwrap_or(1);
+                let below_seq = self.rng.range(0, next + 1);
+                vec![PersistOp::PruneSamples { client, below_seq }]
+            }
             94 => {
                 // Rejoin: archive what the promoted server lacks (below the
                 // commit index too, as after degraded, unprotected writes).

@@ -504,6 +504,34 @@ impl RedbStorage {
                     head.archive_next += 1;
                 }
             }
+            PersistOp::PruneSamples { client, below_seq } => {
+                let removed = t
+                    .samples
+                    .extract_from_if(
+                        (client.as_str(), 0)..(client.as_str(), *below_seq),
+                        |_, _| true,
+                    )
+                    .map_err(self.db_err(SAMPLES_NAME, "prune"))?
+                    .count() as u64;
+                if removed > 0 {
+                    let count = t
+                        .sample_count
+                        .get(client.as_str())
+                        .map_err(self.db_err(SAMPLE_COUNT_NAME, "read"))?
+                        .map_or(0, |g| g.value());
+                    let left = count.saturating_sub(removed);
+                    if left == 0 {
+                        // As if the client never stored one (the summary lists no empty client).
+                        t.sample_count
+                            .remove(client.as_str())
+                            .map_err(self.db_err(SAMPLE_COUNT_NAME, "write"))?;
+                    } else {
+                        t.sample_count
+                            .insert(client.as_str(), left)
+                            .map_err(self.db_err(SAMPLE_COUNT_NAME, "write"))?;
+                    }
+                }
+            }
             PersistOp::Compact { below } => {
                 let keep_from = (*below).min(head.commit + 1).min(head.applied_index + 1);
                 t.log
