@@ -398,9 +398,20 @@ pub fn check(
             .iter()
             .filter(|p| p.invoke <= w.invoke)
             .max_by_key(|p| p.invoke);
-        if let Some(p) =
-            last.filter(|p| p.server != w.server && p.result.is_ok() && p.complete <= w.invoke)
-        {
+        // A promotion of this very server asked after that one and before
+        // the answer came may have made it the writer the write reached
+        // (found by the long run, seed 1098: a write sent to a standby
+        // 1 ms before its own disaster promotion, acknowledged by it as
+        // STANDALONE at the next epoch).
+        let promoted_since = |p: &crate::history::Promotion| {
+            record
+                .promotions
+                .iter()
+                .any(|q| q.server == w.server && q.invoke > p.invoke && q.invoke <= w.complete)
+        };
+        if let Some(p) = last.filter(|p| {
+            p.server != w.server && p.result.is_ok() && p.complete <= w.invoke && !promoted_since(p)
+        }) {
             let late = match policy {
                 Policy::Block => true,
                 Policy::Degrade => {
@@ -748,6 +759,33 @@ mod tests {
         assert!(v
             .iter()
             .any(|x| x.detail.contains("block: it cannot have reached")));
+    }
+
+    #[test]
+    fn an_ack_racing_the_servers_own_promotion_is_no_fenced_ack() {
+        // b was promoted (epoch 2); a rejoined as its standby; a write sent
+        // to a 1 ms before a's own promotion is answered by a as the new
+        // writer (the long run's seed 1098).
+        let record = Record {
+            writes: vec![w(0, 1, 0, (8_135, 8_137), ok(760))],
+            promotions: vec![
+                promotion(1, (3_723, 3_726), Some(0), vec![]),
+                promotion(0, (8_136, 8_137), Some(0), vec![]),
+            ],
+            segments: vec![seg(0, (3_824, 8_121), "STANDBY")],
+            steps: vec![],
+        };
+        let mut fin = Final::default();
+        fin.docs.insert(key_of(0, 1), (value_of(0, 1), 760));
+        let (_, v) = check(&record, &fin, Policy::Block, 1000);
+        assert!(!properties(&v).contains(&FENCED_ACKS_NOTHING), "{v:?}");
+        // Without a's own promotion the same ack is one too many.
+        let record = Record {
+            promotions: vec![promotion(1, (3_723, 3_726), Some(0), vec![])],
+            ..record
+        };
+        let (_, v) = check(&record, &fin, Policy::Block, 1000);
+        assert!(properties(&v).contains(&FENCED_ACKS_NOTHING), "{v:?}");
     }
 
     #[test]
