@@ -2,8 +2,9 @@
 //! the core's tests, the benches and the model checker. Nothing here is
 //! cryptography; production servers use `vcodr-transport`'s keys.
 
-use crate::proof::{Keys, ProofKeys};
-use crate::types::PeerIdentity;
+use crate::msg::*;
+use crate::proof::{EpochClaim, EpochProof, Keys, ProofKeys};
+use crate::types::*;
 use std::sync::Arc;
 
 /// Stand-in keys of the server called `name`: the "public key" is
@@ -63,4 +64,174 @@ impl ProofKeys for TestKeys {
     fn verify(&self, public_key: &[u8], message: &[u8], sig: &[u8]) -> bool {
         signature(public_key, message) == sig
     }
+}
+
+/// One sample of every wire message kind: every [`PeerMsg`] in a
+/// [`PeerEnvelope`], every [`EdgeMsg`] and every [`ServerMsg`], with the
+/// `Append` carrying `append_entries` entries of 200-byte values. The codec
+/// test round-trips them; the fuzz targets are seeded with them.
+pub fn wire_samples(append_entries: u64) -> (Vec<PeerEnvelope>, Vec<EdgeMsg>, Vec<ServerMsg>) {
+    let info = ServerInfo {
+        uuid: u128::MAX - 3,
+        name: "a".into(),
+        peer_address: "127.0.0.1:7443".into(),
+        edge_address: "[::1]:7444".into(),
+        admin_address: "127.0.0.1:8443".into(),
+    };
+    let entry = |i| Entry {
+        epoch: 3,
+        index: i,
+        op: Op::Put {
+            key: format!("k{i}"),
+            value: vec![b'x'; 200],
+        },
+    };
+    let proof = Arc::new(EpochProof {
+        claim: EpochClaim {
+            pair_id: 2,
+            epoch: 4,
+            holder: 9,
+            holder_name: "b".into(),
+            holder_edge_address: "[::1]:9444".into(),
+        },
+        signature: vec![0xAB; 72],
+    });
+    let bodies = vec![
+        PeerMsg::Pair {
+            token: 7,
+            standby_uuid: 9,
+            active: info.clone(),
+            policy: OnStandbyLoss::Block,
+        },
+        PeerMsg::PairAccepted {
+            standby: info.clone(),
+            token: 7,
+        },
+        PeerMsg::Join {
+            token: 1,
+            standby: info.clone(),
+        },
+        PeerMsg::Refused {
+            reason: "no".into(),
+            in_reply_to: Some(7),
+        },
+        PeerMsg::SnapshotChunk {
+            index: 5,
+            snapshot_epoch: 2,
+            chunk: 0,
+            last: true,
+            docs: vec![(
+                "k".into(),
+                Doc {
+                    value: b"{}".to_vec(),
+                    version: 4,
+                },
+            )],
+            sample_seq: vec![("e1".into(), 10)],
+            epoch_starts: vec![(2, 3)],
+            config_index: 4,
+        },
+        PeerMsg::SnapshotAck { index: 5, chunk: 0 },
+        PeerMsg::Append {
+            prev_index: 1,
+            prev_epoch: 3,
+            entries: (2..2 + append_entries).map(entry).collect(),
+            commit_index: 1,
+            active_durable: 1 + append_entries,
+        },
+        PeerMsg::AppendAck {
+            durable_index: 257,
+            ok: true,
+        },
+        PeerMsg::DemoteRequest { new_epoch: 4 },
+        PeerMsg::DemoteGranted {
+            new_epoch: 4,
+            last_index: 257,
+            last_epoch: 3,
+        },
+        PeerMsg::NewEpoch {
+            active: info.clone(),
+            proof: Some(proof.clone()),
+        },
+        PeerMsg::ZombieAck,
+        PeerMsg::Rejoin {
+            last_index: 1,
+            last_epoch: 1,
+            standby: info.clone(),
+        },
+        PeerMsg::RejoinAccepted {
+            keep_index: 1,
+            active: info,
+        },
+        PeerMsg::Unpair,
+    ];
+    let peer = bodies
+        .into_iter()
+        .map(|body| PeerEnvelope {
+            from: 1,
+            pair_id: Some(2),
+            epoch: 3,
+            body,
+        })
+        .collect();
+    let view = ViewEntry {
+        address: "a".into(),
+        role: Some(Role::Zombie),
+        epoch: 2,
+        pair_id: None,
+        last_response_ms: Some(5),
+    };
+    let edge = vec![
+        EdgeMsg::Heartbeat(Heartbeat {
+            client_id: "edge-1".into(),
+            client_type: ClientType::Gateway,
+            seq: 1,
+            view: [view.clone(), view],
+            following: None,
+            config_epoch: 1,
+            config_version: 2,
+            cached_samples: 3,
+            dropped_samples: 4,
+            proof: Some(proof.clone()),
+        }),
+        EdgeMsg::ConfigPull {
+            have_epoch: 1,
+            have_version: 2,
+        },
+        EdgeMsg::Monitoring {
+            samples: vec![Sample {
+                seq: 1,
+                payload: vec![0; 64],
+            }],
+        },
+    ];
+    let server = vec![
+        ServerMsg::HeartbeatReply(HeartbeatReply {
+            seq: 1,
+            role: Role::Standby,
+            dr_state: DrState::FailureGetActiveStatus,
+            epoch: 2,
+            pair_id: Some(u128::MAX),
+            active_address: Some("b".into()),
+            redirect: None,
+            config_version: 9,
+            proof: Some(proof),
+        }),
+        ServerMsg::Config {
+            epoch: 2,
+            version: 9,
+            docs: vec![],
+        },
+        ServerMsg::MonitoringAck {
+            epoch: 2,
+            up_to_seq: 10,
+        },
+        ServerMsg::Refused {
+            role: Role::Zombie,
+            epoch: 1,
+            redirect: Some("b".into()),
+            reason: "zombie".into(),
+        },
+    ];
+    (peer, edge, server)
 }

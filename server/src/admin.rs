@@ -26,7 +26,7 @@ use axum::Router;
 use http_body_util::BodyExt;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
@@ -65,13 +65,6 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
     constant_time_eq(given.as_bytes(), token.as_bytes())
 }
 
-fn rpc_response(id: Value, r: Result<Value, RpcError>) -> Value {
-    match r {
-        Ok(result) => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
-        Err(e) => json!({ "jsonrpc": "2.0", "id": id, "error": e.to_json() }),
-    }
-}
-
 async fn portal(State(st): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
     if !authorized(&headers, &st.token) {
         st.handle
@@ -87,43 +80,19 @@ async fn portal(State(st): State<AdminState>, headers: HeaderMap, body: Bytes) -
         );
         return (
             StatusCode::UNAUTHORIZED,
-            axum::Json(rpc_response(Value::Null, Err(e))),
+            axum::Json(rpc::response(Value::Null, Err(e))),
         )
             .into_response();
     }
-    let req: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            let e = RpcError::new(
-                rpc::code::PARSE_ERROR,
-                format!("parse error: the body is not JSON ({e})"),
-            );
-            return axum::Json(rpc_response(Value::Null, Err(e))).into_response();
-        }
+    let (id, method, result) = match rpc::parse_request(&body) {
+        Ok(req) => (req.id, Some(req.method), st.handle.api(req.call).await),
+        Err(bad) => (bad.id, bad.method, Err(bad.error)),
     };
-    let id = req.get("id").cloned().unwrap_or(Value::Null);
-    let method = match (
-        req.get("jsonrpc").and_then(Value::as_str),
-        req.get("method").and_then(Value::as_str),
-    ) {
-        (Some("2.0"), Some(m)) => m.to_string(),
-        _ => {
-            let e = RpcError::new(
-                rpc::code::INVALID_REQUEST,
-                "invalid request: need {\"jsonrpc\":\"2.0\",\"method\":…,\"id\":…}",
-            );
-            return axum::Json(rpc_response(id, Err(e))).into_response();
-        }
-    };
-    let params = req.get("params").cloned().unwrap_or(Value::Null);
-    let result = match rpc::parse_call(&method, &params) {
-        Ok(call) => st.handle.api(call).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = &result {
+    // Refusals of a named method are logged; bodies that are not a request are not.
+    if let (Some(method), Err(e)) = (&method, &result) {
         tracing::info!(target: "vcodr::admin", event = "refused", method = %method, code = e.code, "{method} refused: {}", e.message);
     }
-    axum::Json(rpc_response(id, result)).into_response()
+    axum::Json(rpc::response(id, result)).into_response()
 }
 
 async fn healthz(State(st): State<AdminState>) -> Response {
@@ -556,7 +525,7 @@ async fn request(
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,
                     [(header::RETRY_AFTER, "1")],
-                    axum::Json(rpc_response(Value::Null, Err(e))),
+                    axum::Json(rpc::response(Value::Null, Err(e))),
                 )
                     .into_response();
             }
@@ -602,6 +571,7 @@ mod tests {
     use super::*;
     use crate::driver::{self, DriverSettings, PeerSink, Published};
     use crate::storage::{MemStorage, Storage, StorageError};
+    use serde_json::json;
     use std::sync::atomic::AtomicBool;
     use vcodr_core::*;
 

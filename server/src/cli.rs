@@ -79,6 +79,16 @@ pub enum Cmd {
         /// Print the final report as JSON.
         #[arg(long)]
         json: bool,
+        /// Monitoring cache per edge, in bytes (when full, the oldest
+        /// samples are dropped and counted).
+        #[arg(long, default_value_t = 1024 * 1024)]
+        cache_bytes: usize,
+        /// Take commands from stdin, one a line, each answered with one JSON
+        /// line on stdout: `report` (every edge's sample counts), `pause`,
+        /// `resume` (sample generation), `stop`. Stops when stdin closes.
+        /// For harnesses such as the fault drills.
+        #[arg(long)]
+        control: bool,
         /// Who drives the edges' QUIC connections: hub (one task per UDP
         /// socket) or quinn (a task per connection).
         #[arg(long, default_value = "hub", value_parser = crate::config::parse_quic_driver)]
@@ -294,6 +304,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             bind,
             warmup_s,
             json,
+            cache_bytes,
+            control,
             quic_driver,
         } => {
             let [a, b]: [String; 2] = servers
@@ -307,6 +319,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 gateway_every,
                 quic_driver,
                 bind,
+                cache_bytes,
                 ..Default::default()
             };
             let summary = crate::edge_sim::run_cli(
@@ -315,6 +328,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 duration_s.map(std::time::Duration::from_secs),
                 std::time::Duration::from_secs(warmup_s),
                 json,
+                control,
             )
             .await?;
             if json {

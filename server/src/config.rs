@@ -318,8 +318,19 @@ impl FileConfig {
         Self::parse(path, &text)
     }
 
-    /// Parses and validates `text` as if read from `path`.
+    /// Parses and validates `text` as if read from `path`, then checks that
+    /// the certificate files and the admin token it names are readable.
     pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigFileError> {
+        let config = Self::parse_text(path, text)?;
+        config.check_files()?;
+        Ok(config)
+    }
+
+    /// Everything [`FileConfig::parse`] checks but the files: the TOML and
+    /// every key's value and the relations between them. Pure (it reads no
+    /// file; `path` only resolves relative paths), so it is what the fuzz
+    /// target `config_toml` feeds.
+    pub fn parse_text(path: &Path, text: &str) -> Result<FileConfig, ConfigFileError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigFileError::Parse {
             path: path.into(),
             message: e.to_string().trim_end().replace('\n', " "),
@@ -539,46 +550,10 @@ impl FileConfig {
             "ms",
         )?;
         let tls_dir = resolve(&raw.tls_dir);
-        for file in [
-            "ca.pem".to_string(),
-            format!("{}.pem", raw.name),
-            format!("{}.key", raw.name),
-        ] {
-            let p = tls_dir.join(&file);
-            if let Err(e) = std::fs::metadata(&p) {
-                return Err(invalid(
-                    "tls_dir",
-                    format!(
-                        "{} is not readable ({e}); run `vcodr certs init --out {} --servers {}`",
-                        p.display(),
-                        tls_dir.display(),
-                        raw.name
-                    ),
-                ));
-            }
-        }
         let admin_token_file = resolve(
             &raw.admin_token_file
                 .unwrap_or_else(|| raw.tls_dir.join("admin.token")),
         );
-        match std::fs::read_to_string(&admin_token_file) {
-            Ok(t) if t.trim().len() >= 16 => {}
-            Ok(_) => {
-                return Err(invalid(
-                    "admin_token_file",
-                    format!(
-                        "{} holds a token shorter than 16 characters",
-                        admin_token_file.display()
-                    ),
-                ))
-            }
-            Err(e) => {
-                return Err(invalid(
-                    "admin_token_file",
-                    format!("{} is not readable ({e})", admin_token_file.display()),
-                ))
-            }
-        }
         let data_dir = resolve(
             &raw.data_dir
                 .unwrap_or_else(|| PathBuf::from("data").join(&raw.name)),
@@ -603,6 +578,50 @@ impl FileConfig {
             write_timeout_ms,
             core,
         })
+    }
+
+    /// The certificate files of `tls_dir` and the admin token: readable,
+    /// and the token long enough.
+    fn check_files(&self) -> Result<(), ConfigFileError> {
+        let invalid = |key: &str, why: String| ConfigFileError::Invalid {
+            path: self.path.clone(),
+            key: key.into(),
+            why,
+        };
+        let tls_dir = &self.tls_dir;
+        for file in [
+            "ca.pem".to_string(),
+            format!("{}.pem", self.name),
+            format!("{}.key", self.name),
+        ] {
+            let p = tls_dir.join(&file);
+            if let Err(e) = std::fs::metadata(&p) {
+                return Err(invalid(
+                    "tls_dir",
+                    format!(
+                        "{} is not readable ({e}); run `vcodr certs init --out {} --servers {}`",
+                        p.display(),
+                        tls_dir.display(),
+                        self.name
+                    ),
+                ));
+            }
+        }
+        let admin_token_file = &self.admin_token_file;
+        match std::fs::read_to_string(admin_token_file) {
+            Ok(t) if t.trim().len() >= 16 => Ok(()),
+            Ok(_) => Err(invalid(
+                "admin_token_file",
+                format!(
+                    "{} holds a token shorter than 16 characters",
+                    admin_token_file.display()
+                ),
+            )),
+            Err(e) => Err(invalid(
+                "admin_token_file",
+                format!("{} is not readable ({e})", admin_token_file.display()),
+            )),
+        }
     }
 
     /// The admin token, trimmed.

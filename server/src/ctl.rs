@@ -116,6 +116,15 @@ impl Client {
         Client::new(server, ca.unwrap_or(&default_ca), &token)
     }
 
+    /// A copy that gives up on a call after `timeout` (default 60 s): a
+    /// harness that stops servers must not wait a minute per call.
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        Client {
+            timeout,
+            ..self.clone()
+        }
+    }
+
     /// A copy with another token (tests of authentication).
     pub fn with_token(&self, token: &str) -> Client {
         Client {

@@ -226,6 +226,10 @@ struct EdgeView {
     dropped: AtomicU64,
     /// Highest sample seq acknowledged.
     acked_seq: AtomicU64,
+    /// Seq of the last sample generated (samples are numbered from 1).
+    generated: AtomicU64,
+    /// Replies received from each server.
+    replies: [AtomicU64; 2],
     /// The edge has seen the pause and will generate no further sample.
     paused: AtomicBool,
 }
@@ -278,7 +282,29 @@ impl Summary {
     }
 }
 
-/// Heartbeats lost in a row (each after the request timeout) before an edge
+/// One edge's own view of its monitoring samples ([`EdgeSim::edges`]).
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeReport {
+    pub client_id: String,
+    /// The server it follows (0 or 1, as in `--servers`), if any.
+    pub following: Option<usize>,
+    /// Seq of its last sample (samples are numbered 1, 2, …): how many it generated.
+    pub generated: u64,
+    /// Highest seq a server acknowledged as durable.
+    pub acked_seq: u64,
+    /// Samples kept until acknowledged.
+    pub cached: u64,
+    /// Samples dropped because the cache was full (oldest first).
+    pub dropped: u64,
+    /// It has seen the pause and generates no more samples.
+    pub paused: bool,
+    /// Replies it received from each server (0 and 1, as in `--servers`):
+    /// a count that grows says the edge reaches that server now.
+    pub replies: [u64; 2],
+}
+
+/// Heartbeats lost in a row (each unanswered for one heartbeat interval) before an edge
 /// drops its connection to that server and dials it again.
 const LOST_HEARTBEATS_BEFORE_REDIAL: u32 = 3;
 
@@ -462,6 +488,34 @@ impl EdgeSim {
         }
     }
 
+    /// Generates samples again after [`EdgeSim::pause_samples`].
+    pub fn resume_samples(&self) {
+        let _ = self.stop.send(false);
+    }
+
+    /// Every edge's own counts, in edge order: what a harness compares with
+    /// what the servers stored.
+    pub fn edges(&self) -> Vec<EdgeReport> {
+        self.views
+            .iter()
+            .enumerate()
+            .map(|(i, v)| EdgeReport {
+                client_id: self.client_id(i),
+                following: match v.following.load(Relaxed) {
+                    1 => Some(0),
+                    2 => Some(1),
+                    _ => None,
+                },
+                generated: v.generated.load(Relaxed),
+                acked_seq: v.acked_seq.load(Relaxed),
+                cached: v.cached.load(Relaxed),
+                dropped: v.dropped.load(Relaxed),
+                paused: v.paused.load(Acquire),
+                replies: [v.replies[0].load(Relaxed), v.replies[1].load(Relaxed)],
+            })
+            .collect()
+    }
+
     /// Stops every edge.
     pub async fn stop(self) -> Summary {
         let _ = self.stop.send(true);
@@ -523,12 +577,24 @@ async fn run_edge(ctx: EdgeCtx, mut stop: watch::Receiver<bool>) {
                         let tx = tx.clone();
                         let stats = ctx.stats.clone();
                         let hb = matches!(msg, EdgeMsg::Heartbeat(_));
+                        let hb_wait = Duration::from_millis(ctx.cfg.heartbeat_interval_ms);
                         tokio::spawn(async move {
                             let t0 = Instant::now();
+                            // `Err(None)`: a heartbeat unanswered within one
+                            // interval, a missed one. The link's request
+                            // timeout (10 s) is far longer, and a server that
+                            // restarted answers nothing on the old connection:
+                            // waiting it out kept edges from redialling for
+                            // three times that.
                             let answer = if hb {
-                                conn.request_datagram(&msg).await
+                                match tokio::time::timeout(hb_wait, conn.request_datagram(&msg))
+                                    .await
+                                {
+                                    Ok(r) => r.map_err(Some),
+                                    Err(_) => Err(None),
+                                }
                             } else {
-                                conn.request(&msg).await
+                                conn.request(&msg).await.map_err(Some)
                             };
                             match answer {
                                 Ok(reply) => {
@@ -539,11 +605,14 @@ async fn run_edge(ctx: EdgeCtx, mut stop: watch::Receiver<bool>) {
                                     let _ = tx.send(Event::Reply(server, reply)).await;
                                 }
                                 // A lost datagram is a missed heartbeat, not yet a dead link.
-                                Err(RequestError::TimedOut { .. }) if hb => {
+                                Err(None | Some(RequestError::TimedOut { .. })) if hb => {
                                     stats.heartbeats_lost.fetch_add(1, Relaxed);
                                     let _ = tx.send(Event::HeartbeatLost(server)).await;
                                 }
-                                Err(_) => {
+                                Err(e) => {
+                                    if let Some(e) = e {
+                                        tracing::debug!(server, heartbeat = hb, error = %e, "edge request failed");
+                                    }
                                     stats.request_errors.fetch_add(1, Relaxed);
                                     let _ = tx.send(Event::LinkFailed(server)).await;
                                 }
@@ -587,12 +656,14 @@ async fn run_edge(ctx: EdgeCtx, mut stop: watch::Receiver<bool>) {
                 let mut payload = format!("{{\"edge\":\"{}\",\"seq\":{seq}}}", ctx.cfg.client_id).into_bytes();
                 payload.resize(payload.len().max(ctx.sample_bytes), b' ');
                 ctx.stats.samples_generated.fetch_add(1, Relaxed);
+                ctx.views[ctx.index].generated.store(seq, Relaxed);
                 edge.handle_input(ms(started), EdgeInput::Sample { payload });
                 next_sample = ctx.sample_interval.map(|d| Instant::now() + d);
             }
             ev = rx.recv() => match ev {
                 Some(Event::Reply(server, msg)) => {
                     lost_in_a_row[server] = 0;
+                    ctx.views[ctx.index].replies[server].fetch_add(1, Relaxed);
                     edge.handle_input(ms(started), EdgeInput::Reply { server, msg });
                 }
                 Some(Event::HeartbeatLost(server)) => {
@@ -680,13 +751,65 @@ fn note(ctx: &EdgeCtx, e: &EdgeEvent) {
     }
 }
 
+/// Longest a `pause` command of `--control` waits for every edge to see it.
+pub const CONTROL_PAUSE_WAIT: Duration = Duration::from_secs(30);
+
+/// A command read by `--control` from stdin.
+#[derive(Debug)]
+enum Control {
+    Line(String),
+    /// stdin closed: whoever drove the simulator is gone.
+    Eof,
+}
+
+/// Reads stdin lines on a thread of its own (stdin is blocking).
+fn control_lines() -> mpsc::Receiver<Control> {
+    let (tx, rx) = mpsc::channel(16);
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(Control::Line(line)).is_err() {
+                return;
+            }
+        }
+        let _ = tx.blocking_send(Control::Eof);
+    });
+    rx
+}
+
+/// Answers one `--control` command (one JSON line); `None`: stop.
+async fn control(sim: &EdgeSim, command: &str) -> Option<serde_json::Value> {
+    use serde_json::json;
+    Some(match command.trim() {
+        "report" => json!({ "summary": sim.summary(), "edges": sim.edges() }),
+        "pause" => json!({ "paused": sim.pause_samples(CONTROL_PAUSE_WAIT).await }),
+        "resume" => {
+            sim.resume_samples();
+            json!({ "resumed": true })
+        }
+        "stop" => return None,
+        other => json!({
+            "error": format!("unknown command {other:?}: give report, pause, resume or stop")
+        }),
+    })
+}
+
 /// `vcodr edge-sim`: runs until `duration` passes (or SIGINT/SIGTERM), printing a live line.
+///
+/// With `control`, it also reads commands from stdin, one a line, and
+/// answers each with one JSON line on stdout: `report` (the summary and
+/// every edge's own sample counts, [`EdgeReport`]), `pause` (stop
+/// generating samples; answered once every edge has seen it, `{"paused":
+/// false}` if that took longer than [`CONTROL_PAUSE_WAIT`]), `resume`,
+/// `stop`. It stops when stdin closes, so that it never outlives its driver.
 pub async fn run_cli(
     certs: &std::path::Path,
     settings: SimSettings,
     duration: Option<Duration>,
     warmup: Duration,
     json: bool,
+    control_stdin: bool,
 ) -> anyhow::Result<Summary> {
     let mut signals = crate::serve::StopSignals::new();
     let ca = CertificateAuthority::load(certs)
@@ -698,20 +821,39 @@ pub async fn run_cli(
         indicatif::ProgressStyle::with_template("{spinner} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
+    let mut commands = control_stdin.then(control_lines);
     let deadline = duration.map(|d| Instant::now() + d);
     let mut warmup_ends = (!warmup.is_zero()).then(|| Instant::now() + warmup);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
     loop {
         if warmup_ends.is_some_and(|t| Instant::now() >= t) {
             sim.stats.rtt.reset();
             warmup_ends = None;
         }
-        let tick = tokio::time::sleep(Duration::from_secs(1));
+        let command = async {
+            match commands.as_mut() {
+                Some(rx) => rx.recv().await.unwrap_or(Control::Eof),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = tick => {}
+            _ = tick.tick() => {}
             _ = signals.recv() => break,
+            c = command => match c {
+                Control::Line(line) => match control(&sim, &line).await {
+                    Some(answer) => {
+                        println!("{answer}");
+                        continue;
+                    }
+                    None => break,
+                },
+                Control::Eof => break,
+            },
         }
         let line = sim.summary().line(&servers);
-        if json {
+        if json || control_stdin {
             eprintln!("{line}");
         } else {
             bar.set_message(line);
@@ -723,4 +865,63 @@ pub async fn run_cli(
     }
     bar.finish_and_clear();
     Ok(sim.stop().await)
+}
+
+#[cfg(test)]
+mod control_tests {
+    use super::*;
+
+    /// Two edges whose servers never answer: they generate and cache
+    /// samples; `--control` reports them per edge, pauses and resumes.
+    #[tokio::test]
+    async fn control_commands_report_pause_and_resume() {
+        let ca = CertificateAuthority::new().unwrap();
+        // Nothing listens on the discard ports: every connect fails.
+        let settings = SimSettings {
+            servers: ["127.0.0.1:9".into(), "127.0.0.2:9".into()],
+            count: 2,
+            gateway_every: 0,
+            heartbeat_interval_ms: 100,
+            sample_interval_ms: 10,
+            ..SimSettings::default()
+        };
+        let sim = EdgeSim::start(&ca, settings).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sim.edges().iter().any(|e| e.generated < 3) {
+            assert!(Instant::now() < deadline, "no samples: {:?}", sim.edges());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let paused = control(&sim, "pause").await.unwrap();
+        assert_eq!(paused, serde_json::json!({"paused": true}));
+        let report = control(&sim, " report\n").await.unwrap();
+        let edges: Vec<EdgeReport> = serde_json::from_value(report["edges"].clone()).unwrap();
+        assert_eq!(edges.len(), 2);
+        for (i, e) in edges.iter().enumerate() {
+            assert_eq!(e.client_id, format!("edge-{}", i + 1));
+            assert_eq!(e.following, None);
+            // Nothing acknowledged: every sample generated is still cached.
+            assert_eq!((e.acked_seq, e.cached, e.dropped), (0, e.generated, 0));
+            assert!(e.paused);
+        }
+        assert_eq!(report["summary"]["edges"], 2);
+        // Paused edges generate nothing more.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(sim.edges(), edges);
+        assert_eq!(
+            control(&sim, "resume").await.unwrap(),
+            serde_json::json!({"resumed": true})
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sim.edges()[0].generated == edges[0].generated {
+            assert!(Instant::now() < deadline, "resume generated nothing");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let e = control(&sim, "jump").await.unwrap();
+        assert!(e["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown command \"jump\""));
+        assert!(control(&sim, "stop").await.is_none());
+        sim.stop().await;
+    }
 }

@@ -376,6 +376,76 @@ pub fn parse_call(method: &str, params: &Value) -> Result<ApiCall, RpcError> {
     Ok(call)
 }
 
+/// A request the admin API will serve: its `id` (echoed in the response),
+/// its method (named in logs) and the parsed call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub id: Value,
+    pub method: String,
+    pub call: ApiCall,
+}
+
+/// A request refused before it reaches the server: the `id` to answer with
+/// (`null` when the body is not JSON or has none), the method when one was
+/// named, and the error to answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BadRequest {
+    pub id: Value,
+    pub method: Option<String>,
+    pub error: RpcError,
+}
+
+/// Parses the body of a `POST /portal/`: the JSON-RPC 2.0 envelope
+/// (`jsonrpc`, `method`, `id`, `params`), then the method and its params
+/// ([`parse_call`]). Pure: the admin handler calls it and nothing else reads
+/// a request body, so what the fuzz target `rpc_request` feeds is exactly
+/// what is served. Never panics; the body's size is bounded by the HTTP
+/// layer, and JSON nesting by serde_json's recursion limit.
+pub fn parse_request(body: &[u8]) -> Result<Request, BadRequest> {
+    let req: Value = serde_json::from_slice(body).map_err(|e| BadRequest {
+        id: Value::Null,
+        method: None,
+        error: RpcError::new(
+            code::PARSE_ERROR,
+            format!("parse error: the body is not JSON ({e})"),
+        ),
+    })?;
+    let id = req.get("id").cloned().unwrap_or(Value::Null);
+    let method = match (
+        req.get("jsonrpc").and_then(Value::as_str),
+        req.get("method").and_then(Value::as_str),
+    ) {
+        (Some("2.0"), Some(m)) => m.to_string(),
+        _ => {
+            return Err(BadRequest {
+                id,
+                method: None,
+                error: RpcError::new(
+                    code::INVALID_REQUEST,
+                    "invalid request: need {\"jsonrpc\":\"2.0\",\"method\":…,\"id\":…}",
+                ),
+            })
+        }
+    };
+    let params = req.get("params").unwrap_or(&Value::Null);
+    match parse_call(&method, params) {
+        Ok(call) => Ok(Request { id, method, call }),
+        Err(error) => Err(BadRequest {
+            id,
+            method: Some(method),
+            error,
+        }),
+    }
+}
+
+/// The JSON-RPC 2.0 response to request `id`.
+pub fn response(id: Value, r: Result<Value, RpcError>) -> Value {
+    match r {
+        Ok(result) => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
+        Err(e) => json!({ "jsonrpc": "2.0", "id": id, "error": e.to_json() }),
+    }
+}
+
 fn doc_value(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
@@ -620,6 +690,43 @@ mod tests {
         assert!(e.message.contains("must be an object"), "{}", e.message);
         let e = parse_call("nope/nope", &Value::Null).unwrap_err();
         assert_eq!(e.code, code::METHOD_NOT_FOUND);
+    }
+
+    #[test]
+    fn requests_are_read_envelope_first() {
+        let ok = parse_request(
+            br#"{"jsonrpc":"2.0","id":"x","method":"configuration/get","params":{"key":"k"}}"#,
+        );
+        assert_eq!(
+            ok,
+            Ok(Request {
+                id: json!("x"),
+                method: "configuration/get".into(),
+                call: ApiCall::Core(Command::Get { key: "k".into() }),
+            })
+        );
+        let e = parse_request(b"{not json").unwrap_err();
+        assert_eq!(
+            (e.id, e.method, e.error.code),
+            (Value::Null, None, code::PARSE_ERROR)
+        );
+        let e = parse_request(br#"{"jsonrpc":"1.0","id":7,"method":"configuration/list"}"#)
+            .unwrap_err();
+        assert_eq!(
+            (e.id, e.method, e.error.code),
+            (json!(7), None, code::INVALID_REQUEST)
+        );
+        let e = parse_request(
+            br#"{"jsonrpc":"2.0","id":8,"method":"configuration/put","params":{"value":1}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.id, json!(8));
+        assert_eq!(e.method.as_deref(), Some("configuration/put"));
+        assert!(e.error.message.contains("`key`"), "{}", e.error.message);
+        assert_eq!(
+            response(json!(8), Err(e.error))["error"]["code"],
+            json!(code::INVALID_PARAMS)
+        );
     }
 
     #[test]

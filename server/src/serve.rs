@@ -142,7 +142,14 @@ fn transport_settings(cfg: &FileConfig) -> Settings {
 /// stateless-reset key is new), so only the idle timeout ends it, and until
 /// then everything sent on it — a `NewEpoch` included — is lost.
 fn peer_settings(cfg: &FileConfig) -> Settings {
-    let idle = Duration::from_millis((4 * cfg.core.peer_heartbeat_interval_ms).max(1_000));
+    // Saturating: a huge interval is then refused by the settings check
+    // (idle_timeout above the limit) rather than wrapped to a short one.
+    let idle = Duration::from_millis(
+        cfg.core
+            .peer_heartbeat_interval_ms
+            .saturating_mul(4)
+            .max(1_000),
+    );
     Settings {
         idle_timeout: idle,
         keep_alive_interval: idle / 4,

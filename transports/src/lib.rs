@@ -156,6 +156,75 @@ mod rng;
 mod roles;
 mod settings;
 
+/// Entry points for the fuzz targets (`fuzz/targets`, package
+/// `vcodr-fuzz-targets`): the pure functions through which the bytes a peer
+/// or edge sends are first read, exposed as they are served (thin wrappers,
+/// no second copy). Not part of the transport's API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use vcodr_core::codec::DecodeError;
+
+    /// Datagram kinds (first byte of every application datagram).
+    pub const DGRAM_REQUEST: u8 = crate::quic::dgram::REQUEST;
+    pub const DGRAM_RESPONSE: u8 = crate::quic::dgram::RESPONSE;
+    pub const DGRAM_REFUSED: u8 = crate::quic::dgram::REFUSED;
+    pub const DGRAM_TOO_LARGE: u8 = crate::quic::dgram::TOO_LARGE;
+    /// Bytes of the datagram header: kind and request id.
+    pub const DGRAM_HEADER_LEN: usize = crate::quic::dgram::HEADER_LEN;
+
+    /// Kind, request id and frame of a datagram (both QUIC drivers' decoder).
+    pub fn decode_datagram(d: &[u8]) -> Option<(u8, u64, &[u8])> {
+        crate::quic::dgram::decode(d)
+    }
+
+    /// Encodes a datagram as both QUIC drivers do.
+    pub fn encode_datagram(kind: u8, id: u64, frame: &[u8]) -> Vec<u8> {
+        crate::quic::dgram::encode(kind, id, frame).to_vec()
+    }
+
+    /// A buffer that must hold exactly one frame, decoded (datagram
+    /// requests, in-memory packets).
+    pub fn decode_whole_frame<T: serde::de::DeserializeOwned>(
+        buf: &[u8],
+        max_frame_bytes: usize,
+    ) -> Result<T, DecodeError> {
+        crate::link::decode_whole_frame(buf, max_frame_bytes)
+    }
+
+    /// The payload of a buffer that must hold exactly one frame (datagram
+    /// responses).
+    pub fn whole_frame_payload(buf: &[u8], max_frame_bytes: usize) -> Result<&[u8], DecodeError> {
+        crate::link::whole_frame_payload(buf, max_frame_bytes)
+    }
+
+    /// The hub driver's stream frame reassembler.
+    #[derive(Debug, Default)]
+    pub struct FrameReader(crate::quic::hub::FrameReader);
+
+    impl FrameReader {
+        /// Appends one stream chunk, pushing each completed frame's payload to `out`.
+        pub fn push(
+            &mut self,
+            data: &[u8],
+            max_frame_bytes: usize,
+            out: &mut Vec<Vec<u8>>,
+        ) -> Result<(), DecodeError> {
+            self.0.push(data, max_frame_bytes, out)
+        }
+
+        /// What the end of the stream means for a partly read frame.
+        pub fn at_end(&self) -> Option<DecodeError> {
+            self.0.at_end()
+        }
+
+        /// Bytes held for the frame being read: never more than a header
+        /// plus `max_frame_bytes`.
+        pub fn buffered(&self) -> usize {
+            self.0.buffered()
+        }
+    }
+}
+
 pub use error::{
     CloseReason, ConnectError, LinkClosed, Refusal, RequestError, RespondError, SendError,
     SetupError,

@@ -52,7 +52,7 @@ use crate::roles::{refusal_in_text, RoleClientVerifier, RoleServerVerifier};
 use crate::settings::{QuicDriver, Settings};
 use crate::{Protocol, Transport};
 
-mod hub;
+pub(crate) mod hub;
 pub(crate) use hub::{HubLink, HubListenerGuard, HubReply};
 
 /// Application error codes on connection close and stream reset.
@@ -1071,7 +1071,7 @@ pub(crate) fn refuse(stream: &mut SendStream) {
 
 /// Datagram requests and responses: a 9-byte header (kind, then the
 /// request id as a big-endian u64) before an ordinary frame.
-mod dgram {
+pub(crate) mod dgram {
     /// A request; the rest is its frame.
     pub const REQUEST: u8 = 0;
     /// The response to request `id`; the rest is its frame.

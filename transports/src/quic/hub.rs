@@ -419,8 +419,8 @@ impl HubReply {
 
 /// Reassembles frames from stream chunks; the header is checked against
 /// `max_frame_bytes` before any payload byte is kept.
-#[derive(Default)]
-struct FrameReader {
+#[derive(Debug, Default)]
+pub(crate) struct FrameReader {
     buf: Vec<u8>,
     /// Header plus payload length, once the header is in.
     total: Option<usize>,
@@ -428,7 +428,7 @@ struct FrameReader {
 
 impl FrameReader {
     /// Appends `data`, pushing each completed frame's payload to `out`.
-    fn push(
+    pub(crate) fn push(
         &mut self,
         mut data: &[u8],
         max_frame_bytes: usize,
@@ -459,8 +459,13 @@ impl FrameReader {
         }
     }
 
+    /// Bytes held for the frame being read.
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// What the end of the stream means for a partly read frame.
-    fn at_end(&self) -> Option<DecodeError> {
+    pub(crate) fn at_end(&self) -> Option<DecodeError> {
         if self.buf.is_empty() {
             return None;
         }
