@@ -7,7 +7,7 @@ use super::role::{ActiveState, RoleState};
 use super::Server;
 use crate::api::*;
 use crate::config::mutant;
-use crate::durable::apply_entry;
+use crate::durable::{apply_entry, fold_sample_seq};
 use crate::msg::*;
 use crate::types::*;
 
@@ -159,6 +159,14 @@ impl Server {
                 reply_to: a.reply_to,
                 msg,
             });
+        }
+    }
+
+    /// Takes the samples of the log beyond the applied state into the
+    /// highest seq of each client seen (`pending_sample_seq`).
+    pub(super) fn fold_pending_sample_seq(&mut self) {
+        for e in self.log.iter_after(self.applied.index) {
+            fold_sample_seq(&mut self.pending_sample_seq, &e.op);
         }
     }
 

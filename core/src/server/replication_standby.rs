@@ -205,14 +205,7 @@ impl Server {
                 None => self.stage_append(e),
             }
         }
-        for e in self.log.iter_after(self.applied.index) {
-            if let Op::Samples { client, samples } = &e.op {
-                if let Some(last) = samples.last() {
-                    let seq = self.pending_sample_seq.entry(client.clone()).or_insert(0);
-                    *seq = (*seq).max(last.seq);
-                }
-            }
-        }
+        self.fold_pending_sample_seq();
         let new_commit = commit_index.min(self.log.last_index());
         self.apply_upto(new_commit);
         let last = self.log.last_index();

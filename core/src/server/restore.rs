@@ -82,14 +82,7 @@ impl Server {
             outputs: VecDeque::new(),
             cfg,
         };
-        for e in s.log.iter_after(s.applied.index) {
-            if let Op::Samples { client, samples } = &e.op {
-                if let Some(last) = samples.last() {
-                    let seq = s.pending_sample_seq.entry(client.clone()).or_insert(0);
-                    *seq = (*seq).max(last.seq);
-                }
-            }
-        }
+        s.fold_pending_sample_seq();
         if let Some(m) = r.meta {
             s.role = match m.role {
                 Role::Standalone => RoleState::Standalone(StandaloneState {
