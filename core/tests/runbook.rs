@@ -1121,3 +1121,82 @@ fn pairing_is_completed_only_by_the_server_that_got_the_token() {
     assert!(sim.is(B, Role::Standby, DrState::StandbyRunning));
     assert!(!sim.dialled.contains("attacker:7443"), "{:?}", sim.dialled);
 }
+
+/// Found by the fault drills (`VCODR_DRILL_SEED=4`, and seeds 2, 3, 5):
+/// samples the promoted server stored while it ran alone, before the old
+/// active rejoined, never reach the rejoined server. Its resync is a
+/// snapshot, and a snapshot carries each client's highest sample seq but
+/// not the samples themselves; after the next switchover the new active
+/// lacks them (they survive only on the other server), although every one
+/// was acknowledged to its edge. Ignored until snapshots carry samples (or
+/// a standby fetches the ones it lacks): run it with `--ignored`.
+#[test]
+#[ignore = "defect found by the fault drills: a snapshot carries no monitoring samples"]
+fn samples_stored_before_a_rejoin_reach_the_rejoined_server() {
+    for_seeds(seeds(0..4), |seed| {
+        let mut sim = standby_running_pair(seed, OnStandbyLoss::Block, 2);
+        assert_eq!(
+            sim.call(B, Command::Promote { force: true }, 30_000),
+            Ok(Reply::Promoted {
+                epoch: 2,
+                data_loss_bound: Some(0)
+            }),
+            "seed {seed}"
+        );
+        assert!(
+            sim.run_until(5_000, |s| s.is(A, Role::Zombie, DrState::Zombie)
+                && s.all_follow("b:7444")),
+            "seed {seed}: {}",
+            sim.describe()
+        );
+        // b runs alone (its old active is a zombie): the edges' samples are
+        // acknowledged once durable on b.
+        for _ in 0..5 {
+            for j in 0..2 {
+                sim.sample(j);
+            }
+            sim.run_for(100);
+        }
+        assert!(
+            sim.run_until(5_000, |s| s
+                .edges
+                .iter()
+                .all(|e| e.edge.cached_samples() == 0)),
+            "seed {seed}: b acknowledges the samples"
+        );
+        sim.run_for(100);
+        // a rejoins as b's standby, and b hands over to it (zero loss, always).
+        assert_eq!(sim.call(A, Command::Rejoin, 100), Ok(Reply::Accepted));
+        assert!(
+            sim.run_until(10_000, |s| s.is(A, Role::Standby, DrState::StandbyRunning)
+                && s.is(B, Role::Active, DrState::StandbyRunning)),
+            "seed {seed}: {}",
+            sim.describe()
+        );
+        assert!(matches!(
+            sim.call(A, Command::Promote { force: true }, 30_000),
+            Ok(Reply::Promoted { epoch: 3, .. })
+        ));
+        for j in 0..2 {
+            let id = format!("edge-{j}");
+            for store in [&sim.servers[B].store, &sim.servers[A].store] {
+                let seqs: Vec<u64> = store
+                    .samples
+                    .keys()
+                    .filter(|(c, _)| *c == id)
+                    .map(|(_, q)| *q)
+                    .collect();
+                assert_eq!(
+                    seqs,
+                    (1..=5).collect::<Vec<_>>(),
+                    "seed {seed}: {id}'s acknowledged samples on {}",
+                    if std::ptr::eq(store, &sim.servers[A].store) {
+                        "a, the new active"
+                    } else {
+                        "b"
+                    }
+                );
+            }
+        }
+    });
+}
