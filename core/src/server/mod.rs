@@ -15,6 +15,7 @@
 //! | `tick` | the peer tick: failure counting and deadlines per role |
 //! | `replication_active` | streaming to the standby; losing it; the grace |
 //! | `replication_standby` | receiving snapshots and entries from the active |
+//! | `samples_copy` | after a snapshot, copying the samples it names to the standby |
 //! | `pairing` | prepare, configure, the blob, unpairing |
 //! | `switchover` | planned and disaster promotion, demotion, both sides |
 //! | `fencing` | higher epochs, proofs, telling the old active, rejoin |
@@ -33,6 +34,7 @@ mod replication_active;
 mod replication_standby;
 mod restore;
 mod role;
+mod samples_copy;
 mod status;
 mod switchover;
 mod tick;
@@ -141,6 +143,13 @@ pub struct Server {
     staged: Vec<PersistOp>,
     staged_after: Vec<AfterDurable>,
     marks: VecDeque<PersistMark>,
+
+    /// Monitoring sample ranges this server's storage lacks since a snapshot
+    /// and copies from the active while it is a standby, `(client,
+    /// after_seq)` → `up_to_seq` (durable: [`PersistOp::SamplesToCopy`]).
+    /// A fact about the storage, not the role: kept in any role, so a gap
+    /// stays a gap (a later snapshot plans around it).
+    samples_to_copy: BTreeMap<(ClientId, u64), u64>,
 
     writes: VecDeque<PendingWrite>,
     sample_acks: VecDeque<PendingSampleAck>,
@@ -276,6 +285,7 @@ impl Server {
             Input::Timeout(Timer::PeerTick) => self.on_tick(),
             Input::Timeout(Timer::StandbyGrace) => self.on_grace_expired(),
             Input::Persisted { up_to } => self.on_persisted(up_to),
+            Input::SamplesRead { chunks } => self.on_samples_read(chunks),
         }
         self.after_input();
     }

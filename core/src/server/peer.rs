@@ -42,7 +42,9 @@ fn needs_current_epoch(body: &PeerMsg) -> bool {
         | PeerMsg::DemoteRequest { .. }
         | PeerMsg::DemoteGranted { .. }
         | PeerMsg::RejoinAccepted { .. }
-        | PeerMsg::Unpair => true,
+        | PeerMsg::Unpair
+        | PeerMsg::SamplesPull { .. }
+        | PeerMsg::SamplesBatch { .. } => true,
     }
 }
 
@@ -255,6 +257,11 @@ impl Server {
                 active_durable,
             ),
             PeerMsg::AppendAck { durable_index, ok } => self.on_append_ack(durable_index, ok),
+            PeerMsg::SamplesPull {
+                ranges,
+                applied_index,
+            } => self.on_samples_pull(ranges, applied_index),
+            PeerMsg::SamplesBatch { chunks } => self.on_samples_batch(epoch, chunks),
             PeerMsg::DemoteRequest { new_epoch } => self.on_demote_request(new_epoch),
             PeerMsg::DemoteGranted {
                 new_epoch,

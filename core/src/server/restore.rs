@@ -75,6 +75,11 @@ impl Server {
             staged: Vec::new(),
             staged_after: Vec::new(),
             marks: VecDeque::new(),
+            samples_to_copy: r
+                .samples_to_copy
+                .into_iter()
+                .map(|x| ((x.client, x.after_seq), x.up_to_seq))
+                .collect(),
             writes: VecDeque::new(),
             sample_acks: VecDeque::new(),
             samples_stored: 0,
@@ -93,6 +98,11 @@ impl Server {
                     let mut replica = Replica::new(need_snapshot, s.log.last_index());
                     replica.lag_since_ms = Some(now.mono_ms);
                     replica.unheard_since_restart = true;
+                    // Whether the standby still copies samples is not known
+                    // here (unless there are none): it says so again, from
+                    // this point on.
+                    replica.samples_unconfirmed = !s.applied.sample_seq.is_empty();
+                    replica.samples_confirm_from = s.applied.index;
                     RoleState::Active(ActiveState {
                         replica,
                         demotion: None,

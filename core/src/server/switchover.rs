@@ -81,7 +81,7 @@ impl Server {
             return;
         };
         let last = self.log.last_index();
-        let standby_has_all = replica.match_index >= last;
+        let standby_has_all = replica.match_index >= last && !replica.samples_unconfirmed;
         let skip = mutant!(self.cfg, PromoteWithoutCatchup);
         if !(self.durable_index >= last && (standby_has_all || skip)) {
             return;
@@ -181,13 +181,20 @@ impl Server {
         } else {
             "disaster failover"
         };
+        let uncopied = match self.samples_to_copy.len() {
+            0 => String::new(),
+            n => format!(
+                "; {n} ranges of monitoring samples were still being copied from the old active and \
+                 are not on this server"
+            ),
+        };
         let promoted = StandaloneState {
             zombie_to_notify: true,
         };
         self.change_role(
             RoleState::Standalone(promoted),
             DrState::StandbyPromoted,
-            format!("promoted by {how} to epoch {epoch}"),
+            format!("promoted by {how} to epoch {epoch}{uncopied}"),
         );
         self.send_new_epoch();
         self.advance_commit();
@@ -245,6 +252,19 @@ impl Server {
                     "disaster failover requested by the operator".into(),
                 );
                 self.begin_new_epoch();
+            }
+            DrState::StandbyRunning | DrState::StandbySync
+                if force && !self.samples_to_copy.is_empty() =>
+            {
+                return Err(self.wrong_state(
+                    M,
+                    format!(
+                        "this standby is still copying monitoring samples from the active ({} ranges \
+                         left, after a snapshot); a planned switchover now would leave them on the active \
+                         only. Retry once it is STANDBY_RUNNING",
+                        self.samples_to_copy.len()
+                    ),
+                ));
             }
             DrState::StandbyRunning | DrState::StandbySync if force => {
                 self.start_promotion(Promotion {

@@ -82,6 +82,7 @@ impl Server {
             _ => {
                 self.replicate();
                 self.send_heartbeat_append();
+                self.tick_ask_sample_copy();
             }
         }
     }
@@ -95,6 +96,7 @@ impl Server {
         if sb.join_target && candidate {
             self.send_join();
         }
+        self.tick_sample_copy();
         let Some(sb) = self.role.standby_mut() else {
             return;
         };
