@@ -280,6 +280,17 @@ impl Pair {
                 Output::CancelTimer(timer) => {
                     self.node(side).timers.remove(&timer);
                 }
+                Output::ReadSamples {
+                    ranges,
+                    max_bytes,
+                    max_samples,
+                } => {
+                    // Answered at once from the store (what a store that
+                    // keeps nothing holds: no sample).
+                    let node = self.node(side);
+                    let chunks = node.store.read_samples(&ranges, max_bytes, max_samples);
+                    node.server.handle_input(now, Input::SamplesRead { chunks });
+                }
                 Output::Reply { req, result } => self.replies.push_back((req, result)),
                 Output::Event(Event::PeerIgnored { .. }) => self.stats.peer_ignored += 1,
                 Output::Event(_) | Output::ReplyEdge { .. } | Output::ReplyPeer { .. } => {}

@@ -5,8 +5,8 @@
 //! harness does the same, and the server's on-disk storage is tested against
 //! it (same ops in, same [`Restored`] out).
 
-use crate::api::{DurableMeta, PersistOp};
-use crate::msg::Snapshot;
+use crate::api::{DurableMeta, PersistOp, SAMPLE_OVERHEAD_BYTES};
+use crate::msg::{SampleChunk, SampleRange, Snapshot};
 use crate::types::*;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -23,6 +23,9 @@ pub struct Restored {
     pub log: Vec<Entry>,
     /// Most recent state-history transitions, oldest first.
     pub history: Vec<Transition>,
+    /// Sample ranges this server lacks and copies from its active, in
+    /// `(client, after_seq)` order ([`PersistOp::SamplesToCopy`]).
+    pub samples_to_copy: Vec<SampleRange>,
 }
 
 /// An entry moved to the divergence archive at rejoin.
@@ -77,6 +80,9 @@ pub struct MemStore {
     pub samples: BTreeMap<(ClientId, u64), Vec<u8>>,
     /// Samples applied whose `(client, seq)` was already stored: must stay 0.
     pub duplicate_samples: u64,
+    /// Sample ranges still to copy from the active: `(client, after_seq)` →
+    /// `up_to_seq` ([`PersistOp::SamplesToCopy`], [`PersistOp::StoreSamples`]).
+    pub samples_to_copy: BTreeMap<(ClientId, u64), u64>,
 }
 
 impl MemStore {
@@ -172,7 +178,77 @@ impl MemStore {
                 let keep_from = (*below).min(self.commit + 1).min(self.applied.index + 1);
                 self.log.retain(|e| e.index >= keep_from);
             }
+            PersistOp::SamplesToCopy(ranges) => {
+                self.samples_to_copy = ranges
+                    .iter()
+                    .map(|r| ((r.client.clone(), r.after_seq), r.up_to_seq))
+                    .collect();
+            }
+            PersistOp::StoreSamples(chunk) => {
+                for s in &chunk.samples {
+                    let key = (chunk.client.clone(), s.seq);
+                    if self.samples.insert(key, s.payload.clone()).is_some() {
+                        self.duplicate_samples += 1;
+                    }
+                }
+                let key = (chunk.client.clone(), chunk.after_seq);
+                if let Some(up_to) = self.samples_to_copy.remove(&key) {
+                    if chunk.through_seq < up_to {
+                        let rest = (chunk.client.clone(), chunk.through_seq);
+                        self.samples_to_copy.insert(rest, up_to);
+                    }
+                }
+            }
         }
+    }
+
+    /// The reference meaning of [`Output::ReadSamples`](crate::Output::ReadSamples):
+    /// for each range in order, the stored samples of its client with
+    /// `after_seq < seq <= up_to_seq`, as one [`SampleChunk`] whose
+    /// `through_seq` is the range's end when all of it was read. The read
+    /// stops before the first sample that would bring it above `max_bytes`
+    /// (payload + [`SAMPLE_OVERHEAD_BYTES`] each) or `max_samples`, except
+    /// that its first sample is always taken; the range it stops in answers
+    /// up to its last sample taken (no chunk if none), and later ranges are
+    /// not answered. Ranges with `after_seq >= up_to_seq` are skipped.
+    pub fn read_samples(
+        &self,
+        ranges: &[SampleRange],
+        max_bytes: usize,
+        max_samples: usize,
+    ) -> Vec<SampleChunk> {
+        let mut budget = SampleBudget::new(max_bytes, max_samples);
+        let mut out = Vec::new();
+        for r in ranges.iter().filter(|r| r.after_seq < r.up_to_seq) {
+            let from = (r.client.clone(), r.after_seq + 1);
+            let to = (r.client.clone(), r.up_to_seq);
+            let mut chunk = SampleChunk {
+                client: r.client.clone(),
+                after_seq: r.after_seq,
+                through_seq: r.up_to_seq,
+                samples: Vec::new(),
+            };
+            let mut full = false;
+            for ((_, seq), payload) in self.samples.range(from..=to) {
+                if !budget.take(payload.len()) {
+                    full = true;
+                    break;
+                }
+                chunk.samples.push(crate::types::Sample {
+                    seq: *seq,
+                    payload: payload.clone(),
+                });
+            }
+            if full {
+                if let Some(last) = chunk.samples.last() {
+                    chunk.through_seq = last.seq;
+                    out.push(chunk);
+                }
+                break;
+            }
+            out.push(chunk);
+        }
+        out
     }
 
     /// What a server restarting from this store gets.
@@ -183,6 +259,15 @@ impl MemStore {
             commit: self.commit,
             log: self.log.clone(),
             history: self.history.iter().cloned().collect(),
+            samples_to_copy: self
+                .samples_to_copy
+                .iter()
+                .map(|((client, after_seq), up_to_seq)| SampleRange {
+                    client: client.clone(),
+                    after_seq: *after_seq,
+                    up_to_seq: *up_to_seq,
+                })
+                .collect(),
         }
     }
 
@@ -201,5 +286,38 @@ impl MemStore {
         self.archive
             .iter()
             .any(|a| matches!(&a.entry.op, Op::Put { key: k, value: v } if k == key && v == value))
+    }
+}
+
+/// The bounds of one read of samples ([`MemStore::read_samples`]): storage
+/// implementations use it so that they stop where the reference stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SampleBudget {
+    bytes_left: usize,
+    samples_left: usize,
+    taken: usize,
+}
+
+impl SampleBudget {
+    pub fn new(max_bytes: usize, max_samples: usize) -> Self {
+        SampleBudget {
+            bytes_left: max_bytes,
+            samples_left: max_samples,
+            taken: 0,
+        }
+    }
+
+    /// Takes a sample of `payload_bytes` if it fits (the first always does);
+    /// false: the read stops before it.
+    pub fn take(&mut self, payload_bytes: usize) -> bool {
+        let bytes = payload_bytes + SAMPLE_OVERHEAD_BYTES;
+        let fits = self.samples_left > 0 && bytes <= self.bytes_left;
+        if !fits && self.taken > 0 {
+            return false;
+        }
+        self.bytes_left = self.bytes_left.saturating_sub(bytes);
+        self.samples_left = self.samples_left.saturating_sub(1);
+        self.taken += 1;
+        true
     }
 }

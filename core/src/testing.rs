@@ -164,6 +164,36 @@ pub fn wire_samples(append_entries: u64) -> (Vec<PeerEnvelope>, Vec<EdgeMsg>, Ve
             active: info,
         },
         PeerMsg::Unpair,
+        PeerMsg::SamplesPull {
+            ranges: vec![SampleRange {
+                client: "edge-1".into(),
+                after_seq: 3,
+                up_to_seq: 9,
+            }],
+            applied_index: 7,
+        },
+        PeerMsg::SamplesPull {
+            ranges: Vec::new(),
+            applied_index: 7,
+        },
+        PeerMsg::SamplesBatch {
+            chunks: vec![SampleChunk {
+                client: "edge-1".into(),
+                after_seq: 3,
+                through_seq: 5,
+                samples: vec![
+                    Sample {
+                        seq: 4,
+                        payload: b"s4".to_vec(),
+                    },
+                    Sample {
+                        seq: 5,
+                        payload: b"s5".to_vec(),
+                    },
+                ],
+            }],
+        },
+        PeerMsg::SamplesBatch { chunks: Vec::new() },
     ];
     let peer = bodies
         .into_iter()

@@ -1128,10 +1128,10 @@ fn pairing_is_completed_only_by_the_server_that_got_the_token() {
 /// snapshot, and a snapshot carries each client's highest sample seq but
 /// not the samples themselves; after the next switchover the new active
 /// lacks them (they survive only on the other server), although every one
-/// was acknowledged to its edge. Ignored until snapshots carry samples (or
-/// a standby fetches the ones it lacks): run it with `--ignored`.
+/// was acknowledged to its edge. Fixed by the sample copy after a snapshot:
+/// the rejoined server pulls what it lacks from the active and is not
+/// STANDBY_RUNNING (so the switchover back waits) until it holds them.
 #[test]
-#[ignore = "defect found by the fault drills: a snapshot carries no monitoring samples"]
 fn samples_stored_before_a_rejoin_reach_the_rejoined_server() {
     for_seeds(seeds(0..4), |seed| {
         let mut sim = standby_running_pair(seed, OnStandbyLoss::Block, 2);

@@ -29,6 +29,8 @@ pub const HOSTILE_CLIENT: &str = "ex";
 /// no operator ever writes it, so finding it anywhere is a violation.
 pub const FORGED_KEY: &str = "kx";
 pub const FORGED_VALUE: &[u8] = b"vx";
+/// Payload of the monitoring sample `x` slips into a forged `SamplesBatch`.
+pub const FORGED_SAMPLE: &[u8] = b"forged-sample";
 /// The pairing token `x` guesses.
 pub const GUESSED_TOKEN: u128 = 0x5EED_6E55;
 
@@ -94,6 +96,14 @@ pub enum Forgery {
     Refused,
     /// `Join` (transitionToStandby with a blob) with a guessed token, `x` as the standby.
     Join,
+    /// `SamplesPull` with no range at the highest index: "the standby's
+    /// sample copy is complete" (would end an active's STANDBY_SYNC).
+    SamplesDone,
+    /// `SamplesPull` of every sample of edge `e0`: makes an active read its storage.
+    SamplesPull,
+    /// `SamplesBatch` answering "the standby lacks e0's samples 0..": one
+    /// forged sample ([`FORGED_SAMPLE`]) to store.
+    SamplesBatch,
     /// Edge heartbeat whose view claims the other server is STANDALONE at
     /// `next` of `s`'s pair; no proof.
     ViewUnproven,
@@ -107,7 +117,7 @@ pub enum Forgery {
 }
 
 impl Forgery {
-    pub const ALL: [Forgery; 14] = [
+    pub const ALL: [Forgery; 17] = [
         Forgery::AppendAck,
         Forgery::NewEpochUnproven,
         Forgery::NewEpochSignedByX,
@@ -119,6 +129,9 @@ impl Forgery {
         Forgery::PairAccepted,
         Forgery::Refused,
         Forgery::Join,
+        Forgery::SamplesDone,
+        Forgery::SamplesPull,
+        Forgery::SamplesBatch,
         Forgery::ViewUnproven,
         Forgery::ViewSignedByX,
         Forgery::ViewPeerClaimSignedByX,
@@ -133,8 +146,8 @@ impl Forgery {
         }
     }
 
-    fn bit(self) -> u16 {
-        1 << (self as u16)
+    fn bit(self) -> u32 {
+        1 << (self as u32)
     }
 
     /// The command-line spelling (`vcodr-check --forge append-ack,unpair`).
@@ -151,6 +164,9 @@ impl Forgery {
             Forgery::PairAccepted => "pair-accepted",
             Forgery::Refused => "refused",
             Forgery::Join => "join",
+            Forgery::SamplesDone => "samples-done",
+            Forgery::SamplesPull => "samples-pull",
+            Forgery::SamplesBatch => "samples-batch",
             Forgery::ViewUnproven => "view-unproven",
             Forgery::ViewSignedByX => "view-signed-by-x",
             Forgery::ViewPeerClaimSignedByX => "view-peer-claim-signed-by-x",
@@ -171,6 +187,9 @@ impl Forgery {
             Forgery::PairAccepted => "PairAccepted (guessed token)",
             Forgery::Refused => "Refused (guessed token)",
             Forgery::Join => "Join (guessed token)",
+            Forgery::SamplesDone => "SamplesPull (the sample copy is complete)",
+            Forgery::SamplesPull => "SamplesPull of every sample of e0",
+            Forgery::SamplesBatch => "SamplesBatch of a forged sample of e0",
             Forgery::ViewUnproven => "heartbeat view: peer STANDALONE at the next epoch, no proof",
             Forgery::ViewSignedByX => {
                 "heartbeat view: x STANDALONE at the next epoch, proof of x signed by x"
@@ -184,7 +203,7 @@ impl Forgery {
 
 /// A set of [`Forgery`] kinds (the menu a model offers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Menu(u16);
+pub struct Menu(u32);
 
 impl Menu {
     pub const NONE: Menu = Menu(0);
@@ -387,6 +406,38 @@ pub fn forge(srv: &Server, target: ServerIx, f: Forgery) -> Option<Forged> {
             PeerMsg::Join {
                 token: GUESSED_TOKEN,
                 standby: x,
+            },
+        ),
+        Forgery::SamplesDone => env(
+            epoch,
+            PeerMsg::SamplesPull {
+                ranges: Vec::new(),
+                applied_index: Index::MAX,
+            },
+        ),
+        Forgery::SamplesPull => env(
+            epoch,
+            PeerMsg::SamplesPull {
+                ranges: vec![SampleRange {
+                    client: "e0".into(),
+                    after_seq: 0,
+                    up_to_seq: u64::MAX,
+                }],
+                applied_index: srv.commit_index(),
+            },
+        ),
+        Forgery::SamplesBatch => env(
+            epoch,
+            PeerMsg::SamplesBatch {
+                chunks: vec![SampleChunk {
+                    client: "e0".into(),
+                    after_seq: 0,
+                    through_seq: 1,
+                    samples: vec![Sample {
+                        seq: 1,
+                        payload: FORGED_SAMPLE.to_vec(),
+                    }],
+                }],
             },
         ),
         Forgery::ViewUnproven | Forgery::ViewSignedByX | Forgery::ViewPeerClaimSignedByX => {

@@ -30,7 +30,8 @@ struct Args {
     #[arg(long)]
     serve: Option<String>,
     /// Model: `ci`/`failover` (default), `crash`, `edges`, `setup` (pairing
-    /// from scratch), `hostile-peer`, `hostile-edge`, `hostile-setup` (the
+    /// from scratch), `samples` (a sample acknowledged before the pairing,
+    /// then a switchover), `hostile-peer`, `hostile-edge`, `hostile-setup` (the
     /// hostile actor), `hostile` (both of its menus at once: beyond the CI
     /// budget, give --timeout-s) or `deep`.
     #[arg(long, default_value = "ci")]
@@ -103,9 +104,10 @@ fn config(a: &Args) -> Result<ModelCfg> {
         "hostile-edge" => ModelCfg::hostile_edge(),
         "hostile-setup" => ModelCfg::hostile_setup(),
         "setup" => ModelCfg::setup(),
+        "samples" => ModelCfg::ci_samples(),
         "deep" => ModelCfg::deep(),
         other => bail!(
-            "unknown --model {other}: use ci, crash, edges, setup, hostile-peer, \
+            "unknown --model {other}: use ci, crash, edges, setup, samples, hostile-peer, \
              hostile-edge, hostile-setup, hostile or deep"
         ),
     };

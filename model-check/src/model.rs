@@ -54,6 +54,12 @@ pub enum Start {
     /// Already paired and in STANDBY_RUNNING, edges following `a`: the pairing
     /// is driven through the real core by a deterministic loop in `init_states`.
     Paired,
+    /// As `Paired`, then (by the same deterministic loop) a planned
+    /// switchover to `b`, the edges following `b`, and one sample of each
+    /// edge acknowledged by `b` alone: `a` is `b`'s zombie, and the only
+    /// copy of those samples is on `b`. Their acknowledgements stay in the
+    /// history for the properties; what follows (a rejoin, say) is explored.
+    SwitchedOver,
 }
 
 /// Everything that bounds the model. Each `u8` is a budget for the whole run.
@@ -177,6 +183,33 @@ impl ModelCfg {
             cuts: 0,
             pairings: 1,
             peer_ticks: Some(1),
+            ..ModelCfg::ci()
+        }
+    }
+
+    /// CI model "samples": the fault drills' scenario. From a planned
+    /// switchover to `b` with an edge's sample acknowledged by `b` alone (its
+    /// old active `a` a zombie; [`Start::SwitchedOver`]), `a` rejoins: a
+    /// snapshot, and the copy of the samples it names but does not carry, with
+    /// a crash of either server at any moment (a synchronous disk: what a
+    /// crash loses is the in-memory copy state), then a planned switchover
+    /// back.
+    /// A STANDBY_RUNNING `a` — where that switchover loses nothing — and a
+    /// promoted `a` must hold the sample (§9.7). Without the copy they do not.
+    pub fn ci_samples() -> Self {
+        ModelCfg {
+            edges: 1,
+            start: Start::SwitchedOver,
+            samples: 0,
+            writes: 0,
+            cuts: 0,
+            crashes: 1,
+            promotions: 1,
+            disaster: false,
+            planned: true,
+            rejoins: 1,
+            peer_ticks: Some(1),
+            edge_ticks: Some(0),
             ..ModelCfg::ci()
         }
     }
@@ -308,6 +341,8 @@ pub struct SampleAck {
     pub server: ServerIx,
     pub epoch: Epoch,
     pub unprotected: bool,
+    /// The pair the server belonged to (`None`: not under DR, no promise).
+    pub pair: Option<PairId>,
 }
 
 /// A safety violation observed at the moment it happened.
@@ -471,9 +506,9 @@ impl DrModel {
         input: Option<Input>,
     ) -> Vec<(RequestId, Result<Reply, CommandError>)> {
         let mut replies = Vec::new();
-        let mut next = input;
+        let mut next: std::collections::VecDeque<Input> = input.into_iter().collect();
         let mut first = true;
-        while first || next.is_some() {
+        while first || !next.is_empty() {
             first = false;
             if st.server(s).is_none() {
                 break;
@@ -483,7 +518,7 @@ impl DrModel {
                 break;
             };
             let seen_before = srv.highest_epoch_seen();
-            if let Some(i) = next.take() {
+            if let Some(i) = next.pop_front() {
                 srv.handle_input(NOW, i);
             }
             let outs: Vec<Output> = std::iter::from_fn(|| srv.poll_output()).collect();
@@ -506,6 +541,7 @@ impl DrModel {
             });
             let unprotected = acks && srv.status().degraded;
             let mut durable_up_to = None;
+            let mut read = None;
             for out in outs {
                 match out {
                     Output::SendPeer { to, msg } => {
@@ -556,6 +592,7 @@ impl DrModel {
                                 server: s,
                                 epoch: *epoch,
                                 unprotected,
+                                pair,
                             };
                             if !st.hist_mut().sample_acks.contains(&a) {
                                 st.hist_mut().sample_acks.push(a);
@@ -579,6 +616,26 @@ impl DrModel {
                             }
                             Durability::Async => node.pending.push((seq, ops)),
                         }
+                    }
+                    Output::ReadSamples {
+                        ranges,
+                        max_bytes,
+                        max_samples,
+                    } => {
+                        // Answered at once, from the store as it is once the
+                        // persist requests before the read are durable (the
+                        // server's storage thread runs a read after them).
+                        let node = &st.servers[usize::from(s)];
+                        let chunks = if node.pending.is_empty() {
+                            node.store.read_samples(&ranges, max_bytes, max_samples)
+                        } else {
+                            let mut after = node.store.clone();
+                            for (_, ops) in &node.pending {
+                                after.apply(ops);
+                            }
+                            after.read_samples(&ranges, max_bytes, max_samples)
+                        };
+                        read = Some(Input::SamplesRead { chunks });
                     }
                     Output::SetTimer { timer, .. } => {
                         st.srv_mut(s).timers.insert(timer);
@@ -640,7 +697,8 @@ impl DrModel {
                     Output::Event(_) => {}
                 }
             }
-            next = durable_up_to.map(|up_to| Input::Persisted { up_to });
+            next.extend(durable_up_to.map(|up_to| Input::Persisted { up_to }));
+            next.extend(read);
         }
         replies
     }
@@ -838,7 +896,7 @@ impl DrModel {
         self.fair_run(&mut st, 4, false, |st| {
             st.servers.iter().all(|n| n.pending.is_empty())
         });
-        if self.cfg.start == Start::Paired {
+        if self.cfg.start != Start::Unconfigured {
             self.command(&mut st, 1, REQ_OTHER, Command::PrepareForStandby);
             self.fair_run(&mut st, 4, false, |st| st.token.is_some());
             let (_, token) = st
@@ -885,12 +943,48 @@ impl DrModel {
             self.fair_run(&mut st, 20, false, settled),
             "edges did not settle"
         );
+        let mut hist = History::default();
+        if self.cfg.start == Start::SwitchedOver {
+            self.switch_over_with_samples(&mut st);
+            hist.sample_acks = st.hist.sample_acks.clone();
+        }
         for s in 0..2 {
             st.srv_mut(s).ticks = 0;
         }
-        st.hist = Arc::new(History::default());
+        st.hist = Arc::new(hist);
         self.note_epochs(&mut st);
         st
+    }
+
+    /// `Start::SwitchedOver` from a paired state: a planned switchover to
+    /// `b`, the edges following it, one sample of each acknowledged by `b`.
+    fn switch_over_with_samples(&self, st: &mut State) {
+        self.command(st, 1, REQ_PROMOTE_PLANNED, Command::Promote { force: true });
+        let switched = |st: &State| {
+            st.server(0).is_some_and(|v| v.role() == Role::Zombie)
+                && st.server(1).is_some_and(|v| v.role() == Role::Standalone)
+                && st.net.is_empty()
+                && st.edges.iter().all(|e| e.edge.following() == Some(1))
+        };
+        assert!(
+            self.fair_run(st, 40, false, switched),
+            "the planned switchover did not complete"
+        );
+        for e in 0..st.edges.len() as EdgeIx {
+            let n = st.edge_mut(e);
+            n.samples += 1;
+            let payload = vec![e, n.samples];
+            self.feed_edge(st, e, Some(EdgeInput::Sample { payload }));
+        }
+        let acked =
+            |st: &State| st.net.is_empty() && st.edges.iter().all(|e| e.edge.cached_samples() == 0);
+        assert!(
+            self.fair_run(st, 40, false, acked),
+            "the samples were not acknowledged"
+        );
+        for e in 0..st.edges.len() {
+            Arc::make_mut(&mut st.edges[e]).ticks = 0;
+        }
     }
 
     /// Raises `History::max_epoch` to every up server's epoch and records

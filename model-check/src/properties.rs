@@ -20,14 +20,11 @@ fn role_epoch(st: &State, s: ServerIx) -> Option<(Role, Epoch, Option<PairId>)> 
     }
 }
 
-/// Whether `store` holds sample `seq` of `client` (stored, in the log, or covered by a snapshot).
+/// Whether `store` holds sample `seq` of `client`: stored, or in a log entry
+/// (to be stored when it commits). A snapshot's `sample_seq` covering `seq`
+/// does not count: a snapshot names samples, it does not carry them.
 pub fn store_has_sample(store: &MemStore, client: &str, seq: u64) -> bool {
     store.samples.contains_key(&(client.to_string(), seq))
-        || store
-            .applied
-            .sample_seq
-            .get(client)
-            .is_some_and(|&q| q >= seq)
         || store.log.iter().any(|e| {
             matches!(&e.op, Op::Samples { client: c, samples }
                 if c == client && samples.iter().any(|x| x.seq == seq))
@@ -179,20 +176,105 @@ pub fn samples_at_most_once(_: &DrModel, st: &State) -> bool {
     st.servers.iter().all(|n| n.store.duplicate_samples == 0)
 }
 
-/// §9.7 Monitoring: every sample acknowledged to its edge (with the standby's copy)
-/// is durable on every server that takes writes at that epoch or a later one.
+/// Whether `store` records sample `seq` of `client` as lacked: in a range
+/// still to copy from an active (kept by a standby promoted in a disaster
+/// before its copy completed, which the state history reports).
+pub fn store_lacks_sample(store: &MemStore, client: &str, seq: u64) -> bool {
+    store
+        .samples_to_copy
+        .iter()
+        .any(|((c, after), up_to)| c == client && *after < seq && seq <= *up_to)
+}
+
+/// §9.7 Monitoring: every sample a paired server acknowledged to its edge
+/// (with the standby's copy, or alone after a promotion) is durable on every
+/// server of the pair that takes writes at that epoch or a later one — also
+/// one that caught up by snapshot, which names samples but does not carry
+/// them — or, on a standby promoted in a disaster in the middle of its copy,
+/// recorded durably as lacked (never silently missing).
 pub fn acked_samples_kept(_: &DrModel, st: &State) -> bool {
     st.hist
         .sample_acks
         .iter()
-        .filter(|a| !a.unprotected)
+        .filter(|a| !a.unprotected && a.pair.is_some())
         .all(|a| {
             let client = edge_client(a.edge);
             (0..2u8).all(|s| match role_epoch(st, s) {
-                Some((role, epoch, _)) if role.is_writer() && epoch >= a.epoch => (1..=a.up_to_seq)
-                    .all(|q| store_has_sample(&st.servers[usize::from(s)].store, &client, q)),
+                Some((role, epoch, pair))
+                    if role.is_writer() && epoch >= a.epoch && pair == a.pair =>
+                {
+                    let store = &st.servers[usize::from(s)].store;
+                    (1..=a.up_to_seq).all(|q| {
+                        store_has_sample(store, &client, q) || store_lacks_sample(store, &client, q)
+                    })
+                }
                 _ => true,
             })
+        })
+}
+
+/// §9.7 / §4 A standby that reports STANDBY_RUNNING (caught up: a planned
+/// switchover to it loses nothing) holds every sample its pair acknowledged
+/// at its epoch or before — stored, or in its log — also after catching up
+/// by snapshot, which names samples but does not carry them.
+pub fn running_standby_holds_acked_samples(_: &DrModel, st: &State) -> bool {
+    st.up()
+        .filter(|(_, v)| v.role() == Role::Standby && v.dr_state() == DrState::StandbyRunning)
+        .all(|(s, v)| {
+            let store = &st.servers[usize::from(s)].store;
+            st.hist
+                .sample_acks
+                .iter()
+                .filter(|a| {
+                    !a.unprotected
+                        && a.pair.is_some()
+                        && a.pair == v.pair_id()
+                        && a.epoch <= v.epoch()
+                })
+                .all(|a| {
+                    let client = edge_client(a.edge);
+                    (1..=a.up_to_seq).all(|q| store_has_sample(store, &client, q))
+                })
+        })
+}
+
+/// §9.7 / §4 An active that reports STANDBY_RUNNING has a standby holding
+/// every sample the pair acknowledged at the active's epoch or before
+/// (stored or in its log, read from its durable store, up or down).
+pub fn running_active_has_standby_with_acked_samples(_: &DrModel, st: &State) -> bool {
+    st.up()
+        .filter(|(_, v)| v.role() == Role::Active && v.dr_state() == DrState::StandbyRunning)
+        .all(|(s, v)| {
+            let store = &st.servers[usize::from(1 - s)].store;
+            st.hist
+                .sample_acks
+                .iter()
+                .filter(|a| {
+                    !a.unprotected
+                        && a.pair.is_some()
+                        && a.pair == v.pair_id()
+                        && a.epoch <= v.epoch()
+                })
+                .all(|a| {
+                    let client = edge_client(a.edge);
+                    (1..=a.up_to_seq).all(|q| store_has_sample(store, &client, q))
+                })
+        })
+}
+
+/// Non-vacuity (`Start::SwitchedOver`, where the only standby there can be
+/// is the rejoined zombie): a standby that caught up by snapshot is
+/// STANDBY_RUNNING holding, copied from its active, every acknowledged sample.
+pub fn copied_samples_on_running_standby(_: &DrModel, st: &State) -> bool {
+    !st.hist.sample_acks.is_empty()
+        && st.up().any(|(s, v)| {
+            let store = &st.servers[usize::from(s)].store;
+            v.role() == Role::Standby
+                && v.dr_state() == DrState::StandbyRunning
+                && st.hist.sample_acks.iter().all(|a| {
+                    let client = edge_client(a.edge);
+                    (1..=a.up_to_seq).all(|q| store.samples.contains_key(&(client.clone(), q)))
+                })
         })
 }
 
@@ -217,7 +299,8 @@ pub fn no_forged_fencing(_: &DrModel, st: &State) -> bool {
 
 /// §6 Forged writes are never stored: the key of the hostile actor's forged
 /// `Append` is in no server's log, applied state, durable store or divergence
-/// archive (no operator writes it, so it can only come from the forgery).
+/// archive (no operator writes it, so it can only come from the forgery),
+/// and the sample of its forged `SamplesBatch` in no server's samples.
 pub fn forged_writes_never_stored(_: &DrModel, st: &State) -> bool {
     use crate::hostile::{FORGED_KEY, FORGED_VALUE};
     st.servers.iter().all(|n| {
@@ -230,6 +313,11 @@ pub fn forged_writes_never_stored(_: &DrModel, st: &State) -> bool {
         !in_memory
             && !n.store.contains_put(FORGED_KEY, FORGED_VALUE)
             && !n.store.archived_put(FORGED_KEY, FORGED_VALUE)
+            && !n
+                .store
+                .samples
+                .values()
+                .any(|p| p == crate::hostile::FORGED_SAMPLE)
     })
 }
 
@@ -393,6 +481,14 @@ pub fn safety() -> Vec<Property<DrModel>> {
         Property::always("7 samples stored at most once", samples_at_most_once),
         Property::always("7 acked samples kept", acked_samples_kept),
         Property::always(
+            "7 a running standby holds every acked sample",
+            running_standby_holds_acked_samples,
+        ),
+        Property::always(
+            "7 a running active's standby holds every acked sample",
+            running_active_has_standby_with_acked_samples,
+        ),
+        Property::always(
             "T fenced only by an epoch a server held (no forgery fences)",
             no_forged_fencing,
         ),
@@ -446,6 +542,11 @@ pub fn for_config(cfg: &ModelCfg) -> Vec<Property<DrModel>> {
             && cfg.cuts > 0,
     );
     some("sample acknowledged", sample_acknowledged, cfg.samples > 0);
+    some(
+        "copied samples on a running rejoined standby",
+        copied_samples_on_running_standby,
+        cfg.start == Start::SwitchedOver && cfg.edges > 0 && cfg.rejoins > 0,
+    );
     some(
         "6 converged after promotion",
         converged_after_promotion,

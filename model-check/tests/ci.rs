@@ -76,6 +76,13 @@ fn setup_model() {
     check(ModelCfg::setup(), 23_458);
 }
 
+/// The fault drills' scenario: samples acknowledged by the promoted server
+/// alone, then the rejoin of its zombie (a snapshot and the sample copy).
+#[test]
+fn samples_model() {
+    check(ModelCfg::ci_samples(), 161_336);
+}
+
 #[test]
 fn ci_models_together_reach_every_spec_drstate() {
     let missing = reach_covers_spec(&[
@@ -83,6 +90,7 @@ fn ci_models_together_reach_every_spec_drstate() {
         ModelCfg::ci_crash(),
         ModelCfg::ci_edges(),
         ModelCfg::setup(),
+        ModelCfg::ci_samples(),
         ModelCfg::hostile_peer(),
         ModelCfg::hostile_edge(),
         ModelCfg::hostile_setup(),
@@ -179,6 +187,33 @@ fn each_forgery_is_caught_when_its_defence_is_off() {
         assert!(
             caught.iter().any(|n| n.starts_with(property)),
             "{mutant:?} with a forged {forgery:?}: expected \"{property}…\" to fail, got {caught:?}"
+        );
+    }
+}
+
+/// The sample copy's messages, on the `samples` model (a rejoined standby
+/// copying an edge's sample): with admission believing the envelope, a
+/// forged "copy complete" makes the active report STANDBY_RUNNING while its
+/// standby lacks the sample, and a forged batch is stored as the sample.
+#[test]
+fn each_sample_copy_forgery_is_caught_when_its_defence_is_off() {
+    use Forgery::*;
+    let cases: [(Forgery, &str); 2] = [
+        (SamplesDone, "7 a running active's standby"),
+        (SamplesBatch, "T forged writes"),
+    ];
+    for (forgery, property) in cases {
+        let cfg = ModelCfg {
+            mutant: Mutant::TrustEnvelopeFrom,
+            forgeries: 1,
+            forge_menu: Menu::of(&[forgery]),
+            ..ModelCfg::ci_samples()
+        };
+        let r = caught_in(cfg);
+        let caught: Vec<&str> = r.failures().map(|v| v.name).collect();
+        assert!(
+            caught.iter().any(|n| n.starts_with(property)),
+            "a forged {forgery:?}: expected \"{property}…\" to fail, got {caught:?}"
         );
     }
 }

@@ -609,6 +609,14 @@ mod tests {
         ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
             self.inner.samples(client, after_seq, limit)
         }
+        fn read_samples(
+            &self,
+            ranges: &[SampleRange],
+            max_bytes: usize,
+            max_samples: usize,
+        ) -> Result<Vec<SampleChunk>, StorageError> {
+            self.inner.read_samples(ranges, max_bytes, max_samples)
+        }
         fn sample_summary(&self) -> Result<Vec<crate::storage::SampleSummary>, StorageError> {
             self.inner.sample_summary()
         }

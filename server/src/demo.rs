@@ -8,7 +8,7 @@ use crate::cluster::{ProcCluster, FAST_TIMERS};
 use crate::ctl::{ApiError, Client};
 use crate::edge_sim::{EdgeSim, SimSettings};
 use anyhow::{bail, Context};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use vcodr_transport::certs::CertificateAuthority;
@@ -456,6 +456,33 @@ async fn story(
         "DR restored the other way round",
         true,
         "b ACTIVE / STANDBY_RUNNING, a STANDBY / STANDBY_RUNNING".into(),
+    );
+    // a caught up by snapshot, which names samples but does not carry them:
+    // running, it holds the ones b stored during the outage too (copied).
+    let stored = |v: &Value| {
+        let i = &v["storageInfo"];
+        (i["samples"].as_u64(), i["duplicate_samples"].as_u64())
+    };
+    let with = json!({ "with": ["storageInfo"] });
+    let on_a = stored(
+        &cl.client(A)
+            .call("disasterRecovery/getReplicationStatus", with.clone())
+            .await?,
+    );
+    let on_b = stored(
+        &cl.client(B)
+            .call("disasterRecovery/getReplicationStatus", with)
+            .await?,
+    );
+    ph.check(
+        "the rejoined standby holds every sample",
+        on_a == on_b && on_a.1 == Some(0),
+        format!(
+            "samples stored: a {}, b {}; duplicates on a {}",
+            on_a.0.unwrap_or(0),
+            on_b.0.unwrap_or(0),
+            on_a.1.unwrap_or(0)
+        ),
     );
     ph.end();
     Ok(Deployment { cl, sim })

@@ -104,6 +104,8 @@ pub enum DriverMsg {
         started: Instant,
     },
     StorageFailed(String),
+    /// The storage thread read the samples an `Output::ReadSamples` asked for.
+    SamplesRead(Vec<SampleChunk>),
     /// A liveness or readiness probe: the driver answers with the core's state.
     Probe(oneshot::Sender<crate::health::Probe>),
     /// Finish in-flight commits, then stop.
@@ -341,6 +343,7 @@ pub fn spawn(
         observed_at: Instant::now() - Duration::from_secs(1),
         observed_key: (Role::Standalone, DrState::Unconfigured, 0),
         published,
+        back: handle.tx.clone(),
     };
     tokio::spawn(async move { d.run(rx).await })
 }
@@ -470,6 +473,8 @@ struct Driver {
     published: Published,
     /// Shared with every [`Handle`]: set when a commit failed.
     storage_failed: Arc<watch::Sender<Option<String>>>,
+    /// The driver's own queue: where a read on the storage thread answers.
+    back: mpsc::Sender<DriverMsg>,
 }
 
 impl Driver {
@@ -593,6 +598,9 @@ impl Driver {
                     crate::serve::EXIT_STORAGE_FAILED
                 ));
                 return false;
+            }
+            DriverMsg::SamplesRead(chunks) => {
+                self.input(Input::SamplesRead { chunks });
             }
             DriverMsg::Probe(answer) => {
                 let _ = answer.send(crate::health::probe(&self.core));
@@ -744,6 +752,37 @@ impl Driver {
                     if self.jobs.send(StorageJob::Commit(seq, ops)).is_err() {
                         tracing::error!(
                             "storage thread is gone; persist request {seq} cannot be made durable"
+                        );
+                    }
+                }
+                Output::ReadSamples {
+                    ranges,
+                    max_bytes,
+                    max_samples,
+                } => {
+                    // On the storage thread, after the commits queued before
+                    // it (the core's contract), never blocking this loop. The
+                    // core has at most one outstanding; its size is bounded.
+                    let back = self.back.clone();
+                    let job = move |s: &dyn Storage| {
+                        let msg = match s.read_samples(&ranges, max_bytes, max_samples) {
+                            Ok(chunks) => DriverMsg::SamplesRead(chunks),
+                            Err(e) => {
+                                // The core waits for this read: a disk that
+                                // cannot serve it is a failed disk (fail-stop).
+                                tracing::error!(
+                                    target: "vcodr::storage",
+                                    error = %e,
+                                    "reading monitoring samples for the standby failed: {e}; the server stops (fail-stop)"
+                                );
+                                DriverMsg::StorageFailed(e.to_string())
+                            }
+                        };
+                        let _ = back.blocking_send(msg);
+                    };
+                    if self.jobs.send(StorageJob::Read(Box::new(job))).is_err() {
+                        tracing::error!(
+                            "storage thread is gone; samples for the standby cannot be read"
                         );
                     }
                 }

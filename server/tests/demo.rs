@@ -22,6 +22,7 @@ fn demo_with_200_edges_passes_every_check() {
         "[ok] each sample stored once, none missing",
         "[ok] a fenced as ZOMBIE",
         "[ok] DR restored the other way round",
+        "[ok] the rejoined standby holds every sample",
     ] {
         assert!(stdout.contains(check), "missing `{check}` in:\n{stdout}");
     }

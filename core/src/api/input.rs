@@ -65,4 +65,7 @@ pub enum Input {
     Timeout(Timer),
     /// Every [`Output::Persist`](crate::Output::Persist) with `seq <= up_to` is durable.
     Persisted { up_to: PersistSeq },
+    /// What the storage read for the outstanding
+    /// [`Output::ReadSamples`](crate::Output::ReadSamples).
+    SamplesRead { chunks: Vec<SampleChunk> },
 }

@@ -42,7 +42,26 @@ pub enum Output {
     },
     /// Something an operator should see in the logs.
     Event(Event),
+    /// Read stored monitoring samples for the standby's copy, and give back
+    /// [`Input::SamplesRead`](crate::Input::SamplesRead) with what
+    /// [`MemStore::read_samples`](crate::MemStore::read_samples) returns for
+    /// the same arguments: for each range in order, the stored samples of
+    /// its client with `after_seq < seq <= up_to_seq`, until the next sample
+    /// would exceed `max_bytes` (payload + [`SAMPLE_OVERHEAD_BYTES`] each) or
+    /// `max_samples` — the read's first sample is always taken, so a read
+    /// always progresses. The read sees every `Persist` output before it
+    /// (order it after them); at most one is outstanding. It does not block
+    /// the core: answer when the storage has read it.
+    ReadSamples {
+        ranges: Vec<SampleRange>,
+        max_bytes: usize,
+        max_samples: usize,
+    },
 }
+
+/// Bytes a sample counts for beyond its payload, in batch bounds (as a
+/// monitoring batch counts them).
+pub const SAMPLE_OVERHEAD_BYTES: usize = 10;
 
 /// What the I/O layer must make durable.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -66,6 +85,16 @@ pub enum PersistOp {
     /// Retention: drop the stored monitoring samples of `client` whose seq is
     /// below `below_seq` (`monitoring.retain_samples_per_client`).
     PruneSamples { client: ClientId, below_seq: u64 },
+    /// Replace the durable list of sample ranges this server lacks and copies
+    /// from its active (a standby after a snapshot; see
+    /// [`PeerMsg::SamplesPull`]), one range per `(client, after_seq)`.
+    SamplesToCopy(Vec<SampleRange>),
+    /// Store the chunk's samples without a log entry, each once by
+    /// `(client, seq)` (one already stored counts as a duplicate, as in
+    /// `Commit`), and record them copied: the range to copy that begins at
+    /// `(client, after_seq)` begins at `through_seq` from now on, and is gone
+    /// once nothing of it is left.
+    StoreSamples(SampleChunk),
 }
 
 /// The DR state that survives a restart (SPEC §2).

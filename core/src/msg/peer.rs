@@ -97,6 +97,67 @@ pub enum PeerMsg {
     },
     /// Either side: DR removed (removeStandby).
     Unpair,
+    /// Standby → active, after installing a snapshot: send me the stored
+    /// monitoring samples of these ranges (at most [`SAMPLE_PULL_RANGES_MAX`],
+    /// the first ranges still to copy). A snapshot carries each client's
+    /// highest sample seq, not the samples, so a standby copies the ones it
+    /// lacks this way, one pull at a time. **Empty `ranges`**: this standby
+    /// holds every sample of the entries up to its `applied_index` (its copy
+    /// is complete); sent when the copy ends and in answer to an empty
+    /// [`PeerMsg::SamplesBatch`].
+    SamplesPull {
+        ranges: Vec<SampleRange>,
+        applied_index: Index,
+    },
+    /// Active → standby: what the active stores of the ranges of a pull, in
+    /// their order, within `replication.max_batch_bytes` and
+    /// `max_batch_entries` samples (a batch that ran out of room answers a
+    /// prefix). **Empty `chunks`**: the active asks whether the standby's copy
+    /// is complete (it answers with a [`PeerMsg::SamplesPull`]).
+    SamplesBatch { chunks: Vec<SampleChunk> },
+}
+
+/// Most ranges one [`PeerMsg::SamplesPull`] asks for (and chunks one
+/// [`PeerMsg::SamplesBatch`] may hold): a pull makes the active read at most
+/// this many ranges, within its byte and sample bounds.
+pub const SAMPLE_PULL_RANGES_MAX: usize = 64;
+
+/// Monitoring samples of one client whose seq is in `(after_seq, up_to_seq]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SampleRange {
+    pub client: ClientId,
+    pub after_seq: u64,
+    pub up_to_seq: u64,
+}
+
+/// What a server stores of one [`SampleRange`] up to `through_seq`: every
+/// stored sample of `client` with `after_seq < seq <= through_seq`, in seq
+/// order (none: it stores none there). `through_seq` is the range's
+/// `up_to_seq` when the whole range was read, else the last sample's seq.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SampleChunk {
+    pub client: ClientId,
+    pub after_seq: u64,
+    pub through_seq: u64,
+    pub samples: Vec<Sample>,
+}
+
+impl SampleChunk {
+    /// Whether this chunk is a well-formed answer for `range`: it starts
+    /// where the range starts, ends within it having made progress, and its
+    /// samples are in increasing seq order inside `(after_seq, through_seq]`.
+    pub fn answers(&self, range: &SampleRange) -> bool {
+        self.client == range.client
+            && self.after_seq == range.after_seq
+            && self.after_seq < self.through_seq
+            && self.through_seq <= range.up_to_seq
+            && self.samples.first().is_none_or(|s| s.seq > self.after_seq)
+            && self
+                .samples
+                .last()
+                .is_none_or(|s| s.seq <= self.through_seq)
+            && self.samples.windows(2).all(|w| w[0].seq < w[1].seq)
+    }
 }
 
 impl PeerMsg {
@@ -118,6 +179,8 @@ impl PeerMsg {
             PeerMsg::Rejoin { .. } => "Rejoin",
             PeerMsg::RejoinAccepted { .. } => "RejoinAccepted",
             PeerMsg::Unpair => "Unpair",
+            PeerMsg::SamplesPull { .. } => "SamplesPull",
+            PeerMsg::SamplesBatch { .. } => "SamplesBatch",
         }
     }
 }

@@ -14,6 +14,7 @@
 //! | `tick` | the peer tick: failure counting and deadlines per role |
 //! | `replication_active` | streaming to the standby; losing it; the grace |
 //! | `replication_standby` | receiving snapshots and entries from the active |
+//! | `samples_copy` | after a snapshot, copying the samples it names to the standby |
 //! | `pairing` | prepare, configure, the blob, unpairing |
 //! | `switchover` | planned and disaster promotion, demotion, both sides |
 //! | `fencing` | higher epochs, proofs, telling the old active, rejoin |
@@ -31,6 +32,7 @@ mod persist;
 mod replication_active;
 mod replication_standby;
 mod restore;
+mod samples_copy;
 mod status;
 mod switchover;
 mod tick;
@@ -149,6 +151,10 @@ pub struct Server {
     active_heard: bool,
     active_missed_ticks: u32,
     snapshot_rx: Option<SnapshotRx>,
+    /// Standby: monitoring sample ranges it lacks since its last snapshot and
+    /// copies from the active, `(client, after_seq)` → `up_to_seq` (durable:
+    /// [`PersistOp::SamplesToCopy`]). Kept in any role: a gap stays a gap.
+    samples_to_copy: BTreeMap<(ClientId, u64), u64>,
     join_target: bool,
     rejoin_requested: bool,
     demotion: Option<Demotion>,
@@ -286,6 +292,7 @@ impl Server {
             Input::Timeout(Timer::PeerTick) => self.on_tick(),
             Input::Timeout(Timer::StandbyGrace) => self.on_grace_expired(),
             Input::Persisted { up_to } => self.on_persisted(up_to),
+            Input::SamplesRead { chunks } => self.on_samples_read(chunks),
         }
         self.after_input();
     }

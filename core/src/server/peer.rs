@@ -203,6 +203,14 @@ impl Server {
                 self.on_standby_heard();
                 self.on_append_ack(durable_index, ok);
             }
+            PeerMsg::SamplesPull {
+                ranges,
+                applied_index,
+            } if self.role == Role::Active => {
+                self.on_standby_heard();
+                self.on_samples_pull(ranges, applied_index);
+            }
+            PeerMsg::SamplesBatch { chunks } => self.on_samples_batch(env.epoch, chunks),
             PeerMsg::DemoteRequest { new_epoch } => self.on_demote_request(new_epoch),
             PeerMsg::DemoteGranted {
                 new_epoch,

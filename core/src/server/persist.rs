@@ -22,6 +22,8 @@ pub(super) enum AfterDurable {
     FinishPromotion,
     /// The unprotected-write count covering entries up to this index is durable.
     UnprotectedCounted(Index),
+    /// Samples copied from the active are durable: pull the next ones.
+    SamplesStored,
 }
 
 /// A persist request not yet confirmed.
@@ -165,7 +167,13 @@ impl Server {
                     durable_index,
                     ok: true,
                 });
+                // Then copy the samples the snapshot named, or say there are
+                // none left to copy (not needed when it named none).
+                if !self.applied.sample_seq.is_empty() {
+                    self.pull_samples();
+                }
             }
+            AfterDurable::SamplesStored => self.pull_samples(),
             AfterDurable::GrantDemotion => self.send_demote_granted(),
             AfterDurable::FinishPromotion => self.finish_promotion(),
             AfterDurable::UnprotectedCounted(upto) => {

@@ -54,6 +54,16 @@ pub(super) struct Replica {
     pub(super) match_at_tick: Index,
     /// Monotonic time since which the standby lags, for `lagMs`.
     pub(super) lag_since_ms: Option<Millis>,
+    /// The standby may lack monitoring samples this server stores: a
+    /// snapshot was sent (it carries no samples), or this server restarted
+    /// and does not know. Not `STANDBY_RUNNING`, no planned switchover, until
+    /// the standby says its copy is complete (see `samples_copy`).
+    pub(super) samples_unconfirmed: bool,
+    /// ...by naming an applied index at least this one: the snapshot's (or
+    /// this server's applied index at its restart).
+    pub(super) samples_confirm_from: Index,
+    /// A [`Output::ReadSamples`] for the standby is outstanding (one at a time).
+    pub(super) reading_samples: bool,
 }
 
 impl Replica {
@@ -74,6 +84,9 @@ impl Replica {
             blocked: false,
             match_at_tick: 0,
             lag_since_ms: None,
+            samples_unconfirmed: true,
+            samples_confirm_from: 0,
+            reading_samples: false,
         }
     }
 }
@@ -196,6 +209,10 @@ impl Server {
         let first = chunks[0].clone();
         if let Some(r) = self.replica.as_mut() {
             r.need_snapshot = false;
+            // A snapshot naming no sample (no client ever sent one) leaves
+            // nothing to copy.
+            r.samples_unconfirmed = !snap.sample_seq.is_empty();
+            r.samples_confirm_from = snap.index;
             r.snapshot = Some(SnapshotTx {
                 index: snap.index,
                 epoch: snap.epoch,
@@ -303,7 +320,7 @@ impl Server {
     }
 
     /// After the standby acknowledged something: lag, states, protection, commit.
-    fn after_standby_progress(&mut self) {
+    pub(super) fn after_standby_progress(&mut self) {
         let durable = self.durable_index;
         let now = self.now.mono_ms;
         let Some(r) = self.replica.as_mut() else {
@@ -320,10 +337,11 @@ impl Server {
             r.degraded = false;
         }
         let m = r.match_index;
+        let samples_copied = !r.samples_unconfirmed;
         if ended_degrade {
             self.event(Event::Protected { at_index: m });
         }
-        if caught_up && self.dr_state == DrState::StandbySync {
+        if caught_up && samples_copied && self.dr_state == DrState::StandbySync {
             self.transition(
                 Role::Active,
                 DrState::StandbyRunning,
@@ -346,11 +364,11 @@ impl Server {
             r.lost = false;
             r.blocked = false;
             self.out(Output::CancelTimer(Timer::StandbyGrace));
-            let to = if self
-                .replica
-                .as_ref()
-                .is_some_and(|r| r.match_index >= self.durable_index && r.snapshot.is_none())
-            {
+            let to = if self.replica.as_ref().is_some_and(|r| {
+                r.match_index >= self.durable_index
+                    && r.snapshot.is_none()
+                    && !r.samples_unconfirmed
+            }) {
                 DrState::StandbyRunning
             } else {
                 DrState::StandbySync

@@ -110,9 +110,12 @@ impl Server {
         self.log = Log::starting_after(snap.index, snap.epoch);
         self.durable_index = snap.index;
         self.pending_sample_seq = snap.sample_seq.clone();
-        self.applied = snap.clone();
+        let before = std::mem::replace(&mut self.applied, snap.clone());
         self.storage_compacted_below = snap.index;
-        self.staged.push(PersistOp::InstallSnapshot(snap));
+        self.staged.push(PersistOp::InstallSnapshot(snap.clone()));
+        // The snapshot names the samples, it does not carry them: the ones
+        // this server lacks are copied from the active (`samples_copy`).
+        self.plan_sample_copy(&before.sample_seq, &snap);
         self.synced = true;
         if self.dr_state != DrState::StandbySync {
             self.transition(
@@ -203,7 +206,10 @@ impl Server {
         let new_commit = commit_index.min(self.log.last_index());
         self.apply_upto(new_commit);
         let last = self.log.last_index();
-        if last >= active_durable && self.dr_state == DrState::StandbySync {
+        if last >= active_durable
+            && self.samples_to_copy.is_empty()
+            && self.dr_state == DrState::StandbySync
+        {
             self.transition(
                 Role::Standby,
                 DrState::StandbyRunning,

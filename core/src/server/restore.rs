@@ -82,6 +82,11 @@ impl Server {
             active_heard: false,
             active_missed_ticks: 0,
             snapshot_rx: None,
+            samples_to_copy: r
+                .samples_to_copy
+                .into_iter()
+                .map(|x| ((x.client, x.after_seq), x.up_to_seq))
+                .collect(),
             join_target: false,
             rejoin_requested: false,
             demotion: None,
@@ -143,6 +148,11 @@ impl Server {
                         Replica::new(m.dr_state == DrState::ActiveWaitStandby, s.log.last_index());
                     rep.lag_since_ms = Some(now.mono_ms);
                     rep.unheard_since_restart = true;
+                    // Whether the standby still copies samples is not known
+                    // here (unless there are none): it says so again, from
+                    // this point on.
+                    rep.samples_unconfirmed = !s.applied.sample_seq.is_empty();
+                    rep.samples_confirm_from = s.applied.index;
                     s.replica = Some(rep);
                 }
                 Role::Standby if m.dr_state == DrState::StandbyCandidate && m.peer.is_some() => {

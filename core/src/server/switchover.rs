@@ -69,7 +69,10 @@ impl Server {
     pub(super) fn check_demotion_ready(&mut self) {
         let Some(d) = &self.demotion else { return };
         let last = self.log.last_index();
-        let standby_has_all = self.replica.as_ref().is_some_and(|r| r.match_index >= last);
+        let standby_has_all = self
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.match_index >= last && !r.samples_unconfirmed);
         let skip = mutant!(self.cfg, PromoteWithoutCatchup);
         if !(self.durable_index >= last && (standby_has_all || skip)) {
             return;
@@ -173,10 +176,17 @@ impl Server {
         };
         self.zombie_to_notify = true;
         self.snapshot_rx = None;
+        let uncopied = match self.samples_to_copy.len() {
+            0 => String::new(),
+            n => format!(
+                "; {n} ranges of monitoring samples were still being copied from the old active and \
+                 are not on this server"
+            ),
+        };
         self.transition(
             Role::Standalone,
             DrState::StandbyPromoted,
-            format!("promoted by {how} to epoch {epoch}"),
+            format!("promoted by {how} to epoch {epoch}{uncopied}"),
         );
         self.send_new_epoch();
         self.advance_commit();
@@ -228,6 +238,19 @@ impl Server {
                     "disaster failover requested by the operator".into(),
                 );
                 self.begin_new_epoch();
+            }
+            DrState::StandbyRunning | DrState::StandbySync
+                if force && !self.samples_to_copy.is_empty() =>
+            {
+                return Err(self.wrong_state(
+                    M,
+                    format!(
+                        "this standby is still copying monitoring samples from the active ({} ranges \
+                         left, after a snapshot); a planned switchover now would leave them on the active \
+                         only. Retry once it is STANDBY_RUNNING",
+                        self.samples_to_copy.len()
+                    ),
+                ));
             }
             DrState::StandbyRunning | DrState::StandbySync if force => {
                 self.promotion = Some(Promotion {

@@ -83,6 +83,7 @@ impl Server {
             _ => {
                 self.replicate();
                 self.send_heartbeat_append();
+                self.tick_ask_sample_copy();
             }
         }
     }
@@ -92,6 +93,7 @@ impl Server {
         if self.join_target && self.dr_state == DrState::StandbyCandidate {
             self.send_join();
         }
+        self.tick_sample_copy();
         if !self.active_heard {
             self.active_missed_ticks = (self.active_missed_ticks + 1).min(threshold);
         }

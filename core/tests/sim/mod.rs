@@ -71,6 +71,9 @@ pub struct ServerNode {
     timers: BTreeMap<Timer, u64>,
     /// Persist requests not yet durable.
     unflushed: Vec<(PersistSeq, Vec<PersistOp>)>,
+    /// Sample reads asked for, answered after the persists before them
+    /// (at the next flush, as the server's storage thread orders them).
+    reads: Vec<(Vec<SampleRange>, usize, usize)>,
     flush_at_ms: Option<u64>,
     /// Command results by request id.
     pub replies: BTreeMap<RequestId, Result<Reply, CommandError>>,
@@ -185,6 +188,7 @@ impl Sim {
                 store: MemStore::new(1000),
                 timers: BTreeMap::new(),
                 unflushed: Vec::new(),
+                reads: Vec::new(),
                 flush_at_ms: None,
                 replies: BTreeMap::new(),
                 reply_context: BTreeMap::new(),
@@ -352,6 +356,7 @@ impl Sim {
         n.server = None;
         n.timers.clear();
         n.unflushed.clear();
+        n.reads.clear();
         n.flush_at_ms = None;
     }
 
@@ -364,6 +369,20 @@ impl Sim {
             Server::restore(n.cfg.clone(), n.info.clone(), n.store.restored(), now)
                 .with_keys(keys(i)),
         );
+        self.drain_server(i);
+    }
+
+    /// Whether server `i` has no persist or read waiting for its disk.
+    pub fn disk_idle(&self, i: usize) -> bool {
+        self.servers[i].unflushed.is_empty() && self.servers[i].reads.is_empty()
+    }
+
+    /// Feeds `input` to server `i` now and carries out its outputs.
+    pub fn input(&mut self, i: usize, input: Input) {
+        let now = self.now();
+        if let Some(s) = self.servers[i].server.as_mut() {
+            s.handle_input(now, input);
+        }
         self.drain_server(i);
     }
 
@@ -505,6 +524,17 @@ impl Sim {
                         n.flush_at_ms = Some(self.now_ms + self.persist_latency_ms);
                     }
                 }
+                Output::ReadSamples {
+                    ranges,
+                    max_bytes,
+                    max_samples,
+                } => {
+                    let n = &mut self.servers[i];
+                    n.reads.push((ranges, max_bytes, max_samples));
+                    if n.flush_at_ms.is_none() {
+                        n.flush_at_ms = Some(self.now_ms + self.persist_latency_ms);
+                    }
+                }
                 Output::SetTimer { timer, after_ms } => {
                     self.servers[i].timers.insert(timer, self.now_ms + after_ms);
                 }
@@ -581,16 +611,24 @@ impl Sim {
                 let n = &mut self.servers[i];
                 n.flush_at_ms = None;
                 let batch = std::mem::take(&mut n.unflushed);
-                let Some(up_to) = batch.last().map(|(s, _)| *s) else {
-                    continue;
-                };
+                let reads = std::mem::take(&mut n.reads);
                 for (_, ops) in &batch {
                     n.store.apply(ops);
                 }
-                if let Some(s) = n.server.as_mut() {
-                    s.handle_input(now, Input::Persisted { up_to });
+                if let Some(up_to) = batch.last().map(|(s, _)| *s) {
+                    if let Some(s) = n.server.as_mut() {
+                        s.handle_input(now, Input::Persisted { up_to });
+                    }
+                    self.drain_server(i);
                 }
-                self.drain_server(i);
+                for (ranges, max_bytes, max_samples) in reads {
+                    let n = &mut self.servers[i];
+                    let chunks = n.store.read_samples(&ranges, max_bytes, max_samples);
+                    if let Some(s) = n.server.as_mut() {
+                        s.handle_input(now, Input::SamplesRead { chunks });
+                    }
+                    self.drain_server(i);
+                }
             }
         }
         // Messages due, in send order.

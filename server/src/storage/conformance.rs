@@ -3,9 +3,10 @@
 //! The reference is [`vcodr_core::MemStore`]: an [`OpGen`] produces valid
 //! persist-request streams shaped like the core's (contiguous appends,
 //! rewrites of an uncommitted suffix, truncation above the commit index,
-//! commits, snapshots, divergence archives, compaction, metadata and state
-//! history) from a seed, applies them to a reference store and to the
-//! implementation in random group-commit batch sizes, and compares
+//! commits, snapshots and the sample copy after them, divergence archives,
+//! compaction, metadata and state history) from a seed, applies them to a
+//! reference store and to the implementation in random group-commit batch
+//! sizes, and compares
 //! [`Storage::load`] with [`MemStore::restored`] and every reader with the
 //! reference. Each check panics with the seed and batch number on a mismatch;
 //! rerun one seed with `VCODR_CONFORMANCE_SEED=<seed>`.
@@ -33,7 +34,7 @@ use vcodr_core::rng::Rng;
 use vcodr_core::{
     ClientContact, ClientType, Doc, DrState, DurableMeta, Entry, EpochClaim, EpochProof, Index,
     MemStore, OnStandbyLoss, Op, PeerIdentity, PersistOp, PersistSeq, Restored, Role, Sample,
-    ServerInfo, Snapshot, Transition, ViewEntry,
+    SampleChunk, SampleRange, ServerInfo, Snapshot, Transition, ViewEntry,
 };
 
 /// Makes and restarts stores of the implementation under test.
@@ -288,8 +289,12 @@ pub fn generator_covers_every_op(seed: u64, requests: u64) {
     let mut compacted = false;
     let mut samples_stored = 0;
     let mut samples_dropped_by_snapshot = false;
+    let mut copy_advanced = false;
+    let mut copy_finished = false;
+    let mut max_commit = 0;
     for _ in 0..requests {
         let samples_before = reference.samples.len();
+        let copy_before = reference.samples_to_copy.clone();
         let first_before = reference.log.first().map(|e| e.index);
         for op in gen.request(&mut reference) {
             kinds.insert(match op {
@@ -302,14 +307,26 @@ pub fn generator_covers_every_op(seed: u64, requests: u64) {
                 PersistOp::Archive { .. } => "Archive",
                 PersistOp::Compact { .. } => "Compact",
                 PersistOp::PruneSamples { .. } => "PruneSamples",
+                PersistOp::SamplesToCopy(_) => "SamplesToCopy",
+                PersistOp::StoreSamples(_) => "StoreSamples",
             });
         }
         compacted |=
             reference.log.first().map(|e| e.index) > first_before && first_before.is_some();
         samples_stored = samples_stored.max(reference.samples.len());
         samples_dropped_by_snapshot |= reference.samples.len() < samples_before;
+        let copy_now = &reference.samples_to_copy;
+        copy_advanced |= copy_now.len() == copy_before.len() && *copy_now != copy_before;
+        copy_finished |= copy_now.len() < copy_before.len();
+        max_commit = max_commit.max(reference.commit);
     }
-    assert_eq!(kinds.len(), 9, "seed {seed}: op kinds generated: {kinds:?}");
+    assert!(copy_advanced, "seed {seed}: no copy range moved on");
+    assert!(copy_finished, "seed {seed}: no copy range was completed");
+    assert_eq!(
+        kinds.len(),
+        11,
+        "seed {seed}: op kinds generated: {kinds:?}"
+    );
     assert!(compacted, "seed {seed}: no compaction dropped an entry");
     assert!(
         !reference.archive.is_empty(),
@@ -324,10 +341,10 @@ pub fn generator_covers_every_op(seed: u64, requests: u64) {
         samples_dropped_by_snapshot,
         "seed {seed}: no snapshot dropped a sample"
     );
+    // (A snapshot at a low index may bring it back down at the end.)
     assert!(
-        reference.commit > 20,
-        "seed {seed}: commit index only {}",
-        reference.commit
+        max_commit > 20,
+        "seed {seed}: commit index only up to {max_commit}"
     );
 }
 
@@ -364,6 +381,8 @@ pub fn check_load(s: &dyn Storage, reference: &MemStore, ctx: &str) {
         "commit"
     } else if got.log != want.log {
         "log"
+    } else if got.samples_to_copy != want.samples_to_copy {
+        "samples_to_copy"
     } else {
         "history"
     };
@@ -427,6 +446,34 @@ pub fn check_readers(s: &dyn Storage, reference: &MemStore, ctx: &str) {
             "{ctx}: samples({client}, after {after}, limit 2)"
         );
         assert!(ok(s.samples(client, u64::MAX, 10), ctx).is_empty());
+    }
+    // Reads for a standby's copy: ranges in order, bounded by bytes and
+    // samples, at the same places as the reference.
+    let mut ranges: Vec<SampleRange> = CLIENTS
+        .iter()
+        .chain(&["missing-client"])
+        .map(|c| SampleRange {
+            client: c.to_string(),
+            after_seq: 1,
+            up_to_seq: u64::MAX,
+        })
+        .collect();
+    ranges.push(SampleRange {
+        client: CLIENTS[0].into(),
+        after_seq: 0,
+        up_to_seq: 3,
+    });
+    ranges.push(SampleRange {
+        client: CLIENTS[1].into(),
+        after_seq: 5,
+        up_to_seq: 5,
+    });
+    for (max_bytes, max_samples) in [(usize::MAX, usize::MAX), (64, 100), (1, 1), (200, 3)] {
+        assert_eq!(
+            ok(s.read_samples(&ranges, max_bytes, max_samples), ctx),
+            reference.read_samples(&ranges, max_bytes, max_samples),
+            "{ctx}: read_samples(max_bytes {max_bytes}, max_samples {max_samples})"
+        );
     }
 
     let archive: Vec<ArchivedEntry> = reference
@@ -587,9 +634,10 @@ impl OpGen {
                 }
             }
             82..=84 => vec![PersistOp::TruncateAfter(self.rng.range(commit, last))],
-            85..=90 => vec![PersistOp::Compact {
+            85..=87 => vec![PersistOp::Compact {
                 below: self.rng.range(0, last + 2),
             }],
+            88..=90 => self.copy_step(store),
             91..=93 => {
                 // Retention of one client's stored samples.
                 let client = self.pick(&CLIENTS).to_string();
@@ -609,7 +657,17 @@ impl OpGen {
                 }
                 ops
             }
-            95..=96 => vec![PersistOp::InstallSnapshot(self.snapshot(store, last))],
+            95..=96 => {
+                // A standby's install: the snapshot, and the samples it names
+                // that the store lacks, to copy.
+                let snap = self.snapshot(store, last);
+                let plan = self.copy_plan(store, &snap);
+                let mut ops = vec![PersistOp::InstallSnapshot(snap)];
+                if self.chance(80) {
+                    ops.push(PersistOp::SamplesToCopy(plan));
+                }
+                ops
+            }
             _ => {
                 // Promotion: a new epoch begins with an EpochStart entry.
                 self.epoch += 1;
@@ -625,6 +683,75 @@ impl OpGen {
                 ]
             }
         }
+    }
+
+    /// What a standby installing `snap` over `store` lacks: per client,
+    /// the seqs above the highest it applied, up to the snapshot's.
+    fn copy_plan(&mut self, store: &MemStore, snap: &Snapshot) -> Vec<SampleRange> {
+        snap.sample_seq
+            .iter()
+            .filter_map(|(client, &want)| {
+                let have = store.applied.sample_seq.get(client).copied().unwrap_or(0);
+                (have < want).then(|| SampleRange {
+                    client: client.clone(),
+                    after_seq: have,
+                    up_to_seq: want,
+                })
+            })
+            .collect()
+    }
+
+    /// One step of a standby's copy: samples of a range still to copy
+    /// (all of it, or up to some seq), now and then a chunk of a range it
+    /// does not lack (a late answer), or a new plan.
+    fn copy_step(&mut self, store: &MemStore) -> Vec<PersistOp> {
+        let ranges: Vec<((String, u64), u64)> = store
+            .samples_to_copy
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        if ranges.is_empty() || self.chance(10) {
+            let client = self.pick(&CLIENTS).to_string();
+            let after_seq = self.rng.range(0, 6);
+            let up_to_seq = after_seq + self.rng.range(1, 6);
+            if self.chance(50) {
+                return vec![PersistOp::SamplesToCopy(vec![SampleRange {
+                    client,
+                    after_seq,
+                    up_to_seq,
+                }])];
+            }
+            let samples = vec![Sample {
+                seq: up_to_seq,
+                payload: self.bytes(16),
+            }];
+            return vec![PersistOp::StoreSamples(SampleChunk {
+                client,
+                after_seq,
+                through_seq: up_to_seq,
+                samples,
+            })];
+        }
+        let ((client, after_seq), up_to_seq) =
+            ranges[self.rng.range(0, ranges.len() as u64 - 1) as usize].clone();
+        let through_seq = if self.chance(50) {
+            up_to_seq
+        } else {
+            self.rng.range(after_seq + 1, up_to_seq)
+        };
+        let mut samples = Vec::new();
+        for seq in after_seq + 1..=through_seq {
+            if self.chance(70) {
+                let payload = self.bytes(16);
+                samples.push(Sample { seq, payload });
+            }
+        }
+        vec![PersistOp::StoreSamples(SampleChunk {
+            client,
+            after_seq,
+            through_seq,
+            samples,
+        })]
     }
 
     fn entries(&mut self, from: Index, n: u64) -> Vec<Entry> {

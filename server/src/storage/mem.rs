@@ -6,7 +6,8 @@ use super::{
 };
 use std::collections::BTreeMap;
 use vcodr_core::{
-    ClientContact, ClientId, Doc, Index, MemStore, PersistOp, PersistSeq, Restored, Transition,
+    ClientContact, ClientId, Doc, Index, MemStore, PersistOp, PersistSeq, Restored, SampleChunk,
+    SampleRange, Transition,
 };
 
 /// Storage in memory, for driver tests: the core's reference store with the
@@ -119,6 +120,15 @@ impl Storage for MemStorage {
             .take(limit.min(READ_ROWS_MAX))
             .map(|((_, seq), payload)| (*seq, payload.clone()))
             .collect())
+    }
+
+    fn read_samples(
+        &self,
+        ranges: &[SampleRange],
+        max_bytes: usize,
+        max_samples: usize,
+    ) -> Result<Vec<SampleChunk>, StorageError> {
+        Ok(self.store.read_samples(ranges, max_bytes, max_samples))
     }
 
     fn sample_summary(&self) -> Result<Vec<SampleSummary>, StorageError> {

@@ -47,7 +47,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 use vcodr_core::{
     ClientContact, ClientId, ClientType, Doc, Epoch, Index, Millis, Op, PersistOp, PersistSeq,
-    Restored, Transition, ViewEntry,
+    Restored, SampleChunk, SampleRange, Transition, ViewEntry,
 };
 
 /// State-history transitions [`Storage::load`] hands to a restarting server
@@ -111,6 +111,18 @@ pub trait Storage: Send + 'static {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StorageError>;
+
+    /// What [`vcodr_core::Output::ReadSamples`] asks for: exactly what
+    /// [`vcodr_core::MemStore::read_samples`] returns for the same arguments
+    /// (ranges in order, bounded by bytes and samples, the first sample
+    /// always taken). Run by the driver's storage thread, after every commit
+    /// queued before it.
+    fn read_samples(
+        &self,
+        ranges: &[SampleRange],
+        max_bytes: usize,
+        max_samples: usize,
+    ) -> Result<Vec<SampleChunk>, StorageError>;
 
     /// Per client: how many samples are stored and the highest `seq`, in client order.
     fn sample_summary(&self) -> Result<Vec<SampleSummary>, StorageError>;

@@ -11,14 +11,16 @@
 //! | `sample_seq` | client → u64 | applied state: highest sample seq per client |
 //! | `samples` | (client, seq) → payload | stored monitoring samples |
 //! | `sample_count` | client → u64 | samples stored per client (for the summary) |
+//! | `sample_copy` | (client, after seq) → up-to seq | sample ranges a standby still copies from its active after a snapshot ([`PersistOp::SamplesToCopy`]) |
 //! | `archive` | position → ([`Entry`], reason) | divergence archive |
 //! | `contacts` | client → contact row | client contact table |
 //!
 //! Structured values are postcard-encoded. Every [`Storage::commit`] is one
 //! write transaction with [`Durability::Immediate`]: one fsync per batch.
 //!
-//! A file of schema [`MIGRATES_FROM`] is migrated at open, in one transaction
-//! (see [`super::legacy`]); older or newer ones are refused, naming both versions.
+//! A file of schema [`MIGRATES_FROM`] (or 3) is migrated at open, in one
+//! transaction (see [`super::legacy`]); older or newer ones are refused,
+//! naming both versions.
 
 use super::{
     check_batch_shape, commit_hole, truncate_refused, ArchivedEntry, ContactRecord, SampleSummary,
@@ -34,17 +36,22 @@ use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use vcodr_core::durable::SampleBudget;
 use vcodr_core::{
     ClientContact, Doc, DurableMeta, Entry, Epoch, Index, Op, PersistOp, PersistSeq, Restored,
-    Snapshot, Transition,
+    Sample, SampleChunk, SampleRange, Snapshot, Transition,
 };
 
 /// On-disk format version written at creation and checked at every open.
 /// 3: the DR metadata pins the peer's identity and holds an epoch proof;
 /// contact rows count forged epoch claims.
-pub const SCHEMA_VERSION: u64 = 3;
-/// The one older schema migrated at open.
+/// 4: the `sample_copy` table (a standby's sample ranges still to copy): a
+/// build that knows nothing of it must not open the file and forget them.
+pub const SCHEMA_VERSION: u64 = 4;
+/// The oldest schema migrated at open (2 → 4; 3 → 4 adds the `sample_copy` table).
 pub const MIGRATES_FROM: u64 = 2;
+/// The schema before [`SCHEMA_VERSION`], migrated at open by adding its table.
+const MIGRATES_FROM_PREVIOUS: u64 = 3;
 
 const SCHEMA_TABLE: &str = "vcodr_schema";
 const SCHEMA: TableDefinition<&str, u64> = TableDefinition::new(SCHEMA_TABLE);
@@ -55,6 +62,7 @@ const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("docs");
 const SAMPLE_SEQ: TableDefinition<&str, u64> = TableDefinition::new("sample_seq");
 const SAMPLES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("samples");
 const SAMPLE_COUNT: TableDefinition<&str, u64> = TableDefinition::new("sample_count");
+const SAMPLE_COPY: TableDefinition<(&str, u64), u64> = TableDefinition::new("sample_copy");
 const ARCHIVE: TableDefinition<u64, &[u8]> = TableDefinition::new("archive");
 const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
 
@@ -110,6 +118,7 @@ struct WriteTables<'t> {
     sample_seq: Table<'t, &'static str, u64>,
     samples: Table<'t, (&'static str, u64), &'static [u8]>,
     sample_count: Table<'t, &'static str, u64>,
+    sample_copy: Table<'t, (&'static str, u64), u64>,
     archive: Table<'t, u64, &'static [u8]>,
 }
 
@@ -197,6 +206,11 @@ impl RedbStorage {
                 drop(read);
                 self.migrate_from_2()
             }
+            Some(MIGRATES_FROM_PREVIOUS) => {
+                drop(table);
+                drop(read);
+                self.migrate_from_3()
+            }
             Some(found) => Err(StorageError::SchemaVersion {
                 path: self.path.clone(),
                 found,
@@ -247,6 +261,8 @@ impl RedbStorage {
                     .map_err(self.db_err(CONTACTS_NAME, "write"))?;
             }
             contacts = rows.len();
+            txn.open_table(SAMPLE_COPY)
+                .map_err(self.db_err(SAMPLE_COPY_NAME, "create"))?;
             let mut schema = txn
                 .open_table(SCHEMA)
                 .map_err(self.db_err(SCHEMA_TABLE, "open"))?;
@@ -262,6 +278,31 @@ impl RedbStorage {
             to = SCHEMA_VERSION,
             contacts,
             "migrated the storage file: the peer is pinned again on its first contact by the certificate name recorded at pairing"
+        );
+        Ok(())
+    }
+
+    /// Schema 3 → 4, in one write transaction: the (empty) `sample_copy`
+    /// table; nothing else changes.
+    fn migrate_from_3(&self) -> Result<(), StorageError> {
+        let txn = self.begin_write()?;
+        {
+            txn.open_table(SAMPLE_COPY)
+                .map_err(self.db_err(SAMPLE_COPY_NAME, "create"))?;
+            let mut schema = txn
+                .open_table(SCHEMA)
+                .map_err(self.db_err(SCHEMA_TABLE, "open"))?;
+            schema
+                .insert(KEY_VERSION, SCHEMA_VERSION)
+                .map_err(self.db_err(SCHEMA_TABLE, "write version"))?;
+        }
+        txn.commit()
+            .map_err(self.db_err(SCHEMA_TABLE, "commit the migration"))?;
+        tracing::info!(
+            path = %self.path.display(),
+            from = MIGRATES_FROM_PREVIOUS,
+            to = SCHEMA_VERSION,
+            "migrated the storage file: added the sample_copy table"
         );
         Ok(())
     }
@@ -381,6 +422,9 @@ impl RedbStorage {
             sample_count: txn
                 .open_table(SAMPLE_COUNT)
                 .map_err(self.db_err(SAMPLE_COUNT_NAME, "open"))?,
+            sample_copy: txn
+                .open_table(SAMPLE_COPY)
+                .map_err(self.db_err(SAMPLE_COPY_NAME, "open"))?,
             archive: txn
                 .open_table(ARCHIVE)
                 .map_err(self.db_err(ARCHIVE_NAME, "open"))?,
@@ -537,6 +581,51 @@ impl RedbStorage {
                 t.log
                     .retain_in(..keep_from, |_, _| false)
                     .map_err(self.db_err(LOG_NAME, "compact"))?;
+            }
+            PersistOp::SamplesToCopy(ranges) => {
+                t.sample_copy
+                    .retain(|_, _| false)
+                    .map_err(self.db_err(SAMPLE_COPY_NAME, "clear"))?;
+                for r in ranges {
+                    t.sample_copy
+                        .insert((r.client.as_str(), r.after_seq), r.up_to_seq)
+                        .map_err(self.db_err(SAMPLE_COPY_NAME, "write"))?;
+                }
+            }
+            PersistOp::StoreSamples(chunk) => {
+                let client = chunk.client.as_str();
+                let mut added = 0u64;
+                for s in &chunk.samples {
+                    let old = t
+                        .samples
+                        .insert((client, s.seq), s.payload.as_slice())
+                        .map_err(self.db_err(SAMPLES_NAME, "store copied sample"))?;
+                    if old.is_some() {
+                        head.duplicate_samples += 1;
+                    } else {
+                        added += 1;
+                    }
+                }
+                if added > 0 {
+                    let count = t
+                        .sample_count
+                        .get(client)
+                        .map_err(self.db_err(SAMPLE_COUNT_NAME, "read"))?
+                        .map_or(0, |g| g.value());
+                    t.sample_count
+                        .insert(client, count + added)
+                        .map_err(self.db_err(SAMPLE_COUNT_NAME, "write"))?;
+                }
+                let up_to = t
+                    .sample_copy
+                    .remove((client, chunk.after_seq))
+                    .map_err(self.db_err(SAMPLE_COPY_NAME, "advance"))?
+                    .map(|g| g.value());
+                if let Some(up_to) = up_to.filter(|u| chunk.through_seq < *u) {
+                    t.sample_copy
+                        .insert((client, chunk.through_seq), up_to)
+                        .map_err(self.db_err(SAMPLE_COPY_NAME, "advance"))?;
+                }
             }
         }
         Ok(())
@@ -722,6 +811,7 @@ const DOCS_NAME: &str = "docs";
 const SAMPLE_SEQ_NAME: &str = "sample_seq";
 const SAMPLES_NAME: &str = "samples";
 const SAMPLE_COUNT_NAME: &str = "sample_count";
+const SAMPLE_COPY_NAME: &str = "sample_copy";
 const ARCHIVE_NAME: &str = "archive";
 const CONTACTS_NAME: &str = "contacts";
 
@@ -766,6 +856,20 @@ impl Storage for RedbStorage {
             log.push(self.decode::<Entry>(LOG_NAME, k.value(), v.value())?);
         }
         let history = self.history_in(&txn, HISTORY_RESTORE_MAX)?;
+        let mut samples_to_copy = Vec::new();
+        let table = self.read_table(&txn, SAMPLE_COPY, SAMPLE_COPY_NAME)?;
+        for item in table
+            .iter()
+            .map_err(self.db_err(SAMPLE_COPY_NAME, "read"))?
+        {
+            let (k, v) = item.map_err(self.db_err(SAMPLE_COPY_NAME, "read"))?;
+            let (client, after_seq) = k.value();
+            samples_to_copy.push(SampleRange {
+                client: client.to_string(),
+                after_seq,
+                up_to_seq: v.value(),
+            });
+        }
         Ok(Restored {
             meta,
             applied: Snapshot {
@@ -779,6 +883,7 @@ impl Storage for RedbStorage {
             commit: head.commit,
             log,
             history,
+            samples_to_copy,
         })
     }
 
@@ -838,6 +943,51 @@ impl Storage for RedbStorage {
         {
             let (k, v) = item.map_err(self.db_err(SAMPLES_NAME, "read"))?;
             out.push((k.value().1, v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn read_samples(
+        &self,
+        ranges: &[SampleRange],
+        max_bytes: usize,
+        max_samples: usize,
+    ) -> Result<Vec<SampleChunk>, StorageError> {
+        let txn = self.begin_read()?;
+        let table = self.read_table(&txn, SAMPLES, SAMPLES_NAME)?;
+        let mut budget = SampleBudget::new(max_bytes, max_samples);
+        let mut out = Vec::new();
+        for r in ranges.iter().filter(|r| r.after_seq < r.up_to_seq) {
+            let client = r.client.as_str();
+            let mut chunk = SampleChunk {
+                client: r.client.clone(),
+                after_seq: r.after_seq,
+                through_seq: r.up_to_seq,
+                samples: Vec::new(),
+            };
+            let mut full = false;
+            for item in table
+                .range((client, r.after_seq + 1)..=(client, r.up_to_seq))
+                .map_err(self.db_err(SAMPLES_NAME, "read for the standby"))?
+            {
+                let (k, v) = item.map_err(self.db_err(SAMPLES_NAME, "read for the standby"))?;
+                if !budget.take(v.value().len()) {
+                    full = true;
+                    break;
+                }
+                chunk.samples.push(Sample {
+                    seq: k.value().1,
+                    payload: v.value().to_vec(),
+                });
+            }
+            if full {
+                if let Some(last) = chunk.samples.last() {
+                    chunk.through_seq = last.seq;
+                    out.push(chunk);
+                }
+                break;
+            }
+            out.push(chunk);
         }
         Ok(out)
     }

@@ -221,6 +221,92 @@ fn another_schema_version_is_refused() {
     }
 }
 
+/// A file of schema 3 (no `sample_copy` table) opens as schema 4 with
+/// everything it held, and takes a standby's sample copy from then on.
+#[test]
+fn a_schema_3_file_is_migrated_and_keeps_everything() {
+    use vcodr_core::{SampleChunk, SampleRange};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("vcodr.redb");
+    let samples = Op::Samples {
+        client: "edge-1".into(),
+        samples: vec![Sample {
+            seq: 1,
+            payload: b"s1".to_vec(),
+        }],
+    };
+    let before = {
+        let mut store = RedbStorage::open(&path).expect("create");
+        store
+            .commit(&[
+                (
+                    1,
+                    vec![PersistOp::Append(vec![Entry {
+                        epoch: 1,
+                        index: 1,
+                        op: samples,
+                    }])],
+                ),
+                (2, vec![PersistOp::Commit(1)]),
+            ])
+            .expect("commit");
+        store.load().expect("load")
+    };
+    {
+        // What a schema-3 build wrote: no `sample_copy` table, version 3.
+        let db = ::redb::Database::create(&path).expect("open raw");
+        let txn = db.begin_write().expect("begin");
+        let copy: ::redb::TableDefinition<(&str, u64), u64> =
+            ::redb::TableDefinition::new("sample_copy");
+        assert!(txn.delete_table(copy).expect("delete"));
+        {
+            let def: ::redb::TableDefinition<&str, u64> =
+                ::redb::TableDefinition::new("vcodr_schema");
+            let mut t = txn.open_table(def).expect("table");
+            t.insert("version", 3).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let mut store = RedbStorage::open(&path).expect("a schema-3 file is migrated");
+    assert_eq!(store.info().expect("info").schema_version, SCHEMA_VERSION);
+    assert_eq!(store.load().expect("load"), before);
+    let range = SampleRange {
+        client: "edge-1".into(),
+        after_seq: 1,
+        up_to_seq: 3,
+    };
+    store
+        .commit(&[(
+            3,
+            vec![
+                PersistOp::SamplesToCopy(vec![range.clone()]),
+                PersistOp::StoreSamples(SampleChunk {
+                    client: "edge-1".into(),
+                    after_seq: 1,
+                    through_seq: 2,
+                    samples: vec![Sample {
+                        seq: 2,
+                        payload: b"s2".to_vec(),
+                    }],
+                }),
+            ],
+        )])
+        .expect("commit");
+    drop(store);
+    let store = RedbStorage::open(&path).expect("reopen");
+    assert_eq!(
+        store.load().expect("load").samples_to_copy,
+        vec![SampleRange {
+            after_seq: 2,
+            ..range
+        }]
+    );
+    assert_eq!(
+        store.samples("edge-1", 0, 10).expect("samples"),
+        vec![(1, b"s1".to_vec()), (2, b"s2".to_vec())]
+    );
+}
+
 #[test]
 fn an_empty_file_is_adopted() {
     let dir = tempfile::tempdir().expect("temp dir");
