@@ -41,13 +41,6 @@ pub const HARNESS: &str = "the drill ran as scheduled";
 pub const REPLICAS_AGREE: &str =
     "the final active holds every acknowledged sample the other server holds";
 
-/// Defects the drills found that are not fixed yet. A violation that is an
-/// instance of one says so; it is printed and counted like any other, and
-/// fails the run only with `VCODR_DRILL_STRICT=1` (see README "Fault drills").
-pub const KNOWN_SNAPSHOT_SAMPLES: &str = "known defect: a snapshot carries no monitoring samples, \
-     so samples a server stored before its peer resynced by snapshot never reach the peer \
-     (regression test: core/tests/runbook.rs samples_stored_before_a_rejoin_reach_the_rejoined_server, ignored)";
-
 /// One property that did not hold.
 #[derive(Clone, Debug)]
 pub struct Violation {
@@ -57,8 +50,6 @@ pub struct Violation {
     pub at: Option<Ms>,
     /// The writes involved (a few).
     pub writes: Vec<Write>,
-    /// The known, not yet fixed defect this is an instance of.
-    pub known: Option<&'static str>,
 }
 
 impl Violation {
@@ -68,13 +59,7 @@ impl Violation {
             detail: detail.into(),
             at: None,
             writes: Vec::new(),
-            known: None,
         }
-    }
-
-    fn known(mut self, defect: &'static str) -> Violation {
-        self.known = Some(defect);
-        self
     }
 
     pub fn at(mut self, at: Ms) -> Violation {
@@ -91,11 +76,7 @@ impl Violation {
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.property, self.detail)?;
-        if let Some(k) = self.known {
-            write!(f, " [{k}]")?;
-        }
-        Ok(())
+        write!(f, "{}: {}", self.property, self.detail)
     }
 }
 
@@ -143,7 +124,8 @@ pub struct Checked {
     pub samples_archived: u64,
     pub samples_dropped: u64,
     /// Acknowledged samples missing on the final active but kept by the
-    /// other server ([`KNOWN_SNAPSHOT_SAMPLES`]).
+    /// other server (before the standby copied the samples a snapshot names,
+    /// the defect the drills found).
     pub samples_only_on_other: u64,
     pub promotions: u64,
     /// Slowest fencing seen where the deadline applies (ms after the reply).
@@ -561,7 +543,6 @@ fn check_samples(fin: &Final, policy: Policy, c: &mut Checked, v: &mut Vec<Viola
                         ranges(&only_on_other)
                     ),
                 )
-                .known(KNOWN_SNAPSHOT_SAMPLES),
             );
         }
         if missing.len() as u64 > e.dropped {
@@ -874,7 +855,7 @@ mod tests {
     }
 
     #[test]
-    fn samples_kept_by_the_other_server_only_are_the_known_defect() {
+    fn samples_kept_by_the_other_server_only_fail_the_check() {
         let mut fin = Final {
             edges: vec![edge(4, 4, 0, 0)],
             ..Final::default()
@@ -884,14 +865,12 @@ mod tests {
         fin.other_samples
             .insert("edge-1".into(), [1, 2, 4].into_iter().collect());
         let (c, v) = check(&Record::default(), &fin, Policy::Block, 1000);
-        // 2 is on b only (known), 3 nowhere (a loss).
+        // 2 is on b only (the replicas disagree), 3 nowhere (a loss).
         assert_eq!(
             properties(&v),
             [REPLICAS_AGREE, SAMPLES_AT_LEAST_ONCE],
             "{v:?}"
         );
-        assert_eq!(v[0].known, Some(KNOWN_SNAPSHOT_SAMPLES));
-        assert_eq!(v[1].known, None);
         assert_eq!(c.samples_only_on_other, 1);
     }
 

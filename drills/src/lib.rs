@@ -71,8 +71,6 @@ pub struct Plan {
     pub time_limit: Option<Duration>,
     /// How the seeds were chosen, for the log.
     pub source: String,
-    /// Known defects fail the run too (`VCODR_DRILL_STRICT=1`).
-    pub strict: bool,
 }
 
 impl Plan {
@@ -95,8 +93,7 @@ impl Plan {
         let count = var("VCODR_DRILL_SEEDS")?;
         let minutes = var("VCODR_DRILL_MINUTES")?;
         let time_limit = minutes.map(|m| Duration::from_secs(m * 60));
-        let strict = var("VCODR_DRILL_STRICT")?.is_some_and(|s| s != 0);
-        let mut plan = match (seed, count) {
+        let plan = match (seed, count) {
             (_, Some(n)) if n > SEEDS_MAX => {
                 anyhow::bail!("VCODR_DRILL_SEEDS={n}: at most {SEEDS_MAX}")
             }
@@ -104,7 +101,6 @@ impl Plan {
                 seeds: vec![s],
                 time_limit,
                 source: format!("VCODR_DRILL_SEED={s}"),
-                strict,
             },
             (base, Some(n)) => {
                 let base = base.unwrap_or_else(|| {
@@ -117,19 +113,14 @@ impl Plan {
                     seeds: (base..base.saturating_add(n)).collect(),
                     time_limit,
                     source: format!("VCODR_DRILL_SEEDS={n} from base seed {base}"),
-                    strict,
                 }
             }
             (None, None) => Plan {
                 seeds: ci_seeds.to_vec(),
                 time_limit,
                 source: format!("the CI set {ci_seeds:?}"),
-                strict,
             },
         };
-        if plan.strict {
-            plan.source += "; strict: known defects fail";
-        }
         Ok(plan)
     }
 }
@@ -148,12 +139,10 @@ pub struct Totals {
     pub policies: BTreeMap<&'static str, u64>,
     /// Where the failed schedules' directories are.
     pub kept: Vec<PathBuf>,
-    /// Known, unfixed defects seen → seeds of the schedules that showed them.
-    pub known: BTreeMap<&'static str, Vec<u64>>,
 }
 
 impl Totals {
-    fn add(&mut self, r: &ScheduleReport, strict: bool) {
+    fn add(&mut self, r: &ScheduleReport) {
         self.schedules += 1;
         *self.policies.entry(r.schedule.policy.as_str()).or_default() += 1;
         for (k, n) in &r.steps {
@@ -171,10 +160,7 @@ impl Totals {
         a.samples_only_on_other += b.samples_only_on_other;
         a.promotions += b.promotions;
         a.fence_ms_max = a.fence_ms_max.max(b.fence_ms_max);
-        for k in r.known() {
-            self.known.entry(k).or_default().push(r.schedule.seed);
-        }
-        if !r.passed(strict) {
+        if !r.clean() {
             self.failed.push(r.schedule.seed);
             self.kept.push(r.dir.clone());
         }
@@ -219,19 +205,6 @@ impl fmt::Display for Totals {
             c.samples_dropped,
             c.samples_only_on_other
         )?;
-        for (k, seeds) in &self.known {
-            let shown: Vec<_> = seeds.iter().take(20).collect();
-            writeln!(
-                f,
-                "  {} schedules showed the {k}: seeds {shown:?}{}",
-                seeds.len(),
-                if seeds.len() > shown.len() {
-                    " …"
-                } else {
-                    ""
-                }
-            )?;
-        }
         write!(
             f,
             "  promotions: {} answered; slowest fencing where the deadline applies: {} ms after the reply",
@@ -266,7 +239,7 @@ pub async fn run_plan(plan: &Plan, ip: &Path, iptables: &Path, exe: &Path) -> Re
             break;
         }
         let report = run::run_schedule(&lab, exe, &root, seed).await;
-        if report.passed(plan.strict) {
+        if report.clean() {
             println!(
                 "drills: seed {seed} passed in {:.1} s: {} writes acknowledged, {} failed, {} unknown; {} samples",
                 report.elapsed.as_secs_f64(),
@@ -275,24 +248,11 @@ pub async fn run_plan(plan: &Plan, ip: &Path, iptables: &Path, exe: &Path) -> Re
                 report.checked.unknown,
                 report.checked.samples_generated
             );
-            for k in report.known() {
-                let of: Vec<_> = report
-                    .violations
-                    .iter()
-                    .filter(|v| v.known == Some(k))
-                    .collect();
-                println!(
-                    "drills:   seed {seed}: {} violations are the {k}; the first: {}: {}",
-                    of.len(),
-                    of[0].property,
-                    of[0].detail
-                );
-            }
             let _ = std::fs::remove_dir_all(&report.dir);
         } else {
             println!("{}", failure_text(&report));
         }
-        totals.add(&report, plan.strict);
+        totals.add(&report);
         totals.elapsed = started.elapsed();
     }
     if totals.failed.is_empty() {

@@ -58,19 +58,6 @@ impl ScheduleReport {
     pub fn clean(&self) -> bool {
         self.violations.is_empty()
     }
-
-    /// Nothing but instances of known defects (and those only if not `strict`).
-    pub fn passed(&self, strict: bool) -> bool {
-        self.violations.iter().all(|v| v.known.is_some() && !strict)
-    }
-
-    /// The known defects seen, once each.
-    pub fn known(&self) -> Vec<&'static str> {
-        let mut k: Vec<_> = self.violations.iter().filter_map(|v| v.known).collect();
-        k.sort_unstable();
-        k.dedup();
-        k
-    }
 }
 
 struct Drill<'a> {

@@ -1318,6 +1318,14 @@ pub fn mutant_cfg(m: Mutant, base: &ModelCfg) -> ModelCfg {
                 c.forge_menu = c.forge_menu.with(Menu::edge());
             }
         }
+        // Only a standby that catches up by snapshot after samples were
+        // acknowledged without it has samples to copy: the `samples` start.
+        Mutant::NoSampleCopy => {
+            c = ModelCfg {
+                mutant: m,
+                ..ModelCfg::ci_samples()
+            }
+        }
         Mutant::None => {}
     }
     c

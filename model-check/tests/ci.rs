@@ -247,6 +247,18 @@ fn mutant_unproven_epoch_is_caught() {
 }
 
 #[test]
+fn mutant_no_sample_copy_is_caught() {
+    let r = caught(Mutant::NoSampleCopy);
+    let failed: Vec<&str> = r.failures().map(|v| v.name).collect();
+    assert!(
+        failed
+            .iter()
+            .any(|n| n.starts_with("7 a running") || n.starts_with("7 acked samples kept")),
+        "a standby without the sample copy broke no sample property: {failed:?}"
+    );
+}
+
+#[test]
 fn every_mutant_has_a_test() {
     // The mutants with a `mutant_*_is_caught` test above.
     let tested = [
@@ -257,6 +269,7 @@ fn every_mutant_has_a_test() {
         Mutant::PromoteWithoutCatchup,
         Mutant::TrustEnvelopeFrom,
         Mutant::UnprovenEpoch,
+        Mutant::NoSampleCopy,
     ];
     for (m, name) in Mutant::ALL {
         assert!(

@@ -68,12 +68,15 @@ pub enum Mutant {
     TrustEnvelopeFrom,
     /// A heartbeat's claimed higher epoch fences without a valid proof.
     UnprovenEpoch,
+    /// A standby that caught up by snapshot copies none of the monitoring
+    /// samples the snapshot names (the defect the fault drills found).
+    NoSampleCopy,
 }
 
 #[cfg(feature = "mutants")]
 impl Mutant {
     /// Every mutant with its command-line name.
-    pub const ALL: [(Mutant, &'static str); 7] = [
+    pub const ALL: [(Mutant, &'static str); 8] = [
         (Mutant::AckBeforeStandby, "ack-before-standby"),
         (Mutant::NoEpochFencing, "no-epoch-fencing"),
         (Mutant::FollowZombie, "follow-zombie"),
@@ -81,6 +84,7 @@ impl Mutant {
         (Mutant::PromoteWithoutCatchup, "promote-without-catchup"),
         (Mutant::TrustEnvelopeFrom, "trust-envelope-from"),
         (Mutant::UnprovenEpoch, "unproven-epoch"),
+        (Mutant::NoSampleCopy, "no-sample-copy"),
     ];
 
     /// Looks a mutant up by its command-line name.

@@ -30,6 +30,7 @@
 use super::persist::AfterDurable;
 use super::Server;
 use crate::api::*;
+use crate::config::mutant;
 use crate::msg::*;
 use crate::types::*;
 use std::collections::BTreeMap;
@@ -71,6 +72,9 @@ impl Server {
             if after < want {
                 plan.insert((client.clone(), after), want);
             }
+        }
+        if mutant!(self.cfg, NoSampleCopy) {
+            plan.clear();
         }
         self.samples_to_copy = plan;
         let ranges: Vec<SampleRange> = self.samples_to_copy().collect();
