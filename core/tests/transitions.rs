@@ -962,7 +962,7 @@ fn samples_are_stored_once_however_often_they_are_sent() {
         })
         .collect();
     assert_eq!(acks, vec![3, 4]);
-    assert_eq!(s.status().samples_stored, 4);
+    assert_eq!(s.status().samples_stored_since_start, 4);
     // Re-sent after commit: acknowledged at once, nothing appended.
     s.handle_input(
         Now::at(4),

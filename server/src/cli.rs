@@ -3,6 +3,7 @@
 use crate::ctl::{self, ApiError, ArchiveItem, Client};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use vcodr_core::Method;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use vcodr_transport::certs::ServerSpec;
@@ -622,36 +623,36 @@ async fn ctl_main(a: CtlArgs) -> anyhow::Result<i32> {
     let client = Client::from_files(&a.server, &a.token_file, a.ca.as_deref())?;
     let (method, params) = match &a.cmd {
         CtlCmd::Status => (
-            "disasterRecovery/getReplicationStatus",
+            Method::GetReplicationStatus,
             json!({"with": ["clientCount", "stateHistory"]}),
         ),
-        CtlCmd::PrepareStandby => ("disasterRecovery/prepareForStandby", json!({})),
+        CtlCmd::PrepareStandby => (Method::PrepareForStandby, json!({})),
         CtlCmd::ConfigureActive {
             standby_address,
             standby_uuid,
             pairing_token,
         } => (
-            "disasterRecovery/configureActiveForReplication",
+            Method::ConfigureActiveForReplication,
             json!({"standbyList": [{"standbyAddress": standby_address, "standbyUuid": standby_uuid}], "pairingToken": pairing_token}),
         ),
         CtlCmd::Promote { force } => (
-            "disasterRecovery/promoteStandbyToActive",
+            Method::PromoteStandbyToActive,
             json!({"force": force}),
         ),
-        CtlCmd::Demote { force } => ("disasterRecovery/demoteActive", json!({"force": force})),
+        CtlCmd::Demote { force } => (Method::DemoteActive, json!({"force": force})),
         CtlCmd::RemoveStandby { force } => {
-            ("disasterRecovery/removeStandby", json!({"force": force}))
+            (Method::RemoveStandby, json!({"force": force}))
         }
-        CtlCmd::Rejoin => ("disasterRecovery/rejoinAsStandby", json!({})),
-        CtlCmd::Get { key } => ("configuration/get", json!({"key": key})),
+        CtlCmd::Rejoin => (Method::RejoinAsStandby, json!({})),
+        CtlCmd::Get { key } => (Method::ConfigurationGet, json!({"key": key})),
         CtlCmd::Put { key, value } => {
             let v: Value = serde_json::from_str(value).with_context(|| {
                 format!("VALUE {value:?} is not JSON (quote strings: '\"text\"')")
             })?;
-            ("configuration/put", json!({"key": key, "value": v}))
+            (Method::ConfigurationPut, json!({"key": key, "value": v}))
         }
-        CtlCmd::Delete { key } => ("configuration/delete", json!({"key": key})),
-        CtlCmd::List => ("configuration/list", json!({})),
+        CtlCmd::Delete { key } => (Method::ConfigurationDelete, json!({"key": key})),
+        CtlCmd::List => (Method::ConfigurationList, json!({})),
         CtlCmd::Archive { offset, limit, out } => {
             return ctl_archive(&client, *offset, *limit, out.as_deref(), a.json).await
         }

@@ -4,6 +4,7 @@
 
 use crate::ctl::Client;
 use anyhow::{anyhow, bail, Context};
+use vcodr_core::Method;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -337,14 +338,14 @@ impl ProcCluster {
     ) -> anyhow::Result<()> {
         let prep = self
             .client(standby)
-            .call("disasterRecovery/prepareForStandby", json!({}))
+            .call(Method::PrepareForStandby, json!({}))
             .await?;
         let params = json!({
             "standbyList": [{"standbyAddress": self.servers[standby].peer, "standbyUuid": prep["vcoUuid"]}],
             "pairingToken": prep["pairingToken"],
         });
         self.client(active)
-            .call("disasterRecovery/configureActiveForReplication", params)
+            .call(Method::ConfigureActiveForReplication, params)
             .await?;
         self.wait_state(active, "ACTIVE", "STANDBY_RUNNING", timeout)
             .await?;

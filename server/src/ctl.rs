@@ -6,6 +6,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
+use vcodr_core::Method;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -248,7 +249,8 @@ impl Client {
 
     /// Calls `method` with `params`; a JSON-RPC error comes back as [`ApiError`]
     /// (inside the `anyhow::Error`, downcastable).
-    pub async fn call(&self, method: &str, params: Value) -> anyhow::Result<Value> {
+    pub async fn call(&self, method: impl AsRef<str>, params: Value) -> anyhow::Result<Value> {
+        let method = method.as_ref();
         let id = self.next_id.fetch_add(1, Relaxed);
         let body = serde_json::to_vec(
             &json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }),
@@ -274,7 +276,7 @@ impl Client {
     /// `getReplicationStatus` with every table.
     pub async fn status(&self) -> anyhow::Result<Value> {
         self.call(
-            "disasterRecovery/getReplicationStatus",
+            Method::GetReplicationStatus,
             json!({ "with": ["clientContact", "clientCount", "stateHistory", "storageInfo"] }),
         )
         .await
@@ -402,7 +404,7 @@ pub async fn read_archive(
         }
         let page = client
             .call(
-                "disasterRecovery/getDivergenceArchive",
+                Method::GetDivergenceArchive,
                 json!({ "offset": at, "limit": want }),
             )
             .await?;

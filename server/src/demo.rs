@@ -8,6 +8,7 @@ use crate::cluster::{ProcCluster, FAST_TIMERS};
 use crate::ctl::{ApiError, Client};
 use crate::edge_sim::{EdgeSim, SimSettings};
 use anyhow::{bail, Context};
+use vcodr_core::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -173,7 +174,7 @@ async fn write_burst(
                 let key = format!("{prefix}/{i:05}");
                 let value = json!({"site": i, "vlan": 100 + i % 50, "writer": w});
                 match c
-                    .call("configuration/put", json!({"key": key, "value": value}))
+                    .call(Method::ConfigurationPut, json!({"key": key, "value": value}))
                     .await
                 {
                     Ok(r) => acked.push((key, r["version"].as_u64().unwrap_or(0))),
@@ -195,7 +196,7 @@ async fn write_burst(
 }
 
 async fn present(client: &Client, acked: &BTreeMap<String, u64>) -> anyhow::Result<usize> {
-    let list = client.call("configuration/list", json!({})).await?;
+    let list = client.call(Method::ConfigurationList, json!({})).await?;
     let have: BTreeMap<String, u64> = list
         .as_array()
         .map(|a| {
@@ -334,7 +335,7 @@ async fn story(
     let promoted_at = Instant::now();
     let r = cl
         .client(B)
-        .call("disasterRecovery/promoteStandbyToActive", json!({}))
+        .call(Method::PromoteStandbyToActive, json!({}))
         .await?;
     ph.check(
         "b promoted",
@@ -369,7 +370,7 @@ async fn story(
     );
     let summary = cl
         .client(B)
-        .call("monitoring/getSummary", json!({}))
+        .call(Method::MonitoringGetSummary, json!({}))
         .await?;
     let stored: BTreeMap<String, (u64, u64)> = summary["clients"]
         .as_array()
@@ -428,7 +429,7 @@ async fn story(
     );
     let refused = cl
         .client(A)
-        .call("configuration/put", json!({"key": "late", "value": 1}))
+        .call(Method::ConfigurationPut, json!({"key": "late", "value": 1}))
         .await;
     let named = matches!(&refused, Err(e) if e.downcast_ref::<ApiError>().is_some_and(|a| a.message.contains(&cl.servers[B].admin)));
     ph.check(
@@ -448,7 +449,7 @@ async fn story(
 
     ph.begin("rejoin a as the standby of b");
     cl.client(A)
-        .call("disasterRecovery/rejoinAsStandby", json!({}))
+        .call(Method::RejoinAsStandby, json!({}))
         .await?;
     cl.wait_state(A, "STANDBY", "STANDBY_RUNNING", t).await?;
     cl.wait_state(B, "ACTIVE", "STANDBY_RUNNING", t).await?;
@@ -466,12 +467,12 @@ async fn story(
     let with = json!({ "with": ["storageInfo"] });
     let on_a = stored(
         &cl.client(A)
-            .call("disasterRecovery/getReplicationStatus", with.clone())
+            .call(Method::GetReplicationStatus, with.clone())
             .await?,
     );
     let on_b = stored(
         &cl.client(B)
-            .call("disasterRecovery/getReplicationStatus", with)
+            .call(Method::GetReplicationStatus, with)
             .await?,
     );
     ph.check(

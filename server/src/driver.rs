@@ -618,7 +618,7 @@ impl Driver {
     }
 
     fn on_api(&mut self, call: ApiCall, reply: oneshot::Sender<Result<Value, RpcError>>) {
-        if let Err(e) = self.core.gate(call.kind(), &method_name(&call)) {
+        if let Err(e) = self.core.gate(call.kind(), call.method().name()) {
             let _ = reply.send(Err(e.into()));
             return;
         }
@@ -840,15 +840,5 @@ impl Driver {
             let pin = pin.cloned();
             self.published.pinned.send_replace(pin);
         }
-    }
-}
-
-fn method_name(call: &ApiCall) -> String {
-    match call {
-        ApiCall::Core(c) => c.method().to_string(),
-        ApiCall::Status(_) => "disasterRecovery/getReplicationStatus".into(),
-        ApiCall::DivergenceArchive { .. } => "disasterRecovery/getDivergenceArchive".into(),
-        ApiCall::ClientSamples { .. } => "monitoring/getClientSamples".into(),
-        ApiCall::MonitoringSummary => "monitoring/getSummary".into(),
     }
 }

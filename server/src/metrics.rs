@@ -137,11 +137,11 @@ impl Metrics {
         self.lag_ms.store(st.lag_ms, Relaxed);
         self.unprotected_writes
             .store(st.unprotected_writes, Relaxed);
-        self.protected.store(u64::from(s.protected()), Relaxed);
+        self.protected.store(u64::from(st.protected), Relaxed);
         self.writes_blocked
             .store(u64::from(st.writes_blocked), Relaxed);
         self.commit_index.store(st.commit_index, Relaxed);
-        self.samples_stored.store(st.samples_stored, Relaxed);
+        self.samples_stored.store(st.samples_stored_since_start, Relaxed);
         let c = st.client_count;
         self.clients_following_nobody
             .store(c.following_none_count, Relaxed);
@@ -273,7 +273,7 @@ impl Metrics {
         counter(
             &mut o,
             "vcodr_monitoring_samples_stored_total",
-            "Monitoring samples stored (committed).",
+            "Monitoring samples stored (committed) since this process started.",
             self.samples_stored.load(Relaxed),
         );
         counter(

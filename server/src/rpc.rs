@@ -125,37 +125,33 @@ pub enum ApiCall {
 }
 
 impl ApiCall {
+    /// The method this call is of.
+    pub fn method(&self) -> Method {
+        match self {
+            ApiCall::Core(c) => c.method(),
+            ApiCall::Status(_) => Method::GetReplicationStatus,
+            ApiCall::DivergenceArchive { .. } => Method::GetDivergenceArchive,
+            ApiCall::ClientSamples { .. } => Method::MonitoringGetClientSamples,
+            ApiCall::MonitoringSummary => Method::MonitoringGetSummary,
+        }
+    }
+
     /// What the role gate sees of this call.
     pub fn kind(&self) -> RequestKind {
-        match self {
-            ApiCall::Core(c) => c.kind(),
-            ApiCall::Status(_) | ApiCall::DivergenceArchive { .. } => RequestKind::DrStatus,
-            ApiCall::ClientSamples { .. } | ApiCall::MonitoringSummary => {
-                RequestKind::MonitoringRead
-            }
-        }
+        self.method().kind()
     }
 }
 
-/// Every method the API serves.
-pub const METHODS: [&str; 16] = [
-    "disasterRecovery/prepareForStandby",
-    "disasterRecovery/configureActiveForReplication",
-    "disasterRecovery/getReplicationBlob",
-    "disasterRecovery/transitionToStandby",
-    "disasterRecovery/getReplicationStatus",
-    "disasterRecovery/promoteStandbyToActive",
-    "disasterRecovery/demoteActive",
-    "disasterRecovery/removeStandby",
-    "disasterRecovery/rejoinAsStandby",
-    "disasterRecovery/getDivergenceArchive",
-    "configuration/get",
-    "configuration/list",
-    "configuration/put",
-    "configuration/delete",
-    "monitoring/getClientSamples",
-    "monitoring/getSummary",
-];
+/// Every method the API serves, by wire name ([`Method::ALL`]).
+pub const METHODS: [&str; Method::ALL.len()] = {
+    let mut names = [""; Method::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = Method::ALL[i].name();
+        i += 1;
+    }
+    names
+};
 
 fn obj(params: &Value) -> Result<Option<&Map<String, Value>>, RpcError> {
     match params {
@@ -247,9 +243,17 @@ pub fn decode_blob(s: &str) -> Result<(String, u128, u128), RpcError> {
 /// Parses a method and its params into a call.
 pub fn parse_call(method: &str, params: &Value) -> Result<ApiCall, RpcError> {
     let p = obj(params)?;
-    let call = match method {
-        "disasterRecovery/prepareForStandby" => ApiCall::Core(Command::PrepareForStandby),
-        "disasterRecovery/configureActiveForReplication" => {
+    let Some(m) = Method::from_name(method) else {
+        let mut e = RpcError::new(
+            code::METHOD_NOT_FOUND,
+            format!("method not found: {method:?}"),
+        );
+        e.data = Some(json!({ "methods": METHODS }));
+        return Err(e);
+    };
+    let call = match m {
+        Method::PrepareForStandby => ApiCall::Core(Command::PrepareForStandby),
+        Method::ConfigureActiveForReplication => {
             let list = match get(p, "standbyList") {
                 Some(Value::Array(a)) if a.len() == 1 => &a[0],
                 Some(Value::Array(a)) => {
@@ -289,8 +293,8 @@ pub fn parse_call(method: &str, params: &Value) -> Result<ApiCall, RpcError> {
                 pairing_token,
             })
         }
-        "disasterRecovery/getReplicationBlob" => ApiCall::Core(Command::GetReplicationBlob),
-        "disasterRecovery/transitionToStandby" => {
+        Method::GetReplicationBlob => ApiCall::Core(Command::GetReplicationBlob),
+        Method::TransitionToStandby => {
             let (active_address, active_uuid, pairing_token) =
                 decode_blob(&string(p, "activeAccessFromStandby")?)?;
             ApiCall::Core(Command::TransitionToStandby {
@@ -299,7 +303,7 @@ pub fn parse_call(method: &str, params: &Value) -> Result<ApiCall, RpcError> {
                 pairing_token,
             })
         }
-        "disasterRecovery/getReplicationStatus" => {
+        Method::GetReplicationStatus => {
             let mut w = With::default();
             match get(p, "with") {
                 None => {}
@@ -323,17 +327,17 @@ pub fn parse_call(method: &str, params: &Value) -> Result<ApiCall, RpcError> {
             }
             ApiCall::Status(w)
         }
-        "disasterRecovery/promoteStandbyToActive" => ApiCall::Core(Command::Promote {
+        Method::PromoteStandbyToActive => ApiCall::Core(Command::Promote {
             force: boolean(p, "force")?,
         }),
-        "disasterRecovery/demoteActive" => ApiCall::Core(Command::DemoteActive {
+        Method::DemoteActive => ApiCall::Core(Command::DemoteActive {
             force: boolean(p, "force")?,
         }),
-        "disasterRecovery/removeStandby" => ApiCall::Core(Command::RemoveStandby {
+        Method::RemoveStandby => ApiCall::Core(Command::RemoveStandby {
             force: boolean(p, "force")?,
         }),
-        "disasterRecovery/rejoinAsStandby" => ApiCall::Core(Command::Rejoin),
-        "disasterRecovery/getDivergenceArchive" => ApiCall::DivergenceArchive {
+        Method::RejoinAsStandby => ApiCall::Core(Command::Rejoin),
+        Method::GetDivergenceArchive => ApiCall::DivergenceArchive {
             offset: number(p, "offset", 0, u64::MAX)?,
             limit: number(
                 p,
@@ -342,11 +346,11 @@ pub fn parse_call(method: &str, params: &Value) -> Result<ApiCall, RpcError> {
                 ARCHIVE_PAGE_MAX as u64,
             )? as usize,
         },
-        "configuration/get" => ApiCall::Core(Command::Get {
+        Method::ConfigurationGet => ApiCall::Core(Command::Get {
             key: string(p, "key")?,
         }),
-        "configuration/list" => ApiCall::Core(Command::List),
-        "configuration/put" => {
+        Method::ConfigurationList => ApiCall::Core(Command::List),
+        Method::ConfigurationPut => {
             let key = string(p, "key")?;
             let value = get(p, "value")
                 .ok_or_else(|| RpcError::param("value", "is required (any JSON value)"))?;
@@ -355,23 +359,15 @@ pub fn parse_call(method: &str, params: &Value) -> Result<ApiCall, RpcError> {
                 value: serde_json::to_vec(value).map_err(|e| RpcError::param("value", e))?,
             })
         }
-        "configuration/delete" => ApiCall::Core(Command::Delete {
+        Method::ConfigurationDelete => ApiCall::Core(Command::Delete {
             key: string(p, "key")?,
         }),
-        "monitoring/getClientSamples" => ApiCall::ClientSamples {
+        Method::MonitoringGetClientSamples => ApiCall::ClientSamples {
             client_id: string(p, "clientId")?,
             after_seq: number(p, "afterSeq", 0, u64::MAX)?,
             limit: number(p, "limit", 1000, 100_000)? as usize,
         },
-        "monitoring/getSummary" => ApiCall::MonitoringSummary,
-        other => {
-            let mut e = RpcError::new(
-                code::METHOD_NOT_FOUND,
-                format!("method not found: {other:?}"),
-            );
-            e.data = Some(json!({ "methods": METHODS }));
-            return Err(e);
-        }
+        Method::MonitoringGetSummary => ApiCall::MonitoringSummary,
     };
     Ok(call)
 }
@@ -500,12 +496,6 @@ pub fn status_json(s: &Status) -> Value {
         })],
         _ => vec![],
     };
-    let replication_mode = match s.role {
-        Role::Active if s.degraded => "ASYNC_DEGRADED",
-        Role::Active => "SYNC",
-        Role::Standby => "SYNC_STANDBY",
-        _ => "NONE",
-    };
     json!({
         "role": s.role.as_str(),
         "drState": s.dr_state.as_str(),
@@ -539,7 +529,8 @@ pub fn status_json(s: &Status) -> Value {
         })),
         "standbyList": standby_list,
         "replication": {
-            "mode": replication_mode,
+            "mode": s.replication_mode.as_str(),
+            "protected": s.protected,
             "policy": s.policy.as_str(),
             "lastIndex": s.last_index,
             "commitIndex": s.commit_index,
@@ -553,7 +544,8 @@ pub fn status_json(s: &Status) -> Value {
             "pendingWrites": s.pending_writes,
         },
         "documents": s.documents,
-        "samplesStored": s.samples_stored,
+        // Since this process started; what storage holds is `monitoring/getSummary`.
+        "samplesStoredSinceStart": s.samples_stored_since_start,
     })
 }
 

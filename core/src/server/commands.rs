@@ -9,7 +9,7 @@ use crate::types::*;
 impl Server {
     pub(super) fn on_command(&mut self, req: RequestId, cmd: Command) {
         let method = cmd.method();
-        if let Err(e) = self.gate(cmd.kind(), method) {
+        if let Err(e) = self.gate(method.kind(), method.name()) {
             self.reply(req, Err(e));
             return;
         }

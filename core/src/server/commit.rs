@@ -95,7 +95,7 @@ impl Server {
         let mut prune = Vec::new();
         for e in &entries {
             if let Op::Samples { client, samples } = &e.op {
-                self.samples_stored += samples.len() as u64;
+                self.samples_stored_since_start += samples.len() as u64;
                 // Retention: older samples of this client leave storage.
                 if let Some(last) = samples.last().filter(|s| s.seq > retain) {
                     prune.push(PersistOp::PruneSamples {

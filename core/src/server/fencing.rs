@@ -297,7 +297,7 @@ impl Server {
     pub(super) fn cmd_rejoin(&mut self, req: RequestId) -> Result<Option<Reply>, CommandError> {
         let Some(z) = self.role.zombie_mut().filter(|_| self.peer.is_some()) else {
             return Err(self.wrong_state(
-                "disasterRecovery/rejoinAsStandby",
+                Method::RejoinAsStandby,
                 "only a ZOMBIE that knows its promoted peer can rejoin",
             ));
         };

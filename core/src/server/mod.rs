@@ -42,7 +42,7 @@ mod tick;
 pub use crate::api::Now;
 pub use edges::{ClientContact, MAX_CLIENT_TEXT_BYTES, PROOF_RECHECK_MS};
 pub use fencing::MAX_REJECTED_PROOFS;
-pub use status::{ClientCount, Status};
+pub use status::{ClientCount, ReplicationMode, Status};
 
 use crate::api::*;
 use crate::config::ServerConfig;
@@ -154,7 +154,7 @@ pub struct Server {
     writes: VecDeque<PendingWrite>,
     sample_acks: VecDeque<PendingSampleAck>,
     pending_sample_seq: BTreeMap<ClientId, u64>,
-    samples_stored: u64,
+    samples_stored_since_start: u64,
     contacts: BTreeMap<ClientId, ClientContact>,
 
     outputs: VecDeque<Output>,
@@ -331,9 +331,9 @@ impl Server {
         }
     }
 
-    pub(super) fn wrong_state(&self, method: &str, why: impl Into<String>) -> CommandError {
+    pub(super) fn wrong_state(&self, method: Method, why: impl Into<String>) -> CommandError {
         CommandError::WrongState {
-            method: method.to_string(),
+            method: method.name().to_string(),
             role: self.role(),
             state: self.dr_state,
             why: why.into(),

@@ -268,7 +268,7 @@ impl Server {
     }
 
     pub(super) fn cmd_prepare(&mut self, req: RequestId) -> Result<Option<Reply>, CommandError> {
-        const M: &str = "disasterRecovery/prepareForStandby";
+        const M: Method = Method::PrepareForStandby;
         let joining = self.role.standby().is_some_and(|s| s.join_target);
         if self.role() == Role::Standby && self.dr_state == DrState::StandbyCandidate {
             if let Some(t) = self.pairing_token.filter(|_| !joining) {
@@ -311,7 +311,7 @@ impl Server {
         uuid: ServerId,
         token: u128,
     ) -> Result<Option<Reply>, CommandError> {
-        const M: &str = "disasterRecovery/configureActiveForReplication";
+        const M: Method = Method::ConfigureActiveForReplication;
         if self.role() != Role::Standalone {
             return Err(self.wrong_state(
                 M,
@@ -350,7 +350,7 @@ impl Server {
     pub(super) fn cmd_blob(&mut self, req: RequestId) -> Result<Option<Reply>, CommandError> {
         if self.role() != Role::Standalone {
             return Err(self.wrong_state(
-                "disasterRecovery/getReplicationBlob",
+                Method::GetReplicationBlob,
                 "only a STANDALONE server hands out a replication blob",
             ));
         }
@@ -375,7 +375,7 @@ impl Server {
     ) -> Result<Option<Reply>, CommandError> {
         if self.role() != Role::Standalone {
             return Err(self.wrong_state(
-                "disasterRecovery/transitionToStandby",
+                Method::TransitionToStandby,
                 "only a STANDALONE server can become a standby",
             ));
         }
@@ -411,7 +411,7 @@ impl Server {
         req: RequestId,
         force: bool,
     ) -> Result<Option<Reply>, CommandError> {
-        const M: &str = "disasterRecovery/removeStandby";
+        const M: Method = Method::RemoveStandby;
         let why = match self.role() {
             Role::Active | Role::Standby => {
                 "DR removed by the operator (removeStandby)".to_string()

@@ -39,12 +39,19 @@ pub(super) struct PersistMark {
 impl Server {
     /// Stages the metadata if it changed and emits one `Persist` for everything staged.
     pub(super) fn flush(&mut self) {
-        let meta_changed = self
-            .persisted_meta
-            .as_ref()
-            .is_none_or(|m| self.meta_differs(m));
+        let mut meta = self.durable_meta();
+        let meta_changed = match &self.persisted_meta {
+            None => true,
+            // The wall-clock "last protected" stamp changes on every input
+            // while protected; it is persisted along with the next real change.
+            Some(m) => {
+                let stamp = std::mem::replace(&mut meta.last_dr_protected_ms, m.last_dr_protected_ms);
+                let changed = meta != *m;
+                meta.last_dr_protected_ms = stamp;
+                changed
+            }
+        };
         if meta_changed {
-            let meta = self.durable_meta();
             self.staged
                 .insert(0, PersistOp::Meta(Box::new(meta.clone())));
             self.persisted_meta = Some(meta);
@@ -63,28 +70,8 @@ impl Server {
         self.outputs.push_back(Output::Persist { seq, ops });
     }
 
-    /// Whether the durable metadata changed since `m` was persisted. The
-    /// wall-clock "last protected" stamp changes on every input while
-    /// protected; it is persisted along with the next real change.
-    fn meta_differs(&self, m: &DurableMeta) -> bool {
-        m.role != self.role()
-            || m.dr_state != self.dr_state
-            || m.epoch != self.epoch
-            || m.pair_id != self.pair_id
-            || m.peer != self.peer
-            || m.peer_identity != self.peer_identity
-            || m.epoch_proof != self.epoch_proof
-            || m.pairing_token != self.pairing_token
-            || m.policy != self.policy
-            || m.synced != self.role.synced()
-            || m.fenced_by != self.role.fenced_by()
-            || m.redirect_edge.as_ref() != self.role.redirect_edge()
-            || m.unprotected_writes != self.unprotected_writes
-            || m.role_timestamp_ms != self.role_timestamp_ms
-            || m.state_timestamp_ms != self.state_timestamp_ms
-            || m.zombie_to_notify != self.role.zombie_to_notify()
-    }
-
+    /// The durable metadata as the state says it now: the one list of what
+    /// [`DurableMeta`] holds (compared whole with `!=` in [`Server::flush`]).
     fn durable_meta(&self) -> DurableMeta {
         DurableMeta {
             role: self.role(),

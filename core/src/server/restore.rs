@@ -82,7 +82,7 @@ impl Server {
                 .collect(),
             writes: VecDeque::new(),
             sample_acks: VecDeque::new(),
-            samples_stored: 0,
+            samples_stored_since_start: 0,
             contacts: BTreeMap::new(),
             outputs: VecDeque::new(),
             cfg,

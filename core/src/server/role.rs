@@ -172,7 +172,7 @@ impl Server {
         debug_assert_ne!(next.kind(), self.role(), "not a change of role");
         let promotion = self.role.standby_mut().and_then(|s| s.promotion.take());
         if let Some(p) = promotion {
-            let e = self.wrong_state("disasterRecovery/promoteStandbyToActive", why);
+            let e = self.wrong_state(Method::PromoteStandbyToActive, why);
             self.reply(p.req, Err(e));
         }
         if self.role() == Role::Active {

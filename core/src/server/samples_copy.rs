@@ -175,7 +175,7 @@ impl Server {
                 self.samples_to_copy
                     .insert((c.client.clone(), c.through_seq), up_to_seq);
             }
-            self.samples_stored += c.samples.len() as u64;
+            self.samples_stored_since_start += c.samples.len() as u64;
             self.staged.push(PersistOp::StoreSamples(c));
         }
         // The next pull, once these are durable, acknowledges them.

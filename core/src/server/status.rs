@@ -26,6 +26,31 @@ pub struct ClientCount {
     pub following_none_count: u64,
 }
 
+/// `replication.mode` of `getReplicationStatus` (SPEC §4, §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReplicationMode {
+    /// An active whose writes wait for its standby (RPO 0).
+    Sync,
+    /// An active acknowledging writes without its standby (`degrade`).
+    AsyncDegraded,
+    /// A standby, following its active.
+    SyncStandby,
+    /// Standalone or zombie: nothing replicated.
+    None,
+}
+
+impl ReplicationMode {
+    /// The name the API and the DR page show.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReplicationMode::Sync => "SYNC",
+            ReplicationMode::AsyncDegraded => "ASYNC_DEGRADED",
+            ReplicationMode::SyncStandby => "SYNC_STANDBY",
+            ReplicationMode::None => "NONE",
+        }
+    }
+}
+
 /// `getReplicationStatus` (SPEC §7), without the optional tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
@@ -57,11 +82,17 @@ pub struct Status {
     pub lag_ms: u64,
     pub unprotected_writes: u64,
     pub degraded: bool,
+    /// An active whose acknowledged writes are on its standby too (RPO 0):
+    /// what the API, the metrics and the DR page call "protected".
+    pub protected: bool,
+    pub replication_mode: ReplicationMode,
     pub writes_blocked: bool,
     pub fenced_by: Option<Epoch>,
     pub pending_writes: usize,
     pub documents: usize,
-    pub samples_stored: u64,
+    /// Monitoring samples this server has stored since it started, its own
+    /// and those copied from the active (`samplesStoredSinceStart`).
+    pub samples_stored_since_start: u64,
     pub client_count: ClientCount,
 }
 
@@ -76,6 +107,13 @@ impl Server {
             .filter(|_| lag_entries > 0)
             .map_or(0, |t| self.now.mono_ms.saturating_sub(t));
         let redirects = self.redirects();
+        let degraded = rep.is_some_and(|r| r.degraded());
+        let replication_mode = match self.role() {
+            Role::Active if degraded => ReplicationMode::AsyncDegraded,
+            Role::Active => ReplicationMode::Sync,
+            Role::Standby => ReplicationMode::SyncStandby,
+            Role::Standalone | Role::Zombie => ReplicationMode::None,
+        };
         Status {
             role: self.role(),
             dr_state: self.dr_state,
@@ -100,12 +138,14 @@ impl Server {
             lag_entries,
             lag_ms,
             unprotected_writes: self.unprotected_writes,
-            degraded: rep.is_some_and(|r| r.degraded()),
+            degraded,
+            protected: self.protected(),
+            replication_mode,
             writes_blocked: rep.is_some_and(|r| r.blocked()),
             fenced_by: self.role.fenced_by(),
             pending_writes: self.writes.len(),
             documents: self.applied.docs.len(),
-            samples_stored: self.samples_stored,
+            samples_stored_since_start: self.samples_stored_since_start,
             client_count: self.client_count(),
         }
     }

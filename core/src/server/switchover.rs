@@ -219,7 +219,7 @@ impl Server {
         req: RequestId,
         force: bool,
     ) -> Result<Option<Reply>, CommandError> {
-        const M: &str = "disasterRecovery/promoteStandbyToActive";
+        const M: Method = Method::PromoteStandbyToActive;
         let Some(sb) = self.role.standby() else {
             return Err(self.wrong_state(M, "only a STANDBY can be promoted"));
         };
@@ -299,7 +299,7 @@ impl Server {
         req: RequestId,
         force: bool,
     ) -> Result<Option<Reply>, CommandError> {
-        const M: &str = "disasterRecovery/demoteActive";
+        const M: Method = Method::DemoteActive;
         let Some(a) = self.role.active() else {
             return Err(self.wrong_state(M, "only an ACTIVE server can be demoted"));
         };
