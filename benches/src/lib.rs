@@ -124,7 +124,8 @@ mod tests {
     #[test]
     fn a_heartbeat_gets_exactly_one_reply_and_a_contact_row() {
         let mut server = standalone_server();
-        let outs = vcodr_core::testing::step(&mut server, Now::at(1), heartbeat_input(7, 1, 1, None));
+        let outs =
+            vcodr_core::testing::step(&mut server, Now::at(1), heartbeat_input(7, 1, 1, None));
         assert!(
             matches!(
                 outs.as_slice(),

@@ -44,7 +44,9 @@ pub fn settle(server: &mut crate::Server, now: Now) -> Vec<Output> {
     let mut rest = Vec::new();
     while let Some(out) = server.poll_output() {
         match out {
-            Output::Persist { seq, .. } => server.handle_input(now, Input::Persisted { up_to: seq }),
+            Output::Persist { seq, .. } => {
+                server.handle_input(now, Input::Persisted { up_to: seq })
+            }
             other => rest.push(other),
         }
     }

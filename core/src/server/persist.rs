@@ -45,7 +45,8 @@ impl Server {
             // The wall-clock "last protected" stamp changes on every input
             // while protected; it is persisted along with the next real change.
             Some(m) => {
-                let stamp = std::mem::replace(&mut meta.last_dr_protected_ms, m.last_dr_protected_ms);
+                let stamp =
+                    std::mem::replace(&mut meta.last_dr_protected_ms, m.last_dr_protected_ms);
                 let changed = meta != *m;
                 meta.last_dr_protected_ms = stamp;
                 changed

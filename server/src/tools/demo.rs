@@ -4,14 +4,14 @@
 //! their cached monitoring, the old active back as a zombie, and a rejoin.
 //! Every check reads the system's state back through the admin API.
 
-use crate::cluster::{ProcCluster, FAST_TIMERS};
-use crate::ctl::{ApiError, Client};
-use crate::edge_sim::{EdgeSim, SimSettings};
+use crate::tools::cluster::{ProcCluster, FAST_TIMERS};
+use crate::tools::ctl::{ApiError, Client};
+use crate::tools::edge_sim::{EdgeSim, SimSettings};
 use anyhow::{bail, Context};
-use vcodr_core::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use vcodr_core::Method;
 use vcodr_transport::certs::CertificateAuthority;
 
 /// What to run.
@@ -174,7 +174,10 @@ async fn write_burst(
                 let key = format!("{prefix}/{i:05}");
                 let value = json!({"site": i, "vlan": 100 + i % 50, "writer": w});
                 match c
-                    .call(Method::ConfigurationPut, json!({"key": key, "value": value}))
+                    .call(
+                        Method::ConfigurationPut,
+                        json!({"key": key, "value": value}),
+                    )
                     .await
                 {
                     Ok(r) => acked.push((key, r["version"].as_u64().unwrap_or(0))),
@@ -512,7 +515,7 @@ pub async fn main(opts: DemoOptions) -> anyhow::Result<i32> {
     }
     let (dir, made_here) = match &opts.dir {
         Some(d) => (d.clone(), false),
-        None => (crate::cluster::temp_dir("vcodr-demo")?, true),
+        None => (crate::tools::cluster::temp_dir("vcodr-demo")?, true),
     };
     let mut signals = crate::serve::StopSignals::new();
     let outcome = tokio::select! {

@@ -1,14 +1,18 @@
 //! `vcodr serve`: one server process — storage, driver, peer and edge
 //! listeners over QUIC, and the admin API over HTTPS.
 
-use crate::admin::{self, AdminState};
-use crate::config::FileConfig;
+pub mod config;
+pub mod log;
+pub mod throttle;
+
+use crate::api::admin::{self, AdminState};
+use crate::api::metrics::Metrics;
+use crate::driver::links::{edge_link_settings, EdgeLink, EdgeLinks, PeerLink};
+use crate::driver::peers::PeerLinks;
 use crate::driver::{self, DriverSettings, Handle, Published};
-use crate::links::{edge_link_settings, EdgeLink, EdgeLinks, PeerLink};
-use crate::metrics::Metrics;
-use crate::peers::PeerLinks;
+use crate::serve::config::FileConfig;
+use crate::serve::throttle::{LogThrottle, THROTTLE_INTERVAL};
 use crate::storage::{RedbStorage, Storage};
-use crate::throttle::{LogThrottle, THROTTLE_INTERVAL};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::Path;

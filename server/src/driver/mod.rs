@@ -7,11 +7,16 @@
 //! commit is in progress and the next commit takes them all (group commit);
 //! `Persisted { up_to }` goes back to the core only after the commit returned.
 
-use crate::links::EdgeLink;
-use crate::metrics::Metrics;
-use crate::rpc::{self, ApiCall, RpcError};
+pub mod links;
+pub mod peers;
+mod storage_thread;
+
+use crate::api::json;
+use crate::api::metrics::Metrics;
+use crate::api::rpc::{self, ApiCall, RpcError};
+use crate::driver::links::EdgeLink;
+use crate::serve::throttle::LogThrottle;
 use crate::storage::Storage;
-use crate::throttle::LogThrottle;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
@@ -107,7 +112,7 @@ pub enum DriverMsg {
     /// The storage thread read the samples an `Output::ReadSamples` asked for.
     SamplesRead(Vec<SampleChunk>),
     /// A liveness or readiness probe: the driver answers with the core's state.
-    Probe(oneshot::Sender<crate::health::Probe>),
+    Probe(oneshot::Sender<crate::api::health::Probe>),
     /// Finish in-flight commits, then stop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -214,7 +219,7 @@ impl Handle {
     }
 
     /// Asks the driver for the core's state, within `deadline` (the probes).
-    pub async fn probe(&self, deadline: Duration) -> Result<crate::health::Probe, String> {
+    pub async fn probe(&self, deadline: Duration) -> Result<crate::api::health::Probe, String> {
         let (tx, rx) = oneshot::channel();
         let asked = async {
             self.tx.send(DriverMsg::Probe(tx)).await.ok()?;
@@ -323,7 +328,7 @@ pub fn spawn(
     let storage_metrics = metrics.clone();
     std::thread::Builder::new()
         .name("vcodr-storage".into())
-        .spawn(move || storage_thread(storage, jobs_rx, back, storage_metrics))
+        .spawn(move || storage_thread::run(storage, jobs_rx, back, storage_metrics))
         .expect("spawning the storage thread");
     let mut d = Driver {
         storage_failed: handle.storage_failed.clone(),
@@ -346,110 +351,6 @@ pub fn spawn(
         back: handle.tx.clone(),
     };
     tokio::spawn(async move { d.run(rx).await })
-}
-
-fn storage_thread(
-    mut storage: Box<dyn Storage>,
-    jobs: std::sync::mpsc::Receiver<StorageJob>,
-    back: mpsc::Sender<DriverMsg>,
-    metrics: Arc<Metrics>,
-) {
-    let mut pending: Vec<StorageJob> = Vec::new();
-    loop {
-        if pending.is_empty() {
-            match jobs.recv() {
-                Ok(j) => pending.push(j),
-                Err(_) => return,
-            }
-        }
-        // Group commit: everything queued while the previous commit ran.
-        pending.extend(jobs.try_iter());
-        let mut batch = Vec::new();
-        let mut rest = Vec::new();
-        for j in pending.drain(..) {
-            match j {
-                StorageJob::Commit(seq, ops) if rest.is_empty() => batch.push((seq, ops)),
-                other => rest.push(other),
-            }
-        }
-        if !batch.is_empty() {
-            let started = Instant::now();
-            let entries = batch
-                .iter()
-                .flat_map(|(_, ops)| ops)
-                .map(|op| {
-                    if let PersistOp::Append(e) = op {
-                        e.len() as u64
-                    } else {
-                        0
-                    }
-                })
-                .sum();
-            let up_to = batch.last().map_or(0, |(s, _)| *s);
-            match storage.commit(&batch) {
-                Ok(()) => {
-                    metrics.persist_batches.fetch_add(1, Relaxed);
-                    metrics
-                        .persist_requests
-                        .fetch_add(batch.len() as u64, Relaxed);
-                    if back
-                        .blocking_send(DriverMsg::Persisted {
-                            up_to,
-                            entries,
-                            started,
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    // Nothing after a failed commit may be acknowledged, and
-                    // what the disk holds is no longer what the core believes
-                    // (the batch may be durable or not): fail-stop.
-                    let os_error = os_error(&e);
-                    tracing::error!(
-                        target: "vcodr::storage",
-                        error = %e,
-                        os_error = %os_error.as_deref().unwrap_or("none"),
-                        persist_requests = batch.len(),
-                        "storage commit failed: {e}; the server stops (fail-stop) and recovers from disk at its restart"
-                    );
-                    let _ = back.blocking_send(DriverMsg::StorageFailed(e.to_string()));
-                    return;
-                }
-            }
-        }
-        // Reads and contact saves keep their order relative to later commits.
-        let mut rest = rest.into_iter();
-        while let Some(j) = rest.next() {
-            match j {
-                StorageJob::Read(f) => f(storage.as_ref()),
-                StorageJob::SaveContacts(c) => {
-                    if let Err(e) = storage.save_contacts(&c) {
-                        tracing::warn!(error = %e, "saving the client contact table failed");
-                    }
-                }
-                commit @ StorageJob::Commit(..) => {
-                    pending.push(commit);
-                    pending.extend(rest.by_ref());
-                }
-            }
-        }
-    }
-}
-
-/// The operating-system error under a storage error, if any (e.g. `No space
-/// left on device (os error 28)`).
-fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return Some(io.to_string());
-        }
-        cur = err.source();
-    }
-    None
 }
 
 struct Driver {
@@ -603,7 +504,7 @@ impl Driver {
                 self.input(Input::SamplesRead { chunks });
             }
             DriverMsg::Probe(answer) => {
-                let _ = answer.send(crate::health::probe(&self.core));
+                let _ = answer.send(crate::api::health::probe(&self.core));
             }
             DriverMsg::Shutdown(done) => {
                 if self.persisted_up_to >= self.last_seq {
@@ -629,13 +530,13 @@ impl Driver {
                 self.input(Input::Command { req: id, cmd });
             }
             ApiCall::Status(with) => {
-                let mut v = rpc::status_json(&self.core.status());
+                let mut v = json::status_json(&self.core.status());
                 if with.client_contact {
                     v["clientContact"] =
-                        Value::Array(self.core.contacts().map(rpc::contact_json).collect());
+                        Value::Array(self.core.contacts().map(json::contact_json).collect());
                 }
                 if with.client_count {
-                    v["clientCount"] = rpc::client_count_json(&self.core.client_count());
+                    v["clientCount"] = json::client_count_json(&self.core.client_count());
                 }
                 if with.state_history || with.storage_info {
                     let _ = self
@@ -645,7 +546,7 @@ impl Driver {
                                 match s.history(200) {
                                     Ok(h) => {
                                         v["stateHistory"] = Value::Array(
-                                            h.iter().map(rpc::transition_json).collect(),
+                                            h.iter().map(json::transition_json).collect(),
                                         )
                                     }
                                     Err(e) => v["stateHistory"] = json!({ "error": e.to_string() }),
@@ -671,7 +572,7 @@ impl Driver {
                             .archive_len()
                             .and_then(|total| Ok((total, s.archive(offset, limit)?)))
                             .map(|(total, rows)| {
-                                rpc::archive_page_json(total, offset, limit, &rows)
+                                json::archive_page_json(total, offset, limit, &rows)
                             })
                             .map_err(|e| RpcError::new(rpc::code::INTERNAL, e.to_string()));
                         let _ = reply.send(r);
@@ -807,7 +708,8 @@ impl Driver {
                         _ => {}
                     }
                     if let Some(w) = self.api_waiters.remove(&req) {
-                        let _ = w.send(result.map(|r| rpc::reply_json(&r)).map_err(RpcError::from));
+                        let _ =
+                            w.send(result.map(|r| json::reply_json(&r)).map_err(RpcError::from));
                     }
                 }
                 Output::Event(e) => {
@@ -821,7 +723,7 @@ impl Driver {
                         self.peers
                             .close(*link, "this server does not take peer messages from you");
                     }
-                    crate::log::event(&e, &self.metrics, &self.published.throttle)
+                    crate::serve::log::event(&e, &self.metrics, &self.published.throttle)
                 }
             }
         }

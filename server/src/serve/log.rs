@@ -1,7 +1,7 @@
 //! One log line per DR event (SPEC §7), text or JSON (`--log-format json`).
 
-use crate::metrics::Metrics;
-use crate::throttle::LogThrottle;
+use crate::api::metrics::Metrics;
+use crate::serve::throttle::LogThrottle;
 use std::sync::atomic::Ordering::Relaxed;
 use vcodr_core::Event;
 

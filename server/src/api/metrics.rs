@@ -141,7 +141,8 @@ impl Metrics {
         self.writes_blocked
             .store(u64::from(st.writes_blocked), Relaxed);
         self.commit_index.store(st.commit_index, Relaxed);
-        self.samples_stored.store(st.samples_stored_since_start, Relaxed);
+        self.samples_stored
+            .store(st.samples_stored_since_start, Relaxed);
         let c = st.client_count;
         self.clients_following_nobody
             .store(c.following_none_count, Relaxed);
@@ -415,7 +416,7 @@ impl Metrics {
             self.admin_connections_refused.load(Relaxed),
         );
         let _ = writeln!(o, "# HELP vcodr_admin_connections_timed_out_total Admin API connections closed by a timeout: TLS handshake, request headers or body, idle.\n# TYPE vcodr_admin_connections_timed_out_total counter");
-        for (i, phase) in crate::admin::TIMEOUT_PHASES.iter().enumerate() {
+        for (i, phase) in crate::api::admin::TIMEOUT_PHASES.iter().enumerate() {
             let _ = writeln!(
                 o,
                 "vcodr_admin_connections_timed_out_total{{phase=\"{phase}\"}} {}",

@@ -3,7 +3,7 @@
 //! its own QUIC connections to both servers (one UDP socket per 1,000 edges),
 //! heartbeating with jitter, pulling configuration and sending monitoring.
 
-use crate::links::{edge_link_settings, EdgeLink, ANY_SERVER_NAME};
+use crate::driver::links::{edge_link_settings, EdgeLink, ANY_SERVER_NAME};
 use anyhow::Context;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -161,46 +161,6 @@ impl RttHistogram {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::RttHistogram;
-    use std::time::Duration;
-
-    #[test]
-    fn quantiles_come_from_narrow_buckets() {
-        let h = RttHistogram::default();
-        for us in 1..=1000u64 {
-            h.observe(Duration::from_micros(us));
-        }
-        // Each answer is the top of the bucket holding the exact quantile.
-        assert_eq!(h.quantile_us(0.5), 511);
-        assert_eq!(h.quantile_us(0.99), 1023);
-        assert_eq!(h.quantile_us(0.0), 1);
-        for us in [
-            1u64,
-            3,
-            4,
-            5,
-            7,
-            8,
-            9,
-            15,
-            16,
-            17,
-            1_000,
-            19_999,
-            20_000,
-            1 << 38,
-        ] {
-            let b = RttHistogram::bucket(us);
-            assert!(RttHistogram::upper_us(b) >= us, "{us}");
-            assert!(b == 0 || RttHistogram::upper_us(b - 1) < us, "{us}");
-        }
-        h.reset();
-        assert_eq!(h.count(), 0);
-    }
-}
-
 /// Shared counters of the simulation.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -303,10 +263,6 @@ pub struct EdgeReport {
     /// a count that grows says the edge reaches that server now.
     pub replies: [u64; 2],
 }
-
-/// Heartbeats lost in a row (each unanswered for one heartbeat interval) before an edge
-/// drops its connection to that server and dials it again.
-const LOST_HEARTBEATS_BEFORE_REDIAL: u32 = 3;
 
 /// Edges sharing one UDP socket in the simulator.
 const EDGES_PER_SOCKET: usize = 1_000;
@@ -576,7 +532,7 @@ async fn run_edge(ctx: EdgeCtx, mut stop: watch::Receiver<bool>) {
                         let conn = conn.clone();
                         let tx = tx.clone();
                         let stats = ctx.stats.clone();
-                        let hb = matches!(msg, EdgeMsg::Heartbeat(_));
+                        let hb = msg.delivery() == Delivery::Datagram;
                         let hb_wait = Duration::from_millis(ctx.cfg.heartbeat_interval_ms);
                         tokio::spawn(async move {
                             let t0 = Instant::now();
@@ -669,8 +625,10 @@ async fn run_edge(ctx: EdgeCtx, mut stop: watch::Receiver<bool>) {
                 Some(Event::HeartbeatLost(server)) => {
                     lost_in_a_row[server] += 1;
                     // A server that restarted cannot reset our old connection
-                    // (its stateless-reset key is new): redial it.
-                    if lost_in_a_row[server] >= LOST_HEARTBEATS_BEFORE_REDIAL {
+                    // (its stateless-reset key is new): after as many misses
+                    // in a row as the edge machine counts before it stops
+                    // following (`edges.missed_threshold`), redial it.
+                    if lost_in_a_row[server] >= ctx.cfg.missed_threshold {
                         if let Link::Up(conn) = &links[server] {
                             conn.close("heartbeats lost; redialling");
                             links[server] = Link::Down;
@@ -868,60 +826,4 @@ pub async fn run_cli(
 }
 
 #[cfg(test)]
-mod control_tests {
-    use super::*;
-
-    /// Two edges whose servers never answer: they generate and cache
-    /// samples; `--control` reports them per edge, pauses and resumes.
-    #[tokio::test]
-    async fn control_commands_report_pause_and_resume() {
-        let ca = CertificateAuthority::new().unwrap();
-        // Nothing listens on the discard ports: every connect fails.
-        let settings = SimSettings {
-            servers: ["127.0.0.1:9".into(), "127.0.0.2:9".into()],
-            count: 2,
-            gateway_every: 0,
-            heartbeat_interval_ms: 100,
-            sample_interval_ms: 10,
-            ..SimSettings::default()
-        };
-        let sim = EdgeSim::start(&ca, settings).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while sim.edges().iter().any(|e| e.generated < 3) {
-            assert!(Instant::now() < deadline, "no samples: {:?}", sim.edges());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let paused = control(&sim, "pause").await.unwrap();
-        assert_eq!(paused, serde_json::json!({"paused": true}));
-        let report = control(&sim, " report\n").await.unwrap();
-        let edges: Vec<EdgeReport> = serde_json::from_value(report["edges"].clone()).unwrap();
-        assert_eq!(edges.len(), 2);
-        for (i, e) in edges.iter().enumerate() {
-            assert_eq!(e.client_id, format!("edge-{}", i + 1));
-            assert_eq!(e.following, None);
-            // Nothing acknowledged: every sample generated is still cached.
-            assert_eq!((e.acked_seq, e.cached, e.dropped), (0, e.generated, 0));
-            assert!(e.paused);
-        }
-        assert_eq!(report["summary"]["edges"], 2);
-        // Paused edges generate nothing more.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(sim.edges(), edges);
-        assert_eq!(
-            control(&sim, "resume").await.unwrap(),
-            serde_json::json!({"resumed": true})
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while sim.edges()[0].generated == edges[0].generated {
-            assert!(Instant::now() < deadline, "resume generated nothing");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let e = control(&sim, "jump").await.unwrap();
-        assert!(e["error"]
-            .as_str()
-            .unwrap()
-            .contains("unknown command \"jump\""));
-        assert!(control(&sim, "stop").await.is_none());
-        sim.stop().await;
-    }
-}
+mod tests;

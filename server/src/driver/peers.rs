@@ -15,10 +15,10 @@
 //! [`PEER_REPLY_QUEUE`] replies per accepted link (beyond them messages are
 //! dropped and counted: the core retransmits what matters).
 
+use crate::api::metrics::Metrics;
+use crate::driver::links::{PeerLink, ANY_SERVER_NAME};
 use crate::driver::{Handle, PeerSink};
-use crate::links::{PeerLink, ANY_SERVER_NAME};
-use crate::metrics::Metrics;
-use crate::throttle::LogThrottle;
+use crate::serve::throttle::LogThrottle;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};

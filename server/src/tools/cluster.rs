@@ -2,15 +2,15 @@
 //! tests: certificates, configuration files with free ports, start, kill -9,
 //! graceful stop, and waiting on the admin API with deadlines.
 
-use crate::ctl::Client;
+use crate::tools::ctl::Client;
 use anyhow::{anyhow, bail, Context};
-use vcodr_core::Method;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use vcodr_core::Method;
 
 /// One server process.
 #[derive(Debug)]

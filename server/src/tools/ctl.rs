@@ -6,12 +6,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
-use vcodr_core::Method;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
+use vcodr_core::Method;
 
 /// A JSON-RPC error returned by the server.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,7 +2,7 @@
 //! authenticated by `Authorization: Token <token>`; `GET /` the DR readiness
 //! page; `GET /metrics`; `GET /healthz` (unauthenticated liveness) and
 //! `GET /readyz` (unauthenticated readiness; the rules are in
-//! [`crate::health`]).
+//! [`crate::api::health`]).
 //!
 //! The listener ([`serve`]) bounds what a client can hold: connections
 //! (`limits.max_admin_connections`), time to handshake, to send a request
@@ -11,12 +11,12 @@
 //! connection), so that hundreds of idle or half-sent connections lock no
 //! one out, the probes included.
 
-use crate::config::AdminLimits;
+use crate::api::health;
+use crate::api::metrics::Metrics;
+use crate::api::rpc::{self, RpcError};
 use crate::driver::Handle;
-use crate::health;
-use crate::metrics::Metrics;
-use crate::rpc::{self, RpcError};
-use crate::throttle::LogThrottle;
+use crate::serve::config::AdminLimits;
+use crate::serve::throttle::LogThrottle;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -114,7 +114,7 @@ async fn healthz(State(st): State<AdminState>) -> Response {
     }
 }
 
-/// `GET /readyz`: the rule is in [`crate::health`].
+/// `GET /readyz`: the rule is in [`crate::api::health`].
 async fn readyz(State(st): State<AdminState>) -> Response {
     let name = &st.name;
     let verdict = match st.handle.storage_failure() {
@@ -145,7 +145,7 @@ async fn metrics(State(st): State<AdminState>) -> Response {
 }
 
 async fn page() -> Html<&'static str> {
-    Html(crate::web::PAGE)
+    Html(crate::api::web::PAGE)
 }
 
 /// The router of the admin API.
