@@ -33,16 +33,17 @@ use quinn_proto::{
 use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
-use vcodr_core::codec::{self, negotiate, DecodeError, Hello, FRAME_HEADER_LEN};
+use vcodr_core::codec::{self, negotiate, DecodeError, Hello};
 
-use super::{
-    classify_refusal, close_reason_of, code, connect_failure, dgram, identity_from,
-    stream_code_name, NO_IDENTITY,
+use super::tls::{
+    connect_failure, count_failed_handshake, count_late_handshake, count_refused_attempt,
+    identity_from, NO_IDENTITY,
 };
+use super::wire::{self, close_reason_of, code, dgram, hello, stream_code_name, FrameReader};
 use crate::error::{CloseReason, ConnectError, Refusal, SetupError};
 use crate::link::{
-    decode_whole_frame, whole_frame_payload, Backend, Connection, Incoming, IncomingTx, LinkInfo,
-    ListenerStats, PeerId, Refused, RequestFailure, Responder, ResponderInner,
+    Backend, Connection, Incoming, IncomingTx, LinkInfo, ListenerStats, PeerId, Refused,
+    RequestFailure, Responder, ResponderInner,
 };
 use crate::settings::Settings;
 use crate::Protocol;
@@ -417,65 +418,6 @@ impl HubReply {
     }
 }
 
-/// Reassembles frames from stream chunks; the header is checked against
-/// `max_frame_bytes` before any payload byte is kept.
-#[derive(Debug, Default)]
-pub(crate) struct FrameReader {
-    buf: Vec<u8>,
-    /// Header plus payload length, once the header is in.
-    total: Option<usize>,
-}
-
-impl FrameReader {
-    /// Appends `data`, pushing each completed frame's payload to `out`.
-    pub(crate) fn push(
-        &mut self,
-        mut data: &[u8],
-        max_frame_bytes: usize,
-        out: &mut Vec<Vec<u8>>,
-    ) -> Result<(), DecodeError> {
-        loop {
-            let want = self.total.unwrap_or(FRAME_HEADER_LEN);
-            let take = (want - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.buf.len() < want {
-                return Ok(());
-            }
-            match self.total {
-                None => {
-                    let len = codec::decode_header(&self.buf, max_frame_bytes)?;
-                    self.total = Some(FRAME_HEADER_LEN + len);
-                }
-                Some(_) => {
-                    out.push(self.buf.split_off(FRAME_HEADER_LEN));
-                    self.buf.clear();
-                    self.total = None;
-                    if data.is_empty() {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-    }
-
-    /// Bytes held for the frame being read.
-    pub(crate) fn buffered(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// What the end of the stream means for a partly read frame.
-    pub(crate) fn at_end(&self) -> Option<DecodeError> {
-        if self.buf.is_empty() {
-            return None;
-        }
-        Some(DecodeError::Truncated {
-            needed: self.total.unwrap_or(FRAME_HEADER_LEN),
-            have: self.buf.len(),
-        })
-    }
-}
-
 /// Bytes of one stream still to be written, and whether to finish it after.
 struct Outgoing {
     data: Vec<u8>,
@@ -574,7 +516,7 @@ enum Phase<P: Protocol> {
     },
     /// No common version: our hello was sent so the client can name both;
     /// the connection closes when the client does or at the deadline.
-    Mismatch { reason: String },
+    Mismatch { refusal: hello::Failure },
     /// A link the application holds.
     Up(Box<LinkCtl<P>>),
     /// Closed; draining.
@@ -655,7 +597,7 @@ impl Io {
                 // elsewhere, EPERM from a firewall) lose every packet: counted
                 // for whoever shows the transport's health.
                 self.send_drops += 1;
-                if super::is_send_failure(&e) {
+                if super::socket::is_send_failure(&e) {
                     self.send_failures
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -882,8 +824,7 @@ impl<P: Protocol> Hub<P> {
                 self.insert(h, proto, remote, Phase::Accepting, Some(deadline));
             }
             Err(e) => {
-                let detail = format!("connection attempt refused: {}", e.cause);
-                stats.refused(Refused::OtherTls, remote, None, &detail);
+                count_refused_attempt(&stats, remote, &e.cause);
                 if let Some(t) = e.response {
                     self.io.send(&t, &buf[..t.size]);
                 }
@@ -1021,7 +962,7 @@ impl<P: Protocol> Hub<P> {
                 };
                 let request = OutRequest { answer, frame };
                 if datagram && fits_datagram(&mut conn.proto, request.frame.len()) {
-                    let bytes = dgram::encode(dgram::REQUEST, id, &request.frame);
+                    let bytes = dgram::request(id, &request.frame);
                     match conn.proto.datagrams().send(bytes, true) {
                         Ok(()) => {
                             link.datagrams.insert(id, request);
@@ -1137,23 +1078,18 @@ impl<P: Protocol> Hub<P> {
                 }
                 Phase::Accepting => {
                     if let Some(l) = &ctx.listen {
-                        let detail = format!("TLS handshake not done within {timeout:?}");
-                        l.stats.refused(Refused::TimedOut, remote, None, &detail);
+                        count_late_handshake(&l.stats, remote, timeout);
                     }
                     (code::CLOSED, "TLS handshake timed out".to_string())
                 }
                 Phase::ServerHello { peer, .. } => {
+                    let refusal = hello::Failure::Late(timeout);
                     if let Some(l) = &ctx.listen {
-                        let detail = format!("no hello within {timeout:?}; connection closed");
-                        l.stats
-                            .refused(Refused::NoHello, remote, Some(peer.as_str()), &detail);
+                        refusal.count(&l.stats, remote, peer.as_str());
                     }
-                    (
-                        code::PROTOCOL_VIOLATION,
-                        "no hello within the handshake timeout".to_string(),
-                    )
+                    refusal.close()
                 }
-                Phase::Mismatch { reason } => (code::VERSION_MISMATCH, reason),
+                Phase::Mismatch { refusal } => refusal.close(),
                 other => {
                     conn.phase = other;
                     return;
@@ -1175,17 +1111,8 @@ impl<P: Protocol> Hub<P> {
             .collect();
         for s in late {
             link.streams.remove(&s);
-            let reason = format!(
-                "request not received within {:?}",
-                ctx.settings.request_timeout
-            );
-            crate::log_limit::bad_frame(
-                &link.info,
-                "bad request frame",
-                &format_args!(
-                    "rejected a request frame ({reason}); that stream is reset, the link stays up"
-                ),
-            );
+            let reason = wire::request_late(ctx.settings.request_timeout);
+            wire::rejected_request(&link.info, &reason);
             let _ = conn.proto.recv_stream(s).stop(code::FRAME_REJECTED);
             let _ = conn.proto.send_stream(s).reset(code::FRAME_REJECTED);
         }
@@ -1293,10 +1220,7 @@ fn next_deadline<P: Protocol>(conn: &Conn<P>) -> Option<Instant> {
 
 /// Whether a frame of `len` bytes fits in one datagram now.
 fn fits_datagram(proto: &mut proto::Connection, len: usize) -> bool {
-    proto
-        .datagrams()
-        .max_size()
-        .is_some_and(|max| dgram::HEADER_LEN + len <= max)
+    dgram::fits(proto.datagrams().max_size(), len)
 }
 
 /// Sends a response (or the refusal, for `None`) where it belongs.
@@ -1309,11 +1233,8 @@ fn respond<P: Protocol>(
     match to {
         ReplyTo::Datagram(id) => {
             let bytes = match frame {
-                Some(frame) if fits_datagram(proto, frame.len()) => {
-                    dgram::encode(dgram::RESPONSE, id, &frame)
-                }
-                Some(_) => dgram::encode(dgram::TOO_LARGE, id, &[]),
-                None => dgram::encode(dgram::REFUSED, id, &[]),
+                Some(frame) => dgram::response(id, &frame, proto.datagrams().max_size()),
+                None => dgram::refusal(id),
             };
             let _ = proto.datagrams().send(bytes, true);
         }
@@ -1582,17 +1503,15 @@ fn settle<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, error: &ConnectionE
         Phase::Accepting => {
             if !matches!(error, ConnectionError::LocallyClosed) {
                 if let Some(l) = &ctx.listen {
-                    let (why, name, detail) = classify_refusal(error);
-                    l.stats.refused(why, remote, name.as_deref(), &detail);
+                    count_failed_handshake(&l.stats, remote, error);
                 }
             }
         }
         Phase::ServerHello { peer, .. } => {
             if !matches!(error, ConnectionError::LocallyClosed) {
                 if let Some(l) = &ctx.listen {
-                    let detail = format!("no valid hello ({error}); connection closed");
-                    l.stats
-                        .refused(Refused::NoHello, remote, Some(peer.as_str()), &detail);
+                    let refusal = hello::Failure::Bad(error.to_string());
+                    refusal.count(&l.stats, remote, peer.as_str());
                 }
             }
         }
@@ -1747,7 +1666,7 @@ fn on_connected<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant)
                 server_name: server_name.clone(),
                 reason,
             };
-            let hello = codec::encode_frame(&ctx.settings.hello, ctx.settings.max_frame_bytes)
+            let ours = hello::ours(&ctx.settings)
                 .map_err(|e| fail(format!("cannot encode our hello: {e}")))
                 .and_then(|frame| {
                     let s =
@@ -1756,7 +1675,7 @@ fn on_connected<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: Instant)
                         })?;
                     Ok((frame, s))
                 });
-            let (frame, stream) = match hello {
+            let (frame, stream) = match ours {
                 Ok(pair) => pair,
                 Err(e) => {
                     let local = CloseReason::Local(e.to_string());
@@ -1917,9 +1836,7 @@ fn read_hello(
     let result = read_into(proto, s, reader, max_frame_bytes, &mut frames, true);
     match one_frame(result, frames, reader) {
         Ok(None) => None,
-        Ok(Some(payload)) => {
-            Some(codec::decode_payload::<Hello>(&payload).map_err(|e| format!("{bad}: {e}")))
-        }
+        Ok(Some(payload)) => Some(hello::theirs(&payload).map_err(|e| format!("{bad}: {e}"))),
         Err(e) => Some(Err(format!("{unreadable}: {e}"))),
     }
 }
@@ -2045,20 +1962,20 @@ fn server_hello_done<P: Protocol>(
     let theirs = match outcome {
         Ok(hello) => hello,
         Err(reason) => {
-            let detail = format!("no valid hello ({reason}); connection closed");
-            stats.refused(Refused::NoHello, remote, Some(peer.as_str()), &detail);
             let local = CloseReason::Protocol(reason.clone());
-            shut_as(ctx, conn, code::PROTOCOL_VIOLATION, &reason, local);
+            let refusal = hello::Failure::Bad(reason);
+            refusal.count(&stats, remote, peer.as_str());
+            let (error_code, reason) = refusal.close();
+            shut_as(ctx, conn, error_code, &reason, local);
             return;
         }
     };
     // Our hello goes back whatever the outcome, so the client can name both versions.
-    let ours = match codec::encode_frame(&ctx.settings.hello, ctx.settings.max_frame_bytes) {
+    let ours = match hello::ours(&ctx.settings) {
         Ok(frame) => frame,
         Err(e) => {
             warn!(%peer, %remote, reason = %e, "cannot encode our hello");
-            let reason = "server cannot encode its hello";
-            shut(ctx, conn, code::PROTOCOL_VIOLATION, reason);
+            shut(ctx, conn, code::PROTOCOL_VIOLATION, hello::CANNOT_ENCODE);
             return;
         }
     };
@@ -2066,27 +1983,21 @@ fn server_hello_done<P: Protocol>(
     let done = match out.pump(&mut conn.proto, stream) {
         Ok(done) => done,
         Err(reason) => {
-            let detail = format!("could not answer the hello: {reason}");
-            stats.refused(Refused::NoHello, remote, Some(peer.as_str()), &detail);
             let local = CloseReason::Local(format!("could not answer the hello: {reason}"));
-            shut_as(ctx, conn, code::PROTOCOL_VIOLATION, "no hello", local);
+            let refusal = hello::Failure::Unanswered(reason);
+            refusal.count(&stats, remote, peer.as_str());
+            let (error_code, reason) = refusal.close();
+            shut_as(ctx, conn, error_code, &reason, local);
             return;
         }
     };
     match negotiate(&ctx.settings.hello, &theirs) {
         Err(mismatch) => {
-            let detail = format!("no common protocol version: {mismatch}");
-            stats.refused(
-                Refused::VersionMismatch,
-                remote,
-                Some(peer.as_str()),
-                &detail,
-            );
+            let refusal = hello::Failure::Mismatch(mismatch);
+            refusal.count(&stats, remote, peer.as_str());
             // Let the client read our hello and close; then close anyway.
             conn.deadline = Some(now + ctx.settings.handshake_timeout);
-            conn.phase = Phase::Mismatch {
-                reason: mismatch.to_string(),
-            };
+            conn.phase = Phase::Mismatch { refusal };
         }
         Ok(version) => {
             let info = LinkInfo {
@@ -2224,9 +2135,7 @@ fn read_stream<P: Protocol>(proto: &mut proto::Connection, link: &mut LinkCtl<P>
                 }
                 (Ok(StreamEnd::Finished), None) => Err(match reader.at_end() {
                     Some(e) => RequestFailure::Bad(e),
-                    None => RequestFailure::NoResponse(
-                        "the peer finished the stream without a response".into(),
-                    ),
+                    None => RequestFailure::NoResponse(wire::FINISHED_UNANSWERED.into()),
                 }),
                 (Ok(StreamEnd::Reset(code)), None) => {
                     Err(RequestFailure::NoResponse(stream_code_name(code)))
@@ -2256,13 +2165,7 @@ fn read_stream<P: Protocol>(proto: &mut proto::Connection, link: &mut LinkCtl<P>
                 },
                 Err(e) => e,
             };
-            crate::log_limit::bad_frame(
-                &link.info,
-                "bad request frame",
-                &format_args!(
-                    "rejected a request frame ({failure}); that stream is reset, the link stays up"
-                ),
-            );
+            wire::rejected_request(&link.info, &failure);
             let _ = proto.recv_stream(s).stop(code::FRAME_REJECTED);
             let _ = proto.send_stream(s).reset(code::FRAME_REJECTED);
         }
@@ -2284,14 +2187,7 @@ fn read_stream<P: Protocol>(proto: &mut proto::Connection, link: &mut LinkCtl<P>
                 }
             }
             if let Some(failure) = failure {
-                crate::log_limit::bad_frame(
-                    &link.info,
-                    "bad ordered frame",
-                    &format_args!(
-                        "bad frame on the ordered stream ({failure}); closing this connection only"
-                    ),
-                );
-                link.violation = Some(format!("bad frame on the ordered stream: {failure}"));
+                link.violation = Some(wire::ordered_violation(&link.info, &failure));
                 return;
             }
             if matches!(result, Ok(StreamEnd::Open)) {
@@ -2310,147 +2206,33 @@ fn on_app_datagram<P: Protocol>(conn: &mut Conn<P>, d: &[u8]) {
     let Phase::Up(link) = &mut conn.phase else {
         return;
     };
-    let Some((kind, id, frame)) = dgram::decode(d) else {
-        crate::log_limit::bad_frame(
-            &link.info,
-            "short datagram",
-            &format_args!(
-                "dropped a datagram of {} bytes, shorter than its header",
-                d.len()
-            ),
-        );
-        return;
-    };
-    match kind {
-        dgram::REQUEST => match decode_whole_frame::<P::Request>(frame, link.max_frame_bytes) {
-            Ok(request) => {
-                let responder = link.responder(ReplyTo::Datagram(id));
-                if !link.deliver_or_drop(Incoming::Request { request, responder }) {
-                    debug!(link = %link.info, "application behind: dropped a datagram request");
-                }
-            }
-            Err(e) => {
-                crate::log_limit::bad_frame(
-                    &link.info,
-                    "bad datagram request",
-                    &format_args!("rejected a datagram request ({e}); the link stays up"),
-                );
-                let _ = conn
-                    .proto
-                    .datagrams()
-                    .send(dgram::encode(dgram::REFUSED, id, &[]), true);
-            }
-        },
-        dgram::RESPONSE => match whole_frame_payload(frame, link.max_frame_bytes) {
-            Ok(payload) => {
-                if let Some(r) = link.datagrams.remove(&id) {
-                    let _ = r.answer.send(Ok(payload.to_vec()));
-                }
-            }
-            Err(e) => crate::log_limit::bad_frame(
-                &link.info,
-                "bad datagram response",
-                &format_args!("dropped a malformed datagram response ({e})"),
-            ),
-        },
-        dgram::REFUSED => {
-            if let Some(r) = link.datagrams.remove(&id) {
-                let _ = r.answer.send(Err(RequestFailure::NoResponse(
-                    "the peer refused the request unanswered".into(),
-                )));
+    match dgram::read::<P::Request>(d, &link.info, link.max_frame_bytes) {
+        Some(dgram::Datagram::Request { id, request }) => {
+            let responder = link.responder(ReplyTo::Datagram(id));
+            if !link.deliver_or_drop(Incoming::Request { request, responder }) {
+                debug!(link = %link.info, "application behind: dropped a datagram request");
             }
         }
-        dgram::TOO_LARGE => {
+        Some(dgram::Datagram::BadRequest { id }) => {
+            let _ = conn.proto.datagrams().send(dgram::refusal(id), true);
+        }
+        Some(dgram::Datagram::Response { id, payload }) => {
+            if let Some(r) = link.datagrams.remove(&id) {
+                let _ = r.answer.send(Ok(payload.to_vec()));
+            }
+        }
+        Some(dgram::Datagram::Refused { id }) => {
+            if let Some(r) = link.datagrams.remove(&id) {
+                let failure = RequestFailure::NoResponse(dgram::REFUSED_TEXT.into());
+                let _ = r.answer.send(Err(failure));
+            }
+        }
+        Some(dgram::Datagram::TooLarge { id }) => {
             if let Some(r) = link.datagrams.remove(&id) {
                 link.opening.push_back((id, r));
                 open_requests(&mut conn.proto, link);
             }
         }
-        other => crate::log_limit::bad_frame(
-            &link.info,
-            "unknown datagram",
-            &format_args!("dropped a datagram of unknown kind {other}"),
-        ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::FrameReader;
-    use vcodr_core::codec::{encode_frame, DecodeError, FRAME_HEADER_LEN};
-
-    const MAX: usize = 1024;
-
-    fn frame(text: &str) -> Vec<u8> {
-        encode_frame(&text, MAX).expect("encodes")
-    }
-
-    fn payload(text: &str) -> Vec<u8> {
-        frame(text)[FRAME_HEADER_LEN..].to_vec()
-    }
-
-    #[test]
-    fn frames_come_out_whole_however_the_stream_is_cut() {
-        let stream: Vec<u8> = [frame("hello"), frame(""), frame("ordered stream")].concat();
-        let expected = vec![payload("hello"), payload(""), payload("ordered stream")];
-        for cut in 0..=stream.len() {
-            let mut reader = FrameReader::default();
-            let mut out = Vec::new();
-            reader.push(&stream[..cut], MAX, &mut out).unwrap();
-            reader.push(&stream[cut..], MAX, &mut out).unwrap();
-            assert_eq!(out, expected, "cut at {cut}");
-            assert_eq!(reader.at_end(), None, "cut at {cut}");
-        }
-        // One byte at a time.
-        let mut reader = FrameReader::default();
-        let mut out = Vec::new();
-        for b in &stream {
-            reader.push(std::slice::from_ref(b), MAX, &mut out).unwrap();
-        }
-        assert_eq!(out, expected);
-    }
-
-    #[test]
-    fn a_lying_header_is_refused_before_its_payload_is_kept() {
-        let mut reader = FrameReader::default();
-        let mut out = Vec::new();
-        let mut header = frame("x")[..FRAME_HEADER_LEN].to_vec();
-        header[1..5].copy_from_slice(&(MAX as u32 + 1).to_be_bytes());
-        let err = reader
-            .push(&[header, vec![0; 64]].concat(), MAX, &mut out)
-            .unwrap_err();
-        assert_eq!(
-            err,
-            DecodeError::TooLarge {
-                len: MAX + 1,
-                max: MAX
-            }
-        );
-        assert_eq!(reader.buf.len(), FRAME_HEADER_LEN);
-        assert!(out.is_empty());
-    }
-
-    #[test]
-    fn a_stream_ending_mid_frame_is_truncated() {
-        let whole = frame("cut short");
-        let mut reader = FrameReader::default();
-        let mut out = Vec::new();
-        reader.push(&whole[..3], MAX, &mut out).unwrap();
-        assert_eq!(
-            reader.at_end(),
-            Some(DecodeError::Truncated {
-                needed: FRAME_HEADER_LEN,
-                have: 3
-            })
-        );
-        reader.push(&whole[3..8], MAX, &mut out).unwrap();
-        assert_eq!(
-            reader.at_end(),
-            Some(DecodeError::Truncated {
-                needed: whole.len(),
-                have: 8
-            })
-        );
-        assert!(out.is_empty());
+        None => {}
     }
 }
