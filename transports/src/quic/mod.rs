@@ -6,12 +6,12 @@
 //! server's name), then its role ([`Protocol::ACCEPTS`] on the listening
 //! side, [`Protocol::SERVES`] on the dialling side): see
 //! [`server_tls_config`] and [`client_tls_config`], which both drivers use.
-//! The link's [`PeerId`] is read from the verified leaf certificate: name,
+//! The link's [`PeerId`](crate::PeerId) is read from the verified leaf certificate: name,
 //! role and public key, nothing else of it kept.
 //!
 //! # Streams of a connection
-//! - The client opens the first bidirectional stream and sends its [`Hello`];
-//!   the server answers with its own. Both call [`negotiate`]; on a mismatch
+//! - The client opens the first bidirectional stream and sends its [`Hello`](vcodr_core::codec::Hello);
+//!   the server answers with its own. Both call [`negotiate`](vcodr_core::codec::negotiate); on a mismatch
 //!   the client closes with [`code::VERSION_MISMATCH`] and both versions are
 //!   named on both sides. The hello is the first application message: only a
 //!   link that completed it is handed to the application (a client without a
@@ -31,8 +31,8 @@
 //! - `tls`: rustls and quinn configurations, the peer's identity, refusals
 //!   read back from failed handshakes.
 //! - `socket`: the UDP socket, its buffers and its refused sends.
-//! - `quinn_driver`: [`QuicDriver::Quinn`](crate::QuicDriver::Quinn), on quinn's tasks.
-//! - `hub`: [`QuicDriver::Hub`](crate::QuicDriver::Hub), one task per socket over quinn-proto.
+//! - `quinn_driver`: [`QuicDriver::Quinn`], on quinn's tasks.
+//! - `hub`: [`QuicDriver::Hub`], one task per socket over quinn-proto.
 //!
 //! This module owns [`QuicTransport`] and hands each call to the socket's driver.
 

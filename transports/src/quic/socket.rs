@@ -110,7 +110,7 @@ impl quinn::AsyncUdpSocket for CountingSocket {
 const EMSGSIZE: i32 = 90;
 
 /// Whether a refused UDP send counts in
-/// [`QuicTransport::udp_send_failures`]: every error but `EMSGSIZE`, which
+/// [`QuicTransport::udp_send_failures`](super::QuicTransport::udp_send_failures): every error but `EMSGSIZE`, which
 /// path MTU discovery provokes on purpose with its probes (quinn-udp passes
 /// it over too). A would-block is one where the driver drops the packet (the
 /// hub); quinn's driver waits instead and never asks.

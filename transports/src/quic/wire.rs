@@ -164,7 +164,7 @@ pub(crate) mod hello {
 /// Datagram requests and responses: a 9-byte header (kind, then the
 /// request id as a big-endian u64) before an ordinary frame. A request goes
 /// on a stream instead when it does not fit in a datagram; a response that
-/// does not fit is answered [`TOO_LARGE`], and the requester asks again on
+/// does not fit is answered [`TOO_LARGE`](dgram::TOO_LARGE), and the requester asks again on
 /// a stream.
 pub(crate) mod dgram {
     use serde::de::DeserializeOwned;
