@@ -13,7 +13,7 @@
 //!   (like vcodr's) that must survive resends after reconnects;
 //! - **partition** of two hosts: like QUIC, frames wait while partitioned and
 //!   flow once healed, unless the partition outlasts the link's idle
-//!   timeout, which then closes it ([`CloseReason::TimedOut`]); dialling
+//!   timeout, which then closes it ([`CloseReason::TimedOut`](crate::CloseReason::TimedOut)); dialling
 //!   across a partition times out after the handshake timeout;
 //! - **crash** of a host: its links reset, its listener vanishes.
 //!
@@ -39,27 +39,26 @@
 //! Print the seed on failure ([`MemNetwork::seed`]).
 
 use std::any::Any;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::time::Instant;
-use tracing::{debug, warn};
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
 use vcodr_core::codec::{negotiate, Hello};
 use vcodr_core::CertRole;
 
-use crate::error::{CloseReason, ConnectError, Refusal, SetupError};
-use crate::link::{
-    decode_whole_frame, whole_frame_payload, Backend, Connection, Incoming, IncomingTx, LinkInfo,
-    Listener, ListenerGuard, ListenerStats, PeerId, PendingRequests, Refused, RequestFailure,
-    Responder, ResponderInner,
-};
+use crate::error::{ConnectError, Refusal, SetupError};
+use crate::link::{Connection, LinkInfo, Listener, ListenerGuard, ListenerStats, PeerId, Refused};
 use crate::rng::SplitMix64;
 use crate::settings::{Settings, SettingsError};
 use crate::{Protocol, Transport};
+
+mod pipe;
+
+use pipe::{Cause, End, MemLinkShared, Pipe, Side};
+pub(crate) use pipe::{MemLink, MemResponder};
 
 /// Faults of a directed link. Probabilities are in `[0, 1]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -333,7 +332,7 @@ impl MemNetwork {
     }
 
     /// The host at `addr` crashes: its listener goes, its links reset (its
-    /// own handles see them closed locally, peers see [`CloseReason::Reset`]).
+    /// own handles see them closed locally, peers see [`CloseReason::Reset`](crate::CloseReason::Reset)).
     pub fn crash(&self, addr: SocketAddr) {
         let mut cut = Vec::new();
         {
@@ -750,442 +749,6 @@ impl Drop for MemListenerGuard {
             .is_some_and(|slot| slot.generation == self.generation)
         {
             state.listeners.remove(&self.addr);
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Side {
-    Client,
-    Server,
-}
-
-#[derive(Clone, Debug)]
-enum Cause {
-    App(String),
-    Protocol(String),
-    Partition,
-    Crash,
-}
-
-/// The state both ends of one mem link share: whether and why it closed.
-struct MemLinkShared {
-    closed: watch::Sender<Option<(Side, Cause)>>,
-}
-
-impl MemLinkShared {
-    fn new() -> Self {
-        MemLinkShared {
-            closed: watch::channel(None).0,
-        }
-    }
-
-    /// Closes the link; false if it was closed already.
-    fn close(&self, by: Side, cause: Cause) -> bool {
-        self.closed.send_if_modified(|state| {
-            if state.is_some() {
-                return false;
-            }
-            *state = Some((by, cause.clone()));
-            true
-        })
-    }
-
-    fn reason_for(&self, side: Side) -> Option<CloseReason> {
-        let state = self.closed.borrow();
-        let (by, cause) = state.as_ref()?;
-        let ours = *by == side;
-        Some(match cause {
-            Cause::App(reason) if ours => CloseReason::Local(reason.clone()),
-            Cause::App(reason) => CloseReason::Peer(reason.clone()),
-            Cause::Protocol(reason) if ours => CloseReason::Protocol(reason.clone()),
-            Cause::Protocol(reason) => CloseReason::Peer(format!("protocol violation: {reason}")),
-            Cause::Partition => CloseReason::TimedOut,
-            Cause::Crash if ours => CloseReason::Local("this host crashed".into()),
-            Cause::Crash => CloseReason::Reset,
-        })
-    }
-
-    async fn closed(&self, side: Side) -> CloseReason {
-        let mut rx = self.closed.subscribe();
-        // The sender lives in `self`, so `wait_for` cannot see it dropped.
-        let _ = rx.wait_for(Option::is_some).await;
-        self.reason_for(side).unwrap_or(CloseReason::Reset)
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Message,
-    Request(u64),
-    Response(u64),
-    Refused(u64),
-}
-
-#[derive(Clone, Debug)]
-struct Packet {
-    kind: Kind,
-    frame: Vec<u8>,
-}
-
-/// Requests awaiting a response (or a refusal, as text).
-type Pending = Arc<PendingRequests<Result<Vec<u8>, String>>>;
-
-/// The mem half of a [`Backend`]: one side of a link.
-pub(crate) struct MemLink {
-    shared: Arc<MemLinkShared>,
-    side: Side,
-    outgoing: mpsc::Sender<Packet>,
-    pending: Pending,
-    request_slots: Semaphore,
-    max_frame_bytes: usize,
-    request_timeout: Duration,
-}
-
-/// Removes a request's slot when the request ends, however it ends.
-impl MemLink {
-    fn reason(&self) -> CloseReason {
-        self.shared
-            .reason_for(self.side)
-            .unwrap_or(CloseReason::Reset)
-    }
-
-    pub(crate) async fn send_frame(&self, frame: Vec<u8>) -> Result<(), CloseReason> {
-        if let Some(reason) = self.shared.reason_for(self.side) {
-            return Err(reason);
-        }
-        self.outgoing
-            .send(Packet {
-                kind: Kind::Message,
-                frame,
-            })
-            .await
-            .map_err(|_| self.reason())
-    }
-
-    pub(crate) async fn request(&self, frame: Vec<u8>) -> Result<Vec<u8>, RequestFailure> {
-        let exchange = async {
-            // The semaphore is never closed, so acquiring only waits.
-            let _permit = self
-                .request_slots
-                .acquire()
-                .await
-                .map_err(|_| RequestFailure::Closed(self.reason()))?;
-            if let Some(reason) = self.shared.reason_for(self.side) {
-                return Err(RequestFailure::Closed(reason));
-            }
-            let (slot, rx) = self.pending.register();
-            self.outgoing
-                .send(Packet {
-                    kind: Kind::Request(slot.id),
-                    frame,
-                })
-                .await
-                .map_err(|_| RequestFailure::Closed(self.reason()))?;
-            let answer = tokio::select! {
-                biased;
-                answer = rx => answer,
-                reason = self.shared.closed(self.side) => return Err(RequestFailure::Closed(reason)),
-            };
-            match answer {
-                Ok(Ok(frame)) => whole_frame_payload(&frame, self.max_frame_bytes)
-                    .map(<[u8]>::to_vec)
-                    .map_err(RequestFailure::Bad),
-                Ok(Err(reason)) => Err(RequestFailure::NoResponse(reason)),
-                Err(_) => Err(RequestFailure::Closed(self.reason())),
-            }
-        };
-        match tokio::time::timeout(self.request_timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(RequestFailure::TimedOut),
-        }
-    }
-
-    pub(crate) fn request_timeout(&self) -> Duration {
-        self.request_timeout
-    }
-
-    pub(crate) fn close(&self, reason: &str) {
-        self.shared.close(self.side, Cause::App(reason.to_string()));
-    }
-
-    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
-        self.shared.reason_for(self.side)
-    }
-
-    pub(crate) async fn closed(&self) -> CloseReason {
-        self.shared.closed(self.side).await
-    }
-}
-
-/// Answers one request over a mem link.
-pub(crate) struct MemResponder {
-    id: u64,
-    outgoing: mpsc::Sender<Packet>,
-}
-
-impl MemResponder {
-    pub(crate) async fn respond(self, frame: Vec<u8>) -> Result<(), String> {
-        self.outgoing
-            .send(Packet {
-                kind: Kind::Response(self.id),
-                frame,
-            })
-            .await
-            .map_err(|_| "the link closed".to_string())
-    }
-
-    pub(crate) fn refuse(self) {
-        // Best effort, like a QUIC stream reset: if the queue is full or the
-        // link closed, the requester times out instead.
-        let _ = self.outgoing.try_send(Packet {
-            kind: Kind::Refused(self.id),
-            frame: Vec::new(),
-        });
-    }
-}
-
-/// Where a pipe delivers: the receiving side's queues.
-struct Dest<P: Protocol> {
-    incoming: IncomingTx<P>,
-    pending: Pending,
-    /// The receiving side's own outgoing queue, for its responders.
-    outgoing: mpsc::Sender<Packet>,
-    info: Arc<LinkInfo>,
-    side: Side,
-    max_frame_bytes: usize,
-}
-
-struct EndParts<P: Protocol> {
-    dest: Dest<P>,
-    outgoing: mpsc::Receiver<Packet>,
-}
-
-struct End {
-    outgoing: (mpsc::Sender<Packet>, mpsc::Receiver<Packet>),
-    pending: Pending,
-}
-
-impl End {
-    fn new(settings: &Settings) -> Self {
-        End {
-            outgoing: mpsc::channel(settings.max_pending_sends),
-            pending: Arc::default(),
-        }
-    }
-
-    fn connection<P: Protocol>(
-        self,
-        info: LinkInfo,
-        shared: &Arc<MemLinkShared>,
-        side: Side,
-        settings: &Settings,
-        max_frame_bytes: usize,
-    ) -> (Connection<P>, EndParts<P>) {
-        let (incoming_tx, incoming_rx) = mpsc::channel(settings.max_pending_incoming);
-        let (out_tx, out_rx) = self.outgoing;
-        let link = MemLink {
-            shared: shared.clone(),
-            side,
-            outgoing: out_tx.clone(),
-            pending: self.pending.clone(),
-            request_slots: Semaphore::new(settings.max_concurrent_requests as usize),
-            max_frame_bytes,
-            request_timeout: settings.request_timeout,
-        };
-        let connection = Connection::new(info, max_frame_bytes, Backend::Mem(link), incoming_rx);
-        let dest = Dest {
-            incoming: incoming_tx,
-            pending: self.pending,
-            outgoing: out_tx,
-            info: connection.info_arc(),
-            side,
-            max_frame_bytes,
-        };
-        (
-            connection,
-            EndParts {
-                dest,
-                outgoing: out_rx,
-            },
-        )
-    }
-}
-
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Due {
-    at: Instant,
-    seq: u64,
-}
-
-/// Carries one direction of one link through the faults.
-struct Pipe<P: Protocol> {
-    net: MemNetwork,
-    from: SocketAddr,
-    to: SocketAddr,
-    rng: SplitMix64,
-    capacity: usize,
-    dest: Dest<P>,
-    shared: Arc<MemLinkShared>,
-}
-
-impl<P: Protocol> Pipe<P> {
-    async fn run(mut self, mut input: mpsc::Receiver<Packet>) {
-        let mut due: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
-        let mut packets: HashMap<u64, Packet> = HashMap::new();
-        let mut seq = 0u64;
-        let mut fifo_at = Instant::now();
-        let mut input_open = true;
-        let mut closed = self.shared.closed.subscribe();
-        let mut topology = self.net.inner.topology.subscribe();
-        loop {
-            if closed.borrow_and_update().is_some() || (!input_open && due.is_empty()) {
-                return;
-            }
-            topology.borrow_and_update();
-            let blocked = self.net.state().blocked(self.from, self.to);
-            let next_at = if blocked {
-                None
-            } else {
-                due.peek().map(|d| d.0.at)
-            };
-            tokio::select! {
-                biased;
-                _ = closed.changed() => {}
-                _ = topology.changed(), if blocked => {}
-                _ = tokio::time::sleep_until(next_at.unwrap_or_else(Instant::now)), if next_at.is_some() => {
-                    if let Some(Reverse(next)) = due.pop() {
-                        if let Some(packet) = packets.remove(&next.seq) {
-                            if !self.deliver(packet, &mut closed).await {
-                                return;
-                            }
-                        }
-                    }
-                }
-                packet = input.recv(), if input_open && due.len() < self.capacity => match packet {
-                    None => input_open = false,
-                    Some(packet) => self.schedule(packet, &mut due, &mut packets, &mut seq, &mut fifo_at),
-                },
-            }
-        }
-    }
-
-    fn schedule(
-        &mut self,
-        packet: Packet,
-        due: &mut BinaryHeap<Reverse<Due>>,
-        packets: &mut HashMap<u64, Packet>,
-        seq: &mut u64,
-        fifo_at: &mut Instant,
-    ) {
-        let faults = self.net.state().faults(self.from, self.to);
-        // A fixed number of draws per frame, so that enabling one fault does
-        // not shift the choices of the others.
-        let dropped = self.rng.chance(faults.drop);
-        let duplicated = self.rng.chance(faults.duplicate);
-        let now = Instant::now();
-        let mut copies = Vec::with_capacity(2);
-        for _ in 0..2 {
-            let delay = self
-                .rng
-                .duration_between(faults.delay_min, faults.delay_max);
-            let reordered = self.rng.chance(faults.reorder);
-            let hold = self.rng.duration_between(
-                Duration::from_millis(1),
-                faults.delay_max.max(Duration::from_millis(1)) * 2,
-            );
-            copies.push((delay, reordered, hold));
-        }
-        let copy_count = if dropped {
-            0
-        } else if duplicated {
-            2
-        } else {
-            1
-        };
-        {
-            let mut state = self.net.state();
-            if dropped {
-                state.counts.dropped += 1;
-            }
-            if duplicated && !dropped {
-                state.counts.duplicated += 1;
-            }
-        }
-        for (delay, reordered, hold) in copies.into_iter().take(copy_count) {
-            let at = if reordered {
-                self.net.state().counts.reordered += 1;
-                now + delay + hold
-            } else {
-                let at = (now + delay).max(*fifo_at);
-                *fifo_at = at;
-                at
-            };
-            packets.insert(*seq, packet.clone());
-            due.push(Reverse(Due { at, seq: *seq }));
-            *seq += 1;
-        }
-    }
-
-    /// Hands `packet` over; false once the link is closed.
-    async fn deliver(
-        &mut self,
-        packet: Packet,
-        closed: &mut watch::Receiver<Option<(Side, Cause)>>,
-    ) -> bool {
-        self.net.state().counts.delivered += 1;
-        let dest = &self.dest;
-        let incoming = match packet.kind {
-            Kind::Response(id) => {
-                dest.pending.answer(id, Ok(packet.frame));
-                return true;
-            }
-            Kind::Refused(id) => {
-                dest.pending
-                    .answer(id, Err("the peer dropped the request unanswered".into()));
-                return true;
-            }
-            Kind::Message => {
-                match decode_whole_frame::<P::Message>(&packet.frame, dest.max_frame_bytes) {
-                    Ok(message) => Incoming::Message(message),
-                    Err(e) => {
-                        warn!(link = %dest.info, reason = %e, "bad frame on the ordered stream; closing this connection only");
-                        self.shared.close(
-                            dest.side,
-                            Cause::Protocol(format!("bad frame on the ordered stream: {e}")),
-                        );
-                        return false;
-                    }
-                }
-            }
-            Kind::Request(id) => {
-                match decode_whole_frame::<P::Request>(&packet.frame, dest.max_frame_bytes) {
-                    Ok(request) => Incoming::Request {
-                        request,
-                        responder: Responder::new(
-                            dest.info.clone(),
-                            dest.max_frame_bytes,
-                            ResponderInner::Mem(MemResponder {
-                                id,
-                                outgoing: dest.outgoing.clone(),
-                            }),
-                        ),
-                    },
-                    Err(e) => {
-                        warn!(link = %dest.info, reason = %e, "rejected a request frame; the link stays up");
-                        let _ = dest.outgoing.try_send(Packet {
-                            kind: Kind::Refused(id),
-                            frame: Vec::new(),
-                        });
-                        return true;
-                    }
-                }
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = closed.wait_for(Option::is_some) => false,
-            sent = dest.incoming.send(Box::new(incoming)) => sent.is_ok(),
         }
     }
 }
