@@ -546,5 +546,5 @@ pub fn check_readers(s: &dyn Storage, reference: &MemStore, ctx: &str) {
 }
 
 mod gen;
-use gen::{put_entry, CLIENTS, KEYS};
 pub use gen::{contact_sample, meta_sample, transition_sample, OpGen};
+use gen::{put_entry, CLIENTS, KEYS};
