@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vcodr_benches::pair::{Durability, Pair, Side};
 use vcodr_benches::{heartbeat_input, standalone_server};
+use vcodr_core::testing::drain_with;
 use vcodr_core::*;
 
 /// Distinct clients heartbeating, round-robin.
@@ -61,12 +62,12 @@ fn run(server: &mut Server, templates: &[Input], iters: u64, next: &mut usize) -
         for input in inputs.drain(..) {
             server.handle_input(now, input);
             let mut replies = 0;
-            while let Some(out) = server.poll_output() {
+            drain_with(server, |out| {
                 if matches!(out, Output::ReplyEdge { .. }) {
                     replies += 1;
                 }
                 drop(black_box(out));
-            }
+            });
             assert_eq!(replies, 1, "one ReplyEdge per heartbeat");
         }
         elapsed += start.elapsed();
@@ -156,9 +157,7 @@ fn heartbeats(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % CLIENTS;
             server.handle_input(Now::at(2_000), heartbeat_input(i, i as u64, 1, None));
-            while let Some(out) = server.poll_output() {
-                drop(black_box(out));
-            }
+            drain_with(&mut server, |out| drop(black_box(out)));
         })
     });
     g.finish();

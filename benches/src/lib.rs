@@ -55,11 +55,7 @@ pub fn keyed(server: Server) -> Server {
 /// A STANDALONE / UNCONFIGURED server whose start-up outputs were carried out.
 pub fn standalone_server() -> Server {
     let mut server = Server::new(ServerConfig::default(), server_info(1), Now::at(0));
-    while let Some(out) = server.poll_output() {
-        if let Output::Persist { seq, .. } = out {
-            server.handle_input(Now::at(0), Input::Persisted { up_to: seq });
-        }
-    }
+    let _ = vcodr_core::testing::settle(&mut server, Now::at(0));
     server
 }
 
@@ -128,8 +124,8 @@ mod tests {
     #[test]
     fn a_heartbeat_gets_exactly_one_reply_and_a_contact_row() {
         let mut server = standalone_server();
-        server.handle_input(Now::at(1), heartbeat_input(7, 1, 1, None));
-        let outs: Vec<Output> = std::iter::from_fn(|| server.poll_output()).collect();
+        let outs =
+            vcodr_core::testing::step(&mut server, Now::at(1), heartbeat_input(7, 1, 1, None));
         assert!(
             matches!(
                 outs.as_slice(),

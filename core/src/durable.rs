@@ -53,16 +53,23 @@ pub fn apply_entry(state: &mut Snapshot, entry: &Entry) {
             state.docs.remove(key);
             state.config_index = entry.index;
         }
-        Op::Samples { client, samples } => {
-            if let Some(last) = samples.last() {
-                let seq = state.sample_seq.entry(client.clone()).or_insert(0);
-                *seq = (*seq).max(last.seq);
-            }
-        }
+        Op::Samples { .. } => fold_sample_seq(&mut state.sample_seq, &entry.op),
         Op::EpochStart => state.epoch_starts.push((entry.epoch, entry.index)),
     }
     state.index = entry.index;
     state.epoch = entry.epoch;
+}
+
+/// Folds the samples of `op` into the highest sample seq of each client:
+/// the one rule both for the applied state (`Snapshot::sample_seq`) and for
+/// what the log holds beyond it (a server's pending seqs).
+pub(crate) fn fold_sample_seq(seqs: &mut BTreeMap<ClientId, u64>, op: &Op) {
+    if let Op::Samples { client, samples } = op {
+        if let Some(last) = samples.last() {
+            let seq = seqs.entry(client.clone()).or_insert(0);
+            *seq = (*seq).max(last.seq);
+        }
+    }
 }
 
 /// The reference durable store.

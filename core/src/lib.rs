@@ -80,5 +80,5 @@ pub use durable::{MemStore, Restored};
 pub use edge::{Edge, EdgeEvent, EdgeInput, EdgeOutput, EdgeTimer, ServerSlot};
 pub use msg::*;
 pub use proof::{EpochClaim, EpochProof, Keys, ProofKeys};
-pub use server::{ClientContact, ClientCount, Server, Status};
+pub use server::{ClientContact, ClientCount, ReplicationMode, Server, Status};
 pub use types::*;

@@ -1,11 +1,57 @@
 //! Test support (cargo feature `testing`): stand-in keys and identities for
-//! the core's tests, the benches and the model checker. Nothing here is
-//! cryptography; production servers use `vcodr-transport`'s keys.
+//! the core's tests, the benches and the model checker, and the one way they
+//! drain a machine's outputs ([`drain`], [`drain_edge`], [`step`],
+//! [`drain_with`], [`settle`]). Nothing here is cryptography; production
+//! servers use `vcodr-transport`'s keys.
 
+use crate::api::{Input, Now, Output};
+use crate::edge::{Edge, EdgeOutput};
 use crate::msg::*;
 use crate::proof::{EpochClaim, EpochProof, Keys, ProofKeys};
 use crate::types::*;
 use std::sync::Arc;
+
+/// Every output `server` has queued, in the order produced.
+pub fn drain(server: &mut crate::Server) -> Vec<Output> {
+    std::iter::from_fn(|| server.poll_output()).collect()
+}
+
+/// Every output `edge` has queued, in the order produced.
+pub fn drain_edge(edge: &mut Edge) -> Vec<EdgeOutput> {
+    std::iter::from_fn(|| edge.poll_output()).collect()
+}
+
+/// Feeds `input` to `server` at `now` and returns what it produced.
+pub fn step(server: &mut crate::Server, now: Now, input: Input) -> Vec<Output> {
+    server.handle_input(now, input);
+    drain(server)
+}
+
+/// Hands every queued output of `server` to `f`, in order, without
+/// collecting them (for benches: no allocation of its own).
+#[inline]
+pub fn drain_with(server: &mut crate::Server, mut f: impl FnMut(Output)) {
+    while let Some(out) = server.poll_output() {
+        f(out);
+    }
+}
+
+/// Drains `server` as a lossless, instant storage would: every `Persist`
+/// is confirmed at once with `Persisted` at `now` (its ops are dropped: for
+/// a server whose storage does not matter to the test); the other outputs
+/// are returned in order.
+pub fn settle(server: &mut crate::Server, now: Now) -> Vec<Output> {
+    let mut rest = Vec::new();
+    while let Some(out) = server.poll_output() {
+        match out {
+            Output::Persist { seq, .. } => {
+                server.handle_input(now, Input::Persisted { up_to: seq })
+            }
+            other => rest.push(other),
+        }
+    }
+    rest
+}
 
 /// Stand-in keys of the server called `name`: the "public key" is
 /// `test-key:<name>`, a "signature" is that key and a digest of the message.

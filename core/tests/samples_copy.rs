@@ -67,8 +67,7 @@ impl Hand {
     fn feed(&mut self, i: usize, input: Input) -> Vec<Output> {
         self.t += 1;
         let s = self.servers[i].as_mut().expect("running");
-        s.handle_input(Now::at(self.t), input);
-        std::iter::from_fn(|| s.poll_output()).collect()
+        vcodr_core::testing::step(s, Now::at(self.t), input)
     }
 
     /// Makes every `Persist` of `outs` durable on server `i` and confirms it.
@@ -125,7 +124,7 @@ impl Hand {
         let restored = self.stores[i].restored();
         let mut s = Server::restore(self.cfgs[i].clone(), info(i), restored, Now::at(self.t))
             .with_keys(keys(i));
-        let out = std::iter::from_fn(|| s.poll_output()).collect();
+        let out = vcodr_core::testing::drain(&mut s);
         self.servers[i] = Some(s);
         out
     }
@@ -171,6 +170,9 @@ fn snapshot_installed_on_b() -> Hand {
     let mut sim = Sim::new(5, OnStandbyLoss::Block, 0);
     for i in [A, B] {
         sim.servers[i].cfg.max_batch_bytes = BATCH_BYTES;
+        // A sample must fit a monitoring batch (half a replication batch).
+        sim.servers[i].cfg.max_sample_bytes = BATCH_BYTES / 2;
+        assert_eq!(sim.servers[i].cfg.validate(), Ok(()));
         sim.crash(i);
         sim.restart(i);
     }

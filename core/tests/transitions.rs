@@ -5,9 +5,7 @@ mod sim;
 use sim::*;
 use vcodr_core::*;
 
-fn drain(s: &mut Server) -> Vec<Output> {
-    std::iter::from_fn(|| s.poll_output()).collect()
-}
+use vcodr_core::testing::drain;
 
 fn fresh() -> Server {
     let mut s = Server::new(
@@ -962,7 +960,7 @@ fn samples_are_stored_once_however_often_they_are_sent() {
         })
         .collect();
     assert_eq!(acks, vec![3, 4]);
-    assert_eq!(s.status().samples_stored, 4);
+    assert_eq!(s.status().samples_stored_since_start, 4);
     // Re-sent after commit: acknowledged at once, nothing appended.
     s.handle_input(
         Now::at(4),
@@ -1401,8 +1399,7 @@ fn an_active_restarted_with_its_standby_already_lost_refuses_writes_at_once() {
 }
 
 fn drain_after(s: &mut Server, now: u64, input: Input) -> Vec<Output> {
-    s.handle_input(Now::at(now), input);
-    drain(s)
+    vcodr_core::testing::step(s, Now::at(now), input)
 }
 
 /// One monitoring batch of `client` at `at_ms`: `n` samples of `bytes` each, from seq `from`.

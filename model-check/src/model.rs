@@ -521,7 +521,7 @@ impl DrModel {
             if let Some(i) = next.pop_front() {
                 srv.handle_input(NOW, i);
             }
-            let outs: Vec<Output> = std::iter::from_fn(|| srv.poll_output()).collect();
+            let outs: Vec<Output> = vcodr_core::testing::drain(srv);
             let epoch = srv.epoch();
             let pair = srv.pair_id();
             // A write or sample acknowledged while the active is degraded went
@@ -710,7 +710,7 @@ impl DrModel {
         if let Some(i) = input {
             node.edge.handle_input(0, i);
         }
-        let outs: Vec<EdgeOutput> = std::iter::from_fn(|| node.edge.poll_output()).collect();
+        let outs: Vec<EdgeOutput> = vcodr_core::testing::drain_edge(&mut node.edge);
         for out in outs {
             match out {
                 EdgeOutput::Send { server, msg, .. } => {

@@ -37,7 +37,8 @@ fn check(cfg: ModelCfg, pinned_unique_states: usize) -> Report {
 
 #[test]
 fn failover_model() {
-    check(ModelCfg::ci(), 60_874);
+    // 60,874 before a server leaving a role forgot that role's state (see the README).
+    check(ModelCfg::ci(), 57_157);
 }
 
 #[test]
@@ -68,7 +69,7 @@ fn hostile_setup_model() {
 
 /// Every peer forgery is refused at admission and changes nothing but the
 /// "refused" milestone: exactly twice the states of the model without `x`.
-const HOSTILE_PEER_STATES: usize = 2 * 60_874;
+const HOSTILE_PEER_STATES: usize = 2 * 57_157;
 const HOSTILE_SETUP_STATES: usize = 2 * 23_458;
 
 #[test]
@@ -80,7 +81,8 @@ fn setup_model() {
 /// alone, then the rejoin of its zombie (a snapshot and the sample copy).
 #[test]
 fn samples_model() {
-    check(ModelCfg::ci_samples(), 161_336);
+    // 161,336 before a server leaving a role forgot that role's state (see the README).
+    check(ModelCfg::ci_samples(), 153_324);
 }
 
 #[test]

@@ -19,7 +19,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use vcodr_server::cluster::{temp_dir, ProcCluster};
+use vcodr_server::tools::cluster::{temp_dir, ProcCluster};
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -14,7 +14,7 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vcodr_server::cluster::{temp_dir, ProcCluster};
+use vcodr_server::tools::cluster::{temp_dir, ProcCluster};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {

@@ -1,10 +1,11 @@
 //! The command line (SPEC §8).
 
-use crate::ctl::{self, ApiError, ArchiveItem, Client};
+use crate::tools::ctl::{self, ApiError, ArchiveItem, Client};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use std::path::PathBuf;
+use vcodr_core::Method;
 use vcodr_transport::certs::ServerSpec;
 
 #[derive(Debug, Parser)]
@@ -91,7 +92,7 @@ pub enum Cmd {
         control: bool,
         /// Who drives the edges' QUIC connections: hub (one task per UDP
         /// socket) or quinn (a task per connection).
-        #[arg(long, default_value = "hub", value_parser = crate::config::parse_quic_driver)]
+        #[arg(long, default_value = "hub", value_parser = crate::serve::config::parse_quic_driver)]
         quic_driver: vcodr_transport::QuicDriver,
     },
     /// Run one server.
@@ -249,7 +250,7 @@ pub enum CtlCmd {
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    if let Err(e) = crate::log::init(&cli.log_format) {
+    if let Err(e) = crate::serve::log::init(&cli.log_format) {
         eprintln!("error: {e:#}");
         return 2;
     }
@@ -283,7 +284,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             dir,
             keep_dir,
         } => {
-            crate::demo::main(crate::demo::DemoOptions {
+            crate::tools::demo::main(crate::tools::demo::DemoOptions {
                 edges,
                 writes,
                 writers,
@@ -311,7 +312,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let [a, b]: [String; 2] = servers
                 .try_into()
                 .map_err(|_| anyhow::anyhow!("--servers takes exactly two addresses A,B"))?;
-            let settings = crate::edge_sim::SimSettings {
+            let settings = crate::tools::edge_sim::SimSettings {
                 servers: [a, b],
                 count,
                 heartbeat_interval_ms: heartbeat_ms,
@@ -322,7 +323,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 cache_bytes,
                 ..Default::default()
             };
-            let summary = crate::edge_sim::run_cli(
+            let summary = crate::tools::edge_sim::run_cli(
                 &certs,
                 settings.clone(),
                 duration_s.map(std::time::Duration::from_secs),
@@ -339,7 +340,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Serve { config } => {
-            let cfg = crate::config::FileConfig::load(&config)?;
+            let cfg = crate::serve::config::FileConfig::load(&config)?;
             match crate::serve::run(cfg).await {
                 Ok(()) => Ok(0),
                 Err(e) if e.is::<crate::serve::StorageFailed>() => {
@@ -622,36 +623,31 @@ async fn ctl_main(a: CtlArgs) -> anyhow::Result<i32> {
     let client = Client::from_files(&a.server, &a.token_file, a.ca.as_deref())?;
     let (method, params) = match &a.cmd {
         CtlCmd::Status => (
-            "disasterRecovery/getReplicationStatus",
+            Method::GetReplicationStatus,
             json!({"with": ["clientCount", "stateHistory"]}),
         ),
-        CtlCmd::PrepareStandby => ("disasterRecovery/prepareForStandby", json!({})),
+        CtlCmd::PrepareStandby => (Method::PrepareForStandby, json!({})),
         CtlCmd::ConfigureActive {
             standby_address,
             standby_uuid,
             pairing_token,
         } => (
-            "disasterRecovery/configureActiveForReplication",
+            Method::ConfigureActiveForReplication,
             json!({"standbyList": [{"standbyAddress": standby_address, "standbyUuid": standby_uuid}], "pairingToken": pairing_token}),
         ),
-        CtlCmd::Promote { force } => (
-            "disasterRecovery/promoteStandbyToActive",
-            json!({"force": force}),
-        ),
-        CtlCmd::Demote { force } => ("disasterRecovery/demoteActive", json!({"force": force})),
-        CtlCmd::RemoveStandby { force } => {
-            ("disasterRecovery/removeStandby", json!({"force": force}))
-        }
-        CtlCmd::Rejoin => ("disasterRecovery/rejoinAsStandby", json!({})),
-        CtlCmd::Get { key } => ("configuration/get", json!({"key": key})),
+        CtlCmd::Promote { force } => (Method::PromoteStandbyToActive, json!({"force": force})),
+        CtlCmd::Demote { force } => (Method::DemoteActive, json!({"force": force})),
+        CtlCmd::RemoveStandby { force } => (Method::RemoveStandby, json!({"force": force})),
+        CtlCmd::Rejoin => (Method::RejoinAsStandby, json!({})),
+        CtlCmd::Get { key } => (Method::ConfigurationGet, json!({"key": key})),
         CtlCmd::Put { key, value } => {
             let v: Value = serde_json::from_str(value).with_context(|| {
                 format!("VALUE {value:?} is not JSON (quote strings: '\"text\"')")
             })?;
-            ("configuration/put", json!({"key": key, "value": v}))
+            (Method::ConfigurationPut, json!({"key": key, "value": v}))
         }
-        CtlCmd::Delete { key } => ("configuration/delete", json!({"key": key})),
-        CtlCmd::List => ("configuration/list", json!({})),
+        CtlCmd::Delete { key } => (Method::ConfigurationDelete, json!({"key": key})),
+        CtlCmd::List => (Method::ConfigurationList, json!({})),
         CtlCmd::Archive { offset, limit, out } => {
             return ctl_archive(&client, *offset, *limit, out.as_deref(), a.json).await
         }

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use vcodr_server::cluster::{temp_dir, ProcCluster, FAST_TIMERS};
+use vcodr_server::tools::cluster::{temp_dir, ProcCluster, FAST_TIMERS};
 
 const A: usize = 0;
 const B: usize = 1;

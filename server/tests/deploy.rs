@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use vcodr_server::cluster::{temp_dir, ProcCluster, FAST_TIMERS};
+use vcodr_server::tools::cluster::{temp_dir, ProcCluster, FAST_TIMERS};
 
 fn vcodr() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_vcodr"))
@@ -387,7 +387,7 @@ fn the_systemd_unit_restarts_on_failure_and_runs_what_vcodr_accepts() {
         &[],
     )
     .unwrap();
-    let free = |udp| vcodr_server::cluster::free_port(udp).unwrap();
+    let free = |udp| vcodr_server::tools::cluster::free_port(udp).unwrap();
     let moved = config
         .replace("/etc/vcodr/certs", certs.to_str().unwrap())
         .replace("/var/lib/vcodr", dir.join("data").to_str().unwrap())

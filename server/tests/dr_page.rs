@@ -26,7 +26,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use vcodr_server::cluster::{free_port, temp_dir, ProcCluster, FAST_TIMERS};
+use vcodr_server::tools::cluster::{free_port, temp_dir, ProcCluster, FAST_TIMERS};
 
 /// The W3C key of an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";

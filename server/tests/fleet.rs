@@ -6,8 +6,8 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use vcodr_server::cluster::{temp_dir, ProcCluster, FAST_TIMERS};
-use vcodr_server::edge_sim::{EdgeSim, SimSettings};
+use vcodr_server::tools::cluster::{temp_dir, ProcCluster, FAST_TIMERS};
+use vcodr_server::tools::edge_sim::{EdgeSim, SimSettings};
 use vcodr_transport::certs::CertificateAuthority;
 
 const EDGES: usize = 2_000;
@@ -149,7 +149,7 @@ async fn two_thousand_edges_follow_a_planned_switchover_without_losing_a_sample(
 async fn heartbeats_received(cl: &ProcCluster, i: usize) -> Option<f64> {
     let (_, text) = cl.client(i).get("/metrics").await.ok()?;
     let m = |t| {
-        vcodr_server::cluster::metric(
+        vcodr_server::tools::cluster::metric(
             &text,
             &format!("vcodr_heartbeats_total{{client_type=\"{t}\"}}"),
         )

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use vcodr_server::cluster::{temp_dir, FAST_TIMERS};
+use vcodr_server::tools::cluster::{temp_dir, FAST_TIMERS};
 
 const T: Duration = Duration::from_secs(60);
 const A_IP: &str = "10.99.0.10";

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use vcodr_server::cluster::{metric, temp_dir, ProcCluster, FAST_TIMERS};
-use vcodr_server::ctl::{ApiError, Client};
+use vcodr_server::tools::cluster::{metric, temp_dir, ProcCluster, FAST_TIMERS};
+use vcodr_server::tools::ctl::{ApiError, Client};
 
 const A: usize = 0;
 const B: usize = 1;

@@ -22,9 +22,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vcodr_core::*;
-use vcodr_server::cluster::{metric, temp_dir, ProcCluster, UdpProxy, FAST_TIMERS};
-use vcodr_server::edge_sim::{EdgeSim, SimSettings};
-use vcodr_server::links::{EdgeLink, ANY_SERVER_NAME, MAX_EDGE_LINKS_PER_CLIENT};
+use vcodr_server::driver::links::{EdgeLink, ANY_SERVER_NAME, MAX_EDGE_LINKS_PER_CLIENT};
+use vcodr_server::tools::cluster::{metric, temp_dir, ProcCluster, UdpProxy, FAST_TIMERS};
+use vcodr_server::tools::edge_sim::{EdgeSim, SimSettings};
 use vcodr_transport::certs::{CertKeys, CertificateAuthority, TlsIdentity};
 use vcodr_transport::quic::QuicTransport;
 use vcodr_transport::{Connection, Settings, Transport};
@@ -96,7 +96,7 @@ fn refusal(r: &ServerMsg) -> &str {
     }
 }
 
-/// Occurrences of the throttled log kind `kind` (server/src/throttle.rs) in
+/// Occurrences of the throttled log kind `kind` (server/src/serve/throttle.rs) in
 /// a server's log: the first of each interval is a line of its own, the
 /// others are counted in a summary line (`N more `kind` …`) once the
 /// interval ends, within `THROTTLE_INTERVAL` + 1 s.
@@ -504,8 +504,9 @@ async fn r2_one_edge_certificate_cannot_grow_the_servers_memory_or_disk() {
 async fn r3_idle_tls_connections_without_a_token_do_not_lock_the_admin_api() {
     let mut cl = pair("vcodr-review-r3", FAST_TIMERS).await;
     let url = cl.servers[B].url();
-    let operator = || vcodr_server::ctl::Client::from_files(&url, &cl.token_file, None).unwrap();
-    let healthz = |c: vcodr_server::ctl::Client| async move {
+    let operator =
+        || vcodr_server::tools::ctl::Client::from_files(&url, &cl.token_file, None).unwrap();
+    let healthz = |c: vcodr_server::tools::ctl::Client| async move {
         tokio::time::timeout(Duration::from_secs(5), c.get("/healthz")).await
     };
     assert!(matches!(healthz(operator()).await, Ok(Ok((200, _)))));

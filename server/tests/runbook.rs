@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use vcodr_server::cluster::{temp_dir, ProcCluster, FAST_TIMERS};
-use vcodr_server::ctl::{ApiError, Client};
+use vcodr_server::tools::cluster::{temp_dir, ProcCluster, FAST_TIMERS};
+use vcodr_server::tools::ctl::{ApiError, Client};
 
 const A: usize = 0;
 const B: usize = 1;

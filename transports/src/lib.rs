@@ -165,21 +165,21 @@ pub mod fuzzing {
     use vcodr_core::codec::DecodeError;
 
     /// Datagram kinds (first byte of every application datagram).
-    pub const DGRAM_REQUEST: u8 = crate::quic::dgram::REQUEST;
-    pub const DGRAM_RESPONSE: u8 = crate::quic::dgram::RESPONSE;
-    pub const DGRAM_REFUSED: u8 = crate::quic::dgram::REFUSED;
-    pub const DGRAM_TOO_LARGE: u8 = crate::quic::dgram::TOO_LARGE;
+    pub const DGRAM_REQUEST: u8 = crate::quic::wire::dgram::REQUEST;
+    pub const DGRAM_RESPONSE: u8 = crate::quic::wire::dgram::RESPONSE;
+    pub const DGRAM_REFUSED: u8 = crate::quic::wire::dgram::REFUSED;
+    pub const DGRAM_TOO_LARGE: u8 = crate::quic::wire::dgram::TOO_LARGE;
     /// Bytes of the datagram header: kind and request id.
-    pub const DGRAM_HEADER_LEN: usize = crate::quic::dgram::HEADER_LEN;
+    pub const DGRAM_HEADER_LEN: usize = crate::quic::wire::dgram::HEADER_LEN;
 
     /// Kind, request id and frame of a datagram (both QUIC drivers' decoder).
     pub fn decode_datagram(d: &[u8]) -> Option<(u8, u64, &[u8])> {
-        crate::quic::dgram::decode(d)
+        crate::quic::wire::dgram::decode(d)
     }
 
     /// Encodes a datagram as both QUIC drivers do.
     pub fn encode_datagram(kind: u8, id: u64, frame: &[u8]) -> Vec<u8> {
-        crate::quic::dgram::encode(kind, id, frame).to_vec()
+        crate::quic::wire::dgram::encode(kind, id, frame).to_vec()
     }
 
     /// A buffer that must hold exactly one frame, decoded (datagram
@@ -199,7 +199,7 @@ pub mod fuzzing {
 
     /// The hub driver's stream frame reassembler.
     #[derive(Debug, Default)]
-    pub struct FrameReader(crate::quic::hub::FrameReader);
+    pub struct FrameReader(crate::quic::wire::FrameReader);
 
     impl FrameReader {
         /// Appends one stream chunk, pushing each completed frame's payload to `out`.

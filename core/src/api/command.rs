@@ -1,5 +1,6 @@
 //! Operator commands (SPEC §3, §7), their replies and why they are refused.
 
+use super::Method;
 use crate::gate::RequestKind;
 use crate::types::*;
 use serde::{Deserialize, Serialize};
@@ -48,31 +49,27 @@ pub enum Command {
 }
 
 impl Command {
-    /// The API method name (SPEC §7).
-    pub fn method(&self) -> &'static str {
+    /// The API method of this command (SPEC §7).
+    pub fn method(&self) -> Method {
         match self {
-            Command::PrepareForStandby => "disasterRecovery/prepareForStandby",
-            Command::ConfigureActive { .. } => "disasterRecovery/configureActiveForReplication",
-            Command::GetReplicationBlob => "disasterRecovery/getReplicationBlob",
-            Command::TransitionToStandby { .. } => "disasterRecovery/transitionToStandby",
-            Command::Promote { .. } => "disasterRecovery/promoteStandbyToActive",
-            Command::DemoteActive { .. } => "disasterRecovery/demoteActive",
-            Command::RemoveStandby { .. } => "disasterRecovery/removeStandby",
-            Command::Rejoin => "disasterRecovery/rejoinAsStandby",
-            Command::Put { .. } => "configuration/put",
-            Command::Delete { .. } => "configuration/delete",
-            Command::Get { .. } => "configuration/get",
-            Command::List => "configuration/list",
+            Command::PrepareForStandby => Method::PrepareForStandby,
+            Command::ConfigureActive { .. } => Method::ConfigureActiveForReplication,
+            Command::GetReplicationBlob => Method::GetReplicationBlob,
+            Command::TransitionToStandby { .. } => Method::TransitionToStandby,
+            Command::Promote { .. } => Method::PromoteStandbyToActive,
+            Command::DemoteActive { .. } => Method::DemoteActive,
+            Command::RemoveStandby { .. } => Method::RemoveStandby,
+            Command::Rejoin => Method::RejoinAsStandby,
+            Command::Put { .. } => Method::ConfigurationPut,
+            Command::Delete { .. } => Method::ConfigurationDelete,
+            Command::Get { .. } => Method::ConfigurationGet,
+            Command::List => Method::ConfigurationList,
         }
     }
 
     /// What the role gate sees of this command.
     pub fn kind(&self) -> RequestKind {
-        match self {
-            Command::Put { .. } | Command::Delete { .. } => RequestKind::ConfigWrite,
-            Command::Get { .. } | Command::List => RequestKind::ConfigRead,
-            _ => RequestKind::DrOperation,
-        }
+        self.method().kind()
     }
 }
 

@@ -5,9 +5,11 @@
 
 mod command;
 mod input;
+mod method;
 mod output;
 
 pub use crate::gate::{gate, Redirects, RequestKind};
 pub use command::*;
 pub use input::*;
+pub use method::Method;
 pub use output::*;

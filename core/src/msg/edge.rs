@@ -54,6 +54,28 @@ pub enum EdgeMsg {
     },
 }
 
+/// How a message crosses the edge link (SPEC §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Delivery {
+    /// A QUIC datagram: no head-of-line blocking behind retransmits, and a
+    /// lost one is a missed heartbeat, not a broken link.
+    Datagram,
+    /// A QUIC stream: reliable, for what must arrive whole.
+    Stream,
+}
+
+impl EdgeMsg {
+    /// How this message is sent: the one place that chooses datagram or
+    /// stream. A heartbeat goes as a datagram (its reply comes back the same
+    /// way, when it fits); everything else on a stream.
+    pub fn delivery(&self) -> Delivery {
+        match self {
+            EdgeMsg::Heartbeat(_) => Delivery::Datagram,
+            EdgeMsg::ConfigPull { .. } | EdgeMsg::Monitoring { .. } => Delivery::Stream,
+        }
+    }
+}
+
 /// Reply to a heartbeat (SPEC §5).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HeartbeatReply {

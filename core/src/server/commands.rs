@@ -9,7 +9,7 @@ use crate::types::*;
 impl Server {
     pub(super) fn on_command(&mut self, req: RequestId, cmd: Command) {
         let method = cmd.method();
-        if let Err(e) = self.gate(cmd.kind(), method) {
+        if let Err(e) = self.gate(method.kind(), method.name()) {
             self.reply(req, Err(e));
             return;
         }
@@ -87,13 +87,13 @@ impl Server {
                 });
             }
         }
-        if self.demotion.is_some() {
-            return Err(CommandError::WritesBlocked(
-                "a planned switchover is in progress; retry on the new active".into(),
-            ));
-        }
-        if let Some(r) = &self.replica {
-            if r.blocked {
+        if let Some(a) = self.role.active() {
+            if a.demotion.is_some() {
+                return Err(CommandError::WritesBlocked(
+                    "a planned switchover is in progress; retry on the new active".into(),
+                ));
+            }
+            if a.replica.blocked() {
                 return Err(CommandError::WritesBlocked(
                     self.failure
                         .clone()

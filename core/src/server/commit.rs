@@ -3,10 +3,11 @@
 //! writes and sample batches waiting for their entry to commit.
 
 use super::persist::AfterDurable;
+use super::role::{ActiveState, RoleState};
 use super::Server;
 use crate::api::*;
 use crate::config::mutant;
-use crate::durable::apply_entry;
+use crate::durable::{apply_entry, fold_sample_seq};
 use crate::msg::*;
 use crate::types::*;
 
@@ -30,12 +31,12 @@ pub(super) struct PendingSampleAck {
 impl Server {
     /// The highest index that may be acknowledged to clients.
     fn ack_point(&self) -> Index {
-        match (&self.replica, self.role) {
-            (_, Role::Standalone) => self.durable_index,
-            (Some(r), Role::Active) => {
+        match &self.role {
+            RoleState::Standalone(_) => self.durable_index,
+            RoleState::Active(ActiveState { replica: r, .. }) => {
                 if mutant!(self.cfg, AckBeforeStandby) {
                     self.durable_index
-                } else if r.degraded {
+                } else if r.degraded() {
                     // Unprotected writes are acknowledged once their count is durable.
                     self.durable_index
                         .min(r.match_index.max(r.unprotected_durable_upto))
@@ -43,18 +44,18 @@ impl Server {
                     self.durable_index.min(r.match_index)
                 }
             }
-            _ => self.applied.index,
+            RoleState::Standby(_) | RoleState::Zombie(_) => self.applied.index,
         }
     }
 
     /// Moves the commit point forward (writer roles) and acknowledges what it covers.
     pub(super) fn advance_commit(&mut self) {
-        if !self.role.is_writer() {
+        if !self.role().is_writer() {
             return;
         }
         let applied = self.applied.index;
         let upto = self.durable_index.min(self.log.last_index());
-        if let Some(r) = self.replica.as_mut().filter(|r| r.degraded) {
+        if let Some(r) = self.role.replica_mut().filter(|r| r.degraded()) {
             // Count what degrade will acknowledge; the count goes to disk with
             // the next persist, and the writes are acknowledged after it.
             let from = applied.max(r.match_index).max(r.unprotected_counted_upto);
@@ -94,7 +95,7 @@ impl Server {
         let mut prune = Vec::new();
         for e in &entries {
             if let Op::Samples { client, samples } = &e.op {
-                self.samples_stored += samples.len() as u64;
+                self.samples_stored_since_start += samples.len() as u64;
                 // Retention: older samples of this client leave storage.
                 if let Some(last) = samples.last().filter(|s| s.seq > retain) {
                     prune.push(PersistOp::PruneSamples {
@@ -121,7 +122,7 @@ impl Server {
             return;
         }
         // Storage keeps what the standby may still need from the log.
-        let safe = match &self.replica {
+        let safe = match self.role.replica() {
             Some(r) => r.match_index.min(base),
             None => base,
         };
@@ -158,6 +159,14 @@ impl Server {
                 reply_to: a.reply_to,
                 msg,
             });
+        }
+    }
+
+    /// Takes the samples of the log beyond the applied state into the
+    /// highest seq of each client seen (`pending_sample_seq`).
+    pub(super) fn fold_pending_sample_seq(&mut self) {
+        for e in self.log.iter_after(self.applied.index) {
+            fold_sample_seq(&mut self.pending_sample_seq, &e.op);
         }
     }
 

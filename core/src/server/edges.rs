@@ -97,7 +97,7 @@ impl Server {
 
     pub(super) fn refused_msg(&self, reason: String) -> ServerMsg {
         ServerMsg::Refused {
-            role: self.role,
+            role: self.role(),
             epoch: self.epoch,
             redirect: self.redirects().edge.filter(|e| *e != self.me.edge_address),
             reason,
@@ -222,14 +222,14 @@ impl Server {
             self.event(Event::ClientRefused { client, reason });
         }
         let active_address = self.active_edge_address();
-        let redirect = if self.role == Role::Zombie {
+        let redirect = if self.role() == Role::Zombie {
             active_address.clone()
         } else {
             None
         };
         let msg = ServerMsg::HeartbeatReply(HeartbeatReply {
             seq,
-            role: self.role,
+            role: self.role(),
             dr_state: self.dr_state,
             epoch: self.epoch,
             pair_id: self.pair_id,
@@ -241,7 +241,7 @@ impl Server {
             proof: self
                 .epoch_proof
                 .clone()
-                .filter(|_| self.role != Role::Standby),
+                .filter(|_| self.role() != Role::Standby),
         });
         self.out(Output::ReplyEdge { reply_to, msg });
     }

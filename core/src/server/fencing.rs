@@ -2,6 +2,7 @@
 //! their verification, telling the old active, and rejoining as standby.
 
 use super::replication_active::Replica;
+use super::role::*;
 use super::Server;
 use crate::api::*;
 use crate::config::mutant;
@@ -22,6 +23,21 @@ impl Server {
             .clone()
             .filter(|p| p.claim.epoch == self.epoch && p.claim.holder == self.me.uuid);
         self.send_peer(PeerMsg::NewEpoch { active, proof });
+    }
+
+    /// The promoted peer tells this server of its epoch: a zombie
+    /// acknowledges it (fenced by it, just now or before).
+    pub(super) fn on_new_epoch(&mut self) {
+        if self.role() == Role::Zombie {
+            self.send_peer(PeerMsg::ZombieAck);
+        }
+    }
+
+    /// The old active knows it is fenced: stop telling it.
+    pub(super) fn on_zombie_ack(&mut self) {
+        if let Some(s) = self.role.standalone_mut() {
+            s.zombie_to_notify = false;
+        }
     }
 
     /// Whether `proof` shows that this server's pinned peer holds its epoch:
@@ -97,11 +113,11 @@ impl Server {
                 self.epoch_proof = Some(p);
             }
         }
-        if self.role == Role::Zombie {
-            if self.fenced_by.is_none_or(|f| f < epoch) {
-                self.fenced_by = Some(epoch);
+        if let Some(z) = self.role.zombie_mut() {
+            if z.fenced_by.is_none_or(|f| f < epoch) {
+                z.fenced_by = Some(epoch);
                 if redirect_edge.is_some() {
-                    self.redirect_edge = redirect_edge;
+                    z.redirect_edge = redirect_edge;
                 }
             }
             return;
@@ -109,27 +125,19 @@ impl Server {
         if mutant!(self.cfg, NoEpochFencing) {
             return;
         }
-        self.fenced_by = Some(epoch);
-        if redirect_edge.is_some() {
-            self.redirect_edge = redirect_edge;
-        }
-        self.replica = None;
-        self.demotion = None;
-        self.snapshot_rx = None;
-        if let Some(p) = self.promotion.take() {
-            let why = format!("epoch {epoch} already exists ({source}); this server is fenced");
-            self.reply(
-                p.req,
-                Err(self.wrong_state("disasterRecovery/promoteStandbyToActive", why)),
-            );
-        }
-        self.out(Output::CancelTimer(Timer::StandbyGrace));
+        let zombie = ZombieState {
+            fenced_by: Some(epoch),
+            redirect_edge,
+            rejoin_requested: false,
+        };
+        let why = format!("epoch {epoch} already exists ({source}); this server is fenced");
+        let left = self.leave_role(RoleState::Zombie(zombie), &why);
         self.event(Event::Fenced {
             epoch,
             learned_from: source.clone(),
         });
-        self.transition(
-            Role::Zombie,
+        self.record_transition(
+            left,
             DrState::Zombie,
             format!("fenced: epoch {epoch} learned from {source}"),
         );
@@ -153,12 +161,12 @@ impl Server {
                 .peer_identity
                 .as_ref()
                 .is_some_and(|pin| pin.name == standby.name);
-        if !known || epoch >= self.epoch || !self.role.is_writer() {
+        if !known || epoch >= self.epoch || !self.role().is_writer() {
             let reason = format!(
                 "{} cannot take {} back: it is {} / {} at epoch {} and its peer is {}",
                 self.me.name,
                 standby.name,
-                self.role,
+                self.role(),
                 self.dr_state,
                 self.epoch,
                 self.peer_name()
@@ -204,15 +212,18 @@ impl Server {
                 ),
             });
         }
-        self.zombie_to_notify = false;
-        if self.role == Role::Standalone {
-            self.replica = Some(Replica::new(true, self.log.last_index()));
-            self.transition(
-                Role::Active,
+        if self.role() == Role::Standalone {
+            let active = ActiveState {
+                replica: Replica::new(true, self.log.last_index()),
+                demotion: None,
+            };
+            let reason = format!("old active {} rejoins as standby", self.peer_name());
+            self.change_role(
+                RoleState::Active(active),
                 DrState::ActiveWaitStandby,
-                format!("old active {} rejoins as standby", self.peer_name()),
+                reason,
             );
-        } else if let Some(r) = self.replica.as_mut() {
+        } else if let Some(r) = self.role.replica_mut() {
             // A repeated request: start the copy again.
             r.need_snapshot = true;
             r.snapshot = None;
@@ -229,7 +240,7 @@ impl Server {
         keep_index: Index,
         active: ServerInfo,
     ) {
-        if self.role != Role::Zombie || !self.rejoin_requested {
+        if !self.role.zombie().is_some_and(|z| z.rejoin_requested) {
             return;
         }
         if self
@@ -267,31 +278,30 @@ impl Server {
             self.log.truncate_after(keep_index);
             self.durable_index = self.durable_index.min(keep_index);
         }
-        self.rejoin_requested = false;
         self.epoch = epoch;
         self.highest_epoch_seen = self.highest_epoch_seen.max(epoch);
-        self.fenced_by = None;
-        self.redirect_edge = None;
         // `active` is the pinned peer (admission, name checked above); its
         // addresses stay those learned at pairing.
-        self.synced = false;
-        self.active_heard = true;
-        self.active_missed_ticks = 0;
-        self.transition(
-            Role::Standby,
+        let standby = StandbyState {
+            active_heard: true,
+            ..StandbyState::default()
+        };
+        let reason = format!("rejoined {} as standby at epoch {epoch}", self.peer_name());
+        self.change_role(
+            RoleState::Standby(standby),
             DrState::StandbyConfiguring,
-            format!("rejoined {} as standby at epoch {epoch}", self.peer_name()),
+            reason,
         );
     }
 
     pub(super) fn cmd_rejoin(&mut self, req: RequestId) -> Result<Option<Reply>, CommandError> {
-        if self.role != Role::Zombie || self.peer.is_none() {
+        let Some(z) = self.role.zombie_mut().filter(|_| self.peer.is_some()) else {
             return Err(self.wrong_state(
-                "disasterRecovery/rejoinAsStandby",
+                Method::RejoinAsStandby,
                 "only a ZOMBIE that knows its promoted peer can rejoin",
             ));
-        }
-        self.rejoin_requested = true;
+        };
+        z.rejoin_requested = true;
         self.send_rejoin();
         self.reply(req, Ok(Reply::Accepted));
         Ok(None)

@@ -8,6 +8,7 @@
 //! | module | concern |
 //! |---|---|
 //! | `restore` | building a server from its storage after a restart |
+//! | `role` | the role and what only it holds; the one way out of a role |
 //! | `status` | `getReplicationStatus`, redirects, the role gate of API calls |
 //! | `persist` | staging durable changes, persist marks, what runs once durable |
 //! | `commit` | the commit point, applying entries, waiting writes and samples |
@@ -32,6 +33,7 @@ mod persist;
 mod replication_active;
 mod replication_standby;
 mod restore;
+mod role;
 mod samples_copy;
 mod status;
 mod switchover;
@@ -40,7 +42,7 @@ mod tick;
 pub use crate::api::Now;
 pub use edges::{ClientContact, MAX_CLIENT_TEXT_BYTES, PROOF_RECHECK_MS};
 pub use fencing::MAX_REJECTED_PROOFS;
-pub use status::{ClientCount, Status};
+pub use status::{ClientCount, ReplicationMode, Status};
 
 use crate::api::*;
 use crate::config::ServerConfig;
@@ -53,11 +55,9 @@ use crate::types::*;
 use commit::{PendingSampleAck, PendingWrite};
 use edges::ClientLimits;
 use persist::{AfterDurable, PersistMark};
-use replication_active::Replica;
-use replication_standby::SnapshotRx;
+use role::RoleState;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use switchover::{Demotion, Promotion};
 
 /// The DR state machine of one server (SPEC §2–§5).
 ///
@@ -101,7 +101,8 @@ pub struct Server {
     now: Now,
     rng: Rng,
 
-    role: Role,
+    /// The role, with what only that role holds (see `role`).
+    role: RoleState,
     dr_state: DrState,
     epoch: Epoch,
     highest_epoch_seen: Epoch,
@@ -125,14 +126,10 @@ pub struct Server {
     client_limits: BTreeMap<ClientId, ClientLimits>,
     pairing_token: Option<u128>,
     policy: OnStandbyLoss,
-    synced: bool,
-    fenced_by: Option<Epoch>,
-    redirect_edge: Option<String>,
     unprotected_writes: u64,
     last_dr_protected_ms: Option<Millis>,
     role_timestamp_ms: Millis,
     state_timestamp_ms: Millis,
-    zombie_to_notify: bool,
     failure: Option<String>,
     history: VecDeque<Transition>,
     persisted_meta: Option<DurableMeta>,
@@ -147,23 +144,17 @@ pub struct Server {
     staged_after: Vec<AfterDurable>,
     marks: VecDeque<PersistMark>,
 
-    replica: Option<Replica>,
-    active_heard: bool,
-    active_missed_ticks: u32,
-    snapshot_rx: Option<SnapshotRx>,
-    /// Standby: monitoring sample ranges it lacks since its last snapshot and
-    /// copies from the active, `(client, after_seq)` → `up_to_seq` (durable:
-    /// [`PersistOp::SamplesToCopy`]). Kept in any role: a gap stays a gap.
+    /// Monitoring sample ranges this server's storage lacks since a snapshot
+    /// and copies from the active while it is a standby, `(client,
+    /// after_seq)` → `up_to_seq` (durable: [`PersistOp::SamplesToCopy`]).
+    /// A fact about the storage, not the role: kept in any role, so a gap
+    /// stays a gap (a later snapshot plans around it).
     samples_to_copy: BTreeMap<(ClientId, u64), u64>,
-    join_target: bool,
-    rejoin_requested: bool,
-    demotion: Option<Demotion>,
-    promotion: Option<Promotion>,
 
     writes: VecDeque<PendingWrite>,
     sample_acks: VecDeque<PendingSampleAck>,
     pending_sample_seq: BTreeMap<ClientId, u64>,
-    samples_stored: u64,
+    samples_stored_since_start: u64,
     contacts: BTreeMap<ClientId, ClientContact>,
 
     outputs: VecDeque<Output>,
@@ -189,7 +180,7 @@ impl Server {
     // ----------------------------------------------------------------- accessors
 
     pub fn role(&self) -> Role {
-        self.role
+        self.role.kind()
     }
 
     pub fn dr_state(&self) -> DrState {
@@ -256,14 +247,16 @@ impl Server {
 
     /// Whether this server currently acknowledges configuration writes.
     pub fn takes_writes(&self) -> bool {
-        self.role.is_writer()
-            && self.demotion.is_none()
-            && !self.replica.as_ref().is_some_and(|r| r.blocked)
+        match &self.role {
+            RoleState::Standalone(_) => true,
+            RoleState::Active(a) => a.demotion.is_none() && !a.replica.blocked(),
+            RoleState::Standby(_) | RoleState::Zombie(_) => false,
+        }
     }
 
     /// Whether acknowledged writes are all on the standby too (RPO 0).
     pub fn protected(&self) -> bool {
-        self.role == Role::Active && !self.replica.as_ref().is_some_and(|r| r.degraded)
+        self.role.replica().is_some_and(|r| !r.degraded())
     }
 
     // ---------------------------------------------------------------- the contract
@@ -338,51 +331,13 @@ impl Server {
         }
     }
 
-    pub(super) fn wrong_state(&self, method: &str, why: impl Into<String>) -> CommandError {
+    pub(super) fn wrong_state(&self, method: Method, why: impl Into<String>) -> CommandError {
         CommandError::WrongState {
-            method: method.to_string(),
-            role: self.role,
+            method: method.name().to_string(),
+            role: self.role(),
             state: self.dr_state,
             why: why.into(),
         }
-    }
-
-    /// Records a role/drState change: event, in-memory and durable history.
-    pub(super) fn transition(&mut self, role: Role, to: DrState, reason: String) {
-        debug_assert!(
-            DrState::allowed_for(role).contains(&to),
-            "{role} cannot be in {to}"
-        );
-        if role == self.role && to == self.dr_state {
-            return;
-        }
-        let t = Transition {
-            from_role: self.role,
-            from: self.dr_state,
-            to_role: role,
-            to,
-            epoch: self.epoch,
-            timestamp_ms: self.now.wall_ms,
-            reason,
-        };
-        if role != self.role {
-            self.role_timestamp_ms = self.now.wall_ms;
-        }
-        self.state_timestamp_ms = self.now.wall_ms;
-        self.role = role;
-        self.dr_state = to;
-        if !matches!(
-            to,
-            DrState::FailureGetActiveStatus | DrState::FailureGetStandbyStatus
-        ) {
-            self.failure = None;
-        }
-        if self.history.len() >= self.cfg.history_entries {
-            self.history.pop_front();
-        }
-        self.history.push_back(t.clone());
-        self.staged.push(PersistOp::History(t.clone()));
-        self.event(Event::Transition(t));
     }
 
     /// The peer address of the paired server, for messages.

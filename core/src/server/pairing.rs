@@ -3,6 +3,7 @@
 
 use super::persist::AfterDurable;
 use super::replication_active::Replica;
+use super::role::*;
 use super::Server;
 use crate::api::*;
 use crate::msg::*;
@@ -66,7 +67,7 @@ impl Server {
         policy: OnStandbyLoss,
     ) {
         // A repeat of the pairing we already accepted.
-        if self.role == Role::Standby
+        if self.role() == Role::Standby
             && pair_id.is_some()
             && pair_id == self.pair_id
             && self.peer_identity.as_ref() == Some(&from)
@@ -76,11 +77,17 @@ impl Server {
             }
             return;
         }
-        let joining = self.join_target.then(|| self.peer.as_ref().map(|p| p.uuid));
-        let refuse = if self.role != Role::Standby || self.dr_state != DrState::StandbyCandidate {
+        let joining = self
+            .role
+            .standby()
+            .is_some_and(|s| s.join_target)
+            .then(|| self.peer.as_ref().map(|p| p.uuid));
+        let refuse = if self.role() != Role::Standby || self.dr_state != DrState::StandbyCandidate {
             Some(format!(
                 "{} is {} / {}, not a prepared standby (run prepareForStandby on it first)",
-                self.me.name, self.role, self.dr_state
+                self.me.name,
+                self.role(),
+                self.dr_state
             ))
         } else if standby_uuid != self.me.uuid {
             Some(format!(
@@ -115,12 +122,14 @@ impl Server {
         self.peer_identity = Some(from);
         self.epoch_proof = None;
         self.policy = policy;
-        self.join_target = false;
-        self.synced = false;
-        self.active_heard = true;
-        self.active_missed_ticks = 0;
+        if let Some(s) = self.role.standby_mut() {
+            // Paired: a standby that has copied nothing yet, and has just heard its active.
+            *s = StandbyState {
+                active_heard: true,
+                ..StandbyState::default()
+            };
+        }
         self.transition(
-            Role::Standby,
             DrState::StandbyConfiguring,
             format!(
                 "paired with active {}, certificate {}",
@@ -148,7 +157,7 @@ impl Server {
         token: u128,
         standby: ServerInfo,
     ) {
-        let refuse = if self.role != Role::Standalone || self.pairing_token != Some(token) {
+        let refuse = if self.role() != Role::Standalone || self.pairing_token != Some(token) {
             Some(format!(
                 "{} has no matching replication blob outstanding (run getReplicationBlob on it)",
                 self.me.name
@@ -176,19 +185,22 @@ impl Server {
         // A new pairing: whoever was pinned before is not the new standby.
         self.peer_identity = None;
         self.epoch_proof = None;
-        self.zombie_to_notify = false;
         self.pairing_token = Some(token);
         self.policy = self.cfg.on_standby_loss;
-        self.replica = Some(Replica::new(true, self.log.last_index()));
-        self.transition(
-            Role::Active,
+        let active = ActiveState {
+            replica: Replica::new(true, self.log.last_index()),
+            demotion: None,
+        };
+        let reason = format!("configuring replication to {}", self.peer_name());
+        self.change_role(
+            RoleState::Active(active),
             DrState::ActiveConfiguring,
-            format!("configuring replication to {}", self.peer_name()),
+            reason,
         );
     }
 
     pub(super) fn on_pair_accepted(&mut self, from: PeerIdentity, standby: ServerInfo) {
-        if self.role != Role::Active || self.dr_state != DrState::ActiveConfiguring {
+        if self.role() != Role::Active || self.dr_state != DrState::ActiveConfiguring {
             return;
         }
         let expected = self.peer.as_ref().map(|p| p.uuid);
@@ -216,7 +228,6 @@ impl Server {
         self.pairing_token = None;
         self.on_standby_heard();
         self.transition(
-            Role::Active,
             DrState::ActiveWaitStandby,
             format!(
                 "standby {} accepted the pairing; pinned certificate {}",
@@ -234,36 +245,40 @@ impl Server {
             kind: "Refused",
             reason: reason.clone(),
         });
-        if self.role == Role::Active && self.dr_state == DrState::ActiveConfiguring {
-            self.unpair_local(&format!("pairing refused by the standby: {reason}"));
-        } else if self.role == Role::Standby
-            && self.dr_state == DrState::StandbyCandidate
-            && self.join_target
-        {
-            self.join_target = false;
-            self.failure = Some(format!(
-                "transitionToStandby refused by the active: {reason}"
-            ));
-        } else if self.role == Role::Zombie && self.rejoin_requested {
-            self.rejoin_requested = false;
-            self.failure = Some(format!(
-                "rejoinAsStandby refused by {}: {reason}",
-                self.peer_name()
-            ));
+        let candidate = self.dr_state == DrState::StandbyCandidate;
+        match &mut self.role {
+            RoleState::Active(_) if self.dr_state == DrState::ActiveConfiguring => {
+                self.unpair_local(&format!("pairing refused by the standby: {reason}"));
+            }
+            RoleState::Standby(s) if candidate && s.join_target => {
+                s.join_target = false;
+                self.failure = Some(format!(
+                    "transitionToStandby refused by the active: {reason}"
+                ));
+            }
+            RoleState::Zombie(z) if z.rejoin_requested => {
+                z.rejoin_requested = false;
+                self.failure = Some(format!(
+                    "rejoinAsStandby refused by {}: {reason}",
+                    self.peer_name()
+                ));
+            }
+            _ => {}
         }
     }
 
     pub(super) fn cmd_prepare(&mut self, req: RequestId) -> Result<Option<Reply>, CommandError> {
-        const M: &str = "disasterRecovery/prepareForStandby";
-        if self.role == Role::Standby && self.dr_state == DrState::StandbyCandidate {
-            if let Some(t) = self.pairing_token.filter(|_| !self.join_target) {
+        const M: Method = Method::PrepareForStandby;
+        let joining = self.role.standby().is_some_and(|s| s.join_target);
+        if self.role() == Role::Standby && self.dr_state == DrState::StandbyCandidate {
+            if let Some(t) = self.pairing_token.filter(|_| !joining) {
                 return Ok(Some(Reply::Prepared {
                     vco_uuid: self.me.uuid,
                     pairing_token: t,
                 }));
             }
         }
-        if self.role != Role::Standalone {
+        if self.role() != Role::Standalone {
             return Err(
                 self.wrong_state(M, "only a STANDALONE server can be prepared as a standby")
             );
@@ -274,9 +289,8 @@ impl Server {
         self.peer = None;
         self.peer_identity = None;
         self.epoch_proof = None;
-        self.join_target = false;
-        self.transition(
-            Role::Standby,
+        self.change_role(
+            RoleState::Standby(StandbyState::default()),
             DrState::StandbyCandidate,
             "prepared for standby".into(),
         );
@@ -297,8 +311,8 @@ impl Server {
         uuid: ServerId,
         token: u128,
     ) -> Result<Option<Reply>, CommandError> {
-        const M: &str = "disasterRecovery/configureActiveForReplication";
-        if self.role != Role::Standalone {
+        const M: Method = Method::ConfigureActiveForReplication;
+        if self.role() != Role::Standalone {
             return Err(self.wrong_state(
                 M,
                 "only a STANDALONE server can be configured as active; removeStandby first",
@@ -334,9 +348,9 @@ impl Server {
     }
 
     pub(super) fn cmd_blob(&mut self, req: RequestId) -> Result<Option<Reply>, CommandError> {
-        if self.role != Role::Standalone {
+        if self.role() != Role::Standalone {
             return Err(self.wrong_state(
-                "disasterRecovery/getReplicationBlob",
+                Method::GetReplicationBlob,
                 "only a STANDALONE server hands out a replication blob",
             ));
         }
@@ -359,9 +373,9 @@ impl Server {
         uuid: ServerId,
         token: u128,
     ) -> Result<Option<Reply>, CommandError> {
-        if self.role != Role::Standalone {
+        if self.role() != Role::Standalone {
             return Err(self.wrong_state(
-                "disasterRecovery/transitionToStandby",
+                Method::TransitionToStandby,
                 "only a STANDALONE server can become a standby",
             ));
         }
@@ -376,11 +390,15 @@ impl Server {
             edge_address: String::new(),
             admin_address: String::new(),
         });
-        self.join_target = true;
-        self.transition(
-            Role::Standby,
+        let joining = StandbyState {
+            join_target: true,
+            ..StandbyState::default()
+        };
+        let reason = format!("joining active {}", self.peer_name());
+        self.change_role(
+            RoleState::Standby(joining),
             DrState::StandbyCandidate,
-            format!("joining active {}", self.peer_name()),
+            reason,
         );
         self.staged_after.push(AfterDurable::SendJoin);
         self.staged_after
@@ -393,8 +411,8 @@ impl Server {
         req: RequestId,
         force: bool,
     ) -> Result<Option<Reply>, CommandError> {
-        const M: &str = "disasterRecovery/removeStandby";
-        let why = match self.role {
+        const M: Method = Method::RemoveStandby;
+        let why = match self.role() {
             Role::Active | Role::Standby => {
                 "DR removed by the operator (removeStandby)".to_string()
             }
@@ -408,7 +426,7 @@ impl Server {
                     .epoch_proof
                     .as_ref()
                     .filter(|p| p.claim.epoch > self.epoch && p.claim.holder != self.me.uuid);
-                let holder = match (proven, self.fenced_by) {
+                let holder = match (proven, self.role.fenced_by()) {
                     (Some(p), _) => Some(format!(
                         "server `{}` ({}) provably holds epoch {} of this pair",
                         p.claim.holder_name, p.claim.holder_edge_address, p.claim.epoch
@@ -432,7 +450,7 @@ impl Server {
                 format!(
                     "zombie left the pair by removeStandby (force = {force}, fenced by epoch {}); \
                      it runs alone with its data",
-                    self.fenced_by.unwrap_or(self.epoch)
+                    self.role.fenced_by().unwrap_or(self.epoch)
                 )
             }
             Role::Standalone => {
@@ -440,7 +458,7 @@ impl Server {
             }
         };
         self.send_peer(PeerMsg::Unpair);
-        if self.role == Role::Zombie {
+        if self.role() == Role::Zombie {
             self.leave_pair_as_zombie(&why);
         } else {
             self.unpair_local(&why);
@@ -450,41 +468,36 @@ impl Server {
         Ok(None)
     }
 
-    pub(super) fn unpair(&mut self, why: &str) {
-        if matches!(self.role, Role::Active | Role::Standby) {
-            self.unpair_local(why);
+    /// The peer removed DR (`removeStandby`).
+    pub(super) fn on_unpair(&mut self) {
+        let promoted = self.role.standalone_mut().filter(|s| s.zombie_to_notify);
+        if let Some(s) = promoted {
+            // The old active left the pair (removeStandby on the zombie): stop telling it.
+            s.zombie_to_notify = false;
+            self.event(Event::PeerIgnored {
+                kind: "Unpair",
+                reason: format!("the old active {} left the pair", self.peer_name()),
+            });
+        } else if matches!(self.role(), Role::Active | Role::Standby) {
+            self.unpair_local("the peer removed DR (removeStandby)");
         }
     }
 
+    /// Leaves the pair: STANDALONE / UNCONFIGURED, keeping the data.
     fn unpair_local(&mut self, why: &str) {
-        if let Some(p) = self.promotion.take() {
-            self.reply(
-                p.req,
-                Err(self.wrong_state("disasterRecovery/promoteStandbyToActive", why)),
-            );
-        }
+        let left = self.leave_role(RoleState::Standalone(StandaloneState::default()), why);
         self.pair_id = None;
         self.peer = None;
         self.peer_identity = None;
         self.epoch_proof = None;
         self.pairing_token = None;
-        self.replica = None;
-        self.demotion = None;
-        self.snapshot_rx = None;
-        self.join_target = false;
-        self.synced = false;
-        self.zombie_to_notify = false;
-        self.out(Output::CancelTimer(Timer::StandbyGrace));
-        self.transition(Role::Standalone, DrState::Unconfigured, why.to_string());
+        self.record_transition(left, DrState::Unconfigured, why.to_string());
         self.advance_commit();
     }
 
     /// A zombie leaves its pair (removeStandby): epochs count within a pair,
     /// so the higher one it learned no longer concerns it.
     fn leave_pair_as_zombie(&mut self, why: &str) {
-        self.fenced_by = None;
-        self.redirect_edge = None;
-        self.rejoin_requested = false;
         self.highest_epoch_seen = self.epoch;
         self.unpair_local(why);
     }

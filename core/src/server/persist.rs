@@ -1,6 +1,7 @@
 //! Staging what must become durable, the persist marks that wait for
 //! [`Input::Persisted`], and what runs once a mark is durable.
 
+use super::role::RoleState;
 use super::Server;
 use crate::api::*;
 use crate::msg::*;
@@ -38,12 +39,20 @@ pub(super) struct PersistMark {
 impl Server {
     /// Stages the metadata if it changed and emits one `Persist` for everything staged.
     pub(super) fn flush(&mut self) {
-        let meta_changed = self
-            .persisted_meta
-            .as_ref()
-            .is_none_or(|m| self.meta_differs(m));
+        let mut meta = self.durable_meta();
+        let meta_changed = match &self.persisted_meta {
+            None => true,
+            // The wall-clock "last protected" stamp changes on every input
+            // while protected; it is persisted along with the next real change.
+            Some(m) => {
+                let stamp =
+                    std::mem::replace(&mut meta.last_dr_protected_ms, m.last_dr_protected_ms);
+                let changed = meta != *m;
+                meta.last_dr_protected_ms = stamp;
+                changed
+            }
+        };
         if meta_changed {
-            let meta = self.durable_meta();
             self.staged
                 .insert(0, PersistOp::Meta(Box::new(meta.clone())));
             self.persisted_meta = Some(meta);
@@ -62,31 +71,11 @@ impl Server {
         self.outputs.push_back(Output::Persist { seq, ops });
     }
 
-    /// Whether the durable metadata changed since `m` was persisted. The
-    /// wall-clock "last protected" stamp changes on every input while
-    /// protected; it is persisted along with the next real change.
-    fn meta_differs(&self, m: &DurableMeta) -> bool {
-        m.role != self.role
-            || m.dr_state != self.dr_state
-            || m.epoch != self.epoch
-            || m.pair_id != self.pair_id
-            || m.peer != self.peer
-            || m.peer_identity != self.peer_identity
-            || m.epoch_proof != self.epoch_proof
-            || m.pairing_token != self.pairing_token
-            || m.policy != self.policy
-            || m.synced != self.synced
-            || m.fenced_by != self.fenced_by
-            || m.redirect_edge != self.redirect_edge
-            || m.unprotected_writes != self.unprotected_writes
-            || m.role_timestamp_ms != self.role_timestamp_ms
-            || m.state_timestamp_ms != self.state_timestamp_ms
-            || m.zombie_to_notify != self.zombie_to_notify
-    }
-
+    /// The durable metadata as the state says it now: the one list of what
+    /// [`DurableMeta`] holds (compared whole with `!=` in [`Server::flush`]).
     fn durable_meta(&self) -> DurableMeta {
         DurableMeta {
-            role: self.role,
+            role: self.role(),
             dr_state: self.dr_state,
             epoch: self.epoch,
             pair_id: self.pair_id,
@@ -95,14 +84,14 @@ impl Server {
             epoch_proof: self.epoch_proof.clone(),
             pairing_token: self.pairing_token,
             policy: self.policy,
-            synced: self.synced,
-            fenced_by: self.fenced_by,
-            redirect_edge: self.redirect_edge.clone(),
+            synced: self.role.synced(),
+            fenced_by: self.role.fenced_by(),
+            redirect_edge: self.role.redirect_edge().cloned(),
             unprotected_writes: self.unprotected_writes,
             last_dr_protected_ms: self.last_dr_protected_ms,
             role_timestamp_ms: self.role_timestamp_ms,
             state_timestamp_ms: self.state_timestamp_ms,
-            zombie_to_notify: self.zombie_to_notify,
+            zombie_to_notify: self.role.zombie_to_notify(),
         }
     }
 
@@ -137,15 +126,15 @@ impl Server {
             self.run_after(a);
         }
         if self.durable_index != before {
-            match self.role {
-                Role::Standby if self.snapshot_rx.is_none() && self.synced => {
+            match &self.role {
+                RoleState::Standby(s) if s.snapshot_rx.is_none() && s.synced => {
                     let durable_index = self.durable_index;
                     self.send_peer(PeerMsg::AppendAck {
                         durable_index,
                         ok: true,
                     });
                 }
-                Role::Active | Role::Standalone => {
+                RoleState::Active(_) | RoleState::Standalone(_) => {
                     self.advance_commit();
                     self.replicate();
                 }
@@ -177,7 +166,7 @@ impl Server {
             AfterDurable::GrantDemotion => self.send_demote_granted(),
             AfterDurable::FinishPromotion => self.finish_promotion(),
             AfterDurable::UnprotectedCounted(upto) => {
-                if let Some(r) = self.replica.as_mut() {
+                if let Some(r) = self.role.replica_mut() {
                     r.unprotected_durable_upto = r.unprotected_durable_upto.max(upto);
                 }
                 self.advance_commit();

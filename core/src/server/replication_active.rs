@@ -17,6 +17,26 @@ pub(super) struct SnapshotTx {
     pub(super) next: u32,
 }
 
+/// Where the active stands with a standby it cannot reach (SPEC §4,
+/// `on_standby_loss`): the machine behind `FAILURE_GET_STANDBY_STATUS` and
+/// the policy applied at the grace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum StandbyLoss {
+    /// The standby answers, or has missed fewer than `peer_failure_threshold` ticks.
+    Reachable,
+    /// Missed `peer_failure_threshold` ticks in a row: writes wait for it
+    /// until `standby_grace` runs out.
+    Lost,
+    /// Lost beyond the grace where writes may not go on without it
+    /// (`block`, or degrading would risk two writers): writes are refused
+    /// until it is heard again.
+    Blocked,
+    /// Lost beyond the grace with `degrade`: writes are acknowledged without
+    /// it until it holds all that was acknowledged, also once it answers
+    /// again (`lost: false`) and catches up.
+    Degraded { lost: bool },
+}
+
 /// The active's view of its standby.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct Replica {
@@ -39,13 +59,7 @@ pub(super) struct Replica {
     /// when the standby is heard.
     pub(super) unheard_since_restart: bool,
     pub(super) missed_ticks: u32,
-    /// Missed `peer_failure_threshold` ticks in a row.
-    pub(super) lost: bool,
-    /// Lost for longer than `standby_grace` with `on_standby_loss = degrade`:
-    /// writes are acknowledged without the standby until it has them all.
-    pub(super) degraded: bool,
-    /// Lost for longer than `standby_grace` with `on_standby_loss = block`.
-    pub(super) blocked: bool,
+    pub(super) loss: StandbyLoss,
     /// Degraded: entries up to here are counted in `unprotected_writes`...
     pub(super) unprotected_counted_upto: Index,
     /// ...and up to here that count is durable, so they may be acknowledged.
@@ -79,9 +93,7 @@ impl Replica {
             unprotected_counted_upto: 0,
             unprotected_durable_upto: 0,
             missed_ticks: 0,
-            lost: false,
-            degraded: false,
-            blocked: false,
+            loss: StandbyLoss::Reachable,
             match_at_tick: 0,
             lag_since_ms: None,
             samples_unconfirmed: true,
@@ -89,15 +101,44 @@ impl Replica {
             reading_samples: false,
         }
     }
+
+    /// Missed `peer_failure_threshold` ticks in a row, and not heard since.
+    pub(super) fn lost(&self) -> bool {
+        matches!(
+            self.loss,
+            StandbyLoss::Lost | StandbyLoss::Blocked | StandbyLoss::Degraded { lost: true }
+        )
+    }
+
+    /// Writes are acknowledged without the standby.
+    pub(super) fn degraded(&self) -> bool {
+        matches!(self.loss, StandbyLoss::Degraded { .. })
+    }
+
+    /// Writes are refused until the standby is heard.
+    pub(super) fn blocked(&self) -> bool {
+        self.loss == StandbyLoss::Blocked
+    }
+
+    /// Missed `peer_failure_threshold` ticks: true if it was not lost before.
+    pub(super) fn declare_lost(&mut self) -> bool {
+        let was = self.loss;
+        self.loss = match was {
+            StandbyLoss::Reachable => StandbyLoss::Lost,
+            StandbyLoss::Degraded { .. } => StandbyLoss::Degraded { lost: true },
+            StandbyLoss::Lost | StandbyLoss::Blocked => was,
+        };
+        self.loss != was
+    }
 }
 
 impl Server {
     /// Sends the standby what it lacks: snapshot chunks or locally durable entries.
     pub(super) fn replicate(&mut self) {
-        if self.role != Role::Active || self.dr_state == DrState::ActiveConfiguring {
+        if self.role() != Role::Active || self.dr_state == DrState::ActiveConfiguring {
             return;
         }
-        let Some(r) = self.replica.as_mut() else {
+        let Some(r) = self.role.replica_mut() else {
             return;
         };
         if r.snapshot.is_some() {
@@ -144,7 +185,7 @@ impl Server {
 
     /// An empty append: heartbeat and probe of where the standby is.
     pub(super) fn send_heartbeat_append(&mut self) {
-        let Some(r) = self.replica.as_ref() else {
+        let Some(r) = self.role.replica() else {
             return;
         };
         if r.snapshot.is_some() || r.need_snapshot {
@@ -207,7 +248,7 @@ impl Server {
             })
             .collect();
         let first = chunks[0].clone();
-        if let Some(r) = self.replica.as_mut() {
+        if let Some(r) = self.role.replica_mut() {
             r.need_snapshot = false;
             // A snapshot naming no sample (no client ever sent one) leaves
             // nothing to copy.
@@ -226,7 +267,6 @@ impl Server {
         });
         if self.dr_state == DrState::StandbyRunning {
             self.transition(
-                Role::Active,
                 DrState::StandbySync,
                 "standby needs a snapshot: the log it lacks was compacted".into(),
             );
@@ -236,8 +276,8 @@ impl Server {
 
     pub(super) fn resend_snapshot_chunk(&mut self) {
         let chunk = self
-            .replica
-            .as_ref()
+            .role
+            .replica()
             .and_then(|r| r.snapshot.as_ref())
             .and_then(|s| s.chunks.get(s.next as usize).cloned());
         if let Some(c) = chunk {
@@ -246,7 +286,11 @@ impl Server {
     }
 
     pub(super) fn on_snapshot_ack(&mut self, index: Index, chunk: u32) {
-        let Some(r) = self.replica.as_mut() else {
+        if self.role() != Role::Active {
+            return self.not_expected("SnapshotAck");
+        }
+        self.on_standby_heard();
+        let Some(r) = self.role.replica_mut() else {
             return;
         };
         let Some(tx) = r.snapshot.as_mut() else {
@@ -267,7 +311,6 @@ impl Server {
         r.next_index = idx + 1;
         if self.dr_state == DrState::ActiveWaitStandby {
             self.transition(
-                Role::Active,
                 DrState::StandbySync,
                 format!("standby installed the snapshot at index {idx}"),
             );
@@ -279,8 +322,12 @@ impl Server {
     }
 
     pub(super) fn on_append_ack(&mut self, durable_index: Index, ok: bool) {
+        if self.role() != Role::Active {
+            return self.not_expected("AppendAck");
+        }
+        self.on_standby_heard();
         let durable = self.durable_index;
-        let Some(r) = self.replica.as_mut() else {
+        let Some(r) = self.role.replica_mut() else {
             return;
         };
         if r.snapshot.is_some() {
@@ -323,7 +370,7 @@ impl Server {
     pub(super) fn after_standby_progress(&mut self) {
         let durable = self.durable_index;
         let now = self.now.mono_ms;
-        let Some(r) = self.replica.as_mut() else {
+        let Some(r) = self.role.replica_mut() else {
             return;
         };
         let caught_up = r.match_index >= durable;
@@ -332,10 +379,17 @@ impl Server {
         } else {
             r.lag_since_ms.or(Some(now))
         };
-        let ended_degrade = r.degraded && r.match_index >= self.applied.index;
-        if ended_degrade {
-            r.degraded = false;
-        }
+        let ended_degrade = match r.loss {
+            StandbyLoss::Degraded { lost } if r.match_index >= self.applied.index => {
+                r.loss = if lost {
+                    StandbyLoss::Lost
+                } else {
+                    StandbyLoss::Reachable
+                };
+                true
+            }
+            _ => false,
+        };
         let m = r.match_index;
         let samples_copied = !r.samples_unconfirmed;
         if ended_degrade {
@@ -343,7 +397,6 @@ impl Server {
         }
         if caught_up && samples_copied && self.dr_state == DrState::StandbySync {
             self.transition(
-                Role::Active,
                 DrState::StandbyRunning,
                 format!("standby caught up at index {m}"),
             );
@@ -353,18 +406,20 @@ impl Server {
     }
 
     pub(super) fn on_standby_heard(&mut self) {
-        let Some(r) = self.replica.as_mut() else {
+        let Some(r) = self.role.replica_mut() else {
             return;
         };
         r.heard = true;
         r.heard_since_start = true;
         r.unheard_since_restart = false;
         r.missed_ticks = 0;
-        if r.lost {
-            r.lost = false;
-            r.blocked = false;
+        if r.lost() {
+            r.loss = match r.loss {
+                StandbyLoss::Degraded { .. } => StandbyLoss::Degraded { lost: false },
+                _ => StandbyLoss::Reachable,
+            };
             self.out(Output::CancelTimer(Timer::StandbyGrace));
-            let to = if self.replica.as_ref().is_some_and(|r| {
+            let to = if self.role.replica().is_some_and(|r| {
                 r.match_index >= self.durable_index
                     && r.snapshot.is_none()
                     && !r.samples_unconfirmed
@@ -374,7 +429,7 @@ impl Server {
                 DrState::StandbySync
             };
             if self.dr_state == DrState::FailureGetStandbyStatus {
-                self.transition(Role::Active, to, "standby reachable again".into());
+                self.transition(to, "standby reachable again".into());
             }
         }
     }
@@ -385,17 +440,17 @@ impl Server {
     /// the count is durable); `block` answers every waiting write at once as
     /// not acknowledged and refuses new ones (see [`Server::block_writes`]).
     pub(super) fn on_grace_expired(&mut self) {
-        if self.role != Role::Active {
+        if self.role() != Role::Active {
             return;
         }
         let policy = self.policy;
         let commit = self.applied.index;
         let grace = self.cfg.standby_grace_ms;
         let peer = self.peer_address();
-        let Some(r) = self.replica.as_mut() else {
+        let Some(r) = self.role.replica_mut() else {
             return;
         };
-        if !r.lost {
+        if !r.lost() {
             return;
         }
         if r.unheard_since_restart {
@@ -419,8 +474,9 @@ impl Server {
                 self.block_writes(failure, &pending);
             }
             OnStandbyLoss::Degrade => {
-                if !r.degraded {
-                    r.degraded = true;
+                if !r.degraded() {
+                    debug_assert_eq!(r.loss, StandbyLoss::Lost, "never blocked once heard");
+                    r.loss = StandbyLoss::Degraded { lost: true };
                     self.failure = Some(format!(
                         "standby unreachable for longer than standby_grace ({grace} ms); writes are acknowledged \
                          WITHOUT the standby (on_standby_loss = degrade) and counted as unprotected"
@@ -460,13 +516,14 @@ impl Server {
     /// would be unsafe: the standby may hold them already). Writes resume
     /// when the standby is heard again ([`Server::on_standby_heard`]).
     fn block_writes(&mut self, failure: String, pending_reason: &str) {
-        let Some(r) = self.replica.as_mut() else {
+        let Some(r) = self.role.replica_mut() else {
             return;
         };
-        if r.blocked {
+        if r.blocked() {
             return;
         }
-        r.blocked = true;
+        debug_assert_eq!(r.loss, StandbyLoss::Lost, "never degraded when blocking");
+        r.loss = StandbyLoss::Blocked;
         self.failure = Some(failure.clone());
         let refused_pending = self.writes.len() as u64;
         self.fail_pending(pending_reason);

@@ -16,16 +16,21 @@ pub(super) struct SnapshotRx {
 }
 
 impl Server {
+    /// Anything from the active: it is reachable.
     fn on_active_heard(&mut self) {
-        self.active_heard = true;
-        self.active_missed_ticks = 0;
+        let Some(sb) = self.role.standby_mut() else {
+            return;
+        };
+        sb.active_heard = true;
+        sb.active_missed_ticks = 0;
+        let synced = sb.synced;
         if self.dr_state == DrState::FailureGetActiveStatus {
-            let to = if self.synced {
+            let to = if synced {
                 DrState::StandbySync
             } else {
                 DrState::StandbyConfiguring
             };
-            self.transition(Role::Standby, to, "active reachable again".into());
+            self.transition(to, "active reachable again".into());
         }
     }
 
@@ -42,17 +47,20 @@ impl Server {
         epoch_starts: Vec<(Epoch, Index)>,
         config_index: Index,
     ) {
-        if self.role != Role::Standby
+        if self.role() != Role::Standby
             || epoch != self.epoch
             || self.dr_state == DrState::StandbyCandidate
         {
             return;
         }
         self.on_active_heard();
+        let Some(sb) = self.role.standby_mut() else {
+            return;
+        };
         // A snapshot of a point this standby already holds (a restarted active
         // probing from scratch): acknowledge it without going back in time.
-        let covered = self.synced
-            && self.snapshot_rx.is_none()
+        let covered = sb.synced
+            && sb.snapshot_rx.is_none()
             && (index <= self.applied.index || self.log.epoch_at(index) == Some(snapshot_epoch));
         if covered && index <= self.durable_index {
             self.send_peer(PeerMsg::SnapshotAck { index, chunk });
@@ -65,8 +73,11 @@ impl Server {
             }
             return;
         }
+        let Some(sb) = self.role.standby_mut() else {
+            return;
+        };
         if chunk == 0
-            && self
+            && sb
                 .snapshot_rx
                 .as_ref()
                 .is_none_or(|rx| rx.snapshot.index != index || rx.next > 1)
@@ -76,9 +87,9 @@ impl Server {
                 epoch: snapshot_epoch,
                 ..Snapshot::default()
             };
-            self.snapshot_rx = Some(SnapshotRx { snapshot, next: 0 });
+            sb.snapshot_rx = Some(SnapshotRx { snapshot, next: 0 });
         }
-        let Some(rx) = self.snapshot_rx.as_mut() else {
+        let Some(rx) = sb.snapshot_rx.as_mut() else {
             return;
         };
         if rx.snapshot.index != index {
@@ -100,12 +111,12 @@ impl Server {
             self.send_peer(PeerMsg::SnapshotAck { index, chunk });
             return;
         }
-        // `snapshot_rx` was just checked to be `Some`.
-        let mut rx = self.snapshot_rx.take().expect("checked");
-        rx.snapshot.sample_seq = sample_seq.into_iter().collect();
-        rx.snapshot.epoch_starts = epoch_starts;
-        rx.snapshot.config_index = config_index;
-        let snap = rx.snapshot;
+        let mut snap = std::mem::take(&mut rx.snapshot);
+        sb.snapshot_rx = None;
+        sb.synced = true;
+        snap.sample_seq = sample_seq.into_iter().collect();
+        snap.epoch_starts = epoch_starts;
+        snap.config_index = config_index;
         self.fail_pending("replaced by a snapshot");
         self.log = Log::starting_after(snap.index, snap.epoch);
         self.durable_index = snap.index;
@@ -116,10 +127,8 @@ impl Server {
         // The snapshot names the samples, it does not carry them: the ones
         // this server lacks are copied from the active (`samples_copy`).
         self.plan_sample_copy(&before.sample_seq, &snap);
-        self.synced = true;
         if self.dr_state != DrState::StandbySync {
             self.transition(
-                Role::Standby,
                 DrState::StandbySync,
                 format!("snapshot at index {index} installed"),
             );
@@ -137,14 +146,18 @@ impl Server {
         commit_index: Index,
         active_durable: Index,
     ) {
-        if self.role != Role::Standby
+        if self.role() != Role::Standby
             || epoch != self.epoch
             || self.dr_state == DrState::StandbyCandidate
         {
             return;
         }
         self.on_active_heard();
-        if self.snapshot_rx.is_some() || !self.synced {
+        if self
+            .role
+            .standby()
+            .is_none_or(|sb| sb.snapshot_rx.is_some() || !sb.synced)
+        {
             return;
         }
         let last = self.log.last_index();
@@ -195,14 +208,7 @@ impl Server {
                 None => self.stage_append(e),
             }
         }
-        for e in self.log.iter_after(self.applied.index) {
-            if let Op::Samples { client, samples } = &e.op {
-                if let Some(last) = samples.last() {
-                    let seq = self.pending_sample_seq.entry(client.clone()).or_insert(0);
-                    *seq = (*seq).max(last.seq);
-                }
-            }
-        }
+        self.fold_pending_sample_seq();
         let new_commit = commit_index.min(self.log.last_index());
         self.apply_upto(new_commit);
         let last = self.log.last_index();
@@ -211,7 +217,6 @@ impl Server {
             && self.dr_state == DrState::StandbySync
         {
             self.transition(
-                Role::Standby,
                 DrState::StandbyRunning,
                 format!("caught up with the active at index {last}"),
             );

@@ -3,6 +3,7 @@
 //! re-established with the peer after a restart.
 
 use super::replication_active::Replica;
+use super::role::*;
 use super::Server;
 use super::{Now, FIRST_EPOCH};
 use crate::api::*;
@@ -45,7 +46,7 @@ impl Server {
             me,
             now,
             rng,
-            role: Role::Standalone,
+            role: RoleState::Standalone(StandaloneState::default()),
             dr_state: DrState::Unconfigured,
             epoch: FIRST_EPOCH,
             highest_epoch_seen: FIRST_EPOCH,
@@ -58,14 +59,10 @@ impl Server {
             client_limits: BTreeMap::new(),
             pairing_token: None,
             policy: cfg.on_standby_loss,
-            synced: false,
-            fenced_by: None,
-            redirect_edge: None,
             unprotected_writes: 0,
             last_dr_protected_ms: None,
             role_timestamp_ms: now.wall_ms,
             state_timestamp_ms: now.wall_ms,
-            zombie_to_notify: false,
             failure: None,
             history,
             persisted_meta: r.meta.clone(),
@@ -78,36 +75,50 @@ impl Server {
             staged: Vec::new(),
             staged_after: Vec::new(),
             marks: VecDeque::new(),
-            replica: None,
-            active_heard: false,
-            active_missed_ticks: 0,
-            snapshot_rx: None,
             samples_to_copy: r
                 .samples_to_copy
                 .into_iter()
                 .map(|x| ((x.client, x.after_seq), x.up_to_seq))
                 .collect(),
-            join_target: false,
-            rejoin_requested: false,
-            demotion: None,
-            promotion: None,
             writes: VecDeque::new(),
             sample_acks: VecDeque::new(),
-            samples_stored: 0,
+            samples_stored_since_start: 0,
             contacts: BTreeMap::new(),
             outputs: VecDeque::new(),
             cfg,
         };
-        for e in s.log.iter_after(s.applied.index) {
-            if let Op::Samples { client, samples } = &e.op {
-                if let Some(last) = samples.last() {
-                    let seq = s.pending_sample_seq.entry(client.clone()).or_insert(0);
-                    *seq = (*seq).max(last.seq);
-                }
-            }
-        }
+        s.fold_pending_sample_seq();
         if let Some(m) = r.meta {
-            s.role = m.role;
+            s.role = match m.role {
+                Role::Standalone => RoleState::Standalone(StandaloneState {
+                    zombie_to_notify: m.zombie_to_notify,
+                }),
+                Role::Active => {
+                    let need_snapshot = m.dr_state == DrState::ActiveWaitStandby;
+                    let mut replica = Replica::new(need_snapshot, s.log.last_index());
+                    replica.lag_since_ms = Some(now.mono_ms);
+                    replica.unheard_since_restart = true;
+                    // Whether the standby still copies samples is not known
+                    // here (unless there are none): it says so again, from
+                    // this point on.
+                    replica.samples_unconfirmed = !s.applied.sample_seq.is_empty();
+                    replica.samples_confirm_from = s.applied.index;
+                    RoleState::Active(ActiveState {
+                        replica,
+                        demotion: None,
+                    })
+                }
+                Role::Standby => RoleState::Standby(StandbyState {
+                    synced: m.synced,
+                    join_target: m.dr_state == DrState::StandbyCandidate && m.peer.is_some(),
+                    ..StandbyState::default()
+                }),
+                Role::Zombie => RoleState::Zombie(ZombieState {
+                    fenced_by: m.fenced_by,
+                    redirect_edge: m.redirect_edge.clone(),
+                    rejoin_requested: false,
+                }),
+            };
             s.epoch = m.epoch;
             s.highest_epoch_seen = m.fenced_by.unwrap_or(m.epoch).max(m.epoch);
             s.pair_id = m.pair_id;
@@ -116,14 +127,10 @@ impl Server {
             s.epoch_proof = m.epoch_proof.clone();
             s.pairing_token = m.pairing_token;
             s.policy = m.policy;
-            s.synced = m.synced;
-            s.fenced_by = m.fenced_by;
-            s.redirect_edge = m.redirect_edge;
             s.unprotected_writes = m.unprotected_writes;
             s.last_dr_protected_ms = m.last_dr_protected_ms;
             s.role_timestamp_ms = m.role_timestamp_ms;
             s.state_timestamp_ms = m.state_timestamp_ms;
-            s.zombie_to_notify = m.zombie_to_notify;
             s.dr_state = m.dr_state;
             let promoted_durably = m.role == Role::Standby
                 && m.dr_state == DrState::PendingStandbyPromotion
@@ -132,37 +139,19 @@ impl Server {
                     .is_some_and(|e| e.op == Op::EpochStart && e.epoch == m.epoch);
             if promoted_durably {
                 // The first entry of the new epoch was durable: the promotion happened.
-                s.zombie_to_notify = true;
                 let last = s.log.last_index();
                 s.apply_upto(last);
-                s.transition(
-                    Role::Standalone,
+                s.change_role(
+                    RoleState::Standalone(StandaloneState {
+                        zombie_to_notify: true,
+                    }),
                     DrState::StandbyPromoted,
                     format!("restarted: promotion to epoch {} was durable", m.epoch),
                 );
             }
             let resumed = s.state_after_restart(s.dr_state);
-            match s.role {
-                Role::Active => {
-                    let mut rep =
-                        Replica::new(m.dr_state == DrState::ActiveWaitStandby, s.log.last_index());
-                    rep.lag_since_ms = Some(now.mono_ms);
-                    rep.unheard_since_restart = true;
-                    // Whether the standby still copies samples is not known
-                    // here (unless there are none): it says so again, from
-                    // this point on.
-                    rep.samples_unconfirmed = !s.applied.sample_seq.is_empty();
-                    rep.samples_confirm_from = s.applied.index;
-                    s.replica = Some(rep);
-                }
-                Role::Standby if m.dr_state == DrState::StandbyCandidate && m.peer.is_some() => {
-                    s.join_target = true;
-                }
-                _ => {}
-            }
             if resumed != s.dr_state {
                 s.transition(
-                    s.role,
                     resumed,
                     "restarted: state re-established with the peer".into(),
                 );
@@ -171,9 +160,9 @@ impl Server {
         // Entries durable in the log but not yet recorded as committed.
         s.advance_commit();
         s.set_timer(Timer::PeerTick, s.cfg.peer_heartbeat_interval_ms);
-        if s.role == Role::Active && s.dr_state == DrState::FailureGetStandbyStatus {
-            if let Some(r) = s.replica.as_mut() {
-                r.lost = true;
+        if s.role() == Role::Active && s.dr_state == DrState::FailureGetStandbyStatus {
+            if let Some(r) = s.role.replica_mut() {
+                r.declare_lost();
             }
             s.set_timer(Timer::StandbyGrace, s.cfg.standby_grace_ms);
             // Lost before the restart and not heard since: refused at once.
@@ -185,11 +174,11 @@ impl Server {
 
     fn state_after_restart(&self, st: DrState) -> DrState {
         use DrState::*;
-        match (self.role, st) {
+        match (self.role(), st) {
             (Role::Active, ActiveConfiguring | ActiveWaitStandby | FailureGetStandbyStatus) => st,
             (Role::Active, _) => StandbySync,
             (Role::Standby, StandbyCandidate | StandbyConfiguring) => st,
-            (Role::Standby, _) if self.synced => StandbySync,
+            (Role::Standby, _) if self.role.synced() => StandbySync,
             (Role::Standby, _) => StandbyConfiguring,
             _ => st,
         }

@@ -84,7 +84,11 @@ impl Server {
     /// Standby: asks for the first ranges still to copy, or, when none is
     /// left, tells the active that the copy is complete.
     pub(super) fn pull_samples(&mut self) {
-        if self.role != Role::Standby || !self.synced || self.snapshot_rx.is_some() {
+        if !self
+            .role
+            .standby()
+            .is_some_and(|s| s.synced && s.snapshot_rx.is_none())
+        {
             return;
         }
         let ranges: Vec<SampleRange> = self
@@ -101,23 +105,20 @@ impl Server {
     /// Standby, on its peer tick: a pull not answered yet is asked again
     /// (also the first one after a restart).
     pub(super) fn tick_sample_copy(&mut self) {
-        if !self.samples_to_copy.is_empty() && self.promotion.is_none() {
+        let promoting = self.role.standby().is_some_and(|s| s.promotion.is_some());
+        if !self.samples_to_copy.is_empty() && !promoting {
             self.pull_samples();
         }
     }
 
     pub(super) fn on_samples_batch(&mut self, epoch: Epoch, chunks: Vec<SampleChunk>) {
-        if self.role != Role::Standby
+        if self.role() != Role::Standby
             || epoch != self.epoch
             || self.dr_state == DrState::StandbyCandidate
         {
-            self.event(Event::PeerIgnored {
-                kind: "SamplesBatch",
-                reason: format!("not expected in role {} / {}", self.role, self.dr_state),
-            });
-            return;
+            return self.not_expected("SamplesBatch");
         }
-        if !self.synced || self.snapshot_rx.is_some() {
+        if !self.role.synced() || self.role.standby().is_some_and(|s| s.snapshot_rx.is_some()) {
             // Before the snapshot is installed there is nothing to copy into.
             return;
         }
@@ -174,7 +175,7 @@ impl Server {
                 self.samples_to_copy
                     .insert((c.client.clone(), c.through_seq), up_to_seq);
             }
-            self.samples_stored += c.samples.len() as u64;
+            self.samples_stored_since_start += c.samples.len() as u64;
             self.staged.push(PersistOp::StoreSamples(c));
         }
         // The next pull, once these are durable, acknowledges them.
@@ -185,7 +186,11 @@ impl Server {
     pub(super) fn on_samples_pull(&mut self, ranges: Vec<SampleRange>, applied_index: Index) {
         let max_bytes = self.cfg.max_batch_bytes;
         let max_samples = self.cfg.max_batch_entries;
-        let Some(r) = self.replica.as_mut() else {
+        if self.role() != Role::Active {
+            return self.not_expected("SamplesPull");
+        }
+        self.on_standby_heard();
+        let Some(r) = self.role.replica_mut() else {
             return;
         };
         if ranges.is_empty() {
@@ -229,10 +234,7 @@ impl Server {
 
     /// Active: what the storage read for the standby's pull.
     pub(super) fn on_samples_read(&mut self, chunks: Vec<SampleChunk>) {
-        if self.role != Role::Active {
-            return;
-        }
-        let Some(r) = self.replica.as_mut() else {
+        let Some(r) = self.role.replica_mut() else {
             return;
         };
         if !r.reading_samples {
@@ -249,7 +251,7 @@ impl Server {
     /// Active, on its peer tick: until the standby said its copy of the
     /// latest snapshot is complete, ask it.
     pub(super) fn tick_ask_sample_copy(&mut self) {
-        let ask = self.replica.as_ref().is_some_and(|r| {
+        let ask = self.role.replica().is_some_and(|r| {
             r.samples_unconfirmed && !r.reading_samples && r.snapshot.is_none() && !r.need_snapshot
         });
         if ask {

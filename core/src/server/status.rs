@@ -26,6 +26,31 @@ pub struct ClientCount {
     pub following_none_count: u64,
 }
 
+/// `replication.mode` of `getReplicationStatus` (SPEC §4, §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReplicationMode {
+    /// An active whose writes wait for its standby (RPO 0).
+    Sync,
+    /// An active acknowledging writes without its standby (`degrade`).
+    AsyncDegraded,
+    /// A standby, following its active.
+    SyncStandby,
+    /// Standalone or zombie: nothing replicated.
+    None,
+}
+
+impl ReplicationMode {
+    /// The name the API and the DR page show.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReplicationMode::Sync => "SYNC",
+            ReplicationMode::AsyncDegraded => "ASYNC_DEGRADED",
+            ReplicationMode::SyncStandby => "SYNC_STANDBY",
+            ReplicationMode::None => "NONE",
+        }
+    }
+}
+
 /// `getReplicationStatus` (SPEC §7), without the optional tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
@@ -57,18 +82,24 @@ pub struct Status {
     pub lag_ms: u64,
     pub unprotected_writes: u64,
     pub degraded: bool,
+    /// An active whose acknowledged writes are on its standby too (RPO 0):
+    /// what the API, the metrics and the DR page call "protected".
+    pub protected: bool,
+    pub replication_mode: ReplicationMode,
     pub writes_blocked: bool,
     pub fenced_by: Option<Epoch>,
     pub pending_writes: usize,
     pub documents: usize,
-    pub samples_stored: u64,
+    /// Monitoring samples this server has stored since it started, its own
+    /// and those copied from the active (`samplesStoredSinceStart`).
+    pub samples_stored_since_start: u64,
     pub client_count: ClientCount,
 }
 
 impl Server {
     /// `getReplicationStatus`.
     pub fn status(&self) -> Status {
-        let rep = self.replica.as_ref();
+        let rep = self.role.replica();
         let standby_acked = rep.map(|r| r.match_index);
         let lag_entries = rep.map_or(0, |r| self.durable_index.saturating_sub(r.match_index));
         let lag_ms = rep
@@ -76,8 +107,15 @@ impl Server {
             .filter(|_| lag_entries > 0)
             .map_or(0, |t| self.now.mono_ms.saturating_sub(t));
         let redirects = self.redirects();
+        let degraded = rep.is_some_and(|r| r.degraded());
+        let replication_mode = match self.role() {
+            Role::Active if degraded => ReplicationMode::AsyncDegraded,
+            Role::Active => ReplicationMode::Sync,
+            Role::Standby => ReplicationMode::SyncStandby,
+            Role::Standalone | Role::Zombie => ReplicationMode::None,
+        };
         Status {
-            role: self.role,
+            role: self.role(),
             dr_state: self.dr_state,
             failure_description: self.failure.clone(),
             role_timestamp_ms: self.role_timestamp_ms,
@@ -100,19 +138,21 @@ impl Server {
             lag_entries,
             lag_ms,
             unprotected_writes: self.unprotected_writes,
-            degraded: rep.is_some_and(|r| r.degraded),
-            writes_blocked: rep.is_some_and(|r| r.blocked),
-            fenced_by: self.fenced_by,
+            degraded,
+            protected: self.protected(),
+            replication_mode,
+            writes_blocked: rep.is_some_and(|r| r.blocked()),
+            fenced_by: self.role.fenced_by(),
             pending_writes: self.writes.len(),
             documents: self.applied.docs.len(),
-            samples_stored: self.samples_stored,
+            samples_stored_since_start: self.samples_stored_since_start,
             client_count: self.client_count(),
         }
     }
 
     /// Where callers refused by this server should go.
     pub fn redirects(&self) -> Redirects {
-        match self.role {
+        match self.role() {
             Role::Standalone | Role::Active => Redirects {
                 admin: Some(self.me.admin_address.clone()),
                 edge: Some(self.me.edge_address.clone()),
@@ -131,8 +171,8 @@ impl Server {
             },
             Role::Zombie => {
                 let peer_edge = self.peer.as_ref().map(|p| p.edge_address.clone());
-                let promoted_is_peer =
-                    self.redirect_edge.is_none() || self.redirect_edge == peer_edge;
+                let redirect_edge = self.role.redirect_edge().cloned();
+                let promoted_is_peer = redirect_edge.is_none() || redirect_edge == peer_edge;
                 Redirects {
                     admin: self
                         .peer
@@ -140,11 +180,7 @@ impl Server {
                         .filter(|_| promoted_is_peer)
                         .map(|p| p.admin_address.clone())
                         .filter(|a| !a.is_empty()),
-                    edge: self
-                        .redirect_edge
-                        .clone()
-                        .or(peer_edge)
-                        .filter(|a| !a.is_empty()),
+                    edge: redirect_edge.or(peer_edge).filter(|a| !a.is_empty()),
                 }
             }
         }
@@ -152,7 +188,7 @@ impl Server {
 
     /// Edge address of the server that takes writes (what `redirects().edge` says, cheaper).
     pub(super) fn active_edge_address(&self) -> Option<String> {
-        match self.role {
+        match self.role() {
             Role::Standalone | Role::Active => Some(self.me.edge_address.clone()),
             Role::Standby => self
                 .peer
@@ -167,14 +203,14 @@ impl Server {
     /// The role gate for an API call of `kind` (SPEC §3, §9.5).
     pub fn gate(&self, kind: RequestKind, method: &str) -> Result<(), CommandError> {
         let config_call = matches!(kind, RequestKind::ConfigRead | RequestKind::ConfigWrite);
-        if mutant!(self.cfg, StandbyServesConfig) && self.role == Role::Standby && config_call {
+        if mutant!(self.cfg, StandbyServesConfig) && self.role() == Role::Standby && config_call {
             // The bug this mutant plants: a standby serving configuration calls.
             return Ok(());
         }
         gate(
-            self.role,
+            self.role(),
             self.dr_state,
-            self.fenced_by.unwrap_or(self.highest_epoch_seen),
+            self.role.fenced_by().unwrap_or(self.highest_epoch_seen),
             kind,
             method,
             &self.redirects(),

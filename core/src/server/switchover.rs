@@ -2,6 +2,7 @@
 //! switchover's handshake, the disaster promotion, and `demoteActive`.
 
 use super::persist::AfterDurable;
+use super::role::*;
 use super::Server;
 use crate::api::*;
 use crate::config::mutant;
@@ -34,30 +35,35 @@ pub(super) struct Promotion {
 
 impl Server {
     pub(super) fn on_demote_request(&mut self, new_epoch: Epoch) {
-        if self.role == Role::Zombie && self.fenced_by == Some(new_epoch) {
+        if self.role.fenced_by() == Some(new_epoch) {
             self.send_demote_granted();
             return;
         }
-        if self.role != Role::Active || new_epoch != self.epoch + 1 {
+        let resume = self.dr_state;
+        let Some(a) = self
+            .role
+            .active_mut()
+            .filter(|_| new_epoch == self.epoch + 1)
+        else {
             let reason = format!(
                 "cannot demote for epoch {new_epoch}: this server is {} / {} at epoch {}",
-                self.role, self.dr_state, self.epoch
+                self.role(),
+                self.dr_state,
+                self.epoch
             );
             self.send_peer(PeerMsg::Refused {
                 reason,
                 in_reply_to: None,
             });
             return;
-        }
-        if self.demotion.is_none() {
-            let resume = self.dr_state;
-            self.demotion = Some(Demotion {
+        };
+        if a.demotion.is_none() {
+            a.demotion = Some(Demotion {
                 new_epoch,
                 ticks: 0,
                 resume,
             });
             self.transition(
-                Role::Active,
                 DrState::PendingActiveDemotion,
                 "planned switchover requested by the standby".into(),
             );
@@ -67,25 +73,28 @@ impl Server {
 
     /// Demote once every entry is durable here and on the standby.
     pub(super) fn check_demotion_ready(&mut self) {
-        let Some(d) = &self.demotion else { return };
+        let Some(ActiveState {
+            replica,
+            demotion: Some(d),
+        }) = self.role.active()
+        else {
+            return;
+        };
         let last = self.log.last_index();
-        let standby_has_all = self
-            .replica
-            .as_ref()
-            .is_some_and(|r| r.match_index >= last && !r.samples_unconfirmed);
+        let standby_has_all = replica.match_index >= last && !replica.samples_unconfirmed;
         let skip = mutant!(self.cfg, PromoteWithoutCatchup);
         if !(self.durable_index >= last && (standby_has_all || skip)) {
             return;
         }
         let new_epoch = d.new_epoch;
-        self.demotion = None;
-        self.fenced_by = Some(new_epoch);
         self.highest_epoch_seen = self.highest_epoch_seen.max(new_epoch);
-        self.redirect_edge = self.peer.as_ref().map(|p| p.edge_address.clone());
-        self.replica = None;
-        self.out(Output::CancelTimer(Timer::StandbyGrace));
-        self.transition(
-            Role::Zombie,
+        let zombie = ZombieState {
+            fenced_by: Some(new_epoch),
+            redirect_edge: self.peer.as_ref().map(|p| p.edge_address.clone()),
+            rejoin_requested: false,
+        };
+        self.change_role(
+            RoleState::Zombie(zombie),
             DrState::Zombie,
             format!("planned switchover: handed over at index {last} to epoch {new_epoch}"),
         );
@@ -94,7 +103,7 @@ impl Server {
     }
 
     pub(super) fn send_demote_granted(&mut self) {
-        let Some(new_epoch) = self.fenced_by else {
+        let Some(new_epoch) = self.role.fenced_by() else {
             return;
         };
         let (last_index, last_epoch) = (self.log.last_index(), self.log.last_epoch());
@@ -111,7 +120,7 @@ impl Server {
         last_index: Index,
         last_epoch: Epoch,
     ) {
-        let Some(p) = self.promotion.as_mut() else {
+        let Some(p) = self.role.standby_mut().and_then(|s| s.promotion.as_mut()) else {
             return;
         };
         if !p.planned || p.granted_last.is_some() || new_epoch != self.epoch + 1 {
@@ -125,17 +134,15 @@ impl Server {
         if !has_all && !mutant!(self.cfg, PromoteWithoutCatchup) {
             // Cannot happen when the active waited for our durable ack; refuse loudly.
             let (req, resume) = (p.req, p.resume);
-            self.promotion = None;
+            if let Some(s) = self.role.standby_mut() {
+                s.promotion = None;
+            }
             let why = format!(
                 "the old active handed over index {last_index}, but only {} is durable here; promote again \
                  (disaster promotion) once you have checked the old active",
                 self.durable_index
             );
-            self.transition(
-                Role::Standby,
-                resume,
-                format!("planned switchover abandoned: {why}"),
-            );
+            self.transition(resume, format!("planned switchover abandoned: {why}"));
             self.reply(req, Err(CommandError::SwitchoverAbandoned(why)));
             return;
         }
@@ -165,7 +172,7 @@ impl Server {
     }
 
     pub(super) fn finish_promotion(&mut self) {
-        let Some(p) = self.promotion.take() else {
+        let Some(p) = self.role.standby_mut().and_then(|s| s.promotion.take()) else {
             return;
         };
         let epoch = self.epoch;
@@ -174,8 +181,6 @@ impl Server {
         } else {
             "disaster failover"
         };
-        self.zombie_to_notify = true;
-        self.snapshot_rx = None;
         let uncopied = match self.samples_to_copy.len() {
             0 => String::new(),
             n => format!(
@@ -183,8 +188,11 @@ impl Server {
                  are not on this server"
             ),
         };
-        self.transition(
-            Role::Standalone,
+        let promoted = StandaloneState {
+            zombie_to_notify: true,
+        };
+        self.change_role(
+            RoleState::Standalone(promoted),
             DrState::StandbyPromoted,
             format!("promoted by {how} to epoch {epoch}{uncopied}"),
         );
@@ -199,19 +207,26 @@ impl Server {
         );
     }
 
+    /// A promotion the operator asked of this standby begins.
+    fn start_promotion(&mut self, p: Promotion) {
+        if let Some(s) = self.role.standby_mut() {
+            s.promotion = Some(p);
+        }
+    }
+
     pub(super) fn cmd_promote(
         &mut self,
         req: RequestId,
         force: bool,
     ) -> Result<Option<Reply>, CommandError> {
-        const M: &str = "disasterRecovery/promoteStandbyToActive";
-        if self.role != Role::Standby {
+        const M: Method = Method::PromoteStandbyToActive;
+        let Some(sb) = self.role.standby() else {
             return Err(self.wrong_state(M, "only a STANDBY can be promoted"));
-        }
-        if self.promotion.is_some() {
+        };
+        if sb.promotion.is_some() {
             return Err(self.wrong_state(M, "a promotion is already in progress"));
         }
-        if !self.synced {
+        if !sb.synced {
             return Err(self.wrong_state(
                 M,
                 "this standby never completed its initial copy; promoting it would lose data",
@@ -224,7 +239,7 @@ impl Server {
                     OnStandbyLoss::Block => Some(0),
                     OnStandbyLoss::Degrade => None,
                 };
-                self.promotion = Some(Promotion {
+                self.start_promotion(Promotion {
                     req,
                     planned: false,
                     ticks: 0,
@@ -233,7 +248,6 @@ impl Server {
                     resume,
                 });
                 self.transition(
-                    Role::Standby,
                     DrState::PendingStandbyPromotion,
                     "disaster failover requested by the operator".into(),
                 );
@@ -253,7 +267,7 @@ impl Server {
                 ));
             }
             DrState::StandbyRunning | DrState::StandbySync if force => {
-                self.promotion = Some(Promotion {
+                self.start_promotion(Promotion {
                     req,
                     planned: true,
                     ticks: 0,
@@ -262,7 +276,6 @@ impl Server {
                     resume,
                 });
                 self.transition(
-                    Role::Standby,
                     DrState::PendingStandbyPromotion,
                     "planned switchover requested by the operator".into(),
                 );
@@ -286,25 +299,24 @@ impl Server {
         req: RequestId,
         force: bool,
     ) -> Result<Option<Reply>, CommandError> {
-        const M: &str = "disasterRecovery/demoteActive";
-        if self.role != Role::Active {
+        const M: Method = Method::DemoteActive;
+        let Some(a) = self.role.active() else {
             return Err(self.wrong_state(M, "only an ACTIVE server can be demoted"));
-        }
-        let lag = self.replica.as_ref().map_or(u64::MAX, |r| {
-            self.log.last_index().saturating_sub(r.match_index)
-        });
+        };
+        let lag = self.log.last_index().saturating_sub(a.replica.match_index);
         if !force && lag > 0 {
             return Err(self.wrong_state(
                 M,
                 format!("the standby lacks {lag} entries; demoting now would leave them only here. Use force:true to demote anyway"),
             ));
         }
-        self.replica = None;
-        self.demotion = None;
-        self.redirect_edge = self.peer.as_ref().map(|p| p.edge_address.clone());
-        self.out(Output::CancelTimer(Timer::StandbyGrace));
-        self.transition(
-            Role::Zombie,
+        let zombie = ZombieState {
+            fenced_by: None,
+            redirect_edge: self.peer.as_ref().map(|p| p.edge_address.clone()),
+            rejoin_requested: false,
+        };
+        self.change_role(
+            RoleState::Zombie(zombie),
             DrState::Zombie,
             format!("demoted by the operator (force = {force})"),
         );

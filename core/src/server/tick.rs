@@ -1,6 +1,7 @@
 //! The peer tick: failure counting, retransmission and the switchover
 //! deadlines, per role.
 
+use super::role::RoleState;
 use super::Server;
 use crate::api::*;
 use crate::msg::*;
@@ -9,29 +10,26 @@ use crate::types::*;
 impl Server {
     pub(super) fn on_tick(&mut self) {
         self.set_timer(Timer::PeerTick, self.cfg.peer_heartbeat_interval_ms);
-        match self.role {
-            Role::Active => self.tick_active(),
-            Role::Standby => self.tick_standby(),
-            Role::Standalone if self.zombie_to_notify => self.send_new_epoch(),
-            Role::Zombie if self.rejoin_requested => self.send_rejoin(),
-            _ => {}
+        match &self.role {
+            RoleState::Active(_) => self.tick_active(),
+            RoleState::Standby(_) => self.tick_standby(),
+            RoleState::Standalone(s) if s.zombie_to_notify => self.send_new_epoch(),
+            RoleState::Zombie(z) if z.rejoin_requested => self.send_rejoin(),
+            RoleState::Standalone(_) | RoleState::Zombie(_) => {}
         }
     }
 
     fn tick_active(&mut self) {
         let threshold = self.cfg.peer_failure_threshold;
         let durable = self.durable_index;
-        let Some(r) = self.replica.as_mut() else {
+        let Some(r) = self.role.replica_mut() else {
             return;
         };
         if !r.heard {
             r.missed_ticks = (r.missed_ticks + 1).min(threshold);
         }
         r.heard = false;
-        let newly_lost = !r.lost && r.missed_ticks >= threshold;
-        if newly_lost {
-            r.lost = true;
-        }
+        let newly_lost = r.missed_ticks >= threshold && r.declare_lost();
         let restarted_alone = newly_lost && r.unheard_since_restart;
         // Stalled stream: rewind and resend from what the standby has.
         let stalled = r.match_index == r.match_at_tick && r.next_index > r.match_index + 1;
@@ -53,7 +51,6 @@ impl Server {
                 DrState::StandbySync | DrState::StandbyRunning | DrState::ActiveWaitStandby
             ) {
                 self.transition(
-                    Role::Active,
                     DrState::FailureGetStandbyStatus,
                     format!("standby unreachable for {threshold} heartbeats (lag {lag} entries)"),
                 );
@@ -63,13 +60,15 @@ impl Server {
         if restarted_alone {
             self.block_restarted_alone();
         }
-        if let Some(d) = self.demotion.as_mut() {
+        let demotion = self.role.active_mut().and_then(|a| a.demotion.as_mut());
+        if let Some(d) = demotion {
             d.ticks += 1;
             if d.ticks > self.cfg.switchover_max_ticks {
                 let resume = d.resume;
-                self.demotion = None;
+                if let Some(a) = self.role.active_mut() {
+                    a.demotion = None;
+                }
                 self.transition(
-                    Role::Active,
                     resume,
                     "planned switchover abandoned: the standby did not catch up in time; writes resume".into(),
                 );
@@ -77,7 +76,7 @@ impl Server {
         }
         match self.dr_state {
             DrState::ActiveConfiguring => self.send_pair(),
-            _ if self.replica.as_ref().is_some_and(|r| r.snapshot.is_some()) => {
+            _ if self.role.replica().is_some_and(|r| r.snapshot.is_some()) => {
                 self.resend_snapshot_chunk()
             }
             _ => {
@@ -90,30 +89,34 @@ impl Server {
 
     fn tick_standby(&mut self) {
         let threshold = self.cfg.peer_failure_threshold;
-        if self.join_target && self.dr_state == DrState::StandbyCandidate {
+        let candidate = self.dr_state == DrState::StandbyCandidate;
+        let Some(sb) = self.role.standby_mut() else {
+            return;
+        };
+        if sb.join_target && candidate {
             self.send_join();
         }
         self.tick_sample_copy();
-        if !self.active_heard {
-            self.active_missed_ticks = (self.active_missed_ticks + 1).min(threshold);
+        let Some(sb) = self.role.standby_mut() else {
+            return;
+        };
+        if !sb.active_heard {
+            sb.active_missed_ticks = (sb.active_missed_ticks + 1).min(threshold);
         }
-        self.active_heard = false;
-        if let Some(p) = self.promotion.as_mut() {
+        sb.active_heard = false;
+        let missed = sb.active_missed_ticks;
+        if let Some(p) = sb.promotion.as_mut() {
             if p.planned && p.granted_last.is_none() {
                 p.ticks += 1;
                 if p.ticks > self.cfg.switchover_max_ticks {
                     let (req, resume) = (p.req, p.resume);
-                    self.promotion = None;
+                    sb.promotion = None;
                     let why = format!(
                         "the active did not confirm its demotion within {} peer heartbeats; nothing changed, \
                          the active keeps serving",
                         self.cfg.switchover_max_ticks
                     );
-                    self.transition(
-                        Role::Standby,
-                        resume,
-                        format!("planned switchover abandoned: {why}"),
-                    );
+                    self.transition(resume, format!("planned switchover abandoned: {why}"));
                     self.reply(req, Err(CommandError::SwitchoverAbandoned(why)));
                 } else {
                     let new_epoch = self.epoch + 1;
@@ -125,15 +128,13 @@ impl Server {
             self.dr_state,
             DrState::StandbyConfiguring | DrState::StandbySync | DrState::StandbyRunning
         );
-        if watching && self.active_missed_ticks >= threshold {
-            let missed = self.active_missed_ticks;
+        if watching && missed >= threshold {
             self.failure = Some(format!(
                 "active {} unreachable: nothing heard for {missed} peer heartbeats; promoteStandbyToActive \
                  is possible",
                 self.peer.as_ref().map_or("?", |p| p.peer_address.as_str())
             ));
             self.transition(
-                Role::Standby,
                 DrState::FailureGetActiveStatus,
                 format!("active unreachable for {missed} heartbeats"),
             );

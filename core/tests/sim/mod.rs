@@ -556,7 +556,7 @@ impl Sim {
     }
 
     fn drain_edge(&mut self, j: usize) {
-        while let Some(out) = self.edges[j].edge.poll_output() {
+        for out in vcodr_core::testing::drain_edge(&mut self.edges[j].edge) {
             match out {
                 EdgeOutput::Send { server, msg, .. } => {
                     let frame = encode_frame(&msg, DEFAULT_MAX_FRAME_BYTES)

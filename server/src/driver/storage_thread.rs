@@ -1,0 +1,108 @@
+//! The storage thread: commits the core's persist requests in groups and
+//! runs reads between commits; a failed commit stops the server.
+
+use super::*;
+
+pub(super) fn run(
+    mut storage: Box<dyn Storage>,
+    jobs: std::sync::mpsc::Receiver<StorageJob>,
+    back: mpsc::Sender<DriverMsg>,
+    metrics: Arc<Metrics>,
+) {
+    let mut pending: Vec<StorageJob> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            match jobs.recv() {
+                Ok(j) => pending.push(j),
+                Err(_) => return,
+            }
+        }
+        // Group commit: everything queued while the previous commit ran.
+        pending.extend(jobs.try_iter());
+        let mut batch = Vec::new();
+        let mut rest = Vec::new();
+        for j in pending.drain(..) {
+            match j {
+                StorageJob::Commit(seq, ops) if rest.is_empty() => batch.push((seq, ops)),
+                other => rest.push(other),
+            }
+        }
+        if !batch.is_empty() {
+            let started = Instant::now();
+            let entries = batch
+                .iter()
+                .flat_map(|(_, ops)| ops)
+                .map(|op| {
+                    if let PersistOp::Append(e) = op {
+                        e.len() as u64
+                    } else {
+                        0
+                    }
+                })
+                .sum();
+            let up_to = batch.last().map_or(0, |(s, _)| *s);
+            match storage.commit(&batch) {
+                Ok(()) => {
+                    metrics.persist_batches.fetch_add(1, Relaxed);
+                    metrics
+                        .persist_requests
+                        .fetch_add(batch.len() as u64, Relaxed);
+                    if back
+                        .blocking_send(DriverMsg::Persisted {
+                            up_to,
+                            entries,
+                            started,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // Nothing after a failed commit may be acknowledged, and
+                    // what the disk holds is no longer what the core believes
+                    // (the batch may be durable or not): fail-stop.
+                    let os_error = os_error(&e);
+                    tracing::error!(
+                        target: "vcodr::storage",
+                        error = %e,
+                        os_error = %os_error.as_deref().unwrap_or("none"),
+                        persist_requests = batch.len(),
+                        "storage commit failed: {e}; the server stops (fail-stop) and recovers from disk at its restart"
+                    );
+                    let _ = back.blocking_send(DriverMsg::StorageFailed(e.to_string()));
+                    return;
+                }
+            }
+        }
+        // Reads and contact saves keep their order relative to later commits.
+        let mut rest = rest.into_iter();
+        while let Some(j) = rest.next() {
+            match j {
+                StorageJob::Read(f) => f(storage.as_ref()),
+                StorageJob::SaveContacts(c) => {
+                    if let Err(e) = storage.save_contacts(&c) {
+                        tracing::warn!(error = %e, "saving the client contact table failed");
+                    }
+                }
+                commit @ StorageJob::Commit(..) => {
+                    pending.push(commit);
+                    pending.extend(rest.by_ref());
+                }
+            }
+        }
+    }
+}
+
+/// The operating-system error under a storage error, if any (e.g. `No space
+/// left on device (os error 28)`).
+fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.to_string());
+        }
+        cur = err.source();
+    }
+    None
+}
