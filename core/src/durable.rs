@@ -210,52 +210,27 @@ impl MemStore {
     }
 
     /// The reference meaning of [`Output::ReadSamples`](crate::Output::ReadSamples):
-    /// for each range in order, the stored samples of its client with
-    /// `after_seq < seq <= up_to_seq`, as one [`SampleChunk`] whose
-    /// `through_seq` is the range's end when all of it was read. The read
-    /// stops before the first sample that would bring it above `max_bytes`
-    /// (payload + [`SAMPLE_OVERHEAD_BYTES`] each) or `max_samples`, except
-    /// that its first sample is always taken; the range it stops in answers
-    /// up to its last sample taken (no chunk if none), and later ranges are
-    /// not answered. Ranges with `after_seq >= up_to_seq` are skipped.
+    /// [`read_sample_chunks`] over this store's samples.
     pub fn read_samples(
         &self,
         ranges: &[SampleRange],
         max_bytes: usize,
         max_samples: usize,
     ) -> Vec<SampleChunk> {
-        let mut budget = SampleBudget::new(max_bytes, max_samples);
-        let mut out = Vec::new();
-        for r in ranges.iter().filter(|r| r.after_seq < r.up_to_seq) {
+        let read = read_sample_chunks(ranges, max_bytes, max_samples, |r| {
             let from = (r.client.clone(), r.after_seq + 1);
             let to = (r.client.clone(), r.up_to_seq);
-            let mut chunk = SampleChunk {
-                client: r.client.clone(),
-                after_seq: r.after_seq,
-                through_seq: r.up_to_seq,
-                samples: Vec::new(),
-            };
-            let mut full = false;
-            for ((_, seq), payload) in self.samples.range(from..=to) {
-                if !budget.take(payload.len()) {
-                    full = true;
-                    break;
-                }
-                chunk.samples.push(crate::types::Sample {
+            Ok::<_, std::convert::Infallible>(self.samples.range(from..=to).map(|((_, seq), p)| {
+                Ok(Sample {
                     seq: *seq,
-                    payload: payload.clone(),
-                });
-            }
-            if full {
-                if let Some(last) = chunk.samples.last() {
-                    chunk.through_seq = last.seq;
-                    out.push(chunk);
-                }
-                break;
-            }
-            out.push(chunk);
+                    payload: p.clone(),
+                })
+            }))
+        });
+        match read {
+            Ok(chunks) => chunks,
+            Err(never) => match never {},
         }
-        out
     }
 
     /// What a server restarting from this store gets.
@@ -296,17 +271,66 @@ impl MemStore {
     }
 }
 
-/// The bounds of one read of samples ([`MemStore::read_samples`]): storage
-/// implementations use it so that they stop where the reference stops.
+/// How every store answers [`Output::ReadSamples`](crate::Output::ReadSamples)
+/// (the in-memory reference and each `Storage`): for each range in order,
+/// the stored samples of its client with `after_seq < seq <= up_to_seq`, as
+/// one [`SampleChunk`] whose `through_seq` is the range's end when all of it
+/// was read. The read stops before the first sample that would bring it
+/// above `max_bytes` (payload + [`SAMPLE_OVERHEAD_BYTES`] each) or
+/// `max_samples`, except that its first sample is always taken; the range it
+/// stops in answers up to its last sample taken (no chunk if none), and later
+/// ranges are not answered. Ranges with `after_seq >= up_to_seq` are skipped.
+/// `samples_of(range)` yields those samples of the store, in seq order; its
+/// errors end the read.
+pub fn read_sample_chunks<E, I>(
+    ranges: &[SampleRange],
+    max_bytes: usize,
+    max_samples: usize,
+    mut samples_of: impl FnMut(&SampleRange) -> Result<I, E>,
+) -> Result<Vec<SampleChunk>, E>
+where
+    I: Iterator<Item = Result<Sample, E>>,
+{
+    let mut budget = SampleBudget::new(max_bytes, max_samples);
+    let mut out = Vec::new();
+    for r in ranges.iter().filter(|r| r.after_seq < r.up_to_seq) {
+        let mut chunk = SampleChunk {
+            client: r.client.clone(),
+            after_seq: r.after_seq,
+            through_seq: r.up_to_seq,
+            samples: Vec::new(),
+        };
+        let mut full = false;
+        for sample in samples_of(r)? {
+            let sample = sample?;
+            if !budget.take(sample.payload.len()) {
+                full = true;
+                break;
+            }
+            chunk.samples.push(sample);
+        }
+        if full {
+            if let Some(last) = chunk.samples.last() {
+                chunk.through_seq = last.seq;
+                out.push(chunk);
+            }
+            break;
+        }
+        out.push(chunk);
+    }
+    Ok(out)
+}
+
+/// The bounds of one read of samples ([`read_sample_chunks`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SampleBudget {
+struct SampleBudget {
     bytes_left: usize,
     samples_left: usize,
     taken: usize,
 }
 
 impl SampleBudget {
-    pub fn new(max_bytes: usize, max_samples: usize) -> Self {
+    fn new(max_bytes: usize, max_samples: usize) -> Self {
         SampleBudget {
             bytes_left: max_bytes,
             samples_left: max_samples,
@@ -316,7 +340,7 @@ impl SampleBudget {
 
     /// Takes a sample of `payload_bytes` if it fits (the first always does);
     /// false: the read stops before it.
-    pub fn take(&mut self, payload_bytes: usize) -> bool {
+    fn take(&mut self, payload_bytes: usize) -> bool {
         let bytes = payload_bytes + SAMPLE_OVERHEAD_BYTES;
         let fits = self.samples_left > 0 && bytes <= self.bytes_left;
         if !fits && self.taken > 0 {

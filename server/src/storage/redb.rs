@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use vcodr_core::durable::SampleBudget;
+use vcodr_core::durable::read_sample_chunks;
 use vcodr_core::{
     ClientContact, Doc, DurableMeta, Entry, Epoch, Index, Op, PersistOp, PersistSeq, Restored,
     Sample, SampleChunk, SampleRange, Snapshot, Transition,

@@ -143,41 +143,20 @@ impl Storage for RedbStorage {
     ) -> Result<Vec<SampleChunk>, StorageError> {
         let txn = self.begin_read()?;
         let table = self.read_table(&txn, SAMPLES, SAMPLES_NAME)?;
-        let mut budget = SampleBudget::new(max_bytes, max_samples);
-        let mut out = Vec::new();
-        for r in ranges.iter().filter(|r| r.after_seq < r.up_to_seq) {
+        const WHAT: &str = "read for the standby";
+        read_sample_chunks(ranges, max_bytes, max_samples, |r| {
             let client = r.client.as_str();
-            let mut chunk = SampleChunk {
-                client: r.client.clone(),
-                after_seq: r.after_seq,
-                through_seq: r.up_to_seq,
-                samples: Vec::new(),
-            };
-            let mut full = false;
-            for item in table
+            let rows = table
                 .range((client, r.after_seq + 1)..=(client, r.up_to_seq))
-                .map_err(self.db_err(SAMPLES_NAME, "read for the standby"))?
-            {
-                let (k, v) = item.map_err(self.db_err(SAMPLES_NAME, "read for the standby"))?;
-                if !budget.take(v.value().len()) {
-                    full = true;
-                    break;
-                }
-                chunk.samples.push(Sample {
+                .map_err(self.db_err(SAMPLES_NAME, WHAT))?;
+            Ok(rows.map(|row| {
+                let (k, v) = row.map_err(self.db_err(SAMPLES_NAME, WHAT))?;
+                Ok(Sample {
                     seq: k.value().1,
                     payload: v.value().to_vec(),
-                });
-            }
-            if full {
-                if let Some(last) = chunk.samples.last() {
-                    chunk.through_seq = last.seq;
-                    out.push(chunk);
-                }
-                break;
-            }
-            out.push(chunk);
-        }
-        Ok(out)
+                })
+            }))
+        })
     }
 
     fn sample_summary(&self) -> Result<Vec<SampleSummary>, StorageError> {
