@@ -220,22 +220,7 @@ pub fn acked_samples_kept(_: &DrModel, st: &State) -> bool {
 pub fn running_standby_holds_acked_samples(_: &DrModel, st: &State) -> bool {
     st.up()
         .filter(|(_, v)| v.role() == Role::Standby && v.dr_state() == DrState::StandbyRunning)
-        .all(|(s, v)| {
-            let store = &st.servers[usize::from(s)].store;
-            st.hist
-                .sample_acks
-                .iter()
-                .filter(|a| {
-                    !a.unprotected
-                        && a.pair.is_some()
-                        && a.pair == v.pair_id()
-                        && a.epoch <= v.epoch()
-                })
-                .all(|a| {
-                    let client = edge_client(a.edge);
-                    (1..=a.up_to_seq).all(|q| store_has_sample(store, &client, q))
-                })
-        })
+        .all(|(s, v)| holds_acked_samples(st, s, v))
 }
 
 /// §9.7 / §4 An active that reports STANDBY_RUNNING has a standby holding
@@ -244,21 +229,26 @@ pub fn running_standby_holds_acked_samples(_: &DrModel, st: &State) -> bool {
 pub fn running_active_has_standby_with_acked_samples(_: &DrModel, st: &State) -> bool {
     st.up()
         .filter(|(_, v)| v.role() == Role::Active && v.dr_state() == DrState::StandbyRunning)
-        .all(|(s, v)| {
-            let store = &st.servers[usize::from(1 - s)].store;
-            st.hist
-                .sample_acks
-                .iter()
-                .filter(|a| {
-                    !a.unprotected
-                        && a.pair.is_some()
-                        && a.pair == v.pair_id()
-                        && a.epoch <= v.epoch()
-                })
-                .all(|a| {
-                    let client = edge_client(a.edge);
-                    (1..=a.up_to_seq).all(|q| store_has_sample(store, &client, q))
-                })
+        .all(|(s, v)| holds_acked_samples(st, 1 - s, v))
+}
+
+/// Whether server `holder`'s durable store holds (stored, or in its log)
+/// every sample acknowledged as protected in `view`'s pair at its epoch or
+/// before.
+fn holds_acked_samples(st: &State, holder: ServerIx, view: &Server) -> bool {
+    let store = &st.servers[usize::from(holder)].store;
+    st.hist
+        .sample_acks
+        .iter()
+        .filter(|a| {
+            !a.unprotected
+                && a.pair.is_some()
+                && a.pair == view.pair_id()
+                && a.epoch <= view.epoch()
+        })
+        .all(|a| {
+            let client = edge_client(a.edge);
+            (1..=a.up_to_seq).all(|q| store_has_sample(store, &client, q))
         })
 }
 
