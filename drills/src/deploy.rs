@@ -14,6 +14,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use vcodr_server::ctl::Client;
+use vcodr_server::tools::cluster::spawn_serve;
 use vcodr_transport::certs::ServerSpec;
 
 /// Timers of the drills' servers (SPEC §8 keys). `write_timeout_ms` must
@@ -214,22 +215,13 @@ impl Deployment {
         if s.child.is_some() {
             bail!("{} is already running", s.name);
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&s.log)?;
-        let mut child = lab
-            .command_in(s.host, &self.exe)
-            .arg("serve")
-            .arg("--config")
-            .arg(&s.config)
-            .current_dir(&self.dir)
-            .env("RUST_LOG", "info,quinn=warn,rustls=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {} serve", self.exe.display()))?;
+        let mut child = spawn_serve(
+            lab.command_in(s.host, &self.exe),
+            &self.exe,
+            &s.config,
+            &self.dir,
+            &s.log,
+        )?;
         let mut lines = line_reader(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
         s.child = Some(child);
         s.stopped = false;

@@ -173,21 +173,13 @@ impl ProcCluster {
         if s.child.is_some() {
             bail!("{} is already running", s.name);
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&s.log)?;
-        let mut child = Command::new(&self.exe)
-            .arg("serve")
-            .arg("--config")
-            .arg(&s.config)
-            .current_dir(&self.dir)
-            .env("RUST_LOG", "info,quinn=warn,rustls=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {} serve", self.exe.display()))?;
+        let mut child = spawn_serve(
+            Command::new(&self.exe),
+            &self.exe,
+            &s.config,
+            &self.dir,
+            &s.log,
+        )?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -466,4 +458,32 @@ impl Drop for UdpProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Spawns `vcodr serve --config <config>` through `cmd` (the `vcodr` binary
+/// `exe` itself, or a wrapper that runs it, such as `ip netns exec`), in
+/// `dir`, its log appended to `log` and its stdout piped (the caller waits
+/// for the "serving" line). Shared by this cluster and the fault drills.
+pub fn spawn_serve(
+    mut cmd: Command,
+    exe: &Path,
+    config: &Path,
+    dir: &Path,
+    log: &Path,
+) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .current_dir(dir)
+        .env("RUST_LOG", "info,quinn=warn,rustls=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {} serve", exe.display()))
 }
