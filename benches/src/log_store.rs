@@ -12,9 +12,10 @@
 //! zero-length record is never written, so an all-zero header cannot pass
 //! for one.
 //!
-//! # What is measured ([`Store`])
+//! # What is measured ([`Store`], [`run_interleaved`])
 //! Per commit: the time from starting the transaction (or framing the
-//! records) to the return of `commit` (or `fdatasync`). Entries are
+//! records) to the return of `commit` (or `fdatasync`). The stores take
+//! turns, one commit each, so a noisy neighbour on the disk slows all alike. Entries are
 //! postcard-encoded [`vcodr_core::Entry`]s with a 200-byte value (~260 bytes),
 //! encoded before the clock starts.
 
@@ -244,38 +245,74 @@ pub fn entry_bytes(index: u64) -> Vec<u8> {
 
 const LOG: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("log");
 
-/// Runs `store` in `dir` (fresh files) with `batch` entries per commit.
-pub fn run(store: Store, batch: usize, limits: Limits, dir: &Path) -> anyhow::Result<RunResult> {
+/// Runs every store of `stores` in `dir` (fresh files) with `batch` entries
+/// per commit, interleaved: one commit on each store in turn, so that the
+/// noise of a shared machine falls on all of them alike. Each store stops
+/// after `limits.commits_max` commits or `limits.time_max` spent committing.
+/// Throughput is commits over the time spent in that store's commits.
+pub fn run_interleaved(
+    stores: &[Store],
+    batch: usize,
+    limits: Limits,
+    dir: &Path,
+) -> anyhow::Result<Vec<RunResult>> {
     assert!(batch >= 1 && limits.commits_max >= 1);
-    let mut committer = Committer::open(store, batch, limits, dir)?;
-    let mut latencies = Vec::with_capacity(limits.commits_max);
-    let mut bytes = 0;
-    let start = Instant::now();
+    struct Running {
+        committer: Committer,
+        latencies: Vec<Duration>,
+        busy: Duration,
+        bytes: usize,
+    }
+    let mut running = stores
+        .iter()
+        .map(|&store| {
+            Ok(Running {
+                committer: Committer::open(store, batch, limits, dir)?,
+                latencies: Vec::with_capacity(limits.commits_max),
+                busy: Duration::ZERO,
+                bytes: 0,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut index = 1u64;
-    while latencies.len() < limits.commits_max && start.elapsed() < limits.time_max {
+    // Bounded: every round adds one commit to each store still running.
+    for _round in 0..limits.commits_max {
         let entries: Vec<(u64, Vec<u8>)> = (index..index + batch as u64)
             .map(|i| (i, entry_bytes(i)))
             .collect();
         index += batch as u64;
-        bytes += entries.iter().map(|(_, e)| e.len()).sum::<usize>();
-        let t0 = Instant::now();
-        committer.commit(&entries)?;
-        latencies.push(t0.elapsed());
+        let entry_bytes: usize = entries.iter().map(|(_, e)| e.len()).sum();
+        let mut any = false;
+        for r in running.iter_mut().filter(|r| r.busy < limits.time_max) {
+            let t0 = Instant::now();
+            r.committer.commit(&entries)?;
+            let took = t0.elapsed();
+            r.latencies.push(took);
+            r.busy += took;
+            r.bytes += entry_bytes;
+            any = true;
+        }
+        if !any {
+            break;
+        }
     }
-    let elapsed = start.elapsed();
-    let commits = latencies.len();
-    committer.verify(commits * batch)?;
-    latencies.sort_unstable();
-    Ok(RunResult {
-        store,
-        batch,
-        commits,
-        entries: commits * batch,
-        bytes,
-        elapsed,
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
-    })
+    let mut results = Vec::new();
+    for (store, mut r) in stores.iter().zip(running) {
+        let commits = r.latencies.len();
+        r.committer.verify(commits * batch)?;
+        r.latencies.sort_unstable();
+        results.push(RunResult {
+            store: *store,
+            batch,
+            commits,
+            entries: commits * batch,
+            bytes: r.bytes,
+            elapsed: r.busy,
+            p50: percentile(&r.latencies, 0.50),
+            p99: percentile(&r.latencies, 0.99),
+        });
+    }
+    Ok(results)
 }
 
 enum Committer {
@@ -583,9 +620,10 @@ mod tests {
             commits_max: 5,
             time_max: Duration::from_secs(10),
         };
-        for store in Store::ALL {
-            let r = run(store, 3, limits, dir.path()).unwrap();
-            assert_eq!((r.commits, r.entries), (5, 15), "{store:?}");
+        let results = run_interleaved(&Store::ALL, 3, limits, dir.path()).unwrap();
+        assert_eq!(results.len(), Store::ALL.len());
+        for (r, store) in results.iter().zip(Store::ALL) {
+            assert_eq!((r.store, r.commits, r.entries), (store, 5, 15));
         }
     }
 }

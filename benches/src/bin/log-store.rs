@@ -35,11 +35,10 @@ fn main() -> anyhow::Result<()> {
     let load_before = load_average();
     let mut results = Vec::new();
     for &batch in &args.batches {
-        for store in Store::ALL {
-            let r = log_store::run(store, usize::from(batch), limits, dir.path())?;
+        for r in log_store::run_interleaved(&Store::ALL, usize::from(batch), limits, dir.path())? {
             eprintln!(
                 "{:<22} batch {batch:>3}: {} commits, p50 {:.3} ms",
-                store.name(),
+                r.store.name(),
                 r.commits,
                 r.p50.as_secs_f64() * 1e3
             );
@@ -50,7 +49,7 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!(
         "durable log appends: postcard Entry with a {}-byte value ({} bytes), one commit = one redb \
-         Immediate transaction, or one pwrite + fdatasync of CRC-32C records; at most {} commits or {} s per run; \
+         Immediate transaction, or one pwrite + fdatasync of CRC-32C records; stores interleaved one commit each, at most {} commits or {} s of commits per store and batch; \
          dir {} (every run's files read back and checked)",
         log_store::VALUE_BYTES,
         log_store::entry_bytes(1).len(),
