@@ -371,8 +371,21 @@ pub fn run_anchor(script: &Path, seconds: u64, reps: u64) -> anyhow::Result<Stri
             .rev()
             .map(String::as_str)
             .collect();
+        let last_out = out
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        if tail.is_empty() {
+            // Under `set -e` a failing test inside a function ends the
+            // script without a word (e.g. its quiet-machine wait giving up).
+            bail!(
+                "{} exited with {status} without any error output; its last output line: {last_out:?}",
+                script.display()
+            );
+        }
         bail!(
-            "{} exited with {status}; its last error lines:\n{}",
+            "{} exited with {status}; its last output line: {last_out:?}; its last error lines:\n{}",
             script.display(),
             tail.join("\n")
         );
