@@ -15,6 +15,13 @@
 //! `cargo bench -p vcodr-benches -- --warm-up-time 1 --measurement-time 3`;
 //! CI runs each once with `cargo bench -p vcodr-benches -- --test`.
 //!
+//! Two programs measure the machine rather than the core (not run by
+//! `cargo test` or `cargo bench`; their parsing and tables are unit-tested):
+//! - `cargo run --release -p vcodr-benches --bin write-vs-pg`: a real pair of
+//!   `vcodr serve` processes against the PostgreSQL anchor ([`write_vs_pg`]).
+//! - `cargo run --release -p vcodr-benches --bin log-store`: commit latency of
+//!   replicated-log appends in redb and in a checksummed segment file ([`log_store`]).
+//!
 //! ```
 //! use vcodr_benches::pair::{Durability, Pair};
 //! use vcodr_core::DrState;
@@ -27,7 +34,10 @@
 
 use vcodr_core::*;
 
+pub mod log_store;
+pub mod machine;
 pub mod pair;
+pub mod write_vs_pg;
 
 /// Edge address of bench server 1 (the active, or the lone STANDALONE); see [`server_info`].
 pub const ACTIVE_EDGE_ADDRESS: &str = "10.0.0.1:7444";

@@ -1,0 +1,607 @@
+//! `write-vs-pg`: sync-replicated configuration writes of a real vcodr pair
+//! against the PostgreSQL anchor (`pg_sync_repl.sh`), on this machine, in one table.
+//!
+//! The pair is two `vcodr serve` processes on loopback started by
+//! [`ProcCluster`] with `on_standby_loss = "block"`: a write is acknowledged
+//! only once durable on both. Each writer has its own admin [`Client`] (one
+//! keep-alive HTTPS connection) and sends `configuration/put` of a 200-byte
+//! JSON string back to back for the run's duration.
+//!
+//! The anchor runs afterwards (it waits for a quiet machine before each of
+//! its runs); its `SUMMARY` rows for `synchronous_commit = on` at 1 and 16
+//! clients are parsed by [`parse_anchor`] and set beside ours.
+
+use crate::machine::{ms, percentile, render_table};
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use vcodr_server::ctl::Client;
+use vcodr_server::tools::cluster::{temp_dir, ProcCluster};
+
+/// Where the PostgreSQL anchor lives on the project's machines.
+pub const DEFAULT_ANCHOR: &str = "/work/shared/anchors/pg_sync_repl.sh";
+/// Bytes of the value each `configuration/put` writes (as the anchor's rows).
+pub const VALUE_BYTES: usize = 200;
+/// Keys each writer cycles through (the anchor upserts into 10,000 keys).
+pub const KEYS_PER_WRITER: u64 = 10_000;
+/// Writes one writer sends in one run at most, whatever the duration.
+pub const WRITES_PER_WRITER_MAX: u64 = 10_000_000;
+/// Warm-up before the measured runs (writers, duration): unreported.
+pub const WARM_UP: (usize, Duration) = (16, Duration::from_secs(2));
+
+/// Sync-replicated writes of a real vcodr pair against PostgreSQL's synchronous replication.
+#[derive(Debug, Clone, PartialEq, Parser)]
+#[command(name = "write-vs-pg")]
+pub struct Args {
+    /// The `vcodr` binary [default: `vcodr` beside this program, else
+    /// target/release/vcodr in the workspace]. Build it first with
+    /// `cargo build --release -p vcodr-server`.
+    #[arg(long, value_name = "PATH")]
+    pub vcodr: Option<PathBuf>,
+    /// Seconds per run (each writer count; PostgreSQL's DUR too).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub seconds: u64,
+    /// Writer counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 64],
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub writers: Vec<u16>,
+    /// Skip the PostgreSQL anchor.
+    #[arg(long)]
+    pub no_pg: bool,
+    /// The PostgreSQL anchor script (run with bash; it installs PostgreSQL through apt when missing).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_ANCHOR)]
+    pub pg_anchor: PathBuf,
+    /// Rounds of the anchor (its REPS; it reports the median).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+    pub pg_reps: u64,
+}
+
+/// Finds the `vcodr` binary: `explicit` (which must exist), else `vcodr`
+/// beside `self_exe` (the same cargo target directory), else
+/// `workspace/target/release/vcodr`.
+pub fn find_vcodr(
+    explicit: Option<&Path>,
+    self_exe: &Path,
+    workspace: &Path,
+) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        if !p.is_file() {
+            bail!("--vcodr {}: no such file", p.display());
+        }
+        return Ok(p.to_path_buf());
+    }
+    let beside = self_exe.with_file_name("vcodr");
+    let in_workspace = workspace.join("target/release/vcodr");
+    for candidate in [&beside, &in_workspace] {
+        if candidate.is_file() {
+            return Ok(candidate.clone());
+        }
+    }
+    bail!(
+        "no vcodr binary at {} nor {}: build it with `cargo build --release -p vcodr-server` \
+         (with the same CARGO_TARGET_DIR as this program), or pass --vcodr PATH",
+        beside.display(),
+        in_workspace.display()
+    )
+}
+
+/// One measured run of the vcodr pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VcodrRun {
+    pub writers: usize,
+    /// Acknowledged writes per second.
+    pub writes_per_s: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+    /// Calls that failed (transport or JSON-RPC error).
+    pub errors: u64,
+    /// The first failure's message, to say why.
+    pub first_error: Option<String>,
+}
+
+/// A row of the anchor's `SUMMARY` (one `synchronous_commit` mode at one client count).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgRow {
+    pub mode: String,
+    pub clients: usize,
+    pub tps: f64,
+    pub avg_latency_ms: f64,
+    /// Rounds the median is over; ends in `*` when every round was noisy.
+    pub rounds: String,
+}
+
+/// What the anchor gave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PgOutcome {
+    /// `--no-pg`.
+    Skipped,
+    /// The anchor did not run to the end, or its output did not parse: why.
+    Failed(String),
+    /// Its `synchronous_commit = on` rows and its `PostgreSQL:` version line.
+    Measured { version: String, rows: Vec<PgRow> },
+}
+
+/// Parses the anchor's output: the `PostgreSQL:` line and the rows of the
+/// `SUMMARY` section for `synchronous_commit = on`. The rows are printed by
+/// `printf "%-18s %7s %10.1f %11.3f %6s %10.1f..%-10.1f\n", mode, clients, TPS, avg_lat_ms, n, min, max`.
+pub fn parse_anchor(text: &str) -> anyhow::Result<(String, Vec<PgRow>)> {
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("PostgreSQL: "))
+        .map(str::trim)
+        .unwrap_or("unknown version")
+        .to_string();
+    let mut lines = text.lines().skip_while(|l| !l.starts_with("SUMMARY:"));
+    if lines.next().is_none() {
+        bail!("the anchor's output has no SUMMARY section");
+    }
+    let mut rows = Vec::new();
+    for line in lines {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first() != Some(&"on") {
+            continue;
+        }
+        if f.len() != 6 || !f[5].contains("..") {
+            bail!("SUMMARY row {line:?}: expected mode, clients, TPS, avg_lat_ms, n, min..max");
+        }
+        let num = |i: usize, what: &str| -> anyhow::Result<f64> {
+            f[i].parse::<f64>()
+                .with_context(|| format!("SUMMARY row {line:?}: {what} {:?}", f[i]))
+        };
+        rows.push(PgRow {
+            mode: f[0].to_string(),
+            clients: f[1]
+                .parse()
+                .with_context(|| format!("SUMMARY row {line:?}: clients {:?}", f[1]))?,
+            tps: num(2, "TPS")?,
+            avg_latency_ms: num(3, "avg_lat_ms")?,
+            rounds: f[4].to_string(),
+        });
+    }
+    if rows.is_empty() {
+        bail!("the anchor's SUMMARY has no synchronous_commit = on rows");
+    }
+    Ok((version, rows))
+}
+
+/// The one table: writers | vcodr writes/s (p50/p99 ms) | errors | PostgreSQL TPS (avg ms) | ratio.
+pub fn render(runs: &[VcodrRun], pg: &PgOutcome) -> String {
+    let mut rows = vec![vec![
+        "writers".to_string(),
+        "vcodr writes/s (p50/p99 ms)".to_string(),
+        "errors".to_string(),
+        "PostgreSQL TPS (avg ms)".to_string(),
+        "ratio vcodr/PG".to_string(),
+    ]];
+    for r in runs {
+        let ours = format!("{:.1} ({}/{})", r.writes_per_s, ms(r.p50), ms(r.p99));
+        let (theirs, ratio) = match pg {
+            PgOutcome::Skipped => ("skipped (--no-pg)".to_string(), "-".to_string()),
+            PgOutcome::Failed(_) => ("anchor failed".to_string(), "-".to_string()),
+            PgOutcome::Measured { rows, .. } => {
+                match rows.iter().find(|p| p.clients == r.writers) {
+                    Some(p) => {
+                        let noisy = if p.rounds.ends_with('*') {
+                            " noisy"
+                        } else {
+                            ""
+                        };
+                        (
+                            format!("{:.1} ({:.3}){noisy}", p.tps, p.avg_latency_ms),
+                            format!("{:.2}", r.writes_per_s / p.tps),
+                        )
+                    }
+                    None => ("not in the anchor".to_string(), "-".to_string()),
+                }
+            }
+        };
+        rows.push(vec![
+            r.writers.to_string(),
+            ours,
+            r.errors.to_string(),
+            theirs,
+            ratio,
+        ]);
+    }
+    render_table(&rows)
+}
+
+/// Starts the pair in a fresh temp dir, pairs it, warms up, runs each writer
+/// count for `duration`, checks the standby acknowledged everything, stops it.
+pub async fn run_vcodr(
+    exe: &Path,
+    writer_counts: &[usize],
+    duration: Duration,
+) -> anyhow::Result<(Vec<VcodrRun>, String)> {
+    let dir = temp_dir("vcodr-write-vs-pg")?;
+    let extra = "[replication]\non_standby_loss = \"block\"\n";
+    let mut cluster = ProcCluster::create(exe, &dir, &["a", "b"], extra)?;
+    let result = async {
+        cluster.start(0)?;
+        cluster.start(1)?;
+        cluster.pair(0, 1, Duration::from_secs(30)).await?;
+        run_writers(&cluster, WARM_UP.0, WARM_UP.1).await?;
+        let mut runs = Vec::new();
+        for &writers in writer_counts {
+            let run = run_writers(&cluster, writers, duration).await?;
+            eprintln!(
+                "vcodr {writers:>3} writers: {:.1} writes/s, p50 {} ms, p99 {} ms, {} errors{}",
+                run.writes_per_s,
+                ms(run.p50),
+                ms(run.p99),
+                run.errors,
+                run.first_error
+                    .as_deref()
+                    .map(|e| format!(" (first: {e})"))
+                    .unwrap_or_default()
+            );
+            runs.push(run);
+        }
+        let st = cluster.client(0).status().await?;
+        let status = format!(
+            "active {} / {}, commit index {}, standby acked {}",
+            st["role"],
+            st["drState"],
+            st["replication"]["commitIndex"],
+            st["replication"]["standbyAckedIndex"]
+        );
+        anyhow::Ok((runs, status))
+    }
+    .await;
+    cluster.stop_all();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// `writers` concurrent writers, each on its own client (keep-alive connection), for `duration`.
+async fn run_writers(
+    cluster: &ProcCluster,
+    writers: usize,
+    duration: Duration,
+) -> anyhow::Result<VcodrRun> {
+    let url = cluster.servers[0].url();
+    let clients: Vec<Client> = (0..writers)
+        .map(|_| Client::from_files(&url, &cluster.token_file, None))
+        .collect::<Result<_, _>>()?;
+    let start = Instant::now();
+    let stop = start + duration;
+    let mut tasks = Vec::with_capacity(writers);
+    for (w, client) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            let mut first_error = None;
+            let mut i = 0u64;
+            while Instant::now() < stop && i < WRITES_PER_WRITER_MAX {
+                let key = format!("load/{w}/{}", i % KEYS_PER_WRITER);
+                let value = value_of(w, i);
+                let t0 = Instant::now();
+                match client
+                    .call("configuration/put", json!({"key": key, "value": value}))
+                    .await
+                {
+                    Ok(_) => latencies.push(t0.elapsed()),
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                }
+                i += 1;
+            }
+            (latencies, errors, first_error)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    for t in tasks {
+        let (l, e, f) = t.await.context("a writer task panicked")?;
+        all.extend(l);
+        errors += e;
+        first_error = first_error.or(f);
+    }
+    let took = start.elapsed();
+    all.sort_unstable();
+    Ok(VcodrRun {
+        writers,
+        writes_per_s: all.len() as f64 / took.as_secs_f64(),
+        p50: percentile(&all, 0.50),
+        p99: percentile(&all, 0.99),
+        errors,
+        first_error,
+    })
+}
+
+/// The value of write `i` of writer `w`: a JSON string of [`VALUE_BYTES`] bytes, different each time.
+pub fn value_of(w: usize, i: u64) -> String {
+    let mut v = format!("w{w}-i{i}-");
+    v.extend(std::iter::repeat_n(
+        'x',
+        VALUE_BYTES.saturating_sub(v.len()),
+    ));
+    v.truncate(VALUE_BYTES);
+    v
+}
+
+/// Runs the anchor with `DUR`/`REPS`, echoing its output as it comes
+/// (prefixed `pg| `); returns its standard output, or why it failed.
+pub fn run_anchor(script: &Path, seconds: u64, reps: u64) -> anyhow::Result<String> {
+    if !script.is_file() {
+        bail!(
+            "the PostgreSQL anchor {} does not exist (give --pg-anchor PATH, or --no-pg)",
+            script.display()
+        );
+    }
+    let mut child = Command::new("bash")
+        .arg(script)
+        .env("DUR", seconds.to_string())
+        .env("REPS", reps.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting bash {}", script.display()))?;
+    let stderr = child.stderr.take().context("no stderr pipe")?;
+    let errors = std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("pg! {line}");
+            kept.push(line);
+        }
+        kept
+    });
+    let mut out = String::new();
+    let stdout = child.stdout.take().context("no stdout pipe")?;
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        eprintln!("pg| {line}");
+        out += &line;
+        out.push('\n');
+    }
+    let status = child.wait()?;
+    let err_lines = errors.join().unwrap_or_default();
+    if !status.success() {
+        let tail: Vec<&str> = err_lines
+            .iter()
+            .rev()
+            .take(15)
+            .rev()
+            .map(String::as_str)
+            .collect();
+        let last_out = out
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        if tail.is_empty() {
+            // Under `set -e` a failing test inside a function ends the
+            // script without a word (e.g. its quiet-machine wait giving up).
+            bail!(
+                "{} exited with {status} without any error output; its last output line: {last_out:?}",
+                script.display()
+            );
+        }
+        bail!(
+            "{} exited with {status}; its last output line: {last_out:?}; its last error lines:\n{}",
+            script.display(),
+            tail.join("\n")
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("write-vs-pg").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_15_seconds_at_1_16_64_writers_with_the_anchor() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(
+            a,
+            Args {
+                vcodr: None,
+                seconds: 15,
+                writers: vec![1, 16, 64],
+                no_pg: false,
+                pg_anchor: PathBuf::from(DEFAULT_ANCHOR),
+                pg_reps: 3,
+            }
+        );
+    }
+
+    #[test]
+    fn every_option_is_read() {
+        let a = parse(&[
+            "--vcodr",
+            "/x/vcodr",
+            "--seconds",
+            "3",
+            "--writers",
+            "2,8",
+            "--no-pg",
+            "--pg-reps",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(a.vcodr, Some(PathBuf::from("/x/vcodr")));
+        assert_eq!(
+            (a.seconds, a.writers, a.no_pg, a.pg_reps),
+            (3, vec![2, 8], true, 1)
+        );
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_naming_the_option() {
+        for (args, needle) in [
+            (&["--seconds", "0"][..], "--seconds"),
+            (&["--seconds", "ten"][..], "--seconds"),
+            (&["--writers", "1,0"][..], "--writers"),
+            (&["--writers", "300"][..], "--writers"),
+            (&["--pg-reps", "0"][..], "--pg-reps"),
+            (&["--frobnicate"][..], "--frobnicate"),
+        ] {
+            let e = parse(args).unwrap_err().to_string();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_binary_is_found_or_the_error_says_how_to_build_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let release = dir.path().join("target/release");
+        std::fs::create_dir_all(&release).unwrap();
+        let self_exe = dir.path().join("other/release/write-vs-pg");
+        let e = find_vcodr(None, &self_exe, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cargo build --release -p vcodr-server") && e.contains("--vcodr"),
+            "{e}"
+        );
+        std::fs::write(release.join("vcodr"), b"").unwrap();
+        assert_eq!(
+            find_vcodr(None, &self_exe, dir.path()).unwrap(),
+            release.join("vcodr")
+        );
+        // Beside this program wins over the workspace default.
+        std::fs::create_dir_all(self_exe.parent().unwrap()).unwrap();
+        std::fs::write(self_exe.with_file_name("vcodr"), b"").unwrap();
+        assert_eq!(
+            find_vcodr(None, &self_exe, dir.path()).unwrap(),
+            self_exe.with_file_name("vcodr")
+        );
+        let missing = dir.path().join("nope");
+        let e = find_vcodr(Some(&missing), &self_exe, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--vcodr") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn values_are_200_bytes_and_differ() {
+        assert_eq!(value_of(0, 0).len(), VALUE_BYTES);
+        assert_eq!(value_of(63, 9_999_999).len(), VALUE_BYTES);
+        assert_ne!(value_of(1, 2), value_of(2, 1));
+    }
+
+    /// The SUMMARY section as the anchor's awk printf writes it.
+    fn anchor_output(on_16: &str) -> String {
+        let row = |m: &str, c: u32, t: f64, l: f64, n: &str, lo: f64, hi: f64| {
+            format!("{m:<18} {c:>7} {t:>10.1} {l:>11.3} {n:>6} {lo:>10.1}..{hi:<10.1}\n")
+        };
+        let mut s = String::from(
+            "PostgreSQL: postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)\n\
+             primary:  fsync=on ...\n\n\
+             round synchronous_commit clients        TPS  avg_lat_ms other_cpu%\n\
+             1     on                       1     2012.3       0.496          3\n\n\
+             SUMMARY: median of rounds with other_cpu <= 25% (all rounds, marked *, if none);\n\
+             (lower median for even n); latency is from the median-TPS round; min..max over all rounds\n\
+             synchronous_commit clients        TPS  avg_lat_ms      n         TPS min..max\n",
+        );
+        s += &row("on", 1, 2012.3, 0.496, "3", 1990.0, 2030.4);
+        s += on_16;
+        s += &row("remote_apply", 1, 1900.0, 0.52, "3", 1800.0, 1950.0);
+        s += &row("local", 16, 30000.0, 0.5, "3", 29000.0, 31000.0);
+        s += "\nstandby rows: 10000 (primary: 10000)\ntotal run time: 300 s\n";
+        s
+    }
+
+    #[test]
+    fn the_anchor_summary_is_parsed_on_rows_only() {
+        let on_16 = format!(
+            "{:<18} {:>7} {:>10.1} {:>11.3} {:>6} {:>10.1}..{:<10.1}\n",
+            "on", 16, 11034.25, 1.431, "2*", 10000.0, 12000.0
+        );
+        let (version, rows) = parse_anchor(&anchor_output(&on_16)).unwrap();
+        assert_eq!(
+            version,
+            "postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"
+        );
+        assert_eq!(
+            rows,
+            vec![
+                PgRow {
+                    mode: "on".into(),
+                    clients: 1,
+                    tps: 2012.3,
+                    avg_latency_ms: 0.496,
+                    rounds: "3".into()
+                },
+                PgRow {
+                    mode: "on".into(),
+                    clients: 16,
+                    tps: 11034.2,
+                    avg_latency_ms: 1.431,
+                    rounds: "2*".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn anchor_output_without_a_summary_or_with_a_bad_row_is_an_error() {
+        let e = parse_anchor("PostgreSQL: x\nround ...\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no SUMMARY"), "{e}");
+        let e = parse_anchor(&anchor_output("on 16 fast 1.0 3 1..2\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TPS \"fast\""), "{e}");
+    }
+
+    fn run(writers: usize, per_s: f64) -> VcodrRun {
+        VcodrRun {
+            writers,
+            writes_per_s: per_s,
+            p50: Duration::from_micros(812),
+            p99: Duration::from_micros(2_345),
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    #[test]
+    fn the_table_sets_each_writer_count_beside_the_anchor() {
+        let pg = PgOutcome::Measured {
+            version: "15".into(),
+            rows: vec![
+                PgRow {
+                    mode: "on".into(),
+                    clients: 1,
+                    tps: 2000.0,
+                    avg_latency_ms: 0.5,
+                    rounds: "3".into(),
+                },
+                PgRow {
+                    mode: "on".into(),
+                    clients: 16,
+                    tps: 11000.0,
+                    avg_latency_ms: 1.43,
+                    rounds: "3*".into(),
+                },
+            ],
+        };
+        let runs = [run(1, 1000.0), run(16, 5500.0), run(64, 9000.0)];
+        assert_eq!(
+            render(&runs, &pg),
+            "\
+writers | vcodr writes/s (p50/p99 ms) | errors | PostgreSQL TPS (avg ms) | ratio vcodr/PG
+--------|-----------------------------|--------|-------------------------|---------------
+1       |        1000.0 (0.812/2.345) |      0 |          2000.0 (0.500) |           0.50
+16      |        5500.0 (0.812/2.345) |      0 |   11000.0 (1.430) noisy |           0.50
+64      |        9000.0 (0.812/2.345) |      0 |       not in the anchor |              -
+"
+        );
+        let skipped = render(&runs[..1], &PgOutcome::Skipped);
+        assert!(skipped.contains("skipped (--no-pg)"), "{skipped}");
+    }
+}
