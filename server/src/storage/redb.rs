@@ -263,15 +263,8 @@ impl RedbStorage {
             contacts = rows.len();
             txn.open_table(SAMPLE_COPY)
                 .map_err(self.db_err(SAMPLE_COPY_NAME, "create"))?;
-            let mut schema = txn
-                .open_table(SCHEMA)
-                .map_err(self.db_err(SCHEMA_TABLE, "open"))?;
-            schema
-                .insert(KEY_VERSION, SCHEMA_VERSION)
-                .map_err(self.db_err(SCHEMA_TABLE, "write version"))?;
         }
-        txn.commit()
-            .map_err(self.db_err(SCHEMA_TABLE, "commit the migration"))?;
+        self.commit_schema(txn, "commit the migration")?;
         tracing::info!(
             path = %self.path.display(),
             from = MIGRATES_FROM,
@@ -289,15 +282,8 @@ impl RedbStorage {
         {
             txn.open_table(SAMPLE_COPY)
                 .map_err(self.db_err(SAMPLE_COPY_NAME, "create"))?;
-            let mut schema = txn
-                .open_table(SCHEMA)
-                .map_err(self.db_err(SCHEMA_TABLE, "open"))?;
-            schema
-                .insert(KEY_VERSION, SCHEMA_VERSION)
-                .map_err(self.db_err(SCHEMA_TABLE, "write version"))?;
         }
-        txn.commit()
-            .map_err(self.db_err(SCHEMA_TABLE, "commit the migration"))?;
+        self.commit_schema(txn, "commit the migration")?;
         tracing::info!(
             path = %self.path.display(),
             from = MIGRATES_FROM_PREVIOUS,
@@ -305,6 +291,25 @@ impl RedbStorage {
             "migrated the storage file: added the sample_copy table"
         );
         Ok(())
+    }
+
+    /// Records [`SCHEMA_VERSION`] in `txn` and commits it: the last step of
+    /// creating or migrating a file, so that a crash before it leaves the
+    /// file as it was.
+    fn commit_schema(
+        &self,
+        txn: WriteTransaction,
+        action: &'static str,
+    ) -> Result<(), StorageError> {
+        {
+            let mut schema = txn
+                .open_table(SCHEMA)
+                .map_err(self.db_err(SCHEMA_TABLE, "open"))?;
+            schema
+                .insert(KEY_VERSION, SCHEMA_VERSION)
+                .map_err(self.db_err(SCHEMA_TABLE, "write version"))?;
+        }
+        txn.commit().map_err(self.db_err(SCHEMA_TABLE, action))
     }
 
     fn init_schema(&self) -> Result<(), StorageError> {
@@ -317,15 +322,8 @@ impl RedbStorage {
                 .map_err(self.db_err(STATE_NAME, "write head"))?;
             txn.open_table(CONTACTS)
                 .map_err(self.db_err(CONTACTS_NAME, "create"))?;
-            let mut schema = txn
-                .open_table(SCHEMA)
-                .map_err(self.db_err(SCHEMA_TABLE, "create"))?;
-            schema
-                .insert(KEY_VERSION, SCHEMA_VERSION)
-                .map_err(self.db_err(SCHEMA_TABLE, "write version"))?;
         }
-        txn.commit()
-            .map_err(self.db_err(SCHEMA_TABLE, "commit schema"))?;
+        self.commit_schema(txn, "commit schema")?;
         tracing::info!(path = %self.path.display(), version = SCHEMA_VERSION, "created storage file");
         Ok(())
     }

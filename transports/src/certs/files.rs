@@ -200,31 +200,30 @@ pub(super) fn read_text(path: &Path) -> Result<String, CertError> {
 
 /// Writes a file that must not exist yet (`create_new`).
 pub(super) fn write_new_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), CertError> {
-    let io = |source| CertError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let mut file = options.open(path).map_err(io)?;
-    file.write_all(contents).map_err(io)?;
-    file.sync_all().map_err(io)
+    write_with(options, path, contents, secret)
 }
 
+/// Writes a file, replacing what it held.
 pub(super) fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), CertError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    write_with(options, path, contents, secret)
+}
+
+/// Opens `path` with `options` (owner-only when `secret`), writes
+/// `contents` and syncs them.
+fn write_with(
+    mut options: fs::OpenOptions,
+    path: &Path,
+    contents: &[u8],
+    secret: bool,
+) -> Result<(), CertError> {
     let io = |source| CertError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     if secret {
         use std::os::unix::fs::OpenOptionsExt;

@@ -34,7 +34,7 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn tls_err(name: &str) -> impl Fn(rustls::Error) -> SetupError + '_ {
+fn tls_err<E: std::fmt::Display>(name: &str) -> impl Fn(E) -> SetupError + '_ {
     move |e| SetupError::Tls {
         name: name.to_string(),
         reason: e.to_string(),
@@ -69,10 +69,7 @@ pub fn server_tls_config<P: Protocol>(
         provider.clone(),
     )
     .build()
-    .map_err(|e| SetupError::Tls {
-        name: name.to_string(),
-        reason: e.to_string(),
-    })?;
+    .map_err(tls_err(name))?;
     let verifier = Arc::new(RoleClientVerifier::new::<P>(webpki));
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -98,10 +95,7 @@ pub fn client_tls_config<P: Protocol>(
         provider.clone(),
     )
     .build()
-    .map_err(|e| SetupError::Tls {
-        name: name.to_string(),
-        reason: e.to_string(),
-    })?;
+    .map_err(tls_err(name))?;
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err(name))?
