@@ -573,7 +573,9 @@ fn kill_9_keeps_every_committed_batch() {
 // ---- throughput ----------------------------------------------------------------
 
 /// Group-commit throughput on this disk. Run with
-/// `CARGO_TARGET_DIR=/work/target-storage cargo test -p vcodr-server --release --lib storage::tests::group_commit_throughput -- --ignored --nocapture`
+/// `cargo test --release -p vcodr-server --lib storage::tests::group_commit_throughput -- --ignored --nocapture`
+/// (README "Figures"; `log-store` in the benches measures the bare log
+/// alternatives, this the production `RedbStorage` with its group commits).
 #[test]
 #[ignore = "measurement, not a check; run by hand"]
 fn group_commit_throughput() {
