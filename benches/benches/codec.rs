@@ -51,6 +51,8 @@ fn codec(c: &mut Criterion) {
         pair_id: Some(0x5eed_u128 << 64 | 0xfeed),
         epoch: 3,
         body: PeerMsg::Append {
+            incarnation: 1,
+            since: 0,
             prev_index: 1_000,
             prev_epoch: 3,
             entries,

@@ -179,6 +179,8 @@ pub fn wire_samples(append_entries: u64) -> (Vec<PeerEnvelope>, Vec<EdgeMsg>, Ve
         },
         PeerMsg::SnapshotAck { index: 5, chunk: 0 },
         PeerMsg::Append {
+            incarnation: 7,
+            since: 1,
             prev_index: 1,
             prev_epoch: 3,
             entries: (2..2 + append_entries).map(entry).collect(),
@@ -186,6 +188,7 @@ pub fn wire_samples(append_entries: u64) -> (Vec<PeerEnvelope>, Vec<EdgeMsg>, Ve
             active_durable: 1 + append_entries,
         },
         PeerMsg::AppendAck {
+            incarnation: 7,
             durable_index: 257,
             ok: true,
         },

@@ -5,6 +5,12 @@ use std::fmt;
 
 /// Fencing number of a pair. Promotion makes the standby the holder of `epoch + 1`.
 pub type Epoch = u64;
+/// One run of a server process: counted up at every start and durable
+/// before the run ships an entry (SPEC §4, "incarnation fence"). A standby
+/// tells an active's runs apart by it, so that the entries a run shipped but
+/// never made durable cannot be taken for those the next run writes at the
+/// same `(epoch, index)`.
+pub type Incarnation = u64;
 /// Position in the replicated log; the first entry has index 1, 0 means "nothing".
 pub type Index = u64;
 /// A server's `vcoUuid` (random 128-bit, chosen by the I/O layer at first start).

@@ -115,6 +115,13 @@ impl Hand {
         }
     }
 
+    /// Delivers a's `append` to b and makes what b stages durable: b's
+    /// outputs once it durably follows a's run.
+    fn b_follows(&mut self, append: PeerMsg) -> Vec<Output> {
+        let out = self.peer(B, append);
+        self.durable(B, &out)
+    }
+
     fn tick(&mut self, i: usize) -> Vec<Output> {
         self.feed(i, Input::Timeout(Timer::PeerTick))
     }
@@ -227,12 +234,14 @@ fn snapshot_installed_on_b() -> Hand {
         t: sim.now_ms,
     };
     assert!(hand.is(A, Role::Active, DrState::ActiveWaitStandby));
+    assert_eq!(hand.s(A).incarnation(), RUN);
     assert!(hand.is(B, Role::Standby, DrState::StandbySync));
     hand
 }
 
 /// Brings a to STANDBY_SYNC: it resends the snapshot's last chunk, b (which
-/// installed it already) acknowledges it without installing it again.
+/// installed it already) acknowledges it without installing it again; a's
+/// heartbeat then makes b follow a's run (SPEC §4), and b acknowledges it.
 fn a_hears_the_install(h: &mut Hand) -> Index {
     let out = h.tick(A);
     let chunk = peer_bodies(&out)
@@ -244,34 +253,56 @@ fn a_hears_the_install(h: &mut Hand) -> Index {
         unreachable!()
     };
     let out = h.peer(B, chunk);
+    // No AppendAck: b follows no run of a yet (a snapshot names none).
     assert_eq!(
         out,
-        vec![
-            h.send(B, PeerMsg::SnapshotAck { index, chunk: 0 }),
-            h.send(
-                B,
-                PeerMsg::AppendAck {
-                    durable_index: index,
-                    ok: true
-                }
-            ),
-        ]
+        vec![h.send(B, PeerMsg::SnapshotAck { index, chunk: 0 })]
     );
     let out = h.peer(A, PeerMsg::SnapshotAck { index, chunk: 0 });
     assert_eq!(
         transitions(&out),
         vec![(Role::Active, DrState::StandbySync)]
     );
+    let heartbeat = heartbeat_of(RUN, index);
+    assert!(peer_bodies(&out).contains(&&heartbeat), "{out:?}");
     h.durable(A, &out);
+    let out = h.b_follows(heartbeat);
+    assert_eq!(
+        peer_bodies(&out),
+        vec![&PeerMsg::AppendAck {
+            incarnation: RUN,
+            durable_index: index,
+            ok: true,
+        }]
+    );
     let out = h.peer(
         A,
         PeerMsg::AppendAck {
+            incarnation: RUN,
             durable_index: index,
             ok: true,
         },
     );
     assert_eq!(transitions(&out), vec![], "the standby still lacks samples");
     index
+}
+
+/// a's run in these tests: the setup restarts both servers before anything
+/// reached their disks, so it is still the first (a run that never became
+/// durable shipped nothing).
+const RUN: Incarnation = 1;
+
+/// a's heartbeat at `index` from its run `run`, which began at `index`.
+fn heartbeat_of(run: Incarnation, index: Index) -> PeerMsg {
+    PeerMsg::Append {
+        incarnation: run,
+        since: index,
+        prev_index: index,
+        prev_epoch: 1,
+        entries: Vec::new(),
+        commit_index: index,
+        active_durable: index,
+    }
 }
 
 #[test]
@@ -283,13 +314,7 @@ fn a_standby_copies_the_samples_its_snapshot_names_and_runs_only_then() {
 
     // The active's heartbeat: b has every entry, not every sample.
     let out = h.tick(A);
-    let heartbeat = PeerMsg::Append {
-        prev_index: index,
-        prev_epoch: 1,
-        entries: Vec::new(),
-        commit_index: index,
-        active_durable: index,
-    };
+    let heartbeat = heartbeat_of(RUN, index);
     let ask = PeerMsg::SamplesBatch { chunks: Vec::new() };
     assert_eq!(
         out,
@@ -308,6 +333,7 @@ fn a_standby_copies_the_samples_its_snapshot_names_and_runs_only_then() {
         vec![h.send(
             B,
             PeerMsg::AppendAck {
+                incarnation: RUN,
                 durable_index: index,
                 ok: true
             }
@@ -414,16 +440,7 @@ fn a_standby_copies_the_samples_its_snapshot_names_and_runs_only_then() {
         vec![(Role::Standby, DrState::StandbyRunning)]
     );
     // No more asking.
-    assert_eq!(
-        peer_bodies(&h.tick(A)),
-        vec![&PeerMsg::Append {
-            prev_index: index,
-            prev_epoch: 1,
-            entries: Vec::new(),
-            commit_index: index,
-            active_durable: index,
-        }]
-    );
+    assert_eq!(peer_bodies(&h.tick(A)), vec![&heartbeat_of(RUN, index)]);
     for i in [A, B] {
         assert_eq!(h.stores[i].duplicate_samples, 0);
     }
@@ -536,16 +553,21 @@ fn the_active_restarted_asks_before_it_reports_its_standby_running() {
             other => panic!("{other:?}"),
         }
     }
-    // a never got b's word (lost), and restarts.
-    h.crash_and_restart(A);
+    // a never got b's word (lost), and restarts: a new run, which probes
+    // b once it is durable; b follows it.
+    let out = h.crash_and_restart(A);
     assert!(h.is(A, Role::Active, DrState::StandbySync));
-    let out = h.peer(
-        A,
-        PeerMsg::AppendAck {
-            durable_index: index,
-            ok: true,
-        },
-    );
+    let out = h.durable(A, &out);
+    let probe = heartbeat_of(RUN + 1, index);
+    assert_eq!(peer_bodies(&out), vec![&probe]);
+    let out = h.b_follows(probe);
+    let ack = PeerMsg::AppendAck {
+        incarnation: RUN + 1,
+        durable_index: index,
+        ok: true,
+    };
+    assert_eq!(peer_bodies(&out), vec![&ack]);
+    let out = h.peer(A, ack);
     assert_eq!(
         transitions(&out),
         vec![],
@@ -919,6 +941,8 @@ fn a_new_snapshot_in_the_middle_of_a_copy_keeps_what_is_still_lacked_and_nothing
     let out = h.peer(
         B,
         PeerMsg::Append {
+            incarnation: RUN,
+            since: index,
             prev_index: index,
             prev_epoch: 1,
             entries: vec![entry],

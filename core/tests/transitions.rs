@@ -350,7 +350,12 @@ fn an_edge_relaying_a_valid_epoch_proof_fences_the_active_at_once() {
             value: b"1".to_vec(),
         },
     );
-    assert!(matches!(&out[..], [Output::Persist { .. }]), "{out:?}");
+    // Shipped to the standby at once, while it becomes durable here (SPEC §4).
+    assert!(
+        matches!(&out[..], [Output::SendPeer { msg, .. }, Output::Persist { .. }]
+            if matches!(&msg.body, PeerMsg::Append { entries, .. } if entries.len() == 1)),
+        "{out:?}"
+    );
     let view = |address: &str, role, epoch| ViewEntry {
         address: address.into(),
         role: Some(role),
@@ -731,6 +736,7 @@ fn a_peer_message_from_anyone_but_the_pinned_peer_is_refused_and_changes_nothing
         let peer = info(1 - to);
         let body = [
             PeerMsg::AppendAck {
+                incarnation: 1,
                 durable_index: 1_000_000,
                 ok: true,
             },
@@ -744,6 +750,8 @@ fn a_peer_message_from_anyone_but_the_pinned_peer_is_refused_and_changes_nothing
             PeerMsg::DemoteRequest { new_epoch: 2 },
             PeerMsg::Unpair,
             PeerMsg::Append {
+                incarnation: 1,
+                since: 0,
                 prev_index: 0,
                 prev_epoch: 0,
                 entries: vec![Entry {
@@ -1295,16 +1303,21 @@ fn an_active_restarted_alone_refuses_writes_as_soon_as_its_standby_is_declared_l
         (a.role(), a.dr_state()),
         (Role::Active, DrState::StandbySync)
     );
-    // Before the standby is declared lost a write waits: it would be
-    // acknowledged if the standby answered.
-    let out = put_cmd(&mut a, 10_001, 1, "waiting");
-    let seq = match &out[..] {
-        [Output::Persist { seq, .. }] => *seq,
-        other => panic!("{other:?}"),
+    // Until the standby answers this run, no write is even logged: the
+    // standby may hold entries the last run shipped at the next indexes
+    // (SPEC §4, incarnation fence).
+    let last = a.last_index();
+    let out = put_cmd(&mut a, 10_001, 1, "too early");
+    let [Output::Reply {
+        req: 1,
+        result: Err(CommandError::WritesBlocked(m)),
+    }] = &out[..]
+    else {
+        panic!("{out:#?}")
     };
-    assert!(drain_after(&mut a, 10_002, Input::Persisted { up_to: seq })
-        .iter()
-        .all(|o| !matches!(o, Output::Reply { .. })));
+    assert!(m.contains("restarted") && m.contains("retry"), "{m}");
+    assert_eq!(a.last_index(), last);
+    assert!(a.status().writes_blocked);
     let mut t = 10_100;
     for _ in 1..threshold {
         let out = drain_after(&mut a, t, Input::Timeout(Timer::PeerTick));
@@ -1314,24 +1327,8 @@ fn an_active_restarted_alone_refuses_writes_as_soon_as_its_standby_is_declared_l
         );
         t += 100;
     }
-    // The tick that declares it lost answers the waiting write at once...
+    // The tick that declares it lost blocks writes (none was waiting)...
     let out = drain_after(&mut a, t, Input::Timeout(Timer::PeerTick));
-    let replies: Vec<&Output> = out
-        .iter()
-        .filter(|o| matches!(o, Output::Reply { .. }))
-        .collect();
-    let [Output::Reply {
-        req: 1,
-        result: Err(CommandError::NotAcknowledged { reason, .. }),
-    }] = &replies[..]
-    else {
-        panic!("{out:#?}")
-    };
-    assert!(
-        reason.contains("restarted and has not reached its standby")
-            && reason.contains("configuration/get"),
-        "{reason}"
-    );
     assert!(out.contains(&Output::SetTimer {
         timer: Timer::StandbyGrace,
         after_ms: 2_000
@@ -1339,7 +1336,7 @@ fn an_active_restarted_alone_refuses_writes_as_soon_as_its_standby_is_declared_l
     assert!(out.iter().any(|o| matches!(
         o,
         Output::Event(Event::WritesBlocked {
-            refused_pending: 1,
+            refused_pending: 0,
             ..
         })
     )));

@@ -315,6 +315,8 @@ pub fn forge(srv: &Server, target: ServerIx, f: Forgery) -> Option<Forged> {
         Forgery::AppendAck => env(
             epoch,
             PeerMsg::AppendAck {
+                // The target's own run: the ack it would take, if admitted.
+                incarnation: srv.incarnation(),
                 durable_index: Index::MAX,
                 ok: true,
             },
@@ -346,6 +348,10 @@ pub fn forge(srv: &Server, target: ServerIx, f: Forgery) -> Option<Forged> {
             env(
                 epoch,
                 PeerMsg::Append {
+                    // The newest run there could be, from nothing: a standby
+                    // that admitted it would drop its whole unapplied log.
+                    incarnation: Incarnation::MAX,
+                    since: 0,
                     prev_index: last,
                     prev_epoch: srv.log().last_epoch(),
                     entries: vec![Entry {

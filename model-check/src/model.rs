@@ -1326,6 +1326,14 @@ pub fn mutant_cfg(m: Mutant, base: &ModelCfg) -> ModelCfg {
                 ..ModelCfg::ci_samples()
             }
         }
+        // A restarted active reusing indexes needs entries shipped but not
+        // durable (an asynchronous disk), a crash of the active, and a
+        // write before and after it.
+        Mutant::ReuseIndexAfterRestart => {
+            c.durability = Durability::Async;
+            c.crashes = c.crashes.max(1);
+            c.writes = c.writes.max(2);
+        }
         Mutant::None => {}
     }
     c

@@ -110,6 +110,20 @@ pub fn unprotected_counted_and_kept(_: &DrModel, st: &State) -> bool {
     kept && counted
 }
 
+/// §9.2 / §4 Log matching, also across restarts: no two servers' durable
+/// logs hold different entries at the same `(epoch, index)`. Entries are
+/// shipped before they are durable on the active, so this is what the
+/// incarnation fence keeps: a restarted active never writes, at an index its
+/// last run shipped, an entry other than the one the standby may hold.
+pub fn durable_logs_match(_: &DrModel, st: &State) -> bool {
+    let (a, b) = (&st.servers[0].store.log, &st.servers[1].store.log);
+    a.iter().all(|x| {
+        b.iter()
+            .filter(|y| y.index == x.index && y.epoch == x.epoch)
+            .all(|y| y == x)
+    })
+}
+
 /// §9.3 Fencing: a server that has learned of a higher epoch never acknowledges a write again.
 pub fn fencing(_: &DrModel, st: &State) -> bool {
     !st.hist
@@ -405,6 +419,18 @@ pub fn acked_write_survives_promotion(_: &DrModel, st: &State) -> bool {
         })
     })
 }
+/// Non-vacuity: the fsyncs overlap — a standby holds, durably, an entry its
+/// writer has not made durable yet.
+pub fn standby_durable_first(_: &DrModel, st: &State) -> bool {
+    st.up().any(|(s, srv)| {
+        srv.role() == Role::Standby && {
+            let other = &st.servers[usize::from(1 - s)].store.log;
+            let mine = &st.servers[usize::from(s)].store.log;
+            mine.last()
+                .is_some_and(|e| other.last().is_none_or(|o| o.index < e.index))
+        }
+    })
+}
 /// Non-vacuity: a crashed server restarts from its store.
 pub fn server_restarted(_: &DrModel, st: &State) -> bool {
     st.hist.milestones & milestone::RESTARTED != 0
@@ -463,6 +489,10 @@ pub fn safety() -> Vec<Property<DrModel>> {
         Property::always(
             "2 degrade: unprotected writes counted and kept",
             unprotected_counted_and_kept,
+        ),
+        Property::always(
+            "2 durable logs agree at every (epoch, index)",
+            durable_logs_match,
         ),
         Property::always("3 fencing: no ack after a higher epoch", fencing),
         Property::always("4 edges never regress", edges_never_regress),
@@ -523,6 +553,11 @@ pub fn for_config(cfg: &ModelCfg) -> Vec<Property<DrModel>> {
         cfg.writes > 0 && cfg.promotions > 0 && cfg.start == Start::Paired,
     );
     some("server restarted", server_restarted, cfg.crashes > 0);
+    some(
+        "entry durable on the standby before its active",
+        standby_durable_first,
+        cfg.writes > 0 && cfg.durability == Durability::Async && cfg.start == Start::Paired,
+    );
     some(
         "write acked unprotected (degrade)",
         unprotected_write,

@@ -329,19 +329,27 @@ pub fn describe_msg(m: &Msg) -> String {
         Msg::Peer(env) => {
             let body = match &env.body {
                 PeerMsg::Append {
+                    incarnation,
+                    since,
                     prev_index,
                     entries,
                     commit_index,
                     ..
                 } => match (entries.first(), entries.last()) {
                     (Some(f), Some(l)) => format!(
-                        "Append entries {}..={} after {prev_index}, commit {commit_index}",
+                        "Append entries {}..={} after {prev_index}, commit {commit_index} (run {incarnation} since {since})",
                         f.index, l.index
                     ),
-                    _ => format!("Append (heartbeat) after {prev_index}, commit {commit_index}"),
+                    _ => format!(
+                        "Append (heartbeat) after {prev_index}, commit {commit_index} (run {incarnation} since {since})"
+                    ),
                 },
-                PeerMsg::AppendAck { durable_index, ok } => {
-                    format!("AppendAck durable {durable_index} ok={ok}")
+                PeerMsg::AppendAck {
+                    incarnation,
+                    durable_index,
+                    ok,
+                } => {
+                    format!("AppendAck durable {durable_index} ok={ok} (run {incarnation})")
                 }
                 PeerMsg::DemoteRequest { new_epoch } => {
                     format!("DemoteRequest for epoch {new_epoch}")

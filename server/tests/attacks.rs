@@ -89,6 +89,7 @@ fn forgeries(
     let epoch = status_of_to["epoch"].as_u64().unwrap();
     [
         PeerMsg::AppendAck {
+            incarnation: 1,
             durable_index: 1_000_000,
             ok: true,
         },
@@ -101,6 +102,8 @@ fn forgeries(
         },
         PeerMsg::Unpair,
         PeerMsg::Append {
+            incarnation: 1,
+            since: 0,
             prev_index: status_of_to["replication"]["lastIndex"].as_u64().unwrap(),
             prev_epoch: epoch,
             entries: vec![Entry {

@@ -128,6 +128,12 @@ pub struct DurableMeta {
     pub state_timestamp_ms: Millis,
     /// Promoted server: the old active still to be told of the new epoch.
     pub zombie_to_notify: bool,
+    /// This run's [`Incarnation`]: one more than the last run's.
+    pub incarnation: Incarnation,
+    /// Standby: the active's `(epoch, incarnation)` whose entries its log
+    /// holds beyond the point that run started from; Appends of an earlier
+    /// run are ignored (SPEC §4).
+    pub active_incarnation: Option<(Epoch, Incarnation)>,
 }
 
 /// Things an operator should see: one log line each.

@@ -71,12 +71,16 @@ pub enum Mutant {
     /// A standby that caught up by snapshot copies none of the monitoring
     /// samples the snapshot names (the defect the fault drills found).
     NoSampleCopy,
+    /// A restarted active reuses the indexes its last run shipped but never
+    /// made durable: no incarnation fence (SPEC §4), so a standby keeps the
+    /// entries of the old run where the new run writes others.
+    ReuseIndexAfterRestart,
 }
 
 #[cfg(feature = "mutants")]
 impl Mutant {
     /// Every mutant with its command-line name.
-    pub const ALL: [(Mutant, &'static str); 8] = [
+    pub const ALL: [(Mutant, &'static str); 9] = [
         (Mutant::AckBeforeStandby, "ack-before-standby"),
         (Mutant::NoEpochFencing, "no-epoch-fencing"),
         (Mutant::FollowZombie, "follow-zombie"),
@@ -85,6 +89,7 @@ impl Mutant {
         (Mutant::TrustEnvelopeFrom, "trust-envelope-from"),
         (Mutant::UnprovenEpoch, "unproven-epoch"),
         (Mutant::NoSampleCopy, "no-sample-copy"),
+        (Mutant::ReuseIndexAfterRestart, "reuse-index-after-restart"),
     ];
 
     /// Looks a mutant up by its command-line name.

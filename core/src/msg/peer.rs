@@ -57,7 +57,16 @@ pub enum PeerMsg {
     /// Standby → active: chunk received (and, for the last one, installed durably).
     SnapshotAck { index: Index, chunk: u32 },
     /// Active → standby: entries after `(prev_index, prev_epoch)`; empty is the heartbeat.
+    /// Entries are sent as soon as the active appends them, before they are
+    /// durable on it; `incarnation` and `since` fence a restarted active's
+    /// runs from each other (SPEC §4).
     Append {
+        /// The sending run of the active (durable on it before it sent this).
+        incarnation: Incarnation,
+        /// The active's log ended here, all durable, when this run began
+        /// streaming: what a standby holds beyond it that an earlier run
+        /// sent was never durable on the active, so never acknowledged.
+        since: Index,
         prev_index: Index,
         prev_epoch: Epoch,
         entries: Vec<Entry>,
@@ -67,7 +76,14 @@ pub enum PeerMsg {
     },
     /// Standby → active: the standby's log is durable up to `durable_index`
     /// (`ok == false`: the append did not fit; `durable_index` is a hint to resend from).
-    AppendAck { durable_index: Index, ok: bool },
+    /// Sent only once the standby durably follows the active's run
+    /// `incarnation` (it dropped what earlier runs sent beyond `since`); an
+    /// active takes no ack of another run.
+    AppendAck {
+        incarnation: Incarnation,
+        durable_index: Index,
+        ok: bool,
+    },
     /// Standby → active: stop taking writes and hand over (planned switchover).
     DemoteRequest { new_epoch: Epoch },
     /// Old active (now a durable zombie) → standby: everything up to `last_index`.

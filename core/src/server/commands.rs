@@ -87,19 +87,12 @@ impl Server {
                 });
             }
         }
-        if let Some(a) = self.role.active() {
-            if a.demotion.is_some() {
-                return Err(CommandError::WritesBlocked(
-                    "a planned switchover is in progress; retry on the new active".into(),
-                ));
-            }
-            if a.replica.blocked() {
-                return Err(CommandError::WritesBlocked(
-                    self.failure
-                        .clone()
-                        .unwrap_or_else(|| "standby lost".into()),
-                ));
-            }
+        if let Some(why) = self
+            .role
+            .active()
+            .and_then(|a| a.write_refusal(self.failure.as_deref()))
+        {
+            return Err(CommandError::WritesBlocked(why));
         }
         if self.writes.len() >= self.cfg.max_pending_writes {
             return Err(CommandError::Overloaded {

@@ -133,6 +133,10 @@ pub struct Server {
     failure: Option<String>,
     history: VecDeque<Transition>,
     persisted_meta: Option<DurableMeta>,
+    /// This run of the process (SPEC §4): one more than the last run's.
+    incarnation: Incarnation,
+    /// ...durable: only then may this run ship an entry to a standby.
+    incarnation_durable: bool,
 
     log: Log,
     applied: Snapshot,
@@ -189,6 +193,11 @@ impl Server {
 
     pub fn epoch(&self) -> Epoch {
         self.epoch
+    }
+
+    /// This run of the process (SPEC §4, incarnation fence).
+    pub fn incarnation(&self) -> Incarnation {
+        self.incarnation
     }
 
     /// Highest epoch of this pair this server has heard of.
@@ -249,7 +258,7 @@ impl Server {
     pub fn takes_writes(&self) -> bool {
         match &self.role {
             RoleState::Standalone(_) => true,
-            RoleState::Active(a) => a.demotion.is_none() && !a.replica.blocked(),
+            RoleState::Active(a) => a.write_refusal(None).is_none(),
             RoleState::Standby(_) | RoleState::Zombie(_) => false,
         }
     }
@@ -293,6 +302,15 @@ impl Server {
     fn after_input(&mut self) {
         if self.protected() {
             self.last_dr_protected_ms = Some(self.now.wall_ms);
+        }
+        // Entries appended by this input go to the standby now, while they
+        // become durable here (SPEC §4: the two fsyncs overlap).
+        if self
+            .role
+            .replica()
+            .is_some_and(|r| r.streaming_behind(self.log.last_index()))
+        {
+            self.replicate();
         }
         self.flush();
     }

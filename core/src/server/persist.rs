@@ -25,6 +25,10 @@ pub(super) enum AfterDurable {
     UnprotectedCounted(Index),
     /// Samples copied from the active are durable: pull the next ones.
     SamplesStored,
+    /// This run's incarnation is durable: it may ship entries.
+    IncarnationDurable,
+    /// A standby's record of the active's run is durable: acknowledge it.
+    FollowingDurable((Epoch, Incarnation)),
 }
 
 /// A persist request not yet confirmed.
@@ -92,6 +96,8 @@ impl Server {
             role_timestamp_ms: self.role_timestamp_ms,
             state_timestamp_ms: self.state_timestamp_ms,
             zombie_to_notify: self.role.zombie_to_notify(),
+            incarnation: self.incarnation,
+            active_incarnation: self.role.active_incarnation(),
         }
     }
 
@@ -128,11 +134,7 @@ impl Server {
         if self.durable_index != before {
             match &self.role {
                 RoleState::Standby(s) if s.snapshot_rx.is_none() && s.synced => {
-                    let durable_index = self.durable_index;
-                    self.send_peer(PeerMsg::AppendAck {
-                        durable_index,
-                        ok: true,
-                    });
+                    self.send_append_ack(self.durable_index, true);
                 }
                 RoleState::Active(_) | RoleState::Standalone(_) => {
                     self.advance_commit();
@@ -151,11 +153,7 @@ impl Server {
             AfterDurable::SendJoin => self.send_join(),
             AfterDurable::AckSnapshot { index, chunk } => {
                 self.send_peer(PeerMsg::SnapshotAck { index, chunk });
-                let durable_index = self.durable_index;
-                self.send_peer(PeerMsg::AppendAck {
-                    durable_index,
-                    ok: true,
-                });
+                self.send_append_ack(self.durable_index, true);
                 // Then copy the samples the snapshot named, or say there are
                 // none left to copy (not needed when it named none).
                 if !self.applied.sample_seq.is_empty() {
@@ -165,6 +163,23 @@ impl Server {
             AfterDurable::SamplesStored => self.pull_samples(),
             AfterDurable::GrantDemotion => self.send_demote_granted(),
             AfterDurable::FinishPromotion => self.finish_promotion(),
+            AfterDurable::IncarnationDurable => {
+                self.incarnation_durable = true;
+                if self.role.replica().is_some() {
+                    self.replicate();
+                    // Probe at once: a restarted active takes writes only
+                    // once its standby follows this run.
+                    self.send_heartbeat_append();
+                }
+            }
+            AfterDurable::FollowingDurable(run) => {
+                if let Some(s) = self.role.standby_mut() {
+                    if s.active_incarnation == Some(run) {
+                        s.acks_incarnation = Some(run);
+                        self.send_append_ack(self.durable_index, true);
+                    }
+                }
+            }
             AfterDurable::UnprotectedCounted(upto) => {
                 if let Some(r) = self.role.replica_mut() {
                     r.unprotected_durable_upto = r.unprotected_durable_upto.max(upto);

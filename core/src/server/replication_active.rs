@@ -78,6 +78,15 @@ pub(super) struct Replica {
     pub(super) samples_confirm_from: Index,
     /// A [`Output::ReadSamples`] for the standby is outstanding (one at a time).
     pub(super) reading_samples: bool,
+    /// The log's last index when this replica began: what every Append of
+    /// this run names as `since` (SPEC §4). For a restarted active, the end
+    /// of what its storage held, all durable.
+    pub(super) since: Index,
+    /// Restarted as active, and the standby has not yet acknowledged an
+    /// Append of this run: it may still hold entries the last run shipped
+    /// but never made durable, so no new entry may be written at their
+    /// indexes — writes are refused until it answers (SPEC §4).
+    pub(super) restart_unconfirmed: bool,
 }
 
 impl Replica {
@@ -99,7 +108,15 @@ impl Replica {
             samples_unconfirmed: true,
             samples_confirm_from: 0,
             reading_samples: false,
+            since: last_index,
+            restart_unconfirmed: false,
         }
+    }
+
+    /// Streaming entries (no snapshot under way or needed) and `last_index`
+    /// not all sent yet.
+    pub(super) fn streaming_behind(&self, last_index: Index) -> bool {
+        self.snapshot.is_none() && !self.need_snapshot && self.next_index <= last_index
     }
 
     /// Missed `peer_failure_threshold` ticks in a row, and not heard since.
@@ -133,9 +150,14 @@ impl Replica {
 }
 
 impl Server {
-    /// Sends the standby what it lacks: snapshot chunks or locally durable entries.
+    /// Sends the standby what it lacks: snapshot chunks or entries, as soon
+    /// as they are in the log — before they are durable here (SPEC §4) —
+    /// once this run's incarnation is durable.
     pub(super) fn replicate(&mut self) {
-        if self.role() != Role::Active || self.dr_state == DrState::ActiveConfiguring {
+        if self.role() != Role::Active
+            || self.dr_state == DrState::ActiveConfiguring
+            || !self.incarnation_durable
+        {
             return;
         }
         let Some(r) = self.role.replica_mut() else {
@@ -150,19 +172,18 @@ impl Server {
         }
         let mut sends = Vec::new();
         let commit = self.applied.index;
-        while r.next_index <= self.durable_index
+        let last = self.log.last_index();
+        let incarnation = self.incarnation;
+        while r.next_index <= last
             && r.next_index - r.match_index - 1 < self.cfg.max_inflight_entries
             && self.log.bytes_after(r.match_index) - self.log.bytes_after(r.next_index - 1)
                 < self.cfg.max_inflight_bytes
         {
             let room = self.cfg.max_inflight_entries - (r.next_index - r.match_index - 1);
             let max = (self.cfg.max_batch_entries as u64).min(room) as usize;
-            let entries = self.log.batch(
-                r.next_index,
-                self.durable_index,
-                max,
-                self.cfg.max_batch_bytes,
-            );
+            let entries = self
+                .log
+                .batch(r.next_index, last, max, self.cfg.max_batch_bytes);
             if entries.is_empty() {
                 break;
             }
@@ -171,6 +192,8 @@ impl Server {
             let prev_epoch = self.log.epoch_at(prev_index).unwrap_or(0);
             r.next_index += entries.len() as u64;
             sends.push(PeerMsg::Append {
+                incarnation,
+                since: r.since,
                 prev_index,
                 prev_epoch,
                 entries,
@@ -185,6 +208,9 @@ impl Server {
 
     /// An empty append: heartbeat and probe of where the standby is.
     pub(super) fn send_heartbeat_append(&mut self) {
+        if !self.incarnation_durable {
+            return;
+        }
         let Some(r) = self.role.replica() else {
             return;
         };
@@ -196,6 +222,8 @@ impl Server {
             return;
         };
         let m = PeerMsg::Append {
+            incarnation: self.incarnation,
+            since: r.since,
             prev_index,
             prev_epoch,
             entries: Vec::new(),
@@ -321,22 +349,43 @@ impl Server {
         self.send_heartbeat_append();
     }
 
-    pub(super) fn on_append_ack(&mut self, durable_index: Index, ok: bool) {
+    pub(super) fn on_append_ack(
+        &mut self,
+        incarnation: Incarnation,
+        durable_index: Index,
+        ok: bool,
+    ) {
         if self.role() != Role::Active {
             return self.not_expected("AppendAck");
         }
+        if incarnation != self.incarnation {
+            // An answer to an earlier run of this server: what it says the
+            // standby holds may be entries this run never wrote (SPEC §4).
+            let reason = format!(
+                "answers incarnation {incarnation}; this run is {}",
+                self.incarnation
+            );
+            self.event(Event::PeerIgnored {
+                kind: "AppendAck",
+                reason,
+            });
+            return;
+        }
         self.on_standby_heard();
-        let durable = self.durable_index;
+        let last = self.log.last_index();
         let Some(r) = self.role.replica_mut() else {
             return;
         };
+        // The standby durably follows this run: what it holds beyond `since`
+        // is this run's.
+        r.restart_unconfirmed = false;
         if r.snapshot.is_some() {
             return;
         }
         let mut resend = true;
         let mut regressed = None;
         if ok {
-            r.match_index = r.match_index.max(durable_index.min(durable));
+            r.match_index = r.match_index.max(durable_index.min(last));
             r.next_index = r.next_index.max(r.match_index + 1);
         } else {
             if durable_index < r.match_index {

@@ -65,11 +65,7 @@ impl Server {
         if covered && index <= self.durable_index {
             self.send_peer(PeerMsg::SnapshotAck { index, chunk });
             if last {
-                let durable_index = self.durable_index;
-                self.send_peer(PeerMsg::AppendAck {
-                    durable_index,
-                    ok: true,
-                });
+                self.send_append_ack(self.durable_index, true);
             }
             return;
         }
@@ -137,9 +133,72 @@ impl Server {
             .push(AfterDurable::AckSnapshot { index, chunk });
     }
 
+    /// Acknowledges to the active's run this standby durably follows; says
+    /// nothing while the record of a newer run is not durable yet (an ack
+    /// is what lets a restarted active write again, SPEC §4).
+    pub(super) fn send_append_ack(&mut self, durable_index: Index, ok: bool) {
+        let Some((_, incarnation)) = self
+            .role
+            .standby()
+            .filter(|s| s.acks_incarnation == s.active_incarnation)
+            .and_then(|s| s.acks_incarnation)
+        else {
+            return;
+        };
+        self.send_peer(PeerMsg::AppendAck {
+            incarnation,
+            durable_index,
+            ok,
+        });
+    }
+
+    /// The incarnation fence (SPEC §4) for an Append of the active's run
+    /// `run`: false if it comes from an earlier run than the one followed
+    /// (ignore it). A newer run: what this log holds beyond `since` (never
+    /// below what is applied) came from an earlier run, which never made it
+    /// durable — drop it, and follow `run` once that is durable.
+    fn follow_run(&mut self, run: (Epoch, Incarnation), since: Index) -> bool {
+        let followed = self.role.active_incarnation();
+        if followed.is_some_and(|f| f > run) {
+            let reason = format!(
+                "from the active's incarnation {} of epoch {}; this standby follows {:?}",
+                run.1, run.0, followed
+            );
+            self.event(Event::PeerIgnored {
+                kind: "Append",
+                reason,
+            });
+            return false;
+        }
+        if followed == Some(run) {
+            return true;
+        }
+        let keep = since.max(self.applied.index);
+        if self.log.last_index() > keep {
+            self.drop_log_after(keep);
+        }
+        if let Some(s) = self.role.standby_mut() {
+            s.active_incarnation = Some(run);
+        }
+        self.staged_after.push(AfterDurable::FollowingDurable(run));
+        true
+    }
+
+    /// Drops the log after `at` (entries never applied here), on disk too.
+    fn drop_log_after(&mut self, at: Index) {
+        debug_assert!(at >= self.applied.index, "applied entries stay");
+        self.log.truncate_after(at);
+        self.durable_index = self.durable_index.min(at);
+        self.staged.push(PersistOp::TruncateAfter(at));
+        self.pending_sample_seq = self.applied.sample_seq.clone();
+        self.fold_pending_sample_seq();
+    }
+
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_append(
         &mut self,
-        epoch: Epoch,
+        run: (Epoch, Incarnation),
+        since: Index,
         prev_index: Index,
         prev_epoch: Epoch,
         entries: Vec<Entry>,
@@ -147,7 +206,7 @@ impl Server {
         active_durable: Index,
     ) {
         if self.role() != Role::Standby
-            || epoch != self.epoch
+            || run.0 != self.epoch
             || self.dr_state == DrState::StandbyCandidate
         {
             return;
@@ -160,13 +219,12 @@ impl Server {
         {
             return;
         }
+        if !self.follow_run(run, since) {
+            return;
+        }
         let last = self.log.last_index();
         if prev_index > last {
-            let durable_index = self.durable_index.min(last);
-            self.send_peer(PeerMsg::AppendAck {
-                durable_index,
-                ok: false,
-            });
+            self.send_append_ack(self.durable_index.min(last), false);
             return;
         }
         let base = self.log.base_index();
@@ -181,11 +239,7 @@ impl Server {
             return;
         }
         if self.log.epoch_at(prev.0) != Some(prev.1) {
-            let durable_index = self.applied.index;
-            self.send_peer(PeerMsg::AppendAck {
-                durable_index,
-                ok: false,
-            });
+            self.send_append_ack(self.applied.index, false);
             return;
         }
         for e in entries {
@@ -200,9 +254,7 @@ impl Server {
                         });
                         return;
                     }
-                    self.log.truncate_after(at);
-                    self.durable_index = self.durable_index.min(at);
-                    self.staged.push(PersistOp::TruncateAfter(at));
+                    self.drop_log_after(at);
                     self.stage_append(e);
                 }
                 None => self.stage_append(e),
@@ -227,11 +279,7 @@ impl Server {
                 .iter()
                 .any(|o| matches!(o, PersistOp::Append(_)))
         {
-            let durable_index = self.durable_index;
-            self.send_peer(PeerMsg::AppendAck {
-                durable_index,
-                ok: true,
-            });
+            self.send_append_ack(self.durable_index, true);
         }
     }
 }

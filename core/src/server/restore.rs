@@ -2,12 +2,13 @@
 //! had (SPEC §2), the log replayed up to the commit point, and the state
 //! re-established with the peer after a restart.
 
+use super::persist::AfterDurable;
 use super::replication_active::Replica;
 use super::role::*;
 use super::Server;
 use super::{Now, FIRST_EPOCH};
 use crate::api::*;
-use crate::config::ServerConfig;
+use crate::config::{mutant, ServerConfig};
 use crate::durable::{apply_entry, Restored};
 use crate::log::Log;
 use crate::proof::Keys;
@@ -66,6 +67,8 @@ impl Server {
             failure: None,
             history,
             persisted_meta: r.meta.clone(),
+            incarnation: r.meta.as_ref().map_or(0, |m| m.incarnation) + 1,
+            incarnation_durable: false,
             durable_index: log.last_index(),
             storage_compacted_below: 0,
             log,
@@ -98,6 +101,9 @@ impl Server {
                     let mut replica = Replica::new(need_snapshot, s.log.last_index());
                     replica.lag_since_ms = Some(now.mono_ms);
                     replica.unheard_since_restart = true;
+                    // The last run may have shipped entries it never made
+                    // durable: no new entry until the standby drops them.
+                    replica.restart_unconfirmed = !mutant!(s.cfg, ReuseIndexAfterRestart);
                     // Whether the standby still copies samples is not known
                     // here (unless there are none): it says so again, from
                     // this point on.
@@ -111,6 +117,8 @@ impl Server {
                 Role::Standby => RoleState::Standby(StandbyState {
                     synced: m.synced,
                     join_target: m.dr_state == DrState::StandbyCandidate && m.peer.is_some(),
+                    active_incarnation: m.active_incarnation,
+                    acks_incarnation: m.active_incarnation,
                     ..StandbyState::default()
                 }),
                 Role::Zombie => RoleState::Zombie(ZombieState {
@@ -119,6 +127,10 @@ impl Server {
                     rejoin_requested: false,
                 }),
             };
+            if mutant!(s.cfg, ReuseIndexAfterRestart) {
+                // The mutant: this run passes for the last one.
+                s.incarnation = m.incarnation;
+            }
             s.epoch = m.epoch;
             s.highest_epoch_seen = m.fenced_by.unwrap_or(m.epoch).max(m.epoch);
             s.pair_id = m.pair_id;
@@ -168,6 +180,8 @@ impl Server {
             // Lost before the restart and not heard since: refused at once.
             s.block_restarted_alone();
         }
+        // This run ships nothing before its incarnation is durable (SPEC §4).
+        s.staged_after.push(AfterDurable::IncarnationDurable);
         s.flush();
         s
     }

@@ -41,6 +41,30 @@ pub(super) struct ActiveState {
     pub(super) demotion: Option<Demotion>,
 }
 
+impl ActiveState {
+    /// Why this active refuses new writes (configuration and monitoring)
+    /// now, if it does; `failure` is the server's failure text, shown when
+    /// writes are blocked for the standby's loss.
+    pub(super) fn write_refusal(&self, failure: Option<&str>) -> Option<String> {
+        if self.demotion.is_some() {
+            return Some("a planned switchover is in progress; retry on the new active".into());
+        }
+        if self.replica.blocked() {
+            return Some(failure.unwrap_or("standby lost").to_string());
+        }
+        if self.replica.restart_unconfirmed {
+            // SPEC §4, incarnation fence: the standby may hold entries the
+            // last run shipped but never made durable here.
+            return Some(
+                "this server restarted and waits for its standby to drop what the last run sent but \
+                 never made durable (SPEC §4); writes resume as soon as the standby answers — retry shortly"
+                    .into(),
+            );
+        }
+        None
+    }
+}
+
 /// Following an active, or prepared to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub(super) struct StandbyState {
@@ -58,6 +82,12 @@ pub(super) struct StandbyState {
     pub(super) join_target: bool,
     /// A promotion under way, until it is durable or abandoned.
     pub(super) promotion: Option<Promotion>,
+    /// The active's run this standby follows: `(epoch, incarnation)` of
+    /// the newest Append taken (SPEC §4, incarnation fence). Durable.
+    pub(super) active_incarnation: Option<(Epoch, Incarnation)>,
+    /// ...and the one of those whose record is durable: acknowledgements
+    /// are sent for that run only, none while a newer record is not durable.
+    pub(super) acks_incarnation: Option<(Epoch, Incarnation)>,
 }
 
 /// Fenced: a higher epoch exists, or the operator demoted this server.
@@ -154,6 +184,11 @@ impl RoleState {
     /// Where this zombie sends edges: the holder of the higher epoch.
     pub(super) fn redirect_edge(&self) -> Option<&String> {
         self.zombie().and_then(|z| z.redirect_edge.as_ref())
+    }
+
+    /// The active's run a standby follows (durable).
+    pub(super) fn active_incarnation(&self) -> Option<(Epoch, Incarnation)> {
+        self.standby().and_then(|s| s.active_incarnation)
     }
 
     /// A promoted server that still has to tell the old active.

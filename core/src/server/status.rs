@@ -141,7 +141,7 @@ impl Server {
             degraded,
             protected: self.protected(),
             replication_mode,
-            writes_blocked: rep.is_some_and(|r| r.blocked()),
+            writes_blocked: rep.is_some_and(|r| r.blocked() || r.restart_unconfirmed),
             fenced_by: self.role.fenced_by(),
             pending_writes: self.writes.len(),
             documents: self.applied.docs.len(),

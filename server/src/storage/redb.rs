@@ -18,7 +18,7 @@
 //! Structured values are postcard-encoded. Every [`Storage::commit`] is one
 //! write transaction with [`Durability::Immediate`]: one fsync per batch.
 //!
-//! A file of schema [`MIGRATES_FROM`] (or 3) is migrated at open, in one
+//! A file of schema [`MIGRATES_FROM`] or later is migrated at open, in one
 //! transaction (see [`super::legacy`]); older or newer ones are refused,
 //! naming both versions.
 
@@ -47,11 +47,11 @@ use vcodr_core::{
 /// contact rows count forged epoch claims.
 /// 4: the `sample_copy` table (a standby's sample ranges still to copy): a
 /// build that knows nothing of it must not open the file and forget them.
-pub const SCHEMA_VERSION: u64 = 4;
-/// The oldest schema migrated at open (2 → 4; 3 → 4 adds the `sample_copy` table).
+/// 5: the DR metadata holds the server's incarnation and a standby's
+/// followed run of its active (SPEC §4, incarnation fence).
+pub const SCHEMA_VERSION: u64 = 5;
+/// The oldest schema migrated at open (2, 3 and 4 → 5).
 pub const MIGRATES_FROM: u64 = 2;
-/// The schema before [`SCHEMA_VERSION`], migrated at open by adding its table.
-const MIGRATES_FROM_PREVIOUS: u64 = 3;
 
 const SCHEMA_TABLE: &str = "vcodr_schema";
 const SCHEMA: TableDefinition<&str, u64> = TableDefinition::new(SCHEMA_TABLE);
@@ -201,15 +201,10 @@ impl RedbStorage {
             .map(|v| v.value());
         match found {
             Some(SCHEMA_VERSION) => Ok(()),
-            Some(MIGRATES_FROM) => {
+            Some(from) if (MIGRATES_FROM..SCHEMA_VERSION).contains(&from) => {
                 drop(table);
                 drop(read);
-                self.migrate_from_2()
-            }
-            Some(MIGRATES_FROM_PREVIOUS) => {
-                drop(table);
-                drop(read);
-                self.migrate_from_3()
+                self.migrate(from)
             }
             Some(found) => Err(StorageError::SchemaVersion {
                 path: self.path.clone(),
@@ -223,11 +218,13 @@ impl RedbStorage {
         }
     }
 
-    /// Schema 2 → 3, in one write transaction: the DR metadata and the
-    /// contact rows are rewritten in the current layout; nothing else changes.
-    fn migrate_from_2(&self) -> Result<(), StorageError> {
+    /// Schema `from` (2, 3 or 4) → [`SCHEMA_VERSION`], in one write
+    /// transaction: the DR metadata rewritten in the current layout (and,
+    /// from 2, the contact rows), the `sample_copy` table created where it
+    /// was missing (before 4); nothing else changes.
+    fn migrate(&self, from: u64) -> Result<(), StorageError> {
         let txn = self.begin_write()?;
-        let contacts;
+        let mut contacts = 0;
         {
             let mut state = txn
                 .open_table(STATE)
@@ -237,58 +234,56 @@ impl RedbStorage {
                 .map_err(self.db_err(STATE_NAME, "read meta"))?
                 .map(|g| g.value().to_vec());
             if let Some(bytes) = old {
-                let v2: super::legacy::DurableMetaV2 = self.decode(STATE_NAME, KEY_META, &bytes)?;
-                let meta = DurableMeta::from(v2);
+                let meta = if from == MIGRATES_FROM {
+                    let v2: super::legacy::DurableMetaV2 =
+                        self.decode(STATE_NAME, KEY_META, &bytes)?;
+                    DurableMeta::from(v2)
+                } else {
+                    let v4: super::legacy::DurableMetaV4 =
+                        self.decode(STATE_NAME, KEY_META, &bytes)?;
+                    DurableMeta::from(v4)
+                };
                 let bytes = self.encode(STATE_NAME, "meta", &meta)?;
                 state
                     .insert(KEY_META, bytes.as_slice())
                     .map_err(self.db_err(STATE_NAME, "write meta"))?;
             }
-            let mut table = txn
-                .open_table(CONTACTS)
-                .map_err(self.db_err(CONTACTS_NAME, "open"))?;
-            let mut rows = Vec::new();
-            for item in table.iter().map_err(self.db_err(CONTACTS_NAME, "read"))? {
-                let (k, v) = item.map_err(self.db_err(CONTACTS_NAME, "read"))?;
-                let old: super::legacy::ContactRecordV2 =
-                    self.decode(CONTACTS_NAME, k.value(), v.value())?;
-                rows.push((k.value().to_string(), ContactRecord::from(old)));
+            if from == MIGRATES_FROM {
+                let mut table = txn
+                    .open_table(CONTACTS)
+                    .map_err(self.db_err(CONTACTS_NAME, "open"))?;
+                let mut rows = Vec::new();
+                for item in table.iter().map_err(self.db_err(CONTACTS_NAME, "read"))? {
+                    let (k, v) = item.map_err(self.db_err(CONTACTS_NAME, "read"))?;
+                    let old: super::legacy::ContactRecordV2 =
+                        self.decode(CONTACTS_NAME, k.value(), v.value())?;
+                    rows.push((k.value().to_string(), ContactRecord::from(old)));
+                }
+                for (k, row) in &rows {
+                    let bytes = self.encode(CONTACTS_NAME, "contact", row)?;
+                    table
+                        .insert(k.as_str(), bytes.as_slice())
+                        .map_err(self.db_err(CONTACTS_NAME, "write"))?;
+                }
+                contacts = rows.len();
             }
-            for (k, row) in &rows {
-                let bytes = self.encode(CONTACTS_NAME, "contact", row)?;
-                table
-                    .insert(k.as_str(), bytes.as_slice())
-                    .map_err(self.db_err(CONTACTS_NAME, "write"))?;
+            if from < 4 {
+                txn.open_table(SAMPLE_COPY)
+                    .map_err(self.db_err(SAMPLE_COPY_NAME, "create"))?;
             }
-            contacts = rows.len();
-            txn.open_table(SAMPLE_COPY)
-                .map_err(self.db_err(SAMPLE_COPY_NAME, "create"))?;
         }
         self.commit_schema(txn, "commit the migration")?;
         tracing::info!(
             path = %self.path.display(),
-            from = MIGRATES_FROM,
+            from,
             to = SCHEMA_VERSION,
             contacts,
-            "migrated the storage file: the peer is pinned again on its first contact by the certificate name recorded at pairing"
-        );
-        Ok(())
-    }
-
-    /// Schema 3 → 4, in one write transaction: the (empty) `sample_copy`
-    /// table; nothing else changes.
-    fn migrate_from_3(&self) -> Result<(), StorageError> {
-        let txn = self.begin_write()?;
-        {
-            txn.open_table(SAMPLE_COPY)
-                .map_err(self.db_err(SAMPLE_COPY_NAME, "create"))?;
-        }
-        self.commit_schema(txn, "commit the migration")?;
-        tracing::info!(
-            path = %self.path.display(),
-            from = MIGRATES_FROM_PREVIOUS,
-            to = SCHEMA_VERSION,
-            "migrated the storage file: added the sample_copy table"
+            "migrated the storage file{}",
+            if from == MIGRATES_FROM {
+                ": the peer is pinned again on its first contact by the certificate name recorded at pairing"
+            } else {
+                ""
+            }
         );
         Ok(())
     }

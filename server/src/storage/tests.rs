@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use vcodr_core::rng::Rng;
-use vcodr_core::{Entry, Op, Sample};
+use vcodr_core::{DurableMeta, Entry, Op, Sample};
 
 #[derive(Debug)]
 struct MemHarness;
@@ -221,7 +221,66 @@ fn another_schema_version_is_refused() {
     }
 }
 
-/// A file of schema 3 (no `sample_copy` table) opens as schema 4 with
+/// A file of schema 4 (DR metadata without the incarnation fields) opens
+/// as the current schema with that metadata, counting runs from 0 and
+/// following no run of its active (SPEC §4).
+#[test]
+fn a_schema_4_file_is_migrated_with_its_dr_metadata() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("vcodr.redb");
+    let meta = DurableMeta {
+        incarnation: 0,
+        active_incarnation: None,
+        ..conformance::meta_sample(3)
+    };
+    {
+        let mut store = RedbStorage::open(&path).expect("create");
+        store
+            .commit(&[(1, vec![PersistOp::Meta(Box::new(meta.clone()))])])
+            .expect("commit");
+    }
+    {
+        // What a schema-4 build wrote: the metadata in its layout, version 4.
+        let m = meta.clone();
+        let v4 = legacy::DurableMetaV4 {
+            role: m.role,
+            dr_state: m.dr_state,
+            epoch: m.epoch,
+            pair_id: m.pair_id,
+            peer: m.peer,
+            peer_identity: m.peer_identity,
+            epoch_proof: m.epoch_proof,
+            pairing_token: m.pairing_token,
+            policy: m.policy,
+            synced: m.synced,
+            fenced_by: m.fenced_by,
+            redirect_edge: m.redirect_edge,
+            unprotected_writes: m.unprotected_writes,
+            last_dr_protected_ms: m.last_dr_protected_ms,
+            role_timestamp_ms: m.role_timestamp_ms,
+            state_timestamp_ms: m.state_timestamp_ms,
+            zombie_to_notify: m.zombie_to_notify,
+        };
+        let db = ::redb::Database::create(&path).expect("open raw");
+        let txn = db.begin_write().expect("begin");
+        {
+            let state: ::redb::TableDefinition<&str, &[u8]> = ::redb::TableDefinition::new("state");
+            let mut t = txn.open_table(state).expect("table");
+            let bytes = postcard::to_stdvec(&v4).expect("encode");
+            t.insert("meta", bytes.as_slice()).expect("insert");
+            let def: ::redb::TableDefinition<&str, u64> =
+                ::redb::TableDefinition::new("vcodr_schema");
+            let mut t = txn.open_table(def).expect("table");
+            t.insert("version", 4).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let store = RedbStorage::open(&path).expect("a schema-4 file is migrated");
+    assert_eq!(store.info().expect("info").schema_version, SCHEMA_VERSION);
+    assert_eq!(store.load().expect("load").meta, Some(meta));
+}
+
+/// A file of schema 3 (no `sample_copy` table) opens as the current schema with
 /// everything it held, and takes a standby's sample copy from then on.
 #[test]
 fn a_schema_3_file_is_migrated_and_keeps_everything() {

@@ -378,6 +378,8 @@ pub fn meta_sample(n: u64) -> DurableMeta {
         role_timestamp_ms: n * 10,
         state_timestamp_ms: n * 20,
         zombie_to_notify: n % 2 == 0,
+        incarnation: n + 3,
+        active_incarnation: Some((n, n + 2)),
     }
 }
 
