@@ -1,5 +1,6 @@
-//! Storage tests: the conformance suite on both implementations, what is
-//! refused at open, a `kill -9` crash test, and a throughput measurement.
+//! Storage tests: the conformance suite on memory and redb (the WAL store's
+//! runs in `wal::tests`), what is refused at open, a `kill -9` crash test on
+//! redb and on the WAL store, and a throughput measurement of both.
 
 use super::conformance::{self, Harness};
 use super::*;
@@ -103,6 +104,9 @@ macro_rules! conformance_tests {
         }
     };
 }
+
+// The WAL store runs the suite too (`wal::tests`).
+pub(crate) use conformance_tests;
 
 conformance_tests!(mem_conformance, MemHarness);
 conformance_tests!(redb_conformance, RedbHarness::new());
@@ -366,8 +370,28 @@ fn a_corrupt_record_names_table_and_key() {
 // ---- kill -9 -------------------------------------------------------------------
 
 const CRASH_CHILD_DIR: &str = "VCODR_STORAGE_CRASH_CHILD_DIR";
+/// `redb` or `wal`: which store the child commits to.
+const CRASH_CHILD_KIND: &str = "VCODR_STORAGE_CRASH_CHILD_KIND";
 const CRASH_CHILD_TEST: &str = "storage::tests::crash_child";
 const CRASH_FILE: &str = "vcodr.redb";
+/// The WAL store of the crash test: small segments and frequent
+/// checkpoints, so that kills land in rolls, checkpoints and removals too.
+const CRASH_WAL_BOUNDS: WalBounds = WalBounds {
+    segment_bytes: 64 * 1024,
+    segment_records: 40,
+    record_bytes_max: wal::RECORD_BYTES_MAX,
+    checkpoint_batches: 25,
+    checkpoint_bytes: wal::CHECKPOINT_BYTES,
+};
+
+/// Opens the crash test's store of `kind` in `dir`.
+fn open_crash_store(kind: &str, dir: &Path) -> Result<Box<dyn Storage>, StorageError> {
+    Ok(match kind {
+        "redb" => Box::new(RedbStorage::open(dir.join(CRASH_FILE))?),
+        "wal" => Box::new(WalStorage::open_with(dir, CRASH_WAL_BOUNDS)?),
+        other => panic!("{CRASH_CHILD_KIND}={other:?}: neither redb nor wal"),
+    })
+}
 /// Batches one child commits at most, and for how long it runs at most.
 const CHILD_BATCHES_MAX: u64 = 50_000;
 const CHILD_RUN_MAX: Duration = Duration::from_secs(60);
@@ -416,7 +440,7 @@ fn crash_batch(b: u64) -> Vec<(PersistSeq, Vec<PersistOp>)> {
 /// Every batch up to `upto` is in `store`, and the store holds whole batches
 /// only: all three persist requests of each batch up to its commit index, none
 /// of any later one.
-fn assert_batches_present(store: &RedbStorage, upto: u64) {
+fn assert_batches_present(store: &dyn Storage, upto: u64) {
     let r = store.load().expect("load after kill -9");
     let last = r.commit;
     assert!(
@@ -481,7 +505,8 @@ fn crash_child() {
     let Ok(dir) = std::env::var(CRASH_CHILD_DIR) else {
         return;
     };
-    let mut store = RedbStorage::open(Path::new(&dir).join(CRASH_FILE)).expect("child open");
+    let kind = std::env::var(CRASH_CHILD_KIND).unwrap_or_else(|_| "redb".into());
+    let mut store = open_crash_store(&kind, Path::new(&dir)).expect("child open");
     let first = store.load().expect("child load").commit + 1;
     let started = Instant::now();
     let mut out = std::io::stdout().lock();
@@ -497,6 +522,15 @@ fn crash_child() {
 
 #[test]
 fn kill_9_keeps_every_committed_batch() {
+    kill_9_keeps_every_committed_batch_of("redb");
+}
+
+#[test]
+fn wal_kill_9_keeps_every_committed_batch() {
+    kill_9_keeps_every_committed_batch_of("wal");
+}
+
+fn kill_9_keeps_every_committed_batch_of(kind: &str) {
     let seed = std::env::var("VCODR_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -504,7 +538,6 @@ fn kill_9_keeps_every_committed_batch() {
     eprintln!("crash test seed {seed} (rerun with VCODR_CRASH_SEED={seed})");
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join(CRASH_FILE);
     let exe = std::env::current_exe().expect("test binary path");
     let mut reported_max = 0u64;
     for round in 1..=CRASH_ROUNDS {
@@ -518,6 +551,7 @@ fn kill_9_keeps_every_committed_batch() {
                 "--test-threads=1",
             ])
             .env(CRASH_CHILD_DIR, dir.path())
+            .env(CRASH_CHILD_KIND, kind)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -563,9 +597,10 @@ fn kill_9_keeps_every_committed_batch() {
         for b in rx.try_iter() {
             reported_max = reported_max.max(b);
         }
-        eprintln!("round {round}: killed after batch {reported_max} ({status})");
-        let store = RedbStorage::open(&path).expect("the file opens cleanly after kill -9");
-        assert_batches_present(&store, reported_max);
+        eprintln!("{kind} round {round}: killed after batch {reported_max} ({status})");
+        let store =
+            open_crash_store(kind, dir.path()).expect("the store opens cleanly after kill -9");
+        assert_batches_present(store.as_ref(), reported_max);
     }
     assert!(reported_max >= u64::from(CRASH_ROUNDS) * 2);
 }
