@@ -607,23 +607,40 @@ fn kill_9_keeps_every_committed_batch_of(kind: &str) {
 
 // ---- throughput ----------------------------------------------------------------
 
-/// Group-commit throughput on this disk. Run with
+/// Group-commit latency and throughput on this disk, `RedbStorage` (one
+/// `Durability::Immediate` transaction per commit) against `WalStorage` (one
+/// `fdatasync` of its log per commit, checkpoints included). Run with
 /// `cargo test --release -p vcodr-server --lib storage::tests::group_commit_throughput -- --ignored --nocapture`
 /// (README "Figures"; `log-store` in the benches measures the bare log
-/// alternatives, this the production `RedbStorage` with its group commits).
+/// alternatives, this the production stores). The two take turns, one
+/// commit each, so a noisy neighbour on the disk slows both alike.
 #[test]
 #[ignore = "measurement, not a check; run by hand"]
 fn group_commit_throughput() {
-    const RUN: Duration = Duration::from_secs(5);
-    const COMMITS_MAX: u64 = 1_000_000;
+    const RUN: Duration = Duration::from_secs(10);
+    const COMMITS_MAX: usize = 200_000;
     let value = vec![b'x'; 200];
+    println!(
+        "| store | writes per commit | commits/s | writes/s | p50 ms | p99 ms | max ms | commits |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for per_batch in [1u64, 64] {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut store = RedbStorage::open(dir.path().join("bench.redb")).expect("open");
+        let mut stores: Vec<(&str, Box<dyn Storage>, Vec<Duration>)> = vec![
+            (
+                "redb (RedbStorage)",
+                Box::new(RedbStorage::open(dir.path().join("bench.redb")).expect("open")),
+                Vec::new(),
+            ),
+            (
+                "wal (WalStorage)",
+                Box::new(WalStorage::open(dir.path().join("wal-store")).expect("open")),
+                Vec::new(),
+            ),
+        ];
         let mut index = 0u64;
-        let mut commits = 0u64;
         let started = Instant::now();
-        while started.elapsed() < RUN && commits < COMMITS_MAX {
+        while started.elapsed() < RUN * 2 && stores[0].2.len() < COMMITS_MAX {
             let batch: Vec<(PersistSeq, Vec<PersistOp>)> = (0..per_batch)
                 .map(|_| {
                     index += 1;
@@ -642,15 +659,27 @@ fn group_commit_throughput() {
                     )
                 })
                 .collect();
-            store.commit(&batch).expect("commit");
-            commits += 1;
+            for (_, store, took) in &mut stores {
+                let t0 = Instant::now();
+                store.commit(&batch).expect("commit");
+                took.push(t0.elapsed());
+            }
         }
-        let secs = started.elapsed().as_secs_f64();
-        println!(
-            "group commit, {per_batch:>2} single-entry persist requests per batch: {:>8.0} commits/s, {:>9.0} requests/s ({commits} commits in {secs:.1} s, file {} bytes)",
-            commits as f64 / secs,
-            (commits * per_batch) as f64 / secs,
-            store.info().expect("info").file_bytes,
-        );
+        for (name, store, mut took) in stores {
+            let busy: Duration = took.iter().sum();
+            let commits = took.len();
+            took.sort_unstable();
+            let at = |q: f64| took[((commits as f64 * q) as usize).min(commits - 1)];
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            println!(
+                "| {name} | {per_batch} | {:.0} | {:.0} | {:.3} | {:.3} | {:.2} | {commits} ({} bytes on disk) |",
+                commits as f64 / busy.as_secs_f64(),
+                (commits as u64 * per_batch) as f64 / busy.as_secs_f64(),
+                ms(at(0.50)),
+                ms(at(0.99)),
+                ms(took[commits - 1]),
+                store.info().expect("info").file_bytes,
+            );
+        }
     }
 }

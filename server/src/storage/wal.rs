@@ -69,7 +69,7 @@ use vcodr_core::{
 };
 
 /// Bytes of one segment file, zero-filled when it is created.
-pub const SEGMENT_BYTES: u64 = 16 << 20;
+pub const SEGMENT_BYTES: u64 = 4 << 20;
 /// Records one segment holds at most (bounds the scan of one segment at open).
 pub const SEGMENT_RECORDS_MAX: u64 = 65_536;
 /// A batch whose record (header and encoded batch) is larger is committed
@@ -78,7 +78,7 @@ pub const RECORD_BYTES_MAX: usize = 1 << 20;
 /// A checkpoint (a durable redb commit) at least every this many logged batches...
 pub const CHECKPOINT_BATCHES: u64 = 1_024;
 /// ...or this many logged bytes, whichever comes first.
-pub const CHECKPOINT_BYTES: u64 = 8 << 20;
+pub const CHECKPOINT_BYTES: u64 = 4 << 20;
 
 /// The redb file in a data directory.
 pub const REDB_FILE: &str = "vcodr.redb";
