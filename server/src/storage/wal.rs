@@ -49,8 +49,10 @@
 //! # Errors
 //! Fail-stop, as [`Storage`] requires. If a commit fails after its record
 //! was durable (redb could not commit), the record is zeroed again so that
-//! the failed batch is not replayed; any failure from the log's write on
-//! leaves the store refusing every later commit.
+//! the failed batch is not replayed; any failure from the log's write on,
+//! or of redb (a contact save too), leaves the store refusing every later
+//! commit, naming that first cause (redb itself answers later calls only
+//! with "Previous I/O error").
 
 mod log;
 pub mod segment;
@@ -122,7 +124,9 @@ pub struct WalStorage {
     bounds: WalBounds,
     /// Logged batches and bytes since the last durable redb commit.
     since_checkpoint: (u64, u64),
-    /// Set when a commit failed from the log's write on: no commit after it.
+    /// Set when a commit failed from the log's write on, or redb failed
+    /// (not a refused batch): no commit after it; the first cause, named by
+    /// every later refusal.
     failed: Option<String>,
     /// Encoded batch (reused).
     payload: Vec<u8>,
@@ -212,7 +216,10 @@ impl WalStorage {
     pub fn checkpoint(&mut self) -> Result<(), StorageError> {
         self.refuse_after_failure()?;
         let lsn = self.log.last_lsn();
-        self.redb.commit_logged(&[], lsn, true, || Ok(()))?;
+        if let Err(e) = self.redb.commit_logged(&[], lsn, true, || Ok(())) {
+            self.failed = Some(e.to_string());
+            return Err(e);
+        }
         self.checkpointed(lsn)
     }
 
@@ -226,7 +233,7 @@ impl WalStorage {
             None => Ok(()),
             Some(why) => Err(StorageError::Io {
                 path: self.dir.join(WAL_DIR),
-                action: "commit after an earlier commit failed",
+                action: "commit after an earlier storage failure",
                 source: std::io::Error::other(why.clone()),
             }),
         }
@@ -286,6 +293,11 @@ impl Storage for WalStorage {
             Err(e) => {
                 if !log_tried {
                     // Refused or failed before the log was touched: nothing changed.
+                    // An I/O failure of redb fails every later redb call with
+                    // "Previous I/O error": keep this one, the cause, for them.
+                    if !matches!(e, StorageError::InvalidBatch { .. }) {
+                        self.failed = Some(e.to_string());
+                    }
                     return Err(e);
                 }
                 let mut why = format!("record {lsn}: {e}");
@@ -355,7 +367,12 @@ impl Storage for WalStorage {
     /// batch durable in redb too, so it counts as a checkpoint.
     fn save_contacts(&mut self, contacts: &[ClientContact]) -> Result<(), StorageError> {
         self.refuse_after_failure()?;
-        self.redb.save_contacts(contacts)?;
+        if let Err(e) = self.redb.save_contacts(contacts) {
+            // The next commit fails naming this cause (redb itself would
+            // only say that a previous I/O error occurred).
+            self.failed = Some(e.to_string());
+            return Err(e);
+        }
         let lsn = self.log.last_lsn();
         self.checkpointed(lsn)
     }

@@ -82,8 +82,14 @@ impl Log {
         checkpoint: u64,
         bounds: WalBounds,
     ) -> Result<(Log, Vec<Pending>), StorageError> {
-        std::fs::create_dir_all(dir)
-            .map_err(io_err(dir, "creating the write-ahead log directory"))?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir)
+                .map_err(io_err(dir, "creating the write-ahead log directory"))?;
+            // The directory's own name must survive a power loss with the records in it.
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
         let mut found = Vec::new();
         for item in std::fs::read_dir(dir).map_err(io_err(dir, "listing the write-ahead log"))? {
             let item = item.map_err(io_err(dir, "listing the write-ahead log"))?;
