@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vcodr_server::ctl::{read_archive, ArchiveItem, Client};
 use vcodr_server::edge_sim::EdgeReport;
-use vcodr_server::storage::{RedbStorage, Storage};
+use vcodr_server::storage::{Storage, WalStorage};
 
 /// Longest wait for the pair to be STANDBY_RUNNING on both servers again.
 pub const RECOVER_WAIT: Duration = Duration::from_secs(60);
@@ -873,7 +873,9 @@ impl Drill<'_> {
                 self.find(HARNESS, format!("stopping {}: {e:#}", name(i)));
             }
         }
-        let store = RedbStorage::open(self.dep.storage_file(sby))
+        // The data dir: the redb file and the write-ahead log in front of it.
+        let file = self.dep.storage_file(sby);
+        let store = WalStorage::open(file.parent().unwrap_or(&file))
             .with_context(|| format!("opening {}'s storage", name(sby)))?;
         for e in &fin.edges {
             let rows = store

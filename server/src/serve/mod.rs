@@ -12,7 +12,7 @@ use crate::driver::peers::PeerLinks;
 use crate::driver::{self, DriverSettings, Handle, Published};
 use crate::serve::config::FileConfig;
 use crate::serve::throttle::{LogThrottle, THROTTLE_INTERVAL};
-use crate::storage::{RedbStorage, Storage};
+use crate::storage::{Storage, WalStorage};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -180,9 +180,9 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
     let uuid = load_or_make_uuid(&cfg.data_dir)?;
-    let db_path = cfg.data_dir.join("vcodr.redb");
-    let storage = RedbStorage::open(&db_path)
-        .with_context(|| format!("opening storage {}", db_path.display()))?;
+    // `vcodr.redb` and the write-ahead log `wal/` in front of it.
+    let storage = WalStorage::open(&cfg.data_dir)
+        .with_context(|| format!("opening storage in {}", cfg.data_dir.display()))?;
     let restored = storage.load().context("loading durable state")?;
     let contacts = storage
         .load_contacts()

@@ -1,8 +1,11 @@
 //! Durable storage of a vcodr server: what [`vcodr_core::Output::Persist`]
 //! asks for, made durable, and read back at restart and by the admin API.
 //!
-//! [`Storage`] is the contract the driver relies on. Two implementations:
-//! - [`RedbStorage`]: one redb file, the production store;
+//! [`Storage`] is the contract the driver relies on. Three implementations:
+//! - [`WalStorage`]: the production store, a write-ahead log of commit
+//!   batches (one `fdatasync` per commit) in front of a redb file;
+//! - [`RedbStorage`]: one redb file, one durable redb transaction per commit
+//!   (the state [`WalStorage`] keeps; usable on its own);
 //! - [`MemStorage`]: [`vcodr_core::MemStore`] behind the same trait, for
 //!   driver tests (nothing survives the process).
 //!
@@ -38,9 +41,11 @@ mod mem;
 mod redb;
 #[cfg(test)]
 mod tests;
+pub mod wal;
 
 pub use self::mem::MemStorage;
 pub use self::redb::{RedbStorage, SCHEMA_VERSION};
+pub use self::wal::{WalBounds, WalStorage};
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -249,6 +254,14 @@ pub enum StorageError {
         action: &'static str,
         #[source]
         source: std::io::Error,
+    },
+    /// A write-ahead log segment holds a damaged record with acknowledged
+    /// records after it (or records out of sequence): never cut silently.
+    #[error("write-ahead log segment {path} is damaged at offset {offset} ({why}); records after it were acknowledged, so it is not a torn tail: refusing to open. Resync this server from its peer, or restore the data_dir from a backup")]
+    WalCorrupt {
+        path: PathBuf,
+        offset: u64,
+        why: String,
     },
     /// The batch asks for something the core must never ask; nothing of it was applied.
     #[error("persist request {seq} refused, batch not applied: {why}")]

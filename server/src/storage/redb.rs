@@ -810,3 +810,5 @@ const CONTACTS_NAME: &str = "contacts";
 
 // The `Storage` trait over these tables: what the driver calls.
 mod storage_impl;
+// What the write-ahead log in front of this file needs of it.
+mod wal_hooks;

@@ -1,5 +1,6 @@
-//! Storage tests: the conformance suite on both implementations, what is
-//! refused at open, a `kill -9` crash test, and a throughput measurement.
+//! Storage tests: the conformance suite on memory and redb (the WAL store's
+//! runs in `wal::tests`), what is refused at open, a `kill -9` crash test on
+//! redb and on the WAL store, and a throughput measurement of both.
 
 use super::conformance::{self, Harness};
 use super::*;
@@ -103,6 +104,9 @@ macro_rules! conformance_tests {
         }
     };
 }
+
+// The WAL store runs the suite too (`wal::tests`).
+pub(crate) use conformance_tests;
 
 conformance_tests!(mem_conformance, MemHarness);
 conformance_tests!(redb_conformance, RedbHarness::new());
@@ -425,8 +429,28 @@ fn a_corrupt_record_names_table_and_key() {
 // ---- kill -9 -------------------------------------------------------------------
 
 const CRASH_CHILD_DIR: &str = "VCODR_STORAGE_CRASH_CHILD_DIR";
+/// `redb` or `wal`: which store the child commits to.
+const CRASH_CHILD_KIND: &str = "VCODR_STORAGE_CRASH_CHILD_KIND";
 const CRASH_CHILD_TEST: &str = "storage::tests::crash_child";
 const CRASH_FILE: &str = "vcodr.redb";
+/// The WAL store of the crash test: small segments and frequent
+/// checkpoints, so that kills land in rolls, checkpoints and removals too.
+const CRASH_WAL_BOUNDS: WalBounds = WalBounds {
+    segment_bytes: 64 * 1024,
+    segment_records: 40,
+    record_bytes_max: wal::RECORD_BYTES_MAX,
+    checkpoint_batches: 25,
+    checkpoint_bytes: wal::CHECKPOINT_BYTES,
+};
+
+/// Opens the crash test's store of `kind` in `dir`.
+fn open_crash_store(kind: &str, dir: &Path) -> Result<Box<dyn Storage>, StorageError> {
+    Ok(match kind {
+        "redb" => Box::new(RedbStorage::open(dir.join(CRASH_FILE))?),
+        "wal" => Box::new(WalStorage::open_with(dir, CRASH_WAL_BOUNDS)?),
+        other => panic!("{CRASH_CHILD_KIND}={other:?}: neither redb nor wal"),
+    })
+}
 /// Batches one child commits at most, and for how long it runs at most.
 const CHILD_BATCHES_MAX: u64 = 50_000;
 const CHILD_RUN_MAX: Duration = Duration::from_secs(60);
@@ -475,7 +499,7 @@ fn crash_batch(b: u64) -> Vec<(PersistSeq, Vec<PersistOp>)> {
 /// Every batch up to `upto` is in `store`, and the store holds whole batches
 /// only: all three persist requests of each batch up to its commit index, none
 /// of any later one.
-fn assert_batches_present(store: &RedbStorage, upto: u64) {
+fn assert_batches_present(store: &dyn Storage, upto: u64) {
     let r = store.load().expect("load after kill -9");
     let last = r.commit;
     assert!(
@@ -540,7 +564,8 @@ fn crash_child() {
     let Ok(dir) = std::env::var(CRASH_CHILD_DIR) else {
         return;
     };
-    let mut store = RedbStorage::open(Path::new(&dir).join(CRASH_FILE)).expect("child open");
+    let kind = std::env::var(CRASH_CHILD_KIND).unwrap_or_else(|_| "redb".into());
+    let mut store = open_crash_store(&kind, Path::new(&dir)).expect("child open");
     let first = store.load().expect("child load").commit + 1;
     let started = Instant::now();
     let mut out = std::io::stdout().lock();
@@ -556,6 +581,15 @@ fn crash_child() {
 
 #[test]
 fn kill_9_keeps_every_committed_batch() {
+    kill_9_keeps_every_committed_batch_of("redb");
+}
+
+#[test]
+fn wal_kill_9_keeps_every_committed_batch() {
+    kill_9_keeps_every_committed_batch_of("wal");
+}
+
+fn kill_9_keeps_every_committed_batch_of(kind: &str) {
     let seed = std::env::var("VCODR_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -563,7 +597,6 @@ fn kill_9_keeps_every_committed_batch() {
     eprintln!("crash test seed {seed} (rerun with VCODR_CRASH_SEED={seed})");
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join(CRASH_FILE);
     let exe = std::env::current_exe().expect("test binary path");
     let mut reported_max = 0u64;
     for round in 1..=CRASH_ROUNDS {
@@ -577,6 +610,7 @@ fn kill_9_keeps_every_committed_batch() {
                 "--test-threads=1",
             ])
             .env(CRASH_CHILD_DIR, dir.path())
+            .env(CRASH_CHILD_KIND, kind)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -622,32 +656,50 @@ fn kill_9_keeps_every_committed_batch() {
         for b in rx.try_iter() {
             reported_max = reported_max.max(b);
         }
-        eprintln!("round {round}: killed after batch {reported_max} ({status})");
-        let store = RedbStorage::open(&path).expect("the file opens cleanly after kill -9");
-        assert_batches_present(&store, reported_max);
+        eprintln!("{kind} round {round}: killed after batch {reported_max} ({status})");
+        let store =
+            open_crash_store(kind, dir.path()).expect("the store opens cleanly after kill -9");
+        assert_batches_present(store.as_ref(), reported_max);
     }
     assert!(reported_max >= u64::from(CRASH_ROUNDS) * 2);
 }
 
 // ---- throughput ----------------------------------------------------------------
 
-/// Group-commit throughput on this disk. Run with
+/// Group-commit latency and throughput on this disk, `RedbStorage` (one
+/// `Durability::Immediate` transaction per commit) against `WalStorage` (one
+/// `fdatasync` of its log per commit, checkpoints included). Run with
 /// `cargo test --release -p vcodr-server --lib storage::tests::group_commit_throughput -- --ignored --nocapture`
 /// (README "Figures"; `log-store` in the benches measures the bare log
-/// alternatives, this the production `RedbStorage` with its group commits).
+/// alternatives, this the production stores). The two take turns, one
+/// commit each, so a noisy neighbour on the disk slows both alike.
 #[test]
 #[ignore = "measurement, not a check; run by hand"]
 fn group_commit_throughput() {
-    const RUN: Duration = Duration::from_secs(5);
-    const COMMITS_MAX: u64 = 1_000_000;
+    const RUN: Duration = Duration::from_secs(10);
+    const COMMITS_MAX: usize = 200_000;
     let value = vec![b'x'; 200];
+    println!(
+        "| store | writes per commit | commits/s | writes/s | p50 ms | p99 ms | max ms | commits |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for per_batch in [1u64, 64] {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut store = RedbStorage::open(dir.path().join("bench.redb")).expect("open");
+        let mut stores: Vec<(&str, Box<dyn Storage>, Vec<Duration>)> = vec![
+            (
+                "redb (RedbStorage)",
+                Box::new(RedbStorage::open(dir.path().join("bench.redb")).expect("open")),
+                Vec::new(),
+            ),
+            (
+                "wal (WalStorage)",
+                Box::new(WalStorage::open(dir.path().join("wal-store")).expect("open")),
+                Vec::new(),
+            ),
+        ];
         let mut index = 0u64;
-        let mut commits = 0u64;
         let started = Instant::now();
-        while started.elapsed() < RUN && commits < COMMITS_MAX {
+        while started.elapsed() < RUN * 2 && stores[0].2.len() < COMMITS_MAX {
             let batch: Vec<(PersistSeq, Vec<PersistOp>)> = (0..per_batch)
                 .map(|_| {
                     index += 1;
@@ -666,15 +718,27 @@ fn group_commit_throughput() {
                     )
                 })
                 .collect();
-            store.commit(&batch).expect("commit");
-            commits += 1;
+            for (_, store, took) in &mut stores {
+                let t0 = Instant::now();
+                store.commit(&batch).expect("commit");
+                took.push(t0.elapsed());
+            }
         }
-        let secs = started.elapsed().as_secs_f64();
-        println!(
-            "group commit, {per_batch:>2} single-entry persist requests per batch: {:>8.0} commits/s, {:>9.0} requests/s ({commits} commits in {secs:.1} s, file {} bytes)",
-            commits as f64 / secs,
-            (commits * per_batch) as f64 / secs,
-            store.info().expect("info").file_bytes,
-        );
+        for (name, store, mut took) in stores {
+            let busy: Duration = took.iter().sum();
+            let commits = took.len();
+            took.sort_unstable();
+            let at = |q: f64| took[((commits as f64 * q) as usize).min(commits - 1)];
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            println!(
+                "| {name} | {per_batch} | {:.0} | {:.0} | {:.3} | {:.3} | {:.2} | {commits} ({} bytes on disk) |",
+                commits as f64 / busy.as_secs_f64(),
+                (commits as u64 * per_batch) as f64 / busy.as_secs_f64(),
+                ms(at(0.50)),
+                ms(at(0.99)),
+                ms(took[commits - 1]),
+                store.info().expect("info").file_bytes,
+            );
+        }
     }
 }
