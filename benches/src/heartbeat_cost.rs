@@ -56,6 +56,10 @@ pub struct Args {
     /// Longest wait for every edge to be connected to both servers.
     #[arg(long, default_value_t = 180)]
     pub ramp_limit_s: u64,
+    /// Also `perf record` server a (call graphs) for `perf_seconds` into
+    /// `<this>.<driver>.data`, after the syscall count.
+    #[arg(long)]
+    pub perf_record: Option<PathBuf>,
     /// The `vcodr` binary (default: beside this program, or target/release/vcodr).
     #[arg(long)]
     pub vcodr: Option<PathBuf>,
@@ -350,6 +354,28 @@ fn measure(
             )
         });
         sim_syscalls = simp.map(|(s, _)| per(s, c.heartbeats - b.heartbeats));
+        if let Some(base) = &args.perf_record {
+            let out = format!("{}.{driver}.data", base.display());
+            let status = Command::new("timeout")
+                .arg((perf_secs + 30).to_string())
+                .args([
+                    "perf",
+                    "record",
+                    "-q",
+                    "-F",
+                    "499",
+                    "--call-graph",
+                    "dwarf,16384",
+                    "-o",
+                ])
+                .arg(&out)
+                .args(["-p", &pids[0].to_string(), "--", "sleep"])
+                .arg(perf_secs.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            eprintln!("{driver}: perf record of server a into {out}: {status:?}");
+        }
     }
     let rest = Duration::from_secs(args.seconds).saturating_sub(t0.elapsed());
     std::thread::sleep(rest);
