@@ -34,6 +34,7 @@
 
 use vcodr_core::*;
 
+pub mod heartbeat_cost;
 pub mod log_store;
 pub mod machine;
 pub mod pair;

@@ -85,7 +85,7 @@ pub enum Cmd {
         #[arg(long, default_value_t = 1024 * 1024)]
         cache_bytes: usize,
         /// Take commands from stdin, one a line, each answered with one JSON
-        /// line on stdout: `report` (every edge's sample counts), `pause`,
+        /// line on stdout: `report` (every edge's sample counts), `summary`, `reset-latency` (percentiles start again), `pause`,
         /// `resume` (sample generation), `stop`. Stops when stdin closes.
         /// For harnesses such as the fault drills.
         #[arg(long)]

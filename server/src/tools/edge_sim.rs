@@ -741,6 +741,13 @@ async fn control(sim: &EdgeSim, command: &str) -> Option<serde_json::Value> {
     use serde_json::json;
     Some(match command.trim() {
         "report" => json!({ "summary": sim.summary(), "edges": sim.edges() }),
+        // Cheap: no per-edge list (a measurement polls it).
+        "summary" => json!({ "summary": sim.summary() }),
+        // Percentiles from here on (a measurement window starts).
+        "reset-latency" => {
+            sim.stats.rtt.reset();
+            json!({ "summary": sim.summary() })
+        }
         "pause" => json!({ "paused": sim.pause_samples(CONTROL_PAUSE_WAIT).await }),
         "resume" => {
             sim.resume_samples();
@@ -748,7 +755,7 @@ async fn control(sim: &EdgeSim, command: &str) -> Option<serde_json::Value> {
         }
         "stop" => return None,
         other => json!({
-            "error": format!("unknown command {other:?}: give report, pause, resume or stop")
+            "error": format!("unknown command {other:?}: give report, summary, reset-latency, pause, resume or stop")
         }),
     })
 }
@@ -757,7 +764,8 @@ async fn control(sim: &EdgeSim, command: &str) -> Option<serde_json::Value> {
 ///
 /// With `control`, it also reads commands from stdin, one a line, and
 /// answers each with one JSON line on stdout: `report` (the summary and
-/// every edge's own sample counts, [`EdgeReport`]), `pause` (stop
+/// every edge's own sample counts, [`EdgeReport`]), `summary` (the summary
+/// alone), `reset-latency` (the summary, then percentiles start again), `pause` (stop
 /// generating samples; answered once every edge has seen it, `{"paused":
 /// false}` if that took longer than [`CONTROL_PAUSE_WAIT`]), `resume`,
 /// `stop`. It stops when stdin closes, so that it never outlives its driver.
