@@ -97,6 +97,25 @@ pub enum PersistOp {
     StoreSamples(SampleChunk),
 }
 
+impl PersistOp {
+    /// Whether a store must `fdatasync` this op before confirming it. The
+    /// commit marker, sample pruning and log compaction need not: losing
+    /// them to a power failure costs nothing the core does not redo — the
+    /// entries above a lost commit marker stay in the log and commit again
+    /// (restore replays only up to the marker), and pruning and compaction
+    /// happen again later. A store may confirm a batch made only of such ops
+    /// once it is written (it must survive the process being killed) and let
+    /// it become durable with the next batch that needs an fsync — never
+    /// after a later batch. Each write would otherwise pay a second fsync:
+    /// its entry's, then its commit marker's.
+    pub fn needs_fsync(&self) -> bool {
+        !matches!(
+            self,
+            PersistOp::Commit(_) | PersistOp::Compact { .. } | PersistOp::PruneSamples { .. }
+        )
+    }
+}
+
 /// The DR state that survives a restart (SPEC §2).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DurableMeta {

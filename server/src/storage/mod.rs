@@ -86,6 +86,10 @@ const _: () = assert!(HISTORY_KEEP_MAX <= READ_ROWS_MAX);
 /// - **Durability**: when [`Storage::commit`] returns `Ok`, the whole batch
 ///   survives `kill -9` and power loss (one fsync per batch: group commit);
 ///   only then may the driver feed `Input::Persisted { up_to: last seq }`.
+///   One exception: a batch none of whose ops
+///   [`needs_fsync`](vcodr_core::PersistOp::needs_fsync) (commit markers,
+///   pruning, compaction) must survive `kill -9` at once but may survive
+///   power loss only from the next batch that needs an fsync on.
 /// - **Errors**: an op the core must never produce (truncating a committed
 ///   entry, committing over a hole in the log) is refused with
 ///   [`StorageError::InvalidBatch`], never a panic. Any error from `commit`

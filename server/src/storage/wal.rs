@@ -206,6 +206,13 @@ impl WalStorage {
         self.log.segment_count()
     }
 
+    /// `fdatasync`s of the log since open: one per batch that needs one
+    /// ([`vcodr_core::PersistOp::needs_fsync`]), plus one per segment left
+    /// with unsynced records.
+    pub fn log_syncs(&self) -> u64 {
+        self.log.syncs()
+    }
+
     /// LSN of the next logged batch.
     pub fn next_lsn(&self) -> u64 {
         self.log.next_lsn()
@@ -270,6 +277,10 @@ impl Storage for WalStorage {
             return self.checkpointed(lsn);
         }
         let lsn = self.log.next_lsn();
+        let sync = batch
+            .iter()
+            .flat_map(|(_, ops)| ops)
+            .any(PersistOp::needs_fsync);
         let (batches, bytes) = self.since_checkpoint;
         let durable = batches + 1 >= self.bounds.checkpoint_batches
             || bytes + record as u64 >= self.bounds.checkpoint_bytes;
@@ -278,7 +289,7 @@ impl Storage for WalStorage {
         let log = &mut self.log;
         let result = self.redb.commit_logged(&[batch], lsn, durable, || {
             log_tried = true;
-            written = Some(log.append(&payload)?);
+            written = Some(log.append(&payload, sync)?);
             Ok(())
         });
         self.payload = payload;

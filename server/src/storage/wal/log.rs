@@ -43,6 +43,10 @@ struct Active {
     /// Where the next record goes.
     offset: u64,
     records: u64,
+    /// Records written since its last `fdatasync` (batches of ops that need
+    /// none, [`vcodr_core::PersistOp::needs_fsync`]): synced with the next
+    /// record that needs it, or before a new segment takes over.
+    unsynced: bool,
 }
 
 /// The write-ahead log: segment files in one directory, oldest first.
@@ -57,6 +61,8 @@ pub(super) struct Log {
     next_lsn: u64,
     /// The record being written (reused).
     buf: Vec<u8>,
+    /// `fdatasync`s of records since open (for tests and measurements).
+    syncs: u64,
 }
 
 fn corrupt(path: &Path, offset: usize, why: String) -> StorageError {
@@ -114,6 +120,7 @@ impl Log {
             active: None,
             next_lsn: checkpoint + 1,
             buf: Vec::new(),
+            syncs: 0,
         };
         let mut pending = Vec::new();
         let mut last_lsn: Option<u64> = None;
@@ -248,6 +255,7 @@ impl Log {
                         "opening the last write-ahead log segment",
                     ))?;
                 log.active = Some(Active {
+                    unsynced: false,
                     file,
                     offset: end,
                     records,
@@ -273,15 +281,24 @@ impl Log {
         self.segments.iter().map(|s| s.bytes).sum()
     }
 
+    /// `fdatasync`s of records (and of segments left unsynced) since open.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
+    }
+
     /// Segment files on disk.
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
 
-    /// Appends the record of [`Log::next_lsn`] and `fdatasync`s it: durable on `Ok`.
-    /// Starts a new segment first when the record does not fit the active one
-    /// (or it holds [`WalBounds::segment_records`]).
-    pub fn append(&mut self, payload: &[u8]) -> Result<Written, StorageError> {
+    /// Appends the record of [`Log::next_lsn`] and, if `sync`, `fdatasync`s
+    /// it (and every record before it): durable on `Ok`. Without `sync` the
+    /// record is written (it survives the process being killed) and becomes
+    /// durable with the next synced one. Starts a new segment first when the
+    /// record does not fit the active one (or it holds
+    /// [`WalBounds::segment_records`]), syncing the one it leaves if needed,
+    /// so that no record is ever durable after a later one.
+    pub fn append(&mut self, payload: &[u8], sync: bool) -> Result<Written, StorageError> {
         let lsn = self.next_lsn;
         self.buf.clear();
         segment::encode_record(lsn, payload, &mut self.buf);
@@ -294,6 +311,15 @@ impl Log {
             _ => true,
         };
         if roll {
+            if let (Some(a), Some(seg)) = (self.active.as_ref(), self.segments.last()) {
+                if a.unsynced {
+                    a.file.sync_data().map_err(io_err(
+                        &seg.path,
+                        "fdatasync of a full write-ahead log segment",
+                    ))?;
+                    self.syncs += 1;
+                }
+            }
             self.active = None;
             let bytes = self.bounds.segment_bytes.max(len);
             let (file, path) = create_segment(&self.dir, lsn, bytes)?;
@@ -306,6 +332,7 @@ impl Log {
                 file,
                 offset: 0,
                 records: 0,
+                unsynced: false,
             });
         }
         let seg = self.segments.last().expect("a segment was just ensured");
@@ -317,9 +344,13 @@ impl Log {
         a.file
             .write_all_at(&self.buf, offset)
             .map_err(io_err(&seg.path, "writing a write-ahead log record"))?;
-        a.file
-            .sync_data()
-            .map_err(io_err(&seg.path, "fdatasync of a write-ahead log record"))?;
+        if sync {
+            a.file
+                .sync_data()
+                .map_err(io_err(&seg.path, "fdatasync of a write-ahead log record"))?;
+            self.syncs += 1;
+        }
+        a.unsynced = !sync;
         a.offset += len;
         a.records += 1;
         self.next_lsn += 1;

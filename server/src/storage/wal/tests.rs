@@ -573,3 +573,44 @@ fn fill_the_disk(bounds: WalBounds) -> String {
     assert_eq!(s.list_docs().expect("docs"), mem.list_docs().expect("docs"));
     msg
 }
+
+/// A batch of commit markers only is written without an `fdatasync` — it
+/// survives the process being killed — and becomes durable with the next
+/// batch that needs one; a new segment syncs the one it leaves first, so no
+/// record is durable after a later one.
+#[test]
+fn a_batch_of_commit_markers_waits_for_the_next_fsync_and_survives_a_kill() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let dir = root.path().join("store");
+    let mut s = open(&dir, no_checkpoint(2));
+    let append = |index| {
+        vec![PersistOp::Append(vec![vcodr_core::Entry {
+            epoch: 1,
+            index,
+            op: vcodr_core::Op::Put {
+                key: format!("k{index}"),
+                value: b"v".to_vec(),
+            },
+        }])]
+    };
+    s.commit(&[(1, append(1))]).expect("append");
+    let synced = s.log_syncs();
+    s.commit(&[(2, vec![PersistOp::Commit(1)])])
+        .expect("commit marker");
+    assert_eq!(
+        s.log_syncs(),
+        synced,
+        "a commit marker alone costs no fsync"
+    );
+    let image = root.path().join("killed");
+    crash_image(&dir, &image);
+    let r = open(&image, no_checkpoint(2)).load().expect("load");
+    assert_eq!(r.commit, 1, "the marker survives a kill -9");
+    // Two records fill the segment: the next one starts a new segment, and
+    // the one it leaves is synced first (then the new record itself).
+    s.commit(&[(3, append(2))]).expect("append");
+    assert_eq!(s.log_syncs(), synced + 2);
+    assert_eq!(s.segment_count(), 2);
+    let r = s.load().expect("load");
+    assert_eq!((r.commit, r.log.len()), (1, 2));
+}
