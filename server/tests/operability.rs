@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vcodr_server::tools::cluster::{metric, temp_dir, ProcCluster, FAST_TIMERS};
 use vcodr_server::tools::ctl::{ApiError, Client};
+use vcodr_testkit::Tmpfs;
 
 const A: usize = 0;
 const B: usize = 1;
@@ -266,60 +267,6 @@ async fn idle_and_half_sent_connections_lock_no_one_out() {
     cl.stop_all();
 }
 
-/// A tmpfs mounted by the test; unmounted (lazily if busy) and its mount
-/// point removed when dropped, also when the test fails.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .expect("running mount");
-        assert!(
-            st.success(),
-            "mount -t tmpfs at {} failed: {st}",
-            at.display()
-        );
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-/// Writes `path` until its filesystem is full.
-fn fill(path: &Path) -> u64 {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).unwrap();
-    let chunk = vec![0xa5u8; 64 * 1024];
-    let mut written = 0u64;
-    loop {
-        match f.write(&chunk) {
-            Ok(0) => break,
-            Ok(n) => written += n as u64,
-            Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(28), "{e}");
-                break;
-            }
-        }
-    }
-    let _ = f.sync_all();
-    written
-}
-
 fn api_error(e: &anyhow::Error) -> Option<&ApiError> {
     e.downcast_ref::<ApiError>()
 }
@@ -329,7 +276,7 @@ async fn a_full_disk_stops_the_server_which_comes_back_with_every_acknowledged_w
     vcodr_testkit::require_root("mount a small tmpfs as a server's data_dir").unwrap();
     let dir = TempDir(temp_dir("vcodr-full-disk").unwrap());
     let data_a = dir.0.join("data/a");
-    let disk = Tmpfs::mount(&data_a, "32m");
+    let disk = Tmpfs::mount(&data_a, "32m").unwrap();
     // Contact saves off this test's path: with the write-ahead log, write
     // commits touch redb durably only at checkpoints, so a contact save would
     // often be what meets the full disk first — and stop the server just the
@@ -372,7 +319,7 @@ async fn a_full_disk_stops_the_server_which_comes_back_with_every_acknowledged_w
     // The disk fills up beside the storage file; then writes fail.
     let filler = data_a.join("filler");
     let t = Instant::now();
-    let filled = fill(&filler);
+    let filled = disk.fill(&filler).unwrap();
     eprintln!("filled {filled} bytes in {:?}", t.elapsed());
     let big = Value::String("x".repeat(64 * 1024));
     let mut failures: Vec<(String, anyhow::Error)> = Vec::new();

@@ -660,3 +660,58 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// A tmpfs a test mounts (as root: see [`require_root`]), to give a server a
+/// small filesystem it can fill; unmounted (lazily if busy) and its mount
+/// point removed when dropped, also when the test fails.
+#[derive(Debug)]
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it) at `at`,
+    /// creating the mount point.
+    pub fn mount(at: &Path, size: &str) -> Result<Tmpfs> {
+        fs::create_dir_all(at).with_context(|| format!("creating mount point {}", at.display()))?;
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .context("running mount")?;
+        if !st.success() {
+            bail!("mount -t tmpfs at {} failed: {st}", at.display());
+        }
+        Ok(Tmpfs(at.to_path_buf()))
+    }
+
+    /// Writes a file at `path` (on this filesystem) until the filesystem is
+    /// full; returns the bytes written. Any error but ENOSPC fails.
+    pub fn fill(&self, path: &Path) -> Result<u64> {
+        let mut f =
+            fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let chunk = vec![0xa5u8; 64 * 1024];
+        let mut written = 0u64;
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => return Err(e).with_context(|| format!("filling {}", path.display())),
+            }
+        }
+        let _ = f.sync_all();
+        Ok(written)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+        let _ = fs::remove_dir(&self.0);
+    }
+}

@@ -11,6 +11,7 @@ use crate::storage::{MemStorage, HISTORY_KEEP_MAX};
 use std::path::Path;
 use vcodr_core::rng::Rng;
 use vcodr_core::MemStore;
+use vcodr_testkit::Tmpfs;
 
 /// Copies the data directory `from` of a store that is still open: what a
 /// `kill -9` at this instant leaves on disk (the page cache is coherent:
@@ -447,41 +448,6 @@ fn a_refused_batch_is_not_logged() {
 
 // ---- a full filesystem -----------------------------------------------------
 
-/// A tmpfs mounted by the test, unmounted (lazily if busy) when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).expect("mount point");
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .expect("running mount");
-        assert!(
-            st.success(),
-            "mount -t tmpfs at {} failed: {st}",
-            at.display()
-        );
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = std::process::Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-}
-
 fn big_batch(b: u64) -> Batch {
     use vcodr_core::{Entry, Op};
     let entry = Entry {
@@ -534,7 +500,7 @@ fn a_full_filesystem_fails_a_commit_and_keeps_every_acknowledged_batch() {
 fn fill_the_disk(bounds: WalBounds) -> String {
     let root = tempfile::tempdir().expect("temp dir");
     let mnt = root.path().join("mnt");
-    let _disk = Tmpfs::mount(&mnt, "6m");
+    let disk = Tmpfs::mount(&mnt, "6m").expect("mount a tmpfs");
     let data = mnt.join("data");
     let mut s = open(&data, bounds);
     let mut mem = MemStorage::new();
@@ -542,9 +508,7 @@ fn fill_the_disk(bounds: WalBounds) -> String {
     let mut failed = None;
     for b in 1..=400u64 {
         if b == 30 {
-            let mut f = std::fs::File::create(&filler).expect("filler");
-            let chunk = vec![0xA5u8; 64 * 1024];
-            while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+            disk.fill(&filler).expect("fill the disk");
         }
         match s.commit(&big_batch(b)) {
             Ok(()) => mem.commit(&big_batch(b)).expect("reference"),
