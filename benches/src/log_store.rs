@@ -36,36 +36,9 @@ pub const VALUE_BYTES: usize = 200;
 /// Preallocated segment space at most (bounds the zero-filling too).
 pub const PREALLOCATE_BYTES_MAX: u64 = 1 << 30;
 
-// ---- CRC-32C (Castagnoli), reflected, as in iSCSI, ext4 and LevelDB --------
+// ---- CRC-32C: the production log's (`vcodr_server::storage::wal::segment`) --
 
-const CRC32C_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0x82F6_3B78 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
-
-/// Continues CRC-32C `crc` (start at 0) over `data`.
-pub fn crc32c_update(crc: u32, data: &[u8]) -> u32 {
-    let mut c = !crc;
-    for &b in data {
-        c = CRC32C_TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
-    }
-    !c
-}
+pub use vcodr_server::storage::wal::segment::crc32c_update;
 
 /// CRC-32C of `data`.
 pub fn crc32c(data: &[u8]) -> u32 {
