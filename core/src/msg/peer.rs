@@ -63,9 +63,12 @@ pub enum PeerMsg {
     Append {
         /// The sending run of the active (durable on it before it sent this).
         incarnation: Incarnation,
-        /// The active's log ended here, all durable, when this run began
-        /// streaming: what a standby holds beyond it that an earlier run
-        /// sent was never durable on the active, so never acknowledged.
+        /// The active's log ended here when this run began streaming to this
+        /// standby: for an active that restarted, the end of what its
+        /// storage held (all durable), so what a standby holds beyond it
+        /// that an earlier run sent was never durable on the active, never
+        /// acknowledged. (Every other stream begins with a snapshot, and a
+        /// standby never drops below what it applied.)
         since: Index,
         prev_index: Index,
         prev_epoch: Epoch,

@@ -80,7 +80,9 @@ pub(super) struct Replica {
     pub(super) reading_samples: bool,
     /// The log's last index when this replica began: what every Append of
     /// this run names as `since` (SPEC §4). For a restarted active, the end
-    /// of what its storage held, all durable.
+    /// of what its storage held, all durable; every other replica begins
+    /// with a snapshot (`need_snapshot`), beyond which a standby holds
+    /// nothing to drop.
     pub(super) since: Index,
     /// Restarted as active, and the standby has not yet acknowledged an
     /// Append of this run: it may still hold entries the last run shipped
