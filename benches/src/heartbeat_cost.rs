@@ -25,6 +25,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::machine::{proc_now, Proc};
 use anyhow::{bail, Context};
 use clap::Parser;
 use vcodr_server::tools::cluster::{temp_dir, ProcCluster};
@@ -63,33 +64,6 @@ pub struct Args {
     /// The `vcodr` binary (default: beside this program, or target/release/vcodr).
     #[arg(long)]
     pub vcodr: Option<PathBuf>,
-}
-
-/// Resource counters of one process at one moment.
-#[derive(Clone, Copy, Debug, Default)]
-struct Proc {
-    cpu_s: f64,
-    rss_kib: u64,
-}
-
-fn proc_now(pid: u32) -> Proc {
-    let cpu_s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
-            Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0) as f64
-        / 100.0;
-    let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0);
-    Proc { cpu_s, rss_kib }
 }
 
 /// `Udp:` counters of `/proc/net/snmp` by name.

@@ -140,3 +140,32 @@ mod tests {
         );
     }
 }
+
+/// Resource counters of one process at one moment (`/proc/<pid>/stat` and `status`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Proc {
+    /// utime + stime, in seconds (clock ticks of 10 ms).
+    pub cpu_s: f64,
+    pub rss_kib: u64,
+}
+
+/// `pid`'s counters now; zeros for a process that is gone.
+pub fn proc_now(pid: u32) -> Proc {
+    let cpu_s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0) as f64
+        / 100.0;
+    let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0);
+    Proc { cpu_s, rss_kib }
+}

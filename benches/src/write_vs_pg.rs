@@ -11,7 +11,7 @@
 //! its runs); its `SUMMARY` rows for `synchronous_commit = on` at 1 and 16
 //! clients are parsed by [`parse_anchor`] and set beside ours.
 
-use crate::machine::{ms, percentile, render_table};
+use crate::machine::{ms, percentile, proc_now, render_table};
 use anyhow::{bail, Context};
 use clap::Parser;
 use serde_json::json;
@@ -101,6 +101,9 @@ pub struct VcodrRun {
     pub errors: u64,
     /// The first failure's message, to say why.
     pub first_error: Option<String>,
+    /// CPU (utime + stime) per acknowledged write, in µs, of the active,
+    /// the standby and the load generator (this process), over the run.
+    pub cpu_us_per_write: [f64; 3],
 }
 
 /// A row of the anchor's `SUMMARY` (one `synchronous_commit` mode at one client count).
@@ -176,6 +179,7 @@ pub fn render(runs: &[VcodrRun], pg: &PgOutcome) -> String {
         "errors".to_string(),
         "PostgreSQL TPS (avg ms)".to_string(),
         "ratio vcodr/PG".to_string(),
+        "CPU µs/write (active/standby/load)".to_string(),
     ]];
     for r in runs {
         let ours = format!("{:.1} ({}/{})", r.writes_per_s, ms(r.p50), ms(r.p99));
@@ -205,6 +209,7 @@ pub fn render(runs: &[VcodrRun], pg: &PgOutcome) -> String {
             r.errors.to_string(),
             theirs,
             ratio,
+            r.cpu_us_per_write.map(|c| format!("{c:.0}")).join("/"),
         ]);
     }
     render_table(&rows)
@@ -229,11 +234,15 @@ pub async fn run_vcodr(
         for &writers in writer_counts {
             let run = run_writers(&cluster, writers, duration).await?;
             eprintln!(
-                "vcodr {writers:>3} writers: {:.1} writes/s, p50 {} ms, p99 {} ms, {} errors{}",
+                "vcodr {writers:>3} writers: {:.1} writes/s, p50 {} ms, p99 {} ms, {} errors, \
+                 CPU µs per write {:.0} active / {:.0} standby / {:.0} load{}",
                 run.writes_per_s,
                 ms(run.p50),
                 ms(run.p99),
                 run.errors,
+                run.cpu_us_per_write[0],
+                run.cpu_us_per_write[1],
+                run.cpu_us_per_write[2],
                 run.first_error
                     .as_deref()
                     .map(|e| format!(" (first: {e})"))
@@ -267,6 +276,12 @@ async fn run_writers(
     let clients: Vec<Client> = (0..writers)
         .map(|_| Client::from_files(&url, &cluster.token_file, None))
         .collect::<Result<_, _>>()?;
+    let pids = [
+        cluster.servers[0].pid().unwrap_or(0),
+        cluster.servers[1].pid().unwrap_or(0),
+        std::process::id(),
+    ];
+    let cpu_before = pids.map(|p| proc_now(p).cpu_s);
     let start = Instant::now();
     let stop = start + duration;
     let mut tasks = Vec::with_capacity(writers);
@@ -305,6 +320,11 @@ async fn run_writers(
         first_error = first_error.or(f);
     }
     let took = start.elapsed();
+    let acked = all.len().max(1) as f64;
+    let mut cpu_us_per_write = [0.0; 3];
+    for (i, pid) in pids.into_iter().enumerate() {
+        cpu_us_per_write[i] = (proc_now(pid).cpu_s - cpu_before[i]) * 1e6 / acked;
+    }
     all.sort_unstable();
     Ok(VcodrRun {
         writers,
@@ -313,6 +333,7 @@ async fn run_writers(
         p99: percentile(&all, 0.99),
         errors,
         first_error,
+        cpu_us_per_write,
     })
 }
 
@@ -566,6 +587,7 @@ mod tests {
             p99: Duration::from_micros(2_345),
             errors: 0,
             first_error: None,
+            cpu_us_per_write: [175.4, 99.6, 60.0],
         }
     }
 
@@ -594,11 +616,11 @@ mod tests {
         assert_eq!(
             render(&runs, &pg),
             "\
-writers | vcodr writes/s (p50/p99 ms) | errors | PostgreSQL TPS (avg ms) | ratio vcodr/PG
---------|-----------------------------|--------|-------------------------|---------------
-1       |        1000.0 (0.812/2.345) |      0 |          2000.0 (0.500) |           0.50
-16      |        5500.0 (0.812/2.345) |      0 |   11000.0 (1.430) noisy |           0.50
-64      |        9000.0 (0.812/2.345) |      0 |       not in the anchor |              -
+writers | vcodr writes/s (p50/p99 ms) | errors | PostgreSQL TPS (avg ms) | ratio vcodr/PG | CPU µs/write (active/standby/load)
+--------|-----------------------------|--------|-------------------------|----------------|-----------------------------------
+1       |        1000.0 (0.812/2.345) |      0 |          2000.0 (0.500) |           0.50 |                         175/100/60
+16      |        5500.0 (0.812/2.345) |      0 |   11000.0 (1.430) noisy |           0.50 |                         175/100/60
+64      |        9000.0 (0.812/2.345) |      0 |       not in the anchor |              - |                         175/100/60
 "
         );
         let skipped = render(&runs[..1], &PgOutcome::Skipped);
