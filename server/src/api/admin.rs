@@ -669,7 +669,6 @@ mod tests {
         let settings = DriverSettings {
             write_timeout: Duration::from_secs(10),
             contact_save_interval: Duration::from_secs(3600),
-            queue_len: 64,
         };
         let (handle, inbox) = driver::channel(&settings, metrics.clone());
         let me = ServerInfo {

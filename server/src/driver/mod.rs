@@ -1,11 +1,23 @@
-//! The driver: one tokio task that owns the `vcodr-core` [`Server`], feeds it
-//! every input (admin calls, peer and edge messages, timer expiries,
-//! durability confirmations) and carries out its outputs. No protocol
-//! decision is made here.
+//! The driver: owns the `vcodr-core` [`Server`], feeds it every input
+//! (admin calls, peer and edge messages, timer expiries, durability
+//! confirmations) and carries out its outputs. No protocol decision is made
+//! here.
+//!
+//! The core sits behind one mutex, and whoever has an input runs it: the
+//! admin connection's task, the edge or peer link's task, the storage thread
+//! after a commit, the timer task. Each takes the lock, feeds the core, carries
+//! out what it output and lets go. No input waits in a queue for another
+//! thread to pick it up: on this 2-core machine every such hand-off was a
+//! wake-up across threads, the largest cost of a write after the disk
+//! (issue 13). The lock is held for the core's step and its outputs only
+//! (microseconds): nothing under it blocks on I/O, and a call made under it
+//! back into the driver is a bug caught at once ([`Handle`] panics).
 //!
 //! Durability runs on its own thread: persist requests queue up while a
 //! commit is in progress and the next commit takes them all (group commit);
-//! `Persisted { up_to }` goes back to the core only after the commit returned.
+//! `Persisted { up_to }` goes to the core only after the commit returned. A
+//! slow disk therefore holds up writes, never the answers to probes, status
+//! calls or heartbeats.
 
 pub mod links;
 pub mod peers;
@@ -18,11 +30,12 @@ use crate::driver::links::EdgeLink;
 use crate::serve::throttle::LogThrottle;
 use crate::storage::Storage;
 use serde_json::{json, Value};
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 use vcodr_core::*;
 use vcodr_transport::Responder;
 
@@ -30,6 +43,11 @@ use vcodr_transport::Responder;
 const SHUTDOWN_UNFINISHED: &str =
     "outcome unknown: the server is shutting down and this call had not \
      finished; a write may or may not be durable: check with configuration/get after its restart";
+
+/// What calls in flight are told when the driver panicked (a bug).
+const DRIVER_PANICKED: &str = "outcome unknown: this server's driver failed (a bug: see its log) while \
+     this call was in flight; a write may or may not be durable: check with configuration/get after \
+     the server's restart";
 
 /// Time as the core takes it.
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +89,12 @@ type ReadJob = Box<dyn FnOnce(&dyn Storage) + Send>;
 enum StorageJob {
     Commit(PersistSeq, Vec<PersistOp>),
     Read(ReadJob),
+    /// What an `Output::ReadSamples` asked for: read, then given to the core.
+    ReadSamples {
+        ranges: Vec<SampleRange>,
+        max_bytes: usize,
+        max_samples: usize,
+    },
     SaveContacts(Vec<ClientContact>),
 }
 
@@ -84,40 +108,8 @@ fn answer_edge(responder: Responder<EdgeLink>, msg: ServerMsg) {
     }
 }
 
-/// What the driver task receives.
-#[allow(missing_debug_implementations)] // holds reply channels
-pub enum DriverMsg {
-    Api {
-        call: ApiCall,
-        reply: oneshot::Sender<Result<Value, RpcError>>,
-    },
-    Edge {
-        client: ClientId,
-        client_type: ClientType,
-        msg: EdgeMsg,
-        reply: Responder<EdgeLink>,
-    },
-    /// A peer message, with the identity TLS proved for its sender and its link.
-    Peer {
-        link: PeerLinkId,
-        from: PeerIdentity,
-        env: PeerEnvelope,
-    },
-    Persisted {
-        up_to: PersistSeq,
-        entries: u64,
-        started: Instant,
-    },
-    StorageFailed(String),
-    /// The storage thread read the samples an `Output::ReadSamples` asked for.
-    SamplesRead(Vec<SampleChunk>),
-    /// A liveness or readiness probe: the driver answers with the core's state.
-    Probe(oneshot::Sender<crate::api::health::Probe>),
-    /// Finish in-flight commits, then stop.
-    Shutdown(oneshot::Sender<()>),
-}
-
-/// Where the driver sends peer messages (the peer-link layer).
+/// Where the driver sends peer messages (the peer-link layer). Called with
+/// the driver's lock held: every method only queues and returns.
 pub trait PeerSink: Send + 'static {
     /// Queue `msg` for the server at `to` (dialled if need be); may drop it
     /// when the link's queue is full (the core retransmits).
@@ -130,10 +122,49 @@ pub trait PeerSink: Send + 'static {
     fn dial_targets(&self) -> usize;
 }
 
-/// A cheap, cloneable way to talk to the driver.
+/// What every [`Handle`] shares: the driver, once [`spawn`] gave it its
+/// core, until it stops (then `None` again).
+struct Shared {
+    driver: Mutex<Option<Driver>>,
+    /// Wakes the timer task: a timer came due earlier than it sleeps for, or
+    /// the driver stopped.
+    timers_changed: Arc<Notify>,
+}
+
+thread_local! {
+    /// Set while this thread holds the driver's lock: a call back into the
+    /// driver from under it would deadlock.
+    static IN_DRIVER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread as holding the driver's lock while it lives (also
+/// when the core panics under it).
+struct InDriver;
+
+impl InDriver {
+    fn check() {
+        assert!(
+            !IN_DRIVER.get(),
+            "a call into the driver from under its own lock (it would deadlock)"
+        );
+    }
+
+    fn enter() -> InDriver {
+        IN_DRIVER.set(true);
+        InDriver
+    }
+}
+
+impl Drop for InDriver {
+    fn drop(&mut self) {
+        IN_DRIVER.set(false);
+    }
+}
+
+/// A cheap, cloneable way to run inputs through the driver.
 #[derive(Clone)]
 pub struct Handle {
-    tx: mpsc::Sender<DriverMsg>,
+    shared: Arc<Shared>,
     pub metrics: Arc<Metrics>,
     write_timeout: Duration,
     /// Set once, by the driver, when a storage commit failed: the server is
@@ -150,6 +181,58 @@ impl std::fmt::Debug for Handle {
 }
 
 impl Handle {
+    /// Runs `f` on the driver, then carries out what the core output; `None`
+    /// when there is no driver (not started yet, or stopped).
+    ///
+    /// A panic under the lock (a bug) stops the driver: what it held may be
+    /// half-updated, so nothing more is fed to it. The calls in flight are
+    /// answered as outcome unknown, the panic is logged, and the caller gets
+    /// `None` as if the driver had stopped.
+    fn with_driver<R>(&self, f: impl FnOnce(&mut Driver) -> R) -> Option<R> {
+        InDriver::check();
+        // Nothing panics while holding the guard (caught below); a poisoned
+        // lock would still only hold a driver that is taken out here.
+        let mut slot = self
+            .shared
+            .driver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let d = slot.as_mut()?;
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _held = InDriver::enter();
+            let r = f(d);
+            d.drain();
+            d.finish_shutdown();
+            r
+        }));
+        match ran {
+            Ok(r) => {
+                if d.stopped {
+                    *slot = None;
+                    self.shared.timers_changed.notify_one();
+                }
+                Some(r)
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                tracing::error!(
+                    panic = %what,
+                    "the driver panicked ({what}): it stops; this server takes no more inputs and \
+                     its liveness probe fails"
+                );
+                if let Some(mut d) = slot.take() {
+                    d.answer_unfinished(DRIVER_PANICKED);
+                }
+                self.shared.timers_changed.notify_one();
+                None
+            }
+        }
+    }
+
     /// Runs an admin API call.
     ///
     /// A call the driver never took (it stopped first) is refused as not
@@ -160,7 +243,7 @@ impl Handle {
         let is_write = matches!(call.kind(), RequestKind::ConfigWrite)
             || matches!(call, ApiCall::Core(Command::Promote { .. }));
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(DriverMsg::Api { call, reply }).await.is_err() {
+        if self.with_driver(|d| d.on_api(call, reply)).is_none() {
             return Err(self.not_carried_out());
         }
         let wait = if is_write {
@@ -218,88 +301,109 @@ impl Handle {
         self.storage_failed.subscribe()
     }
 
-    /// Asks the driver for the core's state, within `deadline` (the probes).
+    /// Asks the driver for the core's state, within `deadline` (the probes):
+    /// a driver whose lock stays held that long is reported, not waited for.
+    /// While the lock is held, the tries run on a blocking-pool thread: tasks
+    /// waiting for the lock may hold every worker, and with them the
+    /// runtime's timers.
     pub async fn probe(&self, deadline: Duration) -> Result<crate::api::health::Probe, String> {
-        let (tx, rx) = oneshot::channel();
-        let asked = async {
-            self.tx.send(DriverMsg::Probe(tx)).await.ok()?;
-            rx.await.ok()
-        };
-        match tokio::time::timeout(deadline, asked).await {
-            Ok(Some(p)) => Ok(p),
-            Ok(None) => Err("the driver has stopped".into()),
-            Err(_) => Err(format!(
-                "the driver did not answer within {} ms",
-                deadline.as_millis()
-            )),
+        if let Some(answer) = try_probe(&self.shared) {
+            return answer;
         }
+        let shared = self.shared.clone();
+        let until = Instant::now() + deadline;
+        let tried = tokio::task::spawn_blocking(move || loop {
+            if let Some(answer) = try_probe(&shared) {
+                return answer;
+            }
+            if Instant::now() >= until {
+                return Err(format!(
+                    "the driver did not answer within {} ms",
+                    deadline.as_millis()
+                ));
+            }
+            std::thread::sleep(PROBE_RETRY);
+        });
+        tried
+            .await
+            .unwrap_or_else(|e| Err(format!("the probe failed: {e}")))
     }
 
-    /// Hands one edge request to the driver, which answers the edge itself.
-    /// Waits while the driver's queue is full (the edge's link stops being
-    /// read: backpressure); false when the server is stopping.
-    pub async fn edge_request(
+    /// Runs one edge request through the core, which answers the edge
+    /// itself; false when the server is stopping.
+    pub fn edge_request(
         &self,
         client: ClientId,
         client_type: ClientType,
         msg: EdgeMsg,
         responder: Responder<EdgeLink>,
     ) -> bool {
-        self.tx
-            .send(DriverMsg::Edge {
-                client,
-                client_type,
-                msg,
-                reply: responder,
-            })
-            .await
-            .is_ok()
+        self.with_driver(|d| d.on_edge(client, client_type, msg, responder))
+            .is_some()
     }
 
-    /// Delivers a peer message that came in on `link` from the server TLS
-    /// proved to be `from` (dropped if the driver is overloaded: peers retransmit).
+    /// Runs a peer message that came in on `link` from the server TLS
+    /// proved to be `from` (dropped when the driver has stopped).
     pub fn peer(&self, link: PeerLinkId, from: PeerIdentity, env: PeerEnvelope) {
-        if self
-            .tx
-            .try_send(DriverMsg::Peer { link, from, env })
-            .is_err()
-        {
-            self.metrics.peer_dropped.fetch_add(1, Relaxed);
-        }
+        self.with_driver(|d| {
+            d.metrics.peer_received.fetch_add(1, Relaxed);
+            d.input(Input::Peer { link, from, env });
+        });
     }
 
     /// Finishes in-flight commits and stops the driver.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(DriverMsg::Shutdown(tx)).await.is_ok() {
+        if self.with_driver(|d| d.shutdown = Some(tx)).is_some() {
             let _ = rx.await;
         }
     }
 }
+
+/// The core's state for a probe if the driver's lock is free; `None` while
+/// it is held.
+fn try_probe(shared: &Shared) -> Option<Result<crate::api::health::Probe, String>> {
+    match shared.driver.try_lock() {
+        Ok(slot) => Some(
+            slot.as_ref()
+                .map(|d| crate::api::health::probe(&d.core))
+                .ok_or_else(|| "the driver has stopped".into()),
+        ),
+        Err(TryLockError::Poisoned(_)) => Some(Err("the driver has stopped".into())),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
+/// How often a probe tries the driver's lock again while it is held.
+const PROBE_RETRY: Duration = Duration::from_millis(1);
 
 /// Settings of the driver itself.
 #[derive(Clone, Debug)]
 pub struct DriverSettings {
     pub write_timeout: Duration,
     pub contact_save_interval: Duration,
-    pub queue_len: usize,
 }
 
-/// What the driver task reads: made with its [`Handle`] by [`channel`], so
-/// that the links can be given the handle before the driver starts.
-#[allow(missing_debug_implementations)] // a channel end
-pub struct Inbox(mpsc::Receiver<DriverMsg>);
+/// The driver's place before it starts: made with its [`Handle`] by
+/// [`channel`], so that the links can be given the handle before the driver
+/// has its core; [`spawn`] fills it.
+#[allow(missing_debug_implementations)]
+pub struct Inbox(Arc<Shared>);
 
-/// The driver's queue ([`DriverSettings::queue_len`]) and a handle to it.
+/// A handle to a driver that [`spawn`] starts (until then every input is
+/// refused as if the driver had stopped).
 pub fn channel(settings: &DriverSettings, metrics: Arc<Metrics>) -> (Handle, Inbox) {
-    let (tx, rx) = mpsc::channel(settings.queue_len);
+    let shared = Arc::new(Shared {
+        driver: Mutex::new(None),
+        timers_changed: Arc::new(Notify::new()),
+    });
     let handle = Handle {
-        tx,
+        shared: shared.clone(),
         metrics,
         write_timeout: settings.write_timeout,
         storage_failed: Arc::new(watch::channel(None).0),
     };
-    (handle, Inbox(rx))
+    (handle, Inbox(shared))
 }
 
 /// What the driver publishes for the I/O layer around it.
@@ -311,7 +415,10 @@ pub struct Published {
     pub throttle: Arc<LogThrottle>,
 }
 
-/// Starts the storage thread and the driver task, reading `inbox`.
+/// Gives the driver its core and starts the storage thread and the timer
+/// task; the task ends when the driver stops (shutdown or a failed commit).
+/// Must be called within a tokio runtime: the storage thread runs its inputs
+/// in that runtime's context.
 pub fn spawn(
     handle: &Handle,
     inbox: Inbox,
@@ -321,98 +428,124 @@ pub fn spawn(
     settings: DriverSettings,
     published: Published,
 ) -> tokio::task::JoinHandle<()> {
+    debug_assert!(
+        Arc::ptr_eq(&inbox.0, &handle.shared),
+        "another driver's inbox"
+    );
     let metrics = handle.metrics.clone();
-    let rx = inbox.0;
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<StorageJob>();
-    let back = handle.tx.clone();
-    let storage_metrics = metrics.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let storage_handle = handle.clone();
     std::thread::Builder::new()
         .name("vcodr-storage".into())
-        .spawn(move || storage_thread::run(storage, jobs_rx, back, storage_metrics))
+        .spawn(move || {
+            let _in_runtime = runtime.enter();
+            storage_thread::run(storage, jobs_rx, storage_handle)
+        })
         .expect("spawning the storage thread");
-    let mut d = Driver {
+    let save_every = settings.contact_save_interval;
+    let d = Driver {
         storage_failed: handle.storage_failed.clone(),
         core,
         clock: Clock::new(),
         timers: BTreeMap::new(),
+        armed: None,
+        timers_changed: handle.shared.timers_changed.clone(),
         jobs: jobs_tx,
         peers,
         metrics,
         edge_waiters: HashMap::new(),
         api_waiters: HashMap::new(),
         next_id: 1,
-        settings,
         last_seq: 0,
         persisted_up_to: 0,
         shutdown: None,
+        stopped: false,
         observed_at: Instant::now() - Duration::from_secs(1),
         observed_key: (Role::Standalone, DrState::Unconfigured, 0),
         published,
-        back: handle.tx.clone(),
     };
-    tokio::spawn(async move { d.run(rx).await })
+    *inbox
+        .0
+        .driver
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(d);
+    // What restoring the core output (timers, a first heartbeat).
+    handle.with_driver(|_| {});
+    tokio::spawn(run_timers(handle.clone(), save_every))
+}
+
+/// The timer task: fires the core's timers when they come due and saves the
+/// client contact table every `save_every`; ends when the driver stops.
+async fn run_timers(handle: Handle, save_every: Duration) {
+    let mut save_contacts = tokio::time::interval(save_every);
+    save_contacts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // Asked for before the next deadline is read: a timer set after
+        // the read wakes the wait below.
+        let changed = handle.shared.timers_changed.notified();
+        let Some(next) = handle.with_driver(|d| {
+            d.armed = d.timers.values().min().copied();
+            d.armed
+        }) else {
+            return;
+        };
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let ran = tokio::select! {
+            _ = sleep => handle.with_driver(Driver::fire_timers),
+            _ = changed => Some(()),
+            _ = save_contacts.tick() => handle.with_driver(|d| {
+                let contacts: Vec<ClientContact> = d.core.contacts().cloned().collect();
+                let _ = d.jobs.send(StorageJob::SaveContacts(contacts));
+            }),
+        };
+        if ran.is_none() {
+            return;
+        }
+    }
 }
 
 struct Driver {
     core: Server,
     clock: Clock,
     timers: BTreeMap<Timer, Instant>,
+    /// The deadline the timer task sleeps until (`None`: no timer).
+    armed: Option<Instant>,
+    timers_changed: Arc<Notify>,
     jobs: std::sync::mpsc::Sender<StorageJob>,
     peers: Box<dyn PeerSink>,
     metrics: Arc<Metrics>,
     edge_waiters: HashMap<ReplyTo, Responder<EdgeLink>>,
     api_waiters: HashMap<RequestId, oneshot::Sender<Result<Value, RpcError>>>,
     next_id: u64,
-    settings: DriverSettings,
     /// Last persist request sent to storage, and the last one confirmed durable.
     last_seq: PersistSeq,
     persisted_up_to: PersistSeq,
+    /// A graceful stop waiting for the commits in flight.
     shutdown: Option<oneshot::Sender<()>>,
+    /// Set when the driver must take no more inputs (stopped, storage failed).
+    stopped: bool,
     /// When the metrics gauges were last refreshed from the core.
     observed_at: Instant,
     observed_key: (Role, DrState, Epoch),
     published: Published,
     /// Shared with every [`Handle`]: set when a commit failed.
     storage_failed: Arc<watch::Sender<Option<String>>>,
-    /// The driver's own queue: where a read on the storage thread answers.
-    back: mpsc::Sender<DriverMsg>,
 }
 
 impl Driver {
-    async fn run(&mut self, mut rx: mpsc::Receiver<DriverMsg>) {
-        self.drain();
-        let mut save_contacts = tokio::time::interval(self.settings.contact_save_interval);
-        save_contacts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let next_timer = self.timers.values().min().copied();
-            let sleep = async {
-                match next_timer {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(m) => {
-                        if !self.on_msg(m) {
-                            return;
-                        }
-                    }
-                    None => return,
-                },
-                _ = sleep => self.fire_timers(),
-                _ = save_contacts.tick() => {
-                    let contacts: Vec<ClientContact> = self.core.contacts().cloned().collect();
-                    let _ = self.jobs.send(StorageJob::SaveContacts(contacts));
-                }
-            }
-            self.drain();
-            if self.persisted_up_to >= self.last_seq {
-                if let Some(done) = self.shutdown.take() {
-                    self.answer_unfinished(SHUTDOWN_UNFINISHED);
-                    let _ = done.send(());
-                    return;
-                }
+    /// Completes a graceful stop once every commit sent is durable.
+    fn finish_shutdown(&mut self) {
+        if self.persisted_up_to >= self.last_seq {
+            if let Some(done) = self.shutdown.take() {
+                self.answer_unfinished(SHUTDOWN_UNFINISHED);
+                let _ = done.send(());
+                self.stopped = true;
             }
         }
     }
@@ -437,85 +570,61 @@ impl Driver {
         self.core.handle_input(now, input);
     }
 
-    /// Returns false when the driver must stop.
-    fn on_msg(&mut self, m: DriverMsg) -> bool {
-        match m {
-            DriverMsg::Api { call, reply } => self.on_api(call, reply),
-            DriverMsg::Edge {
-                client,
-                client_type,
-                msg,
-                reply,
-            } => {
-                match &msg {
-                    EdgeMsg::Heartbeat(hb) => {
-                        let c = if hb.client_type == ClientType::Edge {
-                            &self.metrics.heartbeats_edge
-                        } else {
-                            &self.metrics.heartbeats_gateway
-                        };
-                        c.fetch_add(1, Relaxed);
-                    }
-                    EdgeMsg::Monitoring { samples } => {
-                        self.metrics
-                            .samples_received
-                            .fetch_add(samples.len() as u64, Relaxed);
-                    }
-                    EdgeMsg::ConfigPull { .. } => {
-                        self.metrics.config_pulls.fetch_add(1, Relaxed);
-                    }
-                }
-                let id = self.id();
-                self.edge_waiters.insert(id, reply);
-                self.input(Input::Edge {
-                    reply_to: id,
-                    client,
-                    client_type,
-                    msg,
-                });
+    fn on_edge(
+        &mut self,
+        client: ClientId,
+        client_type: ClientType,
+        msg: EdgeMsg,
+        reply: Responder<EdgeLink>,
+    ) {
+        match &msg {
+            EdgeMsg::Heartbeat(hb) => {
+                let c = if hb.client_type == ClientType::Edge {
+                    &self.metrics.heartbeats_edge
+                } else {
+                    &self.metrics.heartbeats_gateway
+                };
+                c.fetch_add(1, Relaxed);
             }
-            DriverMsg::Peer { link, from, env } => {
-                self.metrics.peer_received.fetch_add(1, Relaxed);
-                self.input(Input::Peer { link, from, env });
+            EdgeMsg::Monitoring { samples } => {
+                self.metrics
+                    .samples_received
+                    .fetch_add(samples.len() as u64, Relaxed);
             }
-            DriverMsg::Persisted {
-                up_to,
-                entries,
-                started,
-            } => {
-                self.persisted_up_to = up_to;
-                self.metrics.commit_latency.observe(started.elapsed());
-                self.metrics.persisted_entries.fetch_add(entries, Relaxed);
-                self.input(Input::Persisted { up_to });
-            }
-            DriverMsg::StorageFailed(why) => {
-                // Not ready from now on, before anyone is answered.
-                self.storage_failed.send_replace(Some(why.clone()));
-                self.metrics.storage_failed.store(1, Relaxed);
-                self.answer_unfinished(&format!(
-                    "outcome unknown: storage failed on this server ({why}) while this call was in flight; \
-                     the write may or may not be durable. The server exits (code {}) to recover from disk: \
-                     check with configuration/get after its restart",
-                    crate::serve::EXIT_STORAGE_FAILED
-                ));
-                return false;
-            }
-            DriverMsg::SamplesRead(chunks) => {
-                self.input(Input::SamplesRead { chunks });
-            }
-            DriverMsg::Probe(answer) => {
-                let _ = answer.send(crate::api::health::probe(&self.core));
-            }
-            DriverMsg::Shutdown(done) => {
-                if self.persisted_up_to >= self.last_seq {
-                    self.answer_unfinished(SHUTDOWN_UNFINISHED);
-                    let _ = done.send(());
-                    return false;
-                }
-                self.shutdown = Some(done);
+            EdgeMsg::ConfigPull { .. } => {
+                self.metrics.config_pulls.fetch_add(1, Relaxed);
             }
         }
-        true
+        let id = self.id();
+        self.edge_waiters.insert(id, reply);
+        self.input(Input::Edge {
+            reply_to: id,
+            client,
+            client_type,
+            msg,
+        });
+    }
+
+    /// The storage thread made every persist request up to `up_to` durable.
+    fn on_persisted(&mut self, up_to: PersistSeq, entries: u64, started: Instant) {
+        self.persisted_up_to = up_to;
+        self.metrics.commit_latency.observe(started.elapsed());
+        self.metrics.persisted_entries.fetch_add(entries, Relaxed);
+        self.input(Input::Persisted { up_to });
+    }
+
+    /// A commit (or a read the core waits for) failed: fail-stop.
+    fn on_storage_failed(&mut self, why: String) {
+        // Not ready from now on, before anyone is answered.
+        self.storage_failed.send_replace(Some(why.clone()));
+        self.metrics.storage_failed.store(1, Relaxed);
+        self.answer_unfinished(&format!(
+            "outcome unknown: storage failed on this server ({why}) while this call was in flight; \
+             the write may or may not be durable. The server exits (code {}) to recover from disk: \
+             check with configuration/get after its restart",
+            crate::serve::EXIT_STORAGE_FAILED
+        ));
+        self.stopped = true;
     }
 
     fn on_api(&mut self, call: ApiCall, reply: oneshot::Sender<Result<Value, RpcError>>) {
@@ -662,34 +771,27 @@ impl Driver {
                     max_samples,
                 } => {
                     // On the storage thread, after the commits queued before
-                    // it (the core's contract), never blocking this loop. The
-                    // core has at most one outstanding; its size is bounded.
-                    let back = self.back.clone();
-                    let job = move |s: &dyn Storage| {
-                        let msg = match s.read_samples(&ranges, max_bytes, max_samples) {
-                            Ok(chunks) => DriverMsg::SamplesRead(chunks),
-                            Err(e) => {
-                                // The core waits for this read: a disk that
-                                // cannot serve it is a failed disk (fail-stop).
-                                tracing::error!(
-                                    target: "vcodr::storage",
-                                    error = %e,
-                                    "reading monitoring samples for the standby failed: {e}; the server stops (fail-stop)"
-                                );
-                                DriverMsg::StorageFailed(e.to_string())
-                            }
-                        };
-                        let _ = back.blocking_send(msg);
+                    // it (the core's contract), never blocking the caller.
+                    // The core has at most one outstanding; its size is bounded.
+                    let job = StorageJob::ReadSamples {
+                        ranges,
+                        max_bytes,
+                        max_samples,
                     };
-                    if self.jobs.send(StorageJob::Read(Box::new(job))).is_err() {
+                    if self.jobs.send(job).is_err() {
                         tracing::error!(
                             "storage thread is gone; samples for the standby cannot be read"
                         );
                     }
                 }
                 Output::SetTimer { timer, after_ms } => {
-                    self.timers
-                        .insert(timer, self.clock.instant_after(after_ms));
+                    let at = self.clock.instant_after(after_ms);
+                    self.timers.insert(timer, at);
+                    if self.armed.is_none_or(|armed| at < armed) {
+                        // The timer task sleeps past it: wake it to re-read.
+                        self.armed = Some(at);
+                        self.timers_changed.notify_one();
+                    }
                 }
                 Output::CancelTimer(timer) => {
                     self.timers.remove(&timer);
@@ -742,5 +844,123 @@ impl Driver {
             let pin = pin.cloned();
             self.published.pinned.send_replace(pin);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStorage;
+
+    /// A peer link layer that panics when the core sends: a bug under the lock.
+    struct PanickingPeer;
+
+    impl PeerSink for PanickingPeer {
+        fn send(&mut self, to: &str, _: PeerEnvelope) {
+            panic!("the peer sink fails sending to {to} (this test's bug under the driver's lock)");
+        }
+        fn reply(&mut self, _: PeerLinkId, _: PeerEnvelope) {}
+        fn close(&mut self, _: PeerLinkId, _: &str) {}
+        fn dial_targets(&self) -> usize {
+            0
+        }
+    }
+
+    fn driver(peers: Box<dyn PeerSink>) -> (Handle, tokio::task::JoinHandle<()>) {
+        let settings = DriverSettings {
+            write_timeout: Duration::from_secs(10),
+            contact_save_interval: Duration::from_secs(3600),
+        };
+        let (handle, inbox) = channel(&settings, Arc::new(Metrics::default()));
+        let me = ServerInfo {
+            uuid: 1,
+            name: "a".into(),
+            peer_address: "127.0.0.1:1".into(),
+            edge_address: "127.0.0.1:2".into(),
+            admin_address: "127.0.0.1:3".into(),
+        };
+        let core = Server::new(ServerConfig::default(), me, Now::at(0));
+        let timers = spawn(
+            &handle,
+            inbox,
+            core,
+            Box::new(MemStorage::new()),
+            peers,
+            settings,
+            Published {
+                pinned: watch::channel(None).0,
+                throttle: Arc::new(LogThrottle::default()),
+            },
+        );
+        (handle, timers)
+    }
+
+    fn put(key: &str) -> ApiCall {
+        rpc::parse_call("configuration/put", &json!({"key": key, "value": 1})).unwrap()
+    }
+
+    // The timer task, waiting for the lock, holds a worker meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_probe_reports_a_driver_whose_lock_stays_held_instead_of_waiting_for_it() {
+        let (handle, _timers) = driver(Box::new(PanickingPeer));
+        assert_eq!(
+            handle.probe(Duration::from_secs(1)).await.map(|p| p.role),
+            Ok(Role::Standalone)
+        );
+        let shared = handle.shared.clone();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let _held = shared.driver.lock().unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        });
+        locked_rx.recv().unwrap();
+        assert_eq!(
+            handle
+                .probe(Duration::from_millis(20))
+                .await
+                .map(|p| p.role),
+            Err("the driver did not answer within 20 ms".to_string())
+        );
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        assert_eq!(
+            handle.probe(Duration::from_secs(1)).await.map(|p| p.role),
+            Ok(Role::Standalone)
+        );
+        assert!(handle.api(put("after")).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_panic_under_the_lock_stops_the_driver_answers_the_calls_in_flight_and_refuses_the_rest(
+    ) {
+        let (handle, timers) = driver(Box::new(PanickingPeer));
+        assert!(handle.api(put("before")).await.is_ok());
+        // Configuring the pair sends to the standby once durable: on the
+        // storage thread, under the lock, where the sink panics.
+        let configure = ApiCall::Core(Command::ConfigureActive {
+            standby_address: "127.0.0.1:9".into(),
+            standby_uuid: 2,
+            pairing_token: 7,
+        });
+        let e = handle.api(configure).await.unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (rpc::code::OUTCOME_UNKNOWN, DRIVER_PANICKED)
+        );
+        assert_eq!(
+            handle.probe(Duration::from_secs(1)).await.map(|p| p.role),
+            Err("the driver has stopped".to_string())
+        );
+        let e = handle.api(put("after")).await.unwrap_err();
+        assert_eq!(
+            e.message,
+            "not carried out: the server is shutting down; retry after its restart"
+        );
+        tokio::time::timeout(Duration::from_secs(10), timers)
+            .await
+            .expect("the timer task ends with the driver")
+            .expect("the timer task does not panic");
     }
 }

@@ -1,14 +1,17 @@
 //! The storage thread: commits the core's persist requests in groups and
-//! runs reads between commits; a failed commit stops the server.
+//! runs reads between commits; after each commit it runs the core's
+//! `Persisted` itself ([`Handle`]), so a commit costs no hand-off to
+//! another thread. A failed commit stops the server. The thread ends when
+//! the driver stops (its job queue closes).
 
 use super::*;
 
 pub(super) fn run(
     mut storage: Box<dyn Storage>,
     jobs: std::sync::mpsc::Receiver<StorageJob>,
-    back: mpsc::Sender<DriverMsg>,
-    metrics: Arc<Metrics>,
+    driver: Handle,
 ) {
+    let metrics = driver.metrics.clone();
     let mut pending: Vec<StorageJob> = Vec::new();
     loop {
         if pending.is_empty() {
@@ -47,13 +50,9 @@ pub(super) fn run(
                     metrics
                         .persist_requests
                         .fetch_add(batch.len() as u64, Relaxed);
-                    if back
-                        .blocking_send(DriverMsg::Persisted {
-                            up_to,
-                            entries,
-                            started,
-                        })
-                        .is_err()
+                    if driver
+                        .with_driver(|d| d.on_persisted(up_to, entries, started))
+                        .is_none()
                     {
                         return;
                     }
@@ -70,7 +69,7 @@ pub(super) fn run(
                         persist_requests = batch.len(),
                         "storage commit failed: {e}; the server stops (fail-stop) and recovers from disk at its restart"
                     );
-                    let _ = back.blocking_send(DriverMsg::StorageFailed(e.to_string()));
+                    driver.with_driver(|d| d.on_storage_failed(e.to_string()));
                     return;
                 }
             }
@@ -80,6 +79,26 @@ pub(super) fn run(
         while let Some(j) = rest.next() {
             match j {
                 StorageJob::Read(f) => f(storage.as_ref()),
+                StorageJob::ReadSamples {
+                    ranges,
+                    max_bytes,
+                    max_samples,
+                } => match storage.read_samples(&ranges, max_bytes, max_samples) {
+                    Ok(chunks) => {
+                        driver.with_driver(|d| d.input(Input::SamplesRead { chunks }));
+                    }
+                    Err(e) => {
+                        // The core waits for this read: a disk that cannot
+                        // serve it is a failed disk (fail-stop).
+                        tracing::error!(
+                            target: "vcodr::storage",
+                            error = %e,
+                            "reading monitoring samples for the standby failed: {e}; the server stops (fail-stop)"
+                        );
+                        driver.with_driver(|d| d.on_storage_failed(e.to_string()));
+                        return;
+                    }
+                },
                 StorageJob::SaveContacts(c) => {
                     if let Err(e) = storage.save_contacts(&c) {
                         tracing::warn!(error = %e, "saving the client contact table failed");

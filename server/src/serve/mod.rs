@@ -171,10 +171,6 @@ impl Drop for ForgetOnDrop<'_> {
     }
 }
 
-/// Inputs the driver's queue holds (admin calls, edge and peer messages):
-/// beyond it edge links wait and peer messages are dropped (and resent).
-pub const DRIVER_QUEUE_LEN: usize = 65_536;
-
 /// Starts a server from its validated configuration.
 pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&cfg.data_dir)
@@ -266,7 +262,6 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
     let dsettings = DriverSettings {
         write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         contact_save_interval: Duration::from_millis(cfg.edges.contact_save_interval_ms),
-        queue_len: DRIVER_QUEUE_LEN,
     };
     let (handle, inbox) = driver::channel(&dsettings, metrics.clone());
     let (pinned, pinned_rx) = watch::channel(core.peer_identity().cloned());
@@ -316,16 +311,7 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
                 loop {
                     match conn.recv().await {
                         Ok(Incoming::Request { request, responder }) => {
-                            // Boxed: this task lives as long as the edge's
-                            // link (10,000 of them), and this future, held
-                            // only while a request is handed over, is large.
-                            let handed = Box::pin(h.edge_request(
-                                client.clone(),
-                                client_type,
-                                request,
-                                responder,
-                            ));
-                            if !handed.await {
+                            if !h.edge_request(client.clone(), client_type, request, responder) {
                                 return;
                             }
                         }
