@@ -433,14 +433,18 @@ const CRASH_CHILD_DIR: &str = "VCODR_STORAGE_CRASH_CHILD_DIR";
 const CRASH_CHILD_KIND: &str = "VCODR_STORAGE_CRASH_CHILD_KIND";
 const CRASH_CHILD_TEST: &str = "storage::tests::crash_child";
 const CRASH_FILE: &str = "vcodr.redb";
-/// The WAL store of the crash test: small segments and frequent
-/// checkpoints, so that kills land in rolls, checkpoints and removals too.
+/// The WAL store of the crash test: small segments, frequent checkpoints
+/// and a redb commit every 10 batches (not a divisor of 25), so that kills
+/// land in rolls, checkpoints, removals and group commits too, and mostly
+/// with the redb transaction open.
 const CRASH_WAL_BOUNDS: WalBounds = WalBounds {
     segment_bytes: 64 * 1024,
     segment_records: 40,
     record_bytes_max: wal::RECORD_BYTES_MAX,
     checkpoint_batches: 25,
     checkpoint_bytes: wal::CHECKPOINT_BYTES,
+    apply_group_batches: 10,
+    apply_group_bytes: wal::APPLY_GROUP_BYTES,
 };
 
 /// Opens the crash test's store of `kind` in `dir`.

@@ -38,10 +38,13 @@ fn tiny(rng: &mut Rng) -> WalBounds {
         record_bytes_max: [600, 4_000, 1 << 20][rng.range(0, 2) as usize],
         checkpoint_batches: rng.range(1, 12),
         checkpoint_bytes: rng.range(1, 64) * 1024,
+        apply_group_batches: rng.range(1, 6),
+        apply_group_bytes: rng.range(1, 16) * 1024,
     }
 }
 
-/// Nothing reaches a checkpoint: everything after open lives in the log only.
+/// Nothing reaches a checkpoint, nor the group bound: everything after open
+/// lives in the log and the open transaction only, until a reader.
 fn no_checkpoint(segment_records: u64) -> WalBounds {
     WalBounds {
         segment_bytes: 64 * 1024,
@@ -49,6 +52,8 @@ fn no_checkpoint(segment_records: u64) -> WalBounds {
         record_bytes_max: 1 << 20,
         checkpoint_batches: u64::MAX,
         checkpoint_bytes: u64::MAX,
+        apply_group_batches: u64::MAX,
+        apply_group_bytes: u64::MAX,
     }
 }
 
