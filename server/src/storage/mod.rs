@@ -96,7 +96,13 @@ const _: () = assert!(HISTORY_KEEP_MAX <= READ_ROWS_MAX);
 ///   means the server must stop: its durable state is no longer what the core
 ///   believes.
 /// - **Readers** see the last committed batch; they are for the admin API and
-///   clamp `limit` to [`READ_ROWS_MAX`].
+///   clamp `limit` to [`READ_ROWS_MAX`]. An implementation may finish work
+///   it deferred at a commit first ([`WalStorage`] commits its open redb
+///   transaction), so a reader can fail as a commit does.
+/// - **Idle**: [`Storage::idle`] is an optimisation hook, nothing more: it
+///   has no effect on what readers see or what a restart finds, whether it
+///   is called or not. An error from it is a storage failure, as from
+///   `commit`: the server must stop.
 pub trait Storage: Send + 'static {
     /// Everything a restarting [`vcodr_core::Server::restore`] needs.
     fn load(&self) -> Result<Restored, StorageError>;
@@ -105,6 +111,14 @@ pub trait Storage: Send + 'static {
     /// transaction (group commit). Returns only once it is durable; on error
     /// nothing of the batch is applied.
     fn commit(&mut self, batch: &[(PersistSeq, Vec<PersistOp>)]) -> Result<(), StorageError>;
+
+    /// The driver has nothing queued: a moment to do work a commit left for
+    /// later, off the path of the next commit ([`WalStorage`] commits its
+    /// open redb transaction, which the next reader would otherwise commit).
+    /// An optimisation hook only (see the contract); by default nothing.
+    fn idle(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
 
     /// A committed configuration document (the applied state).
     fn get_doc(&self, key: &str) -> Result<Option<Doc>, StorageError>;

@@ -1,6 +1,7 @@
 //! Storage tests: the conformance suite on memory and redb (the WAL store's
 //! runs in `wal::tests`), what is refused at open, a `kill -9` crash test on
-//! redb and on the WAL store, and a throughput measurement of both.
+//! redb and on the WAL store, a throughput measurement of both, and one of
+//! the CPU of the WAL store's commit.
 
 use super::conformance::{self, Harness};
 use super::*;
@@ -433,14 +434,18 @@ const CRASH_CHILD_DIR: &str = "VCODR_STORAGE_CRASH_CHILD_DIR";
 const CRASH_CHILD_KIND: &str = "VCODR_STORAGE_CRASH_CHILD_KIND";
 const CRASH_CHILD_TEST: &str = "storage::tests::crash_child";
 const CRASH_FILE: &str = "vcodr.redb";
-/// The WAL store of the crash test: small segments and frequent
-/// checkpoints, so that kills land in rolls, checkpoints and removals too.
+/// The WAL store of the crash test: small segments, frequent checkpoints
+/// and a redb commit every 10 batches (not a divisor of 25), so that kills
+/// land in rolls, checkpoints, removals and group commits too, and mostly
+/// with the redb transaction open.
 const CRASH_WAL_BOUNDS: WalBounds = WalBounds {
     segment_bytes: 64 * 1024,
     segment_records: 40,
     record_bytes_max: wal::RECORD_BYTES_MAX,
     checkpoint_batches: 25,
     checkpoint_bytes: wal::CHECKPOINT_BYTES,
+    apply_group_batches: 10,
+    apply_group_bytes: wal::APPLY_GROUP_BYTES,
 };
 
 /// Opens the crash test's store of `kind` in `dir`.
@@ -700,24 +705,7 @@ fn group_commit_throughput() {
         let mut index = 0u64;
         let started = Instant::now();
         while started.elapsed() < RUN * 2 && stores[0].2.len() < COMMITS_MAX {
-            let batch: Vec<(PersistSeq, Vec<PersistOp>)> = (0..per_batch)
-                .map(|_| {
-                    index += 1;
-                    let entry = Entry {
-                        epoch: 1,
-                        index,
-                        op: Op::Put {
-                            key: format!("bench/{}", index % 1_000),
-                            value: value.clone(),
-                        },
-                    };
-                    // A write's entry, and the commit of the write before it.
-                    (
-                        index,
-                        vec![PersistOp::Append(vec![entry]), PersistOp::Commit(index - 1)],
-                    )
-                })
-                .collect();
+            let batch = bench_batch(&mut index, per_batch, &value);
             for (_, store, took) in &mut stores {
                 let t0 = Instant::now();
                 store.commit(&batch).expect("commit");
@@ -741,4 +729,116 @@ fn group_commit_throughput() {
             );
         }
     }
+}
+
+/// The CPU a `WalStorage::commit` costs its thread, and its latency, with
+/// the open redb transaction committed after every batch
+/// (`apply_group_batches: 1`: the step order before it stayed open) against
+/// [`wal::APPLY_GROUP_BATCHES`]. Thread CPU from `/proc/thread-self/schedstat`
+/// (nanoseconds on CPU: an `fdatasync`'s wait is not in it, the writeback
+/// it does is). The two take turns in phases of about a second, each
+/// after a `sync` (not measured): one commit each in turn would have each
+/// store's `fdatasync` write back the other's dirty redb pages (one
+/// filesystem journal). Run with
+/// `cargo test --release -p vcodr-server --lib storage::tests::wal_group_commit_cpu -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement, not a check; run by hand"]
+fn wal_group_commit_cpu() {
+    const RUN: Duration = Duration::from_secs(10);
+    const PHASE: Duration = Duration::from_secs(1);
+    fn thread_cpu() -> Duration {
+        let stat = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+        let ns = stat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("nanoseconds on CPU");
+        Duration::from_nanos(ns)
+    }
+    struct Run {
+        group: u64,
+        store: WalStorage,
+        index: u64,
+        took: Vec<Duration>,
+        cpu: Duration,
+    }
+    let value = vec![b'x'; 200];
+    println!("| open transaction committed every | writes per commit | CPU µs per commit | p50 ms | p99 ms | commits | redb commits |");
+    println!("|---|---|---|---|---|---|---|");
+    for per_batch in [1u64, 64] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut runs: Vec<Run> = [1, wal::APPLY_GROUP_BATCHES]
+            .into_iter()
+            .map(|group| {
+                let bounds = WalBounds {
+                    apply_group_batches: group,
+                    ..WalBounds::default()
+                };
+                let store = WalStorage::open_with(dir.path().join(format!("g{group}")), bounds)
+                    .expect("open");
+                Run {
+                    group,
+                    store,
+                    index: 0,
+                    took: Vec::new(),
+                    cpu: Duration::ZERO,
+                }
+            })
+            .collect();
+        let started = Instant::now();
+        while started.elapsed() < RUN * 2 {
+            for r in &mut runs {
+                let status = Command::new("sync").status().expect("run sync");
+                assert!(status.success(), "sync: {status}");
+                let phase = Instant::now();
+                while phase.elapsed() < PHASE {
+                    let batch = bench_batch(&mut r.index, per_batch, &value);
+                    let (t0, c0) = (Instant::now(), thread_cpu());
+                    r.store.commit(&batch).expect("commit");
+                    let c1 = thread_cpu();
+                    r.took.push(t0.elapsed());
+                    r.cpu += c1 - c0;
+                }
+            }
+        }
+        for mut r in runs {
+            let commits = r.took.len();
+            r.took.sort_unstable();
+            let at = |q: f64| r.took[((commits as f64 * q) as usize).min(commits - 1)];
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            println!(
+                "| {} batches | {per_batch} | {:.1} | {:.3} | {:.3} | {commits} | {} |",
+                r.group,
+                r.cpu.as_secs_f64() * 1e6 / commits as f64,
+                ms(at(0.50)),
+                ms(at(0.99)),
+                r.store.redb_commits(),
+            );
+        }
+    }
+}
+
+/// `per_batch` writes of the throughput measurements: each a log entry (a
+/// document of `value`) and the commit of the write before it.
+fn bench_batch(index: &mut u64, per_batch: u64, value: &[u8]) -> Vec<(PersistSeq, Vec<PersistOp>)> {
+    (0..per_batch)
+        .map(|_| {
+            *index += 1;
+            let entry = Entry {
+                epoch: 1,
+                index: *index,
+                op: Op::Put {
+                    key: format!("bench/{}", *index % 1_000),
+                    value: value.to_vec(),
+                },
+            };
+            (
+                *index,
+                vec![
+                    PersistOp::Append(vec![entry]),
+                    PersistOp::Commit(*index - 1),
+                ],
+            )
+        })
+        .collect()
 }

@@ -1,11 +1,16 @@
 //! What [`crate::storage::WalStorage`] needs of a [`RedbStorage`]: the last
-//! write-ahead log position the state reflects, and batches applied in one
-//! transaction of a chosen durability around the log's own write.
+//! write-ahead log position the state reflects, and a write transaction that
+//! takes logged batches one after the other and is committed later, with a
+//! chosen durability.
 //!
 //! The position lives in the `state` table under `"wal_lsn"` (8 bytes LE),
-//! written by every such transaction, so that whatever redb holds durably
-//! names the last log record it includes. A file without the row (every file
-//! [`RedbStorage`] alone wrote) is at position 0.
+//! written by every such transaction just before it commits, so that
+//! whatever redb holds durably names the last log record it includes. A file
+//! without the row (every file [`RedbStorage`] alone wrote) is at position 0.
+//!
+//! redb takes one write transaction at a time: while one of these is open,
+//! any other write of this file ([`Storage::save_contacts`], a migration)
+//! would wait for it, so the caller commits or aborts it first.
 
 use super::*;
 
@@ -34,27 +39,41 @@ impl RedbStorage {
         }
     }
 
-    /// Applies `batches` in order in one write transaction that also records
-    /// `wal_lsn`; then runs `log` (the write-ahead log's append and fdatasync);
-    /// then commits, durably (`Durability::Immediate`, a checkpoint) or not
-    /// (`Durability::None`: visible to readers at once, lost at a crash, which
-    /// reverts the file to its last durable commit). If applying or `log`
-    /// fails, the transaction is aborted and nothing of it is visible.
+    /// Begins a write transaction for logged batches, `Durability::None`
+    /// unless [`RedbStorage::commit_logged`] makes it a checkpoint.
+    pub(in crate::storage) fn begin_logged(&self) -> Result<WriteTransaction, StorageError> {
+        let mut txn = self.begin_write()?;
+        txn.set_durability(Durability::None)
+            .map_err(self.db_err("(all)", "set durability"))?;
+        Ok(txn)
+    }
+
+    /// Applies one batch in `txn`, over what the batches applied before it
+    /// left there (uncommitted ones included), refusing what the core must
+    /// never send as [`Storage::commit`] does. On error `txn` may hold part
+    /// of the batch: the caller aborts it.
+    pub(in crate::storage) fn apply_logged(
+        &self,
+        txn: &WriteTransaction,
+        batch: &[(PersistSeq, Vec<PersistOp>)],
+    ) -> Result<(), StorageError> {
+        self.apply_batch(txn, batch)
+    }
+
+    /// Records `wal_lsn` in `txn` and commits it, durably
+    /// (`Durability::Immediate`, a checkpoint) or not (`Durability::None`:
+    /// visible to readers at once, lost at a crash, which reverts the file
+    /// to its last durable commit). On error nothing of `txn` is committed.
     pub(in crate::storage) fn commit_logged(
         &self,
-        batches: &[&[(PersistSeq, Vec<PersistOp>)]],
+        mut txn: WriteTransaction,
         wal_lsn: u64,
         durable: bool,
-        log: impl FnOnce() -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
-        let mut txn = self.begin_write()?;
-        if !durable {
-            txn.set_durability(Durability::None)
-                .map_err(self.db_err("(all)", "set durability"))?;
-        }
-        let applied = (|| {
-            for batch in batches {
-                self.apply_batch(&txn, batch)?;
+        let recorded = (|| {
+            if durable {
+                txn.set_durability(Durability::Immediate)
+                    .map_err(self.db_err("(all)", "set durability"))?;
             }
             let mut state = txn
                 .open_table(STATE)
@@ -62,24 +81,27 @@ impl RedbStorage {
             state
                 .insert(KEY_WAL_LSN, wal_lsn.to_le_bytes().as_slice())
                 .map_err(self.db_err(STATE_NAME, "write wal_lsn"))?;
-            drop(state);
-            log()
+            Ok(())
         })();
-        match applied {
-            Ok(()) => txn.commit().map_err(self.db_err(
-                "(all)",
-                if durable {
-                    "commit a checkpoint durably"
-                } else {
-                    "commit a logged batch"
-                },
-            )),
-            Err(e) => {
-                if let Err(abort) = txn.abort() {
-                    tracing::warn!(path = %self.path.display(), error = %abort, "aborting a failed batch failed");
-                }
-                Err(e)
-            }
+        if let Err(e) = recorded {
+            self.abort_logged(txn);
+            return Err(e);
+        }
+        txn.commit().map_err(self.db_err(
+            "(all)",
+            if durable {
+                "commit a checkpoint durably"
+            } else {
+                "commit logged batches"
+            },
+        ))
+    }
+
+    /// Aborts `txn`: nothing of it is committed, whether or not the abort
+    /// itself reports an error (then only logged).
+    pub(in crate::storage) fn abort_logged(&self, txn: WriteTransaction) {
+        if let Err(abort) = txn.abort() {
+            tracing::warn!(path = %self.path.display(), error = %abort, "aborting a write transaction of logged batches failed");
         }
     }
 }

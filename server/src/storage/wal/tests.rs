@@ -1,7 +1,8 @@
 //! [`WalStorage`] tests: the conformance suite (clean reopen, and reopen from
 //! a crash image at random points with tiny bounds), torn and corrupt tails,
 //! checkpoints and segment removal, a data directory of redb alone, large
-//! batches, and a full filesystem.
+//! batches, the open redb transaction (what commits it, refused batches
+//! after uncommitted ones, a drop with it open), and a full filesystem.
 
 use super::segment::{parse_segment_name, scan, RecordAt};
 use super::*;
@@ -38,10 +39,13 @@ fn tiny(rng: &mut Rng) -> WalBounds {
         record_bytes_max: [600, 4_000, 1 << 20][rng.range(0, 2) as usize],
         checkpoint_batches: rng.range(1, 12),
         checkpoint_bytes: rng.range(1, 64) * 1024,
+        apply_group_batches: rng.range(1, 6),
+        apply_group_bytes: rng.range(1, 16) * 1024,
     }
 }
 
-/// Nothing reaches a checkpoint: everything after open lives in the log only.
+/// Nothing reaches a checkpoint, nor the group bound: everything after open
+/// lives in the log and the open transaction only, until a reader.
 fn no_checkpoint(segment_records: u64) -> WalBounds {
     WalBounds {
         segment_bytes: 64 * 1024,
@@ -49,13 +53,19 @@ fn no_checkpoint(segment_records: u64) -> WalBounds {
         record_bytes_max: 1 << 20,
         checkpoint_batches: u64::MAX,
         checkpoint_bytes: u64::MAX,
+        apply_group_batches: u64::MAX,
+        apply_group_bytes: u64::MAX,
     }
 }
 
+/// Reopens by dropping the store as it is — its redb transaction open when
+/// the stream left it so (no reader runs first) — and opening it again.
 #[derive(Debug)]
 struct WalHarness {
     dir: tempfile::TempDir,
     made: u32,
+    /// The data directory of the store in use.
+    current: PathBuf,
 }
 
 impl WalHarness {
@@ -63,6 +73,7 @@ impl WalHarness {
         WalHarness {
             dir: tempfile::tempdir().expect("a temporary directory"),
             made: 0,
+            current: PathBuf::new(),
         }
     }
 }
@@ -70,19 +81,13 @@ impl WalHarness {
 impl Harness for WalHarness {
     fn fresh(&mut self) -> Box<dyn Storage> {
         self.made += 1;
-        Box::new(open(
-            &self.dir.path().join(format!("store-{}", self.made)),
-            WalBounds::default(),
-        ))
+        self.current = self.dir.path().join(format!("store-{}", self.made));
+        Box::new(open(&self.current, WalBounds::default()))
     }
 
     fn reopen(&mut self, storage: Box<dyn Storage>) -> Box<dyn Storage> {
-        let path = storage.info().expect("info").path.expect("a path");
         drop(storage);
-        Box::new(open(
-            path.parent().expect("a data dir"),
-            WalBounds::default(),
-        ))
+        Box::new(open(&self.current, WalBounds::default()))
     }
 }
 
@@ -95,6 +100,8 @@ struct WalCrashHarness {
     made: u32,
     rng: Rng,
     bounds: WalBounds,
+    /// The data directory of the store in use.
+    current: PathBuf,
 }
 
 impl WalCrashHarness {
@@ -104,6 +111,7 @@ impl WalCrashHarness {
             made: 0,
             rng: Rng::new(0x0057_A11E_D0C5),
             bounds: WalBounds::default(),
+            current: PathBuf::new(),
         }
     }
 }
@@ -112,19 +120,19 @@ impl Harness for WalCrashHarness {
     fn fresh(&mut self) -> Box<dyn Storage> {
         self.made += 1;
         self.bounds = tiny(&mut self.rng);
-        Box::new(open(
-            &self.dir.path().join(format!("store-{}", self.made)),
-            self.bounds,
-        ))
+        self.current = self.dir.path().join(format!("store-{}", self.made));
+        Box::new(open(&self.current, self.bounds))
     }
 
+    /// The image is taken as the store is, no reader first: its open
+    /// transaction, if any, is not in it.
     fn reopen(&mut self, storage: Box<dyn Storage>) -> Box<dyn Storage> {
-        let path = storage.info().expect("info").path.expect("a path");
         self.made += 1;
         let image = self.dir.path().join(format!("crash-{}", self.made));
-        crash_image(path.parent().expect("a data dir"), &image);
+        crash_image(&self.current, &image);
         drop(storage);
-        Box::new(open(&image, self.bounds))
+        self.current = image;
+        Box::new(open(&self.current, self.bounds))
     }
 }
 
@@ -446,6 +454,324 @@ fn a_refused_batch_is_not_logged() {
     );
 }
 
+// ---- the open redb transaction ---------------------------------------------
+
+/// A batch refused part-way: its first request rewrites the metadata, the
+/// history and the whole log (an entry at index 1), its second truncates
+/// below the commit index. Its requests are `seq` and `seq + 1`.
+fn refused_part_way(seq: PersistSeq) -> Batch {
+    use vcodr_core::{Entry, Op};
+    let entry = Entry {
+        epoch: 9,
+        index: 1,
+        op: Op::Put {
+            key: "refused/batch".into(),
+            value: b"never".to_vec(),
+        },
+    };
+    vec![
+        (
+            seq,
+            vec![
+                PersistOp::Meta(Box::new(conformance::meta_sample(999))),
+                PersistOp::History(conformance::transition_sample(999)),
+                PersistOp::Append(vec![entry]),
+            ],
+        ),
+        (seq + 1, vec![PersistOp::TruncateAfter(0)]),
+    ]
+}
+
+fn assert_refused(s: &mut WalStorage, seq: PersistSeq, ctx: &str) {
+    match s.commit(&refused_part_way(seq)) {
+        Err(StorageError::InvalidBatch { seq: at, .. }) if at == seq + 1 => {}
+        other => panic!(
+            "{ctx}: the batch must be refused at request {}, got {other:?}",
+            seq + 1
+        ),
+    }
+}
+
+/// Batches apply to one open redb transaction, none committed to redb
+/// until a reader, which sees all of them (and commits once).
+#[test]
+fn batches_in_one_open_transaction_are_all_seen_by_the_next_reader() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (batches, states) = stream(31, 10);
+    let mut s = open(root.path(), no_checkpoint(64));
+    for (b, batch) in batches.iter().enumerate() {
+        s.commit(batch).expect("commit");
+        assert_eq!(s.uncommitted_batches(), b + 1);
+    }
+    assert_eq!(s.redb_commits(), 0, "no batch committed to redb yet");
+    check_load(&s.redb, &states[0], "redb itself, before a reader");
+    check_load(&s, &states[10], "the first reader");
+    assert_eq!((s.redb_commits(), s.uncommitted_batches()), (1, 0));
+    check_readers(&s, &states[10], "every reader");
+    assert_eq!(
+        s.redb_commits(),
+        1,
+        "readers with nothing open commit nothing"
+    );
+}
+
+/// Every read method, `save_contacts`, `checkpoint` and `idle` commit the
+/// open transaction before anything else; each holds one batch here.
+#[test]
+fn every_reader_commits_the_open_transaction_first() {
+    type Reader = (&'static str, u64, fn(&mut WalStorage));
+    let readers: [Reader; 14] = [
+        ("load", 1, |s| drop(s.load().expect("load"))),
+        ("get_doc", 1, |s| drop(s.get_doc("x").expect("get_doc"))),
+        ("list_docs", 1, |s| drop(s.list_docs().expect("list_docs"))),
+        ("samples", 1, |s| {
+            drop(s.samples("c", 0, 9).expect("samples"))
+        }),
+        ("read_samples", 1, |s| {
+            drop(s.read_samples(&[], 9, 9).expect("read_samples"))
+        }),
+        ("sample_summary", 1, |s| {
+            drop(s.sample_summary().expect("sample_summary"))
+        }),
+        ("archive", 1, |s| drop(s.archive(0, 9).expect("archive"))),
+        ("archive_len", 1, |s| {
+            s.archive_len().expect("archive_len");
+        }),
+        ("history", 1, |s| drop(s.history(9).expect("history"))),
+        ("info", 1, |s| drop(s.info().expect("info"))),
+        ("load_contacts", 1, |s| {
+            drop(s.load_contacts().expect("load_contacts"))
+        }),
+        // The open transaction's commit, then the contacts' own.
+        ("save_contacts", 2, |s| {
+            s.save_contacts(&[]).expect("save_contacts")
+        }),
+        ("checkpoint", 1, |s| s.checkpoint().expect("checkpoint")),
+        ("idle", 1, |s| s.idle().expect("idle")),
+    ];
+    let root = tempfile::tempdir().expect("temp dir");
+    let (batches, states) = stream(32, readers.len());
+    let mut s = open(root.path(), no_checkpoint(64));
+    let mut commits = 0;
+    for (b, (name, cost, read)) in readers.iter().enumerate() {
+        s.commit(&batches[b]).expect("commit");
+        assert_eq!(s.uncommitted_batches(), 1, "{name}");
+        read(&mut s);
+        commits += cost;
+        assert_eq!(
+            s.uncommitted_batches(),
+            0,
+            "{name} left the transaction open"
+        );
+        assert_eq!(s.redb_commits(), commits, "{name}");
+        check_load(&s.redb, &states[b + 1], name);
+    }
+    check_readers(&s, &states[readers.len()], "after all of them");
+}
+
+/// A refused batch after uncommitted ones: the acknowledged ones stay
+/// (readers, a `kill -9`, a reopen see them), nothing of it does, it takes
+/// no LSN and no redb commit, and the store keeps taking batches into the
+/// same kind of open transaction.
+#[test]
+fn a_refused_batch_after_uncommitted_ones_keeps_them_and_nothing_of_itself() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let live = root.path().join("live");
+    let bounds = no_checkpoint(64);
+    let (batches, states) = stream(33, 12);
+    assert!(states[6].commit > 0, "the refusal needs a commit index");
+    let mut s = open(&live, bounds);
+    for b in &batches[..6] {
+        s.commit(b).expect("commit");
+    }
+    let lsn = s.next_lsn();
+    assert_refused(&mut s, 1_000_000, "after 6 uncommitted batches");
+    assert_eq!(s.next_lsn(), lsn, "a refused batch takes no LSN");
+    assert_eq!(
+        s.uncommitted_batches(),
+        6,
+        "applied again, still uncommitted"
+    );
+    assert_eq!(s.redb_commits(), 0, "the refusal committed nothing");
+    let killed = root.path().join("killed");
+    crash_image(&live, &killed);
+
+    for b in &batches[6..9] {
+        s.commit(b).expect("commit after a refusal");
+    }
+    assert_refused(&mut s, 2_000_000, "after 9 uncommitted batches");
+    assert_eq!(s.uncommitted_batches(), 9);
+    check_load(&s, &states[9], "after two refusals");
+    check_readers(&s, &states[9], "after two refusals");
+    assert_eq!(s.redb_commits(), 1);
+    // Refused with nothing uncommitted, then with one.
+    assert_refused(&mut s, 3_000_000, "with nothing uncommitted");
+    s.commit(&batches[9]).expect("commit");
+    assert_refused(&mut s, 4_000_000, "after 1 uncommitted batch");
+    for b in &batches[10..] {
+        s.commit(b).expect("commit");
+    }
+    assert_eq!(s.uncommitted_batches(), 3);
+    drop(s);
+    check_load(&open(&live, bounds), &states[12], "reopened after a drop");
+    let s = open(&killed, bounds);
+    check_load(&s, &states[6], "killed after the first refusal");
+    check_readers(&s, &states[6], "killed after the first refusal");
+}
+
+/// Refused batches at random points of random streams, with tiny bounds
+/// (group commits, checkpoints, rolls, large batches), random readers and
+/// a `kill -9` at the end: exactly the acknowledged batches remain.
+#[test]
+fn refused_batches_at_random_points_keep_exactly_the_acknowledged_ones() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut rng = Rng::new(0x2EF0_5ED0);
+    for round in 0..6 {
+        let bounds = tiny(&mut rng);
+        let ctx = format!("round {round}, {bounds:?}");
+        let live = root.path().join(format!("live-{round}"));
+        let (batches, states) = stream(40 + round, 40);
+        let mut s = open(&live, bounds);
+        let mut refused = 0;
+        for (b, batch) in batches.iter().enumerate() {
+            s.commit(batch).expect("commit");
+            if states[b + 1].commit > 0 && rng.range(0, 2) == 0 {
+                let held = s.uncommitted_batches();
+                assert_refused(&mut s, 1_000_000 * (b as u64 + 1), &ctx);
+                assert_eq!(s.uncommitted_batches(), held, "{ctx}: batch {b}");
+                refused += 1;
+            }
+            if rng.range(0, 7) == 0 {
+                check_load(&s, &states[b + 1], &format!("{ctx}, batch {b}"));
+            }
+        }
+        assert!(refused > 5, "{ctx}: {refused} refusals");
+        let image = root.path().join(format!("killed-{round}"));
+        crash_image(&live, &image);
+        check_readers(&s, &states[40], &ctx);
+        drop(s);
+        let s = open(&image, bounds);
+        check_load(&s, &states[40], &format!("{ctx}, after a kill -9"));
+        check_readers(&s, &states[40], &format!("{ctx}, after a kill -9"));
+    }
+}
+
+/// A store dropped with its transaction open loses it, without a panic; the
+/// log has every batch, replayed at the next open.
+#[test]
+fn a_store_dropped_with_its_transaction_open_replays_the_log_at_reopen() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (batches, states) = stream(34, 14);
+    let mut s = open(root.path(), no_checkpoint(64));
+    for b in &batches[..10] {
+        s.commit(b).expect("commit");
+    }
+    assert_eq!((s.uncommitted_batches(), s.redb_commits()), (10, 0));
+    drop(s);
+    {
+        let redb = RedbStorage::open(root.path().join(REDB_FILE)).expect("redb alone");
+        check_load(&redb, &states[0], "the transaction went with the store");
+    }
+    let mut s = open(root.path(), no_checkpoint(64));
+    assert_eq!(s.next_lsn(), 11);
+    check_load(&s, &states[10], "replayed at reopen");
+    // Committed (not durably) by a reader, then more open: dropped again.
+    for b in &batches[10..] {
+        s.commit(b).expect("commit");
+    }
+    drop(s);
+    let s = open(root.path(), no_checkpoint(64));
+    check_load(&s, &states[14], "reopened again");
+    check_readers(&s, &states[14], "reopened again");
+}
+
+/// The group bounds commit the open transaction: exactly one redb commit
+/// per bound reached, the checkpoint counting as one, and redb holds
+/// exactly the batches up to the last of them.
+#[test]
+fn the_group_bounds_commit_the_open_transaction() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (batches, states) = stream(35, 25);
+
+    // 4 batches a group, a checkpoint every 10: commits after batches 4, 8,
+    // 10 (checkpoint), 14, 18, 20 (checkpoint), 24.
+    let bounds = WalBounds {
+        apply_group_batches: 4,
+        checkpoint_batches: 10,
+        ..no_checkpoint(3)
+    };
+    let mut s = open(&root.path().join("batches"), bounds);
+    let mut committed = 0;
+    for (b, batch) in batches.iter().enumerate() {
+        let n = b + 1;
+        s.commit(batch).expect("commit");
+        if [4, 8, 10, 14, 18, 20, 24].contains(&n) {
+            committed = n;
+        }
+        let ctx = format!("group of 4 batches, after batch {n}");
+        check_load(&s.redb, &states[committed], &ctx);
+        assert_eq!(s.uncommitted_batches(), n - committed, "{ctx}");
+    }
+    assert_eq!(s.redb_commits(), 7);
+    assert!(s.segment_count() <= 4, "{} segments", s.segment_count());
+    check_load(&s, &states[25], "a reader commits the last one");
+    assert_eq!(s.redb_commits(), 8);
+
+    // By bytes: the batch that brings the group's encoded batches to the
+    // bound commits it.
+    let sizes: Vec<u64> = batches
+        .iter()
+        .map(|b| postcard::to_stdvec(b).expect("encode").len() as u64)
+        .collect();
+    let bytes = sizes[0] + sizes[1] + sizes[2];
+    let bounds = WalBounds {
+        apply_group_bytes: bytes,
+        ..no_checkpoint(64)
+    };
+    let mut s = open(&root.path().join("bytes"), bounds);
+    let (mut held, mut committed, mut commits) = (0, 0, 0);
+    for (b, batch) in batches.iter().enumerate() {
+        s.commit(batch).expect("commit");
+        held += sizes[b];
+        if held >= bytes {
+            (held, committed, commits) = (0, b + 1, commits + 1);
+        }
+        check_load(
+            &s.redb,
+            &states[committed],
+            &format!("group of {bytes} bytes, after batch {}", b + 1),
+        );
+    }
+    assert!(commits >= 5, "{commits} group commits");
+    assert_eq!(s.redb_commits(), commits);
+}
+
+/// `idle` commits the open transaction, and only when one is open.
+#[test]
+fn idle_commits_the_open_transaction() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (batches, states) = stream(36, 5);
+    let mut s = open(&root.path().join("wal"), no_checkpoint(64));
+    for b in &batches[..3] {
+        s.commit(b).expect("commit");
+    }
+    Storage::idle(&mut s).expect("idle");
+    assert_eq!((s.uncommitted_batches(), s.redb_commits()), (0, 1));
+    check_load(&s.redb, &states[3], "after idle");
+    s.idle().expect("idle again");
+    assert_eq!(s.redb_commits(), 1, "nothing open, nothing committed");
+    for b in &batches[3..] {
+        s.commit(b).expect("commit");
+    }
+    s.idle().expect("idle");
+    assert_eq!(s.redb_commits(), 2);
+    check_load(&s.redb, &states[5], "after the second idle");
+    // The default: nothing to do.
+    let mut redb = RedbStorage::open(root.path().join("alone.redb")).expect("redb");
+    redb.idle().expect("idle");
+    MemStorage::new().idle().expect("idle");
+}
+
 // ---- a full filesystem -----------------------------------------------------
 
 fn big_batch(b: u64) -> Batch {
@@ -525,6 +851,15 @@ fn fill_the_disk(bounds: WalBounds) -> String {
         msg.contains(&*data.to_string_lossy()),
         "names a file of the store: {msg}"
     );
+    // A reader sees every acknowledged batch, or refuses: never a state
+    // without one of them.
+    match s.load() {
+        Ok(r) => assert_eq!(r, mem.load().expect("reference"), "a reader after {msg}"),
+        Err(e) => assert!(
+            e.to_string().contains("No space left on device"),
+            "a refused reader names the cause: {e}"
+        ),
+    }
     assert!(
         s.commit(&big_batch(b + 1)).is_err(),
         "no commit after a failed one"
