@@ -5,6 +5,7 @@
 //! the driver stops (its job queue closes).
 
 use super::*;
+use std::sync::mpsc::RecvTimeoutError;
 
 pub(super) fn run(
     mut storage: Box<dyn Storage>,
@@ -13,11 +14,26 @@ pub(super) fn run(
 ) {
     let metrics = driver.metrics.clone();
     let mut pending: Vec<StorageJob> = Vec::new();
+    // Whether a commit ran since the store last had an idle moment.
+    let mut busy = false;
     loop {
         if pending.is_empty() {
-            match jobs.recv() {
+            let job = if busy {
+                jobs.recv_timeout(IDLE_AFTER)
+            } else {
+                jobs.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            };
+            match job {
                 Ok(j) => pending.push(j),
-                Err(_) => return,
+                Err(RecvTimeoutError::Timeout) => {
+                    busy = false;
+                    if let Err(e) = storage.idle() {
+                        fail(&driver, &e, 0);
+                        return;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
         // Group commit: everything queued while the previous commit ran.
@@ -44,6 +60,7 @@ pub(super) fn run(
                 })
                 .sum();
             let up_to = batch.last().map_or(0, |(s, _)| *s);
+            busy = true;
             match storage.commit(&batch) {
                 Ok(()) => {
                     metrics.persist_batches.fetch_add(1, Relaxed);
@@ -58,18 +75,7 @@ pub(super) fn run(
                     }
                 }
                 Err(e) => {
-                    // Nothing after a failed commit may be acknowledged, and
-                    // what the disk holds is no longer what the core believes
-                    // (the batch may be durable or not): fail-stop.
-                    let os_error = os_error(&e);
-                    tracing::error!(
-                        target: "vcodr::storage",
-                        error = %e,
-                        os_error = %os_error.as_deref().unwrap_or("none"),
-                        persist_requests = batch.len(),
-                        "storage commit failed: {e}; the server stops (fail-stop) and recovers from disk at its restart"
-                    );
-                    driver.with_driver(|d| d.on_storage_failed(e.to_string()));
+                    fail(&driver, &e, batch.len());
                     return;
                 }
             }
@@ -111,6 +117,26 @@ pub(super) fn run(
             }
         }
     }
+}
+
+/// How long the queue stays empty before the store is told it is idle
+/// ([`Storage::idle`]: [`crate::storage::WalStorage`] commits its open redb
+/// transaction then, so a quiet server's state file is up to date).
+const IDLE_AFTER: Duration = Duration::from_millis(100);
+
+/// A commit (or the idle work) failed: nothing after it may be acknowledged,
+/// and what the disk holds is no longer what the core believes (the batch
+/// may be durable or not): fail-stop.
+fn fail(driver: &Handle, e: &crate::storage::StorageError, persist_requests: usize) {
+    let os_error = os_error(e);
+    tracing::error!(
+        target: "vcodr::storage",
+        error = %e,
+        os_error = %os_error.as_deref().unwrap_or("none"),
+        persist_requests,
+        "storage commit failed: {e}; the server stops (fail-stop) and recovers from disk at its restart"
+    );
+    driver.with_driver(|d| d.on_storage_failed(e.to_string()));
 }
 
 /// The operating-system error under a storage error, if any (e.g. `No space
