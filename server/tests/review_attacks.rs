@@ -1288,7 +1288,7 @@ fn r6_a_forged_reply_no_longer_makes_an_edge_relay_another_pairs_proof() {
 }
 
 // ---------------------------------------------------------------------------
-// R7. Edge requests share the driver's one queue with peer messages, with no
+// R7. Edge requests share the driver (one lock) with peer messages, with no
 //     per-client share: one edge certificate pipelining heartbeats on its 4
 //     links (the most it may hold) competes with replication and operator
 //     calls. A measurement, not a finding; asserted with a generous bound:

@@ -9,15 +9,18 @@
 //! out what it output and lets go. No input waits in a queue for another
 //! thread to pick it up: on this 2-core machine every such hand-off was a
 //! wake-up across threads, the largest cost of a write after the disk
-//! (issue 13). The lock is held for the core's step and its outputs only
-//! (microseconds): nothing under it blocks on I/O, and a call made under it
-//! back into the driver is a bug caught at once ([`Handle`] panics).
+//! (issue 13). The lock is held for the core's step and its outputs only:
+//! microseconds for a heartbeat or a write, longer for a status call that
+//! lists every client. Nothing under it waits for the disk or the network
+//! (outputs are queued; log lines go to stderr as before), and a call made
+//! under it back into the driver is a bug caught at once ([`Handle`] panics).
 //!
 //! Durability runs on its own thread: persist requests queue up while a
 //! commit is in progress and the next commit takes them all (group commit);
 //! `Persisted { up_to }` goes to the core only after the commit returned. A
-//! slow disk therefore holds up writes, never the answers to probes, status
-//! calls or heartbeats.
+//! slow disk therefore holds up writes and the storage reads queued behind
+//! them (a status call's history, the archive), not probes, heartbeats or
+//! the rest of the status.
 
 pub mod links;
 pub mod peers;
@@ -129,6 +132,8 @@ struct Shared {
     /// Wakes the timer task: a timer came due earlier than it sleeps for, or
     /// the driver stopped.
     timers_changed: Arc<Notify>,
+    /// Permits of the probes waiting for a held lock ([`PROBE_POLLERS`]).
+    probe_pollers: Arc<tokio::sync::Semaphore>,
 }
 
 thread_local! {
@@ -161,6 +166,35 @@ impl Drop for InDriver {
     }
 }
 
+/// A [`Handle`] that does not keep the driver alive: what the driver itself
+/// holds (its peer sink) and the storage thread, so that dropping every
+/// other handle drops the driver, ends the storage thread and closes the store.
+#[derive(Clone)]
+pub struct WeakHandle {
+    shared: std::sync::Weak<Shared>,
+    metrics: Arc<Metrics>,
+    write_timeout: Duration,
+    storage_failed: Arc<watch::Sender<Option<String>>>,
+}
+
+impl std::fmt::Debug for WeakHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakHandle").finish_non_exhaustive()
+    }
+}
+
+impl WeakHandle {
+    /// The handle, while the driver's owners still hold it.
+    pub fn upgrade(&self) -> Option<Handle> {
+        Some(Handle {
+            shared: self.shared.upgrade()?,
+            metrics: self.metrics.clone(),
+            write_timeout: self.write_timeout,
+            storage_failed: self.storage_failed.clone(),
+        })
+    }
+}
+
 /// A cheap, cloneable way to run inputs through the driver.
 #[derive(Clone)]
 pub struct Handle {
@@ -181,6 +215,16 @@ impl std::fmt::Debug for Handle {
 }
 
 impl Handle {
+    /// A handle that does not keep the driver alive.
+    pub fn downgrade(&self) -> WeakHandle {
+        WeakHandle {
+            shared: Arc::downgrade(&self.shared),
+            metrics: self.metrics.clone(),
+            write_timeout: self.write_timeout,
+            storage_failed: self.storage_failed.clone(),
+        }
+    }
+
     /// Runs `f` on the driver, then carries out what the core output; `None`
     /// when there is no driver (not started yet, or stopped).
     ///
@@ -190,8 +234,8 @@ impl Handle {
     /// `None` as if the driver had stopped.
     fn with_driver<R>(&self, f: impl FnOnce(&mut Driver) -> R) -> Option<R> {
         InDriver::check();
-        // Nothing panics while holding the guard (caught below); a poisoned
-        // lock would still only hold a driver that is taken out here.
+        // A panic in `f` or the drain is caught below; one elsewhere under
+        // the lock (a probe) leaves the driver as it was: it goes on.
         let mut slot = self
             .shared
             .driver
@@ -214,11 +258,7 @@ impl Handle {
                 Some(r)
             }
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic without a message".into());
+                let what = panic_message(panic.as_ref());
                 tracing::error!(
                     panic = %what,
                     "the driver panicked ({what}): it stops; this server takes no more inputs and \
@@ -242,9 +282,13 @@ impl Handle {
     pub async fn api(&self, call: ApiCall) -> Result<Value, RpcError> {
         let is_write = matches!(call.kind(), RequestKind::ConfigWrite)
             || matches!(call, ApiCall::Core(Command::Promote { .. }));
-        let (reply, rx) = oneshot::channel();
+        let (reply, mut rx) = oneshot::channel();
         if self.with_driver(|d| d.on_api(call, reply)).is_none() {
-            return Err(self.not_carried_out());
+            // Taken, then the driver stopped under this very call (a panic
+            // after its write went to storage): that answer, not "not carried out".
+            return rx
+                .try_recv()
+                .unwrap_or_else(|_| Err(self.not_carried_out()));
         }
         let wait = if is_write {
             self.write_timeout
@@ -310,9 +354,16 @@ impl Handle {
         if let Some(answer) = try_probe(&self.shared) {
             return answer;
         }
+        // Probes need no token: at most PROBE_POLLERS wait for a held lock.
+        let Ok(permit) = self.shared.probe_pollers.clone().try_acquire_owned() else {
+            return Err(format!(
+                "the driver is busy and {PROBE_POLLERS} probes already wait for it"
+            ));
+        };
         let shared = self.shared.clone();
         let until = Instant::now() + deadline;
         let tried = tokio::task::spawn_blocking(move || loop {
+            let _permit = &permit;
             if let Some(answer) = try_probe(&shared) {
                 return answer;
             }
@@ -363,16 +414,31 @@ impl Handle {
 /// The core's state for a probe if the driver's lock is free; `None` while
 /// it is held.
 fn try_probe(shared: &Shared) -> Option<Result<crate::api::health::Probe, String>> {
-    match shared.driver.try_lock() {
-        Ok(slot) => Some(
-            slot.as_ref()
-                .map(|d| crate::api::health::probe(&d.core))
-                .ok_or_else(|| "the driver has stopped".into()),
-        ),
-        Err(TryLockError::Poisoned(_)) => Some(Err("the driver has stopped".into())),
-        Err(TryLockError::WouldBlock) => None,
-    }
+    // As `with_driver`: a poisoned lock holds a driver or nothing, as it says.
+    let slot = match shared.driver.try_lock() {
+        Ok(slot) => slot,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => return None,
+    };
+    Some(
+        slot.as_ref()
+            .map(|d| crate::api::health::probe(&d.core))
+            .ok_or_else(|| "the driver has stopped".into()),
+    )
 }
+
+/// What a caught panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Probes that wait at once for the driver's lock while it is held, each on a
+/// blocking-pool thread; a probe beyond them fails at once.
+pub const PROBE_POLLERS: usize = 4;
 
 /// How often a probe tries the driver's lock again while it is held.
 const PROBE_RETRY: Duration = Duration::from_millis(1);
@@ -396,6 +462,7 @@ pub fn channel(settings: &DriverSettings, metrics: Arc<Metrics>) -> (Handle, Inb
     let shared = Arc::new(Shared {
         driver: Mutex::new(None),
         timers_changed: Arc::new(Notify::new()),
+        probe_pollers: Arc::new(tokio::sync::Semaphore::new(PROBE_POLLERS)),
     });
     let handle = Handle {
         shared: shared.clone(),
@@ -435,7 +502,7 @@ pub fn spawn(
     let metrics = handle.metrics.clone();
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<StorageJob>();
     let runtime = tokio::runtime::Handle::current();
-    let storage_handle = handle.clone();
+    let storage_handle = handle.downgrade();
     std::thread::Builder::new()
         .name("vcodr-storage".into())
         .spawn(move || {
@@ -930,6 +997,29 @@ mod tests {
             Ok(Role::Standalone)
         );
         assert!(handle.api(put("after")).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn dropping_every_handle_drops_the_driver_and_with_it_the_storage_thread_and_store() {
+        let (handle, timers) = driver(Box::new(PanickingPeer));
+        assert!(handle.api(put("k")).await.is_ok());
+        let shared = Arc::downgrade(&handle.shared);
+        // What `Running::finish` does: the timer task goes, then the handles.
+        // The driver's own peer sink and the storage thread hold weak ones:
+        // the driver goes, its job queue closes, the storage thread ends and
+        // drops the store.
+        timers.abort();
+        let _ = timers.await;
+        drop(handle);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while shared.strong_count() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "something still holds the driver ({} handles)",
+                shared.strong_count()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]

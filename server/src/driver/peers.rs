@@ -17,7 +17,7 @@
 
 use crate::api::metrics::Metrics;
 use crate::driver::links::{PeerLink, ANY_SERVER_NAME};
-use crate::driver::{Handle, PeerSink};
+use crate::driver::{Handle, PeerSink, WeakHandle};
 use crate::serve::throttle::LogThrottle;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -100,10 +100,10 @@ impl PeerLinks {
     }
 
     /// The sink the driver sends through; what the links it dials receive goes to `handle`.
-    pub fn sink(&self, handle: Handle) -> Box<dyn PeerSink> {
+    pub fn sink(&self, handle: &Handle) -> Box<dyn PeerSink> {
         Box::new(DialingSink {
             links: self.clone(),
-            handle,
+            handle: handle.downgrade(),
             targets: VecDeque::new(),
         })
     }
@@ -331,8 +331,9 @@ impl PeerLinks {
 /// The driver's side: dials the addresses the core sends to.
 struct DialingSink {
     links: PeerLinks,
-    /// Where what the dialled links receive goes.
-    handle: Handle,
+    /// Where what the dialled links receive goes (the driver holds this
+    /// sink: a strong handle would keep it alive forever).
+    handle: WeakHandle,
     /// Dialled addresses, oldest first, at most [`MAX_DIAL_TARGETS`].
     targets: VecDeque<(String, mpsc::Sender<PeerEnvelope>)>,
 }
@@ -342,13 +343,15 @@ impl PeerSink for DialingSink {
         let i = match self.targets.iter().position(|(a, _)| a == to) {
             Some(i) => i,
             None => {
+                // Gone: the driver itself is being dropped.
+                let Some(handle) = self.handle.upgrade() else {
+                    return;
+                };
                 if self.targets.len() >= MAX_DIAL_TARGETS {
                     // Dropping its sender ends the oldest dialler.
                     self.targets.pop_front();
                 }
-                let tx = self
-                    .links
-                    .spawn_dialler(to.to_string(), self.handle.clone());
+                let tx = self.links.spawn_dialler(to.to_string(), handle);
                 self.targets.push_back((to.to_string(), tx));
                 self.targets.len() - 1
             }

@@ -7,10 +7,34 @@
 use super::*;
 use std::sync::mpsc::RecvTimeoutError;
 
+/// Runs the thread; a panic in it (a bug in a store or a read) is a failed
+/// store: the driver stops as after a failed commit.
 pub(super) fn run(
+    storage: Box<dyn Storage>,
+    jobs: std::sync::mpsc::Receiver<StorageJob>,
+    driver: WeakHandle,
+) {
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        serve(storage, jobs, &driver)
+    }));
+    if let Err(panic) = ran {
+        let what = panic_message(panic.as_ref());
+        tracing::error!(target: "vcodr::storage", panic = %what, "the storage thread panicked ({what}); the server stops (fail-stop)");
+        on_driver(&driver, |d| {
+            d.on_storage_failed(format!("the storage thread panicked: {what}"))
+        });
+    }
+}
+
+/// Runs `f` on the driver while it exists; `None` once it is gone or stopped.
+fn on_driver<R>(driver: &WeakHandle, f: impl FnOnce(&mut Driver) -> R) -> Option<R> {
+    driver.upgrade()?.with_driver(f)
+}
+
+fn serve(
     mut storage: Box<dyn Storage>,
     jobs: std::sync::mpsc::Receiver<StorageJob>,
-    driver: Handle,
+    driver: &WeakHandle,
 ) {
     let metrics = driver.metrics.clone();
     let mut pending: Vec<StorageJob> = Vec::new();
@@ -28,12 +52,21 @@ pub(super) fn run(
                 Err(RecvTimeoutError::Timeout) => {
                     busy = false;
                     if let Err(e) = storage.idle() {
-                        fail(&driver, &e, 0);
+                        fail(driver, &e, "idle work (committing the state file)", 0);
                         return;
                     }
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    // The driver is gone: leave the state file up to date (a
+                    // failure here changes nothing the log does not replay).
+                    if busy {
+                        if let Err(e) = storage.idle() {
+                            tracing::warn!(target: "vcodr::storage", error = %e, "committing the state file at stop failed: {e}; the log replays it at the next start");
+                        }
+                    }
+                    return;
+                }
             }
         }
         // Group commit: everything queued while the previous commit ran.
@@ -67,15 +100,12 @@ pub(super) fn run(
                     metrics
                         .persist_requests
                         .fetch_add(batch.len() as u64, Relaxed);
-                    if driver
-                        .with_driver(|d| d.on_persisted(up_to, entries, started))
-                        .is_none()
-                    {
+                    if on_driver(driver, |d| d.on_persisted(up_to, entries, started)).is_none() {
                         return;
                     }
                 }
                 Err(e) => {
-                    fail(&driver, &e, batch.len());
+                    fail(driver, &e, "commit", batch.len());
                     return;
                 }
             }
@@ -91,7 +121,7 @@ pub(super) fn run(
                     max_samples,
                 } => match storage.read_samples(&ranges, max_bytes, max_samples) {
                     Ok(chunks) => {
-                        driver.with_driver(|d| d.input(Input::SamplesRead { chunks }));
+                        on_driver(driver, |d| d.input(Input::SamplesRead { chunks }));
                     }
                     Err(e) => {
                         // The core waits for this read: a disk that cannot
@@ -101,7 +131,7 @@ pub(super) fn run(
                             error = %e,
                             "reading monitoring samples for the standby failed: {e}; the server stops (fail-stop)"
                         );
-                        driver.with_driver(|d| d.on_storage_failed(e.to_string()));
+                        on_driver(driver, |d| d.on_storage_failed(e.to_string()));
                         return;
                     }
                 },
@@ -127,16 +157,21 @@ const IDLE_AFTER: Duration = Duration::from_millis(100);
 /// A commit (or the idle work) failed: nothing after it may be acknowledged,
 /// and what the disk holds is no longer what the core believes (the batch
 /// may be durable or not): fail-stop.
-fn fail(driver: &Handle, e: &crate::storage::StorageError, persist_requests: usize) {
+fn fail(
+    driver: &WeakHandle,
+    e: &crate::storage::StorageError,
+    what: &str,
+    persist_requests: usize,
+) {
     let os_error = os_error(e);
     tracing::error!(
         target: "vcodr::storage",
         error = %e,
         os_error = %os_error.as_deref().unwrap_or("none"),
         persist_requests,
-        "storage commit failed: {e}; the server stops (fail-stop) and recovers from disk at its restart"
+        "storage {what} failed: {e}; the server stops (fail-stop) and recovers from disk at its restart"
     );
-    driver.with_driver(|d| d.on_storage_failed(e.to_string()));
+    on_driver(driver, |d| d.on_storage_failed(e.to_string()));
 }
 
 /// The operating-system error under a storage error, if any (e.g. `No space

@@ -271,7 +271,7 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
         inbox,
         core,
         Box::new(storage),
-        peer_links.sink(handle.clone()),
+        peer_links.sink(&handle),
         dsettings,
         Published {
             pinned,
