@@ -569,7 +569,7 @@ async fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::{self, DriverSettings, PeerSink, Published};
+    use crate::driver::{self, PeerSink};
     use crate::storage::{MemStorage, Storage, StorageError};
     use serde_json::json;
     use std::sync::atomic::AtomicBool;
@@ -666,36 +666,17 @@ mod tests {
     #[tokio::test]
     async fn a_failed_commit_makes_the_server_not_ready_at_once_and_answers_in_flight_writes() {
         let metrics = Arc::new(Metrics::default());
-        let settings = DriverSettings {
-            write_timeout: Duration::from_secs(10),
-            contact_save_interval: Duration::from_secs(3600),
-        };
-        let (handle, inbox) = driver::channel(&settings, metrics.clone());
-        let me = ServerInfo {
-            uuid: 1,
-            name: "a".into(),
-            peer_address: "127.0.0.1:1".into(),
-            edge_address: "127.0.0.1:2".into(),
-            admin_address: "127.0.0.1:3".into(),
-        };
-        let core = Server::new(ServerConfig::default(), me, Now::at(0));
         let full = Arc::new(AtomicBool::new(false));
         let disk = FillingDisk {
             inner: MemStorage::new(),
             full: full.clone(),
         };
         let throttle = Arc::new(LogThrottle::default());
-        let _driver = driver::spawn(
-            &handle,
-            inbox,
-            core,
+        let (handle, _driver) = driver::spawn_standalone(
             Box::new(disk),
             Box::new(NoPeer),
-            settings,
-            Published {
-                pinned: watch::channel(None).0,
-                throttle: throttle.clone(),
-            },
+            metrics.clone(),
+            throttle.clone(),
         );
         let app = router(AdminState {
             handle: handle.clone(),

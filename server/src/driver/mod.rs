@@ -914,6 +914,43 @@ impl Driver {
     }
 }
 
+/// A driver of a fresh STANDALONE core named `a` on `storage`, for tests:
+/// its handle and its timer task.
+#[cfg(test)]
+pub(crate) fn spawn_standalone(
+    storage: Box<dyn Storage>,
+    peers: Box<dyn PeerSink>,
+    metrics: Arc<Metrics>,
+    throttle: Arc<LogThrottle>,
+) -> (Handle, tokio::task::JoinHandle<()>) {
+    let settings = DriverSettings {
+        write_timeout: Duration::from_secs(10),
+        contact_save_interval: Duration::from_secs(3600),
+    };
+    let (handle, inbox) = channel(&settings, metrics);
+    let me = ServerInfo {
+        uuid: 1,
+        name: "a".into(),
+        peer_address: "127.0.0.1:1".into(),
+        edge_address: "127.0.0.1:2".into(),
+        admin_address: "127.0.0.1:3".into(),
+    };
+    let core = Server::new(ServerConfig::default(), me, Now::at(0));
+    let timers = spawn(
+        &handle,
+        inbox,
+        core,
+        storage,
+        peers,
+        settings,
+        Published {
+            pinned: watch::channel(None).0,
+            throttle,
+        },
+    );
+    (handle, timers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -934,32 +971,12 @@ mod tests {
     }
 
     fn driver(peers: Box<dyn PeerSink>) -> (Handle, tokio::task::JoinHandle<()>) {
-        let settings = DriverSettings {
-            write_timeout: Duration::from_secs(10),
-            contact_save_interval: Duration::from_secs(3600),
-        };
-        let (handle, inbox) = channel(&settings, Arc::new(Metrics::default()));
-        let me = ServerInfo {
-            uuid: 1,
-            name: "a".into(),
-            peer_address: "127.0.0.1:1".into(),
-            edge_address: "127.0.0.1:2".into(),
-            admin_address: "127.0.0.1:3".into(),
-        };
-        let core = Server::new(ServerConfig::default(), me, Now::at(0));
-        let timers = spawn(
-            &handle,
-            inbox,
-            core,
+        spawn_standalone(
             Box::new(MemStorage::new()),
             peers,
-            settings,
-            Published {
-                pinned: watch::channel(None).0,
-                throttle: Arc::new(LogThrottle::default()),
-            },
-        );
-        (handle, timers)
+            Arc::new(Metrics::default()),
+            Arc::new(LogThrottle::default()),
+        )
     }
 
     fn put(key: &str) -> ApiCall {
