@@ -67,10 +67,19 @@ async fn thousands_of_archived_entries_are_all_listed_with_their_total() {
     assert_eq!(code, 0, "{out}{err}");
 
     // The standby is cut off: the active degrades (policy `degrade`, 3 s grace).
+    // The writes start only once it has: a write made while the active's link
+    // to the stopped standby is still up is shipped at once, lands in the
+    // standby's socket buffer, and is taken when the standby resumes: then
+    // the standby holds it and it is not divergent.
     cl.signal(B, "STOP").unwrap();
     cl.wait_state(A, "ACTIVE", "FAILURE_GET_STANDBY_STATUS", T)
         .await
         .unwrap();
+    cl.wait_status(A, "writes acknowledged without the standby", T, |s| {
+        s["replication"]["mode"] == "ASYNC_DEGRADED"
+    })
+    .await
+    .unwrap();
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
         let c = cl.client(A).clone();
