@@ -230,7 +230,7 @@ pub use error::{
     SetupError,
 };
 pub use link::{
-    Connection, Incoming, LinkInfo, LinkReceiver, LinkSender, Listener, ListenerCounts,
+    Answerer, Connection, Incoming, LinkInfo, LinkReceiver, LinkSender, Listener, ListenerCounts,
     ListenerCountsHandle, PeerId, Responder,
 };
 pub use settings::{
@@ -279,6 +279,15 @@ pub trait Transport<P: Protocol>: Send + Sync + 'static {
         server_name: &str,
     ) -> impl Future<Output = Result<Connection<P>, ConnectError>> + Send;
 
-    /// Starts accepting peers on this transport's address.
-    fn listen(&self) -> Result<Listener<P>, SetupError>;
+    /// Starts accepting peers on this transport's address; everything they
+    /// send comes out of each link's [`recv`](Connection::recv).
+    fn listen(&self) -> Result<Listener<P>, SetupError> {
+        self.listen_with(None)
+    }
+
+    /// As [`listen`](Self::listen), but with an `answerer`, every request of
+    /// every accepted link goes to it on the task that decoded the request,
+    /// the moment it is decoded; `recv` then yields only messages (and the
+    /// close). What the answerer must not do is in [`Answerer`].
+    fn listen_with(&self, answerer: Option<Answerer<P>>) -> Result<Listener<P>, SetupError>;
 }

@@ -165,6 +165,22 @@ fn a_seed_replays_the_same_run() {
     assert_eq!(first, second, "seed {seed} did not replay identically");
 }
 
+/// The same answerer contract as on QUIC (`quic_suite`).
+#[test]
+fn an_answerer_takes_every_request_of_the_links_it_accepts() {
+    virtual_runtime().block_on(async {
+        let net = MemNetwork::new(3);
+        let server = net
+            .transport::<TestProto>(addr(STANDBY), "a", settings())
+            .unwrap();
+        let edge = net
+            .transport::<TestProto>(addr("127.0.0.1:8001"), "edge-1", settings())
+            .unwrap();
+        an_answerer_takes_every_request(&server, "a", &edge, "edge-1", Duration::from_secs(30))
+            .await;
+    });
+}
+
 #[test]
 fn refusals_match_quic() {
     virtual_runtime().block_on(async {

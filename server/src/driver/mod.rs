@@ -4,8 +4,9 @@
 //! here.
 //!
 //! The core sits behind one mutex, and whoever has an input runs it: the
-//! admin connection's task, the edge or peer link's task, the storage thread
-//! after a commit, the timer task. Each takes the lock, feeds the core, carries
+//! admin connection's task, the transport's task that decoded an edge
+//! request ([`Handle::edge_answerer`]; on the hub driver the hub itself), a
+//! peer link's task, the storage thread after a commit, the timer task. Each takes the lock, feeds the core, carries
 //! out what it output and lets go. No input waits in a queue for another
 //! thread to pick it up: on this 2-core machine every such hand-off was a
 //! wake-up across threads, the largest cost of a write after the disk
@@ -40,7 +41,7 @@ use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, watch, Notify};
 use vcodr_core::*;
-use vcodr_transport::Responder;
+use vcodr_transport::{Answerer, Responder};
 
 /// What calls still unanswered when the driver stops are told.
 const SHUTDOWN_UNFINISHED: &str =
@@ -381,16 +382,26 @@ impl Handle {
     }
 
     /// Runs one edge request through the core, which answers the edge
-    /// itself; false when the server is stopping.
-    pub fn edge_request(
-        &self,
-        client: ClientId,
-        client_type: ClientType,
-        msg: EdgeMsg,
-        responder: Responder<EdgeLink>,
-    ) -> bool {
-        self.with_driver(|d| d.on_edge(client, client_type, msg, responder))
-            .is_some()
+    /// itself, as the client its certificate proves (the edge listener
+    /// admits only edge and gateway certificates; anything else is refused
+    /// unanswered). Does nothing once the driver has stopped: the dropped
+    /// responder tells the edge at once.
+    pub fn edge_request(&self, msg: EdgeMsg, responder: Responder<EdgeLink>) {
+        let peer = &responder.link().peer;
+        let Some(client_type) = peer.role().client_type() else {
+            return;
+        };
+        let client: ClientId = peer.as_str().to_string();
+        self.with_driver(|d| d.on_edge(client, client_type, msg, responder));
+    }
+
+    /// The edge listener's [`Answerer`]: each request goes through the core
+    /// on the transport's task that decoded it (the hub's own, on the hub
+    /// driver), which needs no other task to wake. The lock it takes is
+    /// never held across I/O.
+    pub fn edge_answerer(&self) -> Answerer<EdgeLink> {
+        let handle = self.clone();
+        Arc::new(move |msg, responder| handle.edge_request(msg, responder))
     }
 
     /// Runs a peer message that came in on `link` from the server TLS

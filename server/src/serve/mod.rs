@@ -286,8 +286,9 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
     let peer_l = peer_t.listen()?;
     let peer_refused = peer_l.counts_handle();
     tasks.push(tokio::spawn(peer_links.accept_loop(peer_l, handle.clone())));
-    // Edge listener: each request is answered by the core.
-    let mut edge_l = edge_t.listen()?;
+    // Edge listener: each request is answered by the core, on the
+    // transport's task that received it.
+    let mut edge_l = edge_t.listen_with(Some(handle.edge_answerer()))?;
     let edge_refused = edge_l.counts_handle();
     let h = handle.clone();
     let edge_links = Arc::new(EdgeLinks::default());
@@ -297,26 +298,25 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
             let h = h.clone();
             let client = conn.peer().as_str().to_string();
             // The transport admits only edge and gateway certificates here.
-            let Some(client_type) = conn.peer().role().client_type() else {
+            if conn.peer().role().client_type().is_none() {
                 conn.close("only edge and gateway certificates may use the edge link");
                 continue;
-            };
+            }
             let (link_id, replaced) = edge_links.opened(&client, conn.sender());
             if replaced {
                 h.metrics.edge_links_replaced.fetch_add(1, Relaxed);
             }
             let links = edge_links.clone();
+            // Requests go to the answerer; this task only sees the link
+            // close, and then forgets it.
             tokio::spawn(async move {
                 let _forget = ForgetOnDrop(&links, &client, link_id);
-                loop {
-                    match conn.recv().await {
-                        Ok(Incoming::Request { request, responder }) => {
-                            if !h.edge_request(client.clone(), client_type, request, responder) {
-                                return;
-                            }
+                while let Ok(incoming) = conn.recv().await {
+                    match incoming {
+                        Incoming::Request { request, responder } => {
+                            h.edge_request(request, responder)
                         }
-                        Ok(Incoming::Message(())) => {}
-                        Err(_) => return,
+                        Incoming::Message(()) => {}
                     }
                 }
             });

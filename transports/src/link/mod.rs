@@ -154,12 +154,100 @@ impl<P: Protocol> fmt::Debug for Incoming<P> {
     }
 }
 
-/// Where a link's backend puts what it receives for the application. Boxed:
-/// a channel allocates its slots in blocks of 32, and a heartbeat is large,
-/// so unboxed every idle link of a 10,000-edge server would hold ~10 KiB.
-pub(crate) type IncomingTx<P> = mpsc::Sender<Box<Incoming<P>>>;
+/// Answers the requests of every link a listener accepts, on the task that
+/// decoded them ([`Transport::listen_with`](crate::Transport::listen_with)):
+/// no hand-off to another task, so on the hub driver a heartbeat is
+/// received, answered and sent in one turn of the hub. It must not wait:
+/// it runs on the transport's own task, and every link of the listener
+/// waits while it runs. The responder may be kept and answered later.
+pub type Answerer<P> = Arc<dyn Fn(<P as Protocol>::Request, Responder<P>) + Send + Sync>;
+
+/// Where a link's backend puts what it receives for the application: a
+/// request to the listener's [`Answerer`] if it has one, anything else to
+/// the link's queue, which [`LinkReceiver::recv`] reads. Boxed in the
+/// queue: a channel allocates its slots in blocks of 32, and a heartbeat is
+/// large, so unboxed every idle link of a 10,000-edge server would hold
+/// ~10 KiB.
+pub(crate) struct IncomingTx<P: Protocol> {
+    queue: mpsc::Sender<Box<Incoming<P>>>,
+    answerer: Option<Answerer<P>>,
+}
+
+impl<P: Protocol> Clone for IncomingTx<P> {
+    fn clone(&self) -> Self {
+        IncomingTx {
+            queue: self.queue.clone(),
+            answerer: self.answerer.clone(),
+        }
+    }
+}
 
 pub(crate) type IncomingRx<P> = mpsc::Receiver<Box<Incoming<P>>>;
+
+/// A link's incoming queue of `capacity` items, with the listener's answerer
+/// (`None` on a dialled link, or a listener without one).
+pub(crate) fn incoming_channel<P: Protocol>(
+    capacity: usize,
+    answerer: Option<Answerer<P>>,
+) -> (IncomingTx<P>, IncomingRx<P>) {
+    let (queue, rx) = mpsc::channel(capacity);
+    (IncomingTx { queue, answerer }, rx)
+}
+
+impl<P: Protocol> IncomingTx<P> {
+    /// Answers `item` now if it is a request and there is an answerer;
+    /// otherwise hands it back, for the queue.
+    pub(crate) fn answered_or(&self, item: Incoming<P>) -> Option<Incoming<P>> {
+        match (&self.answerer, item) {
+            (Some(answer), Incoming::Request { request, responder }) => {
+                answer(request, responder);
+                None
+            }
+            (_, item) => Some(item),
+        }
+    }
+
+    /// Hands `item` over without waiting; a full queue hands it back.
+    pub(crate) fn try_send(
+        &self,
+        item: Incoming<P>,
+    ) -> Result<(), mpsc::error::TrySendError<Box<Incoming<P>>>> {
+        match self.answered_or(item) {
+            None => Ok(()),
+            Some(item) => self.queue.try_send(Box::new(item)),
+        }
+    }
+
+    /// Hands `item` over, waiting for room in the queue; an error once the
+    /// application has dropped its receiver.
+    pub(crate) async fn send(&self, item: Incoming<P>) -> Result<(), LinkClosedTx> {
+        match self.answered_or(item) {
+            None => Ok(()),
+            Some(item) => self
+                .queue
+                .send(Box::new(item))
+                .await
+                .map_err(|_| LinkClosedTx),
+        }
+    }
+
+    /// Queues an item that waited (parked) for room; never answers it.
+    pub(crate) fn try_queue(
+        &self,
+        item: Box<Incoming<P>>,
+    ) -> Result<(), mpsc::error::TrySendError<Box<Incoming<P>>>> {
+        self.queue.try_send(item)
+    }
+
+    /// The queue, to wait for room in it.
+    pub(crate) fn queue(&self) -> &mpsc::Sender<Box<Incoming<P>>> {
+        &self.queue
+    }
+}
+
+/// The application dropped the link's receiver.
+#[derive(Debug)]
+pub(crate) struct LinkClosedTx;
 
 /// The backend-specific end of a response.
 pub(crate) enum ResponderInner {

@@ -50,7 +50,9 @@ use vcodr_core::codec::{negotiate, Hello};
 use vcodr_core::CertRole;
 
 use crate::error::{ConnectError, Refusal, SetupError};
-use crate::link::{Connection, LinkInfo, Listener, ListenerGuard, ListenerStats, PeerId, Refused};
+use crate::link::{
+    Answerer, Connection, LinkInfo, Listener, ListenerGuard, ListenerStats, PeerId, Refused,
+};
 use crate::rng::SplitMix64;
 use crate::settings::{Settings, SettingsError};
 use crate::{Protocol, Transport};
@@ -452,17 +454,33 @@ impl<P: Protocol> MemTransport<P> {
     }
 }
 
+/// What a listener slot holds for its protocol (type-erased in [`ListenerSlot`]).
+struct ListenerEnd<P: Protocol> {
+    accept: mpsc::Sender<Connection<P>>,
+    max_frame_bytes: usize,
+    answerer: Option<Answerer<P>>,
+}
+
+impl<P: Protocol> Clone for ListenerEnd<P> {
+    fn clone(&self) -> Self {
+        ListenerEnd {
+            accept: self.accept.clone(),
+            max_frame_bytes: self.max_frame_bytes,
+            answerer: self.answerer.clone(),
+        }
+    }
+}
+
 enum Dial<P: Protocol> {
     Partitioned,
     Nobody,
     Found {
-        accept: mpsc::Sender<Connection<P>>,
+        end: ListenerEnd<P>,
         identity: String,
         public_key: Arc<[u8]>,
         trust_domain: String,
         protocol: &'static str,
         hello: Hello,
-        settings_max_frame: usize,
         stats: Arc<ListenerStats>,
         round_trip: Duration,
     },
@@ -497,18 +515,14 @@ impl<P: Protocol> Transport<P> for MemTransport<P> {
                     + self.one_way_delay(&mut state, addr, self.addr);
                 match state.listeners.get(&addr) {
                     None => Dial::Nobody,
-                    Some(slot) => match slot
-                        .accept
-                        .downcast_ref::<(mpsc::Sender<Connection<P>>, usize)>()
-                    {
-                        Some((accept, max_frame)) if slot.protocol == P::NAME => Dial::Found {
-                            accept: accept.clone(),
+                    Some(slot) => match slot.accept.downcast_ref::<ListenerEnd<P>>() {
+                        Some(end) if slot.protocol == P::NAME => Dial::Found {
+                            end: end.clone(),
                             identity: slot.identity.clone(),
                             public_key: slot.public_key.clone(),
                             trust_domain: slot.trust_domain.clone(),
                             protocol: slot.protocol,
                             hello: slot.hello.clone(),
-                            settings_max_frame: *max_frame,
                             stats: slot.stats.clone(),
                             round_trip,
                         },
@@ -517,82 +531,71 @@ impl<P: Protocol> Transport<P> for MemTransport<P> {
                 }
             }
         };
-        let (accept, identity, server_key, dial_role, hello, server_max_frame, stats, round_trip) =
-            match dial {
-                Dial::Partitioned => {
-                    tokio::time::sleep(timeout).await;
-                    return Err(ConnectError::TimedOut {
-                        addr,
-                        server_name: name,
-                        after: timeout,
-                    });
+        let (end, identity, server_key, dial_role, hello, stats, round_trip) = match dial {
+            Dial::Partitioned => {
+                tokio::time::sleep(timeout).await;
+                return Err(ConnectError::TimedOut {
+                    addr,
+                    server_name: name,
+                    after: timeout,
+                });
+            }
+            Dial::Nobody => {
+                return Err(ConnectError::Failed {
+                    addr,
+                    server_name: name,
+                    reason: "nothing listens there".into(),
+                })
+            }
+            Dial::WrongProtocol(theirs, stats) => {
+                let detail = format!("peer speaks `{}`, not `{theirs}`", P::NAME);
+                stats.refused(Refused::WrongProtocol, self.addr, None, &detail);
+                return Err(refused(Refusal::WrongProtocol { expected: P::NAME }));
+            }
+            Dial::Found {
+                end,
+                identity,
+                public_key,
+                trust_domain,
+                protocol,
+                hello,
+                stats,
+                round_trip,
+            } => {
+                debug_assert_eq!(protocol, P::NAME);
+                if trust_domain != self.trust_domain {
+                    let refusal = Refusal::UnknownCa;
+                    stats.refused(Refused::UnknownCa, self.addr, None, &refusal);
+                    return Err(refused(refusal));
                 }
-                Dial::Nobody => {
-                    return Err(ConnectError::Failed {
-                        addr,
-                        server_name: name,
-                        reason: "nothing listens there".into(),
-                    })
+                if identity != server_name {
+                    return Err(refused(Refusal::WrongName {
+                        expected: server_name.to_string(),
+                    }));
                 }
-                Dial::WrongProtocol(theirs, stats) => {
-                    let detail = format!("peer speaks `{}`, not `{theirs}`", P::NAME);
-                    stats.refused(Refused::WrongProtocol, self.addr, None, &detail);
-                    return Err(refused(Refusal::WrongProtocol { expected: P::NAME }));
-                }
-                Dial::Found {
-                    accept,
-                    identity,
-                    public_key,
-                    trust_domain,
-                    protocol,
-                    hello,
-                    settings_max_frame,
-                    stats,
-                    round_trip,
-                } => {
-                    debug_assert_eq!(protocol, P::NAME);
-                    if trust_domain != self.trust_domain {
-                        let refusal = Refusal::UnknownCa;
-                        stats.refused(Refused::UnknownCa, self.addr, None, &refusal);
+                // The listener's verifier: the dialler's role must be accepted.
+                let role = match self.role.or_else(|| P::ACCEPTS.first().copied()) {
+                    Some(role) if P::ACCEPTS.contains(&role) => Ok(role),
+                    Some(role) => Err(Refusal::WrongRole {
+                        name: self.identity.clone(),
+                        role,
+                        accepted: P::ACCEPTS.to_vec(),
+                    }),
+                    None => Err(Refusal::NoRole {
+                        name: self.identity.clone(),
+                    }),
+                };
+                let role = match role {
+                    Ok(role) => role,
+                    Err(refusal) => {
+                        let why = Refused::of(&refusal);
+                        stats.refused(why, self.addr, Some(&self.identity), &refusal);
                         return Err(refused(refusal));
                     }
-                    if identity != server_name {
-                        return Err(refused(Refusal::WrongName {
-                            expected: server_name.to_string(),
-                        }));
-                    }
-                    // The listener's verifier: the dialler's role must be accepted.
-                    let role = match self.role.or_else(|| P::ACCEPTS.first().copied()) {
-                        Some(role) if P::ACCEPTS.contains(&role) => Ok(role),
-                        Some(role) => Err(Refusal::WrongRole {
-                            name: self.identity.clone(),
-                            role,
-                            accepted: P::ACCEPTS.to_vec(),
-                        }),
-                        None => Err(Refusal::NoRole {
-                            name: self.identity.clone(),
-                        }),
-                    };
-                    let role = match role {
-                        Ok(role) => role,
-                        Err(refusal) => {
-                            let why = Refused::of(&refusal);
-                            stats.refused(why, self.addr, Some(&self.identity), &refusal);
-                            return Err(refused(refusal));
-                        }
-                    };
-                    (
-                        accept,
-                        identity,
-                        public_key,
-                        role,
-                        hello,
-                        settings_max_frame,
-                        stats,
-                        round_trip,
-                    )
-                }
-            };
+                };
+                (end, identity, public_key, role, hello, stats, round_trip)
+            }
+        };
         let version = match negotiate(&self.settings.hello, &hello) {
             Ok(version) => version,
             Err(mismatch) => {
@@ -645,13 +648,15 @@ impl<P: Protocol> Transport<P> for MemTransport<P> {
             Side::Client,
             &self.settings,
             self.settings.max_frame_bytes,
+            None,
         );
         let (server_conn, server_parts) = server_end.connection::<P>(
             server_info,
             &shared,
             Side::Server,
             &self.settings,
-            server_max_frame,
+            end.max_frame_bytes,
+            end.answerer.clone(),
         );
         let capacity = self.settings.max_pending_sends;
         let to_server = Pipe::<P> {
@@ -674,7 +679,7 @@ impl<P: Protocol> Transport<P> for MemTransport<P> {
         };
         tokio::spawn(to_server.run(client_parts.outgoing));
         tokio::spawn(to_client.run(server_parts.outgoing));
-        match tokio::time::timeout(timeout, accept.send(server_conn)).await {
+        match tokio::time::timeout(timeout, end.accept.send(server_conn)).await {
             Ok(Ok(())) => {
                 ListenerStats::bump(&stats.accepted);
                 debug!(link = link_id, from = %self.addr, to = %addr, "mem link up");
@@ -693,7 +698,7 @@ impl<P: Protocol> Transport<P> for MemTransport<P> {
         }
     }
 
-    fn listen(&self) -> Result<Listener<P>, SetupError> {
+    fn listen_with(&self, answerer: Option<Answerer<P>>) -> Result<Listener<P>, SetupError> {
         crate::roles::check_listener::<P>(&self.identity, Some(self.role.unwrap_or(P::SERVES)))?;
         let (tx, rx) = mpsc::channel::<Connection<P>>(self.settings.max_pending_accepts);
         let stats = Arc::new(ListenerStats::new(P::NAME, self.addr));
@@ -712,7 +717,11 @@ impl<P: Protocol> Transport<P> for MemTransport<P> {
                     trust_domain: self.trust_domain.clone(),
                     protocol: P::NAME,
                     hello: self.settings.hello.clone(),
-                    accept: Box::new((tx, self.settings.max_frame_bytes)),
+                    accept: Box::new(ListenerEnd {
+                        accept: tx,
+                        max_frame_bytes: self.settings.max_frame_bytes,
+                        answerer,
+                    }),
                     stats: stats.clone(),
                     generation,
                 },

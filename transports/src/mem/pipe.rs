@@ -15,8 +15,8 @@ use tracing::warn;
 
 use crate::error::CloseReason;
 use crate::link::{
-    decode_whole_frame, whole_frame_payload, Backend, Connection, Incoming, IncomingTx, LinkInfo,
-    PendingRequests, RequestFailure, Responder, ResponderInner,
+    decode_whole_frame, incoming_channel, whole_frame_payload, Answerer, Backend, Connection,
+    Incoming, IncomingTx, LinkInfo, PendingRequests, RequestFailure, Responder, ResponderInner,
 };
 use crate::rng::SplitMix64;
 use crate::settings::Settings;
@@ -251,8 +251,9 @@ impl End {
         side: Side,
         settings: &Settings,
         max_frame_bytes: usize,
+        answerer: Option<Answerer<P>>,
     ) -> (Connection<P>, EndParts<P>) {
-        let (incoming_tx, incoming_rx) = mpsc::channel(settings.max_pending_incoming);
+        let (incoming_tx, incoming_rx) = incoming_channel(settings.max_pending_incoming, answerer);
         let (out_tx, out_rx) = self.outgoing;
         let link = MemLink {
             shared: shared.clone(),
@@ -455,7 +456,7 @@ impl<P: Protocol> Pipe<P> {
         tokio::select! {
             biased;
             _ = closed.wait_for(Option::is_some) => false,
-            sent = dest.incoming.send(Box::new(incoming)) => sent.is_ok(),
+            sent = dest.incoming.send(incoming) => sent.is_ok(),
         }
     }
 }

@@ -45,7 +45,7 @@ use tracing::info;
 
 use crate::certs::TlsIdentity;
 use crate::error::{ConnectError, SetupError};
-use crate::link::{Connection, Listener, ListenerGuard, ListenerStats};
+use crate::link::{Answerer, Connection, Listener, ListenerGuard, ListenerStats};
 use crate::settings::{QuicDriver, Settings};
 use crate::{Protocol, Transport};
 
@@ -237,7 +237,7 @@ impl<P: Protocol> Transport<P> for QuicTransport<P> {
         }
     }
 
-    fn listen(&self) -> Result<Listener<P>, SetupError> {
+    fn listen_with(&self, answerer: Option<Answerer<P>>) -> Result<Listener<P>, SetupError> {
         let addr = self.shared.local_addr;
         if self.shared.listening.swap(true, Ordering::SeqCst) {
             return Err(SetupError::AlreadyListening { addr });
@@ -259,6 +259,7 @@ impl<P: Protocol> Transport<P> for QuicTransport<P> {
                     server_config,
                     self.settings.clone(),
                     accepted_tx,
+                    answerer,
                     stats.clone(),
                     Box::new(move || shared.listening.store(false, Ordering::SeqCst)),
                 ))
@@ -268,6 +269,7 @@ impl<P: Protocol> Transport<P> for QuicTransport<P> {
                 ListenerGuard::Hub(hub.listen(
                     Arc::new(server_config),
                     accepted_tx,
+                    answerer,
                     stats.clone(),
                     Box::new(move || shared.listening.store(false, Ordering::SeqCst)),
                 ))

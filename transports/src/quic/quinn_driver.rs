@@ -27,8 +27,8 @@ use super::tls::{
 use super::wire::{self, close_reason_of, code, dgram, hello, stream_code_name};
 use crate::error::{CloseReason, ConnectError, Refusal, SetupError};
 use crate::link::{
-    Backend, Connection, Incoming, IncomingTx, LinkInfo, ListenerStats, PeerId, PendingRequests,
-    Refused, RequestFailure, Responder, ResponderInner,
+    incoming_channel, Answerer, Backend, Connection, Incoming, IncomingTx, LinkInfo, ListenerStats,
+    PeerId, PendingRequests, Refused, RequestFailure, Responder, ResponderInner,
 };
 use crate::settings::Settings;
 use crate::Protocol;
@@ -89,6 +89,7 @@ pub(super) fn listen<P: Protocol>(
     config: quinn::ServerConfig,
     settings: Arc<Settings>,
     accepted: mpsc::Sender<Connection<P>>,
+    answerer: Option<Answerer<P>>,
     stats: Arc<ListenerStats>,
     stopped: Box<dyn Fn() + Send + Sync>,
 ) -> QuicListenerGuard {
@@ -97,6 +98,7 @@ pub(super) fn listen<P: Protocol>(
         endpoint.clone(),
         settings,
         accepted,
+        answerer,
         stats,
     ));
     QuicListenerGuard {
@@ -125,6 +127,7 @@ async fn accept_loop<P: Protocol>(
     endpoint: quinn::Endpoint,
     settings: Arc<Settings>,
     accepted: mpsc::Sender<Connection<P>>,
+    answerer: Option<Answerer<P>>,
     stats: Arc<ListenerStats>,
 ) {
     let handshakes = Arc::new(Semaphore::new(settings.max_concurrent_handshakes));
@@ -134,8 +137,9 @@ async fn accept_loop<P: Protocol>(
             return;
         };
         let (settings, accepted, stats) = (settings.clone(), accepted.clone(), stats.clone());
+        let answerer = answerer.clone();
         tokio::spawn(async move {
-            accept_one::<P>(incoming, &settings, &accepted, &stats).await;
+            accept_one::<P>(incoming, &settings, &accepted, answerer, &stats).await;
             drop(permit);
         });
     }
@@ -146,6 +150,7 @@ async fn accept_one<P: Protocol>(
     incoming: quinn::Incoming,
     settings: &Arc<Settings>,
     accepted: &mpsc::Sender<Connection<P>>,
+    answerer: Option<Answerer<P>>,
     stats: &ListenerStats,
 ) {
     let remote = incoming.remote_address();
@@ -213,7 +218,7 @@ async fn accept_one<P: Protocol>(
         version,
         protocol: P::NAME,
     };
-    let connection = start_link::<P>(conn.clone(), info, settings);
+    let connection = start_link::<P>(conn.clone(), info, settings, answerer);
     if let Err(e) = async {
         send.write_all(&ours).await?;
         send.finish()?;
@@ -299,7 +304,7 @@ async fn client_hello<P: Protocol>(
                 protocol: P::NAME,
             };
             debug!(peer = %info.peer, %addr, version, "link up (dialled)");
-            Ok(start_link::<P>(conn, info, settings))
+            Ok(start_link::<P>(conn, info, settings, None))
         }
         Err(mismatch) => {
             conn.close(code::VERSION_MISMATCH, mismatch.to_string().as_bytes());
@@ -549,9 +554,10 @@ fn start_link<P: Protocol>(
     conn: quinn::Connection,
     info: LinkInfo,
     settings: &Arc<Settings>,
+    answerer: Option<Answerer<P>>,
 ) -> Connection<P> {
     let (ordered_tx, ordered_rx) = mpsc::channel(settings.max_pending_sends);
-    let (incoming_tx, incoming_rx) = mpsc::channel(settings.max_pending_incoming);
+    let (incoming_tx, incoming_rx) = incoming_channel(settings.max_pending_incoming, answerer);
     let local_close = Arc::new(OnceLock::new());
     let datagrams = Arc::new(PendingRequests::default());
     let link = QuicLink {
@@ -647,7 +653,7 @@ async fn read_datagrams<P: Protocol>(
                     ResponderInner::QuicDatagram(reply),
                 );
                 if incoming
-                    .send(Box::new(Incoming::Request { request, responder }))
+                    .send(Incoming::Request { request, responder })
                     .await
                     .is_err()
                 {
@@ -708,7 +714,7 @@ async fn serve_request<P: Protocol>(
                 // If the application dropped its receiver, the responder is
                 // dropped with the error and the requester learns at once.
                 let _ = incoming
-                    .send(Box::new(Incoming::Request { request, responder }))
+                    .send(Incoming::Request { request, responder })
                     .await;
                 return;
             }
@@ -737,11 +743,7 @@ async fn accept_ordered<P: Protocol>(
             let failure = match read_frame(&mut recv, max_frame_bytes).await {
                 Ok(payload) => match codec::decode_payload::<P::Message>(&payload) {
                     Ok(message) => {
-                        if incoming
-                            .send(Box::new(Incoming::Message(message)))
-                            .await
-                            .is_err()
-                        {
+                        if incoming.send(Incoming::Message(message)).await.is_err() {
                             return;
                         }
                         continue;

@@ -324,3 +324,173 @@ pub async fn replicate<T: Transport<TestProto>>(
     }
     Err(format!("too many links: {report:?}"))
 }
+
+/// What the answerer of [`an_answerer_takes_every_request`] saw.
+#[derive(Default)]
+struct Answered {
+    heartbeats: Vec<(u64, String)>,
+    /// A `Status` request's responder, kept to be answered later.
+    kept: Option<vcodr_transport::Responder<TestProto>>,
+}
+
+/// Answers `response` through `responder` at once if the backend can, else
+/// from a task of its own: an answerer must not wait.
+fn answer_now(responder: vcodr_transport::Responder<TestProto>, response: TestResponse) {
+    if let Err(responder) = responder.respond_datagram(&response) {
+        tokio::spawn(async move {
+            let _ = responder.respond(&response).await;
+        });
+    }
+}
+
+/// A listener with an answerer, as a user drives it: every request of an
+/// accepted link, by stream or by datagram, goes to the answerer (which
+/// sees the dialler's proven name), one responder kept and answered later
+/// from another task, one dropped and refused at once; the accepted link's
+/// `recv` yields only its ordered messages, in order; and a request the
+/// listener's side sends over the same link still comes out of the
+/// dialler's `recv` (a dialled link has no answerer).
+pub async fn an_answerer_takes_every_request<T: Transport<TestProto>>(
+    server: &T,
+    server_name: &str,
+    client: &T,
+    client_name: &str,
+    limit: Duration,
+) {
+    let answered = Arc::new(Mutex::new(Answered::default()));
+    let seen = answered.clone();
+    let name = server_name.to_string();
+    let answerer: vcodr_transport::Answerer<TestProto> =
+        Arc::new(move |request, responder| match request {
+            TestRequest::Heartbeat { seq } => {
+                let client = responder.link().peer.to_string();
+                seen.lock().unwrap().heartbeats.push((seq, client.clone()));
+                let reply = TestResponse::Reply {
+                    seq,
+                    server: name.clone(),
+                    client,
+                };
+                answer_now(responder, reply);
+            }
+            TestRequest::Status => seen.lock().unwrap().kept = Some(responder),
+            TestRequest::Echo(_) => drop(responder),
+            TestRequest::Grow(n) => answer_now(responder, TestResponse::Echo(vec![1; n as usize])),
+        });
+    let mut listener = server.listen_with(Some(answerer)).expect("listen");
+    let addr = listener.local_addr();
+    let link = within("connect", limit, client.connect(addr, server_name))
+        .await
+        .expect("connect");
+    let mut accepted = within("accept", limit, listener.accept())
+        .await
+        .expect("an accepted link");
+
+    let reply = |seq| TestResponse::Reply {
+        seq,
+        server: server_name.to_string(),
+        client: client_name.to_string(),
+    };
+    let by_stream = within(
+        "a request",
+        limit,
+        link.request(&TestRequest::Heartbeat { seq: 1 }),
+    );
+    assert_eq!(by_stream.await.expect("answered"), reply(1));
+    let by_datagram = link.request_datagram(&TestRequest::Heartbeat { seq: 2 });
+    let by_datagram = within("a datagram request", limit, by_datagram);
+    assert_eq!(by_datagram.await.expect("answered"), reply(2));
+    let grown = within("a grown echo", limit, link.request(&TestRequest::Grow(3)));
+    assert_eq!(
+        grown.await.expect("answered"),
+        TestResponse::Echo(vec![1; 3])
+    );
+    assert_eq!(
+        answered.lock().unwrap().heartbeats,
+        vec![(1, client_name.to_string()), (2, client_name.to_string())]
+    );
+
+    // Kept, then answered from this task.
+    let status = {
+        let sender = link.sender();
+        tokio::spawn(async move { sender.request(&TestRequest::Status).await })
+    };
+    wait_until("the status responder kept", limit, || {
+        answered.lock().unwrap().kept.is_some()
+    })
+    .await;
+    let kept = answered.lock().unwrap().kept.take().expect("kept");
+    within(
+        "the late answer",
+        limit,
+        kept.respond(&TestResponse::Status { applied: 7 }),
+    )
+    .await
+    .expect("sent");
+    let status = within("the status request", limit, status)
+        .await
+        .expect("joined");
+    assert_eq!(
+        status.expect("answered"),
+        TestResponse::Status { applied: 7 }
+    );
+
+    // Dropped: refused at once, not after the request timeout.
+    let echo = TestRequest::Echo(vec![9]);
+    let refused = within("a dropped request", limit, link.request(&echo)).await;
+    assert!(
+        matches!(
+            refused,
+            Err(vcodr_transport::RequestError::NoResponse { .. })
+        ),
+        "a dropped responder refuses"
+    );
+
+    // Messages still come out of the accepted link's `recv`, in order, and
+    // nothing else does.
+    for index in 1..=3 {
+        let entry = LogMessage::Entry {
+            index,
+            payload: vec![index as u8],
+        };
+        within("a message", limit, link.send(&entry))
+            .await
+            .expect("sent");
+    }
+    for index in 1..=3 {
+        match within("a message received", limit, accepted.recv()).await {
+            Ok(Incoming::Message(LogMessage::Entry { index: got, .. })) => assert_eq!(got, index),
+            Ok(Incoming::Message(other)) => panic!("unexpected message {other:?}"),
+            Ok(Incoming::Request { request, .. }) => {
+                panic!("request {request:?} reached recv past the answerer")
+            }
+            Err(e) => panic!("link closed: {e}"),
+        }
+    }
+
+    // The dialler has no answerer: the listener side's request reaches its `recv`.
+    let mut link = link;
+    let asked = {
+        let sender = accepted.sender();
+        tokio::spawn(async move { sender.request(&TestRequest::Heartbeat { seq: 9 }).await })
+    };
+    match within("the reverse request", limit, link.recv()).await {
+        Ok(Incoming::Request {
+            request: TestRequest::Heartbeat { seq: 9 },
+            responder,
+        }) => {
+            let back = TestResponse::Reply {
+                seq: 9,
+                server: client_name.to_string(),
+                client: server_name.to_string(),
+            };
+            within("the reverse answer", limit, responder.respond(&back))
+                .await
+                .expect("sent");
+        }
+        other => panic!("expected the reverse heartbeat, got {other:?}"),
+    }
+    let back = within("the reverse reply", limit, asked)
+        .await
+        .expect("joined");
+    assert!(matches!(back, Ok(TestResponse::Reply { seq: 9, .. })));
+}

@@ -1148,8 +1148,11 @@ impl<T: Transport<TestProto>> Transport<TestProto> for Counting<T> {
         self.inner.connect(addr, server_name).await
     }
 
-    fn listen(&self) -> Result<Listener<TestProto>, SetupError> {
-        self.inner.listen()
+    fn listen_with(
+        &self,
+        answerer: Option<vcodr_transport::Answerer<TestProto>>,
+    ) -> Result<Listener<TestProto>, SetupError> {
+        self.inner.listen_with(answerer)
     }
 }
 
@@ -1756,4 +1759,15 @@ async fn refused_udp_sends_are_counted() {
         stranded.udp_send_failures() >= 1,
         "the refused handshake packets are counted, not silently lost"
     );
+}
+
+/// A listener with an answerer answers every request itself (stream and
+/// datagram, now, later, or refused) while `recv` yields only messages.
+#[tokio::test]
+async fn an_answerer_takes_every_request_of_the_links_it_accepts() {
+    let ca = CertificateAuthority::new().unwrap();
+    let identity = ca.issue_identity("a", CertRole::Server).unwrap();
+    let server = QuicTransport::<TestProto>::bind(loopback(), identity, quick_settings()).unwrap();
+    let edge = client(&ca, "edge-1", CertRole::Edge);
+    an_answerer_takes_every_request(&server, "a", &edge, "edge-1", TEST_LIMIT).await;
 }

@@ -270,7 +270,7 @@ pub(super) fn deliver_parked<P: Protocol>(link: &mut LinkCtl<P>) {
         return;
     };
     while let Some(item) = link.parked.pop_front() {
-        match tx.try_send(item) {
+        match tx.try_queue(item) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(item)) => {
                 link.parked.push_front(item);
@@ -297,18 +297,21 @@ impl<P: Protocol> LinkCtl<P> {
         )
     }
 
-    /// Queues `item` for the application; parks it (and stops reading this
-    /// link's streams) while the application's queue is full.
+    /// Hands `item` to the application: a request to the listener's
+    /// answerer at once; anything else to its queue, parked (and this link's
+    /// streams left unread) while the queue is full or others are parked.
     pub(super) fn deliver(&mut self, item: Incoming<P>) {
-        let item = Box::new(item);
+        let Some(tx) = &self.incoming else { return };
         if self.parked.is_empty() {
-            let Some(tx) = &self.incoming else { return };
             match tx.try_send(item) {
                 Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
                 Err(mpsc::error::TrySendError::Full(item)) => self.parked.push_back(item),
             }
         } else {
-            self.parked.push_back(item);
+            match tx.answered_or(item) {
+                Some(item) => self.parked.push_back(Box::new(item)),
+                None => return,
+            }
         }
         self.wait_for_room();
     }
@@ -319,7 +322,7 @@ impl<P: Protocol> LinkCtl<P> {
         if self.waiter || self.parked.is_empty() {
             return;
         }
-        let Some(queue) = self.incoming.clone() else {
+        let Some(queue) = self.incoming.as_ref().map(|tx| tx.queue().clone()) else {
             return;
         };
         self.waiter = true;
@@ -342,11 +345,15 @@ impl<P: Protocol> LinkCtl<P> {
     /// application is behind (the requester counts a lost heartbeat).
     pub(super) fn deliver_or_drop(&mut self, item: Incoming<P>) -> bool {
         let refused = match (&self.incoming, self.parked.is_empty()) {
-            (Some(tx), true) => match tx.try_send(Box::new(item)) {
+            (Some(tx), true) => match tx.try_send(item) {
                 Ok(()) => return true,
                 Err(e) => *e.into_inner(),
             },
-            _ => item,
+            (Some(tx), false) => match tx.answered_or(item) {
+                None => return true,
+                Some(item) => item,
+            },
+            (None, _) => item,
         };
         if let Incoming::Request { responder, .. } = refused {
             responder.disarm();

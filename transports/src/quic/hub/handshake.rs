@@ -16,7 +16,9 @@ use tracing::{debug, warn};
 use vcodr_core::codec::{negotiate, Hello};
 
 use crate::error::{CloseReason, ConnectError, Refusal};
-use crate::link::{Backend, Connection, LinkInfo, ListenerStats, PeerId, Refused};
+use crate::link::{
+    incoming_channel, Answerer, Backend, Connection, LinkInfo, ListenerStats, PeerId, Refused,
+};
 use crate::quic::tls::{identity_from, NO_IDENTITY};
 use crate::quic::wire::{code, hello, FrameReader};
 use crate::Protocol;
@@ -165,7 +167,7 @@ pub(super) fn client_hello_done<P: Protocol>(
                 protocol: P::NAME,
             };
             debug!(peer = %info.peer, addr = %remote, version, "link up (dialled)");
-            let Some(connection) = make_link(ctx, conn, info) else {
+            let Some(connection) = make_link(ctx, conn, info, None) else {
                 let _ = reply.send(Err(ConnectError::Failed {
                     addr: remote,
                     server_name,
@@ -256,7 +258,8 @@ pub(super) fn server_hello_done<P: Protocol>(
                 protocol: P::NAME,
             };
             conn.deadline = None;
-            let Some(connection) = make_link(ctx, conn, info) else {
+            let answerer = ctx.listen.as_ref().and_then(|l| l.answerer.clone());
+            let Some(connection) = make_link(ctx, conn, info, answerer) else {
                 return;
             };
             if let (false, Phase::Up(link)) = (done, &mut conn.phase) {
@@ -284,13 +287,15 @@ pub(super) fn server_hello_done<P: Protocol>(
 
 pub(super) const SHUTTING_DOWN: &str = "the QUIC endpoint is shutting down";
 
-/// Makes the application's handle of an authenticated link and puts the
-/// connection in its `Up` phase; once the hub is shutting down, closes the
-/// connection instead and returns `None`.
+/// Makes the application's handle of an authenticated link (its requests
+/// answered by `answerer`, if any) and puts the connection in its `Up`
+/// phase; once the hub is shutting down, closes the connection instead and
+/// returns `None`.
 pub(super) fn make_link<P: Protocol>(
     ctx: &mut Ctx<P>,
     conn: &mut Conn<P>,
     info: LinkInfo,
+    answerer: Option<Answerer<P>>,
 ) -> Option<Connection<P>> {
     let Some(tx) = ctx.links.upgrade() else {
         shut(ctx, conn, code::SHUTDOWN, SHUTTING_DOWN);
@@ -301,7 +306,7 @@ pub(super) fn make_link<P: Protocol>(
         handle: conn.handle,
         generation: conn.generation,
     };
-    let (incoming_tx, incoming_rx) = mpsc::channel(settings.max_pending_incoming);
+    let (incoming_tx, incoming_rx) = incoming_channel(settings.max_pending_incoming, answerer);
     let (closed_tx, closed_rx) = watch::channel(None);
     let ordered_failed = Arc::new(AtomicBool::new(false));
     let link = HubLink {

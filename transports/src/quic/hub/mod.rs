@@ -8,7 +8,9 @@
 //! links above it four more tasks each; with 10,000 mostly idle edges every
 //! heartbeat then wakes half a dozen tasks across threads. Here a batch of
 //! received packets is decrypted, dispatched and answered by one task, and
-//! a heartbeat costs one wake-up of the application per request.
+//! a heartbeat costs one wake-up of the application per request, or none
+//! when the listener has an [`Answerer`](crate::Answerer): the hub then
+//! answers it in the same turn.
 //!
 //! The application sees the same [`Connection`], [`Responder`](crate::Responder) and
 //! [`Listener`](crate::Listener) as with quinn; what it asks for travels to the hub as a
@@ -43,7 +45,7 @@ use tracing::{debug, warn};
 use super::tls::count_refused_attempt;
 use super::wire::code;
 use crate::error::{ConnectError, SetupError};
-use crate::link::{Connection, ListenerStats, RequestFailure};
+use crate::link::{Answerer, Connection, ListenerStats, RequestFailure};
 use crate::settings::Settings;
 use crate::Protocol;
 
@@ -120,6 +122,7 @@ pub(crate) enum Ctl<P: Protocol> {
     Listen {
         config: Arc<proto::ServerConfig>,
         accepted: mpsc::Sender<Connection<P>>,
+        answerer: Option<Answerer<P>>,
         stats: Arc<ListenerStats>,
     },
     Unlisten,
@@ -229,12 +232,14 @@ impl<P: Protocol> HubHandle<P> {
         &self,
         config: Arc<proto::ServerConfig>,
         accepted: mpsc::Sender<Connection<P>>,
+        answerer: Option<Answerer<P>>,
         stats: Arc<ListenerStats>,
         stopped: Box<dyn Fn() + Send + Sync>,
     ) -> HubListenerGuard {
         let _ = self.ctl.send(Ctl::Listen {
             config,
             accepted,
+            answerer,
             stats,
         });
         let ctl = self.ctl.clone();
@@ -314,6 +319,8 @@ impl Io {
 
 struct ListenState<P: Protocol> {
     accepted: mpsc::Sender<Connection<P>>,
+    /// Answers the requests of the links accepted from now on.
+    answerer: Option<Answerer<P>>,
     stats: Arc<ListenerStats>,
 }
 
@@ -611,10 +618,15 @@ impl<P: Protocol> Hub<P> {
             Ctl::Listen {
                 config,
                 accepted,
+                answerer,
                 stats,
             } => {
                 self.endpoint.set_server_config(Some(config));
-                self.ctx.listen = Some(ListenState { accepted, stats });
+                self.ctx.listen = Some(ListenState {
+                    accepted,
+                    answerer,
+                    stats,
+                });
             }
             Ctl::Unlisten => {
                 self.endpoint.set_server_config(None);
