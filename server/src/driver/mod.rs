@@ -718,13 +718,35 @@ impl Driver {
             }
             ApiCall::Status(with) => {
                 let mut v = json::status_json(&self.core.status());
-                if with.client_contact {
-                    v["clientContact"] =
-                        Value::Array(self.core.contacts().map(json::contact_json).collect());
-                }
                 if with.client_count {
                     v["clientCount"] = json::client_count_json(&self.core.client_count());
                 }
+                // The contact table has a row per client: copied under the
+                // lock, rendered off it (everything that waits for the lock,
+                // the hub answering heartbeats among them, would wait for
+                // the JSON), on a blocking-pool thread, not the storage thread.
+                let contacts = with.client_contact.then(|| {
+                    self.core
+                        .contacts()
+                        .cloned()
+                        .collect::<Vec<ClientContact>>()
+                });
+                let rt = tokio::runtime::Handle::try_current().ok();
+                let finish = move |mut v: Value| {
+                    let Some(contacts) = contacts else {
+                        let _ = reply.send(Ok(v));
+                        return;
+                    };
+                    let render = move || {
+                        v["clientContact"] =
+                            Value::Array(contacts.iter().map(json::contact_json).collect());
+                        let _ = reply.send(Ok(v));
+                    };
+                    match rt {
+                        Some(rt) => drop(rt.spawn_blocking(render)),
+                        None => render(),
+                    }
+                };
                 if with.state_history || with.storage_info {
                     let _ = self
                         .jobs
@@ -745,10 +767,10 @@ impl Driver {
                                     Err(e) => json!({ "error": e.to_string() }),
                                 };
                             }
-                            let _ = reply.send(Ok(v));
+                            finish(v);
                         })));
                 } else {
-                    let _ = reply.send(Ok(v));
+                    finish(v);
                 }
             }
             ApiCall::DivergenceArchive { offset, limit } => {
@@ -1025,6 +1047,49 @@ mod tests {
             Ok(Role::Standalone)
         );
         assert!(handle.api(put("after")).await.is_ok());
+    }
+
+    /// The contact table is rendered after the lock is let go; the parts
+    /// read from storage first. Every part asked for is in the answer.
+    #[tokio::test]
+    async fn a_status_with_every_part_answers_them_all_with_the_contact_table_rendered_off_the_lock(
+    ) {
+        let (handle, _timers) = driver(Box::new(PanickingPeer));
+        let view = |address: &str| ViewEntry {
+            address: address.into(),
+            role: Some(Role::Standalone),
+            epoch: 1,
+            pair_id: None,
+            last_response_ms: Some(5),
+        };
+        let contact = ClientContact {
+            client_id: "edge-7".into(),
+            client_type: ClientType::Edge,
+            view: [view("127.0.0.1:2"), view("127.0.0.1:4")],
+            following: Some("127.0.0.1:2".into()),
+            config_epoch: 1,
+            config_version: 3,
+            cached_samples: 0,
+            dropped_samples: 0,
+            modified_ms: 9,
+            forged_epoch_claims: 0,
+        };
+        handle.with_driver(|d| d.core.restore_contacts([contact]));
+        let all = json!({"with": ["clientContact", "clientCount", "stateHistory", "storageInfo"]});
+        let call = rpc::parse_call("disasterRecovery/getReplicationStatus", &all).unwrap();
+        let v = handle.api(call.clone()).await.unwrap();
+        assert_eq!(v["clientContact"][0]["id"], "edge-7", "{v}");
+        assert_eq!(v["clientContact"][0]["activeAddress"], "127.0.0.1:2", "{v}");
+        assert_eq!(v["clientContact"].as_array().map(Vec::len), Some(1), "{v}");
+        assert_eq!(v["clientCount"]["edgeCount"], 1, "{v}");
+        assert!(v["stateHistory"].is_array(), "{v}");
+        assert!(v["storageInfo"].is_object(), "{v}");
+        // Without the storage parts the contacts come the same way.
+        let some = json!({"with": ["clientContact"]});
+        let call = rpc::parse_call("disasterRecovery/getReplicationStatus", &some).unwrap();
+        let v2 = handle.api(call).await.unwrap();
+        assert_eq!(v2["clientContact"], v["clientContact"]);
+        assert!(v2.get("stateHistory").is_none(), "{v2}");
     }
 
     #[tokio::test]
