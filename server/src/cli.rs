@@ -254,17 +254,30 @@ pub fn main() -> i32 {
         eprintln!("error: {e:#}");
         return 2;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A server's configuration is read before its runtime starts: it says
+    // how many threads the runtime has (`runtime.worker_threads`).
+    let serve = match &cli.command {
+        Cmd::Serve { config } => match crate::serve::config::FileConfig::load(config) {
+            Ok(cfg) => Some(cfg),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return 1;
+            }
+        },
+        _ => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(cfg) = &serve {
+        builder.worker_threads(cfg.runtime.worker_threads);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return 1;
         }
     };
-    let r = rt.block_on(run(cli));
+    let r = rt.block_on(run(cli, serve));
     match r {
         Ok(code) => code,
         Err(e) => {
@@ -274,7 +287,8 @@ pub fn main() -> i32 {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<i32> {
+/// Runs `cli`; `serve` is the configuration of `vcodr serve`, read already.
+async fn run(cli: Cli, serve: Option<crate::serve::config::FileConfig>) -> anyhow::Result<i32> {
     match cli.command {
         Cmd::Demo {
             edges,
@@ -340,7 +354,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Serve { config } => {
-            let cfg = crate::serve::config::FileConfig::load(&config)?;
+            let cfg = match serve {
+                Some(cfg) => cfg,
+                None => crate::serve::config::FileConfig::load(&config)?,
+            };
             match crate::serve::run(cfg).await {
                 Ok(()) => Ok(0),
                 Err(e) if e.is::<crate::serve::StorageFailed>() => {

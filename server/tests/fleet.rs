@@ -23,11 +23,14 @@ async fn until(timeout: Duration, what: &str, f: impl Fn() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_edges_follow_a_planned_switchover_without_losing_a_sample() {
     let dir = temp_dir("vcodr-fleet").unwrap();
+    // More runtime threads than the default one: the hub answering
+    // heartbeats, the admin API and the peer links then take the core's lock
+    // from different threads.
     let mut cl = ProcCluster::create(
         Path::new(env!("CARGO_BIN_EXE_vcodr")),
         &dir,
         &["a", "b"],
-        FAST_TIMERS,
+        &format!("{FAST_TIMERS}\n[runtime]\nworker_threads = 4\n"),
     )
     .unwrap();
     cl.start(0).unwrap();

@@ -184,6 +184,27 @@ impl Default for LimitsSection {
     }
 }
 
+/// `[runtime]`: the threads of the server's async runtime.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// Threads that run the QUIC endpoints, the admin API and the core; the
+    /// storage thread and the blocking pool (probes that wait, status
+    /// rendering) are beside them. One by default: a heartbeat or a write
+    /// then never wakes a second runtime thread, which on the measured
+    /// 2-core machine cost more than it gave (README, "Figures": server CPU
+    /// per heartbeat −18 %, one-writer writes +20–35 %, 16 writers within
+    /// noise). More help a server whose admin API takes many TLS handshakes
+    /// at once on a machine with cores to spare.
+    pub worker_threads: usize,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        RuntimeSection { worker_threads: 1 }
+    }
+}
+
 /// Upper bounds of the server's own keys (the core's are in
 /// `vcodr_core::config::bounds`).
 pub mod bounds {
@@ -199,6 +220,8 @@ pub mod bounds {
     pub const WRITE_TIMEOUT_MS_MAX: u64 = 10_800_000;
     /// `edges.contact_save_interval_ms`: one hour.
     pub const CONTACT_SAVE_INTERVAL_MS_MAX: u64 = 3_600_000;
+    /// `runtime.worker_threads`.
+    pub const WORKER_THREADS_MAX: u64 = 64;
 }
 
 /// Margin of [`default_write_timeout_ms`] beyond the worst wait for the grace.
@@ -275,6 +298,8 @@ struct RawConfig {
     monitoring: MonitoringSection,
     #[serde(default)]
     limits: LimitsSection,
+    #[serde(default)]
+    runtime: RuntimeSection,
 }
 
 fn default_admin() -> String {
@@ -302,6 +327,7 @@ pub struct FileConfig {
     pub replication: ReplicationSection,
     pub edges: EdgesSection,
     pub limits: LimitsSection,
+    pub runtime: RuntimeSection,
     /// `limits.write_timeout_ms`, or its default.
     pub write_timeout_ms: u64,
     /// The core's settings derived from the sections above.
@@ -496,6 +522,13 @@ impl FileConfig {
                 ),
             ));
         }
+        range(
+            "runtime.worker_threads",
+            raw.runtime.worker_threads as u64,
+            1,
+            bounds::WORKER_THREADS_MAX,
+            "",
+        )?;
         let write_timeout_ms = l
             .write_timeout_ms
             .unwrap_or_else(|| default_write_timeout_ms(&core));
@@ -575,6 +608,7 @@ impl FileConfig {
             replication: raw.replication,
             edges: raw.edges,
             limits: raw.limits,
+            runtime: raw.runtime,
             write_timeout_ms,
             core,
         })

@@ -28,6 +28,7 @@ fn minimal_file_gets_every_default() {
     assert_eq!(c.core.standby_grace_ms, 60_000);
     assert_eq!(c.advertise_peer, "127.0.0.1:7443");
     assert_eq!(c.edges.driver(), QuicDriver::Hub);
+    assert_eq!(c.runtime.worker_threads, 1);
     let quinn = format!("{MINIMAL}[edges]\nquic_driver = \"quinn\"\n");
     let c = FileConfig::parse(&path, &quinn).expect("valid");
     assert_eq!(c.edges.driver(), QuicDriver::Quinn);
@@ -260,6 +261,18 @@ fn every_key_has_both_bounds_and_the_error_names_key_value_and_range() {
             "write_timeout_ms = 9223372036854775807",
             "limits.write_timeout_ms",
             "9223372036854775807 ms is outside the allowed range 1000..=10800000 ms",
+        ),
+        (
+            "runtime",
+            "worker_threads = 0",
+            "runtime.worker_threads",
+            "0 is outside the allowed range 1..=64",
+        ),
+        (
+            "runtime",
+            "worker_threads = 65",
+            "runtime.worker_threads",
+            "65 is outside the allowed range 1..=64",
         ),
     ];
     for (section, kv, key, says) in cases {
