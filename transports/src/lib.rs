@@ -42,8 +42,10 @@
 //!   response (heartbeat → reply, config pull, monitoring batch → ack);
 //!   [`Connection::send`] appends to the ordered one-way stream (the
 //!   replication log); [`Connection::recv`] yields [`Incoming`] requests
-//!   (with a [`Responder`]) and messages; [`Connection::closed`] is the
-//!   **link-down** event with its [`CloseReason`].
+//!   (with a [`Responder`]) and messages, except that the requests of a
+//!   listener with an [`Answerer`] ([`Transport::listen_with`]) go to it
+//!   instead; [`Connection::closed`] is the **link-down** event with its
+//!   [`CloseReason`].
 //! - Protocol versions: each side's [`Settings::hello`] is exchanged when a
 //!   link opens and [`vcodr_core::codec::negotiate`]d; the agreed version is
 //!   in [`LinkInfo::version`]; peers without a common version are refused
@@ -54,7 +56,11 @@
 //! - Every queue is bounded by a [`Settings`] field: `send` waits while
 //!   `max_pending_sends` messages are queued, the transport stops reading
 //!   while `max_pending_incoming` are unread (so the peer slows down), and
-//!   `request` waits while `max_concurrent_requests` are in flight. A
+//!   `request` waits while `max_concurrent_requests` are in flight. With an
+//!   answerer nothing waits unread: a link's stream requests are bounded by
+//!   `max_concurrent_requests`, and on the hub its datagram requests by
+//!   `ANSWERS_PER_LINK_PER_TURN` per turn of the hub, beyond which
+//!   they are dropped as lost packets. A
 //!   driver that must not wait wraps calls in its own timeout; `send`,
 //!   `recv` and `accept` are cancel-safe.
 //! - Ordered messages arrive in order, without loss or duplicates, while a

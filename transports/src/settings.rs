@@ -32,7 +32,8 @@ pub struct Settings {
     pub max_pending_sends: usize,
     /// Received messages and requests queued for the application on one
     /// connection; while full, the transport stops reading and flow control
-    /// slows the sender down.
+    /// slows the sender down (a datagram request is dropped instead).
+    /// Requests that a listener's answerer takes are never queued.
     pub max_pending_incoming: usize,
     /// Authenticated connections waiting in a listener for `accept`.
     pub max_pending_accepts: usize,

@@ -397,8 +397,11 @@ impl Handle {
 
     /// The edge listener's [`Answerer`]: each request goes through the core
     /// on the transport's task that decoded it (the hub's own, on the hub
-    /// driver), which needs no other task to wake. The lock it takes is
-    /// never held across I/O.
+    /// driver), which needs no other task to wake. It waits for the lock
+    /// while another input holds it: the core's step and its outputs, log
+    /// lines included (written to stderr under the lock), never the disk or
+    /// the network. While the driver is stopped its requests are refused
+    /// unanswered (the server is on its way out then).
     pub fn edge_answerer(&self) -> Answerer<EdgeLink> {
         let handle = self.clone();
         Arc::new(move |msg, responder| handle.edge_request(msg, responder))

@@ -194,8 +194,11 @@ pub struct RuntimeSection {
     /// then never wakes a second runtime thread, which on the measured
     /// 2-core machine cost more than it gave (README, "Figures": server CPU
     /// per heartbeat −18 %, one-writer writes +20–35 %, 16 writers within
-    /// noise). More help a server whose admin API takes many TLS handshakes
-    /// at once on a machine with cores to spare.
+    /// noise). Everything on the runtime shares it, the admin API's TLS
+    /// handshakes (from anyone who can reach `admin_listen`, within
+    /// `limits.max_admin_connections`) with the hub's heartbeats: more threads
+    /// help a server that takes many handshakes at once on a machine with
+    /// cores to spare.
     pub worker_threads: usize,
 }
 

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use vcodr_core::{Keys, Server, ServerInfo};
 use vcodr_transport::certs::{CertKeys, TlsIdentity};
 use vcodr_transport::quic::QuicTransport;
-use vcodr_transport::{Incoming, Settings, Transport};
+use vcodr_transport::{Settings, Transport};
 
 /// Addresses a running server actually bound (port 0 resolved).
 #[derive(Clone, Debug)]
@@ -290,12 +290,11 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
     // transport's task that received it.
     let mut edge_l = edge_t.listen_with(Some(handle.edge_answerer()))?;
     let edge_refused = edge_l.counts_handle();
-    let h = handle.clone();
+    let edge_metrics = metrics.clone();
     let edge_links = Arc::new(EdgeLinks::default());
     tasks.push(tokio::spawn(async move {
         let _keep = edge_t;
         while let Some(mut conn) = edge_l.accept().await {
-            let h = h.clone();
             let client = conn.peer().as_str().to_string();
             // The transport admits only edge and gateway certificates here.
             if conn.peer().role().client_type().is_none() {
@@ -304,21 +303,14 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
             }
             let (link_id, replaced) = edge_links.opened(&client, conn.sender());
             if replaced {
-                h.metrics.edge_links_replaced.fetch_add(1, Relaxed);
+                edge_metrics.edge_links_replaced.fetch_add(1, Relaxed);
             }
             let links = edge_links.clone();
-            // Requests go to the answerer; this task only sees the link
-            // close, and then forgets it.
+            // Requests go to the answerer and the edge link carries no
+            // messages: this task only sees the link close, then forgets it.
             tokio::spawn(async move {
                 let _forget = ForgetOnDrop(&links, &client, link_id);
-                while let Ok(incoming) = conn.recv().await {
-                    match incoming {
-                        Incoming::Request { request, responder } => {
-                            h.edge_request(request, responder)
-                        }
-                        Incoming::Message(()) => {}
-                    }
-                }
+                while conn.recv().await.is_ok() {}
             });
         }
     }));

@@ -157,9 +157,12 @@ impl<P: Protocol> fmt::Debug for Incoming<P> {
 /// Answers the requests of every link a listener accepts, on the task that
 /// decoded them ([`Transport::listen_with`](crate::Transport::listen_with)):
 /// no hand-off to another task, so on the hub driver a heartbeat is
-/// received, answered and sent in one turn of the hub. It must not wait:
-/// it runs on the transport's own task, and every link of the listener
-/// waits while it runs. The responder may be kept and answered later.
+/// received, answered and sent in one turn of the hub. It must not wait for
+/// I/O or another task, and should be short: it runs on the transport's
+/// own task, and on the hub every link waits while it runs. The responder
+/// may be kept and answered later. Requests reach it in the order each
+/// stream or datagram completes; as on any QUIC link, they are not ordered
+/// with the link's messages.
 pub type Answerer<P> = Arc<dyn Fn(<P as Protocol>::Request, Responder<P>) + Send + Sync>;
 
 /// Where a link's backend puts what it receives for the application: a
@@ -229,6 +232,11 @@ impl<P: Protocol> IncomingTx<P> {
                 .await
                 .map_err(|_| LinkClosedTx),
         }
+    }
+
+    /// Whether requests go to an answerer.
+    pub(crate) fn has_answerer(&self) -> bool {
+        self.answerer.is_some()
     }
 
     /// Queues an item that waited (parked) for room; never answers it.

@@ -238,6 +238,9 @@ pub(super) struct LinkCtl<P: Protocol> {
     /// Streams with data left unread while parked.
     pub(super) unread: Vec<StreamId>,
     pub(super) waiter: bool,
+    /// The hub turn of `answered` and the datagram requests answered in it
+    /// ([`ANSWERS_PER_LINK_PER_TURN`](super::ANSWERS_PER_LINK_PER_TURN)).
+    pub(super) answered: (u64, u32),
     /// A bad frame on the peer's ordered stream: the connection must close.
     pub(super) violation: Option<String>,
     /// Our ordered stream failed: `send` says so (shared with [`HubLink`]).
@@ -342,8 +345,22 @@ impl<P: Protocol> LinkCtl<P> {
     }
 
     /// A datagram request is worthless late: dropped, not parked, when the
-    /// application is behind (the requester counts a lost heartbeat).
-    pub(super) fn deliver_or_drop(&mut self, item: Incoming<P>) -> bool {
+    /// application's queue is full, or, with an answerer, once this link had
+    /// [`ANSWERS_PER_LINK_PER_TURN`](super::ANSWERS_PER_LINK_PER_TURN)
+    /// answered in hub turn `turn` (the requester counts a lost heartbeat).
+    pub(super) fn deliver_or_drop(&mut self, item: Incoming<P>, turn: u64) -> bool {
+        if self.incoming.as_ref().is_some_and(IncomingTx::has_answerer) {
+            if self.answered.0 != turn {
+                self.answered = (turn, 0);
+            }
+            if self.answered.1 >= super::ANSWERS_PER_LINK_PER_TURN {
+                if let Incoming::Request { responder, .. } = item {
+                    responder.disarm();
+                }
+                return false;
+            }
+            self.answered.1 += 1;
+        }
         let refused = match (&self.incoming, self.parked.is_empty()) {
             (Some(tx), true) => match tx.try_send(item) {
                 Ok(()) => return true,
@@ -497,7 +514,7 @@ pub(super) fn on_event<P: Protocol>(
         Event::DatagramReceived => {
             if matches!(conn.phase, Phase::Up(_)) {
                 while let Some(d) = conn.proto.datagrams().recv() {
-                    on_app_datagram(conn, &d);
+                    on_app_datagram(conn, &d, ctx.turn);
                 }
             }
         }
@@ -703,5 +720,111 @@ impl<P: Protocol> Hub<P> {
             let _ = conn.proto.recv_stream(s).stop(code::FRAME_REJECTED);
             let _ = conn.proto.send_stream(s).reset(code::FRAME_REJECTED);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::{incoming_channel, Answerer, IncomingRx};
+    use std::sync::atomic::AtomicU32;
+    use vcodr_core::CertRole;
+
+    struct Echo;
+
+    impl Protocol for Echo {
+        const NAME: &'static str = "vcodr-test-echo";
+        const ACCEPTS: &'static [CertRole] = &CertRole::ALL;
+        type Request = u64;
+        type Response = u64;
+        type Message = u64;
+    }
+
+    fn hub_link(answerer: Option<Answerer<Echo>>) -> (LinkCtl<Echo>, IncomingRx<Echo>) {
+        let (tx, _cmds) = mpsc::unbounded_channel();
+        let (incoming, rx) = incoming_channel(4, answerer);
+        let info = LinkInfo {
+            peer: PeerId::new(CertRole::Edge, "edge-1", vec![1]),
+            addr: "127.0.0.1:9".parse().unwrap(),
+            version: 1,
+            protocol: Echo::NAME,
+        };
+        let link = LinkCtl {
+            key: ConnKey {
+                handle: ConnectionHandle(0),
+                generation: 0,
+            },
+            tx,
+            info: Arc::new(info),
+            max_frame_bytes: 1 << 16,
+            incoming: Some(incoming),
+            closed: watch::channel(None).0,
+            streams: HashMap::new(),
+            datagrams: HashMap::new(),
+            opening: VecDeque::new(),
+            ordered_out: None,
+            ordered_queue: VecDeque::new(),
+            parked: VecDeque::new(),
+            unread: Vec::new(),
+            waiter: false,
+            violation: None,
+            ordered_failed: Arc::new(AtomicBool::new(false)),
+            answered: (0, 0),
+        };
+        (link, rx)
+    }
+
+    fn request(link: &LinkCtl<Echo>, id: u64) -> Incoming<Echo> {
+        Incoming::Request {
+            request: id,
+            responder: link.responder(ReplyTo::Datagram(id)),
+        }
+    }
+
+    /// One link cannot fill a turn of the hub with answers: beyond the
+    /// budget its datagram requests are dropped, and the next turn takes
+    /// them again. Without an answerer the queue's bound applies as before.
+    #[test]
+    fn a_link_gets_at_most_its_answers_per_turn_then_its_datagram_requests_are_dropped() {
+        let answered = Arc::new(AtomicU32::new(0));
+        let count = answered.clone();
+        let answerer: Answerer<Echo> = Arc::new(move |_, responder| {
+            count.fetch_add(1, Ordering::Relaxed);
+            drop(responder);
+        });
+        let (mut link, _rx) = hub_link(Some(answerer));
+        let budget = super::super::ANSWERS_PER_LINK_PER_TURN;
+        let taken: Vec<bool> = (0..u64::from(budget) + 10)
+            .map(|i| {
+                let r = request(&link, i);
+                link.deliver_or_drop(r, 7)
+            })
+            .collect();
+        assert_eq!(taken.iter().filter(|t| **t).count() as u32, budget);
+        assert!(
+            taken[..budget as usize].iter().all(|t| *t),
+            "the first ones pass"
+        );
+        assert_eq!(answered.load(Ordering::Relaxed), budget);
+        let r = request(&link, 1000);
+        assert!(link.deliver_or_drop(r, 8), "a new turn, a new budget");
+        assert_eq!(answered.load(Ordering::Relaxed), budget + 1);
+
+        let (mut queued, mut rx) = hub_link(None);
+        let taken: Vec<bool> = (0..6)
+            .map(|i| {
+                let r = request(&queued, i);
+                queued.deliver_or_drop(r, 7)
+            })
+            .collect();
+        assert_eq!(
+            taken,
+            [true, true, true, true, false, false],
+            "the queue holds 4"
+        );
+        assert!(matches!(
+            rx.try_recv().map(|b| *b),
+            Ok(Incoming::Request { request: 0, .. })
+        ));
     }
 }

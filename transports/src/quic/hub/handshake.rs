@@ -39,7 +39,7 @@ pub(super) fn link_up<P: Protocol>(ctx: &mut Ctx<P>, conn: &mut Conn<P>, now: In
         let Some(d) = conn.proto.datagrams().recv() else {
             break;
         };
-        on_app_datagram(conn, &d);
+        on_app_datagram(conn, &d, ctx.turn);
     }
 }
 
@@ -340,6 +340,7 @@ pub(super) fn make_link<P: Protocol>(
         parked: VecDeque::new(),
         unread: Vec::new(),
         waiter: false,
+        answered: (0, 0),
         violation: None,
         ordered_failed,
     }));

@@ -188,6 +188,7 @@ impl<P: Protocol> HubHandle<P> {
                 links: link_tx.downgrade(),
                 listen: None,
                 next_generation: 0,
+                turn: 0,
                 idle_waiters: Vec::new(),
                 handshaking: 0,
                 shut_down: false,
@@ -330,6 +331,8 @@ struct Ctx<P: Protocol> {
     links: mpsc::WeakUnboundedSender<LinkCmd>,
     listen: Option<ListenState<P>>,
     next_generation: u64,
+    /// Turns of the hub's loop so far (for [`ANSWERS_PER_LINK_PER_TURN`]).
+    turn: u64,
     idle_waiters: Vec<oneshot::Sender<()>>,
     /// Accepted connections not yet through TLS and the hello.
     handshaking: usize,
@@ -356,6 +359,15 @@ const RECV_BATCHES_PER_TURN: usize = 32;
 
 /// Commands taken per wake-up.
 const COMMANDS_PER_TURN: usize = 1024;
+
+/// Datagram requests of one link handed to the listener's answerer per turn
+/// of the hub; beyond it they are dropped (to the requester, lost packets).
+/// The answerer runs on the hub's task, so without it one certificate
+/// could fill a turn with requests (a 64 KiB datagram buffer holds ~2,600
+/// heartbeat-sized ones) and make every other link wait. An honest edge
+/// sends one heartbeat per interval; stream requests need no such bound,
+/// since the link's stream limit (`max_concurrent_requests`) holds them.
+pub(crate) const ANSWERS_PER_LINK_PER_TURN: u32 = 64;
 
 /// Most datagrams in one GSO send (quinn's own bound).
 const MAX_TRANSMIT_SEGMENTS: usize = 10;
@@ -409,20 +421,17 @@ impl<P: Protocol> Hub<P> {
                 // A connection still busy from the last turn.
                 _ = std::future::ready(()), if !self.dirty.is_empty() => {}
             }
+            self.ctx.turn += 1;
             // Without a syscall unless the socket was seen readable.
             self.receive();
-            for _ in 0..COMMANDS_PER_TURN {
-                match self.link_rx.try_recv() {
-                    Ok(cmd) => self.on_link_cmd(cmd),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        links_open = false;
-                        break;
-                    }
-                }
-            }
+            self.take_link_cmds(&mut links_open);
             self.fire_timers();
             self.flush();
+            // What answerers queued while this turn's packets were handled
+            // (their responses) goes out now, not after the next receive.
+            if self.take_link_cmds(&mut links_open) {
+                self.flush();
+            }
             if !links_open && !ctl_open {
                 // Nobody can ask anything any more: close what is left and
                 // stay only until the closes are out.
@@ -651,6 +660,26 @@ impl<P: Protocol> Hub<P> {
             shut(&mut self.ctx, conn, error_code, reason);
             self.mark(h);
         }
+    }
+
+    /// Carries out up to [`COMMANDS_PER_TURN`] queued link commands without
+    /// waiting; whether there were any.
+    fn take_link_cmds(&mut self, links_open: &mut bool) -> bool {
+        let mut took = false;
+        for _ in 0..COMMANDS_PER_TURN {
+            match self.link_rx.try_recv() {
+                Ok(cmd) => {
+                    took = true;
+                    self.on_link_cmd(cmd);
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    *links_open = false;
+                    break;
+                }
+            }
+        }
+        took
     }
 
     fn fire_timers(&mut self) {

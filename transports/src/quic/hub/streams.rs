@@ -514,15 +514,15 @@ pub(super) fn read_stream<P: Protocol>(
 
 /// A datagram of a live link: a request for the application, or the
 /// answer to one of ours. A malformed one is dropped; the link stays up.
-pub(super) fn on_app_datagram<P: Protocol>(conn: &mut Conn<P>, d: &[u8]) {
+pub(super) fn on_app_datagram<P: Protocol>(conn: &mut Conn<P>, d: &[u8], turn: u64) {
     let Phase::Up(link) = &mut conn.phase else {
         return;
     };
     match dgram::read::<P::Request>(d, &link.info, link.max_frame_bytes) {
         Some(dgram::Datagram::Request { id, request }) => {
             let responder = link.responder(ReplyTo::Datagram(id));
-            if !link.deliver_or_drop(Incoming::Request { request, responder }) {
-                debug!(link = %link.info, "application behind: dropped a datagram request");
+            if !link.deliver_or_drop(Incoming::Request { request, responder }, turn) {
+                debug!(link = %link.info, "application behind, or the link's answers for this turn spent: dropped a datagram request");
             }
         }
         Some(dgram::Datagram::BadRequest { id }) => {
