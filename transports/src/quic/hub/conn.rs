@@ -288,6 +288,37 @@ pub(super) fn deliver_parked<P: Protocol>(link: &mut LinkCtl<P>) {
 }
 
 impl<P: Protocol> LinkCtl<P> {
+    /// A live link's state, nothing in flight yet.
+    pub(super) fn new(
+        key: ConnKey,
+        tx: mpsc::UnboundedSender<LinkCmd>,
+        info: Arc<LinkInfo>,
+        max_frame_bytes: usize,
+        incoming: IncomingTx<P>,
+        closed: watch::Sender<Option<CloseReason>>,
+        ordered_failed: Arc<AtomicBool>,
+    ) -> Self {
+        LinkCtl {
+            key,
+            tx,
+            info,
+            max_frame_bytes,
+            incoming: Some(incoming),
+            closed,
+            streams: HashMap::new(),
+            datagrams: HashMap::new(),
+            opening: VecDeque::new(),
+            ordered_out: None,
+            ordered_queue: VecDeque::new(),
+            parked: VecDeque::new(),
+            unread: Vec::new(),
+            waiter: false,
+            answered: (0, 0),
+            violation: None,
+            ordered_failed,
+        }
+    }
+
     pub(super) fn responder(&self, to: ReplyTo) -> Responder<P> {
         Responder::new(
             self.info.clone(),
@@ -749,28 +780,13 @@ mod tests {
             version: 1,
             protocol: Echo::NAME,
         };
-        let link = LinkCtl {
-            key: ConnKey {
-                handle: ConnectionHandle(0),
-                generation: 0,
-            },
-            tx,
-            info: Arc::new(info),
-            max_frame_bytes: 1 << 16,
-            incoming: Some(incoming),
-            closed: watch::channel(None).0,
-            streams: HashMap::new(),
-            datagrams: HashMap::new(),
-            opening: VecDeque::new(),
-            ordered_out: None,
-            ordered_queue: VecDeque::new(),
-            parked: VecDeque::new(),
-            unread: Vec::new(),
-            waiter: false,
-            violation: None,
-            ordered_failed: Arc::new(AtomicBool::new(false)),
-            answered: (0, 0),
+        let key = ConnKey {
+            handle: ConnectionHandle(0),
+            generation: 0,
         };
+        let closed = watch::channel(None).0;
+        let failed = Arc::new(AtomicBool::new(false));
+        let link = LinkCtl::new(key, tx, Arc::new(info), 1 << 16, incoming, closed, failed);
         (link, rx)
     }
 

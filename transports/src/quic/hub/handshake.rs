@@ -4,7 +4,6 @@
 //! ([`make_link`], [`link_up`]). Refusals are counted as the quinn driver
 //! counts them, through the same [`hello::Failure`].
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -325,24 +324,14 @@ pub(super) fn make_link<P: Protocol>(
         Backend::Hub(link),
         incoming_rx,
     );
-    conn.phase = Phase::Up(Box::new(LinkCtl {
+    conn.phase = Phase::Up(Box::new(LinkCtl::new(
         key,
         tx,
-        info: connection.info_arc(),
-        max_frame_bytes: settings.max_frame_bytes,
-        incoming: Some(incoming_tx),
-        closed: closed_tx,
-        streams: HashMap::new(),
-        datagrams: HashMap::new(),
-        opening: VecDeque::new(),
-        ordered_out: None,
-        ordered_queue: VecDeque::new(),
-        parked: VecDeque::new(),
-        unread: Vec::new(),
-        waiter: false,
-        answered: (0, 0),
-        violation: None,
+        connection.info_arc(),
+        settings.max_frame_bytes,
+        incoming_tx,
+        closed_tx,
         ordered_failed,
-    }));
+    )));
     Some(connection)
 }
