@@ -6,8 +6,8 @@
 //! The core sits behind one mutex, and whoever has an input runs it: the
 //! admin connection's task, the transport's task that decoded an edge
 //! request ([`Handle::edge_answerer`]; on the hub driver the hub itself), a
-//! peer link's task, the storage thread after a commit, the timer task. Each takes the lock, feeds the core, carries
-//! out what it output and lets go. No input waits in a queue for another
+//! peer link's task, the storage thread after a commit, the timer task. Each
+//! takes the lock, feeds the core, carries out what it output and lets go. No input waits in a queue for another
 //! thread to pick it up: on this 2-core machine every such hand-off was a
 //! wake-up across threads, the largest cost of a write after the disk
 //! (issue 13). The lock is held for the core's step and its outputs only:
@@ -135,6 +135,10 @@ struct Shared {
     timers_changed: Arc<Notify>,
     /// Permits of the probes waiting for a held lock ([`PROBE_POLLERS`]).
     probe_pollers: Arc<tokio::sync::Semaphore>,
+    write_timeout: Duration,
+    /// Set once, by the driver, when a storage commit failed: the server is
+    /// fail-stop from then on (not ready, in-flight calls answered, exit).
+    storage_failed: Arc<watch::Sender<Option<String>>>,
 }
 
 thread_local! {
@@ -174,8 +178,6 @@ impl Drop for InDriver {
 pub struct WeakHandle {
     shared: std::sync::Weak<Shared>,
     metrics: Arc<Metrics>,
-    write_timeout: Duration,
-    storage_failed: Arc<watch::Sender<Option<String>>>,
 }
 
 impl std::fmt::Debug for WeakHandle {
@@ -190,8 +192,6 @@ impl WeakHandle {
         Some(Handle {
             shared: self.shared.upgrade()?,
             metrics: self.metrics.clone(),
-            write_timeout: self.write_timeout,
-            storage_failed: self.storage_failed.clone(),
         })
     }
 }
@@ -201,16 +201,12 @@ impl WeakHandle {
 pub struct Handle {
     shared: Arc<Shared>,
     pub metrics: Arc<Metrics>,
-    write_timeout: Duration,
-    /// Set once, by the driver, when a storage commit failed: the server is
-    /// fail-stop from then on (not ready, in-flight calls answered, exit).
-    storage_failed: Arc<watch::Sender<Option<String>>>,
 }
 
 impl std::fmt::Debug for Handle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Handle")
-            .field("write_timeout", &self.write_timeout)
+            .field("write_timeout", &self.shared.write_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -221,8 +217,6 @@ impl Handle {
         WeakHandle {
             shared: Arc::downgrade(&self.shared),
             metrics: self.metrics.clone(),
-            write_timeout: self.write_timeout,
-            storage_failed: self.storage_failed.clone(),
         }
     }
 
@@ -292,7 +286,7 @@ impl Handle {
                 .unwrap_or_else(|_| Err(self.not_carried_out()));
         }
         let wait = if is_write {
-            self.write_timeout
+            self.shared.write_timeout
         } else {
             Duration::from_secs(30)
         };
@@ -338,12 +332,12 @@ impl Handle {
 
     /// Why storage failed, once it has (the server is then fail-stop).
     pub fn storage_failure(&self) -> Option<String> {
-        self.storage_failed.borrow().clone()
+        self.shared.storage_failed.borrow().clone()
     }
 
     /// Turns `Some` when storage fails.
     pub fn watch_storage_failure(&self) -> watch::Receiver<Option<String>> {
-        self.storage_failed.subscribe()
+        self.shared.storage_failed.subscribe()
     }
 
     /// Asks the driver for the core's state, within `deadline` (the probes):
@@ -477,12 +471,12 @@ pub fn channel(settings: &DriverSettings, metrics: Arc<Metrics>) -> (Handle, Inb
         driver: Mutex::new(None),
         timers_changed: Arc::new(Notify::new()),
         probe_pollers: Arc::new(tokio::sync::Semaphore::new(PROBE_POLLERS)),
+        write_timeout: settings.write_timeout,
+        storage_failed: Arc::new(watch::channel(None).0),
     });
     let handle = Handle {
         shared: shared.clone(),
         metrics,
-        write_timeout: settings.write_timeout,
-        storage_failed: Arc::new(watch::channel(None).0),
     };
     (handle, Inbox(shared))
 }
@@ -526,7 +520,7 @@ pub fn spawn(
         .expect("spawning the storage thread");
     let save_every = settings.contact_save_interval;
     let d = Driver {
-        storage_failed: handle.storage_failed.clone(),
+        storage_failed: handle.shared.storage_failed.clone(),
         core,
         clock: Clock::new(),
         timers: BTreeMap::new(),

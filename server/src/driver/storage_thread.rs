@@ -126,12 +126,7 @@ fn serve(
                     Err(e) => {
                         // The core waits for this read: a disk that cannot
                         // serve it is a failed disk (fail-stop).
-                        tracing::error!(
-                            target: "vcodr::storage",
-                            error = %e,
-                            "reading monitoring samples for the standby failed: {e}; the server stops (fail-stop)"
-                        );
-                        on_driver(driver, |d| d.on_storage_failed(e.to_string()));
+                        fail(driver, &e, "read of monitoring samples for the standby", 0);
                         return;
                     }
                 },
@@ -154,7 +149,7 @@ fn serve(
 /// transaction then, so a quiet server's state file is up to date).
 const IDLE_AFTER: Duration = Duration::from_millis(100);
 
-/// A commit (or the idle work) failed: nothing after it may be acknowledged,
+/// A commit (or the idle work, or a read the core waits for) failed: nothing after it may be acknowledged,
 /// and what the disk holds is no longer what the core believes (the batch
 /// may be durable or not): fail-stop.
 fn fail(

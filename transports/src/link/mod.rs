@@ -239,15 +239,8 @@ impl<P: Protocol> IncomingTx<P> {
         self.answerer.is_some()
     }
 
-    /// Queues an item that waited (parked) for room; never answers it.
-    pub(crate) fn try_queue(
-        &self,
-        item: Box<Incoming<P>>,
-    ) -> Result<(), mpsc::error::TrySendError<Box<Incoming<P>>>> {
-        self.queue.try_send(item)
-    }
-
-    /// The queue, to wait for room in it.
+    /// The queue itself: to wait for room in it, and for items that waited
+    /// (parked) for room, which are never requests of an answerer.
     pub(crate) fn queue(&self) -> &mpsc::Sender<Box<Incoming<P>>> {
         &self.queue
     }

@@ -273,7 +273,7 @@ pub(super) fn deliver_parked<P: Protocol>(link: &mut LinkCtl<P>) {
         return;
     };
     while let Some(item) = link.parked.pop_front() {
-        match tx.try_queue(item) {
+        match tx.queue().try_send(item) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(item)) => {
                 link.parked.push_front(item);
