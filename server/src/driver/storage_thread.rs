@@ -41,11 +41,19 @@ fn serve(
     // Whether a commit ran since the store last had an idle moment.
     let mut busy = false;
     loop {
+        // Whether this turn's first job found the thread waiting for work.
+        let mut woke = false;
         if pending.is_empty() {
-            let job = if busy {
-                jobs.recv_timeout(IDLE_AFTER)
-            } else {
-                jobs.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            let job = match jobs.try_recv() {
+                Ok(j) => Ok(j),
+                Err(_) if busy => {
+                    woke = true;
+                    jobs.recv_timeout(IDLE_AFTER)
+                }
+                Err(_) => {
+                    woke = true;
+                    jobs.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                }
             };
             match job {
                 Ok(j) => pending.push(j),
@@ -71,6 +79,20 @@ fn serve(
         }
         // Group commit: everything queued while the previous commit ran.
         pending.extend(jobs.try_iter());
+        if woke && lingers(&pending) {
+            // Commit markers alone that woke the thread: ride with the next
+            // job rather than cost a commit (a wake-up, a log write, a redb
+            // apply) of their own. Markers queued while a commit ran go at
+            // once: they keep the group-commit cycle turning.
+            match jobs.recv_timeout(MARKER_LINGER) {
+                Ok(j) => {
+                    pending.push(j);
+                    pending.extend(jobs.try_iter());
+                }
+                // Alone after all, or the driver is gone (the next turn sees it).
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+            }
+        }
         let mut batch = Vec::new();
         let mut rest = Vec::new();
         for j in pending.drain(..) {
@@ -144,6 +166,25 @@ fn serve(
     }
 }
 
+/// Whether the queued jobs are commits of which no op needs an fsync
+/// ([`PersistOp::needs_fsync`]: commit markers, compactions, sample
+/// pruning), and nothing else: if they woke the thread, they wait up to
+/// [`MARKER_LINGER`] for the next job. Their durability comes with the next
+/// synced batch in any case; at one writer every write's commit marker was
+/// otherwise a commit of its own, half of the active's commits.
+fn lingers(pending: &[StorageJob]) -> bool {
+    !pending.is_empty()
+        && pending.iter().all(|j| match j {
+            StorageJob::Commit(_, ops) => !ops.iter().any(PersistOp::needs_fsync),
+            _ => false,
+        })
+}
+
+/// How long commit markers alone wait for the next job ([`lingers`]):
+/// longer than a sync-replicated write takes on loopback, short beside any
+/// timer of the core (what waits for them is told at most this much later).
+const MARKER_LINGER: Duration = Duration::from_millis(1);
+
 /// How long the queue stays empty before the store is told it is idle
 /// ([`Storage::idle`]: [`crate::storage::WalStorage`] commits its open redb
 /// transaction then, so a quiet server's state file is up to date).
@@ -180,4 +221,36 @@ fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         cur = err.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(seq: PersistSeq, ops: Vec<PersistOp>) -> StorageJob {
+        StorageJob::Commit(seq, ops)
+    }
+
+    #[test]
+    fn only_commits_that_need_no_fsync_wait_for_the_next_job() {
+        let marker = || commit(1, vec![PersistOp::Commit(7)]);
+        let tidy = commit(
+            2,
+            vec![
+                PersistOp::Compact { below: 3 },
+                PersistOp::PruneSamples {
+                    client: "e1".into(),
+                    below_seq: 4,
+                },
+            ],
+        );
+        assert!(lingers(&[marker()]));
+        assert!(lingers(&[marker(), tidy]));
+
+        // A write's entry, or anything but a commit, goes at once.
+        let append = commit(3, vec![PersistOp::Commit(7), PersistOp::Append(vec![])]);
+        assert!(!lingers(&[marker(), append]));
+        assert!(!lingers(&[marker(), StorageJob::SaveContacts(vec![])]));
+        assert!(!lingers(&[]));
+    }
 }
