@@ -97,6 +97,9 @@ pub struct VcodrRun {
     pub writes_per_s: f64,
     pub p50: Duration,
     pub p99: Duration,
+    /// The tail beyond p99: storage stalls (a checkpoint, a new log segment) show here.
+    pub p999: Duration,
+    pub max: Duration,
     /// Calls that failed (transport or JSON-RPC error).
     pub errors: u64,
     /// The first failure's message, to say why.
@@ -234,11 +237,13 @@ pub async fn run_vcodr(
         for &writers in writer_counts {
             let run = run_writers(&cluster, writers, duration).await?;
             eprintln!(
-                "vcodr {writers:>3} writers: {:.1} writes/s, p50 {} ms, p99 {} ms, {} errors, \
+                "vcodr {writers:>3} writers: {:.1} writes/s, p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms, {} errors, \
                  CPU µs per write {:.0} active / {:.0} standby / {:.0} load{}",
                 run.writes_per_s,
                 ms(run.p50),
                 ms(run.p99),
+                ms(run.p999),
+                ms(run.max),
                 run.errors,
                 run.cpu_us_per_write[0],
                 run.cpu_us_per_write[1],
@@ -331,6 +336,8 @@ async fn run_writers(
         writes_per_s: all.len() as f64 / took.as_secs_f64(),
         p50: percentile(&all, 0.50),
         p99: percentile(&all, 0.99),
+        p999: percentile(&all, 0.999),
+        max: all.last().copied().unwrap_or_default(),
         errors,
         first_error,
         cpu_us_per_write,
@@ -585,6 +592,8 @@ mod tests {
             writes_per_s: per_s,
             p50: Duration::from_micros(812),
             p99: Duration::from_micros(2_345),
+            p999: Duration::from_micros(3_456),
+            max: Duration::from_micros(4_567),
             errors: 0,
             first_error: None,
             cpu_us_per_write: [175.4, 99.6, 60.0],
