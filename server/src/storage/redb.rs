@@ -114,94 +114,53 @@ pub struct RedbStorage {
 /// nine (opening one costs a lookup in redb's table tree, and closing it an
 /// update of the table's root; with all nine opened per batch, that was
 /// ~4 % of each server's CPU under sync writes).
-struct WriteTables<'t> {
-    txn: &'t WriteTransaction,
-    store: &'t RedbStorage,
-    state: Option<Table<'t, &'static str, &'static [u8]>>,
-    history: Option<Table<'t, u64, &'static [u8]>>,
-    log: Option<Table<'t, u64, &'static [u8]>>,
-    docs: Option<Table<'t, &'static str, &'static [u8]>>,
-    sample_seq: Option<Table<'t, &'static str, u64>>,
-    samples: Option<Table<'t, (&'static str, u64), &'static [u8]>>,
-    sample_count: Option<Table<'t, &'static str, u64>>,
-    sample_copy: Option<Table<'t, (&'static str, u64), u64>>,
-    archive: Option<Table<'t, u64, &'static [u8]>>,
-}
+macro_rules! write_tables {
+    ($($field:ident: $def:ident, $name:ident, $k:ty, $v:ty;)+) => {
+        struct WriteTables<'t> {
+            txn: &'t WriteTransaction,
+            store: &'t RedbStorage,
+            $($field: Option<Table<'t, $k, $v>>,)+
+        }
 
-/// `WriteTables::$field()`: the table, opened (or created) on first use.
-macro_rules! write_table {
-    ($field:ident, $def:ident, $name:ident, $k:ty, $v:ty) => {
-        fn $field(&mut self) -> Result<&mut Table<'t, $k, $v>, StorageError> {
-            if self.$field.is_none() {
-                let t = self
-                    .txn
-                    .open_table($def)
-                    .map_err(self.store.db_err($name, "open"))?;
-                self.$field = Some(t);
+        impl<'t> WriteTables<'t> {
+            fn new(store: &'t RedbStorage, txn: &'t WriteTransaction) -> Self {
+                WriteTables { txn, store, $($field: None,)+ }
             }
-            Ok(self.$field.as_mut().expect("opened above"))
+
+            $(
+                /// The table, opened (or created) on first use.
+                fn $field(&mut self) -> Result<&mut Table<'t, $k, $v>, StorageError> {
+                    if self.$field.is_none() {
+                        let t = self
+                            .txn
+                            .open_table($def)
+                            .map_err(self.store.db_err($name, "open"))?;
+                        self.$field = Some(t);
+                    }
+                    Ok(self.$field.as_mut().expect("opened above"))
+                }
+            )+
+
+            /// Opens every table: creates the ones a new file does not have yet.
+            fn create_all(&mut self) -> Result<(), StorageError> {
+                $(self.$field()?;)+
+                Ok(())
+            }
         }
     };
 }
 
-impl<'t> WriteTables<'t> {
-    fn new(store: &'t RedbStorage, txn: &'t WriteTransaction) -> Self {
-        WriteTables {
-            txn,
-            store,
-            state: None,
-            history: None,
-            log: None,
-            docs: None,
-            sample_seq: None,
-            samples: None,
-            sample_count: None,
-            sample_copy: None,
-            archive: None,
-        }
-    }
-
-    write_table!(state, STATE, STATE_NAME, &'static str, &'static [u8]);
-    write_table!(history, HISTORY, HISTORY_NAME, u64, &'static [u8]);
-    write_table!(log, LOG, LOG_NAME, u64, &'static [u8]);
-    write_table!(docs, DOCS, DOCS_NAME, &'static str, &'static [u8]);
-    write_table!(sample_seq, SAMPLE_SEQ, SAMPLE_SEQ_NAME, &'static str, u64);
-    write_table!(
-        samples,
-        SAMPLES,
-        SAMPLES_NAME,
-        (&'static str, u64),
-        &'static [u8]
-    );
-    write_table!(
-        sample_count,
-        SAMPLE_COUNT,
-        SAMPLE_COUNT_NAME,
-        &'static str,
-        u64
-    );
-    write_table!(
-        sample_copy,
-        SAMPLE_COPY,
-        SAMPLE_COPY_NAME,
-        (&'static str, u64),
-        u64
-    );
-    write_table!(archive, ARCHIVE, ARCHIVE_NAME, u64, &'static [u8]);
-
-    /// Opens every table: creates the ones a new file does not have yet.
-    fn create_all(&mut self) -> Result<(), StorageError> {
-        self.state()?;
-        self.history()?;
-        self.log()?;
-        self.docs()?;
-        self.sample_seq()?;
-        self.samples()?;
-        self.sample_count()?;
-        self.sample_copy()?;
-        self.archive()?;
-        Ok(())
-    }
+// The one list of the tables a commit writes.
+write_tables! {
+    state: STATE, STATE_NAME, &'static str, &'static [u8];
+    history: HISTORY, HISTORY_NAME, u64, &'static [u8];
+    log: LOG, LOG_NAME, u64, &'static [u8];
+    docs: DOCS, DOCS_NAME, &'static str, &'static [u8];
+    sample_seq: SAMPLE_SEQ, SAMPLE_SEQ_NAME, &'static str, u64;
+    samples: SAMPLES, SAMPLES_NAME, (&'static str, u64), &'static [u8];
+    sample_count: SAMPLE_COUNT, SAMPLE_COUNT_NAME, &'static str, u64;
+    sample_copy: SAMPLE_COPY, SAMPLE_COPY_NAME, (&'static str, u64), u64;
+    archive: ARCHIVE, ARCHIVE_NAME, u64, &'static [u8];
 }
 
 impl RedbStorage {
