@@ -266,10 +266,10 @@ pub fn main() -> i32 {
         },
         _ => None,
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(cfg) = &serve {
-        builder.worker_threads(cfg.runtime.worker_threads);
-    }
+    let mut builder = match &serve {
+        Some(cfg) => cfg.runtime.builder(),
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -208,6 +208,28 @@ impl Default for RuntimeSection {
     }
 }
 
+impl RuntimeSection {
+    /// The runtime `vcodr serve` runs on. One thread is a current-thread
+    /// runtime: the thread that starts the server runs every task, and a
+    /// task woken by another runs after the tasks already ready, not at once
+    /// (tokio's multi-thread scheduler runs it next, from its "LIFO slot").
+    /// That order is what lets one peer-link turn carry the writes of every
+    /// admin request that arrived together: in one QUIC packet instead of a
+    /// packet each (README, "Figures": at 16 writers 3.9 writes a packet
+    /// against 1.0, −20 % of the active's and −25 % of the standby's CPU per
+    /// write).
+    pub fn builder(&self) -> tokio::runtime::Builder {
+        match self.worker_threads {
+            1 => tokio::runtime::Builder::new_current_thread(),
+            n => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(n);
+                b
+            }
+        }
+    }
+}
+
 /// Upper bounds of the server's own keys (the core's are in
 /// `vcodr_core::config::bounds`).
 pub mod bounds {

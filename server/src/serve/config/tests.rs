@@ -35,6 +35,26 @@ fn minimal_file_gets_every_default() {
 }
 
 #[test]
+fn one_runtime_thread_is_a_current_thread_runtime() {
+    use tokio::runtime::RuntimeFlavor;
+    let flavor = |threads: usize| {
+        let rt = RuntimeSection {
+            worker_threads: threads,
+        }
+        .builder()
+        .enable_all()
+        .build()
+        .expect("runtime");
+        let flavor = rt.handle().runtime_flavor();
+        let workers = rt.metrics().num_workers();
+        (flavor, workers)
+    };
+    assert_eq!(RuntimeSection::default().worker_threads, 1);
+    assert_eq!(flavor(1), (RuntimeFlavor::CurrentThread, 1));
+    assert_eq!(flavor(3), (RuntimeFlavor::MultiThread, 3));
+}
+
+#[test]
 fn errors_name_the_key() {
     let dir = setup();
     let path = dir.path().join("a.toml");
