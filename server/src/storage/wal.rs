@@ -124,8 +124,7 @@ pub const CHECKPOINT_BYTES: u64 = 4 << 20;
 /// As many as a checkpoint covers: in production the open transaction is
 /// committed only by a checkpoint, a reader or [`Storage::idle`]. Each redb
 /// commit of the open transaction costs CPU (root updates, checksums of the
-/// dirty pages), and every page a `Durability::None` commit leaves dirty is
-/// a copy the next checkpoint writes again. Against one commit per 64
+/// dirty pages) whether it holds one batch or many. Against one commit per 64
 /// batches, three alternating rounds of `write-vs-pg` (16 and 64 writers)
 /// measured 5,422–5,697 against 4,945–5,490 writes/s at 16 writers and the
 /// standby's CPU per write 67–68 against 70–74 µs. What the bound limits
