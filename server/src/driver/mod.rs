@@ -436,7 +436,7 @@ fn try_probe(shared: &Shared) -> Option<Result<crate::api::health::Probe, String
 }
 
 /// What a caught panic said.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

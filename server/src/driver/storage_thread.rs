@@ -115,19 +115,18 @@ fn serve(
                 })
                 .sum();
             let up_to = batch.last().map_or(0, |(s, _)| *s);
+            let requests = batch.len();
             busy = true;
-            match storage.commit(&batch) {
+            match storage.commit_owned(batch) {
                 Ok(()) => {
                     metrics.persist_batches.fetch_add(1, Relaxed);
-                    metrics
-                        .persist_requests
-                        .fetch_add(batch.len() as u64, Relaxed);
+                    metrics.persist_requests.fetch_add(requests as u64, Relaxed);
                     if on_driver(driver, |d| d.on_persisted(up_to, entries, started)).is_none() {
                         return;
                     }
                 }
                 Err(e) => {
-                    fail(driver, &e, "commit", batch.len());
+                    fail(driver, &e, "commit", requests);
                     return;
                 }
             }

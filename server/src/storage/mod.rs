@@ -97,8 +97,9 @@ const _: () = assert!(HISTORY_KEEP_MAX <= READ_ROWS_MAX);
 ///   believes.
 /// - **Readers** see the last committed batch; they are for the admin API and
 ///   clamp `limit` to [`READ_ROWS_MAX`]. An implementation may finish work
-///   it deferred at a commit first ([`WalStorage`] commits its open redb
-///   transaction), so a reader can fail as a commit does.
+///   it deferred at a commit first ([`WalStorage`] waits for its apply
+///   thread to commit every logged batch to redb), so a reader can fail as
+///   a commit does.
 /// - **Idle**: [`Storage::idle`] is an optimisation hook, nothing more: it
 ///   has no effect on what readers see or what a restart finds, whether it
 ///   is called or not. An error from it is a storage failure, as from
@@ -112,9 +113,18 @@ pub trait Storage: Send + 'static {
     /// nothing of the batch is applied.
     fn commit(&mut self, batch: &[(PersistSeq, Vec<PersistOp>)]) -> Result<(), StorageError>;
 
+    /// [`Storage::commit`] of a batch the caller gives up: a store that
+    /// applies it after returning ([`WalStorage`]) keeps it without a copy.
+    fn commit_owned(
+        &mut self,
+        batch: Vec<(PersistSeq, Vec<PersistOp>)>,
+    ) -> Result<(), StorageError> {
+        self.commit(&batch)
+    }
+
     /// The driver has nothing queued: a moment to do work a commit left for
-    /// later, off the path of the next commit ([`WalStorage`] commits its
-    /// open redb transaction, which the next reader would otherwise commit).
+    /// later, off the path of the next commit ([`WalStorage`] has its open
+    /// redb transaction committed, which the next reader would otherwise wait for).
     /// An optimisation hook only (see the contract); by default nothing.
     fn idle(&mut self) -> Result<(), StorageError> {
         Ok(())

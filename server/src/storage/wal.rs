@@ -6,52 +6,45 @@
 //! [`RedbStorage`] lays it out) and `wal/`, segment files of a write-ahead
 //! log of commit batches (format in [`segment`]).
 //!
-//! One redb write transaction, the *open transaction*, stays open across
-//! commits. [`Storage::commit`] of a batch:
-//! 1. applies the batch to the open transaction (begun if there is none),
-//!    over the batches applied to it before (a batch the core must never
-//!    send is refused here, before it is logged);
+//! [`Storage::commit`] of a batch:
+//! 1. checks it against [`shape::LogShape`], the commit index, applied
+//!    index and stored log indexes kept in memory, and refuses a batch the
+//!    core must never send (as [`RedbStorage`] would) before it is logged;
 //! 2. appends one record — its own LSN, the postcard-encoded batch — to the
 //!    active segment with `pwrite` and makes it durable with one `fdatasync`:
-//!    from here the batch survives `kill -9` and power loss, and `commit`
-//!    returns `Ok` — the redb transaction is left open, the batch not yet
-//!    committed to redb, for the next batches to apply to.
+//!    from here the batch survives `kill -9` and power loss;
+//! 3. hands the batch to the apply thread ([`apply`]) and returns `Ok`.
 //!
-//! The open transaction is committed (`Durability::None`, with the LSN of
-//! its last record in redb's `state` table) later, at the first of:
-//! - a reader: every read method of [`Storage`] (and
-//!   [`Storage::save_contacts`], [`WalStorage::checkpoint`]) commits it
-//!   first, so readers see the last committed batch, as the contract says;
-//! - [`APPLY_GROUP_BATCHES`] batches or [`APPLY_GROUP_BYTES`] of encoded
-//!   batches in it: the batch that reaches the bound commits it after its
-//!   record is durable (in production these are the checkpoint's bounds, so
-//!   that commit is the checkpoint; [`WalBounds`] can set smaller ones);
-//! - a checkpoint (below);
-//! - [`Storage::idle`], which the driver calls when it has nothing queued.
+//! The apply thread applies the batches, in LSN order, to one redb write
+//! transaction that stays open across them, the *open transaction*. It
+//! commits it (`Durability::None`, with the LSN of its last batch in redb's
+//! `state` table) at [`APPLY_GROUP_BATCHES`] batches or [`APPLY_GROUP_BYTES`]
+//! (in production the checkpoint's bounds, so that commit is the
+//! checkpoint; [`WalBounds`] can set smaller ones), when a reader asks for
+//! it and when [`Storage::idle`] does. Every reader of [`Storage`] first has
+//! every batch logged before it committed to redb, then reads redb on its
+//! own thread, so readers see the last committed batch, as the contract says.
 //!
 //! A crash, a `kill -9` or a plain drop of the store with the transaction
-//! open loses it, and with it nothing acknowledged: redb reverts to its last
-//! durable commit and the log holds every batch after it, replayed at open.
+//! open (or batches still queued for the apply thread) loses them, and with
+//! them nothing acknowledged: redb reverts to its last durable commit and
+//! the log holds every batch after it, replayed at open.
 //!
 //! Atomicity comes from the record: a batch is there after a restart iff
-//! its record is complete and valid. A refused batch (or one that fails)
-//! may have left part of itself in the open transaction, and redb has no
-//! partial rollback: the transaction is aborted, and the batches
-//! acknowledged into it before are applied again, from their encodings kept
-//! until it commits, in a fresh one (left open as the new open transaction).
+//! its record is complete and valid. A refused batch is refused before its
+//! record is written and before redb sees it; the store is as it was.
 //!
-//! Every [`CHECKPOINT_BATCHES`] logged batches or [`CHECKPOINT_BYTES`]
-//! logged bytes, the batch that reaches the bound commits the open
-//! transaction with `Durability::Immediate` instead (a checkpoint: redb then
-//! durably holds every batch up to this LSN), and the segments wholly below
-//! it are removed. The checkpoint is paid inline by that one commit (~1 ms);
-//! redb takes one write transaction at a time, so a background checkpoint
-//! would hold up the next commit all the same.
+//! Every [`CHECKPOINT_BATCHES`] applied batches or [`CHECKPOINT_BYTES`] of
+//! their records, the apply thread commits the open transaction with
+//! `Durability::Immediate` instead (a checkpoint: redb then durably holds
+//! every batch up to its LSN), and the next commit (or idle moment) removes
+//! the segments wholly below it. The checkpoint's page writes and
+//! `fdatasync` run on the apply thread, beside the commits that keep logging.
 //!
 //! A batch whose record would exceed [`RECORD_BYTES_MAX`] (a snapshot
-//! install, a large catch-up) is not logged: it is applied to the open
-//! transaction, which is then committed as a checkpoint, itself one atomic
-//! durable transaction.
+//! install, a large catch-up) is not logged: the apply thread applies it to
+//! the open transaction, which it then commits as a checkpoint, itself one
+//! atomic durable transaction; that commit returns once it is done.
 //!
 //! At open: redb is opened (and migrated) as [`RedbStorage`] does, the log
 //! is read, records above redb's checkpoint are replayed into redb in one
@@ -68,41 +61,42 @@
 //! record's `fdatasync` never allocates, and a full disk fails there,
 //! before any record is written), [`SEGMENT_RECORDS_MAX`] records per
 //! segment, [`RECORD_BYTES_MAX`] per record, a checkpoint every
-//! [`CHECKPOINT_BATCHES`] batches or [`CHECKPOINT_BYTES`]: replay at open
-//! reads at most that much, and the log holds about two segments. The open
-//! transaction holds at most [`APPLY_GROUP_BATCHES`] batches or
-//! [`APPLY_GROUP_BYTES`] of them (plus one batch), which bounds the encoded
-//! batches kept in memory, the work of applying them again after a refused
-//! batch, and the commit a reader waits for.
+//! [`CHECKPOINT_BATCHES`] batches or [`CHECKPOINT_BYTES`]: these and the
+//! apply queue ([`APPLY_QUEUE_BATCHES`], [`APPLY_QUEUE_BYTES`], which
+//! bound the batches kept in memory) bound what replay at open reads, and the log
+//! holds about three segments. The open transaction holds at most
+//! [`APPLY_GROUP_BATCHES`] batches or [`APPLY_GROUP_BYTES`] of them (plus
+//! one batch), which bounds the commit a reader waits for.
 //!
 //! # Errors
 //! Fail-stop, as [`Storage`] requires. A refused batch
-//! ([`StorageError::InvalidBatch`]) leaves the store as it was, the batches
-//! acknowledged before it still in the open transaction. Any other failure
-//! — of the log's write, of redb applying a batch, committing the open
-//! transaction (from a commit, a reader or [`Storage::idle`]), a contact
-//! save, a checkpoint — leaves the store refusing every later commit,
-//! naming that first cause (redb itself answers later calls only with
-//! "Previous I/O error"). If a batch's record was durable but the commit of
-//! the open transaction it then asked for failed, the record is zeroed
-//! again so that the failed batch is not replayed. Batches acknowledged
-//! into an open transaction that could not be committed are still in the
-//! log (a restart replays them) but not in redb: from then on readers are
-//! refused too, naming the cause, rather than serve a state without them.
+//! ([`StorageError::InvalidBatch`]) leaves the store as it was. Any other
+//! failure — of the log's write, of redb applying a batch or committing the
+//! open transaction (on the apply thread, after the batch was acknowledged:
+//! the log has it and a restart replays it), a contact save, a checkpoint —
+//! leaves the store refusing every later commit, naming that first cause
+//! (redb itself answers later calls only with "Previous I/O error"). Once
+//! acknowledged batches are in the log but not in redb (an open transaction
+//! holding them was lost), readers are refused too, naming the cause,
+//! rather than serve a state without them.
 
+mod apply;
 mod log;
 pub mod segment;
+mod shape;
 #[cfg(test)]
 mod tests;
 
+use self::apply::{Applier, Batch};
+pub use self::apply::{APPLY_QUEUE_BATCHES, APPLY_QUEUE_BYTES};
 use self::log::Log;
+use self::shape::LogShape;
 use super::{
     check_batch_shape, ArchivedEntry, RedbStorage, SampleSummary, Storage, StorageError,
     StorageInfo,
 };
-use ::redb::WriteTransaction;
-use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use vcodr_core::{
     ClientContact, Doc, Index, PersistOp, PersistSeq, Restored, SampleChunk, SampleRange,
     Transition,
@@ -128,11 +122,9 @@ pub const CHECKPOINT_BYTES: u64 = 4 << 20;
 /// batches, three alternating rounds of `write-vs-pg` (16 and 64 writers)
 /// measured 5,422–5,697 against 4,945–5,490 writes/s at 16 writers and the
 /// standby's CPU per write 67–68 against 70–74 µs. What the bound limits
-/// stays bounded by the checkpoint's bounds: the encoded batches kept in
-/// memory ([`CHECKPOINT_BYTES`]), the batches applied again after a refused
-/// one (which a correct core never sends), and the commit a reader waits for.
+/// stays bounded by the checkpoint's bounds: the commit a reader waits for.
 pub const APPLY_GROUP_BATCHES: u64 = CHECKPOINT_BATCHES;
-/// ...or this many bytes of encoded batches (plus the one that reaches it),
+/// ...or this many bytes of their records (plus the one that reaches it),
 /// whichever comes first.
 pub const APPLY_GROUP_BYTES: u64 = CHECKPOINT_BYTES;
 
@@ -145,13 +137,6 @@ const _: () = assert!(RECORD_BYTES_MAX as u64 <= SEGMENT_BYTES);
 const _: () = assert!(CHECKPOINT_BYTES <= SEGMENT_BYTES);
 const _: () = assert!(APPLY_GROUP_BATCHES <= CHECKPOINT_BATCHES);
 const _: () = assert!(APPLY_GROUP_BYTES <= CHECKPOINT_BYTES);
-// The open transaction lives in the store, which the driver moves to its
-// storage thread (`Storage: Send`).
-const _: fn() = || {
-    fn send<T: Send>() {}
-    send::<WriteTransaction>();
-};
-
 /// The bounds of one [`WalStorage`]; [`WalBounds::default`] is the
 /// production set of constants above. Tests shrink them to reach segment
 /// rolls, checkpoints and group commits within a few batches.
@@ -180,68 +165,24 @@ impl Default for WalBounds {
     }
 }
 
-/// The open redb transaction and the acknowledged batches applied to it.
-/// `txn` is `None` exactly when no batch is in it (between calls).
-#[derive(Default)]
-struct Open {
-    txn: Option<WriteTransaction>,
-    /// The postcard encodings of those batches, back to back (what their
-    /// records hold): to apply them again in a fresh transaction when a
-    /// later batch must be taken out of this one.
-    payloads: Vec<u8>,
-    /// Where each of them ends in `payloads`.
-    ends: Vec<usize>,
-}
-
-impl Open {
-    fn clear(&mut self) {
-        self.payloads.clear();
-        self.ends.clear();
-    }
-}
-
-impl std::fmt::Debug for Open {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Open")
-            .field("txn", &self.txn.as_ref().map(|_| "open"))
-            .field("batches", &self.ends.len())
-            .field("bytes", &self.payloads.len())
-            .finish()
-    }
-}
-
-/// `Vec::extend` for postcard, keeping the vector when encoding fails.
-struct Append<'a>(&'a mut Vec<u8>);
-
-impl Extend<u8> for Append<'_> {
-    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
-        self.0.extend(iter);
-    }
-}
-
 /// Durable storage: a write-ahead log of commit batches in front of a redb
 /// file. See the module documentation.
 #[derive(Debug)]
 pub struct WalStorage {
-    /// Declared before `redb`: a store dropped with the transaction open
-    /// aborts it before the database closes.
-    open: RefCell<Open>,
-    redb: RedbStorage,
+    /// Declared first: dropping the store stops the apply thread (its open
+    /// transaction aborted) before the database closes.
+    applier: Applier,
+    /// Shared with the apply thread, which writes; readers read here.
+    redb: Arc<RedbStorage>,
     log: Log,
     dir: PathBuf,
     bounds: WalBounds,
-    /// Logged batches and bytes since the last durable redb commit.
-    since_checkpoint: (u64, u64),
-    /// Set when a commit failed from the log's write on, or redb failed
-    /// (not a refused batch): no commit after it; the first cause, named by
-    /// every later refusal.
-    failed: RefCell<Option<String>>,
-    /// Acknowledged batches were dropped from an open transaction that could
-    /// not be committed: redb lacks them (the log has them), so readers are
-    /// refused as well.
-    readers_refused: Cell<bool>,
-    /// redb write transactions committed since open (the replay excluded).
-    redb_commits: Cell<u64>,
+    /// What redb will hold once every handed-over batch is applied.
+    shape: LogShape,
+    /// The encoding of the batch being committed (kept for its capacity).
+    record: Vec<u8>,
+    /// The log holds no segment wholly below this checkpointed LSN.
+    trimmed: u64,
 }
 
 impl WalStorage {
@@ -263,11 +204,11 @@ impl WalStorage {
             .map_err(segment::io_err(&dir, "creating the data directory"))?;
         let redb = RedbStorage::open(dir.join(REDB_FILE))?;
         let checkpoint = redb.wal_lsn()?;
-        let (log, pending) = Log::open(&dir.join(WAL_DIR), checkpoint, bounds)?;
+        let (mut log, pending) = Log::open(&dir.join(WAL_DIR), checkpoint, bounds)?;
         if let Some(last) = pending.last() {
             let txn = redb.begin_logged()?;
             for p in &pending {
-                let applied = postcard::from_bytes::<Vec<(PersistSeq, Vec<PersistOp>)>>(&p.payload)
+                let applied = postcard::from_bytes::<Batch>(&p.payload)
                     .map_err(|e| StorageError::WalCorrupt {
                         path: p.path.clone(),
                         offset: p.offset as u64,
@@ -298,21 +239,23 @@ impl WalStorage {
                 "replayed the write-ahead log into the storage file"
             );
         }
-        let mut store = WalStorage {
-            open: RefCell::new(Open::default()),
+        // redb now durably holds everything up to here (replayed durably).
+        let durable = pending.last().map_or(checkpoint, |p| p.lsn);
+        log.delete_below(durable)?;
+        log.prepare_segment();
+        let (commit, applied, above) = redb.log_shape()?;
+        let redb = Arc::new(redb);
+        let applier = Applier::start(redb.clone(), durable, bounds, dir.join(WAL_DIR))?;
+        Ok(WalStorage {
+            applier,
             redb,
             log,
             dir,
             bounds,
-            since_checkpoint: (0, 0),
-            failed: RefCell::new(None),
-            readers_refused: Cell::new(false),
-            redb_commits: Cell::new(0),
-        };
-        // redb now durably holds everything up to here (replayed durably).
-        let durable = pending.last().map_or(checkpoint, |p| p.lsn);
-        store.log.delete_below(durable)?;
-        Ok(store)
+            shape: LogShape::new(commit, applied, above),
+            record: Vec::new(),
+            trimmed: durable,
+        })
     }
 
     /// The data directory.
@@ -337,158 +280,48 @@ impl WalStorage {
         self.log.next_lsn()
     }
 
-    /// redb write transactions committed since open: the open transaction's
-    /// commits (group bound, checkpoint, reader, [`Storage::idle`]) and
-    /// contact saves; the replay at open is not counted.
+    /// redb write transactions committed since open, once the apply thread
+    /// has done all it was handed: the open transaction's commits (group
+    /// bound, checkpoint, reader, [`Storage::idle`]) and contact saves; the
+    /// replay at open is not counted.
     pub fn redb_commits(&self) -> u64 {
-        self.redb_commits.get()
+        self.applier.wait_quiet();
+        self.applier.redb_commits()
     }
 
     /// Acknowledged batches applied to the open redb transaction, not yet
-    /// committed to redb (0: no transaction is open).
+    /// committed to redb (0: no transaction is open), once the apply thread
+    /// has done all it was handed.
     pub fn uncommitted_batches(&self) -> usize {
-        self.open.borrow().ends.len()
+        self.applier.wait_quiet();
+        self.applier.uncommitted()
     }
 
     /// Makes everything committed durable in redb now and removes the
     /// segments it covers.
     pub fn checkpoint(&mut self) -> Result<(), StorageError> {
-        self.refuse_after_failure()?;
-        let lsn = self.log.last_lsn();
-        self.commit_open(&mut self.open.borrow_mut(), true)?;
-        self.checkpointed(lsn)
+        self.applier.refuse_after_failure()?;
+        self.applier.checkpoint()?;
+        self.trim()
     }
 
-    fn checkpointed(&mut self, lsn: u64) -> Result<(), StorageError> {
-        self.since_checkpoint = (0, 0);
-        self.log.delete_below(lsn)
-    }
-
-    /// Commits the open transaction (or, for a checkpoint without one, an
-    /// empty transaction), recording the last logged LSN; a checkpoint if
-    /// `durable`. Whatever the outcome, no transaction is open afterwards.
-    fn commit_open(&self, open: &mut Open, durable: bool) -> Result<(), StorageError> {
-        let lsn = self.log.last_lsn();
-        let result = match open.txn.take() {
-            Some(txn) => self.redb.commit_logged(txn, lsn, durable),
-            None => self
-                .redb
-                .begin_logged()
-                .and_then(|txn| self.redb.commit_logged(txn, lsn, durable)),
-        };
-        let acknowledged = open.ends.len();
-        open.clear();
-        match result {
-            Ok(()) => {
-                self.redb_commits.set(self.redb_commits.get() + 1);
-                Ok(())
-            }
-            Err(e) => {
-                let why = match acknowledged {
-                    0 => e.to_string(),
-                    n => format!(
-                        "{e} (the {n} batches acknowledged into it are in the log, not in redb)"
-                    ),
-                };
-                self.fail(why, acknowledged > 0);
-                Err(e)
-            }
-        }
-    }
-
-    /// Commits the open transaction, if any, so that redb holds every
-    /// acknowledged batch; refuses if it cannot (now or since a failure).
-    fn settle(&self) -> Result<(), StorageError> {
-        let mut open = self.open.borrow_mut();
-        if open.txn.is_some() {
-            self.commit_open(&mut open, false)?;
-        }
-        if self.readers_refused.get() {
-            return Err(self.refusal("read after a storage failure lost uncommitted batches"));
-        }
-        Ok(())
-    }
-
-    /// Takes the batch that failed with `cause` (applied, and maybe logged,
-    /// after the acknowledged ones) out of the open transaction: aborts it
-    /// and applies the acknowledged ones again in a fresh one. Fail-stop
-    /// unless `cause` is a refusal. Returns `cause`.
-    fn take_back(&self, open: &mut Open, cause: StorageError) -> StorageError {
-        if let Some(txn) = open.txn.take() {
-            self.redb.abort_logged(txn);
-        }
-        if let Err(e) = self.reapply(open) {
-            let n = open.ends.len();
-            open.clear();
-            self.fail(
-                format!("{cause}; applying the {n} batches acknowledged before it again failed: {e} (they are in the log, not in redb)"),
-                true,
-            );
-            return cause;
-        }
-        if !matches!(cause, StorageError::InvalidBatch { .. }) {
-            // An I/O failure of redb fails every later redb call with
-            // "Previous I/O error": keep this one, the cause, for them.
-            self.fail(cause.to_string(), false);
-        }
-        cause
-    }
-
-    /// Applies the acknowledged batches of `open` to a fresh transaction,
-    /// which becomes the open one.
-    fn reapply(&self, open: &mut Open) -> Result<(), StorageError> {
-        if open.ends.is_empty() {
-            return Ok(());
-        }
-        let txn = self.redb.begin_logged()?;
-        let mut from = 0;
-        for (i, &end) in open.ends.iter().enumerate() {
-            let applied = postcard::from_bytes::<Vec<(PersistSeq, Vec<PersistOp>)>>(
-                &open.payloads[from..end],
-            )
-            .map_err(|source| StorageError::Decode {
-                path: self.dir.join(WAL_DIR),
-                table: "(write-ahead log)",
-                key: format!("uncommitted batch {i}"),
-                source,
-            })
-            .and_then(|batch| self.redb.apply_logged(&txn, &batch));
-            if let Err(e) = applied {
-                self.redb.abort_logged(txn);
+    /// Removes the segments the apply thread's last checkpoint covers.
+    fn trim(&mut self) -> Result<(), StorageError> {
+        let checkpointed = self.applier.checkpointed();
+        if checkpointed > self.trimmed {
+            if let Err(e) = self.log.delete_below(checkpointed) {
+                self.applier.fail(e.to_string());
                 return Err(e);
             }
-            from = end;
+            self.trimmed = checkpointed;
         }
-        open.txn = Some(txn);
         Ok(())
     }
 
-    /// Records a failure: the first cause is kept.
-    fn fail(&self, why: String, readers_too: bool) {
-        self.failed.borrow_mut().get_or_insert(why);
-        if readers_too {
-            self.readers_refused.set(true);
-        }
-    }
-
-    fn refusal(&self, action: &'static str) -> StorageError {
-        StorageError::Io {
-            path: self.dir.join(WAL_DIR),
-            action,
-            source: std::io::Error::other(
-                self.failed
-                    .borrow()
-                    .clone()
-                    .unwrap_or_else(|| "an earlier storage failure".into()),
-            ),
-        }
-    }
-
-    fn refuse_after_failure(&self) -> Result<(), StorageError> {
-        match self.failed.borrow().is_some() {
-            false => Ok(()),
-            true => Err(self.refusal("commit after an earlier storage failure")),
-        }
+    /// Returns once redb has committed every batch logged so far (readers
+    /// then see them); refuses once redb lacks an acknowledged batch.
+    fn settle(&self) -> Result<(), StorageError> {
+        self.applier.show(self.log.last_lsn())
     }
 }
 
@@ -499,55 +332,32 @@ impl Storage for WalStorage {
     }
 
     fn commit(&mut self, batch: &[(PersistSeq, Vec<PersistOp>)]) -> Result<(), StorageError> {
-        self.refuse_after_failure()?;
-        check_batch_shape(batch)?;
+        self.commit_owned(batch.to_vec())
+    }
+
+    fn commit_owned(&mut self, batch: Batch) -> Result<(), StorageError> {
+        self.applier.refuse_after_failure()?;
+        check_batch_shape(&batch)?;
         if batch.is_empty() {
             return Ok(());
         }
-        let mut guard = self.open.borrow_mut();
-        let open = &mut *guard;
-        let start = open.payloads.len();
-        if let Err(source) = postcard::to_extend(batch, Append(&mut open.payloads)) {
-            open.payloads.truncate(start);
-            return Err(StorageError::Encode {
-                path: self.dir.join(WAL_DIR),
-                table: "(write-ahead log)",
-                what: "batch",
-                source,
-            });
-        }
-        let record = open.payloads.len() - start + segment::RECORD_HEADER_BYTES;
-        let large = record > self.bounds.record_bytes_max;
-        if large {
-            // Not logged: its encoding is not kept either.
-            open.payloads.truncate(start);
-        }
-
-        // 1. Apply, over the acknowledged batches of the open transaction.
-        let txn = match open.txn.take() {
-            Some(txn) => txn,
-            None => match self.redb.begin_logged() {
-                Ok(txn) => txn,
-                Err(e) => {
-                    open.payloads.truncate(start);
-                    return Err(self.take_back(open, e));
-                }
-            },
-        };
-        let applied = self.redb.apply_logged(&txn, batch);
-        open.txn = Some(txn);
-        if let Err(e) = applied {
-            open.payloads.truncate(start);
-            return Err(self.take_back(open, e));
-        }
-
-        if large {
-            // Too large for a record: the open transaction, this batch
-            // included, becomes one durable redb transaction, a checkpoint.
-            let lsn = self.log.last_lsn();
-            self.commit_open(open, true)?;
-            drop(guard);
-            return self.checkpointed(lsn);
+        // 1. Refuse what the core must never send, before anything is written.
+        let shape = self.shape.after(&batch)?;
+        let mut buf = std::mem::take(&mut self.record);
+        buf.clear();
+        self.record = postcard::to_extend(&batch, buf).map_err(|source| StorageError::Encode {
+            path: self.dir.join(WAL_DIR),
+            table: "(write-ahead log)",
+            what: "batch",
+            source,
+        })?;
+        let record = self.record.len() + segment::RECORD_HEADER_BYTES;
+        if record > self.bounds.record_bytes_max {
+            // Too large for a record: the apply thread applies it and
+            // commits redb durably, a checkpoint, before this returns.
+            self.applier.large(batch)?;
+            self.shape = shape;
+            return self.trim();
         }
 
         // 2. Log it: durable, acknowledged once `commit` returns.
@@ -556,45 +366,23 @@ impl Storage for WalStorage {
             .iter()
             .flat_map(|(_, ops)| ops)
             .any(PersistOp::needs_fsync);
-        let written = match self.log.append(&open.payloads[start..], sync) {
-            Ok(w) => w,
-            Err(e) => {
-                open.payloads.truncate(start);
-                return Err(self.take_back(open, e));
-            }
-        };
-        let (batches, bytes) = self.since_checkpoint;
-        self.since_checkpoint = (batches + 1, bytes + record as u64);
-        let durable = batches + 1 >= self.bounds.checkpoint_batches
-            || bytes + record as u64 >= self.bounds.checkpoint_bytes;
-        let full = open.ends.len() as u64 + 1 >= self.bounds.apply_group_batches
-            || open.payloads.len() as u64 >= self.bounds.apply_group_bytes;
-        if !(durable || full) {
-            open.ends.push(open.payloads.len());
-            return Ok(());
-        }
-
-        // 3. The bound is reached: commit the open transaction, this batch included.
-        if let Err(e) = self.commit_open(open, durable) {
-            // Durable in the log, but the commit it asked for failed: take it back.
-            if let Err(undo) = self.log.undo(written) {
-                tracing::error!(error = %undo, lsn, "the record of a failed batch could not be zeroed: the batch may reappear after a restart");
-                if let Some(why) = self.failed.borrow_mut().as_mut() {
-                    why.push_str(&format!("; zeroing record {lsn} failed too: {undo}"));
-                }
-            }
+        if let Err(e) = self.log.append(&self.record, sync) {
+            self.applier.fail(e.to_string());
             return Err(e);
         }
-        drop(guard);
-        if durable {
-            self.checkpointed(lsn)?;
-        }
-        Ok(())
+        self.shape = shape;
+
+        // 3. The apply thread applies it to redb.
+        self.applier.apply(lsn, batch, record as u64);
+        self.trim()
     }
 
-    /// Commits the open transaction: the next batch starts a fresh one.
+    /// Asks the apply thread to commit the open transaction and removes the
+    /// segments its last checkpoint covers.
     fn idle(&mut self) -> Result<(), StorageError> {
-        self.settle()
+        self.applier.refuse_after_failure()?;
+        self.applier.show_later();
+        self.trim()
     }
 
     fn get_doc(&self, key: &str) -> Result<Option<Doc>, StorageError> {
@@ -659,17 +447,9 @@ impl Storage for WalStorage {
     /// transaction's): it makes every logged batch durable in redb too, so
     /// it counts as a checkpoint.
     fn save_contacts(&mut self, contacts: &[ClientContact]) -> Result<(), StorageError> {
-        self.refuse_after_failure()?;
-        self.settle()?;
-        if let Err(e) = self.redb.save_contacts(contacts) {
-            // The next commit fails naming this cause (redb itself would
-            // only say that a previous I/O error occurred).
-            self.fail(e.to_string(), false);
-            return Err(e);
-        }
-        self.redb_commits.set(self.redb_commits.get() + 1);
-        let lsn = self.log.last_lsn();
-        self.checkpointed(lsn)
+        self.applier.refuse_after_failure()?;
+        self.applier.save_contacts(contacts.to_vec())?;
+        self.trim()
     }
 
     fn load_contacts(&self) -> Result<Vec<ClientContact>, StorageError> {

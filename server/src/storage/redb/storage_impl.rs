@@ -277,23 +277,7 @@ impl Storage for RedbStorage {
     }
 
     fn save_contacts(&mut self, contacts: &[ClientContact]) -> Result<(), StorageError> {
-        let txn = self.begin_write()?;
-        {
-            let mut table = txn
-                .open_table(CONTACTS)
-                .map_err(self.db_err(CONTACTS_NAME, "open"))?;
-            table
-                .retain(|_, _| false)
-                .map_err(self.db_err(CONTACTS_NAME, "clear"))?;
-            for c in contacts {
-                let bytes = self.encode(CONTACTS_NAME, "contact", &ContactRecord::from(c))?;
-                table
-                    .insert(c.client_id.as_str(), bytes.as_slice())
-                    .map_err(self.db_err(CONTACTS_NAME, "write"))?;
-            }
-        }
-        txn.commit()
-            .map_err(self.db_err(CONTACTS_NAME, "commit contacts"))
+        self.write_contacts(contacts)
     }
 
     fn load_contacts(&self) -> Result<Vec<ClientContact>, StorageError> {

@@ -39,6 +39,50 @@ impl RedbStorage {
         }
     }
 
+    /// The commit index, the applied index and the stored log indexes above
+    /// the applied one, ascending: what [`crate::storage::WalStorage`] keeps
+    /// in memory to refuse a batch before logging it.
+    pub(in crate::storage) fn log_shape(&self) -> Result<(Index, Index, Vec<Index>), StorageError> {
+        let txn = self.begin_read()?;
+        let state = self.read_table(&txn, STATE, STATE_NAME)?;
+        let head = self.read_head(&state)?;
+        let log = self.read_table(&txn, LOG, LOG_NAME)?;
+        let mut above = Vec::new();
+        for item in log
+            .range(head.applied_index + 1..)
+            .map_err(self.db_err(LOG_NAME, "read indexes"))?
+        {
+            let (k, _) = item.map_err(self.db_err(LOG_NAME, "read indexes"))?;
+            above.push(k.value());
+        }
+        Ok((head.commit, head.applied_index, above))
+    }
+
+    /// [`Storage::save_contacts`] through a shared reference: the
+    /// [`crate::storage::WalStorage`] apply thread shares the database.
+    pub(in crate::storage) fn write_contacts(
+        &self,
+        contacts: &[ClientContact],
+    ) -> Result<(), StorageError> {
+        let txn = self.begin_write()?;
+        {
+            let mut table = txn
+                .open_table(CONTACTS)
+                .map_err(self.db_err(CONTACTS_NAME, "open"))?;
+            table
+                .retain(|_, _| false)
+                .map_err(self.db_err(CONTACTS_NAME, "clear"))?;
+            for c in contacts {
+                let bytes = self.encode(CONTACTS_NAME, "contact", &ContactRecord::from(c))?;
+                table
+                    .insert(c.client_id.as_str(), bytes.as_slice())
+                    .map_err(self.db_err(CONTACTS_NAME, "write"))?;
+            }
+        }
+        txn.commit()
+            .map_err(self.db_err(CONTACTS_NAME, "commit contacts"))
+    }
+
     /// Begins a write transaction for logged batches, `Durability::None`
     /// unless [`RedbStorage::commit_logged`] makes it a checkpoint.
     pub(in crate::storage) fn begin_logged(&self) -> Result<WriteTransaction, StorageError> {

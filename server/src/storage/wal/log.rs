@@ -3,14 +3,15 @@
 //! checkpoint covers.
 
 use super::segment::{
-    self, create_segment, intact_record_after, io_err, parse_segment_name, scan, sync_dir,
-    write_zeros, CREATING_SUFFIX, RECORD_HEADER_BYTES,
+    self, create_segment, install_segment, intact_record_after, io_err, parse_segment_name,
+    prepare_segment, scan, sync_dir, write_zeros, CREATING_SUFFIX, RECORD_HEADER_BYTES,
 };
 use super::WalBounds;
 use crate::storage::StorageError;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 /// A record recovered at open, with an LSN above the checkpoint.
 #[derive(Debug)]
@@ -19,13 +20,6 @@ pub(super) struct Pending {
     pub payload: Vec<u8>,
     pub path: PathBuf,
     pub offset: usize,
-}
-
-/// Where an appended record lies (to undo it when the batch fails after all).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Written {
-    offset: u64,
-    len: u64,
 }
 
 #[derive(Debug)]
@@ -63,6 +57,91 @@ pub(super) struct Log {
     buf: Vec<u8>,
     /// `fdatasync`s of records since open (for tests and measurements).
     syncs: u64,
+    /// The next segment file, made ready ahead of the roll that takes it.
+    spare: Spare,
+}
+
+type Prepared = Result<(File, PathBuf), StorageError>;
+
+/// The thread that zero-fills and syncs the next segment file while the
+/// log takes appends, so that a roll costs a rename and a directory sync,
+/// not the ~20–45 ms of writing and syncing 4 MiB that it cost the commit
+/// in flight (measured with `perf trace` under `write-vs-pg` at 16 writers,
+/// one roll every ~1.5 s). One spare at a time; a roll takes it, or waits
+/// for it while it is being made. Dropping the log stops the thread and
+/// removes an untaken spare (the next open removes one a crash left).
+#[derive(Debug)]
+struct Spare {
+    /// Asks for the next spare; `None` once the thread is gone.
+    ask: Option<mpsc::Sender<()>>,
+    made: mpsc::Receiver<Prepared>,
+    /// A spare was asked for and not taken yet.
+    asked: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Spare {
+    fn start(dir: &Path, bytes: u64) -> Result<Spare, StorageError> {
+        let (ask, asked) = mpsc::channel::<()>();
+        let (made_tx, made) = mpsc::sync_channel::<Prepared>(1);
+        let dir = dir.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("vcodr-wal-spare".into())
+            .spawn({
+                let dir = dir.clone();
+                move || {
+                    for n in 0u64.. {
+                        if asked.recv().is_err() {
+                            return;
+                        }
+                        let spare = prepare_segment(&dir, &format!("spare-{n:06}"), bytes);
+                        if made_tx.send(spare).is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|source| StorageError::Io {
+                path: dir.clone(),
+                action: "starting the write-ahead log's segment thread",
+                source,
+            })?;
+        Ok(Spare {
+            ask: Some(ask),
+            made,
+            asked: false,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for a spare unless one is asked for already.
+    fn ask(&mut self) {
+        if let (Some(ask), false) = (&self.ask, self.asked) {
+            self.asked = ask.send(()).is_ok();
+        }
+    }
+
+    /// The spare, waiting for it if it is being made; the next is asked for.
+    fn take(&mut self) -> Option<Prepared> {
+        self.ask();
+        let got = self.made.recv().ok();
+        self.asked = false;
+        self.ask();
+        got
+    }
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        self.ask = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        while let Ok(Ok((file, path))) = self.made.try_recv() {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn corrupt(path: &Path, offset: usize, why: String) -> StorageError {
@@ -121,6 +200,7 @@ impl Log {
             next_lsn: checkpoint + 1,
             buf: Vec::new(),
             syncs: 0,
+            spare: Spare::start(dir, bounds.segment_bytes)?,
         };
         let mut pending = Vec::new();
         let mut last_lsn: Option<u64> = None;
@@ -265,6 +345,13 @@ impl Log {
         Ok((log, pending))
     }
 
+    /// Has the next segment file made ready in the background (the store
+    /// calls this once it has replayed the log at open: a disk freed after
+    /// filling up gives its space to the replay first).
+    pub fn prepare_segment(&mut self) {
+        self.spare.ask();
+    }
+
     /// LSN of the next record.
     pub fn next_lsn(&self) -> u64 {
         self.next_lsn
@@ -298,7 +385,7 @@ impl Log {
     /// record does not fit the active one (or it holds
     /// [`WalBounds::segment_records`]), syncing the one it leaves if needed,
     /// so that no record is ever durable after a later one.
-    pub fn append(&mut self, payload: &[u8], sync: bool) -> Result<Written, StorageError> {
+    pub fn append(&mut self, payload: &[u8], sync: bool) -> Result<(), StorageError> {
         let lsn = self.next_lsn;
         self.buf.clear();
         segment::encode_record(lsn, payload, &mut self.buf);
@@ -322,7 +409,17 @@ impl Log {
             }
             self.active = None;
             let bytes = self.bounds.segment_bytes.max(len);
-            let (file, path) = create_segment(&self.dir, lsn, bytes)?;
+            let (file, path) = match (bytes == self.bounds.segment_bytes)
+                .then(|| self.spare.take())
+                .flatten()
+            {
+                Some(spare) => {
+                    let (file, creating) = spare?;
+                    (file, install_segment(&self.dir, &creating, lsn)?)
+                }
+                // A record larger than a segment (or the thread is gone).
+                None => create_segment(&self.dir, lsn, bytes)?,
+            };
             self.segments.push(Segment {
                 first_lsn: lsn,
                 path,
@@ -354,19 +451,6 @@ impl Log {
         a.offset += len;
         a.records += 1;
         self.next_lsn += 1;
-        Ok(Written { offset, len })
-    }
-
-    /// Zeroes the record `w` (the last appended) and syncs, so that a batch
-    /// whose commit failed after its record was durable is not replayed.
-    /// The log takes no more appends after this.
-    pub fn undo(&mut self, w: Written) -> Result<(), StorageError> {
-        let seg = self.segments.last().expect("a record was appended");
-        let a = self.active.take().expect("a record was appended");
-        write_zeros(&a.file, w.offset, w.offset + w.len)
-            .and_then(|()| a.file.sync_data())
-            .map_err(io_err(&seg.path, "zeroing the record of a failed batch"))?;
-        self.next_lsn -= 1;
         Ok(())
     }
 

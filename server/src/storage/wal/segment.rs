@@ -241,18 +241,29 @@ pub(super) fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()
 
 const ZERO_CHUNK: usize = 1 << 20;
 
-/// Creates segment `first_lsn` in `dir`: `bytes` of zeros written and synced
-/// under a temporary name, then renamed into place and the directory synced,
-/// so that a record's `fdatasync` never has to allocate blocks or grow the
-/// file, and a full disk shows here, before any record is written. A failure
-/// removes the temporary file (best effort).
+/// Creates segment `first_lsn` in `dir`: [`prepare_segment`], then
+/// [`install_segment`].
 pub(super) fn create_segment(
     dir: &Path,
     first_lsn: u64,
     bytes: u64,
 ) -> Result<(File, PathBuf), StorageError> {
-    let path = dir.join(segment_name(first_lsn));
-    let creating = dir.join(format!("{first_lsn:020}{CREATING_SUFFIX}"));
+    let (file, creating) = prepare_segment(dir, &format!("{first_lsn:020}"), bytes)?;
+    let path = install_segment(dir, &creating, first_lsn)?;
+    Ok((file, path))
+}
+
+/// Writes a segment file of `bytes` zeros under a temporary name
+/// (`{stem}` and [`CREATING_SUFFIX`], which the next open removes if it is
+/// left behind) and syncs it, so that a record's `fdatasync` never has to
+/// allocate blocks or grow the file, and a full disk shows here, before any
+/// record is written. A failure removes the file (best effort).
+pub(super) fn prepare_segment(
+    dir: &Path,
+    stem: &str,
+    bytes: u64,
+) -> Result<(File, PathBuf), StorageError> {
+    let creating = dir.join(format!("{stem}{CREATING_SUFFIX}"));
     let made = (|| {
         let mut file = File::options()
             .read(true)
@@ -271,17 +282,35 @@ pub(super) fn create_segment(
         }
         file.sync_all()
             .map_err(io_err(&creating, "syncing a new write-ahead log segment"))?;
-        std::fs::rename(&creating, &path).map_err(io_err(
-            &path,
-            "renaming a new write-ahead log segment into place",
-        ))?;
-        sync_dir(dir)?;
         Ok(file)
     })();
     match made {
-        Ok(file) => Ok((file, path)),
+        Ok(file) => Ok((file, creating)),
         Err(e) => {
             let _ = std::fs::remove_file(&creating);
+            Err(e)
+        }
+    }
+}
+
+/// Renames the prepared file `creating` into place as segment `first_lsn`
+/// and syncs the directory. A failure removes the file (best effort).
+pub(super) fn install_segment(
+    dir: &Path,
+    creating: &Path,
+    first_lsn: u64,
+) -> Result<PathBuf, StorageError> {
+    let path = dir.join(segment_name(first_lsn));
+    let installed = std::fs::rename(creating, &path)
+        .map_err(io_err(
+            &path,
+            "renaming a new write-ahead log segment into place",
+        ))
+        .and_then(|()| sync_dir(dir));
+    match installed {
+        Ok(()) => Ok(path),
+        Err(e) => {
+            let _ = std::fs::remove_file(creating);
             Err(e)
         }
     }

@@ -504,7 +504,7 @@ fn batches_in_one_open_transaction_are_all_seen_by_the_next_reader() {
         assert_eq!(s.uncommitted_batches(), b + 1);
     }
     assert_eq!(s.redb_commits(), 0, "no batch committed to redb yet");
-    check_load(&s.redb, &states[0], "redb itself, before a reader");
+    check_load(&*s.redb, &states[0], "redb itself, before a reader");
     check_load(&s, &states[10], "the first reader");
     assert_eq!((s.redb_commits(), s.uncommitted_batches()), (1, 0));
     check_readers(&s, &states[10], "every reader");
@@ -564,7 +564,7 @@ fn every_reader_commits_the_open_transaction_first() {
             "{name} left the transaction open"
         );
         assert_eq!(s.redb_commits(), commits, "{name}");
-        check_load(&s.redb, &states[b + 1], name);
+        check_load(&*s.redb, &states[b + 1], name);
     }
     check_readers(&s, &states[readers.len()], "after all of them");
 }
@@ -587,11 +587,7 @@ fn a_refused_batch_after_uncommitted_ones_keeps_them_and_nothing_of_itself() {
     let lsn = s.next_lsn();
     assert_refused(&mut s, 1_000_000, "after 6 uncommitted batches");
     assert_eq!(s.next_lsn(), lsn, "a refused batch takes no LSN");
-    assert_eq!(
-        s.uncommitted_batches(),
-        6,
-        "applied again, still uncommitted"
-    );
+    assert_eq!(s.uncommitted_batches(), 6, "still uncommitted");
     assert_eq!(s.redb_commits(), 0, "the refusal committed nothing");
     let killed = root.path().join("killed");
     crash_image(&live, &killed);
@@ -709,8 +705,8 @@ fn the_group_bounds_commit_the_open_transaction() {
             committed = n;
         }
         let ctx = format!("group of 4 batches, after batch {n}");
-        check_load(&s.redb, &states[committed], &ctx);
         assert_eq!(s.uncommitted_batches(), n - committed, "{ctx}");
+        check_load(&*s.redb, &states[committed], &ctx);
     }
     assert_eq!(s.redb_commits(), 7);
     assert!(s.segment_count() <= 4, "{} segments", s.segment_count());
@@ -736,8 +732,9 @@ fn the_group_bounds_commit_the_open_transaction() {
         if held >= bytes {
             (held, committed, commits) = (0, b + 1, commits + 1);
         }
+        s.uncommitted_batches();
         check_load(
-            &s.redb,
+            &*s.redb,
             &states[committed],
             &format!("group of {bytes} bytes, after batch {}", b + 1),
         );
@@ -757,7 +754,7 @@ fn idle_commits_the_open_transaction() {
     }
     Storage::idle(&mut s).expect("idle");
     assert_eq!((s.uncommitted_batches(), s.redb_commits()), (0, 1));
-    check_load(&s.redb, &states[3], "after idle");
+    check_load(&*s.redb, &states[3], "after idle");
     s.idle().expect("idle again");
     assert_eq!(s.redb_commits(), 1, "nothing open, nothing committed");
     for b in &batches[3..] {
@@ -765,7 +762,7 @@ fn idle_commits_the_open_transaction() {
     }
     s.idle().expect("idle");
     assert_eq!(s.redb_commits(), 2);
-    check_load(&s.redb, &states[5], "after the second idle");
+    check_load(&*s.redb, &states[5], "after the second idle");
     // The default: nothing to do.
     let mut redb = RedbStorage::open(root.path().join("alone.redb")).expect("redb");
     redb.idle().expect("idle");
@@ -826,7 +823,11 @@ fn a_full_filesystem_fails_a_commit_and_keeps_every_acknowledged_batch() {
 fn fill_the_disk(bounds: WalBounds) -> String {
     let root = tempfile::tempdir().expect("temp dir");
     let mnt = root.path().join("mnt");
-    let disk = Tmpfs::mount(&mnt, "6m").expect("mount a tmpfs");
+    let disk = Tmpfs::mount(&mnt, "10m").expect("mount a tmpfs");
+    // Freed with the filler: room for the replay at reopen (the log holds a
+    // segment more than what was free when the disk filled: the spare).
+    let ballast = mnt.join("ballast");
+    std::fs::write(&ballast, vec![1u8; 4 << 20]).expect("ballast");
     let data = mnt.join("data");
     let mut s = open(&data, bounds);
     let mut mem = MemStorage::new();
@@ -837,7 +838,12 @@ fn fill_the_disk(bounds: WalBounds) -> String {
             disk.fill(&filler).expect("fill the disk");
         }
         match s.commit(&big_batch(b)) {
-            Ok(()) => mem.commit(&big_batch(b)).expect("reference"),
+            Ok(()) => {
+                mem.commit(&big_batch(b)).expect("reference");
+                // redb's failures surface at the next commit: let the apply
+                // thread meet the full disk before the log does.
+                s.uncommitted_batches();
+            }
             Err(e) => {
                 failed = Some((b, e));
                 break;
@@ -867,6 +873,7 @@ fn fill_the_disk(bounds: WalBounds) -> String {
     eprintln!("batch {b} failed: {msg}");
     drop(s);
     std::fs::remove_file(&filler).expect("free space");
+    std::fs::remove_file(&ballast).expect("free space");
     let s = open(&data, bounds);
     assert_eq!(s.load().expect("load"), mem.load().expect("reference"));
     assert_eq!(s.list_docs().expect("docs"), mem.list_docs().expect("docs"));
@@ -912,4 +919,64 @@ fn a_batch_of_commit_markers_waits_for_the_next_fsync_and_survives_a_kill() {
     assert_eq!(s.segment_count(), 2);
     let r = s.load().expect("load");
     assert_eq!((r.commit, r.log.len()), (1, 2));
+}
+
+/// The spare segment files in the log directory of store `dir`.
+fn spares(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join(WAL_DIR))
+        .expect("log dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(segment::CREATING_SUFFIX))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The segment a roll needs is made ahead (zero-filled and synced in the
+/// background, then renamed into place by the roll); one spare waits at a
+/// time, a drop removes it, and one a crash leaves is removed at open.
+#[test]
+fn the_next_segment_is_made_ahead_and_no_spare_outlives_the_store() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let dir = root.path().join("store");
+    let (batches, states) = stream(38, 12);
+    let mut s = open(&dir, no_checkpoint(3));
+    let wait_for_one_spare = |ctx: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let found = spares(&dir);
+            if found.len() == 1 {
+                return found;
+            }
+            assert!(found.len() < 2, "{ctx}: one spare at a time: {found:?}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{ctx}: no spare made: {found:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let first = wait_for_one_spare("after open");
+    for b in &batches {
+        s.commit(b).expect("commit");
+    }
+    assert_eq!(s.segment_count(), 4, "3 records a segment");
+    let later = wait_for_one_spare("after 3 rolls");
+    assert_ne!(first, later, "each roll took the spare waiting");
+    let image = root.path().join("killed");
+    crash_image(&dir, &image);
+    drop(s);
+    assert_eq!(
+        spares(&dir),
+        Vec::<String>::new(),
+        "a drop removes the spare"
+    );
+    check_load(&open(&dir, no_checkpoint(3)), &states[12], "reopened");
+    let s = open(&image, no_checkpoint(3));
+    check_load(&s, &states[12], "after a kill -9 with a spare on disk");
+    let left = spares(&image);
+    assert!(
+        !left.contains(&later[0]),
+        "the crash's spare {later:?} was removed at open: {left:?}"
+    );
 }
