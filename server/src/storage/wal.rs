@@ -37,8 +37,8 @@
 //! Every [`CHECKPOINT_BATCHES`] applied batches or [`CHECKPOINT_BYTES`] of
 //! their records, the apply thread commits the open transaction with
 //! `Durability::Immediate` instead (a checkpoint: redb then durably holds
-//! every batch up to its LSN), and the next commit (or idle moment) removes
-//! the segments wholly below it. The checkpoint's page writes and
+//! every batch up to its LSN), and the next commit (before it writes
+//! anything) or idle moment removes the segments wholly below it. The checkpoint's page writes and
 //! `fdatasync` run on the apply thread, beside the commits that keep logging.
 //!
 //! A batch whose record would exceed [`RECORD_BYTES_MAX`] (a snapshot
@@ -337,6 +337,9 @@ impl Storage for WalStorage {
 
     fn commit_owned(&mut self, batch: Batch) -> Result<(), StorageError> {
         self.applier.refuse_after_failure()?;
+        // Segments the last checkpoint covers go first: an error here leaves
+        // nothing of this batch anywhere.
+        self.trim()?;
         check_batch_shape(&batch)?;
         if batch.is_empty() {
             return Ok(());
@@ -357,7 +360,7 @@ impl Storage for WalStorage {
             // commits redb durably, a checkpoint, before this returns.
             self.applier.large(batch)?;
             self.shape = shape;
-            return self.trim();
+            return Ok(());
         }
 
         // 2. Log it: durable, acknowledged once `commit` returns.
@@ -374,7 +377,7 @@ impl Storage for WalStorage {
 
         // 3. The apply thread applies it to redb.
         self.applier.apply(lsn, batch, record as u64);
-        self.trim()
+        Ok(())
     }
 
     /// Asks the apply thread to commit the open transaction and removes the

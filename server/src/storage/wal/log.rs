@@ -69,7 +69,8 @@ type Prepared = Result<(File, PathBuf), StorageError>;
 /// in flight (measured with `perf trace` under `write-vs-pg` at 16 writers,
 /// one roll every ~1.5 s). One spare at a time; a roll takes it, or waits
 /// for it while it is being made. Dropping the log stops the thread and
-/// removes an untaken spare (the next open removes one a crash left).
+/// removes an untaken spare (the next open removes one a crash left). A
+/// spare that could not be made (a full disk) is made again at the roll.
 #[derive(Debug)]
 struct Spare {
     /// Asks for the next spare; `None` once the thread is gone.
@@ -413,9 +414,12 @@ impl Log {
                 .then(|| self.spare.take())
                 .flatten()
             {
-                Some(spare) => {
-                    let (file, creating) = spare?;
-                    (file, install_segment(&self.dir, &creating, lsn)?)
+                Some(Ok((file, creating))) => (file, install_segment(&self.dir, &creating, lsn)?),
+                Some(Err(e)) => {
+                    // The disk may have room again since: what counts is the
+                    // roll's own attempt, which fails before any record is written.
+                    tracing::warn!(target: "vcodr::storage", error = %e, "making the next write-ahead log segment ahead failed ({e}); making it at the roll");
+                    create_segment(&self.dir, lsn, bytes)?
                 }
                 // A record larger than a segment (or the thread is gone).
                 None => create_segment(&self.dir, lsn, bytes)?,

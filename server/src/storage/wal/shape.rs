@@ -63,9 +63,9 @@ impl LogShape {
                 if *index < self.commit {
                     return Err(truncate_refused(seq, *index, self.commit));
                 }
-                self.remove_from(index + 1);
+                self.remove_after(*index);
             }
-            PersistOp::Archive { after, .. } => self.remove_from(after + 1),
+            PersistOp::Archive { after, .. } => self.remove_after(*after),
             PersistOp::Commit(index) => {
                 self.commit = self.commit.max(*index);
                 // Entries (applied, commit] are applied in order; the first
@@ -110,6 +110,13 @@ impl LogShape {
         match self.above.last_mut() {
             Some((_, hi)) if *hi + 1 == index => *hi = index,
             _ => self.above.push((index, index)),
+        }
+    }
+
+    /// Forgets every stored index `> index` (none above `u64::MAX`).
+    fn remove_after(&mut self, index: Index) {
+        if let Some(from) = index.checked_add(1) {
+            self.remove_from(from);
         }
     }
 
@@ -164,9 +171,18 @@ mod tests {
                 )
             }
             4..=6 => PersistOp::Commit(index),
-            7 => PersistOp::TruncateAfter(index),
+            // The highest index too: nothing is after it.
+            7 => PersistOp::TruncateAfter(if rng.range(0, 6) == 0 {
+                Index::MAX
+            } else {
+                index
+            }),
             8 => PersistOp::Archive {
-                after: index,
+                after: if rng.range(0, 6) == 0 {
+                    Index::MAX
+                } else {
+                    index
+                },
                 reason: "test".into(),
             },
             9 | 10 => PersistOp::Compact { below: index },
@@ -179,8 +195,8 @@ mod tests {
     }
 
     /// Against the reference store, over random streams with holes,
-    /// truncations of committed entries, archives, compactions and
-    /// snapshots: the same batches accepted, the same refusals with the
+    /// truncations of committed entries, archives (after the highest index
+    /// too), compactions and snapshots: the same batches accepted, the same refusals with the
     /// same messages, and after every batch exactly the reference's shape.
     #[test]
     fn refuses_exactly_what_the_reference_store_refuses() {
