@@ -435,9 +435,10 @@ const CRASH_CHILD_KIND: &str = "VCODR_STORAGE_CRASH_CHILD_KIND";
 const CRASH_CHILD_TEST: &str = "storage::tests::crash_child";
 const CRASH_FILE: &str = "vcodr.redb";
 /// The WAL store of the crash test: small segments, frequent checkpoints
-/// and a redb commit every 10 batches (not a divisor of 25), so that kills
-/// land in rolls, checkpoints, removals and group commits too, and mostly
-/// with the redb transaction open.
+/// and a redb commit every 10 batches (not a divisor of 25), the apply
+/// thread woken every 4, so that kills land in rolls, checkpoints, removals
+/// and group commits too, and mostly with the redb transaction open or
+/// batches not yet applied.
 const CRASH_WAL_BOUNDS: WalBounds = WalBounds {
     segment_bytes: 64 * 1024,
     segment_records: 40,
@@ -446,6 +447,8 @@ const CRASH_WAL_BOUNDS: WalBounds = WalBounds {
     checkpoint_bytes: wal::CHECKPOINT_BYTES,
     apply_group_batches: 10,
     apply_group_bytes: wal::APPLY_GROUP_BYTES,
+    apply_wake_batches: 4,
+    apply_wake_bytes: wal::APPLY_WAKE_BYTES,
 };
 
 /// Opens the crash test's store of `kind` in `dir`.

@@ -70,6 +70,10 @@ struct State {
     queued: (usize, u64),
     /// The apply thread waits for a job.
     asleep: bool,
+    /// The sleeping apply thread is to start: a job it must not leave
+    /// waiting was handed over (set with the notification, so a spurious
+    /// wake-up of its condition variable is not taken for one).
+    due: bool,
     /// Threads waiting for the apply thread (room, a reply aside).
     waiters: usize,
     /// LSN of the last logged batch applied to redb (and committed, if its
@@ -100,6 +104,8 @@ struct Shared {
     work: Condvar,
     /// Waiters of the apply thread wait here.
     done: Condvar,
+    /// The wake bounds of [`Shared::push`]: batches, record bytes.
+    wake: (u64, u64),
 }
 
 impl Shared {
@@ -115,9 +121,23 @@ impl Shared {
         st
     }
 
+    /// Queues `job`. A logged batch wakes a sleeping thread only once the
+    /// queued batches reach the wake bounds ([`WalBounds::apply_wake_batches`],
+    /// [`WalBounds::apply_wake_bytes`]); any other job wakes it at once.
     fn push(&self, st: &mut State, job: Job) {
+        let lazy = matches!(job, Job::Apply { .. })
+            && (st.queued.0 as u64) < self.wake.0
+            && st.queued.1 < self.wake.1;
         st.jobs.push_back(job);
-        if st.asleep {
+        if !lazy {
+            self.start(st);
+        }
+    }
+
+    /// Wakes the thread if it sleeps with jobs queued.
+    fn start(&self, st: &mut State) {
+        if st.asleep && !st.jobs.is_empty() && !st.due {
+            st.due = true;
             self.work.notify_one();
         }
     }
@@ -163,6 +183,7 @@ impl Applier {
             }),
             work: Condvar::new(),
             done: Condvar::new(),
+            wake: (bounds.apply_wake_batches, bounds.apply_wake_bytes),
         });
         let worker = Worker {
             redb,
@@ -196,6 +217,7 @@ impl Applier {
             && !st.exited
             && (st.queued.0 >= APPLY_QUEUE_BATCHES || st.queued.1 + bytes > APPLY_QUEUE_BYTES)
         {
+            self.shared.start(&mut st);
             st = self.shared.wait(st);
         }
         st.queued.0 += 1;
@@ -274,9 +296,17 @@ impl Applier {
     /// Waits until the thread has done every job handed to it (or ended).
     pub fn wait_quiet(&self) {
         let mut st = self.shared.lock();
+        self.shared.start(&mut st);
         while !(st.exited || (st.jobs.is_empty() && st.asleep)) {
             st = self.shared.wait(st);
         }
+    }
+
+    /// LSN of the last logged batch applied to redb (committed or in the
+    /// open transaction).
+    #[cfg(test)]
+    pub fn applied(&self) -> u64 {
+        self.shared.lock().applied
     }
 
     /// LSN of the last batch redb holds durably.
@@ -397,8 +427,11 @@ impl Worker {
             if st.waiters > 0 {
                 self.shared.done.notify_all();
             }
-            st = self.shared.work.wait(st).unwrap_or_else(|p| p.into_inner());
+            while !st.due && !st.stop {
+                st = self.shared.work.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
             st.asleep = false;
+            st.due = false;
         }
     }
 

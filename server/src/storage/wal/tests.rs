@@ -41,6 +41,8 @@ fn tiny(rng: &mut Rng) -> WalBounds {
         checkpoint_bytes: rng.range(1, 64) * 1024,
         apply_group_batches: rng.range(1, 6),
         apply_group_bytes: rng.range(1, 16) * 1024,
+        apply_wake_batches: rng.range(1, 6),
+        apply_wake_bytes: rng.range(1, 16) * 1024,
     }
 }
 
@@ -55,6 +57,8 @@ fn no_checkpoint(segment_records: u64) -> WalBounds {
         checkpoint_bytes: u64::MAX,
         apply_group_batches: u64::MAX,
         apply_group_bytes: u64::MAX,
+        apply_wake_batches: APPLY_WAKE_BATCHES,
+        apply_wake_bytes: APPLY_WAKE_BYTES,
     }
 }
 
@@ -344,9 +348,11 @@ fn damage_before_a_later_segment_refuses_and_a_torn_tail_across_segments_is_cut(
 fn a_checkpoint_then_more_batches_survive_a_crash_and_old_segments_are_removed() {
     let root = tempfile::tempdir().expect("temp dir");
     let (batches, states) = stream(15, 60);
+    // The apply thread woken at each batch: checkpoints come at once.
     let bounds = WalBounds {
         segment_records: 3,
         checkpoint_batches: 7,
+        apply_wake_batches: 1,
         ..no_checkpoint(3)
     };
     let live = root.path().join("live");
@@ -769,6 +775,73 @@ fn idle_commits_the_open_transaction() {
     MemStorage::new().idle().expect("idle");
 }
 
+/// Polls `applied` until it reaches `lsn`, for at most 30 s, without
+/// waking the apply thread (as [`WalStorage::uncommitted_batches`] would).
+fn applied_reaches(s: &WalStorage, lsn: u64, ctx: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while s.applier.applied() < lsn {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{ctx}: applied {} after 30 s, expected {lsn}",
+            s.applier.applied()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// The apply thread sleeps while fewer batches than the wake bound wait for
+/// it and nothing else needs it; the bound, a reader and idle wake it.
+#[test]
+fn the_apply_thread_sleeps_until_the_wake_bound_a_reader_or_idle() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (batches, states) = stream(37, 12);
+    let bounds = WalBounds {
+        apply_wake_batches: 5,
+        ..no_checkpoint(64)
+    };
+    let mut s = open(&root.path().join("wal"), bounds);
+    let base = s.applier.applied();
+    s.applier.wait_quiet();
+    for b in &batches[..4] {
+        s.commit(b).expect("commit");
+    }
+    assert_eq!(
+        s.applier.applied(),
+        base,
+        "4 batches, wake bound 5: none applied yet"
+    );
+    check_load(&s, &states[4], "a reader wakes it");
+    assert_eq!(s.applier.applied(), base + 4);
+
+    s.applier.wait_quiet();
+    for b in &batches[4..8] {
+        s.commit(b).expect("commit");
+    }
+    assert_eq!(s.applier.applied(), base + 4, "4 more: still asleep");
+    s.commit(&batches[8]).expect("commit");
+    applied_reaches(&s, base + 9, "the fifth waiting batch wakes it");
+
+    s.applier.wait_quiet();
+    for b in &batches[9..11] {
+        s.commit(b).expect("commit");
+    }
+    assert_eq!(s.applier.applied(), base + 9);
+    s.idle().expect("idle");
+    applied_reaches(&s, base + 11, "idle wakes it");
+    check_load(&*s.redb, &states[11], "idle committed them");
+
+    // By bytes: one batch at the byte bound wakes it.
+    let bounds = WalBounds {
+        apply_wake_bytes: 1,
+        ..no_checkpoint(64)
+    };
+    let mut s = open(&root.path().join("bytes"), bounds);
+    let base = s.applier.applied();
+    s.applier.wait_quiet();
+    s.commit(&batches[0]).expect("commit");
+    applied_reaches(&s, base + 1, "a batch at the byte bound wakes it");
+}
+
 // ---- a full filesystem -----------------------------------------------------
 
 fn big_batch(b: u64) -> Batch {
@@ -803,6 +876,7 @@ fn a_full_filesystem_fails_a_commit_and_keeps_every_acknowledged_batch() {
     let segment_first = WalBounds {
         segment_bytes: 1024 * 1024,
         checkpoint_batches: 10_000,
+        checkpoint_bytes: 1 << 30,
         ..WalBounds::default()
     };
     let mut failed_in = Vec::new();
