@@ -161,6 +161,8 @@ pub mod reconnect;
 mod rng;
 mod roles;
 mod settings;
+#[cfg(test)]
+mod test_protocol;
 
 /// Entry points for the fuzz targets (`fuzz/targets`, package
 /// `vcodr-fuzz-targets`): the pure functions through which the bytes a peer

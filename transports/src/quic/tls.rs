@@ -366,15 +366,7 @@ mod tests {
     use crate::certs::CertificateAuthority;
     use vcodr_core::CertRole;
 
-    struct Ping;
-
-    impl Protocol for Ping {
-        const NAME: &'static str = "vcodr-test-ping";
-        const ACCEPTS: &'static [CertRole] = &[CertRole::Server];
-        type Request = u64;
-        type Response = u64;
-        type Message = u64;
-    }
+    use crate::test_protocol::Echo;
 
     /// A peer that gets packets one after another and has nothing to send
     /// back for a while (the standby between an entry's arrival and its
@@ -389,13 +381,13 @@ mod tests {
         let server_id = ca.issue_identity("a", CertRole::Server).unwrap();
         let client_id = ca.issue_identity("b", CertRole::Server).unwrap();
         let server = quinn::Endpoint::server(
-            quinn_server_config::<Ping>(&server_id, &settings).unwrap(),
+            quinn_server_config::<Echo>(&server_id, &settings).unwrap(),
             "127.0.0.1:0".parse().unwrap(),
         )
         .unwrap();
         let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         client
-            .set_default_client_config(quinn_client_config::<Ping>(&client_id, &settings).unwrap());
+            .set_default_client_config(quinn_client_config::<Echo>(&client_id, &settings).unwrap());
         let addr = server.local_addr().unwrap();
         let (dialled, accepted) = tokio::join!(
             async { client.connect(addr, "a").unwrap().await.unwrap() },

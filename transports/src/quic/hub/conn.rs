@@ -761,15 +761,7 @@ mod tests {
     use std::sync::atomic::AtomicU32;
     use vcodr_core::CertRole;
 
-    struct Echo;
-
-    impl Protocol for Echo {
-        const NAME: &'static str = "vcodr-test-echo";
-        const ACCEPTS: &'static [CertRole] = &CertRole::ALL;
-        type Request = u64;
-        type Response = u64;
-        type Message = u64;
-    }
+    use crate::test_protocol::Echo;
 
     fn hub_link(answerer: Option<Answerer<Echo>>) -> (LinkCtl<Echo>, IncomingRx<Echo>) {
         let (tx, _cmds) = mpsc::unbounded_channel();
