@@ -5,21 +5,126 @@
 //! a [`CountingSocket`].
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tracing::{debug, warn};
 
+/// A UDP socket registered with the runtime for reading only.
+///
+/// tokio's own `UdpSocket` registers for writing too, and Linux reports a
+/// UDP socket writable again each time a datagram it sent is taken off the
+/// receiver's queue: every datagram sent woke this thread once more for
+/// nothing (strace at one writer: 3.2 `epoll_wait` a write on each server,
+/// one of them an `EPOLLOUT` alone). Sends here go straight to the socket;
+/// a send the kernel refuses as would-block is the only time anyone waits
+/// for writability ([`WritableWait`]).
+#[derive(Debug)]
+pub(super) struct ReadOnlyRegistration(tokio::io::unix::AsyncFd<std::net::UdpSocket>);
+
+impl ReadOnlyRegistration {
+    /// Registers `socket` (non-blocking) for reading with the current runtime.
+    pub(super) fn new(socket: std::net::UdpSocket) -> std::io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        // Deprecated because a `T` could close or swap its descriptor while
+        // registered; a `std::net::UdpSocket` owns its descriptor, keeps it
+        // for its life and closes it only when dropped, after the
+        // registration (the `AsyncFd` drops its registration first).
+        #[allow(deprecated)]
+        let fd = tokio::io::unix::AsyncFd::with_interest(socket, tokio::io::Interest::READABLE)?;
+        Ok(ReadOnlyRegistration(fd))
+    }
+
+    pub(super) fn socket(&self) -> &std::net::UdpSocket {
+        self.0.get_ref()
+    }
+
+    /// Waits until the socket has something to read (it may turn out to have
+    /// nothing: [`Self::try_recv`] then says would-block and the next wait waits).
+    pub(super) async fn readable(&self) -> std::io::Result<()> {
+        let mut guard = self.0.readable().await?;
+        guard.retain_ready();
+        Ok(())
+    }
+
+    /// Runs `recv` on the socket if it was last seen readable; a would-block
+    /// clears that, so the next [`Self::readable`] waits for new datagrams.
+    pub(super) fn try_recv<R>(
+        &self,
+        recv: impl FnOnce(&std::net::UdpSocket) -> std::io::Result<R>,
+    ) -> std::io::Result<R> {
+        self.0.try_io(tokio::io::Interest::READABLE, recv)
+    }
+
+    /// Receives a batch into `slots` buffers when the socket is readable, or
+    /// `Pending` until it is. A batch that did not fill every slot emptied
+    /// the queue: readiness is cleared then, and the next call waits for
+    /// the next datagram's wake-up instead of asking the kernel once more
+    /// for a would-block (each datagram took two `recvmmsg` otherwise).
+    /// Nothing is missed: a datagram queued after this read wakes the
+    /// runtime again, and tokio keeps a readiness newer than the one seen here.
+    pub(super) fn poll_recv_batch(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        slots: usize,
+        mut recv: impl FnMut(&std::net::UdpSocket) -> std::io::Result<usize>,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            let mut guard = std::task::ready!(self.0.poll_read_ready(cx))?;
+            if let Ok(r) = guard.try_io(|fd| recv(fd.get_ref())) {
+                if matches!(r, Ok(n) if n < slots) {
+                    guard.clear_ready();
+                }
+                return std::task::Poll::Ready(r);
+            }
+        }
+    }
+}
+
+/// Waits for a socket that refused a send as would-block to take sends
+/// again: a second descriptor of the same socket, registered for writing
+/// only while someone waits.
+#[derive(Debug, Default)]
+pub(super) struct WritableWait(Option<tokio::io::unix::AsyncFd<std::net::UdpSocket>>);
+
+impl WritableWait {
+    pub(super) fn poll(
+        &mut self,
+        socket: &std::net::UdpSocket,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.0.is_none() {
+            // See `ReadOnlyRegistration::new` on why this is sound here.
+            #[allow(deprecated)]
+            let fd = tokio::io::unix::AsyncFd::with_interest(
+                socket.try_clone()?,
+                tokio::io::Interest::WRITABLE,
+            )?;
+            self.0 = Some(fd);
+        }
+        let fd = self.0.as_ref().expect("registered above");
+        // Writable: stop hearing about it until the next refused send (the
+        // registration goes with it, its readiness with the registration).
+        std::task::ready!(fd.poll_write_ready(cx))?.retain_ready();
+        self.0 = None;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// quinn's tokio UDP socket, except that a send the OS refuses is counted
 /// (quinn's own socket logs it and carries on): quinn-udp's `try_send`
-/// instead of `send`, and the error turned into a lost packet here.
+/// instead of `send`, and the error turned into a lost packet here; and it
+/// is registered for reading only ([`ReadOnlyRegistration`]).
 #[derive(Debug)]
 pub(super) struct CountingSocket {
-    io: tokio::net::UdpSocket,
+    io: ReadOnlyRegistration,
     state: quinn::udp::UdpSocketState,
     send_failures: Arc<AtomicU64>,
     /// Failures logged so far (at powers of two, as the hub does).
     logged: AtomicU64,
+    /// The last send was refused as would-block: quinn's pollers wait for
+    /// writability before it tries again.
+    blocked: AtomicBool,
 }
 
 impl CountingSocket {
@@ -27,40 +132,53 @@ impl CountingSocket {
         socket: std::net::UdpSocket,
         send_failures: Arc<AtomicU64>,
     ) -> std::io::Result<Self> {
-        socket.set_nonblocking(true)?;
         Ok(CountingSocket {
             state: quinn::udp::UdpSocketState::new((&socket).into())?,
-            io: tokio::net::UdpSocket::from_std(socket)?,
+            io: ReadOnlyRegistration::new(socket)?,
             send_failures,
             logged: AtomicU64::new(0),
+            blocked: AtomicBool::new(false),
         })
     }
 }
 
-/// Waits until the socket can send (quinn's poller, on tokio's readiness).
+/// Lets quinn send at once unless the socket last refused a send as
+/// would-block; then waits for it to be writable ([`WritableWait`]).
 #[derive(Debug)]
-struct CountingPoller(Arc<CountingSocket>);
+struct CountingPoller {
+    socket: Arc<CountingSocket>,
+    wait: WritableWait,
+}
 
 impl quinn::UdpPoller for CountingPoller {
     fn poll_writable(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        self.0.io.poll_send_ready(cx)
+        let this = self.get_mut();
+        if !this.socket.blocked.load(Ordering::Acquire) {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::task::ready!(this.wait.poll(this.socket.io.socket(), cx))?;
+        this.socket.blocked.store(false, Ordering::Release);
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
 impl quinn::AsyncUdpSocket for CountingSocket {
     fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
-        Box::pin(CountingPoller(self))
+        Box::pin(CountingPoller {
+            socket: self,
+            wait: WritableWait::default(),
+        })
     }
 
     fn try_send(&self, transmit: &quinn::udp::Transmit<'_>) -> std::io::Result<()> {
-        let sent = self.io.try_io(tokio::io::Interest::WRITABLE, || {
-            self.state.try_send((&self.io).into(), transmit)
-        });
-        match sent {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(e),
+        match self.state.try_send(self.io.socket().into(), transmit) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.blocked.store(true, Ordering::Release);
+                Err(e)
+            }
             Err(e) if !is_send_failure(&e) => Ok(()),
             Err(e) => {
                 let n = self.send_failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -79,18 +197,14 @@ impl quinn::AsyncUdpSocket for CountingSocket {
         bufs: &mut [std::io::IoSliceMut<'_>],
         meta: &mut [quinn::udp::RecvMeta],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        loop {
-            std::task::ready!(self.io.poll_recv_ready(cx))?;
-            if let Ok(n) = self.io.try_io(tokio::io::Interest::READABLE, || {
-                self.state.recv((&self.io).into(), bufs, meta)
-            }) {
-                return std::task::Poll::Ready(Ok(n));
-            }
-        }
+        let slots = bufs.len().min(meta.len());
+        self.io.poll_recv_batch(cx, slots, |socket| {
+            self.state.recv(socket.into(), bufs, meta)
+        })
     }
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.io.local_addr()
+        self.io.socket().local_addr()
     }
 
     fn may_fragment(&self) -> bool {
@@ -146,4 +260,108 @@ pub(super) fn udp_socket(
     }
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quinn::UdpPoller;
+    use std::os::fd::AsRawFd;
+    use std::task::Poll;
+    use std::time::Duration;
+
+    /// The events every epoll instance of this process asks for on `fd`
+    /// (`/proc/self/fdinfo` of each `[eventpoll]` descriptor): one entry per
+    /// registration of that descriptor (tokio holds each epoll instance
+    /// under two descriptors: a registration is told apart by its data word).
+    fn epoll_masks(fd: i32) -> Vec<u32> {
+        let mut masks = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            let is_epoll = std::fs::read_link(entry.path())
+                .is_ok_and(|t| t.to_string_lossy().contains("eventpoll"));
+            let info = format!("/proc/self/fdinfo/{}", entry.file_name().to_string_lossy());
+            let Ok(info) = std::fs::read_to_string(info) else {
+                continue;
+            };
+            for line in info.lines().filter(|_| is_epoll) {
+                // "tfd:       12 events:       19 data: ... pos:0 ino:... sdev:..."
+                let mut words = line.split_whitespace();
+                if words.next() != Some("tfd:") || words.next() != Some(&fd.to_string()) {
+                    continue;
+                }
+                if let (Some("events:"), Some(hex), Some("data:"), Some(data)) =
+                    (words.next(), words.next(), words.next(), words.next())
+                {
+                    masks.insert(data.to_string(), u32::from_str_radix(hex, 16).unwrap());
+                }
+            }
+        }
+        masks.into_values().collect()
+    }
+
+    const EPOLLIN: u32 = 0x1;
+    const EPOLLOUT: u32 = 0x4;
+
+    fn bound() -> std::net::UdpSocket {
+        udp_socket("127.0.0.1:0".parse().unwrap(), 1 << 16).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_registered_for_reading_only_and_writes_wait_only_after_a_refusal() {
+        let socket = bound();
+        let fd = socket.as_raw_fd();
+        let counting = Arc::new(CountingSocket::new(socket, Arc::default()).unwrap());
+        let masks = epoll_masks(fd);
+        assert_eq!(masks.len(), 1, "one registration of the socket: {masks:x?}");
+        assert_eq!(masks[0] & (EPOLLIN | EPOLLOUT), EPOLLIN, "{:x}", masks[0]);
+
+        // Nothing refused: quinn may send at once, and nothing is registered.
+        let mut poller = std::pin::pin!(CountingPoller {
+            socket: counting.clone(),
+            wait: WritableWait::default(),
+        });
+        let now = std::future::poll_fn(|cx| Poll::Ready(poller.as_mut().poll_writable(cx))).await;
+        assert!(matches!(now, Poll::Ready(Ok(()))));
+
+        // A refused send: the poller waits for writability on a second
+        // descriptor, then drops it again.
+        counting.blocked.store(true, Ordering::Release);
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx)),
+        )
+        .await
+        .expect("an idle socket is writable")
+        .unwrap();
+        assert!(!counting.blocked.load(Ordering::Acquire));
+        assert!(poller.wait.0.is_none(), "the second descriptor is dropped");
+        assert_eq!(epoll_masks(fd).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_datagram_after_a_batch_that_emptied_the_queue_still_wakes_the_reader() {
+        let socket = bound();
+        let addr = socket.local_addr().unwrap();
+        let io = ReadOnlyRegistration::new(socket).unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut buf = [0u8; 64];
+        for round in 0..3u8 {
+            sender.send_to(&[round], addr).unwrap();
+            // One datagram of four slots: readiness is cleared after it.
+            let recv = std::future::poll_fn(|cx| {
+                io.poll_recv_batch(cx, 4, |s| s.recv(&mut buf).map(|_| 1))
+            });
+            let n = tokio::time::timeout(Duration::from_secs(10), recv)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the datagram never woke the reader"))
+                .unwrap();
+            assert_eq!((n, buf[0]), (1, round));
+        }
+        // Cleared, and nothing queued: the reader waits.
+        let waiting = std::future::poll_fn(|cx| {
+            Poll::Ready(io.poll_recv_batch(cx, 4, |s| s.recv(&mut [0u8; 8]).map(|_| 1)))
+        })
+        .await;
+        assert!(waiting.is_pending());
+    }
 }

@@ -34,11 +34,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::socket::ReadOnlyRegistration;
 use bytes::BytesMut;
 use quinn::udp;
 use quinn_proto as proto;
 use quinn_proto::{ConnectionError, ConnectionHandle, DatagramEvent, StreamId, VarInt};
-use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tracing::{debug, warn};
 
@@ -154,9 +154,8 @@ impl<P: Protocol> HubHandle<P> {
             source,
         })?;
         let bind_err = |source| SetupError::Bind { addr, source };
-        socket.set_nonblocking(true).map_err(bind_err)?;
         let state = udp::UdpSocketState::new((&socket).into()).map_err(bind_err)?;
-        let socket = tokio::net::UdpSocket::from_std(socket).map_err(bind_err)?;
+        let socket = ReadOnlyRegistration::new(socket).map_err(bind_err)?;
         let gro = state.gro_segments().max(1);
         let may_fragment = state.may_fragment();
         let slot = usize::from(u16::MAX).min(1500 * gro);
@@ -278,7 +277,8 @@ impl Drop for HubListenerGuard {
 }
 
 struct Io {
-    socket: tokio::net::UdpSocket,
+    /// Sends go straight to the socket, dropped when its buffer is full.
+    socket: ReadOnlyRegistration,
     state: udp::UdpSocketState,
     recv_buf: Vec<u8>,
     slot: usize,
@@ -298,7 +298,7 @@ impl Io {
             segment_size: t.segment_size,
             src_ip: t.src_ip,
         };
-        match self.state.try_send((&self.socket).into(), &transmit) {
+        match self.state.try_send(self.socket.socket().into(), &transmit) {
             Ok(()) => {}
             Err(e) => {
                 // QUIC recovers lost packets; a full socket buffer is loss.
@@ -476,9 +476,7 @@ impl<P: Protocol> Hub<P> {
             let result = {
                 let mut iovs: Vec<IoSliceMut<'_>> =
                     recv_buf.chunks_mut(*slot).map(IoSliceMut::new).collect();
-                socket.try_io(Interest::READABLE, || {
-                    state.recv((&*socket).into(), &mut iovs[..udp::BATCH_SIZE], &mut metas)
-                })
+                socket.try_recv(|s| state.recv(s.into(), &mut iovs[..udp::BATCH_SIZE], &mut metas))
             };
             let n = match result {
                 Ok(n) => n,
