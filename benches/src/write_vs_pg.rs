@@ -3,9 +3,10 @@
 //!
 //! The pair is two `vcodr serve` processes on loopback started by
 //! [`ProcCluster`] with `on_standby_loss = "block"`: a write is acknowledged
-//! only once durable on both. Each writer has its own admin [`Client`] (one
-//! keep-alive HTTPS connection) and sends `configuration/put` of a 200-byte
-//! JSON string back to back for the run's duration.
+//! only once durable on both. Each writer has its own keep-alive HTTPS
+//! connection ([`Writer`]: HTTP/1.1 over the admin [`Client`]'s TLS) and
+//! sends `configuration/put` of a 200-byte JSON string back to back for the
+//! run's duration.
 //!
 //! The anchor runs afterwards (it waits for a quiet machine before each of
 //! its runs); its `SUMMARY` rows for `synchronous_commit = on` at 1 and 16
@@ -14,7 +15,6 @@
 use crate::machine::{ms, percentile, proc_now, render_table};
 use anyhow::{bail, Context};
 use clap::Parser;
-use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -271,27 +271,31 @@ pub async fn run_vcodr(
     result
 }
 
-/// `writers` concurrent writers, each on its own client (keep-alive connection), for `duration`.
+/// `writers` concurrent writers, each on its own keep-alive connection
+/// ([`Writer`]), for `duration`.
 async fn run_writers(
     cluster: &ProcCluster,
     writers: usize,
     duration: Duration,
 ) -> anyhow::Result<VcodrRun> {
-    let url = cluster.servers[0].url();
-    let clients: Vec<Client> = (0..writers)
-        .map(|_| Client::from_files(&url, &cluster.token_file, None))
-        .collect::<Result<_, _>>()?;
+    let client = cluster.client(0).clone();
     let pids = [
         cluster.servers[0].pid().unwrap_or(0),
         cluster.servers[1].pid().unwrap_or(0),
         std::process::id(),
     ];
+    let mut conns = Vec::with_capacity(writers);
+    for _ in 0..writers {
+        conns.push(Writer::connect(&client).await?);
+    }
     let cpu_before = pids.map(|p| proc_now(p).cpu_s);
     let start = Instant::now();
     let stop = start + duration;
     let mut tasks = Vec::with_capacity(writers);
-    for (w, client) in clients.into_iter().enumerate() {
+    for (w, conn) in conns.into_iter().enumerate() {
+        let client = client.clone();
         tasks.push(tokio::spawn(async move {
+            let mut conn = Some(conn);
             let mut latencies = Vec::new();
             let mut errors = 0u64;
             let mut first_error = None;
@@ -300,13 +304,19 @@ async fn run_writers(
                 let key = format!("load/{w}/{}", i % KEYS_PER_WRITER);
                 let value = value_of(w, i);
                 let t0 = Instant::now();
-                match client
-                    .call("configuration/put", json!({"key": key, "value": value}))
-                    .await
-                {
-                    Ok(_) => latencies.push(t0.elapsed()),
+                let done = match conn.as_mut() {
+                    Some(c) => c.put(i, &key, &value).await,
+                    // The last write broke the connection: a new one.
+                    None => match Writer::connect(&client).await {
+                        Ok(c) => conn.insert(c).put(i, &key, &value).await,
+                        Err(e) => Err(e),
+                    },
+                };
+                match done {
+                    Ok(()) => latencies.push(t0.elapsed()),
                     Err(e) => {
                         errors += 1;
+                        conn = None;
                         first_error.get_or_insert_with(|| format!("{e:#}"));
                     }
                 }
@@ -353,6 +363,125 @@ pub fn value_of(w: usize, i: u64) -> String {
     ));
     v.truncate(VALUE_BYTES);
     v
+}
+
+/// One writer's keep-alive HTTPS connection, speaking HTTP/1.1 itself:
+/// the load generator shares the two cores with the pair, and the admin
+/// [`Client`] (hyper's connection task, a timeout and a pool per call, a
+/// JSON tree per request) cost it more CPU per write than the servers'
+/// whole admin path. The request is the one [`Client::call`] sends.
+struct Writer {
+    io: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    /// The request head up to its `Content-Length` value.
+    head: String,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    async fn connect(client: &Client) -> anyhow::Result<Writer> {
+        Ok(Writer {
+            io: client.tls_stream().await?,
+            head: format!(
+                "POST /portal/ HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+                 authorization: {}\r\ncontent-length: ",
+                client.address,
+                client.authorization()
+            ),
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// `configuration/put` of `key` = `value` (JSON strings) as JSON-RPC
+    /// call `id`; an error names what the server answered instead of a result.
+    async fn put(&mut self, id: u64, key: &str, value: &str) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let body = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"configuration/put\",\
+             \"params\":{{\"key\":{},\"value\":{}}}}}",
+            serde_json::to_string(key)?,
+            serde_json::to_string(value)?
+        );
+        let mut request = Vec::with_capacity(self.head.len() + body.len() + 16);
+        request.extend_from_slice(self.head.as_bytes());
+        request.extend_from_slice(format!("{}\r\n\r\n", body.len()).as_bytes());
+        request.extend_from_slice(body.as_bytes());
+        self.io.write_all(&request).await?;
+        self.io.flush().await?;
+        self.buf.clear();
+        let (status, body_at, body_len) = loop {
+            if let Some(head) = parse_head(&self.buf)? {
+                break head;
+            }
+            read_more(&mut self.io, &mut self.buf).await?;
+        };
+        while self.buf.len() < body_at + body_len {
+            read_more(&mut self.io, &mut self.buf).await?;
+        }
+        let body = &self.buf[body_at..body_at + body_len];
+        let v: serde_json::Value = serde_json::from_slice(body)
+            .with_context(|| format!("HTTP {status}: the body is not JSON"))?;
+        match (status, v.get("result"), v.get("error")) {
+            (200, Some(_), None) => Ok(()),
+            _ => bail!("HTTP {status}: {v}"),
+        }
+    }
+}
+
+/// Reads what the server sent next onto `buf`; the end of the stream is an error.
+async fn read_more(
+    io: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    let n = io.read(&mut chunk).await?;
+    if n == 0 {
+        bail!("the server closed the connection mid-response");
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
+}
+
+/// Most bytes of a response head [`parse_head`] waits for.
+const HEAD_MAX: usize = 16 * 1024;
+
+/// The status, where the body starts and its length, once `buf` holds a
+/// whole response head (`None` before); a head without `content-length`
+/// (or chunked) is refused, as the admin API always sends one.
+fn parse_head(buf: &[u8]) -> anyhow::Result<Option<(u16, usize, usize)>> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if buf.len() > HEAD_MAX {
+            bail!("no end of the response head in {HEAD_MAX} bytes");
+        }
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..end]).context("a response head that is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = match status_line.split(' ').collect::<Vec<_>>()[..] {
+        ["HTTP/1.1", code, ..] => code
+            .parse::<u16>()
+            .with_context(|| format!("status line {status_line:?}"))?,
+        _ => bail!("not an HTTP/1.1 status line: {status_line:?}"),
+    };
+    let mut length = None;
+    for line in lines {
+        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(
+                value
+                    .trim()
+                    .parse::<usize>()
+                    .with_context(|| format!("header {line:?}"))?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            bail!("HTTP {status} with {line:?}: only content-length bodies are read");
+        }
+    }
+    match length {
+        Some(len) => Ok(Some((status, end + 4, len))),
+        None => bail!("HTTP {status} without content-length"),
+    }
 }
 
 /// Runs the anchor with `DUR`/`REPS`, echoing its output as it comes
@@ -511,6 +640,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--vcodr") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn a_response_head_is_read_once_whole_with_its_content_length() {
+        let ok =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nContent-Length: 42\r\n\r\n{";
+        assert_eq!(parse_head(ok).unwrap(), Some((200, ok.len() - 1, 42)));
+        // Not all there yet.
+        assert_eq!(parse_head(&ok[..20]).unwrap(), None);
+        assert_eq!(
+            parse_head(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n").unwrap(),
+            Some((503, 55, 0))
+        );
+        let refused = |head: &[u8]| parse_head(head).unwrap_err().to_string();
+        assert_eq!(
+            refused(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
+            "HTTP 200 with \"transfer-encoding: chunked\": only content-length bodies are read"
+        );
+        assert_eq!(
+            refused(b"HTTP/1.1 200 OK\r\n\r\n"),
+            "HTTP 200 without content-length"
+        );
+        assert_eq!(
+            refused(b"SSH-2.0-OpenSSH\r\n\r\n"),
+            "not an HTTP/1.1 status line: \"SSH-2.0-OpenSSH\""
+        );
+        assert_eq!(
+            refused(&vec![b'x'; HEAD_MAX + 1]),
+            format!("no end of the response head in {HEAD_MAX} bytes")
+        );
     }
 
     #[test]

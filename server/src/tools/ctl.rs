@@ -187,10 +187,7 @@ impl Client {
                 .uri(path)
                 .header(hyper::header::HOST, &self.address)
                 .header(hyper::header::CONTENT_TYPE, "application/json")
-                .header(
-                    hyper::header::AUTHORIZATION,
-                    format!("Token {}", self.token),
-                )
+                .header(hyper::header::AUTHORIZATION, self.authorization())
                 .body(Full::new(Bytes::from(body)))?;
             let resp = match sender.try_send_request(req).await {
                 Ok(r) => r,
@@ -227,18 +224,32 @@ impl Client {
             .map_err(|_| anyhow!("{} did not answer within {:?}", self.address, self.timeout))?
     }
 
-    async fn connect(&self) -> anyhow::Result<Sender> {
+    /// A TLS connection to the server (TCP without Nagle), the server's
+    /// certificate checked against the CA: what [`Client::call`] speaks
+    /// HTTP/1.1 over, for a caller that speaks it itself (the write-vs-pg
+    /// load generator).
+    pub async fn tls_stream(
+        &self,
+    ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let tcp = tokio::net::TcpStream::connect(&self.address)
             .await
             .with_context(|| format!("connecting to {}", self.address))?;
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from(self.host.clone())
             .map_err(|e| anyhow!("server name {:?}: {e}", self.host))?;
-        let tls = self
-            .tls
+        self.tls
             .connect(name, tcp)
             .await
-            .map_err(|e| tls_error(&self.address, &self.host, e))?;
+            .map_err(|e| tls_error(&self.address, &self.host, e))
+    }
+
+    /// The `Authorization` header's value.
+    pub fn authorization(&self) -> String {
+        format!("Token {}", self.token)
+    }
+
+    async fn connect(&self) -> anyhow::Result<Sender> {
+        let tls = self.tls_stream().await?;
         let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
         tokio::spawn(async move {
