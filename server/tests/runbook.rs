@@ -187,6 +187,9 @@ async fn operator_runbook_on_real_processes() {
     assert_eq!(body["error"]["code"], -32004);
     let (_, body) = cl.client(A).post_raw(b"{not json".to_vec()).await.unwrap();
     assert_eq!(body["error"]["code"], -32700);
+    // The portal takes POST only; a GET of it is no call.
+    let (status, body) = cl.client(A).get("/portal/").await.unwrap();
+    assert_eq!((status, body.as_str()), (405, ""));
     let e = api_error(cl.client(A).call("configuration/explode", json!({})).await);
     assert_eq!(e.code, -32601);
     assert!(e.message.contains("configuration/explode"));

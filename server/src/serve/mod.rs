@@ -332,18 +332,18 @@ pub async fn start(cfg: &FileConfig) -> anyhow::Result<Running> {
     let token = cfg
         .admin_token()
         .with_context(|| format!("reading {}", cfg.admin_token_file.display()))?;
-    let app = admin::router(AdminState {
+    let state = AdminState {
         handle: handle.clone(),
         token: Arc::new(token),
         name: Arc::new(cfg.name.clone()),
         throttle: admin_throttle.clone(),
-    });
+    };
     let limits = cfg.limits.admin();
     warn_if_descriptors_short(limits.max_connections);
     let admin = tokio::spawn(admin::serve(
         admin_l,
         tls,
-        app,
+        state,
         limits,
         metrics.clone(),
         admin_throttle,
