@@ -4,9 +4,14 @@
 //! The hub reads and writes it itself; the quinn driver gets it wrapped in
 //! a [`CountingSocket`].
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 use tracing::{debug, warn};
 
@@ -18,7 +23,7 @@ use tracing::{debug, warn};
 /// nothing (strace at one writer: 3.2 `epoll_wait` a write on each server,
 /// one of them an `EPOLLOUT` alone). Sends here go straight to the socket;
 /// a send the kernel refuses as would-block is the only time anyone waits
-/// for writability ([`WritableWait`]).
+/// for writability ([`CountingSocket::wait_writable`]).
 #[derive(Debug)]
 pub(super) struct ReadOnlyRegistration(tokio::io::unix::AsyncFd<std::net::UdpSocket>);
 
@@ -72,42 +77,16 @@ impl ReadOnlyRegistration {
         loop {
             let mut guard = std::task::ready!(self.0.poll_read_ready(cx))?;
             if let Ok(r) = guard.try_io(|fd| recv(fd.get_ref())) {
-                if matches!(r, Ok(n) if n < slots) {
+                // Only where quinn-udp reads with `recvmmsg`: elsewhere it
+                // reads one datagram a call whatever the slots.
+                if cfg!(any(target_os = "linux", target_os = "android"))
+                    && matches!(r, Ok(n) if n < slots)
+                {
                     guard.clear_ready();
                 }
                 return std::task::Poll::Ready(r);
             }
         }
-    }
-}
-
-/// Waits for a socket that refused a send as would-block to take sends
-/// again: a second descriptor of the same socket, registered for writing
-/// only while someone waits.
-#[derive(Debug, Default)]
-pub(super) struct WritableWait(Option<tokio::io::unix::AsyncFd<std::net::UdpSocket>>);
-
-impl WritableWait {
-    pub(super) fn poll(
-        &mut self,
-        socket: &std::net::UdpSocket,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.0.is_none() {
-            // See `ReadOnlyRegistration::new` on why this is sound here.
-            #[allow(deprecated)]
-            let fd = tokio::io::unix::AsyncFd::with_interest(
-                socket.try_clone()?,
-                tokio::io::Interest::WRITABLE,
-            )?;
-            self.0 = Some(fd);
-        }
-        let fd = self.0.as_ref().expect("registered above");
-        // Writable: stop hearing about it until the next refused send (the
-        // registration goes with it, its readiness with the registration).
-        std::task::ready!(fd.poll_write_ready(cx))?.retain_ready();
-        self.0 = None;
-        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -125,6 +104,12 @@ pub(super) struct CountingSocket {
     /// The last send was refused as would-block: quinn's pollers wait for
     /// writability before it tries again.
     blocked: AtomicBool,
+    /// While connections wait for writability: a second descriptor of the
+    /// socket registered for writing, shared by them all (one descriptor
+    /// per socket however many wait), closed when the last stops waiting.
+    writable: Mutex<Weak<AsyncFd<std::net::UdpSocket>>>,
+    /// Times that descriptor could not be made (logged at powers of two).
+    wait_failures: AtomicU64,
 }
 
 impl CountingSocket {
@@ -138,28 +123,93 @@ impl CountingSocket {
             send_failures,
             logged: AtomicU64::new(0),
             blocked: AtomicBool::new(false),
+            writable: Mutex::new(Weak::new()),
+            wait_failures: AtomicU64::new(0),
         })
+    }
+
+    /// The shared descriptor registered for writing ([`Self::writable`]),
+    /// made if no one holds it.
+    fn writable_registration(&self) -> std::io::Result<Arc<AsyncFd<std::net::UdpSocket>>> {
+        let mut slot = self.writable.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(fd) = slot.upgrade() {
+            return Ok(fd);
+        }
+        // See `ReadOnlyRegistration::new` on why this is sound here.
+        #[allow(deprecated)]
+        let fd = Arc::new(AsyncFd::with_interest(
+            self.io.socket().try_clone()?,
+            Interest::WRITABLE,
+        )?);
+        *slot = Arc::downgrade(&fd);
+        Ok(fd)
+    }
+
+    /// What a poller waits on after a refused send: the socket writable
+    /// again, or — when no descriptor or epoll watch is left to wait with —
+    /// [`WRITABLE_RETRY`], after which quinn simply tries again.
+    fn wait_writable(&self) -> WritableWait {
+        match self.writable_registration() {
+            Ok(fd) => Box::pin(async move {
+                // Cleared as seen: a send refused again waits for the next
+                // datagram to leave the buffer, never spins on this one.
+                fd.writable().await?.clear_ready();
+                Ok(())
+            }),
+            Err(e) => {
+                let n = self.wait_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    warn!(error = %e, failures = n, "cannot wait for the UDP socket to take sends; retrying every {WRITABLE_RETRY:?}");
+                }
+                Box::pin(async {
+                    tokio::time::sleep(WRITABLE_RETRY).await;
+                    Ok(())
+                })
+            }
+        }
     }
 }
 
+/// How long quinn waits before sending again when the socket's
+/// writability cannot be waited for ([`CountingSocket::wait_writable`]).
+const WRITABLE_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// A poller's wait for writability.
+type WritableWait = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send + Sync>>;
+
 /// Lets quinn send at once unless the socket last refused a send as
-/// would-block; then waits for it to be writable ([`WritableWait`]).
-#[derive(Debug)]
+/// would-block; then waits ([`CountingSocket::wait_writable`]).
 struct CountingPoller {
     socket: Arc<CountingSocket>,
-    wait: WritableWait,
+    wait: Option<WritableWait>,
+}
+
+impl std::fmt::Debug for CountingPoller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CountingPoller")
+            .field("waiting", &self.wait.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl quinn::UdpPoller for CountingPoller {
     fn poll_writable(
-        self: std::pin::Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         let this = self.get_mut();
         if !this.socket.blocked.load(Ordering::Acquire) {
+            // Another connection saw it writable first: stop waiting too
+            // (and let go of the shared descriptor).
+            this.wait = None;
             return std::task::Poll::Ready(Ok(()));
         }
-        std::task::ready!(this.wait.poll(this.socket.io.socket(), cx))?;
+        let socket = &this.socket;
+        let wait = this.wait.get_or_insert_with(|| socket.wait_writable());
+        let waited = std::task::ready!(wait.as_mut().poll(cx));
+        this.wait = None;
+        // An error only when the runtime shuts down, as tokio's own socket.
+        waited?;
         this.socket.blocked.store(false, Ordering::Release);
         std::task::Poll::Ready(Ok(()))
     }
@@ -169,7 +219,7 @@ impl quinn::AsyncUdpSocket for CountingSocket {
     fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
         Box::pin(CountingPoller {
             socket: self,
-            wait: WritableWait::default(),
+            wait: None,
         })
     }
 
@@ -299,6 +349,11 @@ mod tests {
         masks.into_values().collect()
     }
 
+    /// One poll of `p` for writability, with the test task's waker.
+    async fn poll(p: &mut CountingPoller) -> Poll<std::io::Result<()>> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *p).poll_writable(cx))).await
+    }
+
     const EPOLLIN: u32 = 0x1;
     const EPOLLOUT: u32 = 0x4;
 
@@ -316,25 +371,31 @@ mod tests {
         assert_eq!(masks[0] & (EPOLLIN | EPOLLOUT), EPOLLIN, "{:x}", masks[0]);
 
         // Nothing refused: quinn may send at once, and nothing is registered.
-        let mut poller = std::pin::pin!(CountingPoller {
-            socket: counting.clone(),
-            wait: WritableWait::default(),
-        });
-        let now = std::future::poll_fn(|cx| Poll::Ready(poller.as_mut().poll_writable(cx))).await;
-        assert!(matches!(now, Poll::Ready(Ok(()))));
+        let poller = |socket: &Arc<CountingSocket>| CountingPoller {
+            socket: socket.clone(),
+            wait: None,
+        };
+        let (mut first, mut second) = (poller(&counting), poller(&counting));
+        assert!(matches!(poll(&mut first).await, Poll::Ready(Ok(()))));
+        assert_eq!(counting.writable.lock().unwrap().strong_count(), 0);
 
-        // A refused send: the poller waits for writability on a second
-        // descriptor, then drops it again.
+        // A refused send: both connections wait, on one second descriptor.
         counting.blocked.store(true, Ordering::Release);
+        assert!(poll(&mut first).await.is_pending());
+        assert!(poll(&mut second).await.is_pending());
+        assert_eq!(counting.writable.lock().unwrap().strong_count(), 2);
         tokio::time::timeout(
             Duration::from_secs(10),
-            std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx)),
+            std::future::poll_fn(|cx| Pin::new(&mut first).poll_writable(cx)),
         )
         .await
         .expect("an idle socket is writable")
         .unwrap();
         assert!(!counting.blocked.load(Ordering::Acquire));
-        assert!(poller.wait.0.is_none(), "the second descriptor is dropped");
+        // The other sees it writable too, and lets go: the descriptor closes.
+        assert!(matches!(poll(&mut second).await, Poll::Ready(Ok(()))));
+        assert!(first.wait.is_none() && second.wait.is_none());
+        assert_eq!(counting.writable.lock().unwrap().strong_count(), 0);
         assert_eq!(epoll_masks(fd).len(), 1);
     }
 
