@@ -303,24 +303,38 @@ async fn run_writers(
             while Instant::now() < stop && i < WRITES_PER_WRITER_MAX {
                 let key = format!("load/{w}/{}", i % KEYS_PER_WRITER);
                 let value = value_of(w, i);
-                let t0 = Instant::now();
-                let done = match conn.as_mut() {
-                    Some(c) => c.put(i, &key, &value).await,
-                    // The last write broke the connection: a new one.
+                i += 1;
+                // The last write broke or closed the connection: a new one,
+                // outside the write's latency.
+                let c = match conn.take() {
+                    Some(c) => c,
                     None => match Writer::connect(&client).await {
-                        Ok(c) => conn.insert(c).put(i, &key, &value).await,
-                        Err(e) => Err(e),
+                        Ok(c) => c,
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert_with(|| format!("{e:#}"));
+                            continue;
+                        }
                     },
                 };
+                let c = conn.insert(c);
+                let t0 = Instant::now();
+                let done = tokio::time::timeout(CALL_TIMEOUT, c.put(i - 1, &key, &value))
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {CALL_TIMEOUT:?}")));
                 match done {
-                    Ok(()) => latencies.push(t0.elapsed()),
+                    Ok(keep) => {
+                        latencies.push(t0.elapsed());
+                        if !keep {
+                            conn = None;
+                        }
+                    }
                     Err(e) => {
                         errors += 1;
                         conn = None;
                         first_error.get_or_insert_with(|| format!("{e:#}"));
                     }
                 }
-                i += 1;
             }
             (latencies, errors, first_error)
         }));
@@ -392,8 +406,10 @@ impl Writer {
     }
 
     /// `configuration/put` of `key` = `value` (JSON strings) as JSON-RPC
-    /// call `id`; an error names what the server answered instead of a result.
-    async fn put(&mut self, id: u64, key: &str, value: &str) -> anyhow::Result<()> {
+    /// call `id`: whether the connection stays open (the server may close
+    /// it after its answer); an error names what the server answered
+    /// instead of a result.
+    async fn put(&mut self, id: u64, key: &str, value: &str) -> anyhow::Result<bool> {
         use tokio::io::AsyncWriteExt;
         let body = format!(
             "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"configuration/put\",\
@@ -408,7 +424,7 @@ impl Writer {
         self.io.write_all(&request).await?;
         self.io.flush().await?;
         self.buf.clear();
-        let (status, body_at, body_len) = loop {
+        let (status, body_at, body_len, close) = loop {
             if let Some(head) = parse_head(&self.buf)? {
                 break head;
             }
@@ -421,7 +437,7 @@ impl Writer {
         let v: serde_json::Value = serde_json::from_slice(body)
             .with_context(|| format!("HTTP {status}: the body is not JSON"))?;
         match (status, v.get("result"), v.get("error")) {
-            (200, Some(_), None) => Ok(()),
+            (200, Some(_), None) => Ok(!close),
             _ => bail!("HTTP {status}: {v}"),
         }
     }
@@ -442,13 +458,18 @@ async fn read_more(
     Ok(())
 }
 
+/// How long a writer waits for one answer: a stalled server counts as an
+/// error instead of stopping the run.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Most bytes of a response head [`parse_head`] waits for.
 const HEAD_MAX: usize = 16 * 1024;
 
-/// The status, where the body starts and its length, once `buf` holds a
-/// whole response head (`None` before); a head without `content-length`
-/// (or chunked) is refused, as the admin API always sends one.
-fn parse_head(buf: &[u8]) -> anyhow::Result<Option<(u16, usize, usize)>> {
+/// The status, where the body starts, its length and whether the server
+/// closes the connection after it, once `buf` holds a whole response head
+/// (`None` before); a head without `content-length` (or chunked) is
+/// refused, as the admin API always sends one.
+fn parse_head(buf: &[u8]) -> anyhow::Result<Option<(u16, usize, usize, bool)>> {
     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
         if buf.len() > HEAD_MAX {
             bail!("no end of the response head in {HEAD_MAX} bytes");
@@ -465,6 +486,7 @@ fn parse_head(buf: &[u8]) -> anyhow::Result<Option<(u16, usize, usize)>> {
         _ => bail!("not an HTTP/1.1 status line: {status_line:?}"),
     };
     let mut length = None;
+    let mut close = false;
     for line in lines {
         let (name, value) = line.split_once(':').unwrap_or((line, ""));
         if name.eq_ignore_ascii_case("content-length") {
@@ -474,12 +496,14 @@ fn parse_head(buf: &[u8]) -> anyhow::Result<Option<(u16, usize, usize)>> {
                     .parse::<usize>()
                     .with_context(|| format!("header {line:?}"))?,
             );
+        } else if name.eq_ignore_ascii_case("connection") {
+            close |= value.trim().eq_ignore_ascii_case("close");
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             bail!("HTTP {status} with {line:?}: only content-length bodies are read");
         }
     }
     match length {
-        Some(len) => Ok(Some((status, end + 4, len))),
+        Some(len) => Ok(Some((status, end + 4, len, close))),
         None => bail!("HTTP {status} without content-length"),
     }
 }
@@ -646,12 +670,16 @@ mod tests {
     fn a_response_head_is_read_once_whole_with_its_content_length() {
         let ok =
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nContent-Length: 42\r\n\r\n{";
-        assert_eq!(parse_head(ok).unwrap(), Some((200, ok.len() - 1, 42)));
+        assert_eq!(
+            parse_head(ok).unwrap(),
+            Some((200, ok.len() - 1, 42, false))
+        );
         // Not all there yet.
         assert_eq!(parse_head(&ok[..20]).unwrap(), None);
         assert_eq!(
-            parse_head(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n").unwrap(),
-            Some((503, 55, 0))
+            parse_head(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nConnection: close\r\n\r\n")
+                .unwrap(),
+            Some((503, 74, 0, true))
         );
         let refused = |head: &[u8]| parse_head(head).unwrap_err().to_string();
         assert_eq!(
