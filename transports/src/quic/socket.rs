@@ -25,19 +25,26 @@ use tracing::{debug, warn};
 /// a send the kernel refuses as would-block is the only time anyone waits
 /// for writability ([`CountingSocket::wait_writable`]).
 #[derive(Debug)]
-pub(super) struct ReadOnlyRegistration(tokio::io::unix::AsyncFd<std::net::UdpSocket>);
+pub(super) struct ReadOnlyRegistration(AsyncFd<std::net::UdpSocket>);
+
+/// Registers `socket` with the current runtime for `interest` alone.
+fn register(
+    socket: std::net::UdpSocket,
+    interest: Interest,
+) -> std::io::Result<AsyncFd<std::net::UdpSocket>> {
+    // Deprecated because a `T` could close or swap its descriptor while
+    // registered; a `std::net::UdpSocket` owns its descriptor, keeps it for
+    // its life and closes it only when dropped, after the registration (the
+    // `AsyncFd` drops its registration first).
+    #[allow(deprecated)]
+    AsyncFd::with_interest(socket, interest)
+}
 
 impl ReadOnlyRegistration {
     /// Registers `socket` (non-blocking) for reading with the current runtime.
     pub(super) fn new(socket: std::net::UdpSocket) -> std::io::Result<Self> {
         socket.set_nonblocking(true)?;
-        // Deprecated because a `T` could close or swap its descriptor while
-        // registered; a `std::net::UdpSocket` owns its descriptor, keeps it
-        // for its life and closes it only when dropped, after the
-        // registration (the `AsyncFd` drops its registration first).
-        #[allow(deprecated)]
-        let fd = tokio::io::unix::AsyncFd::with_interest(socket, tokio::io::Interest::READABLE)?;
-        Ok(ReadOnlyRegistration(fd))
+        Ok(ReadOnlyRegistration(register(socket, Interest::READABLE)?))
     }
 
     pub(super) fn socket(&self) -> &std::net::UdpSocket {
@@ -58,7 +65,7 @@ impl ReadOnlyRegistration {
         &self,
         recv: impl FnOnce(&std::net::UdpSocket) -> std::io::Result<R>,
     ) -> std::io::Result<R> {
-        self.0.try_io(tokio::io::Interest::READABLE, recv)
+        self.0.try_io(Interest::READABLE, recv)
     }
 
     /// Receives a batch into `slots` buffers when the socket is readable, or
@@ -135,12 +142,7 @@ impl CountingSocket {
         if let Some(fd) = slot.upgrade() {
             return Ok(fd);
         }
-        // See `ReadOnlyRegistration::new` on why this is sound here.
-        #[allow(deprecated)]
-        let fd = Arc::new(AsyncFd::with_interest(
-            self.io.socket().try_clone()?,
-            Interest::WRITABLE,
-        )?);
+        let fd = Arc::new(register(self.io.socket().try_clone()?, Interest::WRITABLE)?);
         *slot = Arc::downgrade(&fd);
         Ok(fd)
     }
