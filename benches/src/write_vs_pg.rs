@@ -19,6 +19,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use vcodr_core::Method;
+use vcodr_server::api::admin::PORTAL_PATH;
 use vcodr_server::ctl::Client;
 use vcodr_server::tools::cluster::{temp_dir, ProcCluster};
 
@@ -396,7 +398,7 @@ impl Writer {
         Ok(Writer {
             io: client.tls_stream().await?,
             head: format!(
-                "POST /portal/ HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+                "POST {PORTAL_PATH} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
                  authorization: {}\r\ncontent-length: ",
                 client.address,
                 client.authorization()
@@ -412,8 +414,9 @@ impl Writer {
     async fn put(&mut self, id: u64, key: &str, value: &str) -> anyhow::Result<bool> {
         use tokio::io::AsyncWriteExt;
         let body = format!(
-            "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"configuration/put\",\
+            "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"{}\",\
              \"params\":{{\"key\":{},\"value\":{}}}}}",
+            Method::ConfigurationPut.name(),
             serde_json::to_string(key)?,
             serde_json::to_string(value)?
         );

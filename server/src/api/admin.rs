@@ -64,8 +64,10 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
     constant_time_eq(given.as_bytes(), token.as_bytes())
 }
 
-/// Where the JSON-RPC portal answers (`POST` only).
-const PORTAL_PATHS: [&str; 2] = ["/portal/", "/portal"];
+/// The JSON-RPC portal's path, as clients call it (`POST` only).
+pub const PORTAL_PATH: &str = "/portal/";
+/// Where the portal answers: [`PORTAL_PATH`], with or without its slash.
+const PORTAL_PATHS: [&str; 2] = [PORTAL_PATH, "/portal"];
 
 /// The JSON-RPC portal: every write's path, so [`request`] calls it itself
 /// rather than through the router (axum's routing, its extractors' copies

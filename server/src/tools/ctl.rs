@@ -136,7 +136,9 @@ impl Client {
 
     /// Sends raw bytes to `POST /portal/`; returns the HTTP status and the JSON body.
     pub async fn post_raw(&self, body: Vec<u8>) -> anyhow::Result<(u16, Value)> {
-        let (status, bytes) = self.request("POST", "/portal/", body).await?;
+        let (status, bytes) = self
+            .request("POST", crate::api::admin::PORTAL_PATH, body)
+            .await?;
         let v = serde_json::from_slice(&bytes).with_context(|| {
             format!(
                 "{} answered with non-JSON: {}",
