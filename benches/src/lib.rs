@@ -18,7 +18,9 @@
 //! Two programs measure the machine rather than the core (not run by
 //! `cargo test` or `cargo bench`; their parsing and tables are unit-tested):
 //! - `cargo run --release -p vcodr-benches --bin write-vs-pg`: a real pair of
-//!   `vcodr serve` processes against the PostgreSQL anchor ([`write_vs_pg`]).
+//!   `vcodr serve` processes against the PostgreSQL anchor ([`write_vs_pg`]),
+//!   beside what bounds them on the machine: the admin API's HTTPS with
+//!   nothing behind it and a thread hand-off, timed ([`floor`]).
 //! - `cargo run --release -p vcodr-benches --bin log-store`: commit latency of
 //!   replicated-log appends in redb and in a checksummed segment file ([`log_store`]).
 //!
@@ -34,6 +36,7 @@
 
 use vcodr_core::*;
 
+pub mod floor;
 pub mod heartbeat_cost;
 pub mod log_store;
 pub mod machine;

@@ -169,3 +169,19 @@ pub fn proc_now(pid: u32) -> Proc {
         .unwrap_or(0);
     Proc { cpu_s, rss_kib }
 }
+
+/// The calling thread's id (its `/proc/self/task/<tid>`).
+pub fn current_tid() -> u32 {
+    rustix::thread::gettid().as_raw_nonzero().get() as u32
+}
+
+/// Seconds thread `tid` of this process has run on a CPU
+/// (`/proc/self/task/<tid>/schedstat`, nanoseconds, not clock ticks); zero
+/// for a thread that is gone.
+pub fn thread_run_s(tid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0) as f64
+        / 1e9
+}

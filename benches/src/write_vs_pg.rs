@@ -12,7 +12,8 @@
 //! its runs); its `SUMMARY` rows for `synchronous_commit = on` at 1 and 16
 //! clients are parsed by [`parse_anchor`] and set beside ours.
 
-use crate::machine::{ms, percentile, proc_now, render_table};
+use crate::floor::HttpsFloor;
+use crate::machine::{current_tid, ms, percentile, proc_now, render_table, thread_run_s};
 use anyhow::{bail, Context};
 use clap::Parser;
 use std::io::{BufRead, BufReader};
@@ -54,6 +55,9 @@ pub struct Args {
     /// Skip the PostgreSQL anchor.
     #[arg(long)]
     pub no_pg: bool,
+    /// Skip the HTTPS floor and the thread hand-off timing ([`crate::floor`]).
+    #[arg(long)]
+    pub no_floor: bool,
     /// The PostgreSQL anchor script (run with bash; it installs PostgreSQL through apt when missing).
     #[arg(long, value_name = "PATH", default_value = DEFAULT_ANCHOR)]
     pub pg_anchor: PathBuf,
@@ -91,7 +95,8 @@ pub fn find_vcodr(
     )
 }
 
-/// One measured run of the vcodr pair.
+/// One measured run of the load generator: on the vcodr pair, or on the
+/// [`HttpsFloor`] ([`run_floor`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VcodrRun {
     pub writers: usize,
@@ -106,8 +111,9 @@ pub struct VcodrRun {
     pub errors: u64,
     /// The first failure's message, to say why.
     pub first_error: Option<String>,
-    /// CPU (utime + stime) per acknowledged write, in µs, of the active,
-    /// the standby and the load generator (this process), over the run.
+    /// CPU per acknowledged write, in µs, over the run: of the active, the
+    /// standby and the load generator (this process; utime + stime); on the
+    /// floor, of its thread, none, and the load generator's thread (run time).
     pub cpu_us_per_write: [f64; 3],
 }
 
@@ -176,8 +182,10 @@ pub fn parse_anchor(text: &str) -> anyhow::Result<(String, Vec<PgRow>)> {
     Ok((version, rows))
 }
 
-/// The one table: writers | vcodr writes/s (p50/p99 ms) | errors | PostgreSQL TPS (avg ms) | ratio.
-pub fn render(runs: &[VcodrRun], pg: &PgOutcome) -> String {
+/// The one table: writers | vcodr writes/s (p50/p99 ms) | errors |
+/// PostgreSQL TPS (avg ms) | ratio | CPU per write | the HTTPS floor at the
+/// same writer count (`floor`; "-" where it did not run).
+pub fn render(runs: &[VcodrRun], floor: &[VcodrRun], pg: &PgOutcome) -> String {
     let mut rows = vec![vec![
         "writers".to_string(),
         "vcodr writes/s (p50/p99 ms)".to_string(),
@@ -185,8 +193,16 @@ pub fn render(runs: &[VcodrRun], pg: &PgOutcome) -> String {
         "PostgreSQL TPS (avg ms)".to_string(),
         "ratio vcodr/PG".to_string(),
         "CPU µs/write (active/standby/load)".to_string(),
+        "HTTPS floor calls/s (CPU µs/call server/load)".to_string(),
     ]];
     for r in runs {
+        let bare = match floor.iter().find(|f| f.writers == r.writers) {
+            Some(f) => format!(
+                "{:.1} ({:.0}/{:.0})",
+                f.writes_per_s, f.cpu_us_per_write[0], f.cpu_us_per_write[2]
+            ),
+            None => "-".to_string(),
+        };
         let ours = format!("{:.1} ({}/{})", r.writes_per_s, ms(r.p50), ms(r.p99));
         let (theirs, ratio) = match pg {
             PgOutcome::Skipped => ("skipped (--no-pg)".to_string(), "-".to_string()),
@@ -215,6 +231,7 @@ pub fn render(runs: &[VcodrRun], pg: &PgOutcome) -> String {
             theirs,
             ratio,
             r.cpu_us_per_write.map(|c| format!("{c:.0}")).join("/"),
+            bare,
         ]);
     }
     render_table(&rows)
@@ -273,24 +290,80 @@ pub async fn run_vcodr(
     result
 }
 
-/// `writers` concurrent writers, each on its own keep-alive connection
-/// ([`Writer`]), for `duration`.
+/// The same writers on the [`HttpsFloor`] (in this process, at a port of
+/// its own), one run of `duration` for each writer count after the warm-up.
+pub async fn run_floor(
+    exe: &Path,
+    writer_counts: &[usize],
+    duration: Duration,
+) -> anyhow::Result<Vec<VcodrRun>> {
+    let dir = temp_dir("vcodr-https-floor")?;
+    let result = async {
+        // The cluster's certificates, token and admin address; no server is started.
+        let cluster = ProcCluster::create(exe, &dir, &["a"], "")?;
+        let client = cluster.client(0);
+        let addr = client
+            .address
+            .parse()
+            .with_context(|| format!("the admin address {}", client.address))?;
+        let floor = HttpsFloor::start(&cluster.certs, "a", addr)?;
+        let load = current_tid();
+        let cpu = || [floor.cpu_s(), 0.0, thread_run_s(load)];
+        drive(client, WARM_UP.0, WARM_UP.1, cpu).await?;
+        let mut runs = Vec::new();
+        for &writers in writer_counts {
+            let run = drive(client, writers, duration, cpu).await?;
+            eprintln!(
+                "HTTPS floor {writers:>3} writers: {:.1} calls/s, p50 {} ms, p99 {} ms, {} errors, \
+                 CPU µs per call {:.1} server / {:.1} load",
+                run.writes_per_s,
+                ms(run.p50),
+                ms(run.p99),
+                run.errors,
+                run.cpu_us_per_write[0],
+                run.cpu_us_per_write[2],
+            );
+            runs.push(run);
+        }
+        anyhow::Ok(runs)
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// `writers` concurrent writers on the pair's active ([`drive`]), with the
+/// CPU of the active, the standby and this process.
 async fn run_writers(
     cluster: &ProcCluster,
     writers: usize,
     duration: Duration,
 ) -> anyhow::Result<VcodrRun> {
-    let client = cluster.client(0).clone();
     let pids = [
         cluster.servers[0].pid().unwrap_or(0),
         cluster.servers[1].pid().unwrap_or(0),
         std::process::id(),
     ];
+    drive(cluster.client(0), writers, duration, || {
+        pids.map(|p| proc_now(p).cpu_s)
+    })
+    .await
+}
+
+/// `writers` concurrent writers, each on its own keep-alive connection
+/// ([`Writer`]) to `client`'s server, for `duration`; `cpu` gives the CPU
+/// seconds of the three parties the run reports per write.
+async fn drive(
+    client: &Client,
+    writers: usize,
+    duration: Duration,
+    cpu: impl Fn() -> [f64; 3],
+) -> anyhow::Result<VcodrRun> {
     let mut conns = Vec::with_capacity(writers);
     for _ in 0..writers {
-        conns.push(Writer::connect(&client).await?);
+        conns.push(Writer::connect(client).await?);
     }
-    let cpu_before = pids.map(|p| proc_now(p).cpu_s);
+    let cpu_before = cpu();
     let start = Instant::now();
     let stop = start + duration;
     let mut tasks = Vec::with_capacity(writers);
@@ -352,10 +425,8 @@ async fn run_writers(
     }
     let took = start.elapsed();
     let acked = all.len().max(1) as f64;
-    let mut cpu_us_per_write = [0.0; 3];
-    for (i, pid) in pids.into_iter().enumerate() {
-        cpu_us_per_write[i] = (proc_now(pid).cpu_s - cpu_before[i]) * 1e6 / acked;
-    }
+    let cpu_after = cpu();
+    let cpu_us_per_write = std::array::from_fn(|i| (cpu_after[i] - cpu_before[i]) * 1e6 / acked);
     all.sort_unstable();
     Ok(VcodrRun {
         writers,
@@ -595,6 +666,7 @@ mod tests {
                 seconds: 15,
                 writers: vec![1, 16, 64],
                 no_pg: false,
+                no_floor: false,
                 pg_anchor: PathBuf::from(DEFAULT_ANCHOR),
                 pg_reps: 3,
             }
@@ -611,14 +683,15 @@ mod tests {
             "--writers",
             "2,8",
             "--no-pg",
+            "--no-floor",
             "--pg-reps",
             "1",
         ])
         .unwrap();
         assert_eq!(a.vcodr, Some(PathBuf::from("/x/vcodr")));
         assert_eq!(
-            (a.seconds, a.writers, a.no_pg, a.pg_reps),
-            (3, vec![2, 8], true, 1)
+            (a.seconds, a.writers, a.no_pg, a.no_floor, a.pg_reps),
+            (3, vec![2, 8], true, true, 1)
         );
     }
 
@@ -701,6 +774,23 @@ mod tests {
             refused(&vec![b'x'; HEAD_MAX + 1]),
             format!("no end of the response head in {HEAD_MAX} bytes")
         );
+    }
+
+    /// The load generator, its response parser and the floor agree: every
+    /// put is answered, none fails, and the floor's CPU is counted.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_load_generator_drives_the_https_floor() {
+        let exe = std::env::current_exe().unwrap();
+        let runs = run_floor(&exe, &[1, 4], Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert_eq!(runs.iter().map(|r| r.writers).collect::<Vec<_>>(), [1, 4]);
+        for r in &runs {
+            assert!(
+                r.errors == 0 && r.writes_per_s > 0.0 && r.cpu_us_per_write[0] > 0.0,
+                "{r:?}"
+            );
+        }
     }
 
     #[test]
@@ -812,17 +902,18 @@ mod tests {
             ],
         };
         let runs = [run(1, 1000.0), run(16, 5500.0), run(64, 9000.0)];
+        let floor = [run(1, 6000.0), run(16, 50000.0)];
         assert_eq!(
-            render(&runs, &pg),
+            render(&runs, &floor, &pg),
             "\
-writers | vcodr writes/s (p50/p99 ms) | errors | PostgreSQL TPS (avg ms) | ratio vcodr/PG | CPU µs/write (active/standby/load)
---------|-----------------------------|--------|-------------------------|----------------|-----------------------------------
-1       |        1000.0 (0.812/2.345) |      0 |          2000.0 (0.500) |           0.50 |                         175/100/60
-16      |        5500.0 (0.812/2.345) |      0 |   11000.0 (1.430) noisy |           0.50 |                         175/100/60
-64      |        9000.0 (0.812/2.345) |      0 |       not in the anchor |              - |                         175/100/60
+writers | vcodr writes/s (p50/p99 ms) | errors | PostgreSQL TPS (avg ms) | ratio vcodr/PG | CPU µs/write (active/standby/load) | HTTPS floor calls/s (CPU µs/call server/load)
+--------|-----------------------------|--------|-------------------------|----------------|------------------------------------|----------------------------------------------
+1       |        1000.0 (0.812/2.345) |      0 |          2000.0 (0.500) |           0.50 |                         175/100/60 |                               6000.0 (175/60)
+16      |        5500.0 (0.812/2.345) |      0 |   11000.0 (1.430) noisy |           0.50 |                         175/100/60 |                              50000.0 (175/60)
+64      |        9000.0 (0.812/2.345) |      0 |       not in the anchor |              - |                         175/100/60 |                                             -
 "
         );
-        let skipped = render(&runs[..1], &PgOutcome::Skipped);
+        let skipped = render(&runs[..1], &[], &PgOutcome::Skipped);
         assert!(skipped.contains("skipped (--no-pg)"), "{skipped}");
     }
 }

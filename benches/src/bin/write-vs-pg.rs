@@ -1,14 +1,19 @@
 //! `cargo run --release -p vcodr-benches --bin write-vs-pg -- [--seconds 15] [--no-pg]`:
 //! sync-replicated `configuration/put` on a real vcodr pair at 1, 16 and 64
-//! writers, then the PostgreSQL anchor, in one table (see
+//! writers, the same load on a bare HTTPS server (the floor), then the
+//! PostgreSQL anchor, in one table (see
 //! [`vcodr_benches::write_vs_pg`]). Build the server first:
 //! `cargo build --release -p vcodr-server`.
 
 use clap::Parser;
 use std::path::Path;
 use std::time::Duration;
+use vcodr_benches::floor;
 use vcodr_benches::machine::{load_average, Machine};
 use vcodr_benches::write_vs_pg::{self, Args, PgOutcome};
+
+/// Round trips of each thread hand-off timing.
+const HANDOFF_ROUNDS: u32 = 20_000;
 
 // One thread for the load generator: it shares the two cores with the
 // pair, and a second worker thread only added wake-ups across threads
@@ -30,6 +35,15 @@ async fn main() -> anyhow::Result<()> {
     let writers: Vec<usize> = args.writers.iter().map(|&w| usize::from(w)).collect();
     let (runs, status) =
         write_vs_pg::run_vcodr(&exe, &writers, Duration::from_secs(args.seconds)).await?;
+    let (floor, handoffs) = if args.no_floor {
+        (Vec::new(), None)
+    } else {
+        let floor =
+            write_vs_pg::run_floor(&exe, &writers, Duration::from_secs(args.seconds)).await?;
+        let across = floor::handoff(HANDOFF_ROUNDS, None)?;
+        let one = floor::handoff(HANDOFF_ROUNDS, Some(floor::first_cpu()?))?;
+        (floor, Some((across, one)))
+    };
     let pg = if args.no_pg {
         PgOutcome::Skipped
     } else {
@@ -64,7 +78,14 @@ async fn main() -> anyhow::Result<()> {
         PgOutcome::Failed(why) => println!("PostgreSQL anchor failed: {why}"),
     }
     println!("{}", machine.line(&load_before, &load_after));
-    print!("{}", write_vs_pg::render(&runs, &pg));
+    print!("{}", write_vs_pg::render(&runs, &floor, &pg));
+    if let Some((across, one)) = handoffs {
+        println!(
+            "thread hand-off (wake a sleeping thread, wait for its answer; {HANDOFF_ROUNDS} round trips): \
+             {:.1} µs a round trip across the CPUs ({:.1} µs CPU per thread), {:.1} µs on one CPU ({:.1} µs)",
+            across.round_trip_us, across.cpu_us, one.round_trip_us, one.cpu_us
+        );
+    }
     println!("pair after the runs: {status}");
     if let Some(r) = runs.iter().find(|r| r.errors > 0) {
         println!(
