@@ -2,18 +2,23 @@
 //! the pair:
 //!
 //! - [`HttpsFloor`]: the admin API's HTTPS with nothing behind it. The same
-//!   TLS configuration ([`admin::tls_config`]), HTTP/1.1 server settings and
+//!   TLS configuration ([`admin::tls_config`]), hyper HTTP/1.1 server
+//!   settings (the admin API's default header timeout, keep-alive) and
 //!   JSON-RPC parsing and answer ([`rpc::parse_request`], [`reply_json`],
 //!   [`rpc::response`]) on a current-thread runtime of its own thread (as
 //!   `vcodr serve` runs by default), answering each `configuration/put` as
-//!   written without a driver, core, replication or storage. The load
-//!   generator that drives the pair drives it too: what a write costs
-//!   beyond it is the pair's own.
-//! - [`handoff`]: one thread waking another that sleeps, and waiting for its
-//!   answer (a `std::sync::mpsc` round trip, the hand-off between a
-//!   server's runtime and its storage thread), across the machine's CPUs
-//!   and pinned to one. A sync-replicated write crosses such hand-offs
-//!   between threads and processes several times on its critical path.
+//!   written. Left out of the admin path, each small: the token check, the
+//!   request permit and the timeouts around it and the body, the
+//!   connection's activity tracking and idle check, metrics and logging;
+//!   and of course the driver, the core, replication and storage. The load
+//!   generator that drives the pair drives it too, at full speed and paced
+//!   to the pair's rate (a wake-up per call costs more than a busy thread's
+//!   call).
+//! - [`handoff`]: one thread waking another asleep on a `std::sync::mpsc`
+//!   channel and waiting for its answer (a futex wake, as a server's
+//!   runtime wakes its storage thread; the way back, and the sockets, wake
+//!   a runtime parked in `epoll_wait` instead), with the two threads pinned
+//!   to two CPUs and to one.
 
 use crate::machine::{current_tid, thread_run_s};
 use anyhow::Context;
@@ -26,13 +31,10 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vcodr_core::{Command, Reply};
-use vcodr_server::api::admin::{self, ADMIN_BODY_MAX_BYTES};
+use vcodr_server::api::admin::{self, ACCEPT_FAILURE_PAUSE, ADMIN_BODY_MAX_BYTES};
 use vcodr_server::api::json::reply_json;
 use vcodr_server::api::rpc::{self, ApiCall, RpcError};
-
-/// How long the floor waits for a request's head (the admin API's default
-/// `limits.admin_header_timeout_ms`).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+use vcodr_server::config::AdminLimits;
 
 /// A bare HTTPS JSON-RPC server on its own thread; dropping it stops it.
 #[derive(Debug)]
@@ -51,20 +53,31 @@ impl HttpsFloor {
             .with_context(|| format!("binding the HTTPS floor to {addr}"))?;
         listener.set_nonblocking(true)?;
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let (started, tid) = sync_channel(1);
+        let (started, ready) = sync_channel::<Result<u32, String>>(1);
         let thread = std::thread::Builder::new()
             .name("https-floor".into())
             .spawn(move || {
-                let _ = started.send(current_tid());
-                let rt = tokio::runtime::Builder::new_current_thread()
+                let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .expect("a current-thread runtime");
-                rt.block_on(serve(listener, tls, stopped));
+                {
+                    Ok(rt) => rt,
+                    Err(e) => return drop(started.send(Err(format!("its runtime: {e}")))),
+                };
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => return drop(started.send(Err(format!("its listener: {e}")))),
+                    };
+                    let _ = started.send(Ok(current_tid()));
+                    serve(listener, tls, stopped).await
+                });
             })?;
-        let tid = tid
-            .recv()
-            .context("the HTTPS floor's thread ended at once")?;
+        let tid = match ready.recv() {
+            Ok(Ok(tid)) => tid,
+            Ok(Err(why)) => anyhow::bail!("the HTTPS floor did not start: {why}"),
+            Err(_) => anyhow::bail!("the HTTPS floor's thread ended before it served"),
+        };
         Ok(HttpsFloor {
             tid,
             stop: Some(stop),
@@ -72,9 +85,10 @@ impl HttpsFloor {
         })
     }
 
-    /// CPU seconds its thread has run.
+    /// CPU seconds its thread has run (NaN if they cannot be read: the
+    /// table then says so rather than show a floor that cost nothing).
     pub fn cpu_s(&self) -> f64 {
-        thread_run_s(self.tid)
+        thread_run_s(self.tid).unwrap_or(f64::NAN)
     }
 }
 
@@ -88,22 +102,25 @@ impl Drop for HttpsFloor {
 }
 
 async fn serve(
-    listener: std::net::TcpListener,
+    listener: tokio::net::TcpListener,
     tls: tokio_rustls::rustls::ServerConfig,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-        return;
-    };
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let header_timeout = AdminLimits::default().header_timeout;
     let version = Arc::new(AtomicU64::new(0));
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let (tcp, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
-                Err(_) => continue,
+                // As the admin listener: a persistent failure is no busy loop.
+                Err(_) => {
+                    tokio::time::sleep(ACCEPT_FAILURE_PAUSE).await;
+                    continue;
+                }
             },
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             _ = &mut stopped => break,
         };
         let (acceptor, version) = (acceptor.clone(), version.clone());
@@ -115,12 +132,15 @@ async fn serve(
             let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 let version = version.clone();
                 async move {
-                    let body = Limited::new(req.into_body(), ADMIN_BODY_MAX_BYTES)
+                    let Ok(body) = Limited::new(req.into_body(), ADMIN_BODY_MAX_BYTES)
                         .collect()
                         .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    let answer = serde_json::to_vec(&answer(&body, &version))
+                    else {
+                        return hyper::Response::builder()
+                            .status(hyper::StatusCode::PAYLOAD_TOO_LARGE)
+                            .body(Full::new(Bytes::new()));
+                    };
+                    let answer = serde_json::to_vec(&answer(&body.to_bytes(), &version))
                         .expect("a JSON value serializes");
                     hyper::Response::builder()
                         .header(hyper::header::CONTENT_TYPE, "application/json")
@@ -130,7 +150,7 @@ async fn serve(
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .keep_alive(true);
             let _ = builder
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
@@ -175,52 +195,56 @@ pub struct Handoff {
     pub cpu_us: f64,
 }
 
-/// The lowest CPU this process may run on (to pin a [`handoff`] to).
-pub fn first_cpu() -> anyhow::Result<usize> {
-    let allowed = rustix::thread::sched_getaffinity(None).context("reading this process's CPUs")?;
-    (0..rustix::thread::CpuSet::MAX_CPU)
-        .find(|&c| allowed.is_set(c))
-        .context("this process may run on no CPU")
+/// The CPUs this process may run on, lowest first.
+pub fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    let allowed =
+        rustix::thread::sched_getaffinity(None).context("reading the CPUs this process may use")?;
+    Ok((0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&c| allowed.is_set(c))
+        .collect())
 }
 
 /// `rounds` round trips between two threads through `std::sync::mpsc`
-/// channels of one slot, each thread pinned to `cpu` when given.
-pub fn handoff(rounds: u32, cpu: Option<usize>) -> anyhow::Result<Handoff> {
-    let pin = move || -> anyhow::Result<()> {
-        if let Some(cpu) = cpu {
-            let mut set = rustix::thread::CpuSet::new();
-            set.set(cpu);
-            rustix::thread::sched_setaffinity(None, &set)
-                .with_context(|| format!("pinning a thread to CPU {cpu}"))?;
-        }
-        Ok(())
+/// channels of one slot, the timing thread pinned to `cpus.0` and the
+/// echoing one to `cpus.1` (the same CPU, or two).
+pub fn handoff(rounds: u32, cpus: (usize, usize)) -> anyhow::Result<Handoff> {
+    let pin = |cpu: usize| -> anyhow::Result<()> {
+        let mut set = rustix::thread::CpuSet::new();
+        set.set(cpu);
+        rustix::thread::sched_setaffinity(None, &set)
+            .with_context(|| format!("pinning a thread to CPU {cpu}"))
     };
+    let run_s = || thread_run_s(current_tid()).context("reading this thread's run time");
     let (ping, pinged) = sync_channel::<u32>(1);
     let (pong, ponged) = sync_channel::<u32>(1);
     let echo = std::thread::spawn(move || -> anyhow::Result<f64> {
-        pin()?;
-        let t0 = thread_run_s(current_tid());
+        pin(cpus.1)?;
+        let t0 = run_s()?;
         while let Ok(i) = pinged.recv() {
             if pong.send(i).is_err() {
                 break;
             }
         }
-        Ok(thread_run_s(current_tid()) - t0)
+        Ok(run_s()? - t0)
     });
     let timed = std::thread::spawn(move || -> anyhow::Result<(Duration, f64)> {
-        pin()?;
-        // The echo thread is asleep on its channel before the clock starts.
+        pin(cpus.0)?;
+        // One round before the clock starts: both threads are running and
+        // pinned (the echo thread answered from its CPU).
         ping.send(0)?;
         ponged.recv()?;
-        let (t0, c0) = (Instant::now(), thread_run_s(current_tid()));
+        let (t0, c0) = (Instant::now(), run_s()?);
         for i in 1..=rounds {
             ping.send(i)?;
             ponged.recv()?;
         }
-        Ok((t0.elapsed(), thread_run_s(current_tid()) - c0))
+        Ok((t0.elapsed(), run_s()? - c0))
     });
-    let (took, timed_cpu) = timed.join().expect("the timing thread panicked")?;
-    let echo_cpu = echo.join().expect("the echo thread panicked")?;
+    let timed = timed.join().expect("the timing thread panicked");
+    let echo = echo.join().expect("the echo thread panicked");
+    // A failed echo thread (it could not pin) closes the channels: its error says why.
+    let echo_cpu = echo?;
+    let (took, timed_cpu) = timed?;
     let n = f64::from(rounds.max(1));
     Ok(Handoff {
         round_trip_us: took.as_secs_f64() * 1e6 / n,
@@ -249,13 +273,29 @@ mod tests {
     }
 
     #[test]
-    fn a_handoff_is_timed_across_cpus_and_on_one() {
-        for cpu in [None, Some(first_cpu().unwrap())] {
-            let h = handoff(200, cpu).unwrap();
+    fn a_handoff_is_timed_on_one_cpu_and_across_two() {
+        let cpus = allowed_cpus().unwrap();
+        let (first, last) = (cpus[0], *cpus.last().unwrap());
+        for pair in [(first, first), (first, last)] {
+            let h = handoff(200, pair).unwrap();
             assert!(
-                h.round_trip_us > 0.0 && h.cpu_us >= 0.0 && h.cpu_us.is_finite(),
-                "{cpu:?}: {h:?}"
+                h.round_trip_us > 0.0 && h.cpu_us > 0.0 && h.cpu_us.is_finite(),
+                "{pair:?}: {h:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_handoff_on_a_cpu_it_may_not_use_says_which() {
+        let e = handoff(10, (0, rustix::thread::CpuSet::MAX_CPU - 1))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "pinning a thread to CPU {}",
+                rustix::thread::CpuSet::MAX_CPU - 1
+            )
+        );
     }
 }

@@ -176,12 +176,9 @@ pub fn current_tid() -> u32 {
 }
 
 /// Seconds thread `tid` of this process has run on a CPU
-/// (`/proc/self/task/<tid>/schedstat`, nanoseconds, not clock ticks); zero
-/// for a thread that is gone.
-pub fn thread_run_s(tid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0) as f64
-        / 1e9
+/// (`/proc/self/task/<tid>/schedstat`, nanoseconds, not clock ticks);
+/// `None` for a thread that is gone or a kernel without schedstat.
+pub fn thread_run_s(tid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    Some(s.split_whitespace().next()?.parse::<u64>().ok()? as f64 / 1e9)
 }

@@ -183,25 +183,29 @@ pub fn parse_anchor(text: &str) -> anyhow::Result<(String, Vec<PgRow>)> {
 }
 
 /// The one table: writers | vcodr writes/s (p50/p99 ms) | errors |
-/// PostgreSQL TPS (avg ms) | ratio | CPU per write | the HTTPS floor at the
-/// same writer count (`floor`; "-" where it did not run).
-pub fn render(runs: &[VcodrRun], floor: &[VcodrRun], pg: &PgOutcome) -> String {
-    let mut rows = vec![vec![
+/// PostgreSQL TPS (avg ms) | ratio | CPU per write, and, when the floor ran
+/// (`floor`, one per run, in order), the HTTPS floor back to back and at
+/// the pair's rate.
+pub fn render(runs: &[VcodrRun], floor: &[FloorRun], pg: &PgOutcome) -> String {
+    let mut header = vec![
         "writers".to_string(),
         "vcodr writes/s (p50/p99 ms)".to_string(),
         "errors".to_string(),
         "PostgreSQL TPS (avg ms)".to_string(),
         "ratio vcodr/PG".to_string(),
         "CPU µs/write (active/standby/load)".to_string(),
-        "HTTPS floor calls/s (CPU µs/call server/load)".to_string(),
-    ]];
-    for r in runs {
-        let bare = match floor.iter().find(|f| f.writers == r.writers) {
-            Some(f) => format!(
+    ];
+    if !floor.is_empty() {
+        header.push("HTTPS floor calls/s (CPU µs/call server/load)".to_string());
+        header.push("HTTPS floor at the pair's rate".to_string());
+    }
+    let mut rows = vec![header];
+    for (i, r) in runs.iter().enumerate() {
+        let bare = |f: &VcodrRun| {
+            format!(
                 "{:.1} ({:.0}/{:.0})",
                 f.writes_per_s, f.cpu_us_per_write[0], f.cpu_us_per_write[2]
-            ),
-            None => "-".to_string(),
+            )
         };
         let ours = format!("{:.1} ({}/{})", r.writes_per_s, ms(r.p50), ms(r.p99));
         let (theirs, ratio) = match pg {
@@ -231,8 +235,12 @@ pub fn render(runs: &[VcodrRun], floor: &[VcodrRun], pg: &PgOutcome) -> String {
             theirs,
             ratio,
             r.cpu_us_per_write.map(|c| format!("{c:.0}")).join("/"),
-            bare,
         ]);
+        if let Some(f) = floor.get(i) {
+            let row = rows.last_mut().expect("the row just pushed");
+            row.push(bare(&f.full));
+            row.push(bare(&f.paced));
+        }
     }
     render_table(&rows)
 }
@@ -290,13 +298,30 @@ pub async fn run_vcodr(
     result
 }
 
-/// The same writers on the [`HttpsFloor`] (in this process, at a port of
-/// its own), one run of `duration` for each writer count after the warm-up.
+/// The [`HttpsFloor`] under the writers of each of the pair's `runs`:
+/// back to back (what it can answer), then paced to that run's rate (what
+/// the same calls cost when they come as often as the pair's writes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloorRun {
+    pub full: VcodrRun,
+    pub paced: VcodrRun,
+}
+
+/// Runs the [`HttpsFloor`] in this process, at a port of its own, for each
+/// of the pair's `runs` ([`FloorRun`], `duration` each) after `warm_up`
+/// (writers, duration). On a current-thread runtime only: the load
+/// generator's CPU is this thread's. A call that fails fails the floor.
 pub async fn run_floor(
     exe: &Path,
-    writer_counts: &[usize],
+    runs: &[VcodrRun],
     duration: Duration,
-) -> anyhow::Result<Vec<VcodrRun>> {
+    warm_up: (usize, Duration),
+) -> anyhow::Result<Vec<FloorRun>> {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        != tokio::runtime::RuntimeFlavor::CurrentThread
+    {
+        bail!("the HTTPS floor counts the load generator as this thread: run it on a current-thread runtime");
+    }
     let dir = temp_dir("vcodr-https-floor")?;
     let result = async {
         // The cluster's certificates, token and admin address; no server is started.
@@ -308,28 +333,38 @@ pub async fn run_floor(
             .with_context(|| format!("the admin address {}", client.address))?;
         let floor = HttpsFloor::start(&cluster.certs, "a", addr)?;
         let load = current_tid();
-        let cpu = || [floor.cpu_s(), 0.0, thread_run_s(load)];
-        drive(client, WARM_UP.0, WARM_UP.1, cpu).await?;
-        let mut runs = Vec::new();
-        for &writers in writer_counts {
-            let run = drive(client, writers, duration, cpu).await?;
+        let cpu = || [floor.cpu_s(), 0.0, thread_run_s(load).unwrap_or(f64::NAN)];
+        let measured = |run: VcodrRun, how: &str| -> anyhow::Result<VcodrRun> {
             eprintln!(
-                "HTTPS floor {writers:>3} writers: {:.1} calls/s, p50 {} ms, p99 {} ms, {} errors, \
+                "HTTPS floor {:>3} writers {how}: {:.1} calls/s, p50 {} ms, p99 {} ms, \
                  CPU µs per call {:.1} server / {:.1} load",
+                run.writers,
                 run.writes_per_s,
                 ms(run.p50),
                 ms(run.p99),
-                run.errors,
                 run.cpu_us_per_write[0],
                 run.cpu_us_per_write[2],
             );
-            runs.push(run);
+            match &run.first_error {
+                Some(e) => bail!("{} of its calls failed, the first: {e}", run.errors),
+                None => Ok(run),
+            }
+        };
+        drive(client, warm_up.0, warm_up.1, None, cpu).await?;
+        let mut out = Vec::new();
+        for pair in runs {
+            let full = drive(client, pair.writers, duration, None, cpu).await?;
+            let full = measured(full, "back to back")?;
+            let period = Duration::from_secs_f64(pair.writers as f64 / pair.writes_per_s.max(1.0));
+            let paced = drive(client, pair.writers, duration, Some(period), cpu).await?;
+            let paced = measured(paced, "at the pair's rate")?;
+            out.push(FloorRun { full, paced });
         }
-        anyhow::Ok(runs)
+        anyhow::Ok(out)
     }
     .await;
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    result.context("the HTTPS floor")
 }
 
 /// `writers` concurrent writers on the pair's active ([`drive`]), with the
@@ -344,19 +379,21 @@ async fn run_writers(
         cluster.servers[1].pid().unwrap_or(0),
         std::process::id(),
     ];
-    drive(cluster.client(0), writers, duration, || {
+    drive(cluster.client(0), writers, duration, None, || {
         pids.map(|p| proc_now(p).cpu_s)
     })
     .await
 }
 
 /// `writers` concurrent writers, each on its own keep-alive connection
-/// ([`Writer`]) to `client`'s server, for `duration`; `cpu` gives the CPU
+/// ([`Writer`]) to `client`'s server, for `duration`, back to back or, with
+/// `pace`, each starting a call at most every `pace`; `cpu` gives the CPU
 /// seconds of the three parties the run reports per write.
 async fn drive(
     client: &Client,
     writers: usize,
     duration: Duration,
+    pace: Option<Duration>,
     cpu: impl Fn() -> [f64; 3],
 ) -> anyhow::Result<VcodrRun> {
     let mut conns = Vec::with_capacity(writers);
@@ -376,6 +413,11 @@ async fn drive(
             let mut first_error = None;
             let mut i = 0u64;
             while Instant::now() < stop && i < WRITES_PER_WRITER_MAX {
+                if let Some(period) = pace {
+                    // Call i starts no earlier than its slot (`period` apart per writer).
+                    let slot = start + period.mul_f64(i as f64);
+                    tokio::time::sleep_until(slot.into()).await;
+                }
                 let key = format!("load/{w}/{}", i % KEYS_PER_WRITER);
                 let value = value_of(w, i);
                 i += 1;
@@ -777,18 +819,29 @@ mod tests {
     }
 
     /// The load generator, its response parser and the floor agree: every
-    /// put is answered, none fails, and the floor's CPU is counted.
+    /// put is answered, none fails, the floor's CPU is counted, and the
+    /// paced run keeps to the rate it was given.
     #[tokio::test(flavor = "current_thread")]
-    async fn the_load_generator_drives_the_https_floor() {
+    async fn the_load_generator_drives_the_https_floor_back_to_back_and_paced() {
         let exe = std::env::current_exe().unwrap();
-        let runs = run_floor(&exe, &[1, 4], Duration::from_millis(300))
+        let pair = [run(1, 200.0), run(4, 400.0)];
+        let warm_up = (2, Duration::from_millis(100));
+        let floor = run_floor(&exe, &pair, Duration::from_millis(500), warm_up)
             .await
             .unwrap();
-        assert_eq!(runs.iter().map(|r| r.writers).collect::<Vec<_>>(), [1, 4]);
-        for r in &runs {
+        assert_eq!(floor.len(), 2);
+        for (f, p) in floor.iter().zip(&pair) {
+            for r in [&f.full, &f.paced] {
+                assert!(
+                    r.writers == p.writers && r.errors == 0 && r.cpu_us_per_write[0] > 0.0,
+                    "{r:?}"
+                );
+            }
+            // At most one call per slot: never faster than the pair's rate.
             assert!(
-                r.errors == 0 && r.writes_per_s > 0.0 && r.cpu_us_per_write[0] > 0.0,
-                "{r:?}"
+                f.paced.writes_per_s <= p.writes_per_s * 1.1,
+                "{:?}",
+                f.paced
             );
         }
     }
@@ -902,16 +955,44 @@ mod tests {
             ],
         };
         let runs = [run(1, 1000.0), run(16, 5500.0), run(64, 9000.0)];
-        let floor = [run(1, 6000.0), run(16, 50000.0)];
         assert_eq!(
-            render(&runs, &floor, &pg),
+            render(&runs, &[], &pg),
             "\
-writers | vcodr writes/s (p50/p99 ms) | errors | PostgreSQL TPS (avg ms) | ratio vcodr/PG | CPU µs/write (active/standby/load) | HTTPS floor calls/s (CPU µs/call server/load)
---------|-----------------------------|--------|-------------------------|----------------|------------------------------------|----------------------------------------------
-1       |        1000.0 (0.812/2.345) |      0 |          2000.0 (0.500) |           0.50 |                         175/100/60 |                               6000.0 (175/60)
-16      |        5500.0 (0.812/2.345) |      0 |   11000.0 (1.430) noisy |           0.50 |                         175/100/60 |                              50000.0 (175/60)
-64      |        9000.0 (0.812/2.345) |      0 |       not in the anchor |              - |                         175/100/60 |                                             -
+writers | vcodr writes/s (p50/p99 ms) | errors | PostgreSQL TPS (avg ms) | ratio vcodr/PG | CPU µs/write (active/standby/load)
+--------|-----------------------------|--------|-------------------------|----------------|-----------------------------------
+1       |        1000.0 (0.812/2.345) |      0 |          2000.0 (0.500) |           0.50 |                         175/100/60
+16      |        5500.0 (0.812/2.345) |      0 |   11000.0 (1.430) noisy |           0.50 |                         175/100/60
+64      |        9000.0 (0.812/2.345) |      0 |       not in the anchor |              - |                         175/100/60
 "
+        );
+        let floor = [
+            FloorRun {
+                full: run(1, 6000.0),
+                paced: run(1, 1000.0),
+            },
+            FloorRun {
+                full: run(16, 50000.0),
+                paced: run(16, 5500.0),
+            },
+        ];
+        let with_floor = render(&runs[..2], &floor, &pg);
+        assert_eq!(
+            with_floor
+                .lines()
+                .map(|l| l
+                    .split(" | ")
+                    .skip(6)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+                    .trim()
+                    .to_string())
+                .collect::<Vec<_>>(),
+            [
+                "HTTPS floor calls/s (CPU µs/call server/load) | HTTPS floor at the pair's rate",
+                "",
+                "6000.0 (175/60) |                1000.0 (175/60)",
+                "50000.0 (175/60) |                5500.0 (175/60)",
+            ]
         );
         let skipped = render(&runs[..1], &[], &PgOutcome::Skipped);
         assert!(skipped.contains("skipped (--no-pg)"), "{skipped}");

@@ -199,7 +199,7 @@ pub const ADMIN_BODY_MAX_BYTES: usize = 2 * 1024 * 1024;
 pub const ADMIN_DRAIN_MAX: Duration = Duration::from_secs(2);
 /// Pause after a failed `accept` (e.g. out of file descriptors), so that a
 /// persistent failure is not a busy loop.
-const ACCEPT_FAILURE_PAUSE: Duration = Duration::from_millis(100);
+pub const ACCEPT_FAILURE_PAUSE: Duration = Duration::from_millis(100);
 
 /// What one connection has been doing, for its idle timeout.
 #[derive(Debug)]
