@@ -2,8 +2,8 @@
 //! the pair:
 //!
 //! - [`HttpsFloor`]: the admin API's HTTPS with nothing behind it. The same
-//!   TLS configuration ([`admin::tls_config`]), hyper HTTP/1.1 server
-//!   settings (the admin API's default header timeout, keep-alive) and
+//!   TLS configuration ([`admin::tls_config`]), HTTP/1.1 server settings
+//!   ([`admin::http1`] with the default header timeout) and
 //!   JSON-RPC parsing and answer ([`rpc::parse_request`], [`reply_json`],
 //!   [`rpc::response`]) on a current-thread runtime of its own thread (as
 //!   `vcodr serve` runs by default), answering each `configuration/put` as
@@ -147,12 +147,7 @@ async fn serve(
                         .body(Full::new(Bytes::from(answer)))
                 }
             });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .keep_alive(true);
-            let _ = builder
+            let _ = admin::http1(header_timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
                 .await;
         });
@@ -195,13 +190,17 @@ pub struct Handoff {
     pub cpu_us: f64,
 }
 
-/// The CPUs this process may run on, lowest first.
+/// The CPUs this process may run on, lowest first (never empty).
 pub fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
     let allowed =
         rustix::thread::sched_getaffinity(None).context("reading the CPUs this process may use")?;
-    Ok((0..rustix::thread::CpuSet::MAX_CPU)
+    let cpus: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
         .filter(|&c| allowed.is_set(c))
-        .collect())
+        .collect();
+    if cpus.is_empty() {
+        anyhow::bail!("this process may run on no CPU");
+    }
+    Ok(cpus)
 }
 
 /// `rounds` round trips between two threads through `std::sync::mpsc`

@@ -16,7 +16,8 @@
 //! CI runs each once with `cargo bench -p vcodr-benches -- --test`.
 //!
 //! Two programs measure the machine rather than the core (not run by
-//! `cargo test` or `cargo bench`; their parsing and tables are unit-tested):
+//! `cargo test` or `cargo bench`; their parsing and tables are unit-tested,
+//! and so is the HTTPS floor under a short load):
 //! - `cargo run --release -p vcodr-benches --bin write-vs-pg`: a real pair of
 //!   `vcodr serve` processes against the PostgreSQL anchor ([`write_vs_pg`]),
 //!   beside what bounds them on the machine: the admin API's HTTPS with

@@ -199,14 +199,14 @@ pub fn render(runs: &[VcodrRun], floor: &[FloorRun], pg: &PgOutcome) -> String {
         header.push("HTTPS floor calls/s (CPU µs/call server/load)".to_string());
         header.push("HTTPS floor at the pair's rate".to_string());
     }
+    let bare = |f: &VcodrRun| {
+        format!(
+            "{:.1} ({:.0}/{:.0})",
+            f.writes_per_s, f.cpu_us_per_write[0], f.cpu_us_per_write[2]
+        )
+    };
     let mut rows = vec![header];
     for (i, r) in runs.iter().enumerate() {
-        let bare = |f: &VcodrRun| {
-            format!(
-                "{:.1} ({:.0}/{:.0})",
-                f.writes_per_s, f.cpu_us_per_write[0], f.cpu_us_per_write[2]
-            )
-        };
         let ours = format!("{:.1} ({}/{})", r.writes_per_s, ms(r.p50), ms(r.p99));
         let (theirs, ratio) = match pg {
             PgOutcome::Skipped => ("skipped (--no-pg)".to_string(), "-".to_string()),

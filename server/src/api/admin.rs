@@ -411,6 +411,17 @@ pub async fn serve(
     }
 }
 
+/// The admin API's HTTP/1.1 server settings: keep-alive, and each
+/// request's head within `header_timeout` (`limits.admin_header_timeout_ms`).
+pub fn http1(header_timeout: Duration) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    builder
+}
+
 async fn connection(
     sh: Shared,
     tcp: TcpStream,
@@ -446,12 +457,7 @@ async fn connection(
             async move { Ok::<_, std::convert::Infallible>(request(&sh, &activity, req).await) }
         })
     };
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(sh.limits.header_timeout)
-        .keep_alive(true);
-    let conn = builder.serve_connection(io, svc);
+    let conn = http1(sh.limits.header_timeout).serve_connection(io, svc);
     tokio::pin!(conn);
     let idle = sh.limits.idle_timeout;
     // Set once the connection is asked to close: it may finish its response.
